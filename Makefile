@@ -1,0 +1,51 @@
+# canaryflow — one command for each job. `make demo` and `make test` set up everything they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STACK := $(PY) -m canaryflow_stack
+
+.PHONY: venv lint fmt unit test stack-up stack-down stack-status demo bench schemas clean
+
+# The virtualenv is rebuilt whenever a pyproject changes.
+$(VENV)/.installed: pyproject.toml contracts/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ./contracts -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint: venv
+	$(VENV)/bin/ruff check services contracts tests deploy/local
+	$(VENV)/bin/ruff format --check services contracts tests deploy/local
+	$(VENV)/bin/mypy services contracts/canaryflow_contracts deploy/local/canaryflow_stack tests
+	$(VENV)/bin/lint-imports
+
+fmt: venv
+	$(VENV)/bin/ruff check --fix services contracts tests deploy/local
+	$(VENV)/bin/ruff format services contracts tests deploy/local
+
+unit: venv
+	$(PY) -m pytest tests/unit -q
+
+stack-up: venv
+	$(STACK) up
+
+stack-down: venv
+	$(STACK) down
+
+stack-status: venv
+	$(STACK) status
+
+# Lint, then every test: unit, integration and end-to-end on the real stack (started if needed).
+test: lint
+	$(STACK) up
+	$(PY) -m pytest -q -ra
+
+demo: venv
+	$(STACK) up
+	$(PY) -m canaryflow.demo
+
+clean:
+	rm -rf $(VENV) .stack .mypy_cache .ruff_cache .pytest_cache

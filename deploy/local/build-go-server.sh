@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Builds one Go-based server of the local stack through the Go module proxy and
+# installs it into the version-keyed cache, e.g.
+#   build-go-server.sh kubernetes v1.34.4 ~/.cache/canaryflow/stack/kubernetes-v1.34.4
+# Components: kubernetes (kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubectl), etcd, kwok, jaeger. Each build happens in a throwaway wrapper module so
+# versions never mix, and the binaries land in <dest>/bin only when all succeed.
+set -euo pipefail
+
+component=$1 version=$2 dest=$3
+cache_root=${CANARYFLOW_CACHE:-$HOME/.cache/canaryflow}
+export GOMODCACHE=$cache_root/go/mod GOCACHE=$cache_root/go/build
+export CGO_ENABLED=0 GOTOOLCHAIN=${GOTOOLCHAIN:-local} GOFLAGS=-mod=mod GOPROXY=${GOPROXY:-https://proxy.golang.org,direct}
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/canaryflow-build-$component.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+mkdir -p out
+
+case $component in
+kubernetes)
+  go mod init local/kube >/dev/null 2>&1
+  # k8s.io/kubernetes replaces its staging modules with ./staging paths, which do not
+  # exist in the module zip: point each of them at the published v0.Y.Z instead.
+  gomod=$(go mod download -json "k8s.io/kubernetes@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  minor=$(echo "$version" | cut -d. -f2)
+  staging_version="v0.${version#v1.}"
+  {
+    echo "require k8s.io/kubernetes $version"
+    grep -E '^\s*k8s.io/[a-z0-9-]+ => \./staging/' "$gomod" | awk -v v="$staging_version" '{print "replace " $1 " => " $1 " " v}'
+    grep -E '^godebug ' "$gomod" || true
+  } >> go.mod
+  ldflags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags="$ldflags -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+  done
+  # Not `go mod tidy`: it would chase the test-only imports of the whole module.
+  go get "k8s.io/kubernetes/cmd/kube-apiserver@$version" "k8s.io/kubernetes/cmd/kube-controller-manager@$version" \
+    "k8s.io/kubernetes/cmd/kube-scheduler@$version" "k8s.io/kubernetes/cmd/kubectl@$version"
+  go build -trimpath -ldflags "$ldflags" -o out/ \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+  ;;
+etcd)
+  go mod init local/etcd >/dev/null 2>&1
+  go get "go.etcd.io/etcd/server/v3@$version"
+  go build -trimpath -ldflags "-s -w" -o out/etcd go.etcd.io/etcd/server/v3
+  ;;
+kwok)
+  go mod init local/kwok >/dev/null 2>&1
+  go get "sigs.k8s.io/kwok@$version"
+  go build -trimpath -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$version" -o out/kwok sigs.k8s.io/kwok/cmd/kwok
+  ;;
+jaeger)
+  go mod init local/jaeger >/dev/null 2>&1
+  go get "github.com/jaegertracing/jaeger@$version"
+  go build -trimpath -ldflags "-s -w" -o out/jaeger github.com/jaegertracing/jaeger/cmd/jaeger
+  ;;
+*)
+  echo "unknown component: $component" >&2
+  exit 2
+  ;;
+esac
+
+mkdir -p "$dest/bin"
+mv out/* "$dest/bin/"
+echo "built $component $version into $dest/bin"
