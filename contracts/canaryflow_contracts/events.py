@@ -1,0 +1,371 @@
+"""The event catalogue: every fact and command that moves a release, as typed payloads.
+
+Facts are past tense (``PhaseReached``), commands imperative (``ApplyPhase``). Each payload
+names its owner in its docstring: exactly one service publishes it. Payloads carry the target
+so that a consumer (the rollback service above all) can act without asking another service.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from canaryflow_contracts.envelope import EventData
+from canaryflow_contracts.identifiers import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, IMAGE_PATTERN
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TargetRef(_Part):
+    """The Deployment a release changes."""
+
+    namespace: str = Field(pattern=DNS_LABEL_PATTERN, max_length=63)
+    name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class EnvVar(_Part):
+    name: str = Field(pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str
+
+
+class VersionSpec(_Part):
+    """What the new version is: an image, optionally with environment changes."""
+
+    image: str = Field(pattern=IMAGE_PATTERN, max_length=512)
+    container: str | None = Field(
+        default=None, description="Container to change; defaults to the pod's first container."
+    )
+    env: list[EnvVar] = Field(default_factory=list, description="Env vars set on that container.")
+
+
+class AnalysisOverrides(_Part):
+    """Tightenings of the policy's analysis. Values may only be stricter than the policy's."""
+
+    max_error_rate: float | None = Field(default=None, ge=0, le=1)
+    max_p99_latency_seconds: float | None = Field(default=None, gt=0)
+    min_requests: int | None = Field(default=None, ge=1)
+
+
+class PolicyOverrides(_Part):
+    """A request may tighten its target's policy, never loosen it (the planner refuses that)."""
+
+    max_weight: int | None = Field(default=None, ge=1, le=100)
+    hold_seconds: float | None = Field(default=None, gt=0, description="Minimum hold per step.")
+    analysis: AnalysisOverrides | None = None
+
+
+# --------------------------------------------------------------------------- public request
+
+
+class ReleaseRequested(EventData):
+    """Public API. Published by any system (CI, bots, the CLI) to ask for a release.
+
+    The envelope's ``subject`` is the release id the requester chose; ``id`` is the event id.
+    """
+
+    event_domain = "release"
+    event_name = "requested"
+
+    target: TargetRef
+    version: VersionSpec
+    overrides: PolicyOverrides = Field(default_factory=PolicyOverrides)
+    requested_by: str = Field(min_length=1, max_length=256)
+    reason: str = Field(default="", max_length=2048)
+
+
+# --------------------------------------------------------------------------- planner
+
+
+class PlannedStep(_Part):
+    index: int = Field(ge=0)
+    weight: int = Field(ge=0, le=100, description="Share of traffic for the canary, in percent.")
+    hold_seconds: float = Field(ge=0)
+
+
+class ReleasePlanned(EventData):
+    """Owner: planner. The request is valid; these are the steps it will take."""
+
+    event_domain = "release"
+    event_name = "planned"
+
+    target: TargetRef
+    version: VersionSpec
+    policy: str
+    steps: list[PlannedStep]
+
+
+class ReleaseRejected(EventData):
+    """Owner: planner. The request was refused; nothing in the cluster changed."""
+
+    event_domain = "release"
+    event_name = "rejected"
+
+    target: TargetRef
+    reasons: list[str]
+
+
+class ApplyPhase(EventData):
+    """Owner: planner (command to the executor). Put the canary at this step's weight."""
+
+    event_domain = "phase"
+    event_name = "apply"
+
+    target: TargetRef
+    version: VersionSpec
+    step: PlannedStep
+    ready_deadline: datetime = Field(description="Canary pods must be Ready by then.")
+
+
+class RequestAnalysis(EventData):
+    """Owner: planner (command to the metrics-watcher). Judge the canary during this step."""
+
+    event_domain = "analysis"
+    event_name = "requested"
+
+    target: TargetRef
+    step: PlannedStep
+    canary_version: str
+    stable_version: str
+    policy: str
+
+
+class RequestPromotion(EventData):
+    """Owner: planner (command to the executor). Make the canary's version the stable one."""
+
+    event_domain = "promotion"
+    event_name = "requested"
+
+    target: TargetRef
+    version: VersionSpec
+
+
+class _ReleaseOutcome(EventData):
+    target: TargetRef
+    summary: str
+    evidence: list[MetricCheck] = Field(default_factory=list)
+
+
+class ReleaseSucceeded(_ReleaseOutcome):
+    """Owner: planner. Terminal: stable runs the new version; no canary is left."""
+
+    event_domain = "release"
+    event_name = "succeeded"
+
+
+class ReleaseRolledBack(_ReleaseOutcome):
+    """Owner: planner. Terminal: the release was rolled back; ``evidence`` says why."""
+
+    event_domain = "release"
+    event_name = "rolled_back"
+
+
+class ReleaseFailed(_ReleaseOutcome):
+    """Owner: planner. Terminal: the release could not finish and could not be rolled back."""
+
+    event_domain = "release"
+    event_name = "failed"
+
+
+class ReleaseStatusChanged(EventData):
+    """Owner: planner. A non-terminal change a person should see: paused, resumed, waiting."""
+
+    event_domain = "release"
+    event_name = "status"
+
+    target: TargetRef
+    status: str
+    detail: str
+
+
+# --------------------------------------------------------------------------- executor
+
+
+class PhaseReached(EventData):
+    """Owner: executor. The step is really in place: pods Ready and replica counts right."""
+
+    event_domain = "phase"
+    event_name = "reached"
+
+    target: TargetRef
+    step: PlannedStep
+    canary_weight: float = Field(ge=0, le=100, description="Achieved share, from Ready pods.")
+    canary_ready: int
+    stable_ready: int
+
+
+class PhaseFailed(EventData):
+    """Owner: executor. The step could not be put in place by its deadline."""
+
+    event_domain = "phase"
+    event_name = "failed"
+
+    target: TargetRef
+    step: PlannedStep
+    reason: str
+
+
+class PromotionCompleted(EventData):
+    """Owner: executor. Stable runs the new version at full size; the canary is gone."""
+
+    event_domain = "promotion"
+    event_name = "completed"
+
+    target: TargetRef
+    image: str
+
+
+# --------------------------------------------------------------------------- metrics-watcher
+
+
+class VerdictResult(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    INSUFFICIENT_DATA = "insufficient_data"
+    INCONCLUSIVE = "inconclusive"
+
+
+class VerdictAction(StrEnum):
+    """What the policy says a verdict leads to."""
+
+    CONTINUE = "continue"
+    PAUSE = "pause"
+    ROLLBACK = "rollback"
+
+
+class MetricCheck(_Part):
+    """One measured fact behind a verdict, with everything needed to re-check it by hand."""
+
+    metric: str
+    track: str = Field(description="Which version was measured: canary, stable or baseline.")
+    query: str
+    value: float | None = Field(description="None when the query returned no data.")
+    threshold: float | None
+    comparison: Literal["<=", ">=", "n/a"]
+    sample_size: float
+    passed: bool | None = Field(description="None when there was not enough data to judge.")
+
+
+class AnalysisVerdict(EventData):
+    """Owner: metrics-watcher. The judgement of one analysis tick, or of the whole step."""
+
+    event_domain = "analysis"
+    event_name = "verdict"
+
+    target: TargetRef
+    step: PlannedStep
+    result: VerdictResult
+    action: VerdictAction
+    final: bool = Field(description="True when the step's analysis is over (hold time elapsed).")
+    reason: str
+    checks: list[MetricCheck]
+
+
+# --------------------------------------------------------------------------- rollback
+
+
+class RollbackRequested(EventData):
+    """Any service or person: stop this release and restore stable."""
+
+    event_domain = "rollback"
+    event_name = "requested"
+
+    target: TargetRef
+    reason: str
+    requested_by: str
+
+
+class RollbackCompleted(EventData):
+    """Owner: rollback. Stable serves 100 % at full size again; the canary is gone."""
+
+    event_domain = "rollback"
+    event_name = "completed"
+
+    target: TargetRef
+    reason: str
+    stable_replicas: int
+    seconds_to_restore: float = Field(description="From the rollback's trigger to stable Ready.")
+
+
+# --------------------------------------------------------------------------- operators
+
+
+class _OperatorCommand(EventData):
+    """Published by a person (through the CLI) to steer a release in flight."""
+
+    event_domain = "operator"
+    actor: str = Field(min_length=1, max_length=256, description="Who asks, e.g. alice@example.")
+    reason: str = Field(default="", max_length=2048)
+
+
+class PauseRelease(_OperatorCommand):
+    """Hold the release at its current step (analysis results are kept, no step advances)."""
+
+    event_name = "pause"
+
+
+class ResumeRelease(_OperatorCommand):
+    """Continue a paused release."""
+
+    event_name = "resume"
+
+
+class AbortRelease(_OperatorCommand):
+    """Roll back now. Consumed by the rollback service directly, so it works without a planner."""
+
+    event_name = "abort"
+
+
+class PromoteNow(_OperatorCommand):
+    """Skip the remaining steps and promote the canary."""
+
+    event_name = "promote"
+
+
+class DeadLetter(EventData):
+    """Owner: the service that gave up on a message after its bounded redeliveries."""
+
+    event_domain = "deadletter"
+    event_name = "message"
+
+    consumer: str
+    original_subject: str
+    deliveries: int
+    error: str
+    payload: str = Field(description="The original message body, as received.")
+
+
+for _model in (ReleaseSucceeded, ReleaseRolledBack, ReleaseFailed):
+    _model.model_rebuild()
+
+# Every event type, in catalogue order; schemas and the AsyncAPI document are generated from it.
+CATALOGUE: tuple[type[EventData], ...] = (
+    ReleaseRequested,
+    ReleasePlanned,
+    ReleaseRejected,
+    ReleaseStatusChanged,
+    ReleaseSucceeded,
+    ReleaseRolledBack,
+    ReleaseFailed,
+    ApplyPhase,
+    PhaseReached,
+    PhaseFailed,
+    RequestAnalysis,
+    AnalysisVerdict,
+    RequestPromotion,
+    PromotionCompleted,
+    RollbackRequested,
+    RollbackCompleted,
+    PauseRelease,
+    ResumeRelease,
+    AbortRelease,
+    PromoteNow,
+    DeadLetter,
+)

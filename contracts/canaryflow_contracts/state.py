@@ -1,0 +1,80 @@
+"""A release's state as the planner keeps it in the JetStream KV bucket.
+
+It lives in contracts because other parties read it: the CLI's ``status``, the metrics-watcher
+(to stop judging a release that moved on) and the rollback service. Only the planner writes
+it, always with compare-and-set on the KV revision.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from canaryflow_contracts.events import MetricCheck, PlannedStep, TargetRef, VerdictResult, VersionSpec
+
+HISTORY_LIMIT = 100
+SEEN_EVENTS_LIMIT = 200
+
+
+class ReleaseStatus(StrEnum):
+    APPLYING = "applying"  # waiting for the executor to put the current step in place
+    ANALYSING = "analysing"  # step in place, waiting for the metrics-watcher's verdict
+    PROMOTING = "promoting"
+    ROLLING_BACK = "rolling_back"
+    SUCCEEDED = "succeeded"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (ReleaseStatus.SUCCEEDED, ReleaseStatus.ROLLED_BACK, ReleaseStatus.FAILED)
+
+
+class HistoryEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    time: datetime
+    event: str
+    detail: str = ""
+    actor: str = ""
+
+
+class VerdictSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    step_index: int
+    result: VerdictResult
+    final: bool
+    reason: str
+    checks: list[MetricCheck] = Field(default_factory=list)
+
+
+class ReleaseState(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    release_id: str
+    target: TargetRef
+    version: VersionSpec
+    policy: str
+    requested_by: str
+    steps: list[PlannedStep]
+    status: ReleaseStatus
+    step_index: int = 0
+    paused: bool = False
+    paused_at: datetime | None = None
+    canary_weight: float = 0.0
+    phase_started_at: datetime
+    ready_deadline: datetime
+    last_verdict: VerdictSummary | None = None
+    outcome_reason: str = ""
+    created_at: datetime
+    updated_at: datetime
+    trace_parent: str = Field(default="", description="W3C traceparent of the release's root span.")
+    history: list[HistoryEntry] = Field(default_factory=list)
+    seen_event_ids: list[str] = Field(default_factory=list)
+
+    @property
+    def current_step(self) -> PlannedStep:
+        return self.steps[min(self.step_index, len(self.steps) - 1)]

@@ -1,0 +1,1 @@
+"""canaryflow: event-driven canary releases for Kubernetes over NATS JetStream."""
