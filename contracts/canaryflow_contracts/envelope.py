@@ -71,7 +71,8 @@ class Envelope(BaseModel, Generic[DataT]):
     @classmethod
     def wrap(cls, data: DataT, *, release_id: str, source: str, **extra: Any) -> Envelope[DataT]:
         """Build an envelope whose type matches ``data``'s class."""
-        return Envelope[type(data)](  # type: ignore[misc]
+        parametrised: type[Envelope[DataT]] = Envelope[type(data)]  # type: ignore[misc,assignment]
+        return parametrised(
             data=data, subject=release_id, source=source, type=type(data).event_type(), **extra
         )
 

@@ -7,6 +7,7 @@ so that a consumer (the rollback service above all) can act without asking anoth
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Literal
@@ -345,27 +346,37 @@ class DeadLetter(EventData):
 for _model in (ReleaseSucceeded, ReleaseRolledBack, ReleaseFailed):
     _model.model_rebuild()
 
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """Who publishes an event and who consumes it: the ownership the brief assigns."""
+
+    event: type[EventData]
+    publisher: str
+    consumers: tuple[str, ...]
+
+
 # Every event type, in catalogue order; schemas and the AsyncAPI document are generated from it.
-CATALOGUE: tuple[type[EventData], ...] = (
-    ReleaseRequested,
-    ReleasePlanned,
-    ReleaseRejected,
-    ReleaseStatusChanged,
-    ReleaseSucceeded,
-    ReleaseRolledBack,
-    ReleaseFailed,
-    ApplyPhase,
-    PhaseReached,
-    PhaseFailed,
-    RequestAnalysis,
-    AnalysisVerdict,
-    RequestPromotion,
-    PromotionCompleted,
-    RollbackRequested,
-    RollbackCompleted,
-    PauseRelease,
-    ResumeRelease,
-    AbortRelease,
-    PromoteNow,
-    DeadLetter,
+CATALOGUE: tuple[CatalogueEntry, ...] = (
+    CatalogueEntry(ReleaseRequested, "any requester", ("planner",)),
+    CatalogueEntry(ReleasePlanned, "planner", ()),
+    CatalogueEntry(ReleaseRejected, "planner", ()),
+    CatalogueEntry(ReleaseStatusChanged, "planner", ()),
+    CatalogueEntry(ReleaseSucceeded, "planner", ()),
+    CatalogueEntry(ReleaseRolledBack, "planner", ()),
+    CatalogueEntry(ReleaseFailed, "planner", ()),
+    CatalogueEntry(ApplyPhase, "planner", ("executor",)),
+    CatalogueEntry(PhaseReached, "executor", ("planner",)),
+    CatalogueEntry(PhaseFailed, "executor", ("planner", "rollback")),
+    CatalogueEntry(RequestAnalysis, "planner", ("metrics-watcher",)),
+    CatalogueEntry(AnalysisVerdict, "metrics-watcher", ("planner", "rollback")),
+    CatalogueEntry(RequestPromotion, "planner", ("executor",)),
+    CatalogueEntry(PromotionCompleted, "executor", ("planner",)),
+    CatalogueEntry(RollbackRequested, "any service or person", ("rollback", "planner")),
+    CatalogueEntry(RollbackCompleted, "rollback", ("planner",)),
+    CatalogueEntry(PauseRelease, "operator (CLI)", ("planner",)),
+    CatalogueEntry(ResumeRelease, "operator (CLI)", ("planner",)),
+    CatalogueEntry(AbortRelease, "operator (CLI)", ("rollback", "planner")),
+    CatalogueEntry(PromoteNow, "operator (CLI)", ("planner",)),
+    CatalogueEntry(DeadLetter, "any service", ("operator",)),
 )

@@ -12,7 +12,13 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from canaryflow_contracts.events import MetricCheck, PlannedStep, TargetRef, VerdictResult, VersionSpec
+from canaryflow_contracts.events import (
+    MetricCheck,
+    PlannedStep,
+    TargetRef,
+    VerdictResult,
+    VersionSpec,
+)
 
 HISTORY_LIMIT = 100
 SEEN_EVENTS_LIMIT = 200
