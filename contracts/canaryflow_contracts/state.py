@@ -32,10 +32,16 @@ class ReleaseStatus(StrEnum):
     SUCCEEDED = "succeeded"
     ROLLED_BACK = "rolled_back"
     FAILED = "failed"
+    REJECTED = "rejected"
 
     @property
     def terminal(self) -> bool:
-        return self in (ReleaseStatus.SUCCEEDED, ReleaseStatus.ROLLED_BACK, ReleaseStatus.FAILED)
+        return self in (
+            ReleaseStatus.SUCCEEDED,
+            ReleaseStatus.ROLLED_BACK,
+            ReleaseStatus.FAILED,
+            ReleaseStatus.REJECTED,
+        )
 
 
 class HistoryEntry(BaseModel):
@@ -73,6 +79,13 @@ class ReleaseState(BaseModel):
     canary_weight: float = 0.0
     phase_started_at: datetime
     ready_deadline: datetime
+    pause_limit_seconds: float = Field(
+        default=600, description="A release paused for lack of data is rolled back after this."
+    )
+    last_command_at: datetime | None = Field(
+        default=None, description="When the planner last issued a command; drives reconcile."
+    )
+    reissued: int = Field(default=0, description="Commands re-issued by reconcile so far.")
     last_verdict: VerdictSummary | None = None
     outcome_reason: str = ""
     created_at: datetime

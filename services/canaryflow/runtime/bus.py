@@ -1,0 +1,256 @@
+"""JetStream discipline in one place: streams, publishing, and consumers that never drop work.
+
+Every consumer here is durable, pull-based and acknowledges explicitly *after* its handler
+returned (FastStream's ``AckPolicy.MANUAL``: we do not let the framework terminate a message on
+an exception). A failing handler's message is redelivered with a growing delay; after
+``max_deliver`` attempts it is copied to the dead-letter stream with its error and terminated,
+so an operator can inspect it (``canaryflow deadletters``) and nothing loops forever.
+Publishing sets ``Nats-Msg-Id`` to the envelope id, so the server drops a re-published event
+inside the duplicate window; handlers are idempotent for everything outside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from faststream import AckPolicy
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsRouter, PullSub
+from faststream.nats.annotations import NatsMessage
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, BucketNotFoundError
+from pydantic import ValidationError
+
+from canaryflow.runtime import observability
+from canaryflow.runtime.settings import Settings
+from canaryflow_contracts import Envelope, EventData, Subjects, new_event_id
+from canaryflow_contracts.events import DeadLetter
+from canaryflow_contracts.identifiers import RELEASE_ID_PATTERN
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=EventData)
+
+# Delay before the n-th redelivery of a failed message (the last value repeats).
+REDELIVERY_BACKOFF_SECONDS = (0.5, 2.0, 5.0, 15.0)
+# Consumers keep this many KV revisions of each release: enough to audit recent transitions.
+KV_HISTORY = 10
+
+
+async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
+    """Create or update the streams and the KV bucket. Safe to call from every replica."""
+    for spec in (subjects.events_stream, subjects.deadletter_stream):
+        config = StreamConfig(
+            name=spec.name,
+            description=spec.description,
+            subjects=list(spec.subjects),
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            max_age=spec.max_age_seconds,
+            duplicate_window=spec.duplicate_window_seconds,
+        )
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            # Exists with another configuration (e.g. an older version of ours): converge.
+            await js.update_stream(config)
+    try:
+        await js.key_value(subjects.releases_bucket)
+    except BucketNotFoundError:
+        await js.create_key_value(
+            KeyValueConfig(
+                bucket=subjects.releases_bucket,
+                description="canaryflow release state, written with compare-and-set",
+                history=KV_HISTORY,
+                storage=StorageType.FILE,
+            )
+        )
+
+
+class EventPublisher:
+    """Publishes typed events in their envelope, deduplicated by the envelope id."""
+
+    def __init__(self, broker: NatsBroker, subjects: Subjects, source: str) -> None:
+        self._broker = broker
+        self._subjects = subjects
+        self._source = source
+
+    async def publish(
+        self, data: EventData, release_id: str, *, event_id: str | None = None
+    ) -> Envelope[Any]:
+        """Publish and wait for the stream's ack.
+
+        Pass a deterministic ``event_id`` (e.g. ``f"{release_id}.reached.{step}"``) when the
+        same fact may be published again by a retry: JetStream then stores it once.
+        """
+        envelope = Envelope.wrap(
+            data, release_id=release_id, source=self._source, id=event_id or new_event_id()
+        )
+        subject = self._subjects.of(type(data), release_id)
+        await self._broker.publish(
+            envelope.model_dump_json().encode(),
+            subject=subject,
+            headers={"Nats-Msg-Id": envelope.id, "ce-type": envelope.type},
+            stream=self._subjects.events_stream.name,
+        )
+        log.info(
+            "published %s",
+            envelope.type,
+            extra={"release_id": release_id, "event_id": envelope.id, "subject": subject},
+        )
+        return envelope
+
+
+@dataclass
+class Delivery:
+    """What a handler knows about the message it is handling."""
+
+    subject: str
+    release_id: str
+    attempt: int
+    message: NatsMessage
+    ack_wait_seconds: float
+
+    @contextlib.asynccontextmanager
+    async def keep_alive(self) -> AsyncIterator[None]:
+        """For long work (waiting for pods, an analysis): tell JetStream we are still on it.
+
+        If this process dies, the heartbeats stop and the message is redelivered to another
+        replica after ``ack_wait``; the handler there finds the finished part done.
+        """
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(max(self.ack_wait_seconds / 3, 0.5))
+                await self.message.raw_message.in_progress()
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+Handler = Callable[[Envelope[E], Delivery], Awaitable[None]]
+
+
+class PermanentError(Exception):
+    """The message can never be handled (e.g. it does not parse): dead-letter it at once."""
+
+
+def subscribe(
+    router: NatsRouter | NatsBroker,
+    settings: Settings,
+    event: type[E],
+    handler_name: str,
+    handler: Handler[E],
+    *,
+    ack_wait_seconds: float | None = None,
+) -> None:
+    """Register ``handler`` as a durable, explicitly acknowledged consumer of ``event``."""
+    subjects = settings.subjects
+    durable = subjects.consumer(settings.service, handler_name)
+    ack_wait = ack_wait_seconds or settings.ack_wait_seconds
+    envelope_type = Envelope[event]  # type: ignore[valid-type]
+    metrics = observability.service_metrics()
+
+    async def on_message(msg: NatsMessage) -> None:
+        raw = msg.raw_message
+        attempt = raw.metadata.num_delivered
+        release_id = Subjects.release_id_of(raw.subject)
+        started = time.perf_counter()
+        if attempt > 1:
+            metrics.redeliveries.labels(settings.service, handler_name).inc()
+        try:
+            try:
+                envelope = envelope_type.model_validate_json(raw.data).check_type()
+            except (ValidationError, ValueError) as error:
+                raise PermanentError(f"malformed {event.event_type()}: {error}") from error
+            with observability.release_context(release_id, envelope.id):
+                await handler(envelope, Delivery(raw.subject, release_id, attempt, msg, ack_wait))
+        except Exception as error:
+            permanent = isinstance(error, PermanentError)
+            if permanent or attempt >= settings.max_deliver:
+                log.error(
+                    "giving up on %s after %d attempt(s): %s",
+                    raw.subject,
+                    attempt,
+                    error,
+                    extra={"release_id": release_id},
+                )
+                await _dead_letter(msg, settings, durable, attempt, error)
+                metrics.dead_letters.labels(settings.service, handler_name).inc()
+                await raw.term()
+            else:
+                delay = REDELIVERY_BACKOFF_SECONDS[
+                    min(attempt - 1, len(REDELIVERY_BACKOFF_SECONDS) - 1)
+                ]
+                log.warning(
+                    "handling %s failed (attempt %d of %d), retrying in %.1fs: %r",
+                    raw.subject,
+                    attempt,
+                    settings.max_deliver,
+                    delay,
+                    error,
+                    extra={"release_id": release_id},
+                )
+                await raw.nak(delay=delay)
+            return
+        finally:
+            metrics.handling_seconds.labels(settings.service, handler_name).observe(
+                time.perf_counter() - started
+            )
+        await raw.ack()
+
+    router.subscriber(
+        subjects.every(event),
+        stream=JStream(name=subjects.events_stream.name, declare=False),
+        durable=durable,
+        pull_sub=PullSub(batch_size=settings.workers, timeout=1.0),
+        # The server's own limit sits above ours, so our handler always gets to dead-letter.
+        config=ConsumerConfig(ack_wait=ack_wait, max_deliver=settings.max_deliver + 2),
+        ack_policy=AckPolicy.MANUAL,
+        max_workers=settings.workers,
+        title=f"{settings.service}:{handler_name}",
+        description=(event.__doc__ or "").strip().splitlines()[0],
+    )(on_message)
+
+
+async def _dead_letter(
+    msg: NatsMessage, settings: Settings, consumer: str, attempt: int, error: BaseException
+) -> None:
+    raw = msg.raw_message
+    letter = DeadLetter(
+        consumer=consumer,
+        original_subject=raw.subject,
+        deliveries=attempt,
+        error=f"{type(error).__name__}: {error}",
+        payload=raw.data.decode(errors="replace"),
+    )
+    release_id = Subjects.release_id_of(raw.subject)
+    envelope = Envelope.wrap(
+        letter,
+        release_id=release_id if _valid_release_id(release_id) else "unknown",
+        source=f"canaryflow/{settings.service}",
+        id=f"dl-{raw.metadata.sequence.stream}-{consumer}",
+    )
+    js = msg.raw_message._client.jetstream()
+    await js.publish(
+        f"{settings.subjects.prefix}.deadletter.{consumer}.{envelope.subject}",
+        envelope.model_dump_json().encode(),
+        headers={"Nats-Msg-Id": envelope.id},
+        stream=settings.subjects.deadletter_stream.name,
+    )
+
+
+def _valid_release_id(value: str) -> bool:
+    return re.match(RELEASE_ID_PATTERN, value) is not None

@@ -1,0 +1,159 @@
+"""Logs, traces and metrics for every service, configured the same way everywhere.
+
+Logs are one JSON object per line carrying the trace id and the release id, so a line found
+in a log search leads straight to the release's trace in Jaeger. Tracing is configured by the
+standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_SDK_DISABLED);
+the trace context crosses NATS in message headers (FastStream's telemetry middleware).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+_release_id: contextvars.ContextVar[str] = contextvars.ContextVar("release_id", default="")
+_event_id: contextvars.ContextVar[str] = contextvars.ContextVar("event_id", default="")
+
+_STANDARD_RECORD_FIELDS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self._service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "service": self._service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"] = format(span.trace_id, "032x")
+            entry["span_id"] = format(span.span_id, "016x")
+        if release_id := _release_id.get():
+            entry["release_id"] = release_id
+        if event_id := _event_id.get():
+            entry["event_id"] = event_id
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_RECORD_FIELDS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(service: str, level: str | None = None) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(service))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level or os.environ.get("CANARYFLOW_LOG_LEVEL", "INFO"))
+    # FastStream logs every message at INFO in its own format; ours carry more and are JSON.
+    logging.getLogger("faststream").setLevel(logging.WARNING)
+
+
+def configure_tracing(service: str) -> TracerProvider:
+    """A tracer provider exporting over OTLP/HTTP when an endpoint is configured."""
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
+    provider = TracerProvider(resource=resource)
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    ):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+@contextlib.contextmanager
+def release_context(release_id: str, event_id: str = "") -> Iterator[None]:
+    """Every log line inside carries this release id (and the event being handled)."""
+    release_token = _release_id.set(release_id)
+    event_token = _event_id.set(event_id)
+    try:
+        yield
+    finally:
+        _event_id.reset(event_token)
+        _release_id.reset(release_token)
+
+
+@dataclass(frozen=True)
+class ServiceMetrics:
+    """Prometheus metrics shared by the services (each exports the ones it uses)."""
+
+    handling_seconds: Histogram
+    redeliveries: Counter
+    dead_letters: Counter
+    releases: Gauge
+    canary_weight: Gauge
+    verdicts: Counter
+    phase_seconds: Histogram
+    restore_seconds: Histogram
+
+
+@cache
+def service_metrics() -> ServiceMetrics:
+    return ServiceMetrics(
+        handling_seconds=Histogram(
+            "canaryflow_event_handling_seconds",
+            "Time to handle one event, by service and handler.",
+            ["service", "handler"],
+        ),
+        redeliveries=Counter(
+            "canaryflow_redeliveries_total",
+            "Messages received again after a failure or a timeout.",
+            ["service", "handler"],
+        ),
+        dead_letters=Counter(
+            "canaryflow_dead_letters_total",
+            "Messages given up on and copied to the dead-letter stream.",
+            ["service", "handler"],
+        ),
+        releases=Gauge(
+            "canaryflow_releases", "Releases known to this planner, by status.", ["status"]
+        ),
+        canary_weight=Gauge(
+            "canaryflow_canary_weight_percent",
+            "Traffic share of the canary reached, per target.",
+            ["namespace", "target"],
+        ),
+        verdicts=Counter(
+            "canaryflow_verdicts_total", "Analysis verdicts by result.", ["result", "final"]
+        ),
+        phase_seconds=Histogram(
+            "canaryflow_phase_seconds",
+            "Time from a step's command to the step being in place.",
+            ["namespace", "target"],
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
+        ),
+        restore_seconds=Histogram(
+            "canaryflow_restore_seconds",
+            "Time from a failure being detected to stable serving all traffic.",
+            buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60),
+        ),
+    )
+
+
+def serve_metrics(port: int) -> None:
+    if port:
+        start_http_server(port, addr=os.environ.get("CANARYFLOW_METRICS_ADDR", "127.0.0.1"))

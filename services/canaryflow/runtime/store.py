@@ -1,0 +1,110 @@
+"""Release state in a JetStream KV bucket, every write guarded by compare-and-set.
+
+A write names the revision it read; if another replica (or a stale, duplicate or reordered
+event) wrote in between, the write fails with ``StaleWrite`` and the caller re-reads and
+re-decides. That is what lets several planner replicas share work with no leader.
+The ``target.<namespace>.<name>`` key is a lock: at most one release in flight per target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.kv import KeyValue
+
+from canaryflow_contracts.events import TargetRef
+from canaryflow_contracts.state import ReleaseState
+
+
+class StaleWrite(Exception):
+    """The state changed since it was read; read again and decide again."""
+
+
+@dataclass(frozen=True)
+class Versioned:
+    state: ReleaseState
+    revision: int
+
+
+def _release_key(release_id: str) -> str:
+    return f"release.{release_id}"
+
+
+def _target_key(target: TargetRef) -> str:
+    return f"target.{target.namespace}.{target.name}"
+
+
+class ReleaseStore:
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    async def get(self, release_id: str) -> Versioned | None:
+        try:
+            entry = await self._kv.get(_release_key(release_id))
+        except KeyNotFoundError:
+            return None
+        if entry.value is None or entry.revision is None:
+            return None
+        return Versioned(ReleaseState.model_validate_json(entry.value), entry.revision)
+
+    async def create(self, state: ReleaseState) -> int:
+        try:
+            return await self._kv.create(
+                _release_key(state.release_id), state.model_dump_json().encode()
+            )
+        except KeyWrongLastSequenceError as error:
+            raise StaleWrite(f"release {state.release_id} already exists") from error
+
+    async def update(self, state: ReleaseState, revision: int) -> int:
+        try:
+            return await self._kv.update(
+                _release_key(state.release_id), state.model_dump_json().encode(), last=revision
+            )
+        except KeyWrongLastSequenceError as error:
+            raise StaleWrite(
+                f"release {state.release_id} changed since revision {revision}"
+            ) from error
+
+    async def holder_of(self, target: TargetRef) -> str | None:
+        """The release id holding the target's lock, if any."""
+        try:
+            entry = await self._kv.get(_target_key(target))
+        except KeyNotFoundError:
+            return None
+        return entry.value.decode() if entry.value else None
+
+    async def claim_target(self, target: TargetRef, release_id: str) -> str:
+        """Take the target's lock for ``release_id``; returns the id that holds it after."""
+        try:
+            await self._kv.create(_target_key(target), release_id.encode())
+        except KeyWrongLastSequenceError:
+            holder = await self.holder_of(target)
+            if holder is None:  # freed between our two calls: try once more
+                return await self.claim_target(target, release_id)
+            return holder
+        return release_id
+
+    async def free_target(self, target: TargetRef, release_id: str) -> None:
+        """Free the lock if ``release_id`` holds it (idempotent)."""
+        try:
+            entry = await self._kv.get(_target_key(target))
+        except KeyNotFoundError:
+            return
+        if entry.value and entry.value.decode() == release_id and entry.revision is not None:
+            try:
+                await self._kv.delete(_target_key(target), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                pass  # someone else already moved it on
+
+    async def all(self) -> list[Versioned]:
+        try:
+            keys = await self._kv.keys(filters=["release.>"])
+        except NoKeysError:
+            return []
+        found = []
+        for key in keys:
+            versioned = await self.get(key.removeprefix("release."))
+            if versioned is not None:
+                found.append(versioned)
+        return found
