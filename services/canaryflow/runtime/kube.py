@@ -12,7 +12,7 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -42,12 +42,12 @@ def canary_name(target: TargetRef) -> str:
 def api_client(kubeconfig: str | None) -> client.ApiClient:
     """A client from the given kubeconfig, the default one, or the in-cluster account."""
     if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
+        return cast(client.ApiClient, config.new_client_from_config(config_file=kubeconfig))
     try:
         config.load_incluster_config()
         return client.ApiClient()
     except config.ConfigException:
-        return config.new_client_from_config()
+        return cast(client.ApiClient, config.new_client_from_config())
 
 
 async def call(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:

@@ -8,6 +8,7 @@ The ``target.<namespace>.<name>`` key is a lock: at most one release in flight p
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
@@ -92,10 +93,9 @@ class ReleaseStore:
         except KeyNotFoundError:
             return
         if entry.value and entry.value.decode() == release_id and entry.revision is not None:
-            try:
+            # A failed compare-and-set means someone else already moved the lock on.
+            with contextlib.suppress(KeyWrongLastSequenceError):
                 await self._kv.delete(_target_key(target), last=entry.revision)
-            except KeyWrongLastSequenceError:
-                pass  # someone else already moved it on
 
     async def all(self) -> list[Versioned]:
         try:
