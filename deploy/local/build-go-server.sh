@@ -12,6 +12,14 @@ cache_root=${CANARYFLOW_CACHE:-$HOME/.cache/canaryflow}
 export GOMODCACHE=$cache_root/go/mod GOCACHE=$cache_root/go/build
 export CGO_ENABLED=0 GOTOOLCHAIN=${GOTOOLCHAIN:-local} GOFLAGS=-mod=mod GOPROXY=${GOPROXY:-https://proxy.golang.org,direct}
 
+# One build per destination at a time: a second caller waits, then finds the binaries there.
+# canaryflow_stack takes the same lock itself and says so with CANARYFLOW_BUILD_LOCKED=1.
+mkdir -p "$(dirname "$dest")"
+if [ "${CANARYFLOW_BUILD_LOCKED:-}" != 1 ]; then
+  exec 9>"$dest.lock"
+  flock 9
+fi
+
 work=$(mktemp -d "${TMPDIR:-/tmp}/canaryflow-build-$component.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 cd "$work"

@@ -1,0 +1,356 @@
+"""The servers of the stack: command line, ports, health probe, timeout and likely failure cause.
+
+Why declarative: ``up``, ``down``, ``status`` and ``restart`` all walk the same list, so a
+server's ports, log file and probe are defined once. Servers are grouped in phases: everything
+in a phase starts together and is waited for together, and a phase only starts when the one
+before it is healthy (the API server needs etcd; the controllers, scheduler and kwok need the
+API server; the simulator needs the cluster).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+
+from . import build, cluster, config, pki
+from .cluster import ClusterChoice
+from .config import HOST, Settings
+from .health import Probe, all_of, etcd_check, http_probe
+
+
+@dataclass
+class Server:
+    name: str
+    phase: int
+    argv: list[str]
+    ports: dict[str, int]
+    probe: Probe
+    timeout: float
+    cause: str
+    """What usually makes this server fail to become healthy."""
+    env: dict[str, str] = field(default_factory=dict)
+    prepare: Callable[[], None] | None = None
+    """Runs before the process starts (configs, data dirs, objects it needs)."""
+    binary: Path | None = None
+    """The executable that must exist; None when it is a module run by the venv's python."""
+
+    def endpoint_summary(self) -> str:
+        return ",".join(str(p) for p in self.ports.values())
+
+
+ORDER = [
+    "nats",
+    "etcd",
+    "prometheus",
+    "jaeger",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "simulator",
+]
+KUBE_SERVERS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+
+@dataclass(frozen=True)
+class Binaries:
+    nats: Path
+    etcd: Path
+    kube_bin: Path
+    kwok: Path
+    prometheus: Path
+    jaeger: Path
+
+
+def locate_binaries(settings: Settings) -> Binaries:
+    """Where each binary is (or will be) in the cache, without building anything."""
+    proms = sorted(settings.stack_cache.glob("prometheus-*/bin/prometheus"))
+    return Binaries(
+        nats=settings.python.parent / "nats-server",
+        etcd=build.go_bin_dir(settings, "etcd") / "etcd",
+        kube_bin=build.go_bin_dir(settings, "kubernetes"),
+        kwok=build.go_bin_dir(settings, "kwok") / "kwok",
+        prometheus=proms[-1] if proms else settings.stack_cache / "prometheus-?/bin/prometheus",
+        jaeger=build.go_bin_dir(settings, "jaeger") / "jaeger",
+    )
+
+
+def plan(settings: Settings, choice: ClusterChoice, bins: Binaries) -> list[Server]:
+    """Every server the stack runs for this cluster choice, in start order."""
+    servers = [_nats(settings, bins), _prometheus(settings, bins), _jaeger(settings, bins)]
+    if choice.kind == "local":
+        servers += _kubernetes(settings, bins)
+    if build.python_has_module(settings, "canaryflow.simulator"):
+        servers.append(_simulator(settings, choice))
+    return sorted(servers, key=lambda s: (s.phase, ORDER.index(s.name)))
+
+
+def _url(port: int, path: str = "", scheme: str = "http") -> str:
+    return f"{scheme}://{HOST}:{port}{path}"
+
+
+def _nats(settings: Settings, bins: Binaries) -> Server:
+    p = settings.ports
+    conf = settings.state / "nats" / "nats.conf"
+    store = settings.data / "nats"
+
+    def prepare() -> None:
+        store.mkdir(parents=True, exist_ok=True)
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(
+            "# Written by canaryflow_stack: NATS with JetStream on file storage, loopback only.\n"
+            f'server_name: "canaryflow-local"\n'
+            f'listen: "{HOST}:{p.nats}"\n'
+            f'http: "{HOST}:{p.nats_monitor}"\n'
+            f'jetstream {{\n  store_dir: "{store}"\n}}\n'
+        )
+
+    return Server(
+        name="nats",
+        phase=0,
+        argv=[str(bins.nats), "-c", str(conf)],
+        ports={"client": p.nats, "monitor": p.nats_monitor},
+        probe=http_probe(_url(p.nats_monitor, "/healthz?js-enabled-only=true")),
+        timeout=30,
+        cause="the JetStream store dir is unusable (disk full, permissions) or the config is bad",
+        prepare=prepare,
+        binary=bins.nats,
+    )
+
+
+def _prometheus(settings: Settings, bins: Binaries) -> Server:
+    p = settings.ports
+    conf = settings.prometheus_dir / "prometheus.yml"
+    data = settings.data / "prometheus"
+
+    def prepare() -> None:
+        settings.prometheus_targets.mkdir(parents=True, exist_ok=True)
+        data.mkdir(parents=True, exist_ok=True)
+        template = Template((config.DEPLOY_DIR / "prometheus" / "prometheus.yml.in").read_text())
+        conf.write_text(
+            template.substitute(
+                simulator=f"{HOST}:{p.simulator}",
+                targets_dir=str(settings.prometheus_targets),
+                prometheus=f"{HOST}:{p.prometheus}",
+            )
+        )
+
+    return Server(
+        name="prometheus",
+        phase=0,
+        argv=[
+            str(bins.prometheus),
+            f"--config.file={conf}",
+            f"--storage.tsdb.path={data}",
+            "--storage.tsdb.retention.time=6h",
+            f"--web.listen-address={HOST}:{p.prometheus}",
+            "--web.enable-lifecycle",
+        ],
+        ports={"http": p.prometheus},
+        probe=http_probe(_url(p.prometheus, "/-/ready")),
+        timeout=60,
+        cause="a bad generated config (.stack/prometheus/prometheus.yml) or a locked/corrupt "
+        "TSDB in .stack/data/prometheus",
+        prepare=prepare,
+        binary=bins.prometheus,
+    )
+
+
+def _jaeger(settings: Settings, bins: Binaries) -> Server:
+    p = settings.ports
+    conf = settings.state / "jaeger" / "jaeger.yaml"
+
+    def prepare() -> None:
+        # A copy in .stack/, so every process of the stack names the stack's folder.
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(config.DEPLOY_DIR / "local" / "jaeger.yaml", conf)
+
+    return Server(
+        name="jaeger",
+        phase=0,
+        argv=[str(bins.jaeger), "--config", str(conf)],
+        ports={
+            "otlp-grpc": p.jaeger_otlp_grpc,
+            "otlp-http": p.jaeger_otlp_http,
+            "query": p.jaeger_query,
+            "query-grpc": p.jaeger_query_grpc,
+        },
+        probe=http_probe(_url(p.jaeger_query, "/api/services")),
+        timeout=60,
+        cause="an invalid deploy/local/jaeger.yaml for this Jaeger version",
+        prepare=prepare,
+        env={
+            "CANARYFLOW_JAEGER_OTLP_GRPC": f"{HOST}:{p.jaeger_otlp_grpc}",
+            "CANARYFLOW_JAEGER_OTLP_HTTP": f"{HOST}:{p.jaeger_otlp_http}",
+            "CANARYFLOW_JAEGER_QUERY": f"{HOST}:{p.jaeger_query}",
+            "CANARYFLOW_JAEGER_QUERY_GRPC": f"{HOST}:{p.jaeger_query_grpc}",
+        },
+        binary=bins.jaeger,
+    )
+
+
+def _kubernetes(settings: Settings, bins: Binaries) -> list[Server]:
+    p = settings.ports
+    f = pki.files(settings)
+    token = pki.admin_token(settings) if f.tokens_csv.exists() else ""
+    etcd_url = _url(p.etcd)
+    kube = bins.kube_bin
+    etcd_data = settings.data / "etcd"
+
+    etcd = Server(
+        name="etcd",
+        phase=0,
+        argv=[
+            str(bins.etcd),
+            "--name=canaryflow",
+            f"--data-dir={etcd_data}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={_url(p.etcd_peer)}",
+            f"--initial-advertise-peer-urls={_url(p.etcd_peer)}",
+            f"--initial-cluster=canaryflow={_url(p.etcd_peer)}",
+            "--unsafe-no-fsync",
+            "--quota-backend-bytes=2147483648",
+            "--auto-compaction-retention=5m",
+            "--log-level=warn",
+        ],
+        ports={"client": p.etcd, "peer": p.etcd_peer},
+        probe=http_probe(_url(p.etcd, "/health"), check=etcd_check),
+        timeout=30,
+        cause="a data dir written by another etcd version or another member name "
+        f"(remove {etcd_data} to start afresh)",
+        prepare=lambda: etcd_data.parent.mkdir(parents=True, exist_ok=True),
+        binary=bins.etcd,
+    )
+    apiserver = Server(
+        name="kube-apiserver",
+        phase=1,
+        argv=[
+            str(kube / "kube-apiserver"),
+            f"--etcd-servers={etcd_url}",
+            f"--bind-address={HOST}",
+            f"--advertise-address={HOST}",
+            f"--secure-port={p.apiserver}",
+            f"--tls-cert-file={f.server_crt}",
+            f"--tls-private-key-file={f.server_key}",
+            f"--client-ca-file={f.ca_crt}",
+            f"--service-cluster-ip-range={pki.SERVICE_CIDR}",
+            f"--service-account-issuer={pki.ISSUER}",
+            f"--service-account-key-file={f.sa_pub}",
+            f"--service-account-signing-key-file={f.sa_key}",
+            f"--token-auth-file={f.tokens_csv}",
+            "--authorization-mode=RBAC",
+            "--allow-privileged=true",
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+            "--event-ttl=30m",
+        ],
+        ports={"https": p.apiserver},
+        probe=http_probe(_url(p.apiserver, "/readyz", "https"), verify=str(f.ca_crt), token=token),
+        timeout=120,
+        cause="etcd unreachable or flags/certificates this Kubernetes version rejects",
+        binary=kube / "kube-apiserver",
+    )
+
+    def component(name: str, identity: str, port: int, extra: list[str]) -> Server:
+        kc = f.kubeconfig(identity)
+        return Server(
+            name=name,
+            phase=2,
+            argv=[
+                str(kube / name),
+                f"--kubeconfig={kc}",
+                f"--authentication-kubeconfig={kc}",
+                f"--authorization-kubeconfig={kc}",
+                f"--bind-address={HOST}",
+                f"--secure-port={port}",
+                "--leader-elect=false",
+                *extra,
+            ],
+            ports={"https": port},
+            probe=http_probe(_url(port, "/healthz", "https"), verify=False),
+            timeout=60,
+            cause="it cannot reach or authenticate to the API server (see its log)",
+            binary=kube / name,
+        )
+
+    controller_manager = component(
+        "kube-controller-manager",
+        "controller-manager",
+        p.controller_manager,
+        [
+            f"--service-account-private-key-file={f.sa_key}",
+            f"--root-ca-file={f.ca_crt}",
+            "--use-service-account-credentials=true",
+            f"--cluster-signing-cert-file={f.ca_crt}",
+            f"--cluster-signing-key-file={f.ca_key}",
+        ],
+    )
+    scheduler = component("kube-scheduler", "scheduler", p.scheduler, [])
+
+    def kube_api() -> cluster.KubeApi:
+        return cluster.KubeApi(pki.server_url(settings), pki.admin_token(settings), f.ca_crt)
+
+    def prepare_nodes() -> None:
+        api = kube_api()
+        try:
+            cluster.ensure_nodes(api)
+        finally:
+            api.close()
+
+    def nodes_ready() -> str | None:
+        api = kube_api()
+        try:
+            return cluster.nodes_ready(api)
+        finally:
+            api.close()
+
+    kwok = Server(
+        name="kwok",
+        phase=2,
+        argv=[
+            str(bins.kwok),
+            f"--kubeconfig={f.kubeconfig('kwok')}",
+            f"--config={config.DEPLOY_DIR / 'kwok' / 'stages.yaml'}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={cluster.KWOK_ANNOTATION}=fake",
+            "--cidr=10.244.0.1/16",
+            "--node-ip=10.240.0.1",
+            "--node-lease-duration-seconds=40",
+            f"--server-address={HOST}:{p.kwok}",
+        ],
+        ports={"http": p.kwok},
+        probe=all_of(http_probe(_url(p.kwok, "/healthz")), nodes_ready),
+        timeout=90,
+        cause="an invalid stage in deploy/kwok/stages.yaml, or the API server refused kwok",
+        prepare=prepare_nodes,
+        binary=bins.kwok,
+    )
+    return [etcd, apiserver, controller_manager, scheduler, kwok]
+
+
+def _simulator(settings: Settings, choice: ClusterChoice) -> Server:
+    p = settings.ports
+    kubeconfig = choice.kubeconfig.split(os.pathsep)[0]
+    return Server(
+        name="simulator",
+        phase=3,
+        argv=[
+            str(settings.python),
+            "-m",
+            "canaryflow.simulator",
+            "--kubeconfig",
+            kubeconfig,
+            "--listen",
+            f"{HOST}:{p.simulator}",
+        ],
+        ports={"http": p.simulator},
+        probe=http_probe(_url(p.simulator, "/healthz")),
+        timeout=60,
+        cause="a bug or missing dependency in canaryflow.simulator, or it cannot reach the cluster",
+        env={"KUBECONFIG": choice.kubeconfig},
+    )

@@ -1,0 +1,446 @@
+"""``up``, ``down``, ``status`` and ``restart``: the life cycle of the whole stack.
+
+Why it works the way it does:
+- ``up`` is idempotent. A server whose pid file names a live process that is still the one the
+  stack started (same start time and executable) and that answers its health probe is left
+  alone; a stale pid file is removed and reported; a port held by a foreign process is found
+  before anything starts and reported with the owner.
+- ``up`` either finishes with every server healthy or stops what it started in this run and
+  says what is still running from before, so nothing runs that nobody knows about.
+- ``down`` only stops processes recorded in pid files, after checking each is still ours.
+- The result of ``up`` is ``.stack/env.json`` (and ``.stack/env`` for shells): the endpoints
+  clients and tests read, and which cluster is in use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import build, pki, procs
+from .cluster import ClusterChoice, choose_cluster
+from .config import HOST, Settings
+from .errors import StackError
+from .procs import PidRecord
+from .servers import KUBE_SERVERS, ORDER, Binaries, Server, locate_binaries, plan
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def pidfile(settings: Settings, name: str) -> Path:
+    return settings.pids / f"{name}.json"
+
+
+def _ours(settings: Settings, name: str) -> PidRecord | None:
+    record = PidRecord.load(pidfile(settings, name))
+    return record if record is not None and procs.is_ours(record) else None
+
+
+def _clean_stale(settings: Settings, name: str) -> None:
+    path = pidfile(settings, name)
+    record = PidRecord.load(path)
+    if path.exists() and (record is None or not procs.is_ours(record)):
+        what = f"pid {record.pid}" if record else "unreadable"
+        say(f"{name}: stale pid file ({what} is not running or is another program now); removed")
+        path.unlink(missing_ok=True)
+
+
+def _base_env(settings: Settings, choice: ClusterChoice) -> dict[str, str]:
+    env = dict(os.environ)
+    # Loopback traffic must never go through a proxy someone configured for the internet.
+    no_proxy = ",".join(filter(None, [env.get("NO_PROXY", ""), HOST, "localhost"]))
+    env["NO_PROXY"] = env["no_proxy"] = no_proxy
+    env.update(endpoints(settings, choice))
+    return env
+
+
+def endpoints(settings: Settings, choice: ClusterChoice) -> dict[str, str]:
+    """What clients need to reach the stack; written to .stack/env.json by ``up``."""
+    p = settings.ports
+    return {
+        "NATS_URL": f"nats://{HOST}:{p.nats}",
+        "NATS_MONITOR_URL": f"http://{HOST}:{p.nats_monitor}",
+        "KUBECONFIG": choice.kubeconfig,
+        "PROMETHEUS_URL": f"http://{HOST}:{p.prometheus}",
+        "PROMETHEUS_TARGETS_DIR": str(settings.prometheus_targets),
+        "JAEGER_QUERY_URL": f"http://{HOST}:{p.jaeger_query}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{p.jaeger_otlp_http}",
+        "CANARYFLOW_OTLP_GRPC_ENDPOINT": f"http://{HOST}:{p.jaeger_otlp_grpc}",
+        "SIMULATOR_URL": f"http://{HOST}:{p.simulator}",
+        "CANARYFLOW_CLUSTER": choice.kind,
+        "CANARYFLOW_CLUSTER_DETAIL": choice.detail,
+        "CANARYFLOW_STACK_DIR": str(settings.state),
+        "CANARYFLOW_STACK_LOGS": str(settings.logs),
+    }
+
+
+def read_env(settings: Settings) -> dict[str, str] | None:
+    try:
+        raw = json.loads(settings.env_json.read_text())
+    except (OSError, ValueError):
+        return None
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else None
+
+
+def current_choice(settings: Settings) -> ClusterChoice:
+    """The cluster the last ``up`` chose (from env.json), or what it would choose now."""
+    env = read_env(settings)
+    if env and env.get("CANARYFLOW_CLUSTER") in ("local", "external") and env.get("KUBECONFIG"):
+        return ClusterChoice(
+            env["CANARYFLOW_CLUSTER"], env["KUBECONFIG"], env.get("CANARYFLOW_CLUSTER_DETAIL", "")
+        )
+    return choose_cluster(settings)
+
+
+def _write_env(settings: Settings, env: dict[str, str]) -> None:
+    settings.env_json.write_text(json.dumps(env, indent=2) + "\n")
+    lines = ["# Written by canaryflow_stack up: `source .stack/env` to reach the local stack."]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    settings.env_sh.write_text("\n".join(lines) + "\n")
+
+
+# up ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Started:
+    server: Server
+    record: PidRecord
+
+
+def _ensure_binaries(
+    settings: Settings, choice: ClusterChoice
+) -> tuple[Binaries, dict[str, float]]:
+    timings: dict[str, float] = {}
+    names = ["jaeger"] + (["etcd", "kwok", "kubernetes"] if choice.kind == "local" else [])
+    for name in names:
+        _, seconds = build.ensure_go_component(settings, name)
+        if seconds is not None:
+            timings[f"build {name}"] = seconds
+    prometheus, seconds = build.ensure_prometheus(settings)
+    if seconds is not None:
+        timings["download prometheus"] = seconds
+    nats = build.ensure_nats_server(settings)
+    located = locate_binaries(settings)
+    bins = Binaries(
+        nats=nats,
+        etcd=located.etcd,
+        kube_bin=located.kube_bin,
+        kwok=located.kwok,
+        prometheus=prometheus,
+        jaeger=located.jaeger,
+    )
+    return bins, timings
+
+
+def _check_ports(server: Server) -> None:
+    for label, port in server.ports.items():
+        if not procs.port_free(port):
+            owner = procs.port_owner(port) or "an unknown process"
+            env_name = _port_env_hint(port)
+            raise StackError(
+                server.name,
+                None,
+                f"port {HOST}:{port} ({label}) is already taken by {owner}",
+                "another program, or a stack started from another clone, holds the port: "
+                f"stop it, or choose another port with {env_name}",
+            )
+
+
+def _port_env_hint(port: int) -> str:
+    from .config import DEFAULT_PORTS, Ports
+
+    ports = Ports.from_env()
+    for name, (env_name, _) in DEFAULT_PORTS.items():
+        if getattr(ports, name) == port:
+            return env_name
+    return "the CANARYFLOW_*_PORT variables"
+
+
+def _start(settings: Settings, server: Server, choice: ClusterChoice) -> PidRecord:
+    if server.binary is not None and not os.access(server.binary, os.X_OK):
+        raise StackError(
+            server.name, None, f"{server.binary} is missing", "the build cache was removed mid-run"
+        )
+    _check_ports(server)
+    if server.prepare is not None:
+        try:
+            server.prepare()
+        except StackError:
+            raise
+        except Exception as exc:
+            raise StackError(
+                server.name,
+                settings.log(server.name),
+                f"preparing to start failed: {type(exc).__name__}: {exc}",
+                server.cause,
+            ) from exc
+    env = _base_env(settings, choice)
+    env.update(server.env)
+    return procs.spawn(
+        server.name, server.argv, settings.log(server.name), pidfile(settings, server.name), env
+    )
+
+
+def _wait_healthy(settings: Settings, server: Server, record: PidRecord) -> float:
+    start = time.monotonic()
+    deadline = start + server.timeout
+    reason: str | None = "not probed yet"
+    while True:
+        if not procs.is_ours(record):
+            pidfile(settings, server.name).unlink(missing_ok=True)
+            raise StackError(
+                server.name,
+                settings.log(server.name),
+                f"the process (pid {record.pid}) exited while starting",
+                server.cause,
+            )
+        reason = server.probe()
+        if reason is None:
+            return time.monotonic() - start
+        if time.monotonic() >= deadline:
+            raise StackError(
+                server.name,
+                settings.log(server.name),
+                f"not healthy within {server.timeout:.0f} s (last probe: {reason})",
+                server.cause,
+            )
+        time.sleep(0.2)
+
+
+def up(settings: Settings) -> dict[str, str]:
+    """Build what is missing, start what is not running, wait for health; return endpoints."""
+    t0 = time.monotonic()
+    for d in (settings.state, settings.logs, settings.pids, settings.data):
+        d.mkdir(parents=True, exist_ok=True)
+    choice = choose_cluster(settings)
+    say(f"cluster: {choice.kind} ({choice.detail})")
+    bins, timings = _ensure_binaries(settings, choice)
+    if choice.kind == "local":
+        pki.ensure_credentials(settings)
+    servers = plan(settings, choice, bins)
+    if not any(s.name == "simulator" for s in servers):
+        say("simulator: module canaryflow.simulator is not installed yet; not started")
+
+    started: list[_Started] = []
+    before: list[str] = []
+    try:
+        pending: list[Server] = []
+        for server in servers:
+            _clean_stale(settings, server.name)
+            if _ours(settings, server.name) is not None:
+                before.append(server.name)
+            else:
+                pending.append(server)
+        for server in pending:  # report every taken port before anything starts
+            _check_ports(server)
+
+        for phase in sorted({s.phase for s in servers}):
+            in_phase = [s for s in servers if s.phase == phase]
+            waiting: list[tuple[Server, PidRecord, bool]] = []
+            for server in in_phase:
+                record = _ours(settings, server.name)
+                if record is not None:
+                    waiting.append((server, record, False))
+                    continue
+                say(f"starting {server.name} (log: {settings.log(server.name)})")
+                record = _start(settings, server, choice)
+                started.append(_Started(server, record))
+                waiting.append((server, record, True))
+            for server, record, fresh in waiting:
+                seconds = _wait_healthy(settings, server, record)
+                if fresh:
+                    timings[f"start {server.name}"] = seconds
+                    say(f"  {server.name} healthy in {seconds:.1f} s (pid {record.pid})")
+                else:
+                    say(f"{server.name}: already running and healthy (pid {record.pid})")
+    except (StackError, KeyboardInterrupt) as exc:
+        _undo(settings, started, before)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise
+
+    env = endpoints(settings, choice)
+    _write_env(settings, env)
+    total = time.monotonic() - t0
+    timings["total"] = total
+    _record_timings(settings, timings)
+    say(
+        f"stack is up in {total:.1f} s; endpoints in {settings.env_json} (shell: {settings.env_sh})"
+    )
+    return env
+
+
+def _undo(settings: Settings, started: list[_Started], before: list[str]) -> None:
+    for item in reversed(started):
+        if procs.is_ours(item.record):
+            say(f"stopping {item.server.name} (pid {item.record.pid}), started in this run")
+            procs.stop(item.record)
+        pidfile(settings, item.server.name).unlink(missing_ok=True)
+    if before:
+        say(
+            "still running from before this run: "
+            + ", ".join(before)
+            + " (`make stack-down` stops them)"
+        )
+    else:
+        say("nothing of the stack is left running")
+
+
+def _record_timings(settings: Settings, timings: dict[str, float]) -> None:
+    """Append this run's timings to .stack/timings.jsonl (used for the measurements)."""
+    with (settings.state / "timings.jsonl").open("a") as f:
+        entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        entry.update({k: f"{v:.2f}" for k, v in timings.items()})
+        f.write(json.dumps(entry) + "\n")
+
+
+# down ----------------------------------------------------------------------------------------
+
+
+def _recorded_names(settings: Settings) -> list[str]:
+    names = [p.stem for p in settings.pids.glob("*.json")] if settings.pids.exists() else []
+    rank = {name: i for i, name in enumerate(ORDER)}
+    return sorted(names, key=lambda n: rank.get(n, -1), reverse=True)
+
+
+def down(settings: Settings) -> bool:
+    """Stop every process the stack started. True when none is left."""
+    clean = True
+    names = _recorded_names(settings)
+    if not names:
+        say("nothing to stop: no pid files in " + str(settings.pids))
+    for name in names:
+        path = pidfile(settings, name)
+        record = PidRecord.load(path)
+        if record is None or not procs.is_ours(record):
+            what = f"pid {record.pid}" if record else "unreadable"
+            say(f"{name}: stale pid file ({what} is not running or is another program); removed")
+            path.unlink(missing_ok=True)
+            continue
+        if procs.stop(record):
+            say(f"stopped {name} (pid {record.pid})")
+            path.unlink(missing_ok=True)
+        else:
+            say(f"{name}: pid {record.pid} did not exit even after SIGKILL")
+            clean = False
+    for pid, cmd in leftovers(settings):
+        say(f"warning: pid {pid} uses this stack's binaries and files but has no pid file: {cmd}")
+        clean = False
+    return clean
+
+
+def leftovers(settings: Settings) -> list[tuple[int, str]]:
+    """Processes running one of the stack's binaries on this stack's files, without a pid file."""
+    records = [PidRecord.load(pidfile(settings, n)) for n in _recorded_names(settings)]
+    known = {r.pid for r in records if r is not None}
+    roots = (str(settings.stack_cache), str(settings.python.parent))
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in known or int(entry.name) == os.getpid():
+            continue
+        cmd = procs.proc_cmdline(int(entry.name))
+        if not cmd or not cmd[0].startswith(roots):
+            continue
+        joined = " ".join(cmd)
+        if str(settings.state) in joined and "canaryflow_stack" not in joined:
+            found.append((int(entry.name), joined[:160]))
+    return found
+
+
+# status and restart --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    name: str
+    pid: int | None
+    ports: str
+    health: str
+    rss: int
+
+
+def check(settings: Settings) -> tuple[ClusterChoice, list[ServerStatus]]:
+    """Probe every server of the current cluster choice once."""
+    choice = current_choice(settings)
+    rows = []
+    for server in plan(settings, choice, locate_binaries(settings)):
+        record = _ours(settings, server.name)
+        if record is None:
+            taken = [p for p in server.ports.values() if not procs.port_free(p)]
+            health = "stopped"
+            if taken:
+                health += f" (port {taken[0]} held by {procs.port_owner(taken[0])})"
+            rows.append(ServerStatus(server.name, None, server.endpoint_summary(), health, 0))
+            continue
+        reason = server.probe()
+        health = "healthy" if reason is None else f"unhealthy: {reason[:80]}"
+        rows.append(
+            ServerStatus(
+                server.name,
+                record.pid,
+                server.endpoint_summary(),
+                health,
+                procs.rss_bytes(record.pid),
+            )
+        )
+    return choice, rows
+
+
+def is_healthy(settings: Settings) -> bool:
+    _, rows = check(settings)
+    return bool(rows) and all(r.health == "healthy" for r in rows)
+
+
+def status(settings: Settings) -> bool:
+    choice, rows = check(settings)
+    say(f"cluster in use: {choice.kind} ({choice.detail}); kubeconfig: {choice.kubeconfig}")
+    if choice.kind == "external":
+        say("  (local etcd/kube-apiserver/controller-manager/scheduler/kwok are not used)")
+    say(f"{'SERVER':<24} {'PID':>8}  {'PORTS':<24} {'RSS':>9}  HEALTH")
+    for r in rows:
+        pid = str(r.pid) if r.pid else "-"
+        rss = f"{r.rss / 2**20:.0f} MiB" if r.pid else "-"
+        say(f"{r.name:<24} {pid:>8}  {r.ports:<24} {rss:>9}  {r.health}")
+    total = sum(r.rss for r in rows)
+    say(f"total RSS: {total / 2**20:.0f} MiB; logs: {settings.logs}/<server>.log")
+    extra = [n for n in _recorded_names(settings) if n not in {r.name for r in rows}]
+    if extra:
+        say(f"also recorded (not part of the current plan): {', '.join(extra)}")
+    return all(r.health == "healthy" for r in rows)
+
+
+def restart(settings: Settings, name: str) -> None:
+    """Stop one server (if it is ours) and start it again with the same settings."""
+    choice = current_choice(settings)
+    servers = {s.name: s for s in plan(settings, choice, locate_binaries(settings))}
+    if name not in servers:
+        raise StackError(
+            name, None, f"unknown server {name!r}", f"known servers: {', '.join(servers)}"
+        )
+    if choice.kind == "external" and name in KUBE_SERVERS:
+        raise StackError(name, None, "not run by the stack", "an external cluster is in use")
+    server = servers[name]
+    record = _ours(settings, name)
+    if record is not None:
+        say(f"stopping {name} (pid {record.pid})")
+        if not procs.stop(record):
+            raise StackError(name, settings.log(name), "did not stop", "it ignores SIGKILL?")
+    pidfile(settings, name).unlink(missing_ok=True)
+    say(f"starting {name}")
+    record = _start(settings, server, choice)
+    try:
+        seconds = _wait_healthy(settings, server, record)
+    except StackError:
+        with contextlib.suppress(Exception):
+            procs.stop(record)
+        pidfile(settings, name).unlink(missing_ok=True)
+        raise
+    say(f"  {name} healthy in {seconds:.1f} s (pid {record.pid})")

@@ -1,0 +1,112 @@
+"""Session fixtures for tests on the real local stack (NATS, Kubernetes, Prometheus, Jaeger).
+
+Why this shape:
+- ``stack`` reuses a stack that is already up and healthy (``.stack/env.json`` plus a health
+  probe of every server), and otherwise starts one through ``canaryflow_stack``, so ``make
+  test`` and a bare ``pytest`` both work, and a warm run pays nothing for it.
+- the clients (``nats_client``, ``kube``, ``prometheus``, ``jaeger``) are made once per session.
+- isolation is per test: ``namespace`` is a fresh Kubernetes namespace deleted afterwards, and
+  ``stream_prefix`` a fresh prefix for JetStream stream names and subjects, so tests never see
+  each other's objects and can run in any order.
+Tests that need the stack are marked ``@pytest.mark.stack``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import nats
+import pytest
+from kubernetes import client
+from kubernetes import config as kconfig
+from kubernetes.client.rest import ApiException
+from nats.aio.client import Client as NatsClient
+
+from canaryflow_stack import stack as stack_manager
+from canaryflow_stack.config import Settings
+from tests.support import JaegerQuery, PrometheusQuery, StackEnv, wait_until
+
+
+@pytest.fixture(scope="session")
+def stack_settings() -> Settings:
+    return Settings.from_env()
+
+
+@pytest.fixture(scope="session")
+def stack(stack_settings: Settings) -> StackEnv:
+    """The running stack's endpoints; starts the stack if it is not up and healthy."""
+    env = stack_manager.read_env(stack_settings)
+    if env is None or not stack_manager.is_healthy(stack_settings):
+        env = stack_manager.up(stack_settings)
+    return StackEnv.from_env(env)
+
+
+@pytest.fixture(scope="session")
+async def nats_client(stack: StackEnv) -> AsyncIterator[NatsClient]:
+    """One nats-py connection for the session; it reconnects by itself after a NATS restart."""
+    nc = await nats.connect(
+        stack.nats_url,
+        name="canaryflow-tests",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.2,
+        connect_timeout=5,
+    )
+    yield nc
+    await nc.close()
+
+
+@pytest.fixture(scope="session")
+def kube(stack: StackEnv) -> Iterator[client.ApiClient]:
+    """A kubernetes ApiClient for the cluster in use, with the stack's kubeconfig."""
+    config_file = None if ":" in stack.kubeconfig else stack.kubeconfig
+    api = kconfig.new_client_from_config(config_file=config_file)
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="session")
+def prometheus(stack: StackEnv) -> Iterator[PrometheusQuery]:
+    prom = PrometheusQuery(stack.prometheus_url, stack.prometheus_targets)
+    yield prom
+    prom.close()
+
+
+@pytest.fixture(scope="session")
+def jaeger(stack: StackEnv) -> Iterator[JaegerQuery]:
+    query = JaegerQuery(stack.jaeger_query_url)
+    yield query
+    query.close()
+
+
+def _dns_label(text: str, limit: int) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:limit].strip("-") or "t"
+
+
+@pytest.fixture
+def namespace(kube: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test (with its default ServiceAccount), deleted afterwards."""
+    core = client.CoreV1Api(kube)
+    name = f"t-{_dns_label(request.node.name, 40)}-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(
+        client.V1Namespace(
+            metadata=client.V1ObjectMeta(name=name, labels={"canaryflow.io/test": "true"})
+        )
+    )
+    # Pods are refused until the controller manager has made the default ServiceAccount.
+    wait_until(
+        lambda: core.read_namespaced_service_account("default", name),
+        timeout=30,
+        message=f"the default ServiceAccount in namespace {name}",
+    )
+    yield name
+    with contextlib.suppress(ApiException):
+        core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture
+def stream_prefix() -> str:
+    """A fresh prefix, valid both in JetStream stream names and as a subject token."""
+    return f"t_{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,42 @@
+"""The endpoints of the running stack, as ``canaryflow_stack up`` wrote them to env.json.
+
+Why a typed view: tests and fixtures should name ``stack.prometheus_url`` rather than
+string keys, and a missing key should fail loudly in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class StackEnv:
+    nats_url: str
+    kubeconfig: str
+    prometheus_url: str
+    prometheus_targets: Path
+    jaeger_query_url: str
+    otlp_http_endpoint: str
+    simulator_url: str
+    cluster: str
+    """``local`` (the stack's own KWOK cluster) or ``external`` (the user's KUBECONFIG)."""
+    state_dir: Path
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> StackEnv:
+        return cls(
+            nats_url=env["NATS_URL"],
+            kubeconfig=env["KUBECONFIG"],
+            prometheus_url=env["PROMETHEUS_URL"],
+            prometheus_targets=Path(env["PROMETHEUS_TARGETS_DIR"]),
+            jaeger_query_url=env["JAEGER_QUERY_URL"],
+            otlp_http_endpoint=env["OTEL_EXPORTER_OTLP_ENDPOINT"],
+            simulator_url=env["SIMULATOR_URL"],
+            cluster=env["CANARYFLOW_CLUSTER"],
+            state_dir=Path(env["CANARYFLOW_STACK_DIR"]),
+        )
+
+    @property
+    def is_local_cluster(self) -> bool:
+        return self.cluster == "local"
