@@ -69,6 +69,7 @@ class ReleaseState(BaseModel):
     release_id: str
     target: TargetRef
     version: VersionSpec
+    stable_image: str = Field(default="", description="The image stable ran when planned.")
     policy: str
     requested_by: str
     steps: list[PlannedStep]

@@ -1,0 +1,151 @@
+"""The public contract: what an external system relies on must hold."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+from pydantic import ValidationError
+
+from canaryflow_contracts import CATALOGUE, Envelope, Subjects, generate
+from canaryflow_contracts.events import (
+    AnalysisVerdict,
+    PlannedStep,
+    ReleaseRequested,
+    TargetRef,
+    VersionSpec,
+)
+from canaryflow_contracts.policy import ReleasePolicySpec
+
+REQUEST_JSON = {
+    "specversion": "1.0",
+    "id": "9b2f6a0e-ci-1234",
+    "source": "ci/shop-pipeline",
+    "type": "io.canaryflow.release.requested.v1",
+    "time": "2026-11-27T12:00:00Z",
+    "subject": "shop-web-42",
+    "data": {
+        "target": {"namespace": "shop", "name": "web"},
+        "version": {"image": "registry.example.com:5000/shop/web:v2.3.1"},
+        "requested_by": "ci@shop",
+    },
+}
+
+
+def test_generated_files_match_the_code() -> None:
+    assert generate.main(["--check"]) == 0
+
+
+def test_a_hand_written_request_parses_and_matches_its_schema() -> None:
+    envelope = Envelope[ReleaseRequested].model_validate(REQUEST_JSON).check_type()
+    assert envelope.data.target == TargetRef(namespace="shop", name="web")
+    schema = generate.json_schemas()[ReleaseRequested.event_type()]
+    jsonschema.validate(REQUEST_JSON, schema)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("data", "version", "image"), "Shop Web:latest"),
+        (("data", "version", "image"), "shop/web:"),
+        (("data", "target", "namespace"), "Shop"),
+        (("subject",), "has.dots"),
+        (("data", "requested_by"), ""),
+    ],
+)
+def test_bad_requests_are_refused_with_a_reason(path: tuple[str, ...], value: str) -> None:
+    bad = json.loads(json.dumps(REQUEST_JSON))
+    node = bad
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ValidationError) as error:
+        Envelope[ReleaseRequested].model_validate(bad)
+    assert path[-1] in str(error.value)
+
+
+def test_an_envelope_whose_type_does_not_match_its_payload_is_refused() -> None:
+    wrong = {**REQUEST_JSON, "type": AnalysisVerdict.event_type()}
+    with pytest.raises(ValueError, match="does not match"):
+        Envelope[ReleaseRequested].model_validate(wrong).check_type()
+
+
+def test_every_event_has_a_unique_versioned_type_and_subject() -> None:
+    types = [entry.event.event_type() for entry in CATALOGUE]
+    assert len(types) == len(set(types))
+    assert all(t.startswith("io.canaryflow.") and t.endswith(".v1") for t in types)
+    subjects = Subjects("canaryflow")
+    events = subjects.events_stream
+    for entry in CATALOGUE:
+        subject = subjects.of(entry.event, "rel-1")
+        assert subject.endswith(".rel-1")
+        stream = events if entry.event.event_domain != "deadletter" else subjects.deadletter_stream
+        assert any(subject.startswith(s.removesuffix(">")) for s in stream.subjects), subject
+        assert len(subject.split(".")) <= 16
+
+
+def test_subject_prefix_is_checked() -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        Subjects("Has.Dots")
+    assert Subjects("cf_test1").events_stream.name == "CF_TEST1_EVENTS"
+
+
+def test_asyncapi_document_references_resolve() -> None:
+    document = generate.asyncapi()
+    text = json.dumps(document)
+    for ref in {part.split('"')[0] for part in text.split('"$ref": "')[1:]}:
+        node = document
+        for key in ref.removeprefix("#/").split("/"):
+            node = node[key]
+    assert document["channels"]["ReleaseRequested"]["address"] == (
+        "canaryflow.release.requested.v1.{releaseId}"
+    )
+
+
+POLICY = {
+    "targetRef": "web",
+    "steps": [{"weight": 10, "holdSeconds": 30}, {"weight": 50, "holdSeconds": 30}],
+    "analysis": {"metrics": [{"name": "errors", "template": "error-rate", "max": 0.05}]},
+}
+
+
+def test_policy_reads_camel_case_and_fills_safe_defaults() -> None:
+    spec = ReleasePolicySpec.model_validate(POLICY)
+    assert spec.analysis.min_requests == 50
+    assert spec.service_name == "web"
+    assert spec.deadlines.pod_ready_seconds == 120
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (
+            {"steps": [{"weight": 50, "holdSeconds": 1}, {"weight": 10, "holdSeconds": 1}]},
+            "increase",
+        ),
+        ({"maxWeight": 20}, "exceeds maxWeight"),
+        (
+            {"analysis": {"metrics": [{"name": "errors", "template": "error-rate"}]}},
+            "set max, min or both",
+        ),
+        (
+            {
+                "analysis": {
+                    "metrics": [{"name": "e", "template": "error-rate", "query": "up", "max": 1}]
+                }
+            },
+            "exactly one",
+        ),
+    ],
+)
+def test_bad_policies_are_refused_with_a_reason(change: dict[str, object], reason: str) -> None:
+    with pytest.raises(ValidationError, match=reason):
+        ReleasePolicySpec.model_validate({**POLICY, **change})
+
+
+def test_step_and_version_models_round_trip() -> None:
+    step = PlannedStep(index=0, weight=10, hold_seconds=5)
+    assert PlannedStep.model_validate_json(step.model_dump_json()) == step
+    version = VersionSpec(image="shop:v2", env=[{"name": "FLAG", "value": "on"}])  # type: ignore[list-item]
+    assert version.env[0].name == "FLAG"
