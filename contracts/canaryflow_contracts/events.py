@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from canaryflow_contracts.envelope import EventData
+from canaryflow_contracts.envelope import Envelope, EventData
 from canaryflow_contracts.identifiers import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, IMAGE_PATTERN
 
 
@@ -298,7 +298,7 @@ class RollbackCompleted(EventData):
 # --------------------------------------------------------------------------- operators
 
 
-class _OperatorCommand(EventData):
+class OperatorCommand(EventData):
     """Published by a person (through the CLI) to steer a release in flight."""
 
     event_domain = "operator"
@@ -306,25 +306,25 @@ class _OperatorCommand(EventData):
     reason: str = Field(default="", max_length=2048)
 
 
-class PauseRelease(_OperatorCommand):
+class PauseRelease(OperatorCommand):
     """Hold the release at its current step (analysis results are kept, no step advances)."""
 
     event_name = "pause"
 
 
-class ResumeRelease(_OperatorCommand):
+class ResumeRelease(OperatorCommand):
     """Continue a paused release."""
 
     event_name = "resume"
 
 
-class AbortRelease(_OperatorCommand):
+class AbortRelease(OperatorCommand):
     """Roll back now. Consumed by the rollback service directly, so it works without a planner."""
 
     event_name = "abort"
 
 
-class PromoteNow(_OperatorCommand):
+class PromoteNow(OperatorCommand):
     """Skip the remaining steps and promote the canary."""
 
     event_name = "promote"
@@ -380,3 +380,27 @@ CATALOGUE: tuple[CatalogueEntry, ...] = (
     CatalogueEntry(PromoteNow, "operator (CLI)", ("planner",)),
     CatalogueEntry(DeadLetter, "any service", ("operator",)),
 )
+
+EVENT_TYPES: dict[str, type[EventData]] = {
+    entry.event.event_type(): entry.event for entry in CATALOGUE
+}
+TERMINAL_EVENTS: tuple[type[EventData], ...] = (
+    ReleaseSucceeded,
+    ReleaseRolledBack,
+    ReleaseFailed,
+    ReleaseRejected,
+)
+
+
+def parse_event(raw: bytes | str) -> Envelope[Any]:
+    """Parse any catalogue event, choosing the payload model by the envelope's ``type``."""
+    header = _EnvelopeHeader.model_validate_json(raw)
+    event = EVENT_TYPES.get(header.type)
+    if event is None:
+        raise ValueError(f"unknown event type {header.type!r}")
+    return Envelope[event].model_validate_json(raw)  # type: ignore[valid-type]
+
+
+class _EnvelopeHeader(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: str

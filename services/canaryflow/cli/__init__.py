@@ -1,0 +1,1 @@
+"""The ``canaryflow`` command: request, follow and steer releases, speaking only NATS."""

@@ -1,0 +1,3 @@
+from canaryflow.cli.main import main
+
+main()

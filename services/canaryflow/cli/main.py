@@ -1,0 +1,232 @@
+"""``canaryflow``: request a release, see what is in flight, follow one, steer it.
+
+It speaks NATS only (no Kubernetes access needed), so anyone who may publish to the bus can use
+it. NATS_URL and CANARYFLOW_PREFIX select the installation, as for the services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import secrets
+import socket
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import nats
+from nats.aio.client import Client
+from nats.js.api import DeliverPolicy
+from nats.js.errors import BucketNotFoundError, NoStreamResponseError, NotFoundError
+from pydantic import ValidationError
+
+from canaryflow.cli import render
+from canaryflow.runtime.store import ReleaseStore
+from canaryflow_contracts import Envelope, EventData, Subjects
+from canaryflow_contracts.events import (
+    TERMINAL_EVENTS,
+    AbortRelease,
+    EnvVar,
+    OperatorCommand,
+    PauseRelease,
+    PolicyOverrides,
+    PromoteNow,
+    ReleaseRequested,
+    ResumeRelease,
+    TargetRef,
+    VersionSpec,
+    parse_event,
+)
+
+OPERATOR_COMMANDS: dict[str, type[OperatorCommand]] = {
+    "pause": PauseRelease,
+    "resume": ResumeRelease,
+    "abort": AbortRelease,
+    "promote": PromoteNow,
+}
+
+
+class CliError(Exception):
+    """A failure the user can act on; printed without a traceback."""
+
+
+def _default_actor() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="canaryflow", description=__doc__)
+    parser.add_argument("--nats", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
+    parser.add_argument("--prefix", default=os.environ.get("CANARYFLOW_PREFIX", "canaryflow"))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    release = commands.add_parser("release", help="request a release of a new version")
+    release.add_argument("--namespace", "-n", required=True)
+    release.add_argument("--deployment", "-d", required=True, help="the target Deployment")
+    release.add_argument("--image", required=True, help="the new version's image")
+    release.add_argument("--container", help="container to change (default: the first)")
+    release.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    release.add_argument("--id", dest="release_id", help="release id (default: generated)")
+    release.add_argument("--max-weight", type=int, help="tighten the policy's maximum weight")
+    release.add_argument("--by", default=_default_actor(), help="who requests it")
+    release.add_argument("--reason", default="")
+    release.add_argument("--watch", action="store_true", help="follow it until it ends")
+
+    commands.add_parser("status", help="every release in flight").add_argument(
+        "--all", action="store_true", help="include finished releases"
+    )
+
+    watch = commands.add_parser("watch", help="follow one release until it ends")
+    watch.add_argument("release_id")
+    watch.add_argument("--timeout", type=float, default=0, help="give up after N seconds")
+
+    for name, event in OPERATOR_COMMANDS.items():
+        command = commands.add_parser(name, help=(event.__doc__ or "").strip().splitlines()[0])
+        command.add_argument("release_id")
+        command.add_argument("--by", default=_default_actor(), help="who asks (recorded)")
+        command.add_argument("--reason", default="", help="why (recorded)")
+    return parser
+
+
+async def _report_nothing(error: Exception) -> None:
+    """nats-py prints a traceback per failed attempt by default; we report failures ourselves."""
+
+
+async def _connect(url: str) -> Client:
+    try:
+        return await nats.connect(
+            url, connect_timeout=3, max_reconnect_attempts=2, error_cb=_report_nothing
+        )
+    except Exception as error:
+        raise CliError(f"cannot reach NATS at {url}: {error!r} (set NATS_URL or --nats)") from error
+
+
+async def _publish(nc: Client, subjects: Subjects, data: EventData, release_id: str) -> str:
+    envelope = Envelope.wrap(data, release_id=release_id, source="canaryflow/cli")
+    js = nc.jetstream()
+    try:
+        await js.publish(
+            subjects.of(type(data), release_id),
+            envelope.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": envelope.id},
+            stream=subjects.events_stream.name,
+        )
+    except (NoStreamResponseError, NotFoundError) as error:
+        raise CliError(
+            f"no stream {subjects.events_stream.name} on this NATS: are canaryflow's services "
+            f"running with prefix {subjects.prefix!r}? ({error!r})"
+        ) from error
+    return envelope.id
+
+
+def _release_request(args: argparse.Namespace) -> tuple[str, ReleaseRequested]:
+    env = []
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"--env {item!r} must look like NAME=VALUE")
+        env.append(EnvVar(name=name, value=value))
+    release_id = args.release_id or f"{args.deployment.split('.')[0][:40]}-{secrets.token_hex(3)}"
+    request = ReleaseRequested(
+        target=TargetRef(namespace=args.namespace, name=args.deployment),
+        version=VersionSpec(image=args.image, container=args.container, env=env),
+        overrides=PolicyOverrides(max_weight=args.max_weight),
+        requested_by=args.by,
+        reason=args.reason,
+    )
+    return release_id, request
+
+
+async def _watch(nc: Client, subjects: Subjects, release_id: str, give_up_after: float) -> int:
+    """Print every event of the release from its start; exit 0 on success, 1 otherwise."""
+    js = nc.jetstream()
+    subscription = await js.subscribe(
+        subjects.release(release_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + give_up_after if give_up_after else None
+    try:
+        while True:
+            wait = None if deadline is None else deadline - loop.time()
+            if wait is not None and wait <= 0:
+                print(f"stopped watching after {give_up_after:g}s; the release goes on")
+                return 2
+            try:
+                msg = await subscription.next_msg(timeout=wait if wait is not None else 3600)
+            except TimeoutError:
+                continue
+            try:
+                envelope = parse_event(msg.data)
+            except (ValueError, ValidationError) as error:
+                print(f"(unreadable event on {msg.subject}: {error})")
+                continue
+            for line in render.event_line(envelope):
+                print(line, flush=True)
+            if isinstance(envelope.data, TERMINAL_EVENTS):
+                return 0 if envelope.type.endswith("succeeded.v1") else 1
+    finally:
+        await subscription.unsubscribe()
+
+
+async def _status(nc: Client, subjects: Subjects, include_finished: bool) -> int:
+    try:
+        kv = await nc.jetstream().key_value(subjects.releases_bucket)
+    except BucketNotFoundError:
+        print("no releases yet (the services have not started on this NATS and prefix)")
+        return 0
+    releases = sorted(
+        (v.state for v in await ReleaseStore(kv).all()), key=lambda state: state.created_at
+    )
+    shown = [state for state in releases if include_finished or not state.status.terminal]
+    if not shown:
+        print("no release in flight" + ("" if include_finished else " (--all shows finished)"))
+    now = datetime.now(UTC)
+    for state in shown:
+        print("\n".join(render.status_lines(state, now)))
+    return 0
+
+
+async def run(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    subjects = Subjects(args.prefix)
+    nc = await _connect(args.nats)
+    try:
+        if args.command == "release":
+            release_id, request = _release_request(args)
+            await _publish(nc, subjects, request, release_id)
+            print(f"requested release {release_id} of {request.target.key()} to {args.image}")
+            if not args.watch:
+                print(f"follow it with: canaryflow watch {release_id}")
+                return 0
+            return await _watch(nc, subjects, release_id, 0)
+        if args.command == "status":
+            return await _status(nc, subjects, args.all)
+        if args.command == "watch":
+            return await _watch(nc, subjects, args.release_id, args.timeout)
+        event = OPERATOR_COMMANDS[args.command](actor=args.by, reason=args.reason)
+        await _publish(nc, subjects, event, args.release_id)
+        print(f"{args.command} sent for {args.release_id} (by {args.by})")
+        return 0
+    finally:
+        await nc.drain()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        code = asyncio.run(run(argv))
+    except CliError as error:
+        print(f"canaryflow: {error}", file=sys.stderr)
+        code = 2
+    except ValidationError as error:
+        for problem in error.errors():
+            where = ".".join(str(part) for part in problem["loc"])
+            print(
+                f"canaryflow: {where}: {problem['msg']} (got {problem['input']!r})",
+                file=sys.stderr,
+            )
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

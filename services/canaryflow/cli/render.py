@@ -1,0 +1,126 @@
+"""Words for people: how releases, verdicts and events read in the terminal.
+
+Pure functions, so the wording is unit-tested and the same in ``status``, ``watch`` and the demo.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from canaryflow_contracts import Envelope
+from canaryflow_contracts.events import (
+    AnalysisVerdict,
+    MetricCheck,
+    PhaseFailed,
+    PhaseReached,
+    ReleasePlanned,
+    ReleaseRejected,
+    ReleaseRolledBack,
+    ReleaseStatusChanged,
+    ReleaseSucceeded,
+    RollbackCompleted,
+    RollbackRequested,
+    VerdictResult,
+)
+from canaryflow_contracts.state import ReleaseState
+
+_RESULT_WORDS = {
+    VerdictResult.PASS: "passed",
+    VerdictResult.FAIL: "FAILED",
+    VerdictResult.INSUFFICIENT_DATA: "not enough data",
+    VerdictResult.INCONCLUSIVE: "inconclusive",
+}
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "no data"
+    if value == 0 or 0.001 <= abs(value) < 10000:
+        return f"{value:.3g}"
+    return f"{value:.2e}"
+
+
+def check_line(check: MetricCheck) -> str:
+    """E.g. ``error-rate (canary): 0.21 must be <= 0.05 — FAILED, 412 requests``."""
+    outcome = {None: "not judged", True: "ok", False: "FAILED"}[check.passed]
+    limit = (
+        f" must be {check.comparison} {_number(check.threshold)}"
+        if check.threshold is not None and check.comparison != "n/a"
+        else ""
+    )
+    return (
+        f"{check.metric} ({check.track}): {_number(check.value)}{limit} — {outcome}, "
+        f"{check.sample_size:.0f} requests"
+    )
+
+
+def verdict_lines(result: VerdictResult, reason: str, checks: list[MetricCheck]) -> list[str]:
+    return [f"verdict: {_RESULT_WORDS[result]} — {reason}"] + [
+        f"  {check_line(check)}" for check in checks
+    ]
+
+
+def _ago(moment: datetime, now: datetime) -> str:
+    seconds = max(0, int((now - moment).total_seconds()))
+    if seconds < 120:
+        return f"{seconds}s ago"
+    return f"{seconds // 60}m ago"
+
+
+def status_lines(state: ReleaseState, now: datetime) -> list[str]:
+    """Everything a person asks about a release in flight, in a few lines."""
+    step = state.current_step
+    status = state.status.value + (" (paused)" if state.paused else "")
+    lines = [
+        f"{state.release_id}  {state.target.key()}  {status}",
+        f"  versions: stable {state.stable_image or '?'} -> canary {state.version.image}",
+        f"  step {step.index + 1} of {len(state.steps)}: target weight {step.weight}%, "
+        f"canary serving {state.canary_weight:.0f}%",
+        f"  requested by {state.requested_by}, {_ago(state.created_at, now)}; "
+        f"last change {_ago(state.updated_at, now)}",
+    ]
+    if state.last_verdict is not None:
+        verdict = state.last_verdict
+        lines += [
+            "  " + line for line in verdict_lines(verdict.result, verdict.reason, verdict.checks)
+        ]
+    if state.outcome_reason:
+        lines.append(f"  outcome: {state.outcome_reason}")
+    return lines
+
+
+def event_line(envelope: Envelope[object]) -> list[str]:  # type: ignore[type-var]
+    """One event of a release as ``watch`` prints it."""
+    data = envelope.data
+    stamp = envelope.time.strftime("%H:%M:%S")
+    match data:
+        case ReleasePlanned():
+            steps = ", ".join(f"{s.weight}% for {s.hold_seconds:g}s" for s in data.steps)
+            head = f"planned with policy {data.policy}: {steps}"
+        case ReleaseRejected():
+            head = "REJECTED: " + "; ".join(data.reasons)
+        case PhaseReached():
+            head = (
+                f"step {data.step.index + 1} in place: canary serves {data.canary_weight:.0f}% "
+                f"({data.canary_ready} canary / {data.stable_ready} stable pods Ready)"
+            )
+        case PhaseFailed():
+            head = f"step {data.step.index + 1} could not be put in place: {data.reason}"
+        case AnalysisVerdict():
+            lines = verdict_lines(data.result, data.reason, data.checks)
+            kind = "final " if data.final else ""
+            return [f"{stamp}  step {data.step.index + 1} {kind}{lines[0]}", *lines[1:]]
+        case RollbackRequested():
+            head = f"rollback requested by {data.requested_by}: {data.reason}"
+        case RollbackCompleted():
+            head = (
+                f"rolled back: stable restored to {data.stable_replicas} pods in "
+                f"{data.seconds_to_restore:.1f}s ({data.reason})"
+            )
+        case ReleaseSucceeded() | ReleaseRolledBack():
+            head = f"{envelope.type.split('.')[-2].upper().replace('_', ' ')}: {data.summary}"
+        case ReleaseStatusChanged():
+            head = f"{data.status}: {data.detail}"
+        case _:
+            head = envelope.type.removeprefix("io.canaryflow.")
+    return [f"{stamp}  {head}"]
