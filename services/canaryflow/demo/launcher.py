@@ -1,0 +1,173 @@
+"""Runs the four canaryflow services as separate processes, the way they run in production.
+
+Used by ``make demo`` and by the end-to-end tests: each service is its own Python process,
+connected to the stack's NATS, Kubernetes API and Prometheus, exporting traces over OTLP and
+metrics that Prometheus scrapes (a file_sd target file per launch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICES = ("planner", "executor", "metrics_watcher", "rollback")
+STARTED_MARK = '"msg": "service started"'
+
+
+class LaunchError(RuntimeError):
+    """A service did not come up; the message names it and shows the end of its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class StackEndpoints:
+    nats_url: str
+    kubeconfig: str
+    prometheus_url: str
+    otlp_endpoint: str
+    prometheus_targets: Path | None = None
+
+    @classmethod
+    def from_env_json(cls, path: Path) -> StackEndpoints:
+        env = json.loads(path.read_text())
+        return cls(
+            nats_url=env["NATS_URL"],
+            kubeconfig=env["KUBECONFIG"],
+            prometheus_url=env["PROMETHEUS_URL"],
+            otlp_endpoint=env["OTEL_EXPORTER_OTLP_ENDPOINT"],
+            prometheus_targets=Path(env["PROMETHEUS_TARGETS_DIR"]),
+        )
+
+
+@dataclass
+class RunningService:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    metrics_port: int
+
+
+@dataclass
+class ServiceLauncher:
+    stack: StackEndpoints
+    prefix: str
+    log_dir: Path
+    replicas: int = 1
+    extra_env: dict[str, str] = field(default_factory=dict)
+    running: list[RunningService] = field(default_factory=list)
+
+    def _env(self, service: str, metrics_port: int) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "NATS_URL": self.stack.nats_url,
+            "KUBECONFIG": self.stack.kubeconfig,
+            "PROMETHEUS_URL": self.stack.prometheus_url,
+            "CANARYFLOW_PREFIX": self.prefix,
+            "CANARYFLOW_METRICS_PORT": str(metrics_port),
+            "CANARYFLOW_RECONCILE_SECONDS": "2",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.stack.otlp_endpoint,
+            "OTEL_SERVICE_NAME": f"canaryflow-{service.replace('_', '-')}",
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.update(self.extra_env)
+        return env
+
+    def start(self, services: tuple[str, ...] = SERVICES, timeout: float = 60) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        started: list[RunningService] = []
+        for service in services:
+            for replica in range(self.replicas):
+                port = free_port()
+                log_path = self.log_dir / f"{service}-{replica}.log"
+                log_file = log_path.open("wb")
+                process = subprocess.Popen(
+                    [sys.executable, "-m", f"canaryflow.{service}"],
+                    env=self._env(service, port),
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                )
+                log_file.close()
+                started.append(RunningService(service, process, log_path, port))
+        self.running.extend(started)
+        self._write_targets()
+        self._wait_started(started, timeout)
+
+    def _wait_started(self, services: list[RunningService], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = list(services)
+        while waiting:
+            for service in list(waiting):
+                if service.process.poll() is not None:
+                    raise LaunchError(
+                        f"{service.name} exited with {service.process.returncode}; "
+                        f"log {service.log_path}:\n{_tail(service.log_path)}"
+                    )
+                if STARTED_MARK in service.log_path.read_text(errors="replace"):
+                    waiting.remove(service)
+            if waiting and time.monotonic() > deadline:
+                names = ", ".join(s.name for s in waiting)
+                raise LaunchError(
+                    f"{names} not started within {timeout:.0f}s; "
+                    f"log {waiting[0].log_path}:\n{_tail(waiting[0].log_path)}"
+                )
+            time.sleep(0.2)
+
+    def _targets_file(self) -> Path | None:
+        if self.stack.prometheus_targets is None:
+            return None
+        return self.stack.prometheus_targets / f"canaryflow-{self.prefix}.json"
+
+    def _write_targets(self) -> None:
+        path = self._targets_file()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        groups = [
+            {
+                "targets": [f"127.0.0.1:{service.metrics_port}"],
+                "labels": {"service": service.name, "canaryflow_prefix": self.prefix},
+            }
+            for service in self.running
+            if service.process.poll() is None
+        ]
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(groups))
+        temporary.replace(path)  # Prometheus must never read a half-written file
+
+    def stop(self, name: str | None = None, timeout: float = 10) -> None:
+        """Stop every service (or those called ``name``): SIGTERM, then SIGKILL."""
+        chosen = [s for s in self.running if name is None or s.name == name]
+        for service in chosen:
+            if service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        for service in chosen:
+            try:
+                service.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
+            self.running.remove(service)
+        if self.running:
+            self._write_targets()
+        elif (path := self._targets_file()) is not None:
+            path.unlink(missing_ok=True)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"

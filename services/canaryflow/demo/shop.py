@@ -1,0 +1,185 @@
+"""A sample service to release: a Deployment behind a Service, with simulated users.
+
+The traffic simulator drives any Service labelled ``canaryflow.io/simulate: "true"`` and reads
+how each version behaves from the ``canaryflow-simulator`` ConfigMap (key = image tag), so a
+demo or a test can release a version that is worse in a known way. The policy installed here is
+deliberately quick (seconds per step) so that a release finishes while you watch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from canaryflow_contracts import generate, policy
+
+SIMULATOR_CONFIGMAP = "canaryflow-simulator"
+REGISTRY = "registry.local/shop"
+
+
+def install_crd(api: client.ApiClient, timeout: float = 30) -> None:
+    """Create or update the ReleasePolicy CRD and wait until the API serves it."""
+    extensions = client.ApiextensionsV1Api(api)
+    body = generate.crd()
+    name = body["metadata"]["name"]
+    try:
+        current = extensions.read_custom_resource_definition(name)
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        extensions.replace_custom_resource_definition(name, body)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        extensions.create_custom_resource_definition(body)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conditions = extensions.read_custom_resource_definition(name).status.conditions or []
+        if any(c.type == "Established" and c.status == "True" for c in conditions):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"CRD {name} not established within {timeout:.0f}s")
+
+
+def _create_or_patch(create: Any, patch: Any, *, name: str, namespace: str, body: Any) -> None:
+    """Idempotent apply for the sample objects: create, or patch what is already there."""
+    try:
+        create(namespace, body)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+        patch(name, namespace, body)
+
+
+def image(tag: str, name: str = "web") -> str:
+    return f"{REGISTRY}/{name}:{tag}"
+
+
+def deploy(
+    api: client.ApiClient,
+    namespace: str,
+    *,
+    name: str = "web",
+    tag: str = "v1",
+    replicas: int = 10,
+    rps: float = 60,
+) -> None:
+    """The Deployment and its Service, with simulated users at ``rps`` requests per second."""
+    labels = {"app": name}
+    deployment = client.V1Deployment(
+        metadata=client.V1ObjectMeta(name=name, labels=labels),
+        spec=client.V1DeploymentSpec(
+            replicas=replicas,
+            selector=client.V1LabelSelector(match_labels=labels),
+            template=client.V1PodTemplateSpec(
+                metadata=client.V1ObjectMeta(labels=labels),
+                spec=client.V1PodSpec(
+                    containers=[
+                        client.V1Container(
+                            name=name,
+                            image=image(tag, name),
+                            env=[client.V1EnvVar(name="CHECKOUT_LAYOUT", value="classic")],
+                        )
+                    ]
+                ),
+            ),
+        ),
+    )
+    apps = client.AppsV1Api(api)
+    _create_or_patch(
+        apps.create_namespaced_deployment,
+        apps.patch_namespaced_deployment,
+        name=name,
+        namespace=namespace,
+        body=deployment,
+    )
+    service = client.V1Service(
+        metadata=client.V1ObjectMeta(
+            name=name,
+            labels={"canaryflow.io/simulate": "true"},
+            annotations={"canaryflow.io/simulate-rps": str(rps)},
+        ),
+        spec=client.V1ServiceSpec(
+            selector=labels, ports=[client.V1ServicePort(port=80, target_port=8080)]
+        ),
+    )
+    core = client.CoreV1Api(api)
+    _create_or_patch(
+        core.create_namespaced_service,
+        core.patch_namespaced_service,
+        name=name,
+        namespace=namespace,
+        body=service,
+    )
+
+
+def set_behaviour(api: client.ApiClient, namespace: str, behaviours: dict[str, Any]) -> None:
+    """How each image tag behaves for the simulator, e.g. {"v2": {"error_rate": 0.2}}."""
+    core = client.CoreV1Api(api)
+    body = client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name=SIMULATOR_CONFIGMAP),
+        data={tag: json.dumps(behaviour) for tag, behaviour in behaviours.items()},
+    )
+    _create_or_patch(
+        core.create_namespaced_config_map,
+        core.patch_namespaced_config_map,
+        name=SIMULATOR_CONFIGMAP,
+        namespace=namespace,
+        body=body,
+    )
+
+
+def quick_policy(
+    target: str = "web",
+    *,
+    weights: tuple[int, ...] = (10, 30, 50),
+    hold_seconds: float = 8,
+    pod_ready_seconds: float = 30,
+    max_error_rate: float = 0.05,
+    max_p99_seconds: float = 0.5,
+    min_requests: int = 20,
+) -> dict[str, Any]:
+    """A ReleasePolicy spec (camelCase, as in the cluster) with short steps for demos and tests."""
+    return {
+        "targetRef": target,
+        "steps": [{"weight": w, "holdSeconds": hold_seconds} for w in weights],
+        "maxWeight": max(weights),
+        "analysis": {
+            "intervalSeconds": 2,
+            "windowSeconds": 10,
+            "minRequests": min_requests,
+            "metrics": [
+                {"name": "error-rate", "template": "error-rate", "max": max_error_rate},
+                {"name": "p99-latency", "template": "p99-latency", "max": max_p99_seconds},
+            ],
+        },
+        "deadlines": {"podReadySeconds": pod_ready_seconds, "pauseSeconds": 60},
+    }
+
+
+def apply_policy(
+    api: client.ApiClient, namespace: str, spec: dict[str, Any], name: str = "web"
+) -> None:
+    custom = client.CustomObjectsApi(api)
+    body: dict[str, Any] = {
+        "apiVersion": f"{policy.GROUP}/{policy.VERSION}",
+        "kind": policy.KIND,
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    try:
+        custom.create_namespaced_custom_object(
+            policy.GROUP, policy.VERSION, namespace, policy.PLURAL, body
+        )
+    except ApiException as error:
+        if error.status != 409:
+            raise
+        current = custom.get_namespaced_custom_object(
+            policy.GROUP, policy.VERSION, namespace, policy.PLURAL, name
+        )
+        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        custom.replace_namespaced_custom_object(
+            policy.GROUP, policy.VERSION, namespace, policy.PLURAL, name, body
+        )
