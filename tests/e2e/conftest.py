@@ -1,0 +1,144 @@
+"""End-to-end fixtures: the four services as real processes on the real stack.
+
+The services are started once per session with their own stream prefix (fresh streams,
+consumers and KV bucket), and each test gets a fresh namespace with the sample shop in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+from kubernetes import client
+from nats.aio.client import Client as NatsClient
+from nats.js.api import DeliverPolicy
+
+from canaryflow.demo import shop
+from canaryflow.demo.launcher import ServiceLauncher, StackEndpoints
+from canaryflow_contracts import Envelope, EventData, Subjects
+from canaryflow_contracts.events import (
+    TERMINAL_EVENTS,
+    ReleaseRequested,
+    TargetRef,
+    VersionSpec,
+    parse_event,
+)
+from tests.support import StackEnv
+
+
+@pytest.fixture(scope="session")
+def e2e_prefix() -> str:
+    return f"e2e_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def services(stack: StackEnv, kube: client.ApiClient, e2e_prefix: str) -> Iterator[ServiceLauncher]:
+    shop.install_crd(kube)
+    launcher = ServiceLauncher(
+        StackEndpoints(
+            nats_url=stack.nats_url,
+            kubeconfig=stack.kubeconfig,
+            prometheus_url=stack.prometheus_url,
+            otlp_endpoint=stack.otlp_http_endpoint,
+            prometheus_targets=stack.prometheus_targets,
+        ),
+        prefix=e2e_prefix,
+        log_dir=stack.state_dir / "logs" / f"e2e-{e2e_prefix}",
+    )
+    launcher.start()
+    yield launcher
+    launcher.stop()
+
+
+@dataclass
+class Releases:
+    """Request releases and collect their events, as an external system would over NATS."""
+
+    nc: NatsClient
+    subjects: Subjects
+
+    async def request(self, namespace: str, image: str, target: str = "web") -> str:
+        release_id = f"{target}-{uuid.uuid4().hex[:8]}"
+        envelope = Envelope.wrap(
+            ReleaseRequested(
+                target=TargetRef(namespace=namespace, name=target),
+                version=VersionSpec(image=image),
+                requested_by="e2e-test",
+            ),
+            release_id=release_id,
+            source="tests/e2e",
+        )
+        await self.nc.jetstream().publish(
+            self.subjects.of(ReleaseRequested, release_id),
+            envelope.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": envelope.id},
+        )
+        return release_id
+
+    async def publish(self, data: EventData, release_id: str) -> None:
+        envelope = Envelope.wrap(data, release_id=release_id, source="tests/e2e")
+        await self.nc.jetstream().publish(
+            self.subjects.of(type(data), release_id),
+            envelope.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": envelope.id},
+        )
+
+    async def events(
+        self,
+        release_id: str,
+        until: tuple[type[EventData], ...] = TERMINAL_EVENTS,
+        timeout: float = 180,
+    ) -> list[Envelope[EventData]]:
+        """Every event of the release from its start, up to the first of type ``until``."""
+        subscription = await self.nc.jetstream().subscribe(
+            self.subjects.release(release_id),
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        seen: list[Envelope[EventData]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    kinds = [e.type.removeprefix("io.canaryflow.") for e in seen]
+                    raise AssertionError(
+                        f"release {release_id} did not reach {[u.__name__ for u in until]} "
+                        f"within {timeout:.0f}s; events so far: {kinds}"
+                    )
+                try:
+                    msg = await subscription.next_msg(timeout=min(remaining, 5))
+                except TimeoutError:
+                    continue
+                envelope = parse_event(msg.data)
+                seen.append(envelope)
+                if isinstance(envelope.data, until):
+                    return seen
+        finally:
+            await subscription.unsubscribe()
+
+
+@pytest.fixture
+async def releases(services: ServiceLauncher, nats_client: NatsClient) -> AsyncIterator[Releases]:
+    yield Releases(nats_client, Subjects(services.prefix))
+
+
+@pytest.fixture
+def shop_namespace(kube: client.ApiClient, namespace: str) -> str:
+    """The sample shop (10 pods of web:v1 behind a simulated Service) and a quick policy."""
+    shop.deploy(kube, namespace)
+    shop.set_behaviour(
+        kube,
+        namespace,
+        {
+            "v1": {"error_rate": 0.005, "latency_ms": {"median": 40, "p99": 120}},
+            "v2": {"error_rate": 0.005, "latency_ms": {"median": 40, "p99": 120}},
+            "v2-bad": {"error_rate": 0.2, "latency_ms": {"median": 40, "p99": 120}},
+        },
+    )
+    shop.apply_policy(kube, namespace, shop.quick_policy())
+    return namespace
