@@ -1,0 +1,180 @@
+"""JetStream discipline on a real NATS server: nothing lost, nothing handled twice.
+
+Given a service built on the shared runtime, with a fresh stream prefix per test,
+these tests publish real messages and watch what the server and the handler do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+import pytest
+from nats.aio.client import Client as NatsClient
+from tests.support import StackEnv, async_wait_until
+from tests.unit.support_state import sample_state
+
+from canaryflow.runtime.bus import Delivery
+from canaryflow.runtime.service import Service
+from canaryflow.runtime.settings import Settings
+from canaryflow.runtime.store import StaleWrite
+from canaryflow_contracts import Envelope, Subjects
+from canaryflow_contracts.events import DeadLetter, PauseRelease, parse_event
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+async def service(stack: StackEnv, stream_prefix: str) -> AsyncIterator[Service]:
+    settings = Settings(
+        service="bustest", nats_url=stack.nats_url, prefix=stream_prefix, max_deliver=3, workers=2
+    )
+    yield Service(settings)
+
+
+async def _publish(nc: NatsClient, subjects: Subjects, raw: bytes, msg_id: str) -> None:
+    await nc.jetstream().publish(
+        subjects.of(PauseRelease, "rel-1"), raw, headers={"Nats-Msg-Id": msg_id}
+    )
+
+
+def _pause(event_id: str = "e-1") -> bytes:
+    envelope = Envelope.wrap(
+        PauseRelease(actor="tester"), release_id="rel-1", source="tests", id=event_id
+    )
+    return envelope.model_dump_json().encode()
+
+
+def _has(items: Sequence[object], count: int) -> Callable[[], Awaitable[bool | None]]:
+    async def check() -> bool | None:
+        return True if len(items) >= count else None
+
+    return check
+
+
+async def _dead_letters(nc: NatsClient, subjects: Subjects) -> list[DeadLetter]:
+    js = nc.jetstream()
+    info = await js.stream_info(subjects.deadletter_stream.name)
+    letters = []
+    for sequence in range(1, info.state.last_seq + 1):
+        message = await js.get_msg(subjects.deadletter_stream.name, sequence)
+        data = parse_event(message.data or b"").data
+        assert isinstance(data, DeadLetter)
+        letters.append(data)
+    return letters
+
+
+async def test_a_failing_handler_is_retried_until_it_succeeds(
+    service: Service, nats_client: NatsClient
+) -> None:
+    attempts: list[int] = []
+
+    async def flaky(envelope: Envelope[PauseRelease], delivery: Delivery) -> None:
+        attempts.append(delivery.attempt)
+        if delivery.attempt < 3:
+            raise RuntimeError("transient")
+
+    service.subscribe(PauseRelease, "flaky", flaky)
+    await service.start()
+    try:
+        await _publish(nats_client, service.settings.subjects, _pause(), "m-1")
+        await async_wait_until(_has(attempts, 3), timeout=20, message="3 attempts")
+        await asyncio.sleep(1.5)  # a further (wrong) redelivery would arrive within this
+        assert attempts == [1, 2, 3]
+        assert await _dead_letters(nats_client, service.settings.subjects) == []
+    finally:
+        await service.stop()
+
+
+async def test_a_handler_that_always_fails_is_dead_lettered_with_its_error(
+    service: Service, nats_client: NatsClient
+) -> None:
+    attempts: list[int] = []
+
+    async def broken(envelope: Envelope[PauseRelease], delivery: Delivery) -> None:
+        attempts.append(delivery.attempt)
+        raise RuntimeError("the cluster said no")
+
+    service.subscribe(PauseRelease, "broken", broken)
+    await service.start()
+    try:
+        await _publish(nats_client, service.settings.subjects, _pause(), "m-2")
+        subjects = service.settings.subjects
+
+        async def lettered() -> list[DeadLetter] | None:
+            return await _dead_letters(nats_client, subjects) or None
+
+        letters = await async_wait_until(lettered, timeout=30, message="a dead letter")
+        assert attempts == [1, 2, 3]
+        assert letters[0].deliveries == 3
+        assert "the cluster said no" in letters[0].error
+        assert letters[0].original_subject == subjects.of(PauseRelease, "rel-1")
+        assert b'"actor":"tester"' in letters[0].payload.encode()
+    finally:
+        await service.stop()
+
+
+async def test_a_malformed_message_is_dead_lettered_at_once(
+    service: Service, nats_client: NatsClient
+) -> None:
+    handled: list[str] = []
+
+    async def handler(envelope: Envelope[PauseRelease], delivery: Delivery) -> None:
+        handled.append(envelope.id)
+
+    service.subscribe(PauseRelease, "strict", handler)
+    await service.start()
+    try:
+        await _publish(nats_client, service.settings.subjects, b'{"not": "an event"}', "m-3")
+        subjects = service.settings.subjects
+
+        async def lettered() -> list[DeadLetter] | None:
+            return await _dead_letters(nats_client, subjects) or None
+
+        letters = await async_wait_until(lettered, timeout=15, message="a dead letter")
+        assert letters[0].deliveries == 1
+        assert "malformed" in letters[0].error
+        assert handled == []
+    finally:
+        await service.stop()
+
+
+async def test_a_republished_event_is_stored_and_handled_once(
+    service: Service, nats_client: NatsClient
+) -> None:
+    handled: list[str] = []
+
+    async def handler(envelope: Envelope[PauseRelease], delivery: Delivery) -> None:
+        handled.append(envelope.id)
+
+    service.subscribe(PauseRelease, "once", handler)
+    await service.start()
+    try:
+        for _ in range(3):
+            await _publish(nats_client, service.settings.subjects, _pause("same"), "same")
+        await async_wait_until(_has(handled, 1), timeout=10, message="the event handled")
+        await asyncio.sleep(1)
+        info = await nats_client.jetstream().stream_info(
+            service.settings.subjects.events_stream.name
+        )
+        assert info.state.messages == 1
+        assert handled == ["same"]
+    finally:
+        await service.stop()
+
+
+async def test_release_state_writes_are_compare_and_set(service: Service) -> None:
+    await service.start()
+    try:
+        store = service.store
+        state = sample_state("rel-cas")
+        revision = await store.create(state)
+        with pytest.raises(StaleWrite):
+            await store.create(state)
+        await store.update(state.model_copy(update={"step_index": 1}), revision)
+        with pytest.raises(StaleWrite):
+            await store.update(state.model_copy(update={"step_index": 2}), revision)
+        current = await store.get("rel-cas")
+        assert current is not None and current.state.step_index == 1
+    finally:
+        await service.stop()
