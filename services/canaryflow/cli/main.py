@@ -13,8 +13,9 @@ import os
 import secrets
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import nats
 from nats.aio.client import Client
@@ -34,6 +35,7 @@ from canaryflow_contracts.events import (
     PolicyOverrides,
     PromoteNow,
     ReleaseRequested,
+    ReleaseSucceeded,
     ResumeRelease,
     TargetRef,
     VersionSpec,
@@ -139,8 +141,17 @@ def _release_request(args: argparse.Namespace) -> tuple[str, ReleaseRequested]:
     return release_id, request
 
 
-async def _watch(nc: Client, subjects: Subjects, release_id: str, give_up_after: float) -> int:
-    """Print every event of the release from its start; exit 0 on success, 1 otherwise."""
+async def follow_release(
+    nc: Client,
+    subjects: Subjects,
+    release_id: str,
+    on_event: Callable[[Envelope[Any]], None],
+    give_up_after: float = 0,
+) -> Envelope[Any] | None:
+    """Replay the release's events from its start, then live, until a terminal event.
+
+    Returns the terminal event, or None when ``give_up_after`` seconds passed first.
+    """
     js = nc.jetstream()
     subscription = await js.subscribe(
         subjects.release(release_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
@@ -149,12 +160,11 @@ async def _watch(nc: Client, subjects: Subjects, release_id: str, give_up_after:
     deadline = loop.time() + give_up_after if give_up_after else None
     try:
         while True:
-            wait = None if deadline is None else deadline - loop.time()
-            if wait is not None and wait <= 0:
-                print(f"stopped watching after {give_up_after:g}s; the release goes on")
-                return 2
+            wait = 3600.0 if deadline is None else deadline - loop.time()
+            if wait <= 0:
+                return None
             try:
-                msg = await subscription.next_msg(timeout=wait if wait is not None else 3600)
+                msg = await subscription.next_msg(timeout=min(wait, 5))
             except TimeoutError:
                 continue
             try:
@@ -162,12 +172,25 @@ async def _watch(nc: Client, subjects: Subjects, release_id: str, give_up_after:
             except (ValueError, ValidationError) as error:
                 print(f"(unreadable event on {msg.subject}: {error})")
                 continue
-            for line in render.event_line(envelope):
-                print(line, flush=True)
+            on_event(envelope)
             if isinstance(envelope.data, TERMINAL_EVENTS):
-                return 0 if envelope.type.endswith("succeeded.v1") else 1
+                return envelope
     finally:
         await subscription.unsubscribe()
+
+
+def print_event(envelope: Envelope[Any]) -> None:
+    for line in render.event_line(envelope):
+        print(line, flush=True)
+
+
+async def _watch(nc: Client, subjects: Subjects, release_id: str, give_up_after: float) -> int:
+    """Exit 0 when the release succeeded, 1 when it ended otherwise, 2 when we gave up."""
+    final = await follow_release(nc, subjects, release_id, print_event, give_up_after)
+    if final is None:
+        print(f"stopped watching after {give_up_after:g}s; the release goes on")
+        return 2
+    return 0 if isinstance(final.data, ReleaseSucceeded) else 1
 
 
 async def _status(nc: Client, subjects: Subjects, include_finished: bool) -> int:

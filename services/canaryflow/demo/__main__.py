@@ -1,0 +1,207 @@
+"""``make demo``: one good release promoted and one bad release rolled back, live.
+
+Runs on the local stack (``make stack-up`` has started it): puts the sample shop into a fresh
+namespace, starts the four services as separate processes, and requests two releases the way
+any system would, over NATS. Every event is printed as it happens; a summary ends the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+from kubernetes import client, config
+from nats.aio.client import Client as NatsClient
+
+from canaryflow.cli.main import follow_release, print_event
+from canaryflow.demo import shop
+from canaryflow.demo.launcher import LaunchError, ServiceLauncher, StackEndpoints
+from canaryflow_contracts import Envelope, Subjects
+from canaryflow_contracts.events import (
+    AnalysisVerdict,
+    PhaseReached,
+    ReleaseRequested,
+    ReleaseRolledBack,
+    RollbackCompleted,
+    TargetRef,
+    VersionSpec,
+)
+
+REPO = Path(__file__).resolve().parents[3]
+STACK_ENV = REPO / ".stack" / "env.json"
+
+
+@dataclass
+class Outcome:
+    release_id: str
+    image: str
+    result: str
+    seconds: float
+    steps_reached: list[int]
+    restore_seconds: float | None
+    evidence: list[str]
+
+
+def _say(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def _wait_for_pods(api: client.ApiClient, namespace: str, name: str, timeout: float) -> None:
+    apps = client.AppsV1Api(api)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        deployment = apps.read_namespaced_deployment(name, namespace)
+        ready = deployment.status.ready_replicas or 0
+        if ready == deployment.spec.replicas:
+            print(f"   {ready}/{deployment.spec.replicas} pods of {name} Ready")
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{name} in {namespace} not Ready within {timeout:.0f}s")
+
+
+def _show_split(simulator_url: str, namespace: str) -> None:
+    try:
+        split = httpx.get(f"{simulator_url}/split", timeout=3).json()
+    except (httpx.HTTPError, json.JSONDecodeError) as error:
+        print(f"   (simulator split unavailable: {error})")
+        return
+    print(f"   simulated traffic: {json.dumps(split.get(namespace, split))[:300]}")
+
+
+async def _release(nc: NatsClient, subjects: Subjects, namespace: str, image: str) -> Outcome:
+    release_id = f"web-{uuid.uuid4().hex[:6]}"
+    envelope = Envelope.wrap(
+        ReleaseRequested(
+            target=TargetRef(namespace=namespace, name="web"),
+            version=VersionSpec(image=image),
+            requested_by="make-demo",
+            reason="demo",
+        ),
+        release_id=release_id,
+        source="canaryflow/demo",
+    )
+    await nc.jetstream().publish(
+        subjects.of(ReleaseRequested, release_id),
+        envelope.model_dump_json().encode(),
+        headers={"Nats-Msg-Id": envelope.id},
+    )
+    print(f"   requested {release_id}: web -> {image}  (canaryflow watch {release_id})")
+    started = time.monotonic()
+    seen: list[Envelope[Any]] = []
+
+    def show(event: Envelope[Any]) -> None:
+        seen.append(event)
+        # Non-final verdicts arrive every tick: show the final ones and failures only.
+        if isinstance(event.data, AnalysisVerdict) and not event.data.final:
+            return
+        print_event(event)
+
+    final = await follow_release(nc, subjects, release_id, show, give_up_after=300)
+    restore = next(
+        (e.data.seconds_to_restore for e in seen if isinstance(e.data, RollbackCompleted)), None
+    )
+    evidence = []
+    if final is not None and isinstance(final.data, ReleaseRolledBack):
+        evidence = [
+            f"{c.metric}={c.value:.3g} (limit {c.threshold:g})"
+            for c in final.data.evidence
+            if c.passed is False and c.value is not None and c.threshold is not None
+        ]
+    return Outcome(
+        release_id=release_id,
+        image=image,
+        result="timed out" if final is None else final.type.split(".")[-2],
+        seconds=time.monotonic() - started,
+        steps_reached=[e.data.step.weight for e in seen if isinstance(e.data, PhaseReached)],
+        restore_seconds=restore,
+        evidence=evidence,
+    )
+
+
+def _summary(outcomes: list[Outcome]) -> None:
+    _say("summary")
+    for o in outcomes:
+        steps = " -> ".join(f"{w}%" for w in o.steps_reached) or "none"
+        line = f"   {o.release_id}  {o.image:<34} {o.result:<12} {o.seconds:5.1f}s  steps {steps}"
+        if o.restore_seconds is not None:
+            line += f"  restored in {o.restore_seconds:.1f}s"
+        print(line)
+        for item in o.evidence:
+            print(f"      evidence: {item}")
+
+
+async def _run(endpoints: StackEndpoints, simulator_url: str, keep_namespace: bool) -> int:
+    api = config.new_client_from_config(config_file=endpoints.kubeconfig)
+    namespace = f"demo-{datetime.now().strftime('%H%M%S')}"
+    _say(f"the sample shop in namespace {namespace}: 10 pods of web:v1, simulated users")
+    shop.install_crd(api)
+    client.CoreV1Api(api).create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace))
+    )
+    shop.deploy(api, namespace)
+    shop.set_behaviour(
+        api,
+        namespace,
+        {
+            "v1": {"error_rate": 0.005, "latency_ms": {"median": 40, "p99": 120}},
+            "v2": {"error_rate": 0.004, "latency_ms": {"median": 38, "p99": 110}},
+            "v3": {"error_rate": 0.2, "latency_ms": {"median": 40, "p99": 120}},
+        },
+    )
+    shop.apply_policy(api, namespace, shop.quick_policy())
+    print("   policy: 10% -> 30% -> 50%, 8 s each; error rate <= 5%, p99 <= 0.5 s")
+    _wait_for_pods(api, namespace, "web", 60)
+
+    _say("starting planner, executor, metrics-watcher and rollback (one process each)")
+    launcher = ServiceLauncher(endpoints, prefix="canaryflow", log_dir=REPO / ".stack" / "logs")
+    try:
+        launcher.start()
+    except LaunchError as error:
+        print(f"demo: {error}", file=sys.stderr)
+        launcher.stop()
+        return 1
+    print(f"   logs in {REPO / '.stack' / 'logs'}")
+    nc = await nats.connect(endpoints.nats_url)
+    subjects = Subjects("canaryflow")
+    outcomes = []
+    try:
+        _show_split(simulator_url, namespace)
+        _say("release 1: web:v2, as good as v1 — expect promotion")
+        outcomes.append(await _release(nc, subjects, namespace, shop.image("v2")))
+        _say("release 2: web:v3, which fails 20 % of requests — expect rollback")
+        outcomes.append(await _release(nc, subjects, namespace, shop.image("v3")))
+        _summary(outcomes)
+    finally:
+        await nc.drain()
+        launcher.stop()
+        if not keep_namespace:
+            client.CoreV1Api(api).delete_namespace(namespace)
+    expected = ["succeeded", "rolled_back"]
+    return 0 if [o.result for o in outcomes] == expected else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="canaryflow.demo", description=__doc__)
+    parser.add_argument("--keep", action="store_true", help="keep the demo namespace")
+    args = parser.parse_args()
+    if not STACK_ENV.exists():
+        print(
+            "demo: the local stack is not up; run `make stack-up` (make demo does)", file=sys.stderr
+        )
+        sys.exit(1)
+    endpoints = StackEndpoints.from_env_json(STACK_ENV)
+    simulator_url = json.loads(STACK_ENV.read_text()).get("SIMULATOR_URL", "")
+    sys.exit(asyncio.run(_run(endpoints, simulator_url, args.keep)))
+
+
+main()
