@@ -1,0 +1,282 @@
+"""The planner as a service: events in, state written with compare-and-set, commands out.
+
+Handlers only translate: read the release, ask the pure machine, write the new state under the
+revision that was read (a ``StaleWrite`` means another replica or event got there first, so
+read and decide again), and publish only after the write succeeded. Command ids are
+deterministic, so a redelivered event that publishes again is dropped by JetStream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol, cast
+
+from pydantic import ConfigDict, ValidationError
+
+from canaryflow.planner.machine import Command, Decision, accept, decide, reject
+from canaryflow.planner.planning import Refusal
+from canaryflow.planner.reconcile import DEFAULT_TIMINGS, ReconcileTimings, reconcile
+from canaryflow.planner.validation import (
+    Admission,
+    ClusterReader,
+    KubeClusterReader,
+    describe_validation_error,
+    validate,
+)
+from canaryflow.runtime import observability
+from canaryflow.runtime.bus import Delivery
+from canaryflow.runtime.service import Service
+from canaryflow.runtime.settings import Settings
+from canaryflow.runtime.store import StaleWrite, Versioned
+from canaryflow_contracts import Envelope, EventData
+from canaryflow_contracts.events import (
+    AbortRelease,
+    AnalysisVerdict,
+    PauseRelease,
+    PhaseFailed,
+    PhaseReached,
+    PromoteNow,
+    PromotionCompleted,
+    ReleaseRequested,
+    ResumeRelease,
+    RollbackCompleted,
+    RollbackRequested,
+    TargetRef,
+)
+from canaryflow_contracts.state import ReleaseState, ReleaseStatus
+
+SERVICE_NAME = "planner"
+# Compare-and-set attempts before the message is handed back for redelivery.
+CAS_ATTEMPTS = 10
+
+log = logging.getLogger(__name__)
+
+
+class ReleaseRequestPayload(EventData):
+    """A release request as received, before it is checked against the public contract.
+
+    The request is the public API: a malformed one must be answered with a rejection that
+    names every problem, not dead-lettered where the requester never sees it. So the planner
+    accepts any payload here and validates it as ``ReleaseRequested`` itself.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    event_domain = ReleaseRequested.event_domain
+    event_name = ReleaseRequested.event_name
+
+
+class StateStore(Protocol):
+    async def get(self, release_id: str) -> Versioned | None: ...
+    async def create(self, state: ReleaseState) -> int: ...
+    async def update(self, state: ReleaseState, revision: int) -> int: ...
+    async def claim_target(self, target: TargetRef, release_id: str) -> str: ...
+    async def free_target(self, target: TargetRef, release_id: str) -> None: ...
+    async def all(self) -> list[Versioned]: ...
+
+
+class Publisher(Protocol):
+    async def publish(
+        self, data: EventData, release_id: str, *, event_id: str | None = None
+    ) -> Envelope[Any]: ...
+
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Planner:
+    """The planner's handlers, with their adapters injected (tests pass fakes)."""
+
+    def __init__(
+        self,
+        store: Callable[[], StateStore],
+        publisher: Publisher,
+        cluster: ClusterReader,
+        clock: Clock = utc_now,
+        timings: ReconcileTimings = DEFAULT_TIMINGS,
+    ) -> None:
+        self._store = store  # a getter: the service's store exists only once it has started
+        self._publisher = publisher
+        self._cluster = cluster
+        self._clock = clock
+        self._timings = timings
+
+    async def on_request(
+        self, event: Envelope[ReleaseRequestPayload], delivery: Delivery | None = None
+    ) -> None:
+        release_id = event.subject
+        try:
+            request = ReleaseRequested.model_validate(event.data.model_extra or {})
+        except ValidationError as error:
+            reasons = [f"malformed request: {r}" for r in describe_validation_error(error)]
+            log.warning("rejecting a malformed request: %s", "; ".join(reasons))
+            await self._publish(release_id, reject(release_id, event, None, reasons, self._clock()))
+            return
+        typed = cast(Envelope[ReleaseRequested], event.model_copy(update={"data": request}))
+        for _ in range(CAS_ATTEMPTS):
+            if await self._admit(release_id, typed):
+                return
+        raise RuntimeError(f"release {release_id}: state kept changing under us")
+
+    async def _admit(self, release_id: str, event: Envelope[ReleaseRequested]) -> bool:
+        store = self._store()
+        current = await store.get(release_id)
+        if current is not None:  # a redelivery, or another request reusing the id
+            return await self._apply(current, event)
+        request = event.data
+        now = self._clock()
+        admitted = await validate(request, self._cluster, now)
+        if isinstance(admitted, Admission):
+            holder = await store.claim_target(request.target, release_id)
+            if holder != release_id:
+                busy = (
+                    f"Deployment {request.target.key()} already has a release in flight: {holder}"
+                )
+                admitted = Refusal((busy,))
+        if isinstance(admitted, Refusal):
+            decision = reject(release_id, event, request, list(admitted.reasons), now)
+        else:
+            decision = accept(release_id, event, admitted, now)
+        assert decision.state is not None
+        try:
+            await store.create(decision.state)
+        except StaleWrite:
+            if isinstance(admitted, Admission):
+                await self._unclaim_unless_ours(release_id, request.target)
+            return False
+        log.info(
+            "release %s: %s",
+            decision.state.status.value,
+            "; ".join(admitted.reasons) if isinstance(admitted, Refusal) else admitted.policy_name,
+        )
+        await self._publish(release_id, decision)
+        return True
+
+    async def _unclaim_unless_ours(self, release_id: str, target: TargetRef) -> None:
+        """We lost the race to create this release: keep the lock only if it is the same one."""
+        existing = await self._store().get(release_id)
+        if existing is None or existing.state.target != target or existing.state.status.terminal:
+            await self._store().free_target(target, release_id)
+
+    async def on_event(self, event: Envelope[Any], delivery: Delivery | None = None) -> None:
+        release_id = event.subject
+        for _ in range(CAS_ATTEMPTS):
+            current = await self._store().get(release_id)
+            if current is None:
+                log.info("no release %s: nothing to do for %s", release_id, event.type)
+                return
+            if await self._apply(current, event):
+                return
+        raise RuntimeError(f"release {release_id}: state kept changing under us")
+
+    async def _apply(self, current: Versioned, event: Envelope[Any]) -> bool:
+        """Decide and write; False when the state changed since it was read."""
+        decision = decide(current.state, event, self._clock())
+        if decision.state is not None:
+            try:
+                await self._store().update(decision.state, current.revision)
+            except StaleWrite:
+                return False
+            log.info(
+                "%s -> %s%s",
+                event.type,
+                decision.state.status.value,
+                " (paused)" if decision.state.paused else "",
+            )
+        await self._publish(current.state.release_id, decision, current.state)
+        return True
+
+    async def _publish(
+        self, release_id: str, decision: Decision, before: ReleaseState | None = None
+    ) -> None:
+        for command in decision.commands:
+            await self._send(release_id, command)
+        # A replay (no new state, commands again) may follow a crash before the lock was freed.
+        after = decision.state or (before if decision.commands else None)
+        if after is not None and after.status.terminal:
+            # Frees only a lock this release holds, so a replay or a rejection is harmless.
+            await self._store().free_target(after.target, release_id)
+
+    async def _send(self, release_id: str, command: Command) -> None:
+        await self._publisher.publish(command.data, release_id, event_id=command.event_id)
+
+    async def reconcile_once(self) -> None:
+        """One pass of the safety net over every release; a lost CAS race waits for the next."""
+        now = self._clock()
+        by_status: Counter[ReleaseStatus] = Counter()
+        for versioned in await self._store().all():
+            by_status[versioned.state.status] += 1
+            decision = reconcile(versioned.state, now, self._timings)
+            if decision.state is None:
+                continue
+            try:
+                await self._store().update(decision.state, versioned.revision)
+            except StaleWrite:
+                continue
+            log.warning(
+                "reconcile: %s",
+                decision.state.history[-1].detail,
+                extra={"release_id": versioned.state.release_id},
+            )
+            await self._publish(versioned.state.release_id, decision)
+        gauge = observability.service_metrics().releases
+        for status in ReleaseStatus:
+            gauge.labels(status.value).set(by_status[status])
+
+    async def reconcile_forever(self, every_seconds: float) -> None:
+        while True:
+            try:
+                await self.reconcile_once()
+            except Exception:
+                # The bus or the bucket may be briefly away; the next pass tries again.
+                log.exception("reconcile pass failed")
+            await asyncio.sleep(every_seconds)
+
+
+# The events the planner follows, each with its own durable consumer.
+FOLLOWED: tuple[tuple[type[EventData], str], ...] = (
+    (PhaseReached, "phase-reached"),
+    (PhaseFailed, "phase-failed"),
+    (AnalysisVerdict, "verdict"),
+    (PromotionCompleted, "promotion-completed"),
+    (RollbackRequested, "rollback-requested"),
+    (RollbackCompleted, "rollback-completed"),
+    (PauseRelease, "pause"),
+    (ResumeRelease, "resume"),
+    (AbortRelease, "abort"),
+    (PromoteNow, "promote-now"),
+)
+
+
+def build_service(
+    settings: Settings,
+    cluster_reader: ClusterReader | None = None,
+    *,
+    clock: Clock = utc_now,
+    timings: ReconcileTimings = DEFAULT_TIMINGS,
+) -> Service:
+    service = Service(settings)
+    planner = Planner(
+        lambda: service.store,
+        service.publisher,
+        cluster_reader or KubeClusterReader(settings.kubeconfig),
+        clock,
+        timings,
+    )
+    service.subscribe(ReleaseRequestPayload, "requested", planner.on_request)
+    for event, name in FOLLOWED:
+        service.subscribe(event, name, planner.on_event)
+
+    async def reconcile_loop() -> None:
+        await planner.reconcile_forever(settings.reconcile_seconds)
+
+    service.every(reconcile_loop)
+    return service

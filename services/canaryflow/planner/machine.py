@@ -1,0 +1,502 @@
+"""The release state machine: ``(state, event, now) -> (new state, commands)``, with no I/O.
+
+Why it is shaped this way:
+- Events arrive at least once, possibly late and out of order, at several replicas. Every
+  transition is guarded by the status and the step the event belongs to, and handled event ids
+  are remembered, so a stale, duplicate or reordered event changes nothing.
+- The commands a transition publishes are a function of the state it produced and the event
+  that produced it (``commands_after``), with deterministic event ids. So when the handler
+  crashed after writing the state but before publishing, the redelivered event (still the
+  last one the state remembers) publishes exactly the same commands again, and JetStream's
+  ``Nats-Msg-Id`` deduplication keeps those it already had.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from canaryflow.planner.planning import EffectiveAnalysis
+from canaryflow.planner.validation import Admission
+from canaryflow_contracts import Envelope, EventData
+from canaryflow_contracts.events import (
+    AbortRelease,
+    AnalysisVerdict,
+    ApplyPhase,
+    PauseRelease,
+    PhaseFailed,
+    PhaseReached,
+    PlannedStep,
+    PromoteNow,
+    PromotionCompleted,
+    ReleasePlanned,
+    ReleaseRejected,
+    ReleaseRequested,
+    ReleaseRolledBack,
+    ReleaseStatusChanged,
+    ReleaseSucceeded,
+    RequestAnalysis,
+    RequestPromotion,
+    ResumeRelease,
+    RollbackCompleted,
+    RollbackRequested,
+    TargetRef,
+    VerdictAction,
+    VerdictResult,
+)
+from canaryflow_contracts.state import (
+    HISTORY_LIMIT,
+    SEEN_EVENTS_LIMIT,
+    HistoryEntry,
+    ReleaseState,
+    ReleaseStatus,
+    VerdictSummary,
+)
+
+SOURCE = "canaryflow/planner"
+REJECTED_EVENT = "rejected"
+# A rejected release never had a plan; one empty step keeps ``current_step`` safe for readers.
+_NO_STEP = PlannedStep(index=0, weight=0, hold_seconds=0)
+# Stands in for a target a malformed request did not name validly (the rejection needs one).
+UNKNOWN_TARGET = TargetRef(namespace="unknown", name="unknown")
+
+
+@dataclass(frozen=True)
+class Command:
+    """An event to publish, with the id that makes a re-publication a duplicate."""
+
+    data: EventData
+    event_id: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: ReleaseState | None  # None: nothing to write
+    commands: list[Command] = field(default_factory=list)
+
+
+NO_CHANGE = Decision(None, [])
+
+
+def short_digest(text: str) -> str:
+    """A short, stable token for deriving event ids from another event's id."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def version_tag(image: str) -> str:
+    """The version label the traffic simulator puts on an image's metrics.
+
+    The tag if there is one; for a reference pinned only by digest, ``sha256-<12 hex>``;
+    otherwise ``latest``.
+    """
+    name, _, digest = image.strip().partition("@")
+    _, colon, tag = name.rpartition(":")
+    if colon and tag and "/" not in tag:
+        return tag
+    if digest:
+        algorithm, _, hex_digits = digest.partition(":")
+        return f"{algorithm}-{hex_digits[:12]}" if hex_digits else algorithm or "latest"
+    return "latest"
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def accept(
+    release_id: str, event: Envelope[ReleaseRequested], admission: Admission, now: datetime
+) -> Decision:
+    """The new release's first state (APPLYING step 0) and its first commands."""
+    request = event.data
+    planned = admission.plan
+    state = ReleaseState(
+        release_id=release_id,
+        target=request.target,
+        version=request.version,
+        stable_image=admission.stable_image,
+        policy=admission.policy_name,
+        requested_by=request.requested_by,
+        steps=list(planned.steps),
+        status=ReleaseStatus.APPLYING,
+        phase_started_at=now,
+        ready_deadline=planned.ready_deadline,
+        pause_limit_seconds=planned.pause_seconds,
+        last_command_at=now,
+        created_at=now,
+        updated_at=now,
+        history=[
+            HistoryEntry(
+                time=now,
+                event="requested",
+                detail=request.reason or f"image {request.version.image}",
+                actor=request.requested_by,
+            ),
+            HistoryEntry(
+                time=now,
+                event="planned",
+                detail=_plan_detail(admission.policy_name, planned.steps, planned.analysis),
+            ),
+        ],
+        seen_event_ids=[event.id],
+    )
+    return Decision(state, commands_after(state, event))
+
+
+def reject(
+    release_id: str,
+    event: Envelope[Any],
+    request: ReleaseRequested | None,
+    reasons: list[str],
+    now: datetime,
+) -> Decision:
+    """Refuse a request. A well-formed one is stored as REJECTED so ``status`` can show why."""
+    if request is None:
+        target = _target_of(event.data)
+        return Decision(None, [_rejection(release_id, event.id, target, reasons)])
+    state = ReleaseState(
+        release_id=release_id,
+        target=request.target,
+        version=request.version,
+        policy="",
+        requested_by=request.requested_by,
+        steps=[_NO_STEP],
+        status=ReleaseStatus.REJECTED,
+        phase_started_at=now,
+        ready_deadline=now,
+        outcome_reason="; ".join(reasons),
+        created_at=now,
+        updated_at=now,
+        history=[HistoryEntry(time=now, event=REJECTED_EVENT, detail=r) for r in reasons],
+        seen_event_ids=[event.id],
+    )
+    return Decision(state, commands_after(state, event))
+
+
+def _target_of(data: EventData) -> TargetRef:
+    raw = (data.model_extra or {}).get("target")
+    try:
+        return TargetRef.model_validate(raw)
+    except ValueError:
+        return UNKNOWN_TARGET
+
+
+def _rejection(release_id: str, event_id: str, target: TargetRef, reasons: list[str]) -> Command:
+    # Keyed by the request, so a second request reusing a release id gets its own answer.
+    return Command(
+        ReleaseRejected(target=target, reasons=reasons),
+        f"{release_id}.rejected.{short_digest(event_id)}",
+    )
+
+
+# --------------------------------------------------------------------------- transitions
+
+
+def decide(state: ReleaseState, event: Envelope[Any], now: datetime) -> Decision:
+    """What ``event`` does to the release in ``state``: the state to write and what to publish."""
+    data = event.data
+    if event.id in state.seen_event_ids:
+        if state.seen_event_ids[-1] == event.id:
+            # The last thing we handled: its commands may not have gone out before a crash.
+            return Decision(None, commands_after(state, event))
+        return NO_CHANGE
+    if isinstance(data, ReleaseRequested):
+        reason = f"release id {state.release_id} is already used by another request"
+        return Decision(None, [_rejection(state.release_id, event.id, data.target, [reason])])
+    if state.status.terminal:
+        return NO_CHANGE
+    new = _transition(state, event, now)
+    if new is None:
+        return NO_CHANGE
+    new = new.model_copy(
+        update={
+            "updated_at": now,
+            "seen_event_ids": [*state.seen_event_ids, event.id][-SEEN_EVENTS_LIMIT:],
+        }
+    )
+    return Decision(new, commands_after(new, event))
+
+
+def _transition(state: ReleaseState, event: Envelope[Any], now: datetime) -> ReleaseState | None:
+    data = event.data
+    status = state.status
+    in_flight = status in (ReleaseStatus.APPLYING, ReleaseStatus.ANALYSING)
+    if isinstance(data, PhaseReached):
+        if status is not ReleaseStatus.APPLYING or data.step.index != state.step_index:
+            return None
+        detail = f"step {data.step.index}: canary at {data.canary_weight:g}%"
+        return _log(state, now, "phase-reached", detail, event.source).model_copy(
+            update={
+                "status": ReleaseStatus.ANALYSING,
+                "canary_weight": data.canary_weight,
+                "last_command_at": now,
+            }
+        )
+    if isinstance(data, AnalysisVerdict):
+        if status is not ReleaseStatus.ANALYSING or data.step.index != state.step_index:
+            return None
+        return _on_verdict(state, data, now, event.source)
+    if isinstance(data, PhaseFailed):
+        if status is not ReleaseStatus.APPLYING or data.step.index != state.step_index:
+            return None
+        return _rolling_back(state, now, "phase-failed", data.reason, event.source)
+    if isinstance(data, RollbackRequested | AbortRelease):
+        if status is ReleaseStatus.ROLLING_BACK:
+            return None
+        actor = data.requested_by if isinstance(data, RollbackRequested) else data.actor
+        name = "rollback-requested" if isinstance(data, RollbackRequested) else "aborted"
+        return _rolling_back(state, now, name, data.reason or name, actor)
+    if isinstance(data, PauseRelease):
+        if not in_flight or state.paused:
+            return None
+        return _log(state, now, "paused", data.reason, data.actor).model_copy(
+            update={"paused": True, "paused_at": now}
+        )
+    if isinstance(data, ResumeRelease):
+        if not in_flight or not state.paused:
+            return None
+        return _on_resume(state, now, data)
+    if isinstance(data, PromoteNow):
+        if not in_flight:
+            return None
+        return _log(state, now, "promote-now", data.reason, data.actor).model_copy(
+            update={
+                "status": ReleaseStatus.PROMOTING,
+                "paused": False,
+                "paused_at": None,
+                "last_command_at": now,
+            }
+        )
+    if isinstance(data, PromotionCompleted):
+        if status is not ReleaseStatus.PROMOTING:
+            return None
+        return _log(state, now, "promoted", data.image, event.source).model_copy(
+            update={"status": ReleaseStatus.SUCCEEDED, "canary_weight": 100.0}
+        )
+    if isinstance(data, RollbackCompleted):
+        # The rollback service acts on its own triggers, possibly before we heard of them.
+        detail = f"{data.reason}; stable at {data.stable_replicas} replicas"
+        return _log(state, now, "rolled-back", detail, event.source).model_copy(
+            update={
+                "status": ReleaseStatus.ROLLED_BACK,
+                "canary_weight": 0.0,
+                "paused": False,
+                "outcome_reason": state.outcome_reason or data.reason,
+            }
+        )
+    return None
+
+
+def _on_verdict(
+    state: ReleaseState, verdict: AnalysisVerdict, now: datetime, source: str
+) -> ReleaseState:
+    summary = VerdictSummary(
+        step_index=verdict.step.index,
+        result=verdict.result,
+        final=verdict.final,
+        reason=verdict.reason,
+        checks=verdict.checks,
+    )
+    state = state.model_copy(update={"last_verdict": summary})
+    detail = f"step {verdict.step.index}: {verdict.result.value}: {verdict.reason}"
+    if verdict.action is VerdictAction.ROLLBACK or verdict.result is VerdictResult.FAIL:
+        return _rolling_back(state, now, "verdict", detail, source)
+    if not verdict.final:
+        return state
+    state = _log(state, now, "verdict", detail, source)
+    if _passed(summary) and not state.paused:
+        return _advance(state, now)
+    # A held pass waits for resume; anything short of a pass never counts as one.
+    return state.model_copy(update={"paused": True, "paused_at": state.paused_at or now})
+
+
+def _passed(verdict: VerdictSummary) -> bool:
+    return verdict.final and verdict.result is VerdictResult.PASS
+
+
+def _on_resume(state: ReleaseState, now: datetime, resume: ResumeRelease) -> ReleaseState:
+    state = _log(state, now, "resumed", resume.reason, resume.actor).model_copy(
+        update={"paused": False, "paused_at": None}
+    )
+    verdict = state.last_verdict
+    final_here = (
+        state.status is ReleaseStatus.ANALYSING
+        and verdict is not None
+        and verdict.final
+        and verdict.step_index == state.step_index
+    )
+    if final_here and verdict is not None and _passed(verdict):
+        return _advance(state, now)
+    if final_here or state.status is ReleaseStatus.APPLYING:
+        return state.model_copy(update={"last_command_at": now})  # analyse or apply again
+    return state  # an analysis is still running: its final verdict will come
+
+
+def _advance(state: ReleaseState, now: datetime) -> ReleaseState:
+    """After a passed step: the next step, or promotion after the last."""
+    following = state.step_index + 1
+    if following >= len(state.steps):
+        return state.model_copy(update={"status": ReleaseStatus.PROMOTING, "last_command_at": now})
+    # Every step gets the same time to become ready as the first one had.
+    ready_window = state.ready_deadline - state.phase_started_at
+    return state.model_copy(
+        update={
+            "status": ReleaseStatus.APPLYING,
+            "step_index": following,
+            "phase_started_at": now,
+            "ready_deadline": now + max(ready_window, timedelta(0)),
+            "last_command_at": now,
+        }
+    )
+
+
+def _rolling_back(
+    state: ReleaseState, now: datetime, event: str, reason: str, actor: str
+) -> ReleaseState:
+    return _log(state, now, event, reason, actor).model_copy(
+        update={
+            "status": ReleaseStatus.ROLLING_BACK,
+            "outcome_reason": state.outcome_reason or reason,
+            "paused": False,
+            "paused_at": None,
+            "last_command_at": now,
+        }
+    )
+
+
+def _log(state: ReleaseState, now: datetime, event: str, detail: str, actor: str) -> ReleaseState:
+    entry = HistoryEntry(time=now, event=event, detail=detail, actor=actor)
+    return state.model_copy(update={"history": [*state.history, entry][-HISTORY_LIMIT:]})
+
+
+def with_history(
+    state: ReleaseState, now: datetime, event: str, detail: str, actor: str = SOURCE
+) -> ReleaseState:
+    """``state`` with one more history entry (the oldest fall off past the limit)."""
+    return _log(state, now, event, detail, actor)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def commands_after(state: ReleaseState, event: Envelope[Any]) -> list[Command]:
+    """What to publish once ``event`` has brought the release to ``state``."""
+    data = event.data
+    status = state.status
+    rid = state.release_id
+    if isinstance(data, ReleaseRequested):
+        if status is ReleaseStatus.REJECTED:
+            reasons = [h.detail for h in state.history if h.event == REJECTED_EVENT]
+            return [_rejection(rid, event.id, state.target, reasons)]
+        if status is ReleaseStatus.APPLYING and state.step_index == 0:
+            planned = ReleasePlanned(
+                target=state.target, version=state.version, policy=state.policy, steps=state.steps
+            )
+            return [Command(planned, f"{rid}.planned"), apply_phase(state)]
+        return []
+    if isinstance(data, PhaseReached):
+        return [request_analysis(state)] if status is ReleaseStatus.ANALYSING else []
+    if isinstance(data, AnalysisVerdict):
+        rolling_back = data.action is VerdictAction.ROLLBACK or data.result is VerdictResult.FAIL
+        if not (data.final or rolling_back):
+            return []
+        return _entry_commands(state, event.id)
+    if isinstance(data, ResumeRelease) and status is ReleaseStatus.ANALYSING and not state.paused:
+        verdict = state.last_verdict
+        status_change = _status(state, event.id, "resumed", "analysis continues")
+        if verdict is not None and verdict.final and verdict.step_index == state.step_index:
+            again = request_analysis(
+                state, f"{rid}.analyse.{state.step_index}.{short_digest(event.id)}"
+            )
+            return [status_change, again]
+        return [status_change]
+    if isinstance(
+        data,
+        PhaseFailed | RollbackRequested | AbortRelease | PauseRelease | ResumeRelease | PromoteNow,
+    ):
+        return _entry_commands(state, event.id)
+    if isinstance(data, PromotionCompleted) and status is ReleaseStatus.SUCCEEDED:
+        evidence = state.last_verdict.checks if state.last_verdict else []
+        summary = f"{state.version.image} is stable after {len(state.steps)} step(s)"
+        succeeded = ReleaseSucceeded(target=state.target, summary=summary, evidence=evidence)
+        return [Command(succeeded, f"{rid}.succeeded")]
+    if isinstance(data, RollbackCompleted) and status is ReleaseStatus.ROLLED_BACK:
+        verdict = state.last_verdict
+        failing = verdict is not None and verdict.result is VerdictResult.FAIL
+        summary = (
+            f"rolled back: {state.outcome_reason}; stable restored to {data.stable_replicas} "
+            f"replica(s) in {data.seconds_to_restore:.1f}s"
+        )
+        outcome = ReleaseRolledBack(
+            target=state.target,
+            summary=summary,
+            evidence=verdict.checks if failing and verdict is not None else [],
+        )
+        return [Command(outcome, f"{rid}.rolled-back")]
+    return []
+
+
+def _entry_commands(state: ReleaseState, trigger_id: str) -> list[Command]:
+    """The commands for the status a (non-terminal) transition just entered."""
+    if state.status is ReleaseStatus.ROLLING_BACK:
+        # The rollback service consumes the trigger itself; we only tell people.
+        return [_status(state, trigger_id, "rolling_back", state.outcome_reason)]
+    if state.paused:
+        verdict = state.last_verdict
+        waiting = (
+            f"step {state.step_index} {verdict.result.value}: {verdict.reason}"
+            if verdict is not None and verdict.final and verdict.step_index == state.step_index
+            else "held by an operator"
+        )
+        return [_status(state, trigger_id, "paused", f"{waiting}; waiting for resume")]
+    if state.status is ReleaseStatus.APPLYING:
+        return [
+            _status(state, trigger_id, "applying", f"step {state.step_index}"),
+            apply_phase(state),
+        ]
+    if state.status is ReleaseStatus.PROMOTING:
+        return [
+            _status(state, trigger_id, "promoting", state.version.image),
+            request_promotion(state),
+        ]
+    return []
+
+
+def _status(state: ReleaseState, trigger_id: str, status: str, detail: str) -> Command:
+    changed = ReleaseStatusChanged(target=state.target, status=status, detail=detail)
+    return Command(changed, f"{state.release_id}.status.{short_digest(trigger_id)}")
+
+
+def apply_phase(state: ReleaseState, event_id: str = "") -> Command:
+    step = state.current_step
+    command = ApplyPhase(
+        target=state.target, version=state.version, step=step, ready_deadline=state.ready_deadline
+    )
+    return Command(command, event_id or f"{state.release_id}.apply.{step.index}")
+
+
+def request_analysis(state: ReleaseState, event_id: str = "") -> Command:
+    step = state.current_step
+    command = RequestAnalysis(
+        target=state.target,
+        step=step,
+        canary_version=version_tag(state.version.image),
+        stable_version=version_tag(state.stable_image) if state.stable_image else "",
+        policy=state.policy,
+    )
+    return Command(command, event_id or f"{state.release_id}.analyse.{step.index}")
+
+
+def request_promotion(state: ReleaseState, event_id: str = "") -> Command:
+    command = RequestPromotion(target=state.target, version=state.version)
+    return Command(command, event_id or f"{state.release_id}.promote")
+
+
+def _plan_detail(policy: str, steps: tuple[PlannedStep, ...], analysis: EffectiveAnalysis) -> str:
+    weights = ", ".join(f"{s.weight}% for {s.hold_seconds:g}s" for s in steps)
+    limits = [f"min {analysis.min_requests} requests"]
+    if analysis.max_error_rate is not None:
+        limits.append(f"error rate <= {analysis.max_error_rate:g}")
+    if analysis.max_p99_latency_seconds is not None:
+        limits.append(f"p99 <= {analysis.max_p99_latency_seconds:g}s")
+    return f"policy {policy}: {weights}; {', '.join(limits)}"

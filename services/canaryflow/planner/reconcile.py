@@ -1,0 +1,112 @@
+"""The level-triggered safety net: a release whose last command went unanswered is nudged again.
+
+Events can be lost (a crash between a state write and a publish, a consumer dead-lettering),
+and a release must never be stranded by that. Every few seconds each live release is compared
+with the clock: a command unanswered for longer than it can reasonably take is re-issued under
+a fresh event id (the old id may still sit in JetStream's duplicate window), and a step that
+missed its deadline or a pause that outlived its limit turns into a rollback, because waiting
+longer would leave a canary serving users with nobody judging it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from canaryflow.planner.machine import (
+    NO_CHANGE,
+    SOURCE,
+    Command,
+    Decision,
+    request_analysis,
+    request_promotion,
+    with_history,
+)
+from canaryflow_contracts.events import RollbackRequested
+from canaryflow_contracts.state import ReleaseState, ReleaseStatus
+
+
+@dataclass(frozen=True)
+class ReconcileTimings:
+    """How long the planner waits for an answer before it acts on the silence."""
+
+    grace_seconds: float = 15.0
+    # The policy's analysis interval is not in the state; this bounds it from above for the
+    # usual policies (the hold itself is in the state and dominates the wait).
+    analysis_interval_seconds: float = 5.0
+    # Promotion and rollback wait for pods to become Ready, so they get longer.
+    completion_grace_seconds: float = 120.0
+
+
+DEFAULT_TIMINGS = ReconcileTimings()
+
+
+def reconcile(
+    state: ReleaseState, now: datetime, timings: ReconcileTimings = DEFAULT_TIMINGS
+) -> Decision:
+    """What to re-issue for ``state`` at ``now``: a new state to write (CAS) and commands."""
+    if state.status.terminal:
+        return NO_CHANGE
+    rid = state.release_id
+    waited = now - (state.last_command_at or state.updated_at)
+    if (
+        state.paused
+        and state.paused_at is not None
+        and now - state.paused_at > timedelta(seconds=state.pause_limit_seconds)
+        and state.status is not ReleaseStatus.ROLLING_BACK
+    ):
+        reason = f"paused for longer than {state.pause_limit_seconds:g}s"
+        return _roll_back(state, now, reason)
+    if state.status is ReleaseStatus.APPLYING:
+        if now > state.ready_deadline + timedelta(seconds=timings.grace_seconds):
+            return _roll_back(state, now, f"step {state.step_index} not in place by its deadline")
+        return NO_CHANGE
+    if state.status is ReleaseStatus.ANALYSING:
+        limit = (
+            state.current_step.hold_seconds
+            + 3 * timings.analysis_interval_seconds
+            + timings.grace_seconds
+        )
+        if state.paused or waited <= timedelta(seconds=limit):
+            return NO_CHANGE
+        count = state.reissued + 1
+        command = request_analysis(state, f"{rid}.analyse.{state.step_index}.r{count}")
+        return _reissue(state, now, command, "no final verdict")
+    if waited <= timedelta(seconds=timings.completion_grace_seconds):
+        return NO_CHANGE
+    if state.status is ReleaseStatus.PROMOTING:
+        command = request_promotion(state, f"{rid}.promote.r{state.reissued + 1}")
+        return _reissue(state, now, command, "promotion not completed")
+    rollback = RollbackRequested(
+        target=state.target,
+        reason=state.outcome_reason or "rollback not completed",
+        requested_by=SOURCE,
+    )
+    command = Command(rollback, f"{rid}.rollback.r{state.reissued + 1}")
+    return _reissue(state, now, command, "rollback not completed")
+
+
+def _reissue(state: ReleaseState, now: datetime, command: Command, why: str) -> Decision:
+    detail = f"{why}: re-issued {type(command.data).__name__} as {command.event_id}"
+    new = with_history(state, now, "reissued", detail).model_copy(
+        update={"reissued": state.reissued + 1, "last_command_at": now, "updated_at": now}
+    )
+    return Decision(new, [command])
+
+
+def _roll_back(state: ReleaseState, now: datetime, reason: str) -> Decision:
+    """Give up on the release; the rollback service restores stable on our request."""
+    rollback = RollbackRequested(target=state.target, reason=reason, requested_by=SOURCE)
+    command = Command(rollback, f"{state.release_id}.rollback.r{state.reissued + 1}")
+    new = with_history(state, now, "rollback-requested", reason).model_copy(
+        update={
+            "status": ReleaseStatus.ROLLING_BACK,
+            "outcome_reason": state.outcome_reason or reason,
+            "paused": False,
+            "paused_at": None,
+            "reissued": state.reissued + 1,
+            "last_command_at": now,
+            "updated_at": now,
+        }
+    )
+    return Decision(new, [command])

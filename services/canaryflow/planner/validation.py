@@ -1,0 +1,181 @@
+"""Checking a request against the cluster: does the target exist, and which policy governs it.
+
+The planner only ever reads Kubernetes (the executor owns every write), and it reads through
+the small ``ClusterReader`` protocol so that handlers are tested with a fake cluster; what is
+decided from those reads is the pure ``check_request``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from canaryflow.planner.planning import Plan, Refusal, plan
+from canaryflow.runtime.kube import api_client, call, is_not_found
+from canaryflow_contracts.events import ReleaseRequested
+from canaryflow_contracts.policy import GROUP, PLURAL, VERSION, ReleasePolicySpec
+
+
+@dataclass(frozen=True)
+class DeploymentFacts:
+    """What the planner needs to know about the target Deployment."""
+
+    replicas: int
+    containers: tuple[tuple[str, str], ...]  # (name, image), in pod order
+
+
+@dataclass(frozen=True)
+class PolicyObject:
+    """A ReleasePolicy as stored, before its spec is parsed (it may be invalid)."""
+
+    name: str
+    spec: dict[str, Any]
+
+
+class ClusterReader(Protocol):
+    async def deployment(self, namespace: str, name: str) -> DeploymentFacts | None:
+        """The Deployment, or None when it does not exist."""
+        ...
+
+    async def release_policies(self, namespace: str) -> list[PolicyObject]: ...
+
+
+@dataclass(frozen=True)
+class Admission:
+    """An accepted request: the plan and what it was made from."""
+
+    plan: Plan
+    policy_name: str
+    stable_image: str
+
+
+def check_request(
+    request: ReleaseRequested,
+    deployment: DeploymentFacts | None,
+    policies: list[PolicyObject],
+    now: datetime,
+) -> Admission | Refusal:
+    """Every reason to refuse ``request``, or its admission. Pure: the reads happen before."""
+    target = request.target
+    reasons: list[str] = []
+    stable_image = ""
+    if deployment is None:
+        reasons.append(f"Deployment {target.key()} not found")
+    else:
+        images = dict(deployment.containers)
+        container = request.version.container or deployment.containers[0][0]
+        if container not in images:
+            reasons.append(
+                f"Deployment {target.key()} has no container {container!r} "
+                f"(it has {', '.join(images)})"
+            )
+        stable_image = images.get(container, "")
+        if deployment.replicas < 2:
+            reasons.append(
+                f"Deployment {target.key()} runs {deployment.replicas} replica(s); a canary by "
+                "replica ratio needs at least 2"
+            )
+    policy_name, spec, policy_reasons = _policy_for(target.namespace, target.name, policies)
+    reasons.extend(policy_reasons)
+    if spec is not None:
+        planned = plan(request, spec, now)
+        if isinstance(planned, Refusal):
+            reasons.extend(planned.reasons)
+        elif not reasons:
+            return Admission(plan=planned, policy_name=policy_name, stable_image=stable_image)
+    return Refusal(tuple(reasons))
+
+
+def _policy_for(
+    namespace: str, deployment: str, policies: list[PolicyObject]
+) -> tuple[str, ReleasePolicySpec | None, list[str]]:
+    candidates = [p for p in policies if p.spec.get("targetRef") == deployment]
+    if not candidates:
+        return (
+            "",
+            None,
+            [
+                f"no ReleasePolicy in namespace {namespace} has targetRef {deployment!r}: "
+                "a Deployment without a policy is not released"
+            ],
+        )
+    if len(candidates) > 1:
+        names = ", ".join(sorted(p.name for p in candidates))
+        return "", None, [f"several ReleasePolicies target {deployment!r} ({names}); keep one"]
+    policy = candidates[0]
+    try:
+        return policy.name, ReleasePolicySpec.model_validate(policy.spec), []
+    except ValidationError as error:
+        problems = "; ".join(_error_text(e) for e in error.errors())
+        return (
+            policy.name,
+            None,
+            [f"ReleasePolicy {namespace}/{policy.name} is invalid: {problems}"],
+        )
+
+
+def _error_text(error: Any) -> str:
+    location = ".".join(str(part) for part in error.get("loc", ())) or "spec"
+    return f"{location}: {error.get('msg', 'invalid')}"
+
+
+def describe_validation_error(error: ValidationError) -> list[str]:
+    """One readable reason per problem pydantic found, each naming its field."""
+    return [_error_text(e) for e in error.errors()]
+
+
+async def validate(
+    request: ReleaseRequested, reader: ClusterReader, now: datetime
+) -> Admission | Refusal:
+    target = request.target
+    deployment = await reader.deployment(target.namespace, target.name)
+    policies = await reader.release_policies(target.namespace)
+    return check_request(request, deployment, policies, now)
+
+
+class KubeClusterReader:
+    """Reads the target and its policies from the API server; never writes."""
+
+    def __init__(self, kubeconfig: str | None) -> None:
+        self._kubeconfig = kubeconfig
+        self._api: client.ApiClient | None = None
+
+    def _client(self) -> client.ApiClient:
+        # Made on first use, so a planner starts (and serves its other events) without a cluster.
+        if self._api is None:
+            self._api = api_client(self._kubeconfig)
+        return self._api
+
+    async def deployment(self, namespace: str, name: str) -> DeploymentFacts | None:
+        apps = client.AppsV1Api(self._client())
+        try:
+            found = await call(apps.read_namespaced_deployment, name, namespace)
+        except ApiException as error:
+            if is_not_found(error):
+                return None
+            raise
+        replicas = found.spec.replicas
+        return DeploymentFacts(
+            replicas=1 if replicas is None else int(replicas),
+            containers=tuple((c.name, c.image) for c in found.spec.template.spec.containers),
+        )
+
+    async def release_policies(self, namespace: str) -> list[PolicyObject]:
+        custom = client.CustomObjectsApi(self._client())
+        try:
+            listed = await call(
+                custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL
+            )
+        except ApiException as error:
+            if is_not_found(error):  # the CRD is not installed: no policy governs anything
+                return []
+            raise
+        return [
+            PolicyObject(name=item["metadata"]["name"], spec=item.get("spec") or {})
+            for item in listed.get("items", [])
+        ]

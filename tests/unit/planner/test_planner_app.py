@@ -1,0 +1,322 @@
+"""The planner's handlers with fakes for the store, the bus and the cluster.
+
+These check the translation around the pure machine: read, decide, compare-and-set, publish
+after the write, the target lock, and what happens with malformed or unknown input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from canaryflow.planner.app import Planner, ReleaseRequestPayload
+from canaryflow.planner.reconcile import ReconcileTimings
+from canaryflow.planner.validation import DeploymentFacts, PolicyObject
+from canaryflow.runtime.store import StaleWrite, Versioned
+from canaryflow_contracts import Envelope, EventData
+from canaryflow_contracts.events import (
+    ApplyPhase,
+    PromotionCompleted,
+    ReleasePlanned,
+    ReleaseRejected,
+    ReleaseSucceeded,
+    RequestAnalysis,
+    RequestPromotion,
+    RollbackRequested,
+    TargetRef,
+    VerdictResult,
+)
+from canaryflow_contracts.state import ReleaseState, ReleaseStatus
+from tests.unit.planner.factory import (
+    DEPLOYMENT,
+    NEW_IMAGE,
+    RID,
+    T0,
+    TARGET,
+    accepted,
+    at,
+    envelope,
+    policy,
+    reached,
+    verdict,
+)
+
+
+class FakeStore:
+    """The ReleaseStore's contract in memory: revisions, compare-and-set, target locks."""
+
+    def __init__(self) -> None:
+        self.releases: dict[str, Versioned] = {}
+        self.locks: dict[str, str] = {}
+        self.revision = 0
+        self.conflicts = 0  # how many next writes fail as if another replica wrote first
+        self.writes = 0
+
+    def _next(self, state: ReleaseState) -> int:
+        if self.conflicts:
+            self.conflicts -= 1
+            raise StaleWrite("someone else wrote")
+        self.revision += 1
+        self.writes += 1
+        self.releases[state.release_id] = Versioned(state, self.revision)
+        return self.revision
+
+    async def get(self, release_id: str) -> Versioned | None:
+        return self.releases.get(release_id)
+
+    async def create(self, state: ReleaseState) -> int:
+        if state.release_id in self.releases:
+            raise StaleWrite("exists")
+        return self._next(state)
+
+    async def update(self, state: ReleaseState, revision: int) -> int:
+        if self.releases[state.release_id].revision != revision:
+            raise StaleWrite("moved")
+        return self._next(state)
+
+    async def claim_target(self, target: TargetRef, release_id: str) -> str:
+        return self.locks.setdefault(target.key(), release_id)
+
+    async def free_target(self, target: TargetRef, release_id: str) -> None:
+        if self.locks.get(target.key()) == release_id:
+            del self.locks[target.key()]
+
+    async def all(self) -> list[Versioned]:
+        return list(self.releases.values())
+
+    def state(self, release_id: str = RID) -> ReleaseState:
+        return self.releases[release_id].state
+
+
+@dataclass
+class FakePublisher:
+    sent: list[tuple[str, str, EventData]] = field(default_factory=list)
+    failures: int = 0
+
+    async def publish(
+        self, data: EventData, release_id: str, *, event_id: str | None = None
+    ) -> Envelope[Any]:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("bus away")
+        assert event_id is not None, "the planner always publishes under a deterministic id"
+        self.sent.append((release_id, event_id, data))
+        return envelope(data, event_id)
+
+    def kinds(self) -> tuple[type[object], ...]:
+        return tuple(type(data) for _, _, data in self.sent)
+
+    def ids(self) -> list[str]:
+        return [event_id for _, event_id, _ in self.sent]
+
+
+@dataclass
+class FakeCluster:
+    deployments: dict[str, DeploymentFacts] = field(
+        default_factory=lambda: {"shop/web": DEPLOYMENT, "shop/api": DEPLOYMENT}
+    )
+    policies: list[PolicyObject] = field(
+        default_factory=lambda: [
+            policy(),
+            PolicyObject("api-policy", {**policy().spec, "targetRef": "api"}),
+        ]
+    )
+
+    async def deployment(self, namespace: str, name: str) -> DeploymentFacts | None:
+        return self.deployments.get(f"{namespace}/{name}")
+
+    async def release_policies(self, namespace: str) -> list[PolicyObject]:
+        return self.policies if namespace == "shop" else []
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class World:
+    store: FakeStore
+    bus: FakePublisher
+    cluster: FakeCluster
+    clock: Clock
+    planner: Planner
+
+
+@pytest.fixture
+def world() -> World:
+    store, bus, cluster, clock = FakeStore(), FakePublisher(), FakeCluster(), Clock()
+    timings = ReconcileTimings(grace_seconds=10, completion_grace_seconds=60)
+    planner = Planner(lambda: store, bus, cluster, clock, timings)
+    return World(store, bus, cluster, clock, planner)
+
+
+def raw_request(
+    release_id: str = RID, event_id: str = "req-1", **data: Any
+) -> Envelope[ReleaseRequestPayload]:
+    body = {
+        "target": {"namespace": "shop", "name": "web"},
+        "version": {"image": NEW_IMAGE},
+        "requested_by": "ci@shop",
+        **data,
+    }
+    return (
+        Envelope[ReleaseRequestPayload]
+        .model_validate(
+            {
+                "id": event_id,
+                "source": "ci/shop",
+                "type": "io.canaryflow.release.requested.v1",
+                "subject": release_id,
+                "data": body,
+            }
+        )
+        .check_type()
+    )
+
+
+async def test_an_accepted_request_is_stored_then_planned_and_applied(world: World) -> None:
+    await world.planner.on_request(raw_request())
+    state = world.store.state()
+    assert state.status is ReleaseStatus.APPLYING
+    assert state.policy == "web-policy"
+    assert world.bus.kinds() == (ReleasePlanned, ApplyPhase)
+    assert world.bus.ids() == [f"{RID}.planned", f"{RID}.apply.0"]
+    assert world.store.locks == {"shop/web": RID}
+
+
+async def test_a_redelivered_request_publishes_the_same_ids_and_writes_nothing(
+    world: World,
+) -> None:
+    await world.planner.on_request(raw_request())
+    await world.planner.on_request(raw_request())
+    assert world.store.writes == 1
+    assert world.bus.ids() == [f"{RID}.planned", f"{RID}.apply.0"] * 2
+
+
+async def test_a_second_release_of_a_busy_target_is_rejected_and_stored(world: World) -> None:
+    await world.planner.on_request(raw_request())
+    await world.planner.on_request(raw_request("shop-web-2", "req-2"))
+    second = world.store.state("shop-web-2")
+    assert second.status is ReleaseStatus.REJECTED
+    assert "already has a release in flight: shop-web-1" in second.outcome_reason
+    release_id, _, rejection = world.bus.sent[-1]
+    assert release_id == "shop-web-2"
+    assert isinstance(rejection, ReleaseRejected)
+    assert world.store.locks == {"shop/web": RID}
+
+
+async def test_another_target_may_be_released_at_the_same_time(world: World) -> None:
+    await world.planner.on_request(raw_request())
+    api = {"target": {"namespace": "shop", "name": "api"}}
+    await world.planner.on_request(raw_request("shop-api-1", "req-2", **api))
+    assert world.store.state("shop-api-1").status is ReleaseStatus.APPLYING
+    assert world.store.locks == {"shop/web": RID, "shop/api": "shop-api-1"}
+
+
+async def test_a_malformed_request_is_answered_with_every_problem_and_no_state(
+    world: World,
+) -> None:
+    bad = raw_request(version={"image": "Shop Web:latest"}, requested_by="", extra=1)
+    await world.planner.on_request(bad)
+    assert world.store.releases == {}
+    assert world.store.locks == {}
+    [(release_id, event_id, rejection)] = world.bus.sent
+    assert release_id == RID
+    assert event_id.startswith(f"{RID}.rejected.")
+    assert isinstance(rejection, ReleaseRejected)
+    assert rejection.target == TARGET
+    text = " | ".join(rejection.reasons)
+    assert "version.image" in text
+    assert "requested_by" in text
+    assert "extra" in text
+
+
+async def test_a_request_without_a_target_still_gets_a_rejection(world: World) -> None:
+    bad = raw_request()
+    body = dict(bad.data.model_extra or {})
+    del body["target"]
+    await world.planner.on_request(
+        bad.model_copy(update={"data": ReleaseRequestPayload.model_validate(body)})
+    )
+    [(_, _, rejection)] = world.bus.sent
+    assert isinstance(rejection, ReleaseRejected)
+    assert rejection.target.name == "unknown"
+    assert any(r.startswith("malformed request: target") for r in rejection.reasons)
+
+
+async def test_a_target_without_policy_is_rejected_and_holds_no_lock(world: World) -> None:
+    world.cluster.policies = []
+    await world.planner.on_request(raw_request())
+    state = world.store.state()
+    assert state.status is ReleaseStatus.REJECTED
+    assert "no ReleasePolicy" in state.outcome_reason
+    assert world.store.locks == {}
+    assert world.bus.kinds() == (ReleaseRejected,)
+
+
+async def test_an_event_for_an_unknown_release_is_a_no_op(world: World) -> None:
+    await world.planner.on_event(envelope(reached(accepted(), 0), "reached-0"))
+    assert world.bus.sent == []
+    assert world.store.releases == {}
+
+
+async def test_a_lost_compare_and_set_decides_again(world: World) -> None:
+    await world.planner.on_request(raw_request())
+    state = world.store.state()
+    world.store.conflicts = 1
+    await world.planner.on_event(envelope(reached(state, 0), "reached-0"))
+    assert world.store.state().status is ReleaseStatus.ANALYSING
+    assert world.bus.kinds()[-1] is RequestAnalysis
+
+
+async def test_a_publish_lost_after_the_write_goes_out_on_redelivery(world: World) -> None:
+    await world.planner.on_request(raw_request())
+    state = world.store.state()
+    world.bus.failures = 1
+    with pytest.raises(ConnectionError):
+        await world.planner.on_event(envelope(reached(state, 0), "reached-0"))
+    assert world.store.state().status is ReleaseStatus.ANALYSING
+    await world.planner.on_event(envelope(reached(state, 0), "reached-0"))
+    assert world.bus.ids()[-1] == f"{RID}.analyse.0"
+    assert world.store.writes == 2
+
+
+async def test_a_release_driven_to_the_end_frees_its_target(world: World) -> None:
+    await world.planner.on_request(raw_request())
+    for index in range(3):
+        state = world.store.state()
+        await world.planner.on_event(envelope(reached(state, index), f"reached-{index}"))
+        await world.planner.on_event(
+            envelope(verdict(state, index, VerdictResult.PASS), f"v-{index}")
+        )
+    assert world.store.state().status is ReleaseStatus.PROMOTING
+    assert world.bus.kinds()[-1] is RequestPromotion
+    done = PromotionCompleted(target=TARGET, image=NEW_IMAGE)
+    await world.planner.on_event(envelope(done, "promoted"))
+    assert world.store.state().status is ReleaseStatus.SUCCEEDED
+    assert world.bus.kinds()[-1] is ReleaseSucceeded
+    assert world.store.locks == {}
+
+
+async def test_reconcile_rolls_back_a_step_that_missed_its_deadline(world: World) -> None:
+    await world.planner.on_request(raw_request())
+    world.clock.now = at(65)
+    await world.planner.reconcile_once()
+    assert world.store.state().status is ReleaseStatus.APPLYING
+    world.clock.now = at(71)
+    await world.planner.reconcile_once()
+    state = world.store.state()
+    assert state.status is ReleaseStatus.ROLLING_BACK
+    assert state.reissued == 1
+    assert world.bus.kinds()[-1] is RollbackRequested
+    # Our own rollback request coming back changes nothing more.
+    _, event_id, data = world.bus.sent[-1]
+    await world.planner.on_event(envelope(data, event_id))
+    assert world.store.state() == state

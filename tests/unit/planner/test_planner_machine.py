@@ -1,0 +1,367 @@
+"""The release state machine, step by step: every transition, and every event it must ignore."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from canaryflow.planner import machine
+from canaryflow.planner.machine import Command, decide
+from canaryflow_contracts import EventData
+from canaryflow_contracts.events import (
+    AbortRelease,
+    ApplyPhase,
+    PauseRelease,
+    PhaseFailed,
+    PromoteNow,
+    PromotionCompleted,
+    ReleasePlanned,
+    ReleaseRejected,
+    ReleaseRolledBack,
+    ReleaseStatusChanged,
+    ReleaseSucceeded,
+    RequestAnalysis,
+    RequestPromotion,
+    ResumeRelease,
+    RollbackCompleted,
+    RollbackRequested,
+    VerdictResult,
+)
+from canaryflow_contracts.state import SEEN_EVENTS_LIMIT, ReleaseState, ReleaseStatus
+from tests.unit.planner.factory import (
+    CHECK,
+    NEW_IMAGE,
+    RID,
+    T0,
+    TARGET,
+    accepted,
+    admission,
+    at,
+    envelope,
+    reached,
+    request,
+    verdict,
+)
+
+
+class Release:
+    """Feeds events to the machine the way the handler does, keeping the written state."""
+
+    def __init__(self, state: ReleaseState) -> None:
+        self.state = state
+
+    def status(self) -> ReleaseStatus:
+        return self.state.status
+
+    def on(self, data: EventData, event_id: str, now: datetime) -> list[Command]:
+        decision = decide(self.state, envelope(data, event_id), now)
+        if decision.state is not None:
+            self.state = decision.state
+        return decision.commands
+
+
+def kinds(commands: list[Command]) -> tuple[type[object], ...]:
+    return tuple(type(c.data) for c in commands)
+
+
+def of(commands: list[Command], kind: type[EventData]) -> Command:
+    [found] = [c for c in commands if isinstance(c.data, kind)]
+    return found
+
+
+def analysing(step_index: int = 0) -> Release:
+    """A release whose step ``step_index`` is in place and under analysis."""
+    release = Release(accepted())
+    for index in range(step_index):
+        release.on(reached(release.state, index), f"reached-{index}", at(10 * index + 1))
+        release.on(
+            verdict(release.state, index, VerdictResult.PASS), f"v-{index}", at(10 * index + 5)
+        )
+    release.on(reached(release.state, step_index), f"reached-{step_index}", at(100))
+    assert release.status() is ReleaseStatus.ANALYSING
+    return release
+
+
+def test_a_good_release_goes_through_every_step_to_succeeded() -> None:
+    decision = machine.accept(RID, envelope(request(), "req-1", "ci"), admission(), T0)
+    assert decision.state is not None
+    release = Release(decision.state)
+    assert release.status() is ReleaseStatus.APPLYING
+    assert [s.weight for s in release.state.steps] == [10, 25, 50]
+    assert release.state.stable_image.endswith(":v1")
+    assert release.state.pause_limit_seconds == 300
+    planned = of(decision.commands, ReleasePlanned)
+    assert planned.event_id == f"{RID}.planned"
+    apply0 = of(decision.commands, ApplyPhase)
+    assert isinstance(apply0.data, ApplyPhase)
+    assert apply0.event_id == f"{RID}.apply.0"
+    assert apply0.data.step.weight == 10
+    assert apply0.data.ready_deadline == T0 + timedelta(seconds=60)
+
+    commands = release.on(reached(release.state, 0), "reached-0", at(20))
+    assert release.status() is ReleaseStatus.ANALYSING
+    analyse = of(commands, RequestAnalysis)
+    assert isinstance(analyse.data, RequestAnalysis)
+    assert (analyse.data.canary_version, analyse.data.stable_version) == ("v2", "v1")
+    assert analyse.data.policy == "web-policy"
+    assert analyse.event_id == f"{RID}.analyse.0"
+
+    # A tick on the way is remembered for `status` but moves nothing.
+    tick = verdict(release.state, 0, VerdictResult.PASS, final=False)
+    assert release.on(tick, "tick-0", at(25)) == []
+    assert release.status() is ReleaseStatus.ANALYSING
+    assert release.state.last_verdict is not None
+    assert release.state.last_verdict.final is False
+
+    for index in (0, 1):
+        commands = release.on(
+            verdict(release.state, index, VerdictResult.PASS), f"v-{index}", at(50 * index + 50)
+        )
+        assert release.status() is ReleaseStatus.APPLYING
+        assert release.state.step_index == index + 1
+        apply_next = of(commands, ApplyPhase)
+        assert isinstance(apply_next.data, ApplyPhase)
+        assert apply_next.event_id == f"{RID}.apply.{index + 1}"
+        # Each step gets the same 60 s to become ready, counted from its own start.
+        assert apply_next.data.ready_deadline == at(50 * index + 50 + 60)
+        release.on(reached(release.state, index + 1), f"reached-{index + 1}", at(50 * index + 70))
+        assert release.status() is ReleaseStatus.ANALYSING
+
+    commands = release.on(verdict(release.state, 2, VerdictResult.PASS), "v-2", at(200))
+    assert release.status() is ReleaseStatus.PROMOTING
+    promote = of(commands, RequestPromotion)
+    assert promote.event_id == f"{RID}.promote"
+
+    commands = release.on(PromotionCompleted(target=TARGET, image=NEW_IMAGE), "promoted", at(210))
+    assert release.status() is ReleaseStatus.SUCCEEDED
+    assert kinds(commands) == (ReleaseSucceeded,)
+    assert commands[0].event_id == f"{RID}.succeeded"
+    events = [h.event for h in release.state.history]
+    assert events[:3] == ["requested", "planned", "phase-reached"]
+    assert events[-1] == "promoted"
+    assert release.state.updated_at == at(210)
+
+
+def test_a_failed_verdict_rolls_back_with_its_evidence() -> None:
+    release = analysing(1)
+    commands = release.on(verdict(release.state, 1, VerdictResult.FAIL), "v-fail", at(120))
+    assert release.status() is ReleaseStatus.ROLLING_BACK
+    # The rollback service acts on the verdict itself: the planner only tells people.
+    assert kinds(commands) == (ReleaseStatusChanged,)
+    assert release.state.outcome_reason.startswith("step 1: fail")
+
+    done = RollbackCompleted(
+        target=TARGET, reason="analysis failed", stable_replicas=4, seconds_to_restore=1.5
+    )
+    commands = release.on(done, "rb-done", at(125))
+    assert release.status() is ReleaseStatus.ROLLED_BACK
+    [outcome] = commands
+    assert isinstance(outcome.data, ReleaseRolledBack)
+    assert outcome.event_id == f"{RID}.rolled-back"
+    assert outcome.data.evidence == [CHECK]
+    assert "step 1: fail" in outcome.data.summary
+
+
+def test_a_phase_failure_rolls_back() -> None:
+    release = Release(accepted())
+    failed = PhaseFailed(target=TARGET, step=release.state.steps[0], reason="pods not Ready")
+    commands = release.on(failed, "failed-0", at(61))
+    assert release.status() is ReleaseStatus.ROLLING_BACK
+    assert release.state.outcome_reason == "pods not Ready"
+    assert kinds(commands) == (ReleaseStatusChanged,)
+
+
+def test_insufficient_data_pauses_and_resume_analyses_again() -> None:
+    release = analysing(0)
+    commands = release.on(
+        verdict(release.state, 0, VerdictResult.INSUFFICIENT_DATA), "v-0", at(140)
+    )
+    assert release.status() is ReleaseStatus.ANALYSING
+    assert release.state.paused
+    assert release.state.paused_at == at(140)
+    [status] = commands
+    assert isinstance(status.data, ReleaseStatusChanged)
+    assert status.data.status == "paused"
+    assert "insufficient_data" in status.data.detail
+
+    commands = release.on(ResumeRelease(actor="alice"), "resume-1", at(150))
+    assert not release.state.paused
+    assert release.state.paused_at is None
+    assert release.status() is ReleaseStatus.ANALYSING
+    again = of(commands, RequestAnalysis)
+    # A fresh id: the first request may still be inside JetStream's duplicate window.
+    assert again.event_id.startswith(f"{RID}.analyse.0.")
+    assert again.event_id != f"{RID}.analyse.0"
+    assert release.state.last_command_at == at(150)
+    assert release.state.history[-1].actor == "alice"
+
+
+def test_a_pass_that_arrives_while_paused_is_held_until_resume() -> None:
+    release = analysing(0)
+    commands = release.on(PauseRelease(actor="alice", reason="look"), "pause-1", at(110))
+    assert release.state.paused
+    assert kinds(commands) == (ReleaseStatusChanged,)
+
+    commands = release.on(verdict(release.state, 0, VerdictResult.PASS), "v-0", at(130))
+    assert release.status() is ReleaseStatus.ANALYSING
+    assert release.state.step_index == 0
+    assert release.state.paused_at == at(110)
+    assert kinds(commands) == (ReleaseStatusChanged,)
+
+    commands = release.on(ResumeRelease(actor="alice"), "resume-1", at(140))
+    assert release.status() is ReleaseStatus.APPLYING
+    assert release.state.step_index == 1
+    assert of(commands, ApplyPhase).event_id == f"{RID}.apply.1"
+
+
+def test_resume_during_a_running_analysis_only_unpauses() -> None:
+    release = analysing(0)
+    release.on(PauseRelease(actor="alice"), "pause-1", at(110))
+    commands = release.on(ResumeRelease(actor="alice"), "resume-1", at(115))
+    assert not release.state.paused
+    assert kinds(commands) == (ReleaseStatusChanged,)
+
+
+def test_a_step_paused_while_applying_still_comes_into_place_and_is_analysed() -> None:
+    release = Release(accepted())
+    release.on(PauseRelease(actor="alice"), "pause-1", at(5))
+    commands = release.on(reached(release.state, 0), "reached-0", at(10))
+    assert release.status() is ReleaseStatus.ANALYSING
+    assert kinds(commands) == (RequestAnalysis,)
+    assert release.state.paused
+
+
+def test_resume_while_applying_sends_the_step_again() -> None:
+    release = Release(accepted())
+    release.on(PauseRelease(actor="alice"), "pause-1", at(5))
+    commands = release.on(ResumeRelease(actor="alice"), "resume-1", at(8))
+    assert release.status() is ReleaseStatus.APPLYING
+    # The executor's apply is idempotent; the id is the step's, so a recent one is deduplicated.
+    assert of(commands, ApplyPhase).event_id == f"{RID}.apply.0"
+
+
+def test_promote_now_skips_the_remaining_steps() -> None:
+    release = analysing(0)
+    commands = release.on(PromoteNow(actor="bob", reason="hotfix"), "promote-1", at(120))
+    assert release.status() is ReleaseStatus.PROMOTING
+    assert of(commands, RequestPromotion).event_id == f"{RID}.promote"
+    assert release.state.history[-1].event == "promote-now"
+
+
+def test_abort_leaves_the_rollback_to_the_rollback_service() -> None:
+    release = analysing(0)
+    commands = release.on(AbortRelease(actor="bob", reason="wrong build"), "abort-1", at(120))
+    assert release.status() is ReleaseStatus.ROLLING_BACK
+    assert release.state.outcome_reason == "wrong build"
+    assert kinds(commands) == (ReleaseStatusChanged,)
+    # Our own or anyone's rollback request after that changes nothing more.
+    again = RollbackRequested(target=TARGET, reason="again", requested_by="x")
+    assert release.on(again, "rb-2", at(121)) == []
+
+
+def test_a_duplicate_event_moves_nothing_twice() -> None:
+    release = Release(accepted())
+    first = release.on(reached(release.state, 0), "reached-0", at(10))
+    state = release.state
+    # Redelivered while it is still the last event handled: same commands, same ids (the
+    # publish may not have happened before a crash), and no new state.
+    decision = decide(state, envelope(reached(state, 0), "reached-0"), at(11))
+    assert decision.state is None
+    assert decision.commands == first
+    # Once something else happened, a duplicate is only ignored.
+    release.on(verdict(state, 0, VerdictResult.PASS, final=False), "tick-1", at(12))
+    decision = decide(release.state, envelope(reached(state, 0), "reached-0"), at(13))
+    assert decision.state is None
+    assert decision.commands == []
+
+
+def test_a_stale_step_event_is_ignored() -> None:
+    release = analysing(1)
+    old_step = release.state.steps[0]
+    assert (
+        decide(release.state, envelope(reached(release.state, 0), "reached-0-late"), at(130)).state
+        is None
+    )
+    late_verdict = verdict(release.state, 0, VerdictResult.FAIL)
+    assert decide(release.state, envelope(late_verdict, "v0-late"), at(130)).state is None
+    late_failure = PhaseFailed(target=TARGET, step=old_step, reason="late")
+    assert decide(release.state, envelope(late_failure, "f0-late"), at(130)).state is None
+
+
+def test_a_verdict_before_its_phase_is_reached_is_ignored() -> None:
+    state = accepted()
+    decision = decide(state, envelope(verdict(state, 0, VerdictResult.PASS), "v-early"), at(5))
+    assert decision.state is None
+    assert decision.commands == []
+
+
+def test_events_after_a_terminal_state_change_nothing() -> None:
+    release = analysing(0)
+    release.on(AbortRelease(actor="bob"), "abort-1", at(110))
+    done = RollbackCompleted(
+        target=TARGET, reason="aborted", stable_replicas=4, seconds_to_restore=1
+    )
+    release.on(done, "rb-done", at(115))
+    assert release.status() is ReleaseStatus.ROLLED_BACK
+    for data, event_id in [
+        (verdict(release.state, 0, VerdictResult.PASS), "v-late"),
+        (PromotionCompleted(target=TARGET, image=NEW_IMAGE), "promoted-late"),
+        (ResumeRelease(actor="alice"), "resume-late"),
+        (PromoteNow(actor="alice"), "promote-late"),
+        (
+            RollbackCompleted(target=TARGET, reason="x", stable_replicas=4, seconds_to_restore=1),
+            "rb-2",
+        ),
+    ]:
+        decision = decide(release.state, envelope(data, event_id), at(120))
+        assert decision == machine.NO_CHANGE
+
+
+def test_operator_commands_that_do_not_apply_are_ignored() -> None:
+    state = accepted()
+    assert decide(state, envelope(ResumeRelease(actor="a"), "r"), at(1)).state is None
+    promoting = state.model_copy(update={"status": ReleaseStatus.PROMOTING})
+    assert decide(promoting, envelope(PauseRelease(actor="a"), "p"), at(1)).state is None
+    assert decide(promoting, envelope(PromoteNow(actor="a"), "n"), at(1)).state is None
+
+
+def test_a_second_request_with_a_used_release_id_is_rejected_without_touching_it() -> None:
+    state = accepted()
+    decision = decide(state, envelope(request(), "req-2", "ci"), at(1))
+    assert decision.state is None
+    [rejection] = decision.commands
+    assert isinstance(rejection.data, ReleaseRejected)
+    assert "already used" in rejection.data.reasons[0]
+    # The original request redelivered is a duplicate, not a rejection.
+    replay = decide(state, envelope(request(), "req-1", "ci"), at(1))
+    assert kinds(replay.commands) == (ReleasePlanned, ApplyPhase)
+
+
+def test_a_refused_request_is_stored_rejected_with_every_reason() -> None:
+    reasons = ["Deployment shop/web not found", "no ReleasePolicy in namespace shop"]
+    decision = machine.reject(RID, envelope(request(), "req-1", "ci"), request(), reasons, T0)
+    assert decision.state is not None
+    assert decision.state.status is ReleaseStatus.REJECTED
+    assert decision.state.outcome_reason == "; ".join(reasons)
+    [rejection] = decision.commands
+    assert isinstance(rejection.data, ReleaseRejected)
+    assert rejection.data.reasons == reasons
+    # Readers may ask for the current step of any state.
+    assert decision.state.current_step.weight == 0
+    # Replayed after a crash, the same rejection goes out under the same id.
+    replay = decide(decision.state, envelope(request(), "req-1", "ci"), at(1))
+    assert replay.commands == decision.commands
+
+
+def test_seen_event_ids_stay_bounded() -> None:
+    release = analysing(0)
+    for tick in range(SEEN_EVENTS_LIMIT + 20):
+        release.on(verdict(release.state, 0, VerdictResult.PASS, final=False), f"t-{tick}", at(120))
+    assert len(release.state.seen_event_ids) == SEEN_EVENTS_LIMIT
+    assert release.state.seen_event_ids[-1] == f"t-{SEEN_EVENTS_LIMIT + 19}"
+
+
+def test_version_tags_match_the_metric_labels() -> None:
+    assert machine.version_tag("registry.local:5000/shop/web:v2.3") == "v2.3"
+    assert machine.version_tag("registry.local:5000/shop/web") == "latest"
+    assert machine.version_tag("web:v1@sha256:" + "a" * 64) == "v1"
+    assert machine.version_tag("web@sha256:" + "ab" * 32) == "sha256-" + "ab" * 6
