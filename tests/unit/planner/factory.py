@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -124,3 +125,22 @@ def verdict(
         reason=f"{result.value} at step {index}",
         checks=[CHECK] if result is VerdictResult.FAIL else [],
     )
+
+
+@dataclass
+class FakeCluster:
+    deployments: dict[str, DeploymentFacts] = field(
+        default_factory=lambda: {"shop/web": DEPLOYMENT, "shop/api": DEPLOYMENT}
+    )
+    policies: list[PolicyObject] = field(
+        default_factory=lambda: [
+            policy(),
+            PolicyObject("api-policy", {**policy().spec, "targetRef": "api"}),
+        ]
+    )
+
+    async def deployment(self, namespace: str, name: str) -> DeploymentFacts | None:
+        return self.deployments.get(f"{namespace}/{name}")
+
+    async def release_policies(self, namespace: str) -> list[PolicyObject]:
+        return self.policies if namespace == "shop" else []

@@ -14,7 +14,6 @@ import pytest
 
 from canaryflow.planner.app import Planner, ReleaseRequestPayload
 from canaryflow.planner.reconcile import ReconcileTimings
-from canaryflow.planner.validation import DeploymentFacts, PolicyObject
 from canaryflow.runtime.store import StaleWrite, Versioned
 from canaryflow_contracts import Envelope, EventData
 from canaryflow_contracts.events import (
@@ -31,15 +30,14 @@ from canaryflow_contracts.events import (
 )
 from canaryflow_contracts.state import ReleaseState, ReleaseStatus
 from tests.unit.planner.factory import (
-    DEPLOYMENT,
     NEW_IMAGE,
     RID,
     T0,
     TARGET,
+    FakeCluster,
     accepted,
     at,
     envelope,
-    policy,
     reached,
     verdict,
 )
@@ -111,25 +109,6 @@ class FakePublisher:
 
     def ids(self) -> list[str]:
         return [event_id for _, event_id, _ in self.sent]
-
-
-@dataclass
-class FakeCluster:
-    deployments: dict[str, DeploymentFacts] = field(
-        default_factory=lambda: {"shop/web": DEPLOYMENT, "shop/api": DEPLOYMENT}
-    )
-    policies: list[PolicyObject] = field(
-        default_factory=lambda: [
-            policy(),
-            PolicyObject("api-policy", {**policy().spec, "targetRef": "api"}),
-        ]
-    )
-
-    async def deployment(self, namespace: str, name: str) -> DeploymentFacts | None:
-        return self.deployments.get(f"{namespace}/{name}")
-
-    async def release_policies(self, namespace: str) -> list[PolicyObject]:
-        return self.policies if namespace == "shop" else []
 
 
 class Clock:

@@ -1,0 +1,182 @@
+"""The planner as a running service on a real NATS server of its own (no cluster, no stack).
+
+Checks the wiring the fakes cannot: the durable consumers, the tolerant request consumer, the
+KV state and the published commands, over real JetStream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from canaryflow.planner.app import build_service
+from canaryflow.runtime.service import Service
+from canaryflow.runtime.settings import Settings
+from canaryflow_contracts import Envelope, Subjects
+from canaryflow_contracts.events import (
+    ApplyPhase,
+    PhaseReached,
+    PlannedStep,
+    ReleaseRejected,
+    ReleaseRequested,
+    RequestAnalysis,
+    parse_event,
+)
+from canaryflow_contracts.state import ReleaseStatus
+from tests.unit.planner.factory import NEW_IMAGE, TARGET, FakeCluster
+
+NATS_SERVER = Path(sys.executable).parent / "nats-server"
+PREFIX = "t_planner"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if not NATS_SERVER.exists():
+        pytest.skip("nats-server is not installed in the virtualenv")
+    port = _free_port()
+    store = tmp_path_factory.mktemp("jetstream")
+    server = subprocess.Popen(
+        [str(NATS_SERVER), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            server.poll()
+            if server.returncode is not None:
+                pytest.fail("nats-server exited at start")
+            time.sleep(0.05)  # waiting for the server to listen, not for time to pass
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+async def _eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 10) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        found = await check()
+        if found:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Running:
+    def __init__(self, service: Service, nc: NatsClient) -> None:
+        self.service = service
+        self.nc = nc
+        self.seen: list[Envelope[Any]] = []
+        self.subjects = service.settings.subjects
+
+    async def on_message(self, msg: Msg) -> None:
+        self.seen.append(parse_event(msg.data))
+
+    async def publish(self, subject: str, body: dict[str, Any], msg_id: str) -> None:
+        await self.nc.jetstream().publish(
+            subject, json.dumps(body).encode(), headers={"Nats-Msg-Id": msg_id}
+        )
+
+    async def first(self, kind: type[Any], release_id: str) -> Envelope[Any]:
+        async def check() -> Envelope[Any] | None:
+            for envelope in self.seen:
+                if isinstance(envelope.data, kind) and envelope.subject == release_id:
+                    return envelope
+            return None
+
+        found: Envelope[Any] = await _eventually(check, f"{kind.__name__} for {release_id}")
+        return found
+
+
+@pytest.fixture
+async def running(nats_url: str) -> AsyncIterator[Running]:
+    settings = Settings(
+        service="planner", nats_url=nats_url, prefix=PREFIX, reconcile_seconds=0.2, max_deliver=3
+    )
+    service = build_service(settings, FakeCluster())
+    await service.start()
+    nc = await nats.connect(nats_url)
+    running = Running(service, nc)
+    await nc.subscribe(f"{PREFIX}.*.*.*.*", cb=running.on_message)
+    try:
+        yield running
+    finally:
+        await nc.close()
+        await service.stop()
+
+
+def _request(release_id: str, msg_id: str, **data: Any) -> dict[str, Any]:
+    return {
+        "id": msg_id,
+        "source": "ci/shop",
+        "type": ReleaseRequested.event_type(),
+        "subject": release_id,
+        "data": {
+            "target": {"namespace": "shop", "name": "web"},
+            "version": {"image": NEW_IMAGE},
+            "requested_by": "ci@shop",
+            **data,
+        },
+    }
+
+
+async def test_a_request_is_planned_applied_and_analysed_over_jetstream(running: Running) -> None:
+    subjects: Subjects = running.subjects
+    await running.publish(
+        subjects.of(ReleaseRequested, "svc-1"), _request("svc-1", "req-svc-1"), "req-svc-1"
+    )
+    apply = await running.first(ApplyPhase, "svc-1")
+    assert apply.id == "svc-1.apply.0"
+    stored = await running.service.store.get("svc-1")
+    assert stored is not None
+    assert stored.state.status is ReleaseStatus.APPLYING
+
+    step = PlannedStep(index=0, weight=10, hold_seconds=30)
+    reached = Envelope.wrap(
+        PhaseReached(target=TARGET, step=step, canary_weight=25, canary_ready=1, stable_ready=3),
+        release_id="svc-1",
+        source="canaryflow/executor",
+        id="svc-1.reached.0",
+    )
+    await running.publish(
+        subjects.of(PhaseReached, "svc-1"), reached.model_dump(mode="json"), reached.id
+    )
+    analyse = await running.first(RequestAnalysis, "svc-1")
+    assert analyse.data.canary_version == "v2"
+
+    async def analysing() -> bool:
+        found = await running.service.store.get("svc-1")
+        return found is not None and found.state.status is ReleaseStatus.ANALYSING
+
+    await _eventually(analysing, "the state to say analysing")
+
+
+async def test_a_malformed_request_is_answered_not_dead_lettered(running: Running) -> None:
+    subjects: Subjects = running.subjects
+    body = _request("svc-2", "req-svc-2", version={"image": "Not An Image"})
+    await running.publish(subjects.of(ReleaseRequested, "svc-2"), body, "req-svc-2")
+    rejected = await running.first(ReleaseRejected, "svc-2")
+    assert any("version.image" in reason for reason in rejected.data.reasons)
+    assert await running.service.store.get("svc-2") is None
