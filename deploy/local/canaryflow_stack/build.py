@@ -15,6 +15,7 @@ installed or started; ``apt-get install`` only as a fallback), NATS from the ven
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -53,7 +54,8 @@ GO_COMPONENTS = {
 
 
 def say(message: str) -> None:
-    print(message, flush=True)
+    with contextlib.suppress(OSError):
+        print(message, flush=True)
 
 
 def _locked(settings: Settings, key: str) -> int:

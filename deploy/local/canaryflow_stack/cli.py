@@ -9,6 +9,7 @@ code.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from . import stack
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so `up` stops what it started.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command == "up":
             stack.up(settings)
@@ -52,3 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 2
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

@@ -13,6 +13,7 @@ The bootstrap talks to the API server with plain HTTP requests (httpx) rather th
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,7 @@ class KubeApi:
         self._client = httpx.Client(
             base_url=server,
             headers={"Authorization": f"Bearer {token}"},
-            verify=str(ca_file),
+            verify=ssl.create_default_context(cafile=str(ca_file)),
             timeout=5.0,
             trust_env=False,
         )

@@ -7,6 +7,7 @@ enabled, 2 of 3 nodes Ready), which usually names the problem before anyone open
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 
 import httpx
@@ -23,12 +24,17 @@ def http_probe(
     check: Callable[[httpx.Response], str | None] | None = None,
     timeout: float = 2.0,
 ) -> Probe:
-    """A probe that GETs ``url`` and wants a 2xx (and ``check`` to pass, if given)."""
+    """A probe that GETs ``url`` and wants a 2xx (and ``check`` to pass, if given).
+
+    ``verify`` is True (system CAs), False (no check: self-signed serving certs of the
+    controller manager and scheduler) or the path of a CA file.
+    """
 
     def probe() -> str | None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        tls = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
         try:
-            with httpx.Client(verify=verify, timeout=timeout, trust_env=False) as client:
+            with httpx.Client(verify=tls, timeout=timeout, trust_env=False) as client:
                 response = client.get(url, headers=headers)
         except httpx.HTTPError as exc:
             return f"GET {url}: {type(exc).__name__}: {exc}"

@@ -71,10 +71,20 @@ def proc_starttime(pid: int) -> int | None:
     return int(fields[19]) if fields else None
 
 
+_exit_codes: dict[int, int] = {}
+
+
+def exit_code(pid: int) -> int | None:
+    """The exit code of a child this process started and reaped, if known."""
+    return _exit_codes.get(pid)
+
+
 def proc_running(pid: int) -> bool:
     """True if the pid exists and is not a zombie; reaps it if it is our own dead child."""
     with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+        if reaped == pid:
+            _exit_codes[pid] = os.waitstatus_to_exitcode(status)
     fields = _stat_fields(pid)
     return fields is not None and fields[0] not in ("Z", "X")
 

@@ -31,7 +31,9 @@ from .servers import KUBE_SERVERS, ORDER, Binaries, Server, locate_binaries, pla
 
 
 def say(message: str) -> None:
-    print(message, flush=True)
+    # Progress is best effort: a closed stdout (`up | head`) must not abort a start or a stop.
+    with contextlib.suppress(OSError):
+        print(message, flush=True)
 
 
 def pidfile(settings: Settings, name: str) -> Path:
@@ -196,10 +198,12 @@ def _wait_healthy(settings: Settings, server: Server, record: PidRecord) -> floa
     while True:
         if not procs.is_ours(record):
             pidfile(settings, server.name).unlink(missing_ok=True)
+            code = procs.exit_code(record.pid)
+            how = f"exited with code {code}" if code is not None else "exited"
             raise StackError(
                 server.name,
                 settings.log(server.name),
-                f"the process (pid {record.pid}) exited while starting",
+                f"the process (pid {record.pid}) {how} while starting",
                 server.cause,
             )
         reason = server.probe()
@@ -247,6 +251,15 @@ def up(settings: Settings) -> dict[str, str]:
             waiting: list[tuple[Server, PidRecord, bool]] = []
             for server in in_phase:
                 record = _ours(settings, server.name)
+                if record is not None and record.argv != server.argv:
+                    # Another port, binary version, kubeconfig or cluster choice than now.
+                    say(
+                        f"{server.name}: running with other settings (pid {record.pid}), restarting"
+                    )
+                    procs.stop(record)
+                    pidfile(settings, server.name).unlink(missing_ok=True)
+                    before.remove(server.name)
+                    record = None
                 if record is not None:
                     waiting.append((server, record, False))
                     continue
@@ -261,10 +274,9 @@ def up(settings: Settings) -> dict[str, str]:
                     say(f"  {server.name} healthy in {seconds:.1f} s (pid {record.pid})")
                 else:
                     say(f"{server.name}: already running and healthy (pid {record.pid})")
-    except (StackError, KeyboardInterrupt) as exc:
+    except BaseException:
+        # A failed server, Ctrl-C, SIGTERM, a broken pipe: never leave half a stack behind.
         _undo(settings, started, before)
-        if isinstance(exc, KeyboardInterrupt):
-            raise
         raise
 
     env = endpoints(settings, choice)
