@@ -68,7 +68,7 @@ def wait_until(
 async def async_wait_until(
     check: Callable[[], Awaitable[T | None]],
     *,
-    timeout: float,  # noqa: ASYNC109 - bounds the polling and is named in the failure
+    timeout: float,
     message: str,
     interval: float = 0.2,
 ) -> T:
