@@ -15,10 +15,12 @@ Why it works the way it does:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shlex
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,8 +221,29 @@ def _wait_healthy(settings: Settings, server: Server, record: PidRecord) -> floa
         time.sleep(0.2)
 
 
+@contextlib.contextmanager
+def _exclusive(settings: Settings) -> Iterator[None]:
+    """One up/down/restart at a time per state folder (test sessions may race to start it)."""
+    settings.state.mkdir(parents=True, exist_ok=True)
+    fd = os.open(settings.state / "lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say("waiting for another canaryflow_stack command on this stack to finish…")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def up(settings: Settings) -> dict[str, str]:
     """Build what is missing, start what is not running, wait for health; return endpoints."""
+    with _exclusive(settings):
+        return _up(settings)
+
+
+def _up(settings: Settings) -> dict[str, str]:
     t0 = time.monotonic()
     for d in (settings.state, settings.logs, settings.pids, settings.data):
         d.mkdir(parents=True, exist_ok=True)
@@ -325,6 +348,11 @@ def _recorded_names(settings: Settings) -> list[str]:
 
 def down(settings: Settings) -> bool:
     """Stop every process the stack started. True when none is left."""
+    with _exclusive(settings):
+        return _down(settings)
+
+
+def _down(settings: Settings) -> bool:
     clean = True
     names = _recorded_names(settings)
     if not names:
@@ -431,6 +459,11 @@ def status(settings: Settings) -> bool:
 
 def restart(settings: Settings, name: str) -> None:
     """Stop one server (if it is ours) and start it again with the same settings."""
+    with _exclusive(settings):
+        _restart(settings, name)
+
+
+def _restart(settings: Settings, name: str) -> None:
     choice = current_choice(settings)
     servers = {s.name: s for s in plan(settings, choice, locate_binaries(settings))}
     if name not in servers:
