@@ -1,0 +1,208 @@
+"""The analysis of one step: tick, measure, judge, publish, until a failure or the hold ends.
+
+Everything with side effects comes in from outside (provider, clock, release reader,
+publisher, policy source), so the whole loop runs in unit tests with fakes and a clock that
+jumps instead of sleeping. Before every tick the release is read again: a release that moved
+on (promoted, rolled back, another step, an operator's abort) is left alone silently, and
+its message is acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from canaryflow.metrics_watcher.judge import verdict
+from canaryflow.metrics_watcher.measure import measure
+from canaryflow.metrics_watcher.policies import PolicyProblem, PolicySource
+from canaryflow.metrics_watcher.providers import MetricProvider
+from canaryflow.metrics_watcher.schedule import first_due_tick, still_analysing, tick_offsets
+from canaryflow.metrics_watcher.templates import QueryContext
+from canaryflow.runtime import observability
+from canaryflow.runtime.store import Versioned
+from canaryflow_contracts.events import (
+    AnalysisVerdict,
+    MetricCheck,
+    RequestAnalysis,
+    VerdictAction,
+    VerdictResult,
+)
+from canaryflow_contracts.policy import ReleasePolicySpec
+
+log = logging.getLogger(__name__)
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class ReleaseReader(Protocol):
+    async def get(self, release_id: str) -> Versioned | None: ...
+
+
+# (release id, verdict, event id): the service's EventPublisher in production, a list in tests.
+Publish = Callable[[str, AnalysisVerdict, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class AnalysisJob:
+    release_id: str
+    request_id: str  # the RequestAnalysis envelope's id
+    request: RequestAnalysis
+    anchor: datetime  # when the analysis was requested: the schedule's origin
+
+    def event_id(self, tick: int | None) -> str:
+        """``<rid>.verdict.<step>.<run>.<tick>``, or ``.final`` for the verdict ending a run.
+
+        ``run`` is derived from the request's id: a redelivered request publishes the same ids
+        (JetStream drops the repeats), while a new request for the same step (the planner
+        analysing again after a resume, or its reconcile) gets ids of its own, which the
+        duplicate window would otherwise swallow.
+        """
+        run = hashlib.sha256(self.request_id.encode()).hexdigest()[:8]
+        suffix = "final" if tick is None else str(tick)
+        return f"{self.release_id}.verdict.{self.request.step.index}.{run}.{suffix}"
+
+
+class Analyst:
+    def __init__(
+        self,
+        *,
+        provider: MetricProvider,
+        clock: Clock,
+        releases: ReleaseReader,
+        policies: PolicySource,
+        publish: Publish,
+    ) -> None:
+        self._provider = provider
+        self._clock = clock
+        self._releases = releases
+        self._policies = policies
+        self._publish = publish
+
+    async def run(self, job: AnalysisJob) -> AnalysisVerdict | None:
+        """Analyse the step; returns the final verdict, or None if the release moved on."""
+        request = job.request
+        try:
+            policy = await self._policies.get(request.target.namespace, request.policy)
+        except PolicyProblem as problem:
+            if not await self._wanted(job):
+                return None
+            return await self._emit(
+                job,
+                tick=None,
+                result=VerdictResult.INSUFFICIENT_DATA,
+                action=VerdictAction.PAUSE,
+                reason=f"cannot analyse: {problem}",
+                checks=[],
+            )
+        return await self._ticks(job, policy)
+
+    async def _ticks(self, job: AnalysisJob, policy: ReleasePolicySpec) -> AnalysisVerdict | None:
+        request = job.request
+        analysis = policy.analysis
+        offsets = tick_offsets(request.step.hold_seconds, analysis.interval_seconds)
+        tick = first_due_tick(offsets, self._elapsed(job))
+        canary, stable = _contexts(request, policy)
+        while True:
+            wait = offsets[tick] - self._elapsed(job)
+            if wait > 0:
+                await self._clock.sleep(wait)
+            if not await self._wanted(job):
+                return None
+            measurement = await measure(self._provider, analysis, canary, stable)
+            last = tick == len(offsets) - 1
+            result, action, reason = verdict(
+                measurement.checks,
+                min_requests=analysis.min_requests,
+                provider_error=measurement.provider_error,
+                final=last,
+            )
+            final = last or result is VerdictResult.FAIL
+            published = await self._emit(
+                job,
+                tick=None if final else tick,
+                result=result,
+                action=action,
+                reason=reason,
+                checks=measurement.checks,
+            )
+            if final:
+                return published
+            tick += 1
+
+    async def _wanted(self, job: AnalysisJob) -> bool:
+        versioned = await self._releases.get(job.release_id)
+        state = versioned.state if versioned is not None else None
+        if still_analysing(state, job.request.step.index):
+            return True
+        log.info(
+            "release no longer analysing step %d (%s); stopping",
+            job.request.step.index,
+            f"{state.status}, step {state.step_index}" if state else "no state",
+        )
+        return False
+
+    async def _emit(
+        self,
+        job: AnalysisJob,
+        *,
+        tick: int | None,
+        result: VerdictResult,
+        action: VerdictAction,
+        reason: str,
+        checks: list[MetricCheck],
+    ) -> AnalysisVerdict:
+        final = tick is None
+        event = AnalysisVerdict(
+            target=job.request.target,
+            step=job.request.step,
+            result=result,
+            action=action,
+            final=final,
+            reason=reason,
+            checks=checks,
+        )
+        await self._publish(job.release_id, event, job.event_id(tick))
+        observability.service_metrics().verdicts.labels(result.value, str(final).lower()).inc()
+        log.info(
+            "verdict %s%s for step %d: %s",
+            result.value,
+            " (final)" if final else "",
+            job.request.step.index,
+            reason,
+        )
+        return event
+
+    def _elapsed(self, job: AnalysisJob) -> float:
+        return (self._clock.now() - job.anchor).total_seconds()
+
+
+def _contexts(
+    request: RequestAnalysis, policy: ReleasePolicySpec
+) -> tuple[QueryContext, QueryContext]:
+    def context(version: str, track: str) -> QueryContext:
+        return QueryContext(
+            namespace=request.target.namespace,
+            service=policy.service_name,
+            version=version,
+            track=track,
+            window_seconds=policy.analysis.window_seconds,
+        )
+
+    return context(request.canary_version, "canary"), context(request.stable_version, "stable")

@@ -1,0 +1,67 @@
+"""The metrics-watcher service: wiring only, so tests can run it in-process with fakes.
+
+``build_service`` takes the provider and the clock as arguments: an integration test passes a
+real Prometheus provider and the system clock, a service test can pass a fake provider and a
+clock that jumps.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from canaryflow.metrics_watcher.analysis import AnalysisJob, Analyst, Clock, SystemClock
+from canaryflow.metrics_watcher.policies import KubePolicySource, PolicySource
+from canaryflow.metrics_watcher.providers import MetricProvider, create_provider
+from canaryflow.runtime.bus import Delivery
+from canaryflow.runtime.service import Service
+from canaryflow.runtime.settings import Settings
+from canaryflow.runtime.store import Versioned
+from canaryflow_contracts import Envelope
+from canaryflow_contracts.events import AnalysisVerdict, RequestAnalysis
+
+SERVICE_NAME = "metrics-watcher"
+
+
+class _StoreReader:
+    """The service's release store, which exists only once the service has started."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    async def get(self, release_id: str) -> Versioned | None:
+        return await self._service.store.get(release_id)
+
+
+def build_service(
+    settings: Settings,
+    provider: MetricProvider | None = None,
+    clock: Clock | None = None,
+    policies: PolicySource | None = None,
+) -> Service:
+    service = Service(settings)
+    # httpx logs every request at INFO: several lines per tick that say nothing a verdict
+    # does not say better.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    async def publish(release_id: str, verdict: AnalysisVerdict, event_id: str) -> None:
+        await service.publisher.publish(verdict, release_id, event_id=event_id)
+
+    analyst = Analyst(
+        provider=provider or create_provider("prometheus", settings),
+        clock=clock or SystemClock(),
+        releases=_StoreReader(service),
+        policies=policies or KubePolicySource(settings.kubeconfig),
+        publish=publish,
+    )
+
+    async def on_analysis_requested(
+        envelope: Envelope[RequestAnalysis], delivery: Delivery
+    ) -> None:
+        job = AnalysisJob(delivery.release_id, envelope.id, envelope.data, anchor=envelope.time)
+        # The message stays unacknowledged for the whole hold: if this replica dies, another
+        # one resumes the same schedule after ack_wait.
+        async with delivery.keep_alive():
+            await analyst.run(job)
+
+    service.subscribe(RequestAnalysis, "analysis", on_analysis_requested)
+    return service

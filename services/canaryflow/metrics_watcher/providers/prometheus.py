@@ -1,0 +1,92 @@
+"""Prometheus over its HTTP API, the first metrics backend.
+
+Timeouts are short because a tick must not outlive its interval: a slow Prometheus is
+treated like an unreachable one (insufficient data, so the release pauses), never waited on.
+A query must reduce to a single number; a vector of several series is refused rather than
+silently picking one, since that would judge the wrong version.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import httpx
+
+from canaryflow.metrics_watcher.providers.base import ProviderError
+
+DEFAULT_TIMEOUT_SECONDS = 2.0
+
+
+class PrometheusProvider:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout_seconds, transport=transport
+        )
+
+    @property
+    def name(self) -> str:
+        return "prometheus"
+
+    async def query(self, query: str) -> float | None:
+        try:
+            response = await self._client.get("/api/v1/query", params={"query": query})
+        except httpx.HTTPError as error:
+            raise ProviderError(
+                f"prometheus at {self.base_url} unreachable: {type(error).__name__}: {error}"
+            ) from error
+        return parse_instant_result(query, response.status_code, _json(response))
+
+    async def is_online(self) -> bool:
+        try:
+            return await self.query("vector(1)") == 1.0
+        except ProviderError:
+            return False
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def parse_instant_result(query: str, status_code: int, body: Any) -> float | None:
+    """One number from an instant-query answer; None for no data; ProviderError otherwise."""
+    if not isinstance(body, dict) or body.get("status") != "success":
+        detail = (
+            f"{body.get('errorType')}: {body.get('error')}"
+            if isinstance(body, dict)
+            else "no JSON body"
+        )
+        raise ProviderError(f"prometheus refused {query!r} (HTTP {status_code}): {detail}")
+    data = body.get("data") or {}
+    kind = data.get("resultType")
+    result: Any = data.get("result")
+    if kind == "scalar":
+        raw = result[1]
+    elif kind == "vector":
+        if not result:
+            return None
+        if len(result) > 1:
+            labels = [sample.get("metric", {}) for sample in result[:3]]
+            raise ProviderError(
+                f"{query!r} returned {len(result)} series (e.g. {labels}); "
+                "a metric query must reduce to one value"
+            )
+        raw = result[0]["value"][1]
+    else:
+        raise ProviderError(f"{query!r} returned a {kind} result; expected a vector or scalar")
+    value = float(raw)
+    # NaN is 0/0 (no requests in the window) and +Inf a quantile with no buckets: no data.
+    return None if math.isnan(value) or math.isinf(value) else value
