@@ -121,6 +121,10 @@ def _policy_for(
 
 def _error_text(error: Any) -> str:
     location = ".".join(str(part) for part in error.get("loc", ())) or "spec"
+    if error.get("type") == "string_pattern_mismatch":
+        # The pattern itself (a long regular expression) helps nobody reading a rejection.
+        what = "a well-formed image reference" if location.endswith("image") else "well formed"
+        return f"{location}: {error.get('input')!r} is not {what}"
     return f"{location}: {error.get('msg', 'invalid')}"
 
 
