@@ -99,7 +99,8 @@ class ReleaseStore:
 
     async def all(self) -> list[Versioned]:
         try:
-            keys = await self._kv.keys(filters=["release.>"])
+            # No server-side filter: nats-py matches filters as plain strings, not wildcards.
+            keys = [key for key in await self._kv.keys() if key.startswith("release.")]
         except NoKeysError:
             return []
         found = []

@@ -198,11 +198,6 @@ async def test_a_malformed_request_is_answered_not_dead_lettered(running: Runnin
     assert await running.service.store.get("svc-2") is None
 
 
-@pytest.mark.xfail(
-    reason="ReleaseStore.all() passes a NATS wildcard to nats-py's KeyValue.keys(), whose "
-    "filters are substring matches, so it lists no release (runtime/store.py)",
-    strict=False,
-)
 async def test_reconcile_rolls_back_a_step_that_missed_its_deadline(running: Running) -> None:
     subjects: Subjects = running.subjects
     await running.publish(
