@@ -16,3 +16,25 @@ IMAGE_PATTERN = (
     r"(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
+
+_DIGEST_CHARS = 12
+
+
+def version_of(image: str) -> str:
+    """The version label of an image reference, as metrics and policies name versions.
+
+    The tag when there is one (also when a digest follows it); for a reference pinned only by
+    digest, ``<algorithm>-<first 12 hex digits>`` (a valid label value, distinct per build);
+    otherwise ``latest``. A registry port (``host:5000/app``) is not a tag.
+    """
+    name, _, digest = image.strip().partition("@")
+    last_slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > last_slash and colon < len(name) - 1:
+        return name[colon + 1 :]
+    if digest:
+        algorithm, _, hex_digits = digest.partition(":")
+        if hex_digits:
+            return f"{algorithm}-{hex_digits[:_DIGEST_CHARS]}"
+        return algorithm or "latest"
+    return "latest"

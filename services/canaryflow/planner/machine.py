@@ -46,6 +46,7 @@ from canaryflow_contracts.events import (
     VerdictAction,
     VerdictResult,
 )
+from canaryflow_contracts.identifiers import version_of
 from canaryflow_contracts.state import (
     HISTORY_LIMIT,
     SEEN_EVENTS_LIMIT,
@@ -83,22 +84,6 @@ NO_CHANGE = Decision(None, [])
 def short_digest(text: str) -> str:
     """A short, stable token for deriving event ids from another event's id."""
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def version_tag(image: str) -> str:
-    """The version label the traffic simulator puts on an image's metrics.
-
-    The tag if there is one; for a reference pinned only by digest, ``sha256-<12 hex>``;
-    otherwise ``latest``.
-    """
-    name, _, digest = image.strip().partition("@")
-    _, colon, tag = name.rpartition(":")
-    if colon and tag and "/" not in tag:
-        return tag
-    if digest:
-        algorithm, _, hex_digits = digest.partition(":")
-        return f"{algorithm}-{hex_digits[:12]}" if hex_digits else algorithm or "latest"
-    return "latest"
 
 
 # --------------------------------------------------------------------------- requests
@@ -480,8 +465,8 @@ def request_analysis(state: ReleaseState, event_id: str = "") -> Command:
     command = RequestAnalysis(
         target=state.target,
         step=step,
-        canary_version=version_tag(state.version.image),
-        stable_version=version_tag(state.stable_image) if state.stable_image else "",
+        canary_version=version_of(state.version.image),
+        stable_version=version_of(state.stable_image) if state.stable_image else "",
         policy=state.policy,
     )
     return Command(command, event_id or f"{state.release_id}.analyse.{step.index}")

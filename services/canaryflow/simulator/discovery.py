@@ -22,10 +22,10 @@ from canaryflow.simulator.behaviour import (
     Behaviour,
     parse_configmap,
 )
-from canaryflow.simulator.images import version_from_image
 from canaryflow.simulator.logs import Log
 from canaryflow.simulator.model import PodInfo, Route, ServiceKey, Target
 from canaryflow.simulator.split import STABLE_TRACK, ServiceSnapshot, SplitSource
+from canaryflow_contracts.identifiers import version_of
 
 SIMULATE_LABEL = "canaryflow.io/simulate"
 RPS_ANNOTATION = "canaryflow.io/simulate-rps"
@@ -66,7 +66,7 @@ def pod_info(pod: V1Pod) -> PodInfo:
     labels = (pod.metadata.labels if pod.metadata is not None else None) or {}
     return PodInfo(
         name=(pod.metadata.name if pod.metadata is not None else None) or "",
-        version=version_from_image(image),
+        version=version_of(image),
         track=labels.get(TRACK_LABEL) or STABLE_TRACK,
         ready=is_ready(pod),
     )

@@ -16,6 +16,7 @@ from canaryflow_contracts.events import (
     TargetRef,
     VersionSpec,
 )
+from canaryflow_contracts.identifiers import version_of
 from canaryflow_contracts.policy import ReleasePolicySpec
 
 REQUEST_JSON = {
@@ -149,3 +150,16 @@ def test_step_and_version_models_round_trip() -> None:
     assert PlannedStep.model_validate_json(step.model_dump_json()) == step
     version = VersionSpec(image="shop:v2", env=[{"name": "FLAG", "value": "on"}])  # type: ignore[list-item]
     assert version.env[0].name == "FLAG"
+
+
+@pytest.mark.parametrize(
+    ("image", "version"),
+    [
+        ("registry.local:5000/shop/web:v2.3", "v2.3"),
+        ("registry.local:5000/shop/web", "latest"),
+        ("web:v1@sha256:" + "a" * 64, "v1"),
+        ("web@sha256:" + "ab" * 32, "sha256-" + "ab" * 6),
+    ],
+)
+def test_the_version_of_an_image_is_its_tag_or_digest(image: str, version: str) -> None:
+    assert version_of(image) == version

@@ -358,10 +358,3 @@ def test_seen_event_ids_stay_bounded() -> None:
         release.on(verdict(release.state, 0, VerdictResult.PASS, final=False), f"t-{tick}", at(120))
     assert len(release.state.seen_event_ids) == SEEN_EVENTS_LIMIT
     assert release.state.seen_event_ids[-1] == f"t-{SEEN_EVENTS_LIMIT + 19}"
-
-
-def test_version_tags_match_the_metric_labels() -> None:
-    assert machine.version_tag("registry.local:5000/shop/web:v2.3") == "v2.3"
-    assert machine.version_tag("registry.local:5000/shop/web") == "latest"
-    assert machine.version_tag("web:v1@sha256:" + "a" * 64) == "v1"
-    assert machine.version_tag("web@sha256:" + "ab" * 32) == "sha256-" + "ab" * 6

@@ -14,7 +14,7 @@ from canaryflow.simulator.behaviour import (
     parse_configmap,
 )
 from canaryflow.simulator.discovery import parse_rps
-from canaryflow.simulator.images import version_from_image
+from canaryflow_contracts.identifiers import version_of
 
 
 @pytest.mark.parametrize(
@@ -35,8 +35,8 @@ from canaryflow.simulator.images import version_from_image
         ("", "latest"),
     ],
 )
-def test_version_from_image(image: str, version: str) -> None:
-    assert version_from_image(image) == version
+def test_version_of(image: str, version: str) -> None:
+    assert version_of(image) == version
 
 
 def test_defaults_when_keys_are_missing() -> None:
