@@ -8,10 +8,13 @@ means someone wrote in between, so we re-read and re-apply our intent, which is 
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from kubernetes import client, config
@@ -122,3 +125,315 @@ def split_replicas(total: int, weight_percent: int) -> tuple[int, int]:
         )
     canary = max(1, min(total - 1, round(total * weight_percent / 100)))
     return total - canary, canary
+
+
+# --------------------------------------------------------------------------- raw JSON access
+#
+# Deployments are read and written as the API's own JSON (camelCase dicts), not as client
+# models: the restore template is stored verbatim in an annotation, the pure decisions are
+# tested on plain dicts, and a field this client version does not know survives a round trip
+# (the generated models refuse unknown fields).
+
+DEPLOYMENTS_PATH = "/apis/apps/v1/namespaces/{namespace}/deployments"
+REQUEST_TIMEOUT_SECONDS = 10.0
+# How often a wait re-reads the API: fast enough that a rollback is not slowed by polling.
+POLL_SECONDS = 0.5
+FIRST_POLL_SECONDS = 0.1
+FIELD_MANAGER = "canaryflow"
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _request(
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    *,
+    body: dict[str, Any] | None = None,
+    content_type: str = "application/json",
+    query: list[tuple[str, str]] | None = None,
+) -> dict[str, Any]:
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = content_type
+    method_, url, header_params, payload, post_params = api.param_serialize(
+        method=method,
+        resource_path=path,
+        query_params=query or [],
+        header_params=headers,
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = api.call_api(
+        method_, url, header_params, payload, post_params, _request_timeout=REQUEST_TIMEOUT_SECONDS
+    )
+    response.read()
+    text = response.data.decode("utf-8", errors="replace") if response.data else ""
+    if not 200 <= response.status <= 299:
+        raise ApiException.from_response(http_resp=response, body=text, data=None)
+    return cast(dict[str, Any], json.loads(text)) if text else {}
+
+
+def _deployment_path(namespace: str, name: str | None = None) -> str:
+    path = DEPLOYMENTS_PATH.format(namespace=namespace)
+    return f"{path}/{name}" if name else path
+
+
+def read_deployment(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
+    """The Deployment as the API's JSON, or None when it does not exist."""
+    try:
+        return _request(api, "GET", _deployment_path(namespace, name))
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def create_deployment(api: client.ApiClient, body: dict[str, Any]) -> dict[str, Any]:
+    namespace = body["metadata"]["namespace"]
+    return _request(
+        api,
+        "POST",
+        _deployment_path(namespace),
+        body=body,
+        query=[("fieldManager", FIELD_MANAGER)],
+    )
+
+
+def replace_deployment(api: client.ApiClient, body: dict[str, Any]) -> dict[str, Any]:
+    """PUT the whole object; ``metadata.resourceVersion`` makes it a compare-and-set (409)."""
+    metadata = body["metadata"]
+    return _request(
+        api,
+        "PUT",
+        _deployment_path(metadata["namespace"], metadata["name"]),
+        body=body,
+        query=[("fieldManager", FIELD_MANAGER)],
+    )
+
+
+def patch_deployment(
+    api: client.ApiClient, namespace: str, name: str, patch: dict[str, Any]
+) -> dict[str, Any]:
+    """JSON merge patch: maps merge, lists are replaced, ``None`` removes a key."""
+    return _request(
+        api,
+        "PATCH",
+        _deployment_path(namespace, name),
+        body=patch,
+        content_type="application/merge-patch+json",
+        query=[("fieldManager", FIELD_MANAGER)],
+    )
+
+
+def delete_deployment(api: client.ApiClient, namespace: str, name: str, uid: str) -> bool:
+    """Delete this very object (by uid), its pods first; False when it was already gone.
+
+    Foreground propagation keeps the Deployment visible until its pods are gone, so a caller
+    that waits for the 404 knows no pod of it can still take traffic. The uid precondition
+    means a newer object of the same name is never deleted by mistake (409 instead).
+    """
+    try:
+        _request(
+            api,
+            "DELETE",
+            _deployment_path(namespace, name),
+            body={
+                "apiVersion": "v1",
+                "kind": "DeleteOptions",
+                "propagationPolicy": "Foreground",
+                "preconditions": {"uid": uid},
+            },
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
+
+
+def readiness_of(deployment: dict[str, Any] | None) -> DeploymentReadiness:
+    """``readiness`` for a Deployment read as JSON (or None when absent)."""
+    if deployment is None:
+        return DeploymentReadiness(False, 0, 0, 0, 0, True)
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    generation = (deployment.get("metadata") or {}).get("generation") or 0
+    replicas = spec.get("replicas")
+    return DeploymentReadiness(
+        exists=True,
+        desired=replicas if replicas is not None else 1,
+        ready=status.get("readyReplicas") or 0,
+        updated=status.get("updatedReplicas") or 0,
+        available=status.get("availableReplicas") or 0,
+        settled=(status.get("observedGeneration") or 0) >= generation,
+    )
+
+
+# --------------------------------------------------------------------------- restore point
+
+
+@dataclass(frozen=True)
+class RestorePoint:
+    """What the stable Deployment looked like before a release touched it.
+
+    Kept on the stable Deployment itself (annotations), so the rollback service needs nothing
+    but the cluster to restore it, even if every other service is down.
+    """
+
+    release_id: str
+    replicas: int
+    template: dict[str, Any]
+
+    def annotations(self) -> dict[str, str]:
+        return {
+            RELEASE_ANNOTATION: self.release_id,
+            STABLE_REPLICAS_ANNOTATION: str(self.replicas),
+            RESTORE_TEMPLATE_ANNOTATION: json.dumps(self.template, sort_keys=True),
+        }
+
+
+RESTORE_ANNOTATIONS = (RELEASE_ANNOTATION, STABLE_REPLICAS_ANNOTATION, RESTORE_TEMPLATE_ANNOTATION)
+
+
+class CorruptRestorePoint(ValueError):
+    """The annotations are there but cannot be read back: a person must look."""
+
+
+def restore_point_of(deployment: dict[str, Any]) -> RestorePoint | None:
+    """The restore point recorded on a stable Deployment, or None when nothing is recorded."""
+    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+    if STABLE_REPLICAS_ANNOTATION not in annotations:
+        return None
+    try:
+        replicas = int(annotations[STABLE_REPLICAS_ANNOTATION])
+        template = json.loads(annotations[RESTORE_TEMPLATE_ANNOTATION])
+    except (KeyError, ValueError) as error:
+        raise CorruptRestorePoint(f"unreadable restore annotations: {error}") from error
+    if not isinstance(template, dict) or replicas < 0:
+        raise CorruptRestorePoint("restore annotations hold no pod template or a negative size")
+    return RestorePoint(annotations.get(RELEASE_ANNOTATION, ""), replicas, template)
+
+
+def without_restore_point(deployment: dict[str, Any]) -> dict[str, Any] | None:
+    """A copy of the Deployment with the restore annotations removed; None if it has none."""
+    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+    if not any(key in annotations for key in RESTORE_ANNOTATIONS):
+        return None
+    body = copy.deepcopy(deployment)
+    body["metadata"]["annotations"] = {
+        key: value for key, value in annotations.items() if key not in RESTORE_ANNOTATIONS
+    }
+    return body
+
+
+def release_of(deployment: dict[str, Any]) -> str | None:
+    """The release id a canary Deployment was made for (its label), if any."""
+    labels = (deployment.get("metadata") or {}).get("labels") or {}
+    value = labels.get(RELEASE_LABEL)
+    return str(value) if value else None
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+async def poll_until(
+    read: Callable[[], Awaitable[T]],
+    done: Callable[[T], bool],
+    *,
+    deadline: datetime,
+    now: Clock = utc_now,
+    interval: float = POLL_SECONDS,
+) -> tuple[T, bool]:
+    """Re-read until ``done(value)`` or ``deadline``: (last value, done?).
+
+    The first re-reads come quickly (0.1 s, doubling up to ``interval``): most waits end
+    within a second on a healthy cluster, and a rollback should not lose half a second to
+    one sleep; a long wait settles at one read per ``interval``.
+    The read always happens at least once, even when the deadline has already passed, so a
+    replayed command whose work is finished still sees that it is finished.
+    """
+    pause = min(FIRST_POLL_SECONDS, interval)
+    while True:
+        value = await read()
+        if done(value):
+            return value, True
+        if now() >= deadline:
+            return value, False
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, interval)
+
+
+async def remove_deployment(
+    api: client.ApiClient,
+    deployment: dict[str, Any],
+    *,
+    deadline: datetime,
+    now: Clock = utc_now,
+) -> bool:
+    """Delete a Deployment and wait until the API no longer has it; False on the deadline."""
+    metadata = deployment["metadata"]
+    namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
+    try:
+        await call(delete_deployment, api, namespace, name, uid)
+    except ApiException as error:
+        if error.status != 409:  # 409: the uid changed, a newer object; not ours to delete
+            raise
+        return True
+
+    async def current_uid() -> str | None:
+        body = await call(read_deployment, api, namespace, name)
+        return None if body is None else str(body["metadata"].get("uid"))
+
+    _, gone = await poll_until(current_uid, lambda found: found != uid, deadline=deadline, now=now)
+    return gone
+
+
+# --------------------------------------------------------------------------- release cleanup
+# Both ends of a release (promotion in the executor, rollback in the rollback service) finish
+# the same way: the canary goes, then the restore point. Each step is a no-op when done.
+
+
+async def remove_canary(
+    api: client.ApiClient,
+    target: TargetRef,
+    release_id: str,
+    *,
+    deadline: datetime,
+    now: Clock = utc_now,
+) -> bool:
+    """Delete the target's canary unless another release owns it; wait until it is gone.
+
+    True when no canary of this release is left; False when it was still there at the
+    deadline. A canary labelled with another release is not ours to remove (a stale event).
+    """
+    canary = await call(read_deployment, api, target.namespace, canary_name(target))
+    if canary is None:
+        return True
+    owner = release_of(canary)
+    if owner not in (None, release_id):
+        log.warning("canary of %s belongs to release %s; left alone", target.key(), owner)
+        return True
+    return await remove_deployment(api, canary, deadline=deadline, now=now)
+
+
+async def clear_restore_point(api: client.ApiClient, target: TargetRef, release_id: str) -> None:
+    """Remove the restore annotations from stable if they are this release's (compare-and-set)."""
+
+    def write() -> None:
+        stable = read_deployment(api, target.namespace, target.name)
+        if stable is None:
+            return
+        point = restore_point_of(stable)
+        if point is None or point.release_id != release_id:
+            return
+        body = without_restore_point(stable)
+        if body is not None:
+            body.pop("status", None)
+            replace_deployment(api, body)
+
+    await with_conflict_retry(write, f"{target.key()} restore point")

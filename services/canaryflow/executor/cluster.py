@@ -1,0 +1,125 @@
+"""The executor's writes to the cluster: each one reads, decides with a pure function, writes.
+
+Every write is safe to repeat: it is computed from what the API shows now, is skipped when
+the object already says it, and carries the resourceVersion it read, so a concurrent writer
+turns it into a 409 that ``with_conflict_retry`` answers by reading and deciding again.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from kubernetes import client
+
+from canaryflow.executor import workload
+from canaryflow.executor.workload import Body, Recording
+from canaryflow.runtime import kube
+from canaryflow_contracts.events import TargetRef, VersionSpec
+
+log = logging.getLogger(__name__)
+
+
+class CanaryRecreating(RuntimeError):
+    """The old canary had another selector and is being deleted; the next attempt makes it."""
+
+
+class Cluster:
+    def __init__(self, api: client.ApiClient, now: kube.Clock = kube.utc_now) -> None:
+        self.api = api
+        self.now = now
+
+    async def read(self, namespace: str, name: str) -> Body | None:
+        return await kube.call(kube.read_deployment, self.api, namespace, name)
+
+    async def stable(self, target: TargetRef) -> Body | None:
+        return await self.read(target.namespace, target.name)
+
+    async def canary(self, target: TargetRef) -> Body | None:
+        return await self.read(target.namespace, kube.canary_name(target))
+
+    async def record_restore_point(self, target: TargetRef, release_id: str) -> Recording:
+        """Write the restore point on stable unless it is there; returns the one in force."""
+
+        def write() -> Recording:
+            stable = kube.read_deployment(self.api, target.namespace, target.name)
+            if stable is None:
+                raise LookupError(f"Deployment {target.key()} not found")
+            recording = workload.record_restore_point(stable, release_id)
+            if recording.body is not None:
+                kube.replace_deployment(self.api, recording.body)
+            return recording
+
+        recording: Recording = await kube.with_conflict_retry(write, f"{target.key()} restore")
+        if recording.adopted_from:
+            log.warning(
+                "kept the restore point left by release %s on %s",
+                recording.adopted_from,
+                target.key(),
+            )
+        return recording
+
+    async def apply_canary(
+        self, target: TargetRef, version: VersionSpec, release_id: str, replicas: int
+    ) -> None:
+        """Create the canary, or bring the existing one to the wanted spec and size."""
+
+        def write() -> None:
+            stable = kube.read_deployment(self.api, target.namespace, target.name)
+            if stable is None:
+                raise LookupError(f"Deployment {target.key()} not found")
+            desired = workload.canary_body(stable, target, version, release_id, replicas)
+            existing = kube.read_deployment(self.api, target.namespace, kube.canary_name(target))
+            decision = workload.canary_write(desired, existing)
+            if decision.action == "create":
+                kube.create_deployment(self.api, desired)
+            elif decision.action == "replace" and decision.body is not None:
+                kube.replace_deployment(self.api, decision.body)
+            elif decision.action == "recreate" and existing is not None:
+                kube.delete_deployment(
+                    self.api,
+                    target.namespace,
+                    existing["metadata"]["name"],
+                    existing["metadata"]["uid"],
+                )
+                raise CanaryRecreating(f"canary of {target.key()} had another selector")
+
+        await kube.with_conflict_retry(write, f"{kube.canary_name(target)} canary")
+
+    async def scale(self, namespace: str, name: str, replicas: int) -> None:
+        current = await self.read(namespace, name)
+        if current is None:
+            raise LookupError(f"Deployment {namespace}/{name} not found")
+        if workload.full_size(current) != replicas:
+            await kube.call(
+                kube.patch_deployment, self.api, namespace, name, {"spec": {"replicas": replicas}}
+            )
+
+    async def promote_stable(self, target: TargetRef, version: VersionSpec, replicas: int) -> None:
+        def write() -> None:
+            stable = kube.read_deployment(self.api, target.namespace, target.name)
+            if stable is None:
+                raise LookupError(f"Deployment {target.key()} not found")
+            body = workload.promoted_stable(stable, version, replicas)
+            if body is not None:
+                kube.replace_deployment(self.api, body)
+
+        await kube.with_conflict_retry(write, f"{target.key()} promotion")
+
+    async def remove_canary(self, target: TargetRef, release_id: str, deadline: datetime) -> bool:
+        return await kube.remove_canary(
+            self.api, target, release_id, deadline=deadline, now=self.now
+        )
+
+    async def clear_restore_point(self, target: TargetRef, release_id: str) -> None:
+        await kube.clear_restore_point(self.api, target, release_id)
+
+
+def image_of(deployment: dict[str, Any] | None, container: str | None) -> str:
+    if deployment is None:
+        return ""
+    try:
+        return workload.image_of(deployment["spec"]["template"], container)
+    except workload.WorkloadError:
+        return ""

@@ -1,0 +1,200 @@
+"""Putting a step in place, and promoting, as sequences of idempotent writes and API waits.
+
+The order is what keeps users safe: the canary is scaled up and Ready before stable gives
+up a pod, so capacity never dips; a step is reported only when the API shows both
+Deployments complete on the right image. Each wait re-reads the API (and the release's
+state, so a rollback that started meanwhile stops us) every ``POLL_SECONDS``, up to the
+step's deadline. A replay runs the same sequence and finds every write already done.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from canaryflow.executor import decisions
+from canaryflow.executor.cluster import Cluster, image_of
+from canaryflow.executor.traffic import CannotSplit, ReplicaPlan, TrafficRouter
+from canaryflow.executor.workload import WorkloadError, full_size, record_restore_point
+from canaryflow.runtime import kube
+from canaryflow.runtime.kube import DeploymentReadiness
+from canaryflow_contracts.events import ApplyPhase, RequestPromotion, TargetRef, VersionSpec
+
+log = logging.getLogger(__name__)
+
+# A deleted canary whose pods are still terminating after this long is retried, not waited on.
+CANARY_REMOVAL_SECONDS = 60.0
+
+Wanted = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class Reached:
+    canary_ready: int
+    stable_ready: int
+    weight: float
+
+
+@dataclass(frozen=True)
+class Promoted:
+    image: str
+    replicas: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Superseded:
+    """The release moved on (another step, a rollback, the end): nothing to report."""
+
+    reason: str
+
+
+PhaseOutcome = Reached | Failed | Superseded
+PromotionOutcome = Promoted | Failed | Superseded
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    stable: DeploymentReadiness
+    canary: DeploymentReadiness
+    stable_image: str
+    canary_image: str
+    wanted: bool
+
+
+class PhaseRunner:
+    def __init__(self, cluster: Cluster, router: TrafficRouter, now: kube.Clock) -> None:
+        self.cluster = cluster
+        self.router = router
+        self.now = now
+
+    async def _snapshot(self, target: TargetRef, version: VersionSpec, wanted: Wanted) -> Snapshot:
+        stable = await self.cluster.stable(target)
+        canary = await self.cluster.canary(target)
+        return Snapshot(
+            stable=kube.readiness_of(stable),
+            canary=kube.readiness_of(canary),
+            stable_image=image_of(stable, version.container),
+            canary_image=image_of(canary, version.container),
+            wanted=await wanted(),
+        )
+
+    async def _wait(
+        self,
+        command: ApplyPhase | RequestPromotion,
+        what: str,
+        done: Callable[[Snapshot], bool],
+        deadline: datetime,
+        wanted: Wanted,
+    ) -> Snapshot | Failed | Superseded:
+        """The snapshot in which ``done`` holds, or why it never came to hold."""
+
+        async def read() -> Snapshot:
+            return await self._snapshot(command.target, command.version, wanted)
+
+        snapshot, ok = await kube.poll_until(
+            read, lambda s: not s.wanted or done(s), deadline=deadline, now=self.now
+        )
+        if not snapshot.wanted:
+            return Superseded(f"the release moved on while waiting for {what}")
+        if not ok:
+            return Failed(
+                decisions.deadline_reason(what, deadline, snapshot.stable, snapshot.canary)
+            )
+        return snapshot
+
+    async def apply(self, release_id: str, command: ApplyPhase, wanted: Wanted) -> PhaseOutcome:
+        target, version, deadline = command.target, command.version, command.ready_deadline
+        if not await wanted():
+            return Superseded(f"step {command.step.index} is no longer the release's current step")
+        try:
+            stable = await self.cluster.stable(target)
+            if stable is None:
+                return Failed(f"Deployment {target.key()} not found")
+            # Decide the split before writing anything: a target that cannot be split is
+            # refused without a restore point or a canary to clean up.
+            planned = record_restore_point(stable, release_id).point
+            self.router.replicas(planned.replicas, command.step.weight)
+            recording = await self.cluster.record_restore_point(target, release_id)
+            plan = self.router.replicas(recording.point.replicas, command.step.weight)
+            await self.cluster.apply_canary(target, version, release_id, plan.canary)
+        except (LookupError, CannotSplit, WorkloadError, kube.CorruptRestorePoint) as error:
+            return Failed(str(error))
+
+        def canary_ready(s: Snapshot) -> bool:
+            return decisions.in_place(s.canary, plan.canary, s.canary_image, version.image)
+
+        # The canary first: stable gives up no pod before the canary's are Ready.
+        waited = await self._wait(command, "canary pods", canary_ready, deadline, wanted)
+        if not isinstance(waited, Snapshot):
+            return waited
+        await self.cluster.scale(target.namespace, target.name, plan.stable)
+        await self.router.set_routes(target, command.step.weight)
+        waited = await self._wait(
+            command,
+            f"step {command.step.index} ({plan.canary} canary / {plan.stable} stable pods)",
+            lambda s: canary_ready(s) and _stable_at(s, plan),
+            deadline,
+            wanted,
+        )
+        if not isinstance(waited, Snapshot):
+            return waited
+        snapshot = waited
+        weight = self.router.verify_weight(snapshot.stable, snapshot.canary)
+        return Reached(
+            canary_ready=snapshot.canary.ready,
+            stable_ready=snapshot.stable.ready,
+            weight=weight if weight is not None else float(command.step.weight),
+        )
+
+    async def promote(
+        self, release_id: str, command: RequestPromotion, deadline: datetime, wanted: Wanted
+    ) -> PromotionOutcome:
+        target, version = command.target, command.version
+        if not await wanted():
+            return Superseded("the release is rolling back or over")
+        stable = await self.cluster.stable(target)
+        if stable is None:
+            return Failed(f"Deployment {target.key()} not found")
+        try:
+            point = kube.restore_point_of(stable)
+        except kube.CorruptRestorePoint as error:
+            return Failed(str(error))
+        if point is not None and point.release_id != release_id:
+            return Superseded(f"stable carries the restore point of release {point.release_id}")
+        size = point.replicas if point is not None else await self._size_without_point(target)
+        try:
+            await self.cluster.promote_stable(target, version, size)
+        except (LookupError, WorkloadError) as error:
+            return Failed(str(error))
+
+        def promoted(s: Snapshot) -> bool:
+            return decisions.in_place(s.stable, size, s.stable_image, version.image)
+
+        waited = await self._wait(command, "promotion", promoted, deadline, wanted)
+        if not isinstance(waited, Snapshot):
+            return waited
+        await self.router.finalize(target)
+        removal_deadline = self.now() + timedelta(seconds=CANARY_REMOVAL_SECONDS)
+        if not await self.cluster.remove_canary(target, release_id, removal_deadline):
+            raise TimeoutError(f"the canary of {target.key()} is still there after promotion")
+        await self.cluster.clear_restore_point(target, release_id)
+        return Promoted(image=version.image, replicas=size)
+
+    async def _size_without_point(self, target: TargetRef) -> int:
+        """Full size when nothing was recorded: what stable and the canary run together."""
+        stable = await self.cluster.stable(target)
+        canary = await self.cluster.canary(target)
+        total = (full_size(stable) if stable else 0) + (full_size(canary) if canary else 0)
+        return max(total, 1)
+
+
+def _stable_at(snapshot: Snapshot, plan: ReplicaPlan) -> bool:
+    # Stable keeps its own image during the steps; only its size and readiness matter.
+    return snapshot.stable.complete and snapshot.stable.desired == plan.stable

@@ -1,0 +1,50 @@
+"""The one interface the executor sees of a traffic strategy (Flagger's router, made small).
+
+A strategy answers three questions: how many pods each version needs at a weight, how to
+send that share of traffic to the canary, and how much the canary really gets. Replica
+ratio answers the second with "nothing to do" (the Service spreads over Ready pods), a
+weighted router (Gateway API, a mesh) will write a route. The executor's phase logic stays
+the same for every strategy; adding one adds a module and a line in the factory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from canaryflow.runtime.kube import DeploymentReadiness
+from canaryflow_contracts.events import TargetRef
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    """Replica counts for one step: the canary is scaled to its count (and Ready) first."""
+
+    stable: int
+    canary: int
+
+
+class CannotSplit(ValueError):
+    """This target cannot be given this weight with this strategy (e.g. a single replica)."""
+
+
+class TrafficRouter(Protocol):
+    name: str
+
+    def replicas(self, full_size: int, weight_percent: int) -> ReplicaPlan:
+        """Pods each version runs at this weight; raises ``CannotSplit``. No I/O."""
+        ...
+
+    async def set_routes(self, target: TargetRef, canary_weight_percent: int) -> None:
+        """Send this share of the target's traffic to the canary (its pods are Ready)."""
+        ...
+
+    def verify_weight(
+        self, stable: DeploymentReadiness, canary: DeploymentReadiness
+    ) -> float | None:
+        """The share the canary really receives now, or None when the router cannot tell."""
+        ...
+
+    async def finalize(self, target: TargetRef) -> None:
+        """Send all traffic to stable's pods again (before the canary is removed)."""
+        ...

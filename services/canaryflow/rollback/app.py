@@ -1,0 +1,100 @@
+"""The rollback service: every reason to stop in, a restored target and one completion out.
+
+It consumes the triggers itself (a failed verdict, a failed phase, a rollback request, an
+operator's abort) rather than waiting for the planner to relay them, so a rollback starts
+one hop after the failure and still happens while the planner is down. Handlers only
+translate; the decisions are in ``triggers`` and ``restore``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from kubernetes import client
+
+from canaryflow.rollback.restorer import Restorer
+from canaryflow.rollback.triggers import should_restore, trigger_of
+from canaryflow.runtime import kube, observability
+from canaryflow.runtime.bus import Delivery, Handler, PermanentError
+from canaryflow.runtime.service import Service
+from canaryflow.runtime.settings import Settings
+from canaryflow_contracts import Envelope, EventData
+from canaryflow_contracts.events import (
+    AbortRelease,
+    AnalysisVerdict,
+    PhaseFailed,
+    RollbackCompleted,
+    RollbackRequested,
+    VerdictAction,
+)
+
+SERVICE_NAME = "rollback"
+# How long stable may take to be whole again before the attempt is retried (redelivery).
+RESTORE_SECONDS = 300.0
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=EventData)
+
+
+def build_service(
+    settings: Settings,
+    *,
+    api: client.ApiClient | None = None,
+    now: kube.Clock = kube.utc_now,
+    restore_seconds: float = RESTORE_SECONDS,
+) -> Service:
+    service = Service(settings)
+    restorer = Restorer(api or kube.api_client(settings.kubeconfig), now)
+    metrics = observability.service_metrics()
+
+    async def roll_back(
+        release_id: str, data: EventData, triggered_at: datetime, delivery: Delivery
+    ) -> None:
+        if isinstance(data, AnalysisVerdict) and data.action is not VerdictAction.ROLLBACK:
+            return  # most verdicts: skip without reading the store
+        versioned = await service.store.get(release_id)
+        state = versioned.state if versioned is not None else None
+        trigger = trigger_of(data, state)
+        if trigger is None:
+            log.warning(
+                "%s for unknown release %s: nothing to roll back", data.event_type(), release_id
+            )
+            return
+        if not should_restore(state):
+            log.info("release %s already succeeded; %s ignored", release_id, data.event_type())
+            return
+        deadline = now() + timedelta(seconds=restore_seconds)
+        async with delivery.keep_alive():
+            try:
+                restored = await restorer.restore(release_id, trigger.target, deadline)
+            except kube.CorruptRestorePoint as error:
+                raise PermanentError(f"{trigger.target.key()}: {error}") from error
+        seconds = max((now() - triggered_at).total_seconds(), 0.0)
+        if restored.changed:
+            metrics.restore_seconds.observe(seconds)
+        log.info("rolled back in %.2fs: %s", seconds, restored.note)
+        completed = RollbackCompleted(
+            target=trigger.target,
+            reason=trigger.reason,
+            stable_replicas=restored.stable_replicas,
+            seconds_to_restore=round(seconds, 3),
+        )
+        await service.publisher.publish(
+            completed, release_id, event_id=f"{release_id}.rollback-completed"
+        )
+
+    def handler(kind: type[E]) -> Handler[E]:
+        async def on_event(envelope: Envelope[E], delivery: Delivery) -> None:
+            await roll_back(envelope.subject, envelope.data, envelope.time, delivery)
+
+        on_event.__name__ = f"on_{kind.event_name}"
+        return on_event
+
+    service.subscribe(AnalysisVerdict, "verdict", handler(AnalysisVerdict))
+    service.subscribe(PhaseFailed, "phase_failed", handler(PhaseFailed))
+    service.subscribe(RollbackRequested, "requested", handler(RollbackRequested))
+    service.subscribe(AbortRelease, "abort", handler(AbortRelease))
+    return service

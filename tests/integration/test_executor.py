@@ -1,0 +1,265 @@
+"""The executor on the real stack: commands over JetStream, Deployments through the API.
+
+Given a plain Deployment (pods made Ready by KWOK), when ApplyPhase and RequestPromotion
+commands are published the way the planner publishes them, then the executor, running
+in-process, puts each step in place and reports it only once the API shows it, promotes,
+and cleans up; a replayed command changes nothing; a canary whose pods never become Ready,
+and a target of one replica, are reported as failed steps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from kubernetes import client
+from nats.aio.client import Client as NatsClient
+from tests.integration.release_support import (
+    StreamEvents,
+    container_of,
+    create_and_wait,
+    deployment_body,
+    env_of,
+    image,
+    read,
+    ready_pods_by_track,
+    release_state,
+    running,
+    service_settings,
+)
+from tests.support import StackEnv
+
+from canaryflow.executor.app import SERVICE_NAME, build_service
+from canaryflow.runtime import kube as kube_conventions
+from canaryflow.runtime.service import Service
+from canaryflow_contracts import Envelope
+from canaryflow_contracts.events import (
+    ApplyPhase,
+    EnvVar,
+    PhaseFailed,
+    PhaseReached,
+    PlannedStep,
+    PromotionCompleted,
+    RequestPromotion,
+    TargetRef,
+    VersionSpec,
+)
+from canaryflow_contracts.state import ReleaseStatus
+
+pytestmark = pytest.mark.stack
+
+NAME = "web"
+FULL_SIZE = 4
+V2 = VersionSpec(image=image("v2"), env=[EnvVar(name="CHECKOUT_LAYOUT", value="new")])
+
+
+@pytest.fixture
+async def executor(stack: StackEnv, stream_prefix: str) -> AsyncIterator[Service]:
+    settings = service_settings(stack, stream_prefix, SERVICE_NAME)
+    async with running(build_service(settings)) as service:
+        yield service
+
+
+@pytest.fixture
+def events(executor: Service, nats_client: NatsClient) -> StreamEvents:
+    return StreamEvents(nats_client, executor.settings.subjects)
+
+
+async def stable_web(kube: client.ApiClient, namespace: str, replicas: int = FULL_SIZE) -> None:
+    body = deployment_body(namespace, NAME, replicas, "v1", {"CHECKOUT_LAYOUT": "classic"})
+    await create_and_wait(kube, body)
+
+
+def apply(namespace: str, step: PlannedStep, version: VersionSpec, seconds: float) -> ApplyPhase:
+    return ApplyPhase(
+        target=TargetRef(namespace=namespace, name=NAME),
+        version=version,
+        step=step,
+        ready_deadline=datetime.now(UTC) + timedelta(seconds=seconds),
+    )
+
+
+async def apply_step(
+    events: StreamEvents, namespace: str, rid: str, step: PlannedStep
+) -> tuple[Envelope[PhaseReached], float]:
+    """Publish the step's ApplyPhase as the planner does; its PhaseReached and how long."""
+    started = time.monotonic()
+    await events.publish(apply(namespace, step, V2, 60), rid, f"{rid}.apply.{step.index}")
+    reached = await events.wait_for(
+        PhaseReached, rid, timeout=60, event_id=f"{rid}.reached.{step.index}"
+    )
+    return reached, time.monotonic() - started
+
+
+def release_id() -> str:
+    return f"web-{uuid.uuid4().hex[:8]}"
+
+
+def generation(kube: client.ApiClient, namespace: str, name: str) -> int:
+    body = read(kube, namespace, name)
+    assert body is not None
+    return int(body["metadata"]["generation"])
+
+
+async def test_steps_are_reported_in_place_then_promoted(
+    executor: Service, events: StreamEvents, kube: client.ApiClient, namespace: str
+) -> None:
+    # Given a stable Deployment of 4 Ready pods
+    await stable_web(kube, namespace)
+    original = read(kube, namespace, NAME)
+    assert original is not None
+    rid = release_id()
+
+    # When step 0 (25 %) is applied
+    step0 = PlannedStep(index=0, weight=25, hold_seconds=30)
+    reached, step0_seconds = await apply_step(events, namespace, rid, step0)
+
+    # Then it is reported with the weight the Ready pods give, and the API agrees
+    assert (reached.data.canary_ready, reached.data.stable_ready) == (1, 3)
+    assert reached.data.canary_weight == 25.0
+    assert reached.data.step == step0
+    canary = read(kube, namespace, f"{NAME}-canary")
+    assert canary is not None
+    assert container_of(canary)["image"] == V2.image
+    assert env_of(canary) == {"CHECKOUT_LAYOUT": "new"}
+    assert canary["metadata"]["labels"][kube_conventions.TRACK_LABEL] == "canary"
+    assert canary["metadata"]["labels"][kube_conventions.RELEASE_LABEL] == rid
+    assert canary["spec"]["selector"]["matchLabels"] == {
+        "app": NAME,
+        kube_conventions.TRACK_LABEL: "canary",
+    }
+    assert (canary["status"]["readyReplicas"], canary["spec"]["replicas"]) == (1, 1)
+    stable = read(kube, namespace, NAME)
+    assert stable is not None
+    assert (stable["spec"]["replicas"], stable["status"]["readyReplicas"]) == (3, 3)
+    assert container_of(stable)["image"] == image("v1")
+    annotations = stable["metadata"]["annotations"]
+    assert annotations[kube_conventions.STABLE_REPLICAS_ANNOTATION] == str(FULL_SIZE)
+    assert annotations[kube_conventions.RELEASE_ANNOTATION] == rid
+    recorded = json.loads(annotations[kube_conventions.RESTORE_TEMPLATE_ANNOTATION])
+    assert recorded == original["spec"]["template"]
+    # The target's Service (selector app=web) spreads traffic over both tracks.
+    assert ready_pods_by_track(kube, namespace, f"app={NAME}") == {"stable": 3, "canary": 1}
+
+    # When step 1 (50 %) is applied, and then applied again (a replay, new envelope id)
+    step1 = PlannedStep(index=1, weight=50, hold_seconds=30)
+    reached, step1_seconds = await apply_step(events, namespace, rid, step1)
+    assert (reached.data.canary_ready, reached.data.stable_ready) == (2, 2)
+    assert reached.data.canary_weight == 50.0
+    generations = (generation(kube, namespace, NAME), generation(kube, namespace, f"{NAME}-canary"))
+    await events.publish(apply(namespace, step1, V2, 60), rid, f"{rid}.apply.1.replay")
+    await events.handled_everything(executor, "apply", timeout=30)
+
+    # Then the replay wrote nothing and its report was stored once
+    assert (
+        generation(kube, namespace, NAME),
+        generation(kube, namespace, f"{NAME}-canary"),
+    ) == generations
+    assert await events.count(PhaseReached, rid) == 2  # step 0 and step 1, once each
+
+    # When the release is promoted
+    started = time.monotonic()
+    await events.publish(
+        RequestPromotion(target=TargetRef(namespace=namespace, name=NAME), version=V2),
+        rid,
+        f"{rid}.promote",
+    )
+    completed = await events.wait_for(PromotionCompleted, rid, timeout=60)
+    promotion_seconds = time.monotonic() - started
+
+    # Then stable runs the new version (and its env) at full size, and no canary is left
+    assert completed.id == f"{rid}.promoted"
+    assert completed.data.image == V2.image
+    stable = read(kube, namespace, NAME)
+    assert stable is not None
+    assert container_of(stable)["image"] == V2.image
+    assert env_of(stable) == {"CHECKOUT_LAYOUT": "new"}
+    assert (stable["spec"]["replicas"], stable["status"]["readyReplicas"]) == (4, 4)
+    assert stable["status"]["updatedReplicas"] == 4
+    for key in kube_conventions.RESTORE_ANNOTATIONS:
+        assert key not in (stable["metadata"].get("annotations") or {})
+    assert read(kube, namespace, f"{NAME}-canary") is None
+    assert ready_pods_by_track(kube, namespace, f"app={NAME}") == {"stable": 4}
+
+    # And a replayed promotion changes nothing and is reported once
+    before = generation(kube, namespace, NAME)
+    await events.publish(
+        RequestPromotion(target=TargetRef(namespace=namespace, name=NAME), version=V2),
+        rid,
+        f"{rid}.promote.r1",
+    )
+    await events.handled_everything(executor, "promote", timeout=30)
+    assert generation(kube, namespace, NAME) == before
+    assert await events.count(PromotionCompleted, rid) == 1
+    assert await events.dead_letters() == 0
+    print(
+        f"\nMEASURE executor: step0 {step0_seconds:.2f}s, step1 {step1_seconds:.2f}s, "
+        f"promotion {promotion_seconds:.2f}s (publish to report stored)"
+    )
+
+
+async def test_a_canary_that_never_becomes_ready_fails_at_its_deadline(
+    executor: Service, events: StreamEvents, kube: client.ApiClient, namespace: str
+) -> None:
+    await stable_web(kube, namespace)
+    rid = release_id()
+    deadline_seconds = 3.0
+    broken = VersionSpec(image=image("v2-never-ready"))
+
+    command = apply(namespace, PlannedStep(index=0, weight=25, hold_seconds=30), broken, 3)
+    await events.publish(command, rid, f"{rid}.apply.0")
+    failed = await events.wait_for(PhaseFailed, rid, timeout=30)
+
+    assert failed.id == f"{rid}.failed.0"
+    assert failed.time >= command.ready_deadline
+    assert (failed.time - command.ready_deadline).total_seconds() < deadline_seconds
+    assert "canary pods not in place by the deadline" in failed.data.reason
+    assert "canary 0/1 ready" in failed.data.reason
+    # Stable gave up no pod (the canary never became Ready) and kept its restore point.
+    stable = read(kube, namespace, NAME)
+    assert stable is not None
+    assert (stable["spec"]["replicas"], stable["status"]["readyReplicas"]) == (4, 4)
+    assert stable["metadata"]["annotations"][kube_conventions.RELEASE_ANNOTATION] == rid
+    assert await events.count(PhaseReached, rid) == 0
+
+
+async def test_a_single_replica_target_cannot_be_split(
+    executor: Service, events: StreamEvents, kube: client.ApiClient, namespace: str
+) -> None:
+    await stable_web(kube, namespace, replicas=1)
+    rid = release_id()
+
+    await events.publish(
+        apply(namespace, PlannedStep(index=0, weight=10, hold_seconds=30), V2, 30), rid
+    )
+    failed = await events.wait_for(PhaseFailed, rid, timeout=30)
+
+    assert "at least 2 replicas" in failed.data.reason
+    assert read(kube, namespace, f"{NAME}-canary") is None
+    stable = read(kube, namespace, NAME)
+    assert stable is not None
+    assert kube_conventions.STABLE_REPLICAS_ANNOTATION not in (
+        stable["metadata"].get("annotations") or {}
+    )
+
+
+async def test_a_command_for_a_release_that_is_rolling_back_is_not_carried_out(
+    executor: Service, events: StreamEvents, kube: client.ApiClient, namespace: str
+) -> None:
+    await stable_web(kube, namespace)
+    rid = release_id()
+    step = PlannedStep(index=0, weight=25, hold_seconds=30)
+    target = TargetRef(namespace=namespace, name=NAME)
+    state = release_state(rid, target, V2, [step], ReleaseStatus.ROLLING_BACK)
+    await executor.store.create(state)
+
+    await events.publish(apply(namespace, step, V2, 30), rid, f"{rid}.apply.0")
+    await events.handled_everything(executor, "apply", timeout=30)
+
+    assert read(kube, namespace, f"{NAME}-canary") is None
+    assert await events.count(PhaseReached, rid) == 0
+    assert await events.count(PhaseFailed, rid) == 0

@@ -1,0 +1,98 @@
+"""When a command is still wanted, and when a Deployment counts as in place."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from canaryflow.executor import decisions
+from canaryflow.runtime import kube
+from canaryflow_contracts.events import PlannedStep
+from canaryflow_contracts.state import ReleaseState, ReleaseStatus
+from tests.unit.support_state import sample_state
+
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def state(status: ReleaseStatus, step_index: int = 0) -> ReleaseState:
+    steps = [PlannedStep(index=i, weight=25 * (i + 1), hold_seconds=30) for i in range(2)]
+    return sample_state().model_copy(
+        update={"status": status, "step_index": step_index, "steps": steps}
+    )
+
+
+def test_apply_without_state_follows_the_command() -> None:
+    assert decisions.apply_wanted(None, 3)
+
+
+@pytest.mark.parametrize(
+    ("status", "state_step", "command_step", "wanted"),
+    [
+        (ReleaseStatus.APPLYING, 0, 0, True),
+        (ReleaseStatus.ANALYSING, 0, 0, True),  # a replay reports the step again
+        (ReleaseStatus.APPLYING, 1, 0, False),  # stale: the release moved on
+        (ReleaseStatus.ROLLING_BACK, 0, 0, False),
+        (ReleaseStatus.PROMOTING, 1, 1, False),
+        (ReleaseStatus.ROLLED_BACK, 0, 0, False),
+        (ReleaseStatus.SUCCEEDED, 1, 1, False),
+    ],
+)
+def test_apply_wanted(
+    status: ReleaseStatus, state_step: int, command_step: int, wanted: bool
+) -> None:
+    assert decisions.apply_wanted(state(status, state_step), command_step) is wanted
+
+
+@pytest.mark.parametrize(
+    ("status", "wanted"),
+    [
+        (ReleaseStatus.PROMOTING, True),
+        (ReleaseStatus.ANALYSING, True),
+        (ReleaseStatus.ROLLING_BACK, False),
+        (ReleaseStatus.SUCCEEDED, False),  # a stale replay must not touch a later release
+        (ReleaseStatus.ROLLED_BACK, False),
+    ],
+)
+def test_promotion_wanted(status: ReleaseStatus, wanted: bool) -> None:
+    assert decisions.promotion_wanted(state(status)) is wanted
+    assert decisions.promotion_wanted(None)
+
+
+def ready(
+    desired: int, ready: int, updated: int | None = None, settled: bool = True
+) -> kube.DeploymentReadiness:
+    upd = desired if updated is None else updated
+    return kube.DeploymentReadiness(True, desired, ready, upd, ready, settled)
+
+
+def test_in_place_needs_size_readiness_rollout_and_image() -> None:
+    image = "registry.local/web:v2"
+    assert decisions.in_place(ready(2, 2), 2, image, image)
+    assert not decisions.in_place(ready(2, 1), 2, image, image)
+    assert not decisions.in_place(ready(2, 2), 3, image, image)
+    assert not decisions.in_place(ready(2, 2, updated=1), 2, image, image)
+    assert not decisions.in_place(ready(2, 2, settled=False), 2, image, image)
+    assert not decisions.in_place(ready(2, 2), 2, "registry.local/web:v1", image)
+
+
+def test_deadline_reason_says_what_was_seen() -> None:
+    reason = decisions.deadline_reason(
+        "canary pods", T0, ready(4, 4), kube.DeploymentReadiness(True, 1, 0, 1, 0, True)
+    )
+    assert reason == (
+        "canary pods not in place by the deadline 2026-11-27T12:00:00+00:00: "
+        "canary 0/1 ready, 1/1 updated; stable 4/4 ready, 4/4 updated"
+    )
+
+
+def test_readiness_of_api_json() -> None:
+    body = {
+        "metadata": {"generation": 4},
+        "spec": {"replicas": 3},
+        "status": {"observedGeneration": 3, "readyReplicas": 3, "updatedReplicas": 3},
+    }
+    seen = kube.readiness_of(body)
+    assert (seen.desired, seen.ready, seen.updated, seen.settled) == (3, 3, 3, False)
+    assert not seen.complete
+    assert not kube.readiness_of(None).exists

@@ -1,0 +1,145 @@
+"""Restore decisions from the two Deployments as the API shows them."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from canaryflow.rollback.restore import plan_restore
+from canaryflow.runtime import kube
+
+TEMPLATE: dict[str, Any] = {
+    "metadata": {"labels": {"app": "web"}},
+    "spec": {"containers": [{"name": "web", "image": "registry.local/web:v1"}]},
+}
+
+
+def stable(
+    replicas: int,
+    template: dict[str, Any] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "web",
+            "namespace": "shop",
+            "uid": "s-uid",
+            "resourceVersion": "77",
+            "annotations": {"deployment.kubernetes.io/revision": "2", **(annotations or {})},
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": copy.deepcopy(template or TEMPLATE),
+        },
+        "status": {"readyReplicas": replicas},
+    }
+
+
+def recorded(release_id: str = "rel-1", replicas: int = 4) -> dict[str, str]:
+    point = kube.RestorePoint(release_id, replicas, TEMPLATE)
+    return point.annotations()
+
+
+def canary(release_id: str | None = "rel-1") -> dict[str, Any]:
+    labels = {kube.TRACK_LABEL: "canary"}
+    if release_id:
+        labels[kube.RELEASE_LABEL] = release_id
+    return {"metadata": {"name": "web-canary", "namespace": "shop", "uid": "c", "labels": labels}}
+
+
+def test_scaled_down_stable_goes_back_to_its_recorded_size_before_the_canary_goes() -> None:
+    plan = plan_restore("rel-1", stable(3, annotations=recorded()), canary())
+    assert plan.stable_body is not None
+    assert plan.stable_body["spec"]["replicas"] == 4
+    assert plan.stable_body["spec"]["template"] == TEMPLATE
+    assert plan.stable_body["metadata"]["resourceVersion"] == "77"  # compare-and-set
+    assert "status" not in plan.stable_body
+    assert (plan.full_size, plan.wait_for_stable, plan.remove_canary) == (4, True, True)
+    assert plan.clear_restore_point
+    assert plan.note == "restored stable's size"
+    assert plan.changes_something
+
+
+def test_changed_template_is_put_back_with_its_env() -> None:
+    promoted: dict[str, Any] = copy.deepcopy(TEMPLATE)
+    promoted["spec"]["containers"][0]["image"] = "registry.local/web:v2"
+    promoted["spec"]["containers"][0]["env"] = [{"name": "MODE", "value": "new"}]
+    plan = plan_restore("rel-1", stable(4, promoted, recorded()), None)
+    assert plan.stable_body is not None
+    assert plan.stable_body["spec"]["template"] == TEMPLATE
+    assert plan.note == "restored stable's pod template"
+    # Annotations stay until the canary is gone: a crash in between must still find them.
+    assert kube.STABLE_REPLICAS_ANNOTATION in plan.stable_body["metadata"]["annotations"]
+
+
+def test_already_restored_writes_nothing_but_still_finishes_the_cleanup() -> None:
+    plan = plan_restore("rel-1", stable(4, annotations=recorded()), None)
+    assert plan.stable_body is None
+    assert (plan.wait_for_stable, plan.remove_canary, plan.clear_restore_point) == (
+        True,
+        True,
+        True,
+    )
+    assert plan.note == "stable already restored"
+    assert not plan.changes_something
+
+
+def test_no_restore_point_only_removes_the_canary() -> None:
+    plan = plan_restore("rel-1", stable(4), canary())
+    assert plan.stable_body is None
+    assert not plan.wait_for_stable
+    assert plan.remove_canary
+    assert not plan.clear_restore_point
+    assert plan.full_size == 4
+    assert plan.changes_something
+
+
+def test_replay_after_full_restore_has_nothing_to_do() -> None:
+    plan = plan_restore("rel-1", stable(4), None)
+    assert not plan.changes_something
+    assert plan.full_size == 4
+
+
+def test_unlabelled_canary_is_removed_anothers_is_not() -> None:
+    assert plan_restore("rel-1", stable(4), canary(None)).remove_canary
+    assert not plan_restore("rel-1", stable(4), canary("rel-2")).remove_canary
+
+
+def test_stale_trigger_leaves_a_later_releases_target_alone() -> None:
+    plan = plan_restore("rel-1", stable(3, annotations=recorded("rel-2")), canary("rel-2"))
+    assert plan.stable_body is None
+    assert not (plan.wait_for_stable or plan.remove_canary or plan.clear_restore_point)
+    assert "rel-2" in plan.note
+
+
+def test_missing_target_removes_only_our_canary() -> None:
+    plan = plan_restore("rel-1", None, canary())
+    assert plan.remove_canary
+    assert not plan.wait_for_stable
+    assert plan.stable_body is None
+
+
+def test_corrupt_annotations_are_refused() -> None:
+    broken = stable(
+        3,
+        annotations={
+            kube.STABLE_REPLICAS_ANNOTATION: "four",
+            kube.RESTORE_TEMPLATE_ANNOTATION: json.dumps(TEMPLATE),
+        },
+    )
+    with pytest.raises(kube.CorruptRestorePoint):
+        plan_restore("rel-1", broken, None)
+
+
+def test_restore_point_round_trip_and_removal() -> None:
+    body = stable(3, annotations=recorded(replicas=5))
+    assert kube.restore_point_of(body) == kube.RestorePoint("rel-1", 5, TEMPLATE)
+    cleaned = kube.without_restore_point(body)
+    assert cleaned is not None
+    assert cleaned["metadata"]["annotations"] == {"deployment.kubernetes.io/revision": "2"}
+    assert kube.restore_point_of(cleaned) is None
+    assert kube.without_restore_point(cleaned) is None
