@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from canaryflow_contracts.envelope import Envelope, EventData
 from canaryflow_contracts.identifiers import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, IMAGE_PATTERN
+from canaryflow_contracts.policy import Analysis
 
 
 class _Part(BaseModel):
@@ -136,6 +137,11 @@ class RequestAnalysis(EventData):
     canary_version: str
     stable_version: str
     policy: str
+    analysis: Analysis | None = Field(
+        default=None,
+        description="The policy's analysis after the request's tightenings; "
+        "None: use the policy's as it is.",
+    )
 
 
 class RequestPromotion(EventData):

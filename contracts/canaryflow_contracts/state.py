@@ -19,6 +19,7 @@ from canaryflow_contracts.events import (
     VerdictResult,
     VersionSpec,
 )
+from canaryflow_contracts.policy import Analysis
 
 HISTORY_LIMIT = 100
 SEEN_EVENTS_LIMIT = 200
@@ -73,6 +74,9 @@ class ReleaseState(BaseModel):
     policy: str
     requested_by: str
     steps: list[PlannedStep]
+    analysis: Analysis | None = Field(
+        default=None, description="The analysis after the request's tightenings."
+    )
     status: ReleaseStatus
     step_index: int = 0
     paused: bool = False

@@ -111,6 +111,9 @@ class Analyst:
                 reason=f"cannot analyse: {problem}",
                 checks=[],
             )
+        if request.analysis is not None:
+            # The planner sends the policy's analysis with the request's tightenings applied.
+            policy = policy.model_copy(update={"analysis": request.analysis})
         return await self._ticks(job, policy)
 
     async def _ticks(self, job: AnalysisJob, policy: ReleasePolicySpec) -> AnalysisVerdict | None:

@@ -103,6 +103,7 @@ def accept(
         policy=admission.policy_name,
         requested_by=request.requested_by,
         steps=list(planned.steps),
+        analysis=planned.tightened,
         status=ReleaseStatus.APPLYING,
         phase_started_at=now,
         ready_deadline=planned.ready_deadline,
@@ -468,6 +469,7 @@ def request_analysis(state: ReleaseState, event_id: str = "") -> Command:
         canary_version=version_of(state.version.image),
         stable_version=version_of(state.stable_image) if state.stable_image else "",
         policy=state.policy,
+        analysis=state.analysis,
     )
     return Command(command, event_id or f"{state.release_id}.analyse.{step.index}")
 

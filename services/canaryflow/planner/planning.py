@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from canaryflow_contracts.events import PlannedStep, PolicyOverrides, ReleaseRequested
-from canaryflow_contracts.policy import MetricTemplate, ReleasePolicySpec
+from canaryflow_contracts.policy import Analysis, MetricRule, MetricTemplate, ReleasePolicySpec
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class Plan:
     pod_ready_seconds: float
     pause_seconds: float
     analysis: EffectiveAnalysis
+    tightened: Analysis  # what the metrics-watcher judges with
 
 
 @dataclass(frozen=True)
@@ -56,25 +57,50 @@ def plan(request: ReleaseRequested, policy: ReleasePolicySpec, now: datetime) ->
             )
         )
     analysis = overrides.analysis
+    effective = EffectiveAnalysis(
+        min_requests=max(
+            policy.analysis.min_requests,
+            (analysis.min_requests if analysis else None) or 0,
+        ),
+        max_error_rate=_stricter(
+            _policy_max(policy, MetricTemplate.ERROR_RATE),
+            analysis.max_error_rate if analysis else None,
+        ),
+        max_p99_latency_seconds=_stricter(
+            _policy_max(policy, MetricTemplate.P99_LATENCY),
+            analysis.max_p99_latency_seconds if analysis else None,
+        ),
+    )
     return Plan(
         steps=tuple(steps),
         ready_deadline=now + timedelta(seconds=policy.deadlines.pod_ready_seconds),
         pod_ready_seconds=policy.deadlines.pod_ready_seconds,
         pause_seconds=policy.deadlines.pause_seconds,
-        analysis=EffectiveAnalysis(
-            min_requests=max(
-                policy.analysis.min_requests,
-                (analysis.min_requests if analysis else None) or 0,
-            ),
-            max_error_rate=_stricter(
-                _policy_max(policy, MetricTemplate.ERROR_RATE),
-                analysis.max_error_rate if analysis else None,
-            ),
-            max_p99_latency_seconds=_stricter(
-                _policy_max(policy, MetricTemplate.P99_LATENCY),
-                analysis.max_p99_latency_seconds if analysis else None,
-            ),
-        ),
+        analysis=effective,
+        tightened=_tightened(policy, effective),
+    )
+
+
+def _tightened(policy: ReleasePolicySpec, effective: EffectiveAnalysis) -> Analysis:
+    """The policy's analysis with the effective limits written into its rules.
+
+    A limit the request sets for a metric the policy does not check becomes a new rule.
+    """
+    limits = {
+        MetricTemplate.ERROR_RATE: effective.max_error_rate,
+        MetricTemplate.P99_LATENCY: effective.max_p99_latency_seconds,
+    }
+    rules = []
+    for rule in policy.analysis.metrics:
+        limit = limits.pop(rule.template, None) if rule.template in limits else None
+        rules.append(rule.model_copy(update={"max": limit}) if limit is not None else rule)
+    rules += [
+        MetricRule(name=template.value, template=template, max=limit)
+        for template, limit in limits.items()
+        if limit is not None
+    ]
+    return policy.analysis.model_copy(
+        update={"metrics": rules, "min_requests": effective.min_requests}
     )
 
 

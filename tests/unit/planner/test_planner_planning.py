@@ -54,6 +54,10 @@ def test_tightenings_are_applied() -> None:
     assert result.analysis.min_requests == 200
     assert result.analysis.max_error_rate == 0.01
     assert result.analysis.max_p99_latency_seconds == 0.2
+    # ...and written into the rules the metrics-watcher judges with.
+    limits = {rule.template: rule.max for rule in result.tightened.metrics}
+    assert limits["error-rate"] == 0.01 and limits["p99-latency"] == 0.2
+    assert result.tightened.min_requests == 200
 
 
 @pytest.mark.parametrize(
@@ -102,6 +106,8 @@ def test_a_threshold_the_policy_lacks_is_a_tightening() -> None:
     result = plan(request(overrides), spec, T0)
     assert isinstance(result, Plan)
     assert result.analysis.max_p99_latency_seconds == 9
+    added = [rule for rule in result.tightened.metrics if rule.template == "p99-latency"]
+    assert [rule.max for rule in added] == [9]
 
 
 def test_a_valid_request_is_admitted_with_the_stable_image() -> None:
