@@ -116,7 +116,11 @@ def ensure_go_component(settings: Settings, name: str) -> tuple[Path, float | No
 
 
 def _run_logged(argv: list[str], log: Path, env: dict[str, str], what: str) -> float:
-    """Run a build command with its output in ``log``; progress every minute; raise on failure."""
+    """Run a build command with its output in ``log``; progress every minute; raise on failure.
+
+    ``go build`` prints nothing while it compiles, so the progress line gives the elapsed time
+    and where the log is rather than a log line that may be minutes old.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with log.open("ab") as out:
@@ -130,8 +134,7 @@ def _run_logged(argv: list[str], log: Path, env: dict[str, str], what: str) -> f
                 if time.monotonic() >= next_report:
                     next_report += 60
                     minutes = (time.monotonic() - start) / 60
-                    last = tail(log, 1).strip()[:100]
-                    say(f"  still building {what} ({minutes:.0f} min): {last}")
+                    say(f"  still building {what} ({minutes:.0f} min so far; log: {log})")
         except BaseException:
             proc.terminate()
             proc.wait()
