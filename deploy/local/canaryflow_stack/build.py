@@ -29,7 +29,6 @@ from pathlib import Path
 from . import config
 from .config import Settings
 from .errors import StackError
-from .procs import tail
 
 
 @dataclass(frozen=True)
