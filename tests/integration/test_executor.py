@@ -9,6 +9,7 @@ and a target of one replica, are reported as failed steps.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -31,7 +32,7 @@ from tests.integration.release_support import (
     running,
     service_settings,
 )
-from tests.support import StackEnv
+from tests.support import StackEnv, async_wait_until
 
 from canaryflow.executor.app import SERVICE_NAME, build_service
 from canaryflow.runtime import kube as kube_conventions
@@ -263,3 +264,39 @@ async def test_a_command_for_a_release_that_is_rolling_back_is_not_carried_out(
     assert read(kube, namespace, f"{NAME}-canary") is None
     assert await events.count(PhaseReached, rid) == 0
     assert await events.count(PhaseFailed, rid) == 0
+
+
+async def test_a_step_stops_when_the_target_is_restored_under_it(
+    executor: Service, events: StreamEvents, kube: client.ApiClient, namespace: str
+) -> None:
+    # Given a step waiting for canary pods that will never be Ready, and no planner state
+    await stable_web(kube, namespace)
+    rid = release_id()
+    broken = VersionSpec(image=image("v2-never-ready"))
+    step = PlannedStep(index=0, weight=25, hold_seconds=30)
+    await events.publish(apply(namespace, step, broken, 60), rid, f"{rid}.apply.0")
+
+    async def canary_made() -> bool:
+        return await asyncio.to_thread(read, kube, namespace, f"{NAME}-canary") is not None
+
+    await async_wait_until(canary_made, timeout=30, message="the canary Deployment")
+
+    # When the target is restored meanwhile, as the rollback service does (canary deleted,
+    # restore point removed)
+    apps = client.AppsV1Api(kube)
+    await asyncio.to_thread(apps.delete_namespaced_deployment, f"{NAME}-canary", namespace)
+    clear = {"metadata": {"annotations": dict.fromkeys(kube_conventions.RESTORE_ANNOTATIONS)}}
+    await asyncio.to_thread(apps.patch_namespaced_deployment, NAME, namespace, clear)
+
+    # Then the executor gives the step up long before its deadline, reporting nothing and
+    # writing nothing more
+    started = time.monotonic()
+    await events.handled_everything(executor, "apply", timeout=10)
+    assert time.monotonic() - started < 10
+    assert read(kube, namespace, f"{NAME}-canary") is None
+    stable = read(kube, namespace, NAME)
+    assert stable is not None
+    assert stable["spec"]["replicas"] == FULL_SIZE
+    assert kube_conventions.RELEASE_ANNOTATION not in (stable["metadata"].get("annotations") or {})
+    assert await events.count(PhaseFailed, rid) == 0
+    assert await events.count(PhaseReached, rid) == 0

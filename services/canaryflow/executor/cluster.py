@@ -87,14 +87,31 @@ class Cluster:
 
         await kube.with_conflict_retry(write, f"{kube.canary_name(target)} canary")
 
-    async def scale(self, namespace: str, name: str, replicas: int) -> None:
-        current = await self.read(namespace, name)
-        if current is None:
-            raise LookupError(f"Deployment {namespace}/{name} not found")
-        if workload.full_size(current) != replicas:
-            await kube.call(
-                kube.patch_deployment, self.api, namespace, name, {"spec": {"replicas": replicas}}
-            )
+    async def scale_stable(self, target: TargetRef, release_id: str, replicas: int) -> bool:
+        """Scale stable for a step, only while it carries this release's restore point.
+
+        False (and no write) once the point is gone: a rollback restored stable meanwhile,
+        and scaling it down again would undo that. The patch names the resourceVersion it
+        checked, so a rollback writing in between turns it into a 409 and a fresh check.
+        """
+
+        def write() -> bool:
+            stable = kube.read_deployment(self.api, target.namespace, target.name)
+            if stable is None:
+                raise LookupError(f"Deployment {target.key()} not found")
+            point = kube.restore_point_of(stable)
+            if point is None or point.release_id != release_id:
+                return False
+            if workload.full_size(stable) != replicas:
+                patch = {
+                    "metadata": {"resourceVersion": stable["metadata"]["resourceVersion"]},
+                    "spec": {"replicas": replicas},
+                }
+                kube.patch_deployment(self.api, target.namespace, target.name, patch)
+            return True
+
+        scaled: bool = await kube.with_conflict_retry(write, f"{target.key()} scale")
+        return scaled
 
     async def promote_stable(self, target: TargetRef, version: VersionSpec, replicas: int) -> None:
         def write() -> None:

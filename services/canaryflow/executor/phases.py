@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from canaryflow.executor import decisions
 from canaryflow.executor.cluster import Cluster, image_of
@@ -74,15 +75,22 @@ class PhaseRunner:
         self.router = router
         self.now = now
 
-    async def _snapshot(self, target: TargetRef, version: VersionSpec, wanted: Wanted) -> Snapshot:
+    async def _snapshot(
+        self, target: TargetRef, version: VersionSpec, wanted: Wanted, owner: str | None
+    ) -> Snapshot:
         stable = await self.cluster.stable(target)
         canary = await self.cluster.canary(target)
+        still_wanted = await wanted()
+        if owner is not None:
+            # Without a planner to say "rolling back", a restore point that is gone (or now
+            # another release's) is how we learn that the rollback service took over.
+            still_wanted = still_wanted and restore_owner(stable) == owner
         return Snapshot(
             stable=kube.readiness_of(stable),
             canary=kube.readiness_of(canary),
             stable_image=image_of(stable, version.container),
             canary_image=image_of(canary, version.container),
-            wanted=await wanted(),
+            wanted=still_wanted,
         )
 
     async def _wait(
@@ -90,13 +98,19 @@ class PhaseRunner:
         command: ApplyPhase | RequestPromotion,
         what: str,
         done: Callable[[Snapshot], bool],
+        *,
         deadline: datetime,
         wanted: Wanted,
+        owner: str | None = None,
     ) -> Snapshot | Failed | Superseded:
-        """The snapshot in which ``done`` holds, or why it never came to hold."""
+        """The snapshot in which ``done`` holds, or why it never came to hold.
+
+        With ``owner``, the wait also ends (superseded) once stable no longer carries that
+        release's restore point.
+        """
 
         async def read() -> Snapshot:
-            return await self._snapshot(command.target, command.version, wanted)
+            return await self._snapshot(command.target, command.version, wanted, owner)
 
         snapshot, ok = await kube.poll_until(
             read, lambda s: not s.wanted or done(s), deadline=deadline, now=self.now
@@ -131,17 +145,21 @@ class PhaseRunner:
             return decisions.in_place(s.canary, plan.canary, s.canary_image, version.image)
 
         # The canary first: stable gives up no pod before the canary's are Ready.
-        waited = await self._wait(command, "canary pods", canary_ready, deadline, wanted)
+        waited = await self._wait(
+            command, "canary pods", canary_ready, deadline=deadline, wanted=wanted, owner=release_id
+        )
         if not isinstance(waited, Snapshot):
             return waited
-        await self.cluster.scale(target.namespace, target.name, plan.stable)
+        if not await self.cluster.scale_stable(target, release_id, plan.stable):
+            return Superseded("stable no longer carries this release's restore point")
         await self.router.set_routes(target, command.step.weight)
         waited = await self._wait(
             command,
             f"step {command.step.index} ({plan.canary} canary / {plan.stable} stable pods)",
             lambda s: canary_ready(s) and _stable_at(s, plan),
-            deadline,
-            wanted,
+            deadline=deadline,
+            wanted=wanted,
+            owner=release_id,
         )
         if not isinstance(waited, Snapshot):
             return waited
@@ -177,7 +195,7 @@ class PhaseRunner:
         def promoted(s: Snapshot) -> bool:
             return decisions.in_place(s.stable, size, s.stable_image, version.image)
 
-        waited = await self._wait(command, "promotion", promoted, deadline, wanted)
+        waited = await self._wait(command, "promotion", promoted, deadline=deadline, wanted=wanted)
         if not isinstance(waited, Snapshot):
             return waited
         await self.router.finalize(target)
@@ -193,6 +211,17 @@ class PhaseRunner:
         canary = await self.cluster.canary(target)
         total = (full_size(stable) if stable else 0) + (full_size(canary) if canary else 0)
         return max(total, 1)
+
+
+def restore_owner(stable: dict[str, Any] | None) -> str | None:
+    """The release whose restore point stable carries (None: none, or unreadable)."""
+    if stable is None:
+        return None
+    try:
+        point = kube.restore_point_of(stable)
+    except kube.CorruptRestorePoint:
+        return None
+    return point.release_id if point is not None else None
 
 
 def _stable_at(snapshot: Snapshot, plan: ReplicaPlan) -> bool:
