@@ -296,3 +296,25 @@ def python_has_module(settings: Settings, module: str) -> bool:
             return False
     code = f"import importlib.util,sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
     return subprocess.run([str(settings.python), "-c", code], check=False).returncode == 0
+
+
+def prune_go_caches(settings: Settings) -> None:
+    """Delete Go's module and build caches under the cache (the built binaries stay).
+
+    They are most of the cache's disk use (GBs) and only matter for the next build, i.e. when
+    a pinned version changes; that build then downloads and compiles from scratch.
+    """
+    go_dir = settings.cache / "go"
+    if not go_dir.exists():
+        say(f"nothing to prune: {go_dir} does not exist")
+        return
+    env = dict(os.environ, GOMODCACHE=str(go_dir / "mod"), GOCACHE=str(go_dir / "build"))
+    if shutil.which("go"):
+        subprocess.run(["go", "clean", "-cache", "-modcache"], env=env, check=False)
+    # The module cache is read-only on purpose; make it writable so it can be removed.
+    for root, dirs, _ in os.walk(go_dir):
+        for d in dirs:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(root, d), 0o755)
+    shutil.rmtree(go_dir, ignore_errors=True)
+    say(f"removed {go_dir}; binaries in {settings.stack_cache} are kept")

@@ -12,7 +12,7 @@ import argparse
 import signal
 import sys
 
-from . import stack
+from . import build, stack
 from .config import Settings
 from .errors import StackError
 
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     restart = sub.add_parser("restart", help="stop and start one server (e.g. nats)")
     restart.add_argument("server")
     sub.add_parser("env", help="print the endpoints of the running stack as shell exports")
+    sub.add_parser("prune", help="delete Go's module/build caches (GBs); built binaries stay")
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if stack.status(settings) else 1
         if args.command == "restart":
             stack.restart(settings, args.server)
+            return 0
+        if args.command == "prune":
+            build.prune_go_caches(settings)
             return 0
         if args.command == "env":
             print(settings.env_sh.read_text() if settings.env_sh.exists() else "", end="")
