@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from canaryflow.runtime.kube import DeploymentReadiness
+from canaryflow.runtime.kube import CorruptRestorePoint, DeploymentReadiness, restore_point_of
 from canaryflow_contracts.state import ReleaseState, ReleaseStatus
 
 # The planner's statuses in which a step's command is still the current intent.
@@ -53,3 +54,14 @@ def deadline_reason(
 def in_place(readiness: DeploymentReadiness, replicas: int, image: str, want_image: str) -> bool:
     """The API shows this Deployment at ``replicas``, all Ready, on the wanted image."""
     return readiness.complete and readiness.desired == replicas and image == want_image
+
+
+def restore_owner(stable: dict[str, Any] | None) -> str | None:
+    """The release whose restore point stable carries (None: none, or unreadable)."""
+    if stable is None:
+        return None
+    try:
+        point = restore_point_of(stable)
+    except CorruptRestorePoint:
+        return None
+    return point.release_id if point is not None else None

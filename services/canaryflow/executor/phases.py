@@ -13,7 +13,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from canaryflow.executor import decisions
 from canaryflow.executor.cluster import Cluster, image_of
@@ -84,7 +83,7 @@ class PhaseRunner:
         if owner is not None:
             # Without a planner to say "rolling back", a restore point that is gone (or now
             # another release's) is how we learn that the rollback service took over.
-            still_wanted = still_wanted and restore_owner(stable) == owner
+            still_wanted = still_wanted and decisions.restore_owner(stable) == owner
         return Snapshot(
             stable=kube.readiness_of(stable),
             canary=kube.readiness_of(canary),
@@ -211,17 +210,6 @@ class PhaseRunner:
         canary = await self.cluster.canary(target)
         total = (full_size(stable) if stable else 0) + (full_size(canary) if canary else 0)
         return max(total, 1)
-
-
-def restore_owner(stable: dict[str, Any] | None) -> str | None:
-    """The release whose restore point stable carries (None: none, or unreadable)."""
-    if stable is None:
-        return None
-    try:
-        point = kube.restore_point_of(stable)
-    except kube.CorruptRestorePoint:
-        return None
-    return point.release_id if point is not None else None
 
 
 def _stable_at(snapshot: Snapshot, plan: ReplicaPlan) -> bool:

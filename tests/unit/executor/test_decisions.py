@@ -96,3 +96,12 @@ def test_readiness_of_api_json() -> None:
     assert (seen.desired, seen.ready, seen.updated, seen.settled) == (3, 3, 3, False)
     assert not seen.complete
     assert not kube.readiness_of(None).exists
+
+
+def test_restore_owner() -> None:
+    point = kube.RestorePoint("rel-1", 4, {"spec": {"containers": []}})
+    assert decisions.restore_owner({"metadata": {"annotations": point.annotations()}}) == "rel-1"
+    assert decisions.restore_owner({"metadata": {}}) is None
+    assert decisions.restore_owner(None) is None
+    corrupt = {"metadata": {"annotations": {kube.STABLE_REPLICAS_ANNOTATION: "x"}}}
+    assert decisions.restore_owner(corrupt) is None
