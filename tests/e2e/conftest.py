@@ -96,6 +96,7 @@ class Releases:
         subscription = await self.nc.jetstream().subscribe(
             self.subjects.release(release_id),
             ordered_consumer=True,
+            stream=self.subjects.events_stream.name,
             deliver_policy=DeliverPolicy.ALL,
         )
         seen: list[Envelope[EventData]] = []

@@ -154,7 +154,11 @@ async def follow_release(
     """
     js = nc.jetstream()
     subscription = await js.subscribe(
-        subjects.release(release_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        subjects.release(release_id),
+        # The wildcard also matches dead letters, so name the stream.
+        stream=subjects.events_stream.name,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
     )
     loop = asyncio.get_running_loop()
     deadline = loop.time() + give_up_after if give_up_after else None
