@@ -6,6 +6,7 @@ Pure functions, so the wording is unit-tested and the same in ``status``, ``watc
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from canaryflow_contracts import Envelope
 from canaryflow_contracts.events import (
@@ -89,7 +90,7 @@ def status_lines(state: ReleaseState, now: datetime) -> list[str]:
     return lines
 
 
-def event_line(envelope: Envelope[object]) -> list[str]:  # type: ignore[type-var]
+def event_line(envelope: Envelope[Any]) -> list[str]:
     """One event of a release as ``watch`` prints it."""
     data = envelope.data
     stamp = envelope.time.strftime("%H:%M:%S")

@@ -148,7 +148,9 @@ def test_bad_policies_are_refused_with_a_reason(change: dict[str, object], reaso
 def test_step_and_version_models_round_trip() -> None:
     step = PlannedStep(index=0, weight=10, hold_seconds=5)
     assert PlannedStep.model_validate_json(step.model_dump_json()) == step
-    version = VersionSpec(image="shop:v2", env=[{"name": "FLAG", "value": "on"}])  # type: ignore[list-item]
+    version = VersionSpec.model_validate(
+        {"image": "shop:v2", "env": [{"name": "FLAG", "value": "on"}]}
+    )
     assert version.env[0].name == "FLAG"
 
 

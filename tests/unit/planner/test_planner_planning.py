@@ -7,7 +7,7 @@ import pytest
 from canaryflow.planner.planning import Plan, Refusal, plan
 from canaryflow.planner.validation import Admission, DeploymentFacts, check_request
 from canaryflow_contracts.events import AnalysisOverrides, PolicyOverrides, VersionSpec
-from canaryflow_contracts.policy import ReleasePolicySpec
+from canaryflow_contracts.policy import MetricTemplate, ReleasePolicySpec
 from tests.unit.planner.factory import DEPLOYMENT, OLD_IMAGE, POLICY_SPEC, T0, at, policy, request
 
 SPEC = ReleasePolicySpec.model_validate(POLICY_SPEC)
@@ -56,7 +56,8 @@ def test_tightenings_are_applied() -> None:
     assert result.analysis.max_p99_latency_seconds == 0.2
     # ...and written into the rules the metrics-watcher judges with.
     limits = {rule.template: rule.max for rule in result.tightened.metrics}
-    assert limits["error-rate"] == 0.01 and limits["p99-latency"] == 0.2
+    assert limits[MetricTemplate.ERROR_RATE] == 0.01
+    assert limits[MetricTemplate.P99_LATENCY] == 0.2
     assert result.tightened.min_requests == 200
 
 
