@@ -16,6 +16,7 @@ import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,9 @@ class KubeApi:
     def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         return self._client.post(path, json=body)
 
+    def delete(self, path: str) -> httpx.Response:
+        return self._client.delete(path)
+
 
 def node_names() -> list[str]:
     return [f"kwok-node-{i}" for i in range(KWOK_NODE_COUNT)]
@@ -122,6 +126,39 @@ def ensure_nodes(api: KubeApi) -> None:
                 raise RuntimeError(
                     f"creating node {name}: HTTP {response.status_code}: {response.text[:300]}"
                 )
+
+
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
+LEASE_SECONDS = 40
+"""kwok's --node-lease-duration-seconds: how long a node lease stays valid without renewal."""
+
+
+def release_node_leases(api: KubeApi) -> None:
+    """Delete the fake nodes' leases left by a kwok that is no longer running.
+
+    Each kwok process takes the node leases under a fresh random identity and will not manage
+    a node whose lease another identity still holds; without this, a restarted kwok leaves
+    pods Pending for up to the lease duration (40 s) after every ``down``/``up``.
+    """
+    for name in node_names():
+        response = api.delete(f"{LEASES}/{name}")
+        if response.status_code not in (200, 202, 404):
+            raise RuntimeError(
+                f"deleting the lease of node {name}: HTTP {response.status_code}: "
+                f"{response.text[:300]}"
+            )
+
+
+def leases_fresh(api: KubeApi) -> str | None:
+    """None when a running kwok holds and renews every fake node's lease, else why not."""
+    now = datetime.now(UTC)
+    stale = []
+    for name in node_names():
+        response = api.get(f"{LEASES}/{name}")
+        renew = response.json().get("spec", {}).get("renewTime") if response.is_success else None
+        if not renew or (now - datetime.fromisoformat(renew)).total_seconds() > LEASE_SECONDS:
+            stale.append(name)
+    return f"node leases not held by kwok yet: {', '.join(stale)}" if stale else None
 
 
 def nodes_ready(api: KubeApi) -> str | None:

@@ -299,13 +299,14 @@ def _kubernetes(settings: Settings, bins: Binaries) -> list[Server]:
         api = kube_api()
         try:
             cluster.ensure_nodes(api)
+            cluster.release_node_leases(api)
         finally:
             api.close()
 
     def nodes_ready() -> str | None:
         api = kube_api()
         try:
-            return cluster.nodes_ready(api)
+            return cluster.nodes_ready(api) or cluster.leases_fresh(api)
         finally:
             api.close()
 
@@ -320,7 +321,7 @@ def _kubernetes(settings: Settings, bins: Binaries) -> list[Server]:
             f"--manage-nodes-with-annotation-selector={cluster.KWOK_ANNOTATION}=fake",
             "--cidr=10.244.0.1/16",
             "--node-ip=10.240.0.1",
-            "--node-lease-duration-seconds=40",
+            f"--node-lease-duration-seconds={cluster.LEASE_SECONDS}",
             f"--server-address={HOST}:{p.kwok}",
         ],
         ports={"http": p.kwok},
