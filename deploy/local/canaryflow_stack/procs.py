@@ -141,27 +141,35 @@ def spawn(name: str, argv: list[str], log: Path, pidfile: Path, env: dict[str, s
 
 
 def stop(record: PidRecord, timeout: float = 15.0) -> bool:
-    """SIGTERM the server's process group, then SIGKILL after ``timeout``. True if it exited.
+    """SIGTERM the server (and its process group), SIGKILL after ``timeout``. True if it exited.
 
-    The caller has checked with :func:`is_ours` that the pid is the stack's. Each server was
-    started as the leader of its own session, so its process group holds it and any children.
+    The caller has checked that the pid is the stack's. Servers are started as leaders of
+    their own session, so signalling the group also reaches any children they made.
     """
-    pgid = record.pid
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc_running(record.pid) and not _group_alive(pgid):
-            return True
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if not proc_running(record.pid) and not _group_alive(pgid):
-            return True
-        time.sleep(0.1)
-    return False
+    pid = record.pid
+    try:
+        leader = os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return True
+
+    def send(sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if leader:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
+
+    def gone() -> bool:
+        return not proc_running(pid) and not (leader and _group_alive(pid))
+
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        send(sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if gone():
+                return True
+            time.sleep(0.1)
+    return gone()
 
 
 def _group_alive(pgid: int) -> bool:

@@ -372,26 +372,41 @@ def _down(settings: Settings) -> bool:
             say(f"{name}: pid {record.pid} did not exit even after SIGKILL")
             clean = False
     for pid, cmd in leftovers(settings):
-        say(f"warning: pid {pid} uses this stack's binaries and files but has no pid file: {cmd}")
-        clean = False
+        # A server of this stack whose pid file was lost (deleted .stack/pids, a crash of `up`
+        # between spawn and writing it): it is ours by executable and arguments, so stop it.
+        record = PidRecord("leftover", pid, procs.proc_starttime(pid) or 0, [cmd], time.time())
+        if procs.stop(record):
+            say(f"stopped pid {pid}, a server of this stack without a pid file: {cmd}")
+        else:
+            say(f"warning: pid {pid}, a server of this stack without pid file, did not exit: {cmd}")
+            clean = False
     return clean
 
 
 def leftovers(settings: Settings) -> list[tuple[int, str]]:
-    """Processes running one of the stack's binaries on this stack's files, without a pid file."""
+    """Servers of this stack (by executable and arguments) that have no pid file.
+
+    Only the stack's own server executables count (the cached Go servers and Prometheus, the
+    venv's nats-server, the simulator module), and only when their arguments name this
+    stack's folder: a kubectl or a service pointed at .stack/kubeconfig is not a leftover.
+    """
     records = [PidRecord.load(pidfile(settings, n)) for n in _recorded_names(settings)]
     known = {r.pid for r in records if r is not None}
-    roots = (str(settings.stack_cache), str(settings.python.parent))
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in known or int(entry.name) == os.getpid():
+        if not entry.name.isdigit() or int(entry.name) in known:
             continue
         cmd = procs.proc_cmdline(int(entry.name))
-        if not cmd or not cmd[0].startswith(roots):
+        if not cmd or str(settings.state) not in " ".join(cmd):
             continue
-        joined = " ".join(cmd)
-        if str(settings.state) in joined and "canaryflow_stack" not in joined:
-            found.append((int(entry.name), joined[:160]))
+        exe = cmd[0]
+        server = (
+            (exe.startswith(str(settings.stack_cache)) and not exe.endswith("/kubectl"))
+            or exe == str(settings.python.parent / "nats-server")
+            or (exe == str(settings.python) and "canaryflow.simulator" in cmd)
+        )
+        if server:
+            found.append((int(entry.name), " ".join(cmd)[:160]))
     return found
 
 
