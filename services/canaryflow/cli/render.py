@@ -11,14 +11,19 @@ from typing import Any
 from canaryflow_contracts import Envelope
 from canaryflow_contracts.events import (
     AnalysisVerdict,
+    ApplyPhase,
     MetricCheck,
     PhaseFailed,
     PhaseReached,
+    PromotionCompleted,
     ReleasePlanned,
     ReleaseRejected,
+    ReleaseRequested,
     ReleaseRolledBack,
     ReleaseStatusChanged,
     ReleaseSucceeded,
+    RequestAnalysis,
+    RequestPromotion,
     RollbackCompleted,
     RollbackRequested,
     VerdictResult,
@@ -111,6 +116,19 @@ def event_line(envelope: Envelope[Any]) -> list[str]:
             lines = verdict_lines(data.result, data.reason, data.checks)
             kind = "final " if data.final else ""
             return [f"{stamp}  step {data.step.index + 1} {kind}{lines[0]}", *lines[1:]]
+        case ReleaseRequested():
+            head = f"requested by {data.requested_by}: {data.version.image}"
+        case ApplyPhase():
+            head = f"executor: putting step {data.step.index + 1} ({data.step.weight}%) in place"
+        case RequestAnalysis():
+            head = (
+                f"metrics-watcher: judging step {data.step.index + 1} for "
+                f"{data.step.hold_seconds:g}s ({data.canary_version} vs {data.stable_version})"
+            )
+        case RequestPromotion():
+            head = f"executor: promoting {data.version.image} to stable"
+        case PromotionCompleted():
+            head = f"promoted: stable runs {data.image}"
         case RollbackRequested():
             head = f"rollback requested by {data.requested_by}: {data.reason}"
         case RollbackCompleted():

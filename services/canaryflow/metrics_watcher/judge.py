@@ -139,7 +139,7 @@ def verdict(
     judged = [check for check in canary if check.metric != SAMPLE_SIZE]
     size = sample.sample_size if sample is not None else judged[0].sample_size
     reason = (
-        f"{len(judged)} canary check(s) within thresholds on {_number(size)} requests"
+        f"{len(judged)} canary check(s) within thresholds on {size:.0f} requests"
         f"{' at the end of the hold' if final else ''}"
     )
     return VerdictResult.PASS, VerdictAction.CONTINUE, reason
@@ -155,7 +155,7 @@ def _describe_failure(check: MetricCheck) -> str:
     side = "above max" if check.comparison == "<=" else "below min"
     return (
         f"{check.metric} {_number(check.value)} {side} {_number(check.threshold)} "
-        f"on the canary ({_number(check.sample_size)} requests)"
+        f"on the canary ({check.sample_size:.0f} requests)"
     )
 
 

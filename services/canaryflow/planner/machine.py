@@ -437,7 +437,12 @@ def _entry_commands(state: ReleaseState, trigger_id: str) -> list[Command]:
         return [_status(state, trigger_id, "paused", f"{waiting}; waiting for resume")]
     if state.status is ReleaseStatus.APPLYING:
         return [
-            _status(state, trigger_id, "applying", f"step {state.step_index}"),
+            _status(
+                state,
+                trigger_id,
+                "applying",
+                f"step {state.step_index + 1} of {len(state.steps)}",
+            ),
             apply_phase(state),
         ]
     if state.status is ReleaseStatus.PROMOTING:
