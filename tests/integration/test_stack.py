@@ -2,7 +2,8 @@
 
 - Kubernetes + KWOK: a Deployment gets a ReplicaSet and Ready pods on the fake nodes; the
   KWOK stages make ``*-never-ready`` pods stay unready and ``*-crashloop`` pods crash-loop.
-- the traffic simulator + Prometheus: per-version request rates follow the Ready pods.
+- the traffic simulator + Prometheus: per-version request rates follow the Ready pods, and
+  a /metrics endpoint registered through the file_sd folder is scraped.
 - Jaeger: a span sent over OTLP/HTTP is read back through the query API.
 - NATS: a JetStream stream and its messages survive a restart of the server.
 - the API server's RBAC: a narrow-role token is refused a write outside its role.
@@ -24,6 +25,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from tests.support import (
     JaegerQuery,
     PrometheusQuery,
@@ -214,6 +216,31 @@ def test_simulator_rates_follow_ready_pods(
     except WaitTimeout as exc:
         pytest.fail(f"{exc}; last per-version rates: {seen[-5:]}")
     assert share == pytest.approx(0.10, abs=0.04)
+
+
+def test_prometheus_scrapes_a_registered_metrics_endpoint(prometheus: PrometheusQuery) -> None:
+    registry = CollectorRegistry()
+    marker = uuid.uuid4().hex[:8]
+    Gauge("stack_test_marker", "Set by the stack test.", ["marker"], registry=registry).labels(
+        marker
+    ).set(42)
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    address = f"127.0.0.1:{server.server_port}"
+    job = f"stack-test-{marker}"
+    target_file = prometheus.register_target(job, address, {"job": job})
+    try:
+        samples = wait_until(
+            lambda: prometheus.query(f'stack_test_marker{{job="{job}"}}'),
+            timeout=30,
+            message=f"Prometheus to scrape {address} registered through {target_file.name}",
+        )
+        assert [(s.labels["marker"], s.labels["instance"], s.value) for s in samples] == [
+            (marker, address, 42.0)
+        ]
+    finally:
+        target_file.unlink()
+        server.shutdown()
+        thread.join(timeout=5)
 
 
 def test_span_sent_over_otlp_is_found_in_jaeger(stack: StackEnv, jaeger: JaegerQuery) -> None:
