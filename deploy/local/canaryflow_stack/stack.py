@@ -249,23 +249,19 @@ def _up(settings: Settings) -> dict[str, str]:
         d.mkdir(parents=True, exist_ok=True)
     choice = choose_cluster(settings)
     say(f"cluster: {choice.kind} ({choice.detail})")
-    bins, timings = _ensure_binaries(settings, choice)
-    if choice.kind == "local":
-        pki.ensure_credentials(settings)
-    servers = plan(settings, choice, bins)
-    if not any(s.name == "simulator" for s in servers):
-        say("simulator: module canaryflow.simulator is not installed yet; not started")
-
+    for name in _recorded_names(settings):
+        _clean_stale(settings, name)
+    # What runs now, from earlier runs: reported (never stopped) if this run fails.
+    before = [name for name in _recorded_names(settings) if _ours(settings, name)]
     started: list[_Started] = []
-    before: list[str] = []
     try:
-        pending: list[Server] = []
-        for server in servers:
-            _clean_stale(settings, server.name)
-            if _ours(settings, server.name) is not None:
-                before.append(server.name)
-            else:
-                pending.append(server)
+        bins, timings = _ensure_binaries(settings, choice)
+        if choice.kind == "local":
+            pki.ensure_credentials(settings)
+        servers = plan(settings, choice, bins)
+        if not any(s.name == "simulator" for s in servers):
+            say("simulator: module canaryflow.simulator is not installed yet; not started")
+        pending = [s for s in servers if _ours(settings, s.name) is None]
         for server in pending:  # report every taken port before anything starts
             _check_ports(server)
 
