@@ -7,6 +7,7 @@ consumers and KV bucket), and each test gets a fresh namespace with the sample s
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ def services(stack: StackEnv, kube: client.ApiClient, e2e_prefix: str) -> Iterat
         ),
         prefix=e2e_prefix,
         log_dir=stack.state_dir / "logs" / f"e2e-{e2e_prefix}",
+        # Two replicas of every service: work is shared through the durable consumers and the
+        # KV compare-and-set, with no leader, so every scenario also tests scale-out.
+        replicas=int(os.environ.get("CANARYFLOW_E2E_REPLICAS", "2")),
     )
     launcher.start()
     yield launcher
