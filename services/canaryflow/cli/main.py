@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
         "--all", action="store_true", help="include finished releases"
     )
 
+    deadletters = commands.add_parser(
+        "deadletters", help="messages the services gave up on, with their errors"
+    )
+    deadletters.add_argument("--last", type=int, default=20, help="how many (newest last)")
+
     watch = commands.add_parser("watch", help="follow one release until it ends")
     watch.add_argument("release_id")
     watch.add_argument("--timeout", type=float, default=0, help="give up after N seconds")
@@ -215,6 +220,30 @@ async def _status(nc: Client, subjects: Subjects, include_finished: bool) -> int
     return 0
 
 
+async def _deadletters(nc: Client, subjects: Subjects, last: int) -> int:
+    """Print the newest dead letters: which consumer gave up, after how many tries, and why."""
+    js = nc.jetstream()
+    stream = subjects.deadletter_stream.name
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        print(f"no dead-letter stream {stream} (the services have not started with this prefix)")
+        return 0
+    first = max(info.state.first_seq, info.state.last_seq - last + 1)
+    if info.state.messages == 0:
+        print("no dead letters")
+        return 0
+    for sequence in range(first, info.state.last_seq + 1):
+        try:
+            message = await js.get_msg(stream, sequence)
+        except NotFoundError:
+            continue  # expired or deleted
+        envelope = parse_event(message.data or b"")
+        for line in render.event_line(envelope):
+            print(f"#{sequence} {line}")
+    return 0
+
+
 async def run(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     subjects = Subjects(args.prefix)
@@ -230,6 +259,8 @@ async def run(argv: Sequence[str] | None = None) -> int:
             return await _watch(nc, subjects, release_id, 0)
         if args.command == "status":
             return await _status(nc, subjects, args.all)
+        if args.command == "deadletters":
+            return await _deadletters(nc, subjects, args.last)
         if args.command == "watch":
             return await _watch(nc, subjects, args.release_id, args.timeout)
         event = OPERATOR_COMMANDS[args.command](actor=args.by, reason=args.reason)

@@ -12,6 +12,7 @@ from canaryflow_contracts import Envelope
 from canaryflow_contracts.events import (
     AnalysisVerdict,
     ApplyPhase,
+    DeadLetter,
     MetricCheck,
     PhaseFailed,
     PhaseReached,
@@ -138,6 +139,11 @@ def event_line(envelope: Envelope[Any]) -> list[str]:
             )
         case ReleaseSucceeded() | ReleaseRolledBack():
             head = f"{envelope.type.split('.')[-2].upper().replace('_', ' ')}: {data.summary}"
+        case DeadLetter():
+            head = (
+                f"dead letter from {data.consumer} after {data.deliveries} attempt(s) on "
+                f"{data.original_subject}: {data.error}"
+            )
         case ReleaseStatusChanged():
             head = f"{data.status}: {data.detail}"
         case _:

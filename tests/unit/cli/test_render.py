@@ -8,6 +8,7 @@ from canaryflow.cli import render
 from canaryflow_contracts import Envelope
 from canaryflow_contracts.events import (
     AnalysisVerdict,
+    DeadLetter,
     MetricCheck,
     PlannedStep,
     RollbackCompleted,
@@ -96,4 +97,23 @@ def test_watch_lines_for_a_verdict_and_a_rollback() -> None:
     )
     assert render.event_line(done) == [
         "12:00:07  rolled back: stable restored to 10 pods in 1.2s (analysis failed)"
+    ]
+
+
+def test_a_dead_letter_names_consumer_attempts_subject_and_error() -> None:
+    letter = Envelope.wrap(
+        DeadLetter(
+            consumer="executor_apply",
+            original_subject="canaryflow.phase.apply.v1.rel-1",
+            deliveries=5,
+            error="ApiException: (403) Forbidden",
+            payload="{}",
+        ),
+        release_id="rel-1",
+        source="canaryflow/executor",
+        time=datetime(2026, 11, 27, 12, 1, 0, tzinfo=UTC),
+    )
+    assert render.event_line(letter) == [
+        "12:01:00  dead letter from executor_apply after 5 attempt(s) on "
+        "canaryflow.phase.apply.v1.rel-1: ApiException: (403) Forbidden"
     ]
