@@ -1,0 +1,107 @@
+"""The RBAC rules in deploy/kubernetes/rbac.yaml are enough for each service, and no more.
+
+Given a ServiceAccount bound (in a test namespace) to exactly the rules of one service's
+ClusterRole, the API server lets that service do its job and refuses what it must not do:
+the planner reads Deployments and ReleasePolicies and cannot write anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from tests.support import StackEnv, client_with_token, narrow_token
+
+from canaryflow.demo import shop
+from canaryflow.planner.validation import KubeClusterReader
+
+pytestmark = pytest.mark.stack
+
+RBAC = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "rbac.yaml"
+
+
+def _rules(role: str) -> list[client.V1PolicyRule]:
+    for document in yaml.safe_load_all(RBAC.read_text()):
+        if document["kind"] == "ClusterRole" and document["metadata"]["name"] == role:
+            return [
+                client.V1PolicyRule(
+                    api_groups=rule["apiGroups"], resources=rule["resources"], verbs=rule["verbs"]
+                )
+                for rule in document["rules"]
+            ]
+    raise AssertionError(f"no ClusterRole {role} in {RBAC}")
+
+
+def _kubeconfig(stack: StackEnv, token: str, path: Path) -> str:
+    admin: dict[str, Any] = yaml.safe_load(Path(stack.kubeconfig).read_text())
+    cluster = admin["clusters"][0]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": "narrow", "user": {"token": token}}],
+        "contexts": [{"name": "narrow", "context": {"cluster": cluster["name"], "user": "narrow"}}],
+        "current-context": "narrow",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.fixture
+def shop_with_policy(kube: client.ApiClient, namespace: str) -> str:
+    shop.install_crd(kube)
+    shop.deploy(kube, namespace, replicas=2)
+    shop.apply_policy(kube, namespace, shop.quick_policy())
+    return namespace
+
+
+async def test_the_planner_can_read_what_it_validates_and_write_nothing(
+    stack: StackEnv, kube: client.ApiClient, shop_with_policy: str, tmp_path: Path
+) -> None:
+    namespace = shop_with_policy
+    token = narrow_token(kube, namespace, "planner", _rules("canaryflow-planner"))
+    reader = KubeClusterReader(_kubeconfig(stack, token, tmp_path / "kubeconfig"))
+
+    facts = await reader.deployment(namespace, "web")
+    policies = await reader.release_policies(namespace)
+
+    assert facts is not None and facts.replicas == 2
+    assert [p.name for p in policies] == ["web"]
+    narrow = client_with_token(kube, token)
+    with pytest.raises(ApiException) as refused:
+        client.AppsV1Api(narrow).patch_namespaced_deployment(
+            "web", namespace, {"spec": {"replicas": 3}}
+        )
+    assert refused.value.status == 403
+
+
+def test_the_executor_may_create_and_delete_deployments_but_not_touch_rbac(
+    kube: client.ApiClient, namespace: str
+) -> None:
+    token = narrow_token(kube, namespace, "executor", _rules("canaryflow-executor"))
+    narrow = client_with_token(kube, token)
+    apps = client.AppsV1Api(narrow)
+    body = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web-canary"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": shop.image("v2")}]},
+            },
+        },
+    }
+    apps.create_namespaced_deployment(namespace, body)
+    apps.delete_namespaced_deployment("web-canary", namespace)
+    with pytest.raises(ApiException) as refused:
+        client.RbacAuthorizationV1Api(narrow).create_namespaced_role(
+            namespace, {"metadata": {"name": "escalate"}, "rules": []}
+        )
+    assert refused.value.status == 403
