@@ -36,7 +36,8 @@ kubernetes)
   {
     echo "require k8s.io/kubernetes $version"
     grep -E '^\s*k8s.io/[a-z0-9-]+ => \./staging/' "$gomod" | awk -v v="$staging_version" '{print "replace " $1 " => " $1 " " v}'
-    grep -E '^godebug ' "$gomod" || true
+    # upstream's godebug settings, single-line (`godebug k=v`) or a `godebug ( ... )` block
+    awk '/^godebug \(/{b=1} b{print} b&&/^\)/{b=0} /^godebug [^(]/{print}' "$gomod"
   } >> go.mod
   ldflags="-s -w"
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
