@@ -24,7 +24,9 @@ from kubernetes import client
 from kubernetes import config as kconfig
 from kubernetes.client.rest import ApiException
 from nats.aio.client import Client as NatsClient
+from nats.js.errors import NotFoundError
 
+from canaryflow_contracts import Subjects
 from canaryflow_stack import stack as stack_manager
 from canaryflow_stack.config import Settings
 from tests.support import JaegerQuery, PrometheusQuery, StackEnv, wait_until
@@ -107,6 +109,25 @@ def namespace(kube: client.ApiClient, request: pytest.FixtureRequest) -> Iterato
 
 
 @pytest.fixture
-def stream_prefix() -> str:
-    """A fresh prefix, valid both in JetStream stream names and as a subject token."""
-    return f"t_{uuid.uuid4().hex[:10]}"
+async def stream_prefix(nats_client: NatsClient) -> AsyncIterator[str]:
+    """A fresh prefix, valid both in JetStream stream names and as a subject token.
+
+    The test's streams and KV bucket are deleted afterwards, so a long-lived stack does not
+    fill its disk with test leftovers.
+    """
+    prefix = f"t_{uuid.uuid4().hex[:10]}"
+    yield prefix
+    await delete_jetstream_state(nats_client, prefix)
+
+
+async def delete_jetstream_state(nc: NatsClient, prefix: str) -> None:
+    """Delete the streams and the KV bucket of one canaryflow prefix, if they exist."""
+    subjects = Subjects(prefix)
+    js = nc.jetstream()
+    for stream in (
+        subjects.events_stream.name,
+        subjects.deadletter_stream.name,
+        f"KV_{subjects.releases_bucket}",
+    ):
+        with contextlib.suppress(NotFoundError):
+            await js.delete_stream(stream)

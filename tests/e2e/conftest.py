@@ -27,6 +27,7 @@ from canaryflow_contracts.events import (
     VersionSpec,
     parse_event,
 )
+from tests.conftest import delete_jetstream_state
 from tests.support import StackEnv
 
 
@@ -55,6 +56,12 @@ def services(stack: StackEnv, kube: client.ApiClient, e2e_prefix: str) -> Iterat
     launcher.start()
     yield launcher
     launcher.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _delete_e2e_streams(nats_client: NatsClient, e2e_prefix: str) -> AsyncIterator[None]:
+    yield
+    await delete_jetstream_state(nats_client, e2e_prefix)
 
 
 @dataclass
