@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
+from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 from tests.support import StackEnv, client_with_token, narrow_token
 
@@ -105,3 +105,23 @@ def test_the_executor_may_create_and_delete_deployments_but_not_touch_rbac(
             namespace, {"metadata": {"name": "escalate"}, "rules": []}
         )
     assert refused.value.status == 403
+
+
+def test_the_installation_manifests_are_accepted_by_the_api_server(
+    kube: client.ApiClient, namespace: str
+) -> None:
+    """Server-side dry run of deploy/kubernetes/*.yaml (moved into the test's namespace)."""
+    manifests = sorted(RBAC.parent.glob("*.yaml"))
+    kinds = []
+    for manifest in manifests:
+        for document in yaml.safe_load_all(manifest.read_text()):
+            if document["kind"] == "Namespace":
+                continue
+            if "namespace" in document["metadata"]:
+                document["metadata"]["namespace"] = namespace
+            for subject in document.get("subjects", []):
+                subject["namespace"] = namespace
+            utils.create_from_dict(kube, document, namespace=namespace, dry_run="All")
+            kinds.append(document["kind"])
+    assert kinds.count("Deployment") == 4
+    assert kinds.count("ClusterRole") == 5
