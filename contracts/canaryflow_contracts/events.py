@@ -38,14 +38,48 @@ class EnvVar(_Part):
     value: str
 
 
+class ConfigMapChange(_Part):
+    """New data for one ConfigMap the target references, as part of the new version.
+
+    The canary gets its own copy (``<name>-<release id>``) with the change, so stable never
+    sees it; promotion points stable at that copy, and a rollback deletes it.
+    """
+
+    name: str = Field(
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=189,
+        description="The ConfigMap as the target references it (after an earlier release, "
+        "the name it had before canaryflow made versioned copies of it).",
+    )
+    data: dict[str, str] = Field(default_factory=dict, description="Keys set (added or replaced).")
+    remove: list[str] = Field(default_factory=list, description="Keys removed.")
+
+
+class ContainerResources(_Part):
+    """Requests and limits of one container, in Kubernetes quantities (``cpu: 250m``)."""
+
+    requests: dict[str, str] = Field(default_factory=dict)
+    limits: dict[str, str] = Field(default_factory=dict)
+
+
 class VersionSpec(_Part):
-    """What the new version is: an image, optionally with environment changes."""
+    """What the new version is: an image, optionally with environment and configuration changes.
+
+    The image may be the one stable runs: a release that changes only configuration is
+    canaried like any other.
+    """
 
     image: str = Field(pattern=IMAGE_PATTERN, max_length=512)
     container: str | None = Field(
         default=None, description="Container to change; defaults to the pod's first container."
     )
     env: list[EnvVar] = Field(default_factory=list, description="Env vars set on that container.")
+    config_maps: list[ConfigMapChange] = Field(
+        default_factory=list, description="ConfigMap data changes, canaried on versioned copies."
+    )
+    resources: ContainerResources | None = Field(
+        default=None, description="Requests/limits for that container (replaced as a whole)."
+    )
 
 
 class AnalysisOverrides(_Part):

@@ -15,7 +15,8 @@ from kubernetes import client
 
 from canaryflow.executor import workload
 from canaryflow.executor.workload import Body, Recording
-from canaryflow.runtime import kube
+from canaryflow.runtime import kube, objects
+from canaryflow.runtime.bundle import Bundle
 from canaryflow_contracts.events import TargetRef, VersionSpec
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,71 @@ class Cluster:
             )
         return recording
 
+    async def record_bundle(self, target: TargetRef, release_id: str) -> Bundle:
+        """Record everything the release may change, before it changes anything."""
+        recorded: Bundle = await kube.with_conflict_retry(
+            lambda: objects.record_bundle(self.api, target, release_id), f"{target.key()} bundle"
+        )
+        return recorded
+
+    async def hold_autoscaler(self, target: TargetRef, bundle: Bundle) -> None:
+        await kube.with_conflict_retry(
+            lambda: objects.hold_autoscaler(self.api, target.namespace, bundle),
+            f"{target.key()} autoscaler hold",
+        )
+
+    async def config_copies(
+        self, target: TargetRef, version: VersionSpec, release_id: str
+    ) -> dict[str, str]:
+        """The canary's versioned ConfigMaps, made if missing: {stable's name: copy's name}."""
+
+        def write() -> dict[str, str]:
+            stable = kube.read_deployment(self.api, target.namespace, target.name)
+            if stable is None:
+                raise LookupError(f"Deployment {target.key()} not found")
+            return objects.ensure_config_copies(
+                self.api, target, stable, version.config_maps, release_id
+            )
+
+        renames: dict[str, str] = await kube.with_conflict_retry(
+            write, f"{target.key()} configuration copies"
+        )
+        return renames
+
+    async def finish_promotion(
+        self, target: TargetRef, version: VersionSpec, release_id: str
+    ) -> None:
+        """After promotion: the HPA's own spec back, superseded copies gone, the bundle gone."""
+        bundle = await kube.call(objects.read_bundle, self.api, target)
+        if bundle is not None and bundle.release_id == release_id:
+            restored = await kube.with_conflict_retry(
+                lambda: objects.restore_scaling(self.api, target.namespace, bundle),
+                f"{target.key()} autoscaler",
+            )
+            if restored:
+                log.info("promotion of %s: restored %s", target.key(), ", ".join(restored))
+        stable = await self.stable(target)
+        if stable is not None and version.config_maps:
+            deleted = await kube.call(
+                objects.delete_superseded_copies,
+                self.api,
+                target.namespace,
+                [change.name for change in version.config_maps],
+                stable["spec"]["template"],
+            )
+            if deleted:
+                log.info("deleted superseded configuration: %s", ", ".join(deleted))
+
+    async def clear_bundle(self, target: TargetRef, release_id: str) -> None:
+        await kube.call(objects.clear_bundle, self.api, target, release_id)
+
     async def apply_canary(
-        self, target: TargetRef, version: VersionSpec, release_id: str, replicas: int
+        self,
+        target: TargetRef,
+        version: VersionSpec,
+        release_id: str,
+        replicas: int,
+        renames: dict[str, str] | None = None,
     ) -> None:
         """Create the canary, or bring the existing one to the wanted spec and size."""
 
@@ -69,7 +133,9 @@ class Cluster:
             stable = kube.read_deployment(self.api, target.namespace, target.name)
             if stable is None:
                 raise LookupError(f"Deployment {target.key()} not found")
-            desired = workload.canary_body(stable, target, version, release_id, replicas)
+            desired = workload.canary_body(
+                stable, target, version, release_id, replicas, renames=renames
+            )
             existing = kube.read_deployment(self.api, target.namespace, kube.canary_name(target))
             decision = workload.canary_write(desired, existing)
             if decision.action == "create":
@@ -113,12 +179,18 @@ class Cluster:
         scaled: bool = await kube.with_conflict_retry(write, f"{target.key()} scale")
         return scaled
 
-    async def promote_stable(self, target: TargetRef, version: VersionSpec, replicas: int) -> None:
+    async def promote_stable(
+        self,
+        target: TargetRef,
+        version: VersionSpec,
+        replicas: int,
+        renames: dict[str, str] | None = None,
+    ) -> None:
         def write() -> None:
             stable = kube.read_deployment(self.api, target.namespace, target.name)
             if stable is None:
                 raise LookupError(f"Deployment {target.key()} not found")
-            body = workload.promoted_stable(stable, version, replicas)
+            body = workload.promoted_stable(stable, version, replicas, renames)
             if body is not None:
                 kube.replace_deployment(self.api, body)
 

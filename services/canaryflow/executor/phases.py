@@ -134,9 +134,13 @@ class PhaseRunner:
             # refused without a restore point or a canary to clean up.
             planned = record_restore_point(stable, release_id).point
             self.router.replicas(planned.replicas, command.step.weight)
+            # The bundle first: the restore point on stable marks the recording complete.
+            bundle = await self.cluster.record_bundle(target, release_id)
             recording = await self.cluster.record_restore_point(target, release_id)
+            await self.cluster.hold_autoscaler(target, bundle)
+            renames = await self.cluster.config_copies(target, version, release_id)
             plan = self.router.replicas(recording.point.replicas, command.step.weight)
-            await self.cluster.apply_canary(target, version, release_id, plan.canary)
+            await self.cluster.apply_canary(target, version, release_id, plan.canary, renames)
         except (LookupError, CannotSplit, WorkloadError, kube.CorruptRestorePoint) as error:
             return Failed(str(error))
 
@@ -187,7 +191,8 @@ class PhaseRunner:
             return Superseded(f"stable carries the restore point of release {point.release_id}")
         size = point.replicas if point is not None else await self._size_without_point(target)
         try:
-            await self.cluster.promote_stable(target, version, size)
+            renames = await self.cluster.config_copies(target, version, release_id)
+            await self.cluster.promote_stable(target, version, size, renames)
         except (LookupError, WorkloadError) as error:
             return Failed(str(error))
 
@@ -201,7 +206,9 @@ class PhaseRunner:
         removal_deadline = self.now() + timedelta(seconds=CANARY_REMOVAL_SECONDS)
         if not await self.cluster.remove_canary(target, release_id, removal_deadline):
             raise TimeoutError(f"the canary of {target.key()} is still there after promotion")
+        await self.cluster.finish_promotion(target, version, release_id)
         await self.cluster.clear_restore_point(target, release_id)
+        await self.cluster.clear_bundle(target, release_id)
         return Promoted(image=version.image, replicas=size)
 
     async def _size_without_point(self, target: TargetRef) -> int:

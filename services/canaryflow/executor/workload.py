@@ -8,9 +8,11 @@ only reads, calls one of these, and writes the result if it differs from what is
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from canaryflow.runtime.bundle import with_config_maps_renamed
 from canaryflow.runtime.kube import (
     MANAGED_BY,
     RELEASE_LABEL,
@@ -58,11 +60,23 @@ def _container_index(template: Body, container: str | None) -> int:
     raise WorkloadError(f"container {container!r} not found in the pod template (has: {names})")
 
 
-def with_version(template: Body, version: VersionSpec) -> Body:
-    """A copy of a pod template running ``version``: image set, env vars set or replaced."""
-    result = copy.deepcopy(template)
+def with_version(
+    template: Body, version: VersionSpec, renames: Mapping[str, str] | None = None
+) -> Body:
+    """A copy of a pod template running ``version``: image set, env vars set or replaced,
+    resources replaced, and ConfigMap references moved to their versioned copies."""
+    result = with_config_maps_renamed(template, renames) if renames else copy.deepcopy(template)
     container = result["spec"]["containers"][_container_index(result, version.container)]
     container["image"] = version.image
+    if version.resources is not None:
+        container["resources"] = {
+            key: dict(value)
+            for key, value in (
+                ("requests", version.resources.requests),
+                ("limits", version.resources.limits),
+            )
+            if value
+        }
     if version.env:
         env: list[Body] = list(container.get("env") or [])
         for var in version.env:
@@ -84,13 +98,20 @@ def image_of(template: Body, container: str | None) -> str:
 
 
 def canary_body(
-    stable: Body, target: TargetRef, version: VersionSpec, release_id: str, replicas: int
+    stable: Body,
+    target: TargetRef,
+    version: VersionSpec,
+    release_id: str,
+    replicas: int,
+    *,
+    renames: Mapping[str, str] | None = None,
 ) -> Body:
     """The canary Deployment: stable's spec, the new version, and the canary track label.
 
     Selector and pod labels are stable's plus ``canaryflow.io/track: canary``: the target's
     Service (selecting on stable's labels) sends traffic to both, while the canary's own
-    selector never adopts stable's pods.
+    selector never adopts stable's pods. ``renames`` points the canary at its own versioned
+    copies of the ConfigMaps the release changes.
     """
     metadata = {
         key: value
@@ -109,7 +130,7 @@ def canary_body(
     spec["replicas"] = replicas
     selector = spec.setdefault("selector", {})
     selector["matchLabels"] = {**(selector.get("matchLabels") or {}), TRACK_LABEL: CANARY_TRACK}
-    template = with_version(spec["template"], version)
+    template = with_version(spec["template"], version, renames)
     template_meta = template.setdefault("metadata", {})
     template_meta["labels"] = {
         **(template_meta.get("labels") or {}),
@@ -210,9 +231,15 @@ def record_restore_point(stable: Body, release_id: str) -> Recording:
     return Recording(point, body, adopted)
 
 
-def promoted_stable(stable: Body, version: VersionSpec, replicas: int) -> Body | None:
-    """Stable running ``version`` at ``replicas``; None when it already does."""
-    template = with_version(stable["spec"]["template"], version)
+def promoted_stable(
+    stable: Body, version: VersionSpec, replicas: int, renames: Mapping[str, str] | None = None
+) -> Body | None:
+    """Stable running ``version`` at ``replicas``; None when it already does.
+
+    ``renames`` switches stable to the canary's ConfigMap copies in the same template change,
+    so the new pods start on the new configuration and the old ones never see it.
+    """
+    template = with_version(stable["spec"]["template"], version, renames)
     if template == stable["spec"]["template"] and full_size(stable) == replicas:
         return None
     body = copy.deepcopy(stable)

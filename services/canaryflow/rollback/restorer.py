@@ -1,9 +1,12 @@
-"""Carrying out a restore plan: stable first, then the canary, then the restore point.
+"""Carrying out a restore plan: configuration, then stable, then the canary, then the records.
 
-Stable is made whole (its recorded template, its recorded size, all Ready) before the
-canary loses a pod, so the service's capacity never drops below what it had before the
-release. Every step re-reads the API, so a rollback that crashed half way, or runs twice
-at once in two replicas, converges on the same result.
+The release bundle's ConfigMaps and Secrets are put back first, so that stable's restored
+pods start on the recorded configuration. Stable is then made whole (its recorded template,
+its recorded size, all Ready) before the canary loses a pod, so the service's capacity never
+drops below what it had before the release; only then do the HPA's own bounds come back,
+the canary go, its ConfigMap copies go, and the records (restore point, bundle) go. Every
+step re-reads the API, so a rollback that crashed half way, or runs twice at once in two
+replicas, converges on the same result.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from datetime import datetime, timedelta
 from kubernetes import client
 
 from canaryflow.rollback.restore import RestorePlan, plan_restore
-from canaryflow.runtime import kube
+from canaryflow.runtime import bundle as bundles
+from canaryflow.runtime import kube, objects
+from canaryflow.runtime.bundle import Bundle
 from canaryflow_contracts.events import TargetRef
 
 log = logging.getLogger(__name__)
@@ -31,12 +36,33 @@ class Restored:
 
 
 class Restorer:
-    def __init__(self, api: client.ApiClient, now: kube.Clock = kube.utc_now) -> None:
+    def __init__(
+        self, api: client.ApiClient, now: kube.Clock = kube.utc_now, *, prescale: bool = True
+    ) -> None:
         self.api = api
         self.now = now
+        # False only to measure the alternative: the canary goes at once (a "snap-back").
+        self.prescale = prescale
+
+    async def _bundle(self, target: TargetRef, release_id: str) -> Bundle | None:
+        """This release's bundle, if stable still carries this release's restore point."""
+        stable = await kube.call(kube.read_deployment, self.api, target.namespace, target.name)
+        point = kube.restore_point_of(stable) if stable is not None else None
+        if point is None or point.release_id not in ("", release_id):
+            return None
+        found = await kube.call(objects.read_bundle, self.api, target)
+        return found if found is not None and found.release_id == release_id else None
 
     async def restore(self, release_id: str, target: TargetRef, deadline: datetime) -> Restored:
         """Restore ``target``; raises ``TimeoutError`` if stable is not whole by ``deadline``."""
+        namespace = target.namespace
+        bundle = await self._bundle(target, release_id)
+        restored: list[str] = []
+        if bundle is not None:
+            restored += await kube.with_conflict_retry(
+                lambda: objects.restore_configuration(self.api, namespace, bundle),
+                f"{target.key()} configuration",
+            )
 
         def write() -> RestorePlan:
             stable = kube.read_deployment(self.api, target.namespace, target.name)
@@ -48,6 +74,8 @@ class Restorer:
 
         plan: RestorePlan = await kube.with_conflict_retry(write, f"{target.key()} restore")
         log.info("restoring %s: %s", target.key(), plan.note)
+        if not self.prescale and plan.remove_canary:
+            await self._remove_canary(target, release_id)
         if plan.wait_for_stable:
 
             async def read() -> kube.DeploymentReadiness:
@@ -67,13 +95,31 @@ class Restorer:
                     f"stable {target.key()} not complete at {plan.full_size} replicas by "
                     f"{deadline.isoformat()}: {readiness.ready}/{readiness.desired} ready"
                 )
-        if plan.remove_canary:
-            removal_deadline = self.now() + timedelta(seconds=CANARY_REMOVAL_SECONDS)
-            gone = await kube.remove_canary(
-                self.api, target, release_id, deadline=removal_deadline, now=self.now
+        if bundle is not None:
+            restored += await kube.with_conflict_retry(
+                lambda: objects.restore_scaling(self.api, namespace, bundle),
+                f"{target.key()} scaling",
             )
-            if not gone:
-                raise TimeoutError(f"the canary of {target.key()} is still being deleted")
+        if plan.remove_canary:
+            await self._remove_canary(target, release_id)
+        # The canary's configuration goes with it, unless stable names it (a promoted release).
+        stable = await kube.call(kube.read_deployment, self.api, namespace, target.name)
+        keep = bundles.references(stable["spec"]["template"]).config_maps if stable else set()
+        deleted = await kube.call(
+            objects.delete_release_copies, self.api, namespace, release_id, keep
+        )
         if plan.clear_restore_point:
             await kube.clear_restore_point(self.api, target, release_id)
-        return Restored(plan.full_size, plan.note, plan.changes_something)
+        await kube.call(objects.clear_bundle, self.api, target, release_id)
+        note = plan.note
+        if restored or deleted:
+            note += "; " + ", ".join([*restored, *(f"deleted ConfigMap {n}" for n in deleted)])
+        return Restored(plan.full_size, note, plan.changes_something or bool(restored or deleted))
+
+    async def _remove_canary(self, target: TargetRef, release_id: str) -> None:
+        removal_deadline = self.now() + timedelta(seconds=CANARY_REMOVAL_SECONDS)
+        gone = await kube.remove_canary(
+            self.api, target, release_id, deadline=removal_deadline, now=self.now
+        )
+        if not gone:
+            raise TimeoutError(f"the canary of {target.key()} is still being deleted")

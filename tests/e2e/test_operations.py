@@ -1,0 +1,301 @@
+"""Operating a release on the real stack: everything it changed comes back, people steer it.
+
+Given the sample shop (10 pods of web:v1 behind a Service with simulated users) and the quick
+policy, when a release changes configuration, environment or scaling and is rolled back, then
+the old values are live again; when people pause, resume, abort, promote or set a weight, or a
+hook or a gate stands in the way, the release does what they (and only those allowed) asked.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from kubernetes import client, watch
+
+from canaryflow.demo import shop
+from canaryflow.runtime import bundle as bundles
+from canaryflow_contracts.events import (
+    AbortRelease,
+    ConfigMapChange,
+    EnvVar,
+    PhaseReached,
+    ReleaseRequested,
+    ReleaseRolledBack,
+    RollbackCompleted,
+    TargetRef,
+    VersionSpec,
+)
+from tests.e2e.conftest import Releases
+from tests.support import wait_until
+
+pytestmark = pytest.mark.stack
+
+FULL_SIZE = 10
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+async def request(
+    releases: Releases, namespace: str, version: VersionSpec, target: str = "web"
+) -> str:
+    release_id = f"{target}-{uuid.uuid4().hex[:8]}"
+    data = ReleaseRequested(
+        target=TargetRef(namespace=namespace, name=target),
+        version=version,
+        requested_by="e2e-test",
+    )
+    await releases.publish(data, release_id)
+    return release_id
+
+
+def apps(kube: client.ApiClient) -> client.AppsV1Api:
+    return client.AppsV1Api(kube)
+
+
+def core(kube: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(kube)
+
+
+def wait_rolled_out(kube: client.ApiClient, namespace: str, name: str = "web") -> None:
+    def done() -> bool:
+        d = apps(kube).read_namespaced_deployment(name, namespace)
+        status = d.status
+        return bool(
+            (status.observed_generation or 0) >= d.metadata.generation
+            and (status.updated_replicas or 0) == d.spec.replicas
+            and (status.ready_replicas or 0) == d.spec.replicas
+            and (status.replicas or 0) == d.spec.replicas
+        )
+
+    wait_until(done, timeout=60, message=f"{namespace}/{name} rolled out")
+
+
+def use_config_map(kube: client.ApiClient, namespace: str, data: dict[str, str]) -> None:
+    """web reads ConfigMap web-config through envFrom and a volume."""
+    core(kube).create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="web-config"), data=data)
+    )
+    patch = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {"name": "web", "envFrom": [{"configMapRef": {"name": "web-config"}}]}
+                    ],
+                    "volumes": [{"name": "conf", "configMap": {"name": "web-config"}}],
+                }
+            }
+        }
+    }
+    apps(kube).patch_namespaced_deployment("web", namespace, patch)
+    wait_rolled_out(kube, namespace)
+
+
+def live_pods(kube: client.ApiClient, namespace: str) -> list[client.V1Pod]:
+    pods = core(kube).list_namespaced_pod(namespace, label_selector="app=web").items
+    return [p for p in pods if p.metadata.deletion_timestamp is None]
+
+
+def config_values_seen(kube: client.ApiClient, namespace: str, key: str) -> set[str]:
+    """The value of ``key`` each live pod gets from the ConfigMaps it names."""
+    seen = set()
+    for pod in live_pods(kube, namespace):
+        for source in pod.spec.containers[0].env_from or []:
+            name = source.config_map_ref.name
+            data = core(kube).read_namespaced_config_map(name, namespace).data or {}
+            seen.add(data.get(key, "<absent>"))
+    return seen
+
+
+def env_values_seen(kube: client.ApiClient, namespace: str, name: str) -> set[str]:
+    seen = set()
+    for pod in live_pods(kube, namespace):
+        values = [e.value for e in pod.spec.containers[0].env or [] if e.name == name]
+        seen.add(values[0] if values else "<absent>")
+    return seen
+
+
+def canaryflow_leftovers(kube: client.ApiClient, namespace: str) -> list[str]:
+    """Objects canaryflow made for a release that must be gone when it ends."""
+    leftovers = [
+        f"ConfigMap {c.metadata.name}"
+        for c in core(kube).list_namespaced_config_map(namespace).items
+        if bundles.CONFIG_BASE_LABEL in (c.metadata.labels or {})
+    ]
+    leftovers += [
+        f"Secret {s.metadata.name}"
+        for s in core(kube).list_namespaced_secret(namespace).items
+        if s.metadata.name.endswith("-canaryflow-bundle")
+    ]
+    names = {d.metadata.name for d in apps(kube).list_namespaced_deployment(namespace).items}
+    leftovers += [f"Deployment {n}" for n in names if n.endswith("-canary")]
+    return leftovers
+
+
+@dataclass
+class PodHistory:
+    """Every change to the namespace's pods, in the API's own order (one watch)."""
+
+    events: list[tuple[str, str, str, bool, bool]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def record(self, kube: client.ApiClient, namespace: str) -> None:
+        pods = core(kube)
+        while not self.stop.is_set():
+            stream = watch.Watch().stream(
+                pods.list_namespaced_pod, namespace, label_selector="app=web", timeout_seconds=2
+            )
+            for event in stream:
+                pod = event["object"]
+                ready = any(
+                    c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or [])
+                )
+                track = (pod.metadata.labels or {}).get("canaryflow.io/track", "stable")
+                terminating = (
+                    event["type"] == "DELETED" or pod.metadata.deletion_timestamp is not None
+                )
+                self.events.append((event["type"], pod.metadata.name, track, ready, terminating))
+                if self.stop.is_set():
+                    break
+
+    def serving_after_each_event(self) -> Iterator[tuple[int, int, bool]]:
+        """(stable pods serving, canary pods serving, a canary pod just stopped serving)."""
+        serving: dict[str, tuple[str, bool]] = {}
+        for _, name, track, ready, terminating in self.events:
+            before = serving.get(name, (track, False))[1]
+            now_serving = ready and not terminating
+            serving[name] = (track, now_serving)
+            stable = sum(1 for t, s in serving.values() if s and t != "canary")
+            canary = sum(1 for t, s in serving.values() if s and t == "canary")
+            yield stable, canary, track == "canary" and before and not now_serving
+
+
+def stable_whole_before_canary_left(history: PodHistory) -> tuple[bool, int]:
+    """Whether stable served at full size at every moment a canary pod stopped serving;
+    also the fewest pods serving once the first canary pod stopped."""
+    whole = True
+    fewest = FULL_SIZE * 2
+    started = False
+    for stable, canary, canary_left in history.serving_after_each_event():
+        if canary_left:
+            started = True
+            whole = whole and stable >= FULL_SIZE
+        if started:
+            fewest = min(fewest, stable + canary)
+    assert started, "no canary pod was seen leaving"
+    return whole, fewest
+
+
+# --------------------------------------------------------------------------- the bundle
+
+
+async def test_a_configuration_only_release_is_rolled_back_and_the_old_value_is_live_again(
+    kube: client.ApiClient, shop_namespace: str, releases: Releases
+) -> None:
+    use_config_map(kube, shop_namespace, {"LAYOUT": "classic"})
+    version = VersionSpec(
+        image=shop.image("v1"),  # the image stable runs: only the configuration changes
+        config_maps=[ConfigMapChange(name="web-config", data={"LAYOUT": "compact"})],
+    )
+    release_id = await request(releases, shop_namespace, version)
+    await releases.events(release_id, until=(PhaseReached,), timeout=60)
+
+    # During the canary, only the canary sees the new value, on its own copy.
+    copy_name = f"web-config-{release_id}"
+    canary = apps(kube).read_namespaced_deployment("web-canary", shop_namespace)
+    assert canary.spec.template.spec.containers[0].env_from[0].config_map_ref.name == copy_name
+    assert config_values_seen(kube, shop_namespace, "LAYOUT") == {"classic", "compact"}
+    assert core(kube).read_namespaced_config_map("web-config", shop_namespace).data == {
+        "LAYOUT": "classic"
+    }
+
+    await releases.publish(AbortRelease(actor="e2e-test", reason="layout"), release_id)
+    events = await releases.events(release_id, timeout=90)
+
+    assert isinstance(events[-1].data, ReleaseRolledBack), [e.type for e in events]
+    assert config_values_seen(kube, shop_namespace, "LAYOUT") == {"classic"}
+    assert len(live_pods(kube, shop_namespace)) == FULL_SIZE
+    assert canaryflow_leftovers(kube, shop_namespace) == []
+
+
+async def test_an_environment_change_is_rolled_back_and_the_old_value_is_live_again(
+    kube: client.ApiClient, shop_namespace: str, releases: Releases
+) -> None:
+    version = VersionSpec(
+        image=shop.image("v2-bad"), env=[EnvVar(name="CHECKOUT_LAYOUT", value="compact")]
+    )
+    release_id = await request(releases, shop_namespace, version)
+    await releases.events(release_id, until=(PhaseReached,), timeout=60)
+    assert env_values_seen(kube, shop_namespace, "CHECKOUT_LAYOUT") == {"classic", "compact"}
+
+    events = await releases.events(release_id, timeout=120)  # the analysis fails it
+
+    assert isinstance(events[-1].data, ReleaseRolledBack), [e.type for e in events]
+    wait_rolled_out(kube, shop_namespace)
+    assert env_values_seen(kube, shop_namespace, "CHECKOUT_LAYOUT") == {"classic"}
+    assert canaryflow_leftovers(kube, shop_namespace) == []
+
+
+async def test_an_autoscaler_held_by_the_release_is_restored_with_stable_whole_first(
+    kube: client.ApiClient, shop_namespace: str, releases: Releases
+) -> None:
+    autoscaling = client.AutoscalingV2Api(kube)
+    autoscaling.create_namespaced_horizontal_pod_autoscaler(
+        shop_namespace,
+        client.V2HorizontalPodAutoscaler(
+            metadata=client.V1ObjectMeta(name="web"),
+            spec=client.V2HorizontalPodAutoscalerSpec(
+                scale_target_ref=client.V2CrossVersionObjectReference(
+                    api_version="apps/v1", kind="Deployment", name="web"
+                ),
+                min_replicas=FULL_SIZE,
+                max_replicas=20,
+                metrics=[
+                    client.V2MetricSpec(
+                        type="Resource",
+                        resource=client.V2ResourceMetricSource(
+                            name="cpu",
+                            target=client.V2MetricTarget(
+                                type="Utilization", average_utilization=60
+                            ),
+                        ),
+                    )
+                ],
+            ),
+        ),
+    )
+    before = autoscaling.read_namespaced_horizontal_pod_autoscaler("web", shop_namespace).spec
+    history = PodHistory()
+    recorder = threading.Thread(target=history.record, args=(kube, shop_namespace), daemon=True)
+    recorder.start()
+    try:
+        release_id = await request(
+            releases, shop_namespace, VersionSpec(image=shop.image("v2-bad"))
+        )
+        await releases.events(release_id, until=(PhaseReached,), timeout=60)
+        # The release holds the autoscaler (it would scale stable's 9 pods back to 10).
+        held = autoscaling.read_namespaced_horizontal_pod_autoscaler("web", shop_namespace).spec
+        assert held.min_replicas == 1
+        assert held.behavior.scale_up.select_policy == "Disabled"
+
+        events = await releases.events(release_id, timeout=120)
+    finally:
+        history.stop.set()
+        recorder.join(timeout=10)
+
+    assert isinstance(events[-1].data, ReleaseRolledBack), [e.type for e in events]
+    after = autoscaling.read_namespaced_horizontal_pod_autoscaler("web", shop_namespace).spec
+    assert after.to_dict() == before.to_dict()
+    # From the API's own history of the pods: stable served at full size whenever a canary
+    # pod stopped serving, so traffic never came back to a stable too small to take it.
+    whole, fewest = stable_whole_before_canary_left(history)
+    assert whole, history.events
+    assert fewest >= FULL_SIZE
+    completed = next(e.data for e in events if isinstance(e.data, RollbackCompleted))
+    assert completed.stable_replicas == FULL_SIZE
+    assert canaryflow_leftovers(kube, shop_namespace) == []
