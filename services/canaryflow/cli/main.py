@@ -29,6 +29,7 @@ from canaryflow_contracts import Envelope, EventData, Subjects
 from canaryflow_contracts.events import (
     TERMINAL_EVENTS,
     AbortRelease,
+    ConfigMapChange,
     EnvVar,
     OperatorCommand,
     PauseRelease,
@@ -70,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     release.add_argument("--image", required=True, help="the new version's image")
     release.add_argument("--container", help="container to change (default: the first)")
     release.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    release.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="CONFIGMAP:KEY=VALUE",
+        help="set a key of a ConfigMap the target reads (canaried on a versioned copy)",
+    )
     release.add_argument("--id", dest="release_id", help="release id (default: generated)")
     release.add_argument("--max-weight", type=int, help="tighten the policy's maximum weight")
     release.add_argument("--by", default=_default_actor(), help="who requests it")
@@ -128,6 +136,18 @@ async def _publish(nc: Client, subjects: Subjects, data: EventData, release_id: 
     return envelope.id
 
 
+def _config_changes(items: list[str]) -> list[ConfigMapChange]:
+    """``--config web-config:LAYOUT=compact`` items, grouped by ConfigMap."""
+    changes: dict[str, dict[str, str]] = {}
+    for item in items:
+        name, colon, assignment = item.partition(":")
+        key, equals, value = assignment.partition("=")
+        if not (colon and equals and name and key):
+            raise CliError(f"--config {item!r} must look like CONFIGMAP:KEY=VALUE")
+        changes.setdefault(name, {})[key] = value
+    return [ConfigMapChange(name=name, data=data) for name, data in changes.items()]
+
+
 def _release_request(args: argparse.Namespace) -> tuple[str, ReleaseRequested]:
     env = []
     for item in args.env:
@@ -138,7 +158,12 @@ def _release_request(args: argparse.Namespace) -> tuple[str, ReleaseRequested]:
     release_id = args.release_id or f"{args.deployment.split('.')[0][:40]}-{secrets.token_hex(3)}"
     request = ReleaseRequested(
         target=TargetRef(namespace=args.namespace, name=args.deployment),
-        version=VersionSpec(image=args.image, container=args.container, env=env),
+        version=VersionSpec(
+            image=args.image,
+            container=args.container,
+            env=env,
+            config_maps=_config_changes(args.config),
+        ),
         overrides=PolicyOverrides(max_weight=args.max_weight),
         requested_by=args.by,
         reason=args.reason,

@@ -7,6 +7,7 @@ decided from those reads is the pure ``check_request``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -16,9 +17,12 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from canaryflow.planner.planning import Plan, Refusal, plan
+from canaryflow.runtime.bundle import base_of, references
 from canaryflow.runtime.kube import api_client, call, is_not_found
 from canaryflow_contracts.events import ReleaseRequested
 from canaryflow_contracts.policy import GROUP, PLURAL, VERSION, ReleasePolicySpec
+
+_CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,8 @@ class DeploymentFacts:
 
     replicas: int
     containers: tuple[tuple[str, str], ...]  # (name, image), in pod order
+    # The ConfigMaps its pods read, by the name a release names them with (their base name).
+    config_maps: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,7 @@ def check_request(
                 f"(it has {', '.join(images)})"
             )
         stable_image = images.get(container, "")
+        reasons.extend(_configuration_problems(request, deployment))
         if deployment.replicas < 2:
             reasons.append(
                 f"Deployment {target.key()} runs {deployment.replicas} replica(s); a canary by "
@@ -89,6 +96,24 @@ def check_request(
         elif not reasons:
             return Admission(plan=planned, policy_name=policy_name, stable_image=stable_image)
     return Refusal(tuple(reasons))
+
+
+def _configuration_problems(request: ReleaseRequested, deployment: DeploymentFacts) -> list[str]:
+    """A ConfigMap change must name one the target reads, with keys Kubernetes accepts."""
+    problems = []
+    known = ", ".join(sorted(deployment.config_maps)) or "none"
+    for change in request.version.config_maps:
+        if change.name not in deployment.config_maps:
+            problems.append(
+                f"version.config_maps: Deployment {request.target.key()} reads no ConfigMap "
+                f"{change.name!r} (it reads: {known})"
+            )
+        bad = sorted(k for k in [*change.data, *change.remove] if not _CONFIG_KEY.match(k))
+        if bad:
+            problems.append(
+                f"version.config_maps: {change.name}: keys {bad} are not valid ConfigMap keys"
+            )
+    return problems
 
 
 def _policy_for(
@@ -167,7 +192,25 @@ class KubeClusterReader:
         return DeploymentFacts(
             replicas=1 if replicas is None else int(replicas),
             containers=tuple((c.name, c.image) for c in found.spec.template.spec.containers),
+            config_maps=await self._config_bases(namespace, found.spec.template),
         )
+
+    async def _config_bases(self, namespace: str, template: Any) -> tuple[str, ...]:
+        """The base names of the ConfigMaps a pod template reads (absent ones by their name)."""
+        api = self._client()
+        names = references(api.sanitize_for_serialization(template)).config_maps
+        core = client.CoreV1Api(api)
+        bases = []
+        for name in sorted(names):
+            try:
+                found = await call(core.read_namespaced_config_map, name, namespace)
+            except ApiException as error:
+                if not is_not_found(error):
+                    raise
+                bases.append(name)
+                continue
+            bases.append(base_of(api.sanitize_for_serialization(found)))
+        return tuple(bases)
 
     async def release_policies(self, namespace: str) -> list[PolicyObject]:
         custom = client.CustomObjectsApi(self._client())
