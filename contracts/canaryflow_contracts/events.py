@@ -240,6 +240,7 @@ class PhaseReached(EventData):
     canary_weight: float = Field(ge=0, le=100, description="Achieved share, from Ready pods.")
     canary_ready: int
     stable_ready: int
+    baseline_ready: int = Field(default=0, description="Ready pods of the live baseline.")
 
 
 class PhaseFailed(EventData):
@@ -277,21 +278,42 @@ class VerdictAction(StrEnum):
     """What the policy says a verdict leads to."""
 
     CONTINUE = "continue"
+    EXTEND = "extend"  # not final: the step's hold was extended, the analysis goes on
     PAUSE = "pause"
     ROLLBACK = "rollback"
 
 
 class MetricCheck(_Part):
-    """One measured fact behind a verdict, with everything needed to re-check it by hand."""
+    """One measured fact behind a verdict, with everything needed to re-check it by hand.
+
+    A threshold check compares ``value`` with ``threshold``. A sequential comparison (canary
+    against the live baseline, ``method`` set) compares its ``statistic`` (the evidence
+    against "the canary is no worse", an e-value) with ``threshold`` (1/alpha), and carries
+    both tracks' numbers, the estimated relative change and its confidence interval.
+    """
 
     metric: str
     track: str = Field(description="Which version was measured: canary, stable or baseline.")
     query: str
     value: float | None = Field(description="None when the query returned no data.")
     threshold: float | None
-    comparison: Literal["<=", ">=", "n/a"]
+    comparison: Literal["<=", ">=", "<", "n/a"]
     sample_size: float
     passed: bool | None = Field(description="None when there was not enough data to judge.")
+    method: str = Field(default="", description="How it was judged, e.g. msprt-rate.")
+    baseline_query: str = ""
+    baseline_value: float | None = None
+    baseline_sample_size: float | None = None
+    statistic: float | None = Field(
+        default=None, description="Evidence against 'canary no worse' (e-value; >= threshold)."
+    )
+    p_value: float | None = Field(default=None, description="Always-valid p-value.")
+    estimate: float | None = Field(
+        default=None, description="Relative change canary vs baseline (0.1 = 10 % higher)."
+    )
+    lower: float | None = Field(default=None, description="Confidence interval of estimate.")
+    upper: float | None = None
+    decision: str = Field(default="", description="The decision in words.")
 
 
 class AnalysisVerdict(EventData):

@@ -33,23 +33,70 @@ class Step(_Spec):
 
 
 class MetricTemplate(StrEnum):
-    """Built-in queries the metrics-watcher knows; ``query`` allows any other PromQL."""
+    """Built-in value queries the metrics-watcher knows (for ``metrics`` rules)."""
 
     ERROR_RATE = "error-rate"
     P99_LATENCY = "p99-latency"
     REQUEST_RATE = "request-rate"
 
 
-class MetricRule(_Spec):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=63)
-    template: MetricTemplate | None = None
-    query: str | None = Field(
-        default=None,
-        description=(
-            "Raw PromQL. Placeholders {namespace}, {service}, {version}, {track} and {window} "
-            "are filled in for each measured version."
-        ),
+class CountTemplate(StrEnum):
+    """Built-in count queries for canary-against-baseline comparisons."""
+
+    ERRORS = "errors"  # 5xx responses out of requests
+    LATENCY = "latency"  # the request-duration histogram
+    CONVERSION = "conversion"  # purchases out of visits
+
+
+_NAME = r"^[a-z0-9][a-z0-9-]*$"
+_PLACEHOLDERS = (
+    "Placeholders {namespace}, {service}, {version}, {track} and {window} are filled in for "
+    "each measured version."
+)
+
+
+class NamedTemplate(_Spec):
+    """A platform team's own named query, usable by name like a built-in one.
+
+    Either a value query (``query``, for ``metrics`` rules), a pair of cumulative counters
+    (``events`` out of ``trials``, for rate comparisons) or a cumulative histogram
+    (``buckets``, one series per ``le``, for distribution comparisons).
+    """
+
+    name: str = Field(pattern=_NAME, max_length=63)
+    query: str | None = Field(default=None, description=f"A value query. {_PLACEHOLDERS}")
+    events: str | None = Field(default=None, description="Cumulative count of events.")
+    trials: str | None = Field(default=None, description="Cumulative count of trials.")
+    buckets: str | None = Field(
+        default=None, description="Cumulative histogram bucket counts, one series per le."
     )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Self:
+        kinds = [
+            self.query is not None,
+            self.events is not None or self.trials is not None,
+            self.buckets is not None,
+        ]
+        if sum(kinds) != 1:
+            raise ValueError(
+                f"template {self.name!r}: set exactly one of query, events+trials or buckets"
+            )
+        if (self.events is None) != (self.trials is None):
+            raise ValueError(f"template {self.name!r}: events and trials go together")
+        return self
+
+
+class MetricRule(_Spec):
+    """An absolute guard on the canary's own value (e.g. error rate at most 5 %)."""
+
+    name: str = Field(pattern=_NAME, max_length=63)
+    template: str | None = Field(
+        default=None,
+        pattern=_NAME,
+        description="A built-in (error-rate, p99-latency, request-rate) or a named template.",
+    )
+    query: str | None = Field(default=None, description=f"Raw PromQL. {_PLACEHOLDERS}")
     max: float | None = Field(default=None, description="Fail when the canary's value is above.")
     min: float | None = Field(default=None, description="Fail when the canary's value is below.")
 
@@ -62,16 +109,169 @@ class MetricRule(_Spec):
         return self
 
 
+class Better(StrEnum):
+    """Which way a compared metric should move for the canary to be no worse."""
+
+    LOWER = "lower"
+    HIGHER = "higher"
+
+
+class _Counted(_Spec):
+    """What a comparison counts: a named count template, or its own raw queries."""
+
+    name: str = Field(pattern=_NAME, max_length=63)
+    template: str | None = Field(
+        default=None,
+        pattern=_NAME,
+        description="A built-in (errors, latency, conversion) or a named template.",
+    )
+    events: str | None = Field(default=None, description=f"Raw cumulative counter. {_PLACEHOLDERS}")
+    trials: str | None = Field(default=None, description="Raw cumulative counter of trials.")
+    buckets: str | None = Field(
+        default=None, description="Raw cumulative histogram buckets, one series per le."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        raw = [self.events is not None or self.trials is not None, self.buckets is not None]
+        if (self.template is not None) + sum(raw) != 1:
+            raise ValueError(
+                f"{self.name!r}: set exactly one of template, events+trials or buckets"
+            )
+        if (self.events is None) != (self.trials is None):
+            raise ValueError(f"{self.name!r}: events and trials go together")
+        return self
+
+
+class Comparison(_Counted):
+    """Canary against the live baseline, by a sequential test (fails as soon as it is sure)."""
+
+    better: Better = Field(default=Better.LOWER, description="Which direction is good.")
+    min_effect: float | None = Field(
+        default=None,
+        ge=0.001,
+        le=10,
+        description="Relative change that matters (0.2 = 20 %). When set, a pass also needs "
+        "the confidence interval to rule out a change this bad; otherwise the end of the hold "
+        "is inconclusive.",
+    )
+
+
+class DropAction(StrEnum):
+    ROLLBACK = "rollback"
+    PAUSE = "pause"  # hold the release for a person's decision
+
+
+class BusinessMetric(_Counted):
+    """A business outcome (purchases per visit) whose lift is estimated with an interval."""
+
+    better: Better = Field(default=Better.HIGHER, description="Which direction is good.")
+    minimum_detectable_effect: float = Field(
+        ge=0.001,
+        le=10,
+        description="Relative change the release must be able to rule out (0.1 = 10 %).",
+    )
+    on_drop: DropAction = Field(
+        default=DropAction.ROLLBACK,
+        description="A significant move in the bad direction: roll back, or pause for a person.",
+    )
+
+    @model_validator(mode="after")
+    def _a_rate(self) -> Self:
+        if self.buckets is not None:
+            raise ValueError(f"business metric {self.name!r}: count events and trials, not buckets")
+        return self
+
+
+class OnVerdict(StrEnum):
+    """What a verdict at the end of a step leads to."""
+
+    CONTINUE = "continue"
+    EXTEND = "extend"
+    PAUSE = "pause"
+    ROLLBACK = "rollback"
+
+
+class VerdictPolicy(_Spec):
+    inconclusive: OnVerdict = Field(
+        default=OnVerdict.EXTEND,
+        description="Enough data, nothing failed, but not everything could be settled.",
+    )
+    insufficient_data: OnVerdict = Field(
+        default=OnVerdict.PAUSE, description="Below the minimum sample: never continue."
+    )
+    max_extensions: int = Field(
+        default=1, ge=0, le=10, description="How often a step's hold may be extended."
+    )
+
+    @model_validator(mode="after")
+    def _never_continue_without_data(self) -> Self:
+        if self.insufficient_data is OnVerdict.CONTINUE:
+            raise ValueError("insufficientData may not continue: missing data is never a pass")
+        return self
+
+
+class ProviderKind(StrEnum):
+    PROMETHEUS = "prometheus"
+    HTTP_JSON = "http-json"
+
+
+class ProviderRef(_Spec):
+    """Where to ask, when not the metrics-watcher's default Prometheus."""
+
+    type: ProviderKind = ProviderKind.PROMETHEUS
+    address: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="Base URL (Prometheus) or URL template with {query} (http-json).",
+    )
+    value_path: str = Field(
+        default="value", description="http-json: dotted path to the number in the answer."
+    )
+    series_path: str = Field(
+        default="series",
+        description="http-json: dotted path to a list of {labels: {...}, value: n}.",
+    )
+
+
 class Analysis(_Spec):
     interval_seconds: float = Field(default=5, ge=1, le=600, description="Time between ticks.")
     window_seconds: int = Field(default=30, ge=5, le=3600, description="PromQL range window.")
     min_requests: int = Field(
         default=50,
         ge=1,
-        description="Below this many canary requests in the window the verdict is "
+        description="Below this many canary (and baseline) requests the verdict is "
         "insufficient data, never a pass.",
     )
-    metrics: list[MetricRule] = Field(min_length=1)
+    alpha: float = Field(
+        default=0.01,
+        ge=1e-6,
+        le=0.2,
+        description="False-positive rate of the sequential comparisons (any number of looks).",
+    )
+    metrics: list[MetricRule] = Field(default_factory=list)
+    compare: list[Comparison] = Field(
+        default_factory=list, description="Canary against the live baseline."
+    )
+    business: list[BusinessMetric] = Field(default_factory=list)
+    templates: list[NamedTemplate] = Field(
+        default_factory=list, description="Named queries rules can refer to."
+    )
+    verdicts: VerdictPolicy = Field(default_factory=VerdictPolicy)
+    provider: ProviderRef | None = None
+
+    @model_validator(mode="after")
+    def _something_to_judge(self) -> Self:
+        if not (self.metrics or self.compare or self.business):
+            raise ValueError("analysis needs at least one of metrics, compare or business")
+        names = [
+            *(rule.name for rule in self.metrics),
+            *(rule.name for rule in self.compare),
+            *(rule.name for rule in self.business),
+        ]
+        if len(names) != len(set(names)):
+            raise ValueError(f"metric names must be unique, got {names}")
+        return self
 
 
 class Deadlines(_Spec):
@@ -79,6 +279,13 @@ class Deadlines(_Spec):
     pause_seconds: float = Field(
         default=600, ge=10, description="A release paused for lack of data is rolled back after."
     )
+
+
+class Resources(_Spec):
+    """Requests and limits of a container, in Kubernetes quantities (``cpu: 250m``)."""
+
+    requests: dict[str, str] = Field(default_factory=dict)
+    limits: dict[str, str] = Field(default_factory=dict)
 
 
 class ReleasePolicySpec(_Spec):
@@ -95,6 +302,11 @@ class ReleasePolicySpec(_Spec):
     max_weight: int = Field(default=50, ge=1, le=100, description="No step goes beyond.")
     analysis: Analysis
     deadlines: Deadlines = Field(default_factory=Deadlines)
+    canary_resources: Resources | None = Field(
+        default=None,
+        description="What the new version's container may use while it is a canary "
+        "(replaces the version's own requests and limits until promotion).",
+    )
 
     @model_validator(mode="after")
     def _steps_increase_within_max(self) -> Self:

@@ -16,6 +16,7 @@ from canaryflow_contracts.events import (
     MetricCheck,
     PlannedStep,
     TargetRef,
+    VerdictAction,
     VerdictResult,
     VersionSpec,
 )
@@ -62,6 +63,7 @@ class VerdictSummary(BaseModel):
     final: bool
     reason: str
     checks: list[MetricCheck] = Field(default_factory=list)
+    action: VerdictAction | None = Field(default=None, description="What the policy said.")
 
 
 class ReleaseState(BaseModel):

@@ -27,6 +27,7 @@ from canaryflow_contracts.events import (
     RequestPromotion,
     RollbackCompleted,
     RollbackRequested,
+    VerdictAction,
     VerdictResult,
 )
 from canaryflow_contracts.state import ReleaseState
@@ -47,8 +48,54 @@ def _number(value: float | None) -> str:
     return f"{value:.2e}"
 
 
+_ACTION_WORDS = {
+    VerdictAction.CONTINUE: "",
+    VerdictAction.EXTEND: " → the hold is extended",
+    VerdictAction.PAUSE: " → paused for a person's decision",
+    VerdictAction.ROLLBACK: " → rolling back",
+}
+
+
+def _percent(value: float | None) -> str:
+    return "no data" if value is None else f"{100 * value:.3g} %"
+
+
+def _change(value: float | None) -> str:
+    return "unbounded" if value is None else f"{100 * value:+.3g} %"
+
+
+def comparison_line(check: MetricCheck) -> str:
+    """A canary-against-baseline check in words, e.g.
+
+    ``conversion: canary 3.5 % vs baseline 5 % (lift -30 %, interval -42 % to -16 %) on
+    1200/1100 visits; evidence 2.1e+03 against "no worse", threshold 100 — FAILED``.
+    """
+    outcome = {None: "not settled", True: "ok", False: "FAILED"}[check.passed]
+    if check.method == "alert":
+        return f"{check.metric}: {check.decision} — {outcome}"
+    what = "slower than the worst bucket" if check.method == "msprt-histogram" else ""
+    lift = "lift" if check.method == "msprt-business" else "change"
+    interval = (
+        f", interval {_change(check.lower)} to {_change(check.upper)}"
+        if check.lower is not None or check.upper is not None
+        else ""
+    )
+    estimate = (
+        f" ({lift} {_change(check.estimate)}{interval})" if check.estimate is not None else ""
+    )
+    return (
+        f"{check.metric}: canary {_percent(check.value)} vs baseline "
+        f"{_percent(check.baseline_value)}{' ' + what if what else ''}{estimate} on "
+        f"{check.sample_size:.0f}/{(check.baseline_sample_size or 0):.0f} canary/baseline; "
+        f'evidence {_number(check.statistic)} against "no worse", threshold '
+        f"{_number(check.threshold)} — {outcome}: {check.decision}"
+    )
+
+
 def check_line(check: MetricCheck) -> str:
     """E.g. ``error-rate (canary): 0.21 must be <= 0.05 — FAILED, 412 requests``."""
+    if check.method:
+        return comparison_line(check)
     outcome = {None: "not judged", True: "ok", False: "FAILED"}[check.passed]
     limit = (
         f" must be {check.comparison} {_number(check.threshold)}"
@@ -61,8 +108,14 @@ def check_line(check: MetricCheck) -> str:
     )
 
 
-def verdict_lines(result: VerdictResult, reason: str, checks: list[MetricCheck]) -> list[str]:
-    return [f"verdict: {_RESULT_WORDS[result]} — {reason}"] + [
+def verdict_lines(
+    result: VerdictResult,
+    reason: str,
+    checks: list[MetricCheck],
+    action: VerdictAction | None = None,
+) -> list[str]:
+    then = _ACTION_WORDS.get(action, "") if action is not None else ""
+    return [f"verdict: {_RESULT_WORDS[result]} — {reason}{then}"] + [
         f"  {check_line(check)}" for check in checks
     ]
 
@@ -89,7 +142,10 @@ def status_lines(state: ReleaseState, now: datetime) -> list[str]:
     if state.last_verdict is not None:
         verdict = state.last_verdict
         lines += [
-            "  " + line for line in verdict_lines(verdict.result, verdict.reason, verdict.checks)
+            "  " + line
+            for line in verdict_lines(
+                verdict.result, verdict.reason, verdict.checks, verdict.action
+            )
         ]
     if state.outcome_reason:
         lines.append(f"  outcome: {state.outcome_reason}")
@@ -109,12 +165,13 @@ def event_line(envelope: Envelope[Any]) -> list[str]:
         case PhaseReached():
             head = (
                 f"step {data.step.index + 1} in place: canary serves {data.canary_weight:.0f}% "
-                f"({data.canary_ready} canary / {data.stable_ready} stable pods Ready)"
+                f"({data.canary_ready} canary / {data.baseline_ready} baseline / "
+                f"{data.stable_ready} stable pods Ready)"
             )
         case PhaseFailed():
             head = f"step {data.step.index + 1} could not be put in place: {data.reason}"
         case AnalysisVerdict():
-            lines = verdict_lines(data.result, data.reason, data.checks)
+            lines = verdict_lines(data.result, data.reason, data.checks, data.action)
             kind = "final " if data.final else ""
             return [f"{stamp}  step {data.step.index + 1} {kind}{lines[0]}", *lines[1:]]
         case ReleaseRequested():

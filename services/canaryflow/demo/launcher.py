@@ -19,6 +19,8 @@ from pathlib import Path
 
 SERVICES = ("planner", "executor", "metrics_watcher", "rollback")
 STARTED_MARK = '"msg": "service started"'
+# Services with an HTTP API of their own: each replica gets a port (CANARYFLOW_HTTP_PORT).
+HTTP_SERVICES = ("metrics_watcher",)
 
 
 class LaunchError(RuntimeError):
@@ -58,6 +60,7 @@ class RunningService:
     process: subprocess.Popen[bytes]
     log_path: Path
     metrics_port: int
+    http_port: int = 0  # the service's own HTTP API (the metrics-watcher's alert webhook)
 
 
 @dataclass
@@ -69,7 +72,7 @@ class ServiceLauncher:
     extra_env: dict[str, str] = field(default_factory=dict)
     running: list[RunningService] = field(default_factory=list)
 
-    def _env(self, service: str, metrics_port: int) -> dict[str, str]:
+    def _env(self, service: str, metrics_port: int, http_port: int = 0) -> dict[str, str]:
         env = {
             **os.environ,
             "NATS_URL": self.stack.nats_url,
@@ -82,6 +85,8 @@ class ServiceLauncher:
             "OTEL_SERVICE_NAME": f"canaryflow-{service.replace('_', '-')}",
             "PYTHONUNBUFFERED": "1",
         }
+        if http_port:
+            env["CANARYFLOW_HTTP_PORT"] = str(http_port)
         env.update(self.extra_env)
         return env
 
@@ -91,16 +96,17 @@ class ServiceLauncher:
         for service in services:
             for replica in range(self.replicas):
                 port = free_port()
+                http_port = free_port() if service in HTTP_SERVICES else 0
                 log_path = self.log_dir / f"{service}-{replica}.log"
                 log_file = log_path.open("wb")
                 process = subprocess.Popen(
                     [sys.executable, "-m", f"canaryflow.{service}"],
-                    env=self._env(service, port),
+                    env=self._env(service, port, http_port),
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                 )
                 log_file.close()
-                started.append(RunningService(service, process, log_path, port))
+                started.append(RunningService(service, process, log_path, port, http_port))
         self.running.extend(started)
         self._write_targets()
         self._wait_started(started, timeout)
@@ -124,6 +130,14 @@ class ServiceLauncher:
                     f"log {waiting[0].log_path}:\n{_tail(waiting[0].log_path)}"
                 )
             time.sleep(0.2)
+
+    def http_urls(self, service: str) -> list[str]:
+        """Base URLs of the running replicas' HTTP APIs, e.g. the alert webhook's."""
+        return [
+            f"http://127.0.0.1:{running.http_port}"
+            for running in self.running
+            if running.name == service and running.http_port and running.process.poll() is None
+        ]
 
     def _targets_file(self) -> Path | None:
         if self.stack.prometheus_targets is None:

@@ -140,8 +140,24 @@ def quick_policy(
     max_error_rate: float = 0.05,
     max_p99_seconds: float = 0.5,
     min_requests: int = 20,
+    compare: bool = True,
+    business: list[dict[str, Any]] | None = None,
+    verdicts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A ReleasePolicy spec (camelCase, as in the cluster) with short steps for demos and tests."""
+    """A ReleasePolicy spec (camelCase, as in the cluster) with short steps for demos and tests.
+
+    Besides the absolute guards, the canary is compared with the live baseline (errors and
+    the whole latency distribution, by the sequential test) unless ``compare`` is off.
+    """
+    comparisons = [
+        {"name": "errors", "template": "errors"},
+        {"name": "latency", "template": "latency"},
+    ]
+    analysis_extra: dict[str, Any] = {"compare": comparisons} if compare else {}
+    if business:
+        analysis_extra["business"] = business
+    if verdicts:
+        analysis_extra["verdicts"] = verdicts
     return {
         "targetRef": target,
         "steps": [{"weight": w, "holdSeconds": hold_seconds} for w in weights],
@@ -154,6 +170,7 @@ def quick_policy(
                 {"name": "error-rate", "template": "error-rate", "max": max_error_rate},
                 {"name": "p99-latency", "template": "p99-latency", "max": max_p99_seconds},
             ],
+            **analysis_extra,
         },
         "deadlines": {"podReadySeconds": pod_ready_seconds, "pauseSeconds": 60},
     }

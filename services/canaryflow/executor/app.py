@@ -84,6 +84,7 @@ def build_service(
                 canary_weight=outcome.weight,
                 canary_ready=outcome.canary_ready,
                 stable_ready=outcome.stable_ready,
+                baseline_ready=outcome.baseline_ready,
             )
             await service.publisher.publish(reached, rid, event_id=f"{rid}.reached.{step.index}")
         elif isinstance(outcome, Failed):

@@ -16,6 +16,7 @@ from kubernetes import client
 from canaryflow.executor import workload
 from canaryflow.executor.workload import Body, Recording
 from canaryflow.runtime import kube, objects
+from canaryflow.runtime.baseline import baseline_name, remove_baseline
 from canaryflow.runtime.bundle import Bundle
 from canaryflow_contracts.events import TargetRef, VersionSpec
 
@@ -39,6 +40,9 @@ class Cluster:
 
     async def canary(self, target: TargetRef) -> Body | None:
         return await self.read(target.namespace, kube.canary_name(target))
+
+    async def baseline(self, target: TargetRef) -> Body | None:
+        return await self.read(target.namespace, baseline_name(target))
 
     async def record_restore_point(self, target: TargetRef, release_id: str) -> Recording:
         """Write the restore point on stable unless it is there; returns the one in force."""
@@ -137,21 +141,26 @@ class Cluster:
                 stable, target, version, release_id, replicas, renames=renames
             )
             existing = kube.read_deployment(self.api, target.namespace, kube.canary_name(target))
-            decision = workload.canary_write(desired, existing)
-            if decision.action == "create":
-                kube.create_deployment(self.api, desired)
-            elif decision.action == "replace" and decision.body is not None:
-                kube.replace_deployment(self.api, decision.body)
-            elif decision.action == "recreate" and existing is not None:
-                kube.delete_deployment(
-                    self.api,
-                    target.namespace,
-                    existing["metadata"]["name"],
-                    existing["metadata"]["uid"],
-                )
-                raise CanaryRecreating(f"canary of {target.key()} had another selector")
+            _converge(self.api, desired, existing, f"canary of {target.key()}")
 
         await kube.with_conflict_retry(write, f"{kube.canary_name(target)} canary")
+
+    async def apply_baseline(self, target: TargetRef, release_id: str, replicas: int) -> None:
+        """Run the recorded stable version on ``replicas`` fresh pods (none: leave it absent)."""
+
+        def write() -> None:
+            stable = kube.read_deployment(self.api, target.namespace, target.name)
+            if stable is None:
+                raise LookupError(f"Deployment {target.key()} not found")
+            point = kube.restore_point_of(stable)
+            template = point.template if point is not None else stable["spec"]["template"]
+            existing = kube.read_deployment(self.api, target.namespace, baseline_name(target))
+            if existing is None and replicas == 0:
+                return
+            desired = workload.baseline_body(stable, template, target, release_id, replicas)
+            _converge(self.api, desired, existing, f"baseline of {target.key()}")
+
+        await kube.with_conflict_retry(write, f"{baseline_name(target)} baseline")
 
     async def scale_stable(self, target: TargetRef, release_id: str, replicas: int) -> bool:
         """Scale stable for a step, only while it carries this release's restore point.
@@ -201,8 +210,28 @@ class Cluster:
             self.api, target, release_id, deadline=deadline, now=self.now
         )
 
+    async def remove_baseline(self, target: TargetRef, release_id: str, deadline: datetime) -> bool:
+        return await remove_baseline(self.api, target, release_id, deadline=deadline, now=self.now)
+
     async def clear_restore_point(self, target: TargetRef, release_id: str) -> None:
         await kube.clear_restore_point(self.api, target, release_id)
+
+
+def _converge(api: client.ApiClient, desired: Body, existing: Body | None, what: str) -> None:
+    """Create, replace or recreate a canary-like Deployment so the API has ``desired``."""
+    decision = workload.canary_write(desired, existing)
+    if decision.action == "create":
+        kube.create_deployment(api, desired)
+    elif decision.action == "replace" and decision.body is not None:
+        kube.replace_deployment(api, decision.body)
+    elif decision.action == "recreate" and existing is not None:
+        kube.delete_deployment(
+            api,
+            desired["metadata"]["namespace"],
+            existing["metadata"]["name"],
+            existing["metadata"]["uid"],
+        )
+        raise CanaryRecreating(f"{what} had another selector")
 
 
 def image_of(deployment: dict[str, Any] | None, container: str | None) -> str:

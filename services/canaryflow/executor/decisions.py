@@ -56,6 +56,13 @@ def in_place(readiness: DeploymentReadiness, replicas: int, image: str, want_ima
     return readiness.complete and readiness.desired == replicas and image == want_image
 
 
+def baseline_in_place(readiness: DeploymentReadiness, replicas: int) -> bool:
+    """The baseline at ``replicas``, all Ready; with none wanted, absent or empty is fine."""
+    if replicas == 0:
+        return not readiness.exists or (readiness.desired == 0 and readiness.settled)
+    return readiness.complete and readiness.desired == replicas
+
+
 def restore_owner(stable: dict[str, Any] | None) -> str | None:
     """The release whose restore point stable carries (None: none, or unreadable)."""
     if stable is None:

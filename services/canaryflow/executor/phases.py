@@ -9,9 +9,10 @@ step's deadline. A replay runs the same sequence and finds every write already d
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from canaryflow.executor import decisions
@@ -35,6 +36,7 @@ class Reached:
     canary_ready: int
     stable_ready: int
     weight: float
+    baseline_ready: int = 0
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class Snapshot:
     stable_image: str
     canary_image: str
     wanted: bool
+    baseline: DeploymentReadiness = field(default_factory=lambda: kube.readiness_of(None))
 
 
 class PhaseRunner:
@@ -79,6 +82,7 @@ class PhaseRunner:
     ) -> Snapshot:
         stable = await self.cluster.stable(target)
         canary = await self.cluster.canary(target)
+        baseline = await self.cluster.baseline(target)
         still_wanted = await wanted()
         if owner is not None:
             # Without a planner to say "rolling back", a restore point that is gone (or now
@@ -90,6 +94,7 @@ class PhaseRunner:
             stable_image=image_of(stable, version.container),
             canary_image=image_of(canary, version.container),
             wanted=still_wanted,
+            baseline=kube.readiness_of(baseline),
         )
 
     async def _wait(
@@ -141,15 +146,23 @@ class PhaseRunner:
             renames = await self.cluster.config_copies(target, version, release_id)
             plan = self.router.replicas(recording.point.replicas, command.step.weight)
             await self.cluster.apply_canary(target, version, release_id, plan.canary, renames)
+            await self.cluster.apply_baseline(target, release_id, plan.baseline)
         except (LookupError, CannotSplit, WorkloadError, kube.CorruptRestorePoint) as error:
             return Failed(str(error))
 
         def canary_ready(s: Snapshot) -> bool:
-            return decisions.in_place(s.canary, plan.canary, s.canary_image, version.image)
+            return decisions.in_place(
+                s.canary, plan.canary, s.canary_image, version.image
+            ) and decisions.baseline_in_place(s.baseline, plan.baseline)
 
-        # The canary first: stable gives up no pod before the canary's are Ready.
+        # Canary and live baseline first: stable gives up no pod before theirs are Ready.
         waited = await self._wait(
-            command, "canary pods", canary_ready, deadline=deadline, wanted=wanted, owner=release_id
+            command,
+            "canary and baseline pods",
+            canary_ready,
+            deadline=deadline,
+            wanted=wanted,
+            owner=release_id,
         )
         if not isinstance(waited, Snapshot):
             return waited
@@ -158,7 +171,8 @@ class PhaseRunner:
         await self.router.set_routes(target, command.step.weight)
         waited = await self._wait(
             command,
-            f"step {command.step.index} ({plan.canary} canary / {plan.stable} stable pods)",
+            f"step {command.step.index} ({plan.canary} canary / {plan.baseline} baseline / "
+            f"{plan.stable} stable pods)",
             lambda s: canary_ready(s) and _stable_at(s, plan),
             deadline=deadline,
             wanted=wanted,
@@ -167,11 +181,12 @@ class PhaseRunner:
         if not isinstance(waited, Snapshot):
             return waited
         snapshot = waited
-        weight = self.router.verify_weight(snapshot.stable, snapshot.canary)
+        weight = self.router.verify_weight(snapshot.stable, snapshot.canary, snapshot.baseline)
         return Reached(
             canary_ready=snapshot.canary.ready,
             stable_ready=snapshot.stable.ready,
             weight=weight if weight is not None else float(command.step.weight),
+            baseline_ready=snapshot.baseline.ready,
         )
 
     async def promote(
@@ -204,8 +219,15 @@ class PhaseRunner:
             return waited
         await self.router.finalize(target)
         removal_deadline = self.now() + timedelta(seconds=CANARY_REMOVAL_SECONDS)
-        if not await self.cluster.remove_canary(target, release_id, removal_deadline):
-            raise TimeoutError(f"the canary of {target.key()} is still there after promotion")
+        # The analysis is over: canary and baseline go together.
+        canary_gone, baseline_gone = await asyncio.gather(
+            self.cluster.remove_canary(target, release_id, removal_deadline),
+            self.cluster.remove_baseline(target, release_id, removal_deadline),
+        )
+        if not (canary_gone and baseline_gone):
+            raise TimeoutError(
+                f"the canary or baseline of {target.key()} is still there after promotion"
+            )
         await self.cluster.finish_promotion(target, version, release_id)
         await self.cluster.clear_restore_point(target, release_id)
         await self.cluster.clear_bundle(target, release_id)

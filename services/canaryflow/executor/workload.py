@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from canaryflow.runtime.baseline import BASELINE_TRACK, baseline_name
 from canaryflow.runtime.bundle import with_config_maps_renamed
 from canaryflow.runtime.kube import (
     MANAGED_BY,
@@ -110,31 +111,72 @@ def canary_body(
 
     Selector and pod labels are stable's plus ``canaryflow.io/track: canary``: the target's
     Service (selecting on stable's labels) sends traffic to both, while the canary's own
-    selector never adopts stable's pods. ``renames`` points the canary at its own versioned
-    copies of the ConfigMaps the release changes.
+    selector never adopts stable's pods. ``renames`` moves ConfigMap references to the
+    canary's versioned copies.
     """
+    template = with_version(stable["spec"]["template"], version, renames)
+    return _track_body(
+        stable,
+        name=canary_name(target),
+        target=target,
+        template=template,
+        track=CANARY_TRACK,
+        release_id=release_id,
+        replicas=replicas,
+    )
+
+
+def baseline_body(
+    stable: Body, template: Body, target: TargetRef, release_id: str, replicas: int
+) -> Body:
+    """The baseline Deployment: the stable version on fresh pods, beside the canary.
+
+    ``template`` is stable's pod template as recorded before the release (the restore
+    point), so the baseline runs exactly what stable ran; it carries the baseline track so
+    the metrics of the two fresh sets of pods can be compared under the same conditions.
+    """
+    return _track_body(
+        stable,
+        name=baseline_name(target),
+        target=target,
+        template=copy.deepcopy(template),
+        track=BASELINE_TRACK,
+        release_id=release_id,
+        replicas=replicas,
+    )
+
+
+def _track_body(
+    stable: Body,
+    *,
+    name: str,
+    target: TargetRef,
+    template: Body,
+    track: str,
+    release_id: str,
+    replicas: int,
+) -> Body:
     metadata = {
         key: value
         for key, value in copy.deepcopy(stable.get("metadata") or {}).items()
         if key not in _DROPPED_METADATA
     }
-    metadata["name"] = canary_name(target)
+    metadata["name"] = name
     metadata["namespace"] = target.namespace
     metadata["labels"] = {
         **(metadata.get("labels") or {}),
-        TRACK_LABEL: CANARY_TRACK,
+        TRACK_LABEL: track,
         RELEASE_LABEL: release_id,
         **MANAGED_BY,
     }
     spec = copy.deepcopy(stable["spec"])
     spec["replicas"] = replicas
     selector = spec.setdefault("selector", {})
-    selector["matchLabels"] = {**(selector.get("matchLabels") or {}), TRACK_LABEL: CANARY_TRACK}
-    template = with_version(spec["template"], version, renames)
+    selector["matchLabels"] = {**(selector.get("matchLabels") or {}), TRACK_LABEL: track}
     template_meta = template.setdefault("metadata", {})
     template_meta["labels"] = {
         **(template_meta.get("labels") or {}),
-        TRACK_LABEL: CANARY_TRACK,
+        TRACK_LABEL: track,
         RELEASE_LABEL: release_id,
     }
     spec["template"] = template

@@ -17,12 +17,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from canaryflow.metrics_watcher.compare import Reading, judge_histogram, judge_rates
 from canaryflow.metrics_watcher.judge import verdict
-from canaryflow.metrics_watcher.measure import measure
+from canaryflow.metrics_watcher.measure import (
+    CountQuerySet,
+    count_query_sets,
+    measure,
+    read_counts,
+)
 from canaryflow.metrics_watcher.policies import PolicyProblem, PolicySource
-from canaryflow.metrics_watcher.providers import MetricProvider
+from canaryflow.metrics_watcher.providers import MetricProvider, ProviderPool
 from canaryflow.metrics_watcher.schedule import first_due_tick, still_analysing, tick_offsets
-from canaryflow.metrics_watcher.templates import QueryContext
+from canaryflow.metrics_watcher.templates import (
+    HTTP_METRICS,
+    QueryContext,
+    UnknownTemplate,
+    render,
+)
 from canaryflow.runtime import observability
 from canaryflow.runtime.store import Versioned
 from canaryflow_contracts.events import (
@@ -32,7 +43,7 @@ from canaryflow_contracts.events import (
     VerdictAction,
     VerdictResult,
 )
-from canaryflow_contracts.policy import ReleasePolicySpec
+from canaryflow_contracts.policy import Analysis, BusinessMetric, DropAction, ReleasePolicySpec
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +94,13 @@ class Analyst:
     def __init__(
         self,
         *,
-        provider: MetricProvider,
+        provider: MetricProvider | ProviderPool,
         clock: Clock,
         releases: ReleaseReader,
         policies: PolicySource,
         publish: Publish,
     ) -> None:
-        self._provider = provider
+        self._providers = provider if isinstance(provider, ProviderPool) else ProviderPool(provider)
         self._clock = clock
         self._releases = releases
         self._policies = policies
@@ -101,16 +112,7 @@ class Analyst:
         try:
             policy = await self._policies.get(request.target.namespace, request.policy)
         except PolicyProblem as problem:
-            if not await self._wanted(job):
-                return None
-            return await self._emit(
-                job,
-                tick=None,
-                result=VerdictResult.INSUFFICIENT_DATA,
-                action=VerdictAction.PAUSE,
-                reason=f"cannot analyse: {problem}",
-                checks=[],
-            )
+            return await self._cannot_analyse(job, problem)
         if request.analysis is not None:
             # The planner sends the policy's analysis with the request's tightenings applied.
             policy = policy.model_copy(update={"analysis": request.analysis})
@@ -119,35 +121,110 @@ class Analyst:
     async def _ticks(self, job: AnalysisJob, policy: ReleasePolicySpec) -> AnalysisVerdict | None:
         request = job.request
         analysis = policy.analysis
-        offsets = tick_offsets(request.step.hold_seconds, analysis.interval_seconds)
+        provider = self._providers.get(analysis.provider)
+        templates = HTTP_METRICS.with_named(analysis.templates)
+        hold, interval = request.step.hold_seconds, analysis.interval_seconds
+        offsets = tick_offsets(hold, interval)
         tick = first_due_tick(offsets, self._elapsed(job))
-        canary, stable = _contexts(request, policy)
+        canary, baseline = _contexts(request, policy)
+        try:
+            for rule in analysis.metrics:
+                render(rule, canary, templates)
+            sets = count_query_sets(analysis, canary, baseline, templates)
+        except UnknownTemplate as problem:
+            return await self._cannot_analyse(job, problem)
+        # Cumulative readings of each comparison since the analysis began (kept across ticks).
+        histories: dict[str, list[Reading]] = {query_set.rule.name: [] for query_set in sets}
+        extensions = 0
         while True:
             wait = offsets[tick] - self._elapsed(job)
             if wait > 0:
                 await self._clock.sleep(wait)
             if not await self._wanted(job):
                 return None
-            measurement = await measure(self._provider, analysis, canary, stable)
+            measurement = await measure(provider, analysis, canary, baseline, templates)
+            checks = list(measurement.checks)
+            errors = [measurement.provider_error] if measurement.provider_error else []
+            if sets:
+                compared, problems = await self._compare(provider, analysis, sets, histories)
+                checks += compared
+                errors += [p for p in problems if p not in errors]
             last = tick == len(offsets) - 1
             result, action, reason = verdict(
-                measurement.checks,
+                checks,
                 min_requests=analysis.min_requests,
-                provider_error=measurement.provider_error,
+                provider_error="; ".join(errors) if errors else None,
                 final=last,
+                actions=analysis.verdicts,
+                extensions_left=analysis.verdicts.max_extensions - extensions,
+                pause_on_fail=frozenset(
+                    rule.name for rule in analysis.business if rule.on_drop is DropAction.PAUSE
+                ),
             )
-            final = last or result is VerdictResult.FAIL
+            final = (last and action is not VerdictAction.EXTEND) or result is VerdictResult.FAIL
             published = await self._emit(
                 job,
                 tick=None if final else tick,
                 result=result,
                 action=action,
                 reason=reason,
-                checks=measurement.checks,
+                checks=checks,
             )
             if final:
                 return published
+            if action is VerdictAction.EXTEND:
+                # Another hold on the same data: the readings so far stay, the test goes on.
+                extensions += 1
+                end = offsets[-1]
+                offsets += [end + o for o in tick_offsets(max(hold, interval), interval)[1:]]
             tick += 1
+
+    async def _compare(
+        self,
+        provider: MetricProvider,
+        analysis: Analysis,
+        sets: list[CountQuerySet],
+        histories: dict[str, list[Reading]],
+    ) -> tuple[list[MetricCheck], list[str]]:
+        readings = await read_counts(provider, sets)
+        checks: list[MetricCheck] = []
+        problems: list[str] = []
+        for query_set in sets:
+            name = query_set.rule.name
+            reading = readings[name]
+            if isinstance(reading, str):
+                problems.append(reading)
+            else:
+                histories[name].append(reading)
+            rule = query_set.rule
+            judge = (
+                judge_histogram
+                if query_set.canary.histogram and not isinstance(rule, BusinessMetric)
+                else judge_rates
+            )
+            judged = judge(
+                rule,  # type: ignore[arg-type]  # histograms are never business metrics
+                histories[name],
+                alpha=analysis.alpha,
+                min_requests=analysis.min_requests,
+                canary_queries=query_set.canary,
+                baseline_queries=query_set.baseline,
+            )
+            checks.append(judged.check)
+        return checks, problems
+
+    async def _cannot_analyse(self, job: AnalysisJob, problem: Exception) -> AnalysisVerdict | None:
+        """A policy that can never be judged pauses the release where a person sees why."""
+        if not await self._wanted(job):
+            return None
+        return await self._emit(
+            job,
+            tick=None,
+            result=VerdictResult.INSUFFICIENT_DATA,
+            action=VerdictAction.PAUSE,
+            reason=f"cannot analyse: {problem}",
+            checks=[],
+        )
 
     async def _wanted(self, job: AnalysisJob) -> bool:
         versioned = await self._releases.get(job.release_id)
@@ -208,4 +285,6 @@ def _contexts(
             window_seconds=policy.analysis.window_seconds,
         )
 
-    return context(request.canary_version, "canary"), context(request.stable_version, "stable")
+    # The baseline runs the stable version on fresh pods the same size as the canary's: the
+    # comparison is against it, not against the long-running stable pods.
+    return context(request.canary_version, "canary"), context(request.stable_version, "baseline")

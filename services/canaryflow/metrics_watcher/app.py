@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from canaryflow.metrics_watcher import webhook
 from canaryflow.metrics_watcher.analysis import AnalysisJob, Analyst, Clock, SystemClock
 from canaryflow.metrics_watcher.policies import KubePolicySource, PolicySource
 from canaryflow.metrics_watcher.providers import MetricProvider, create_provider
@@ -64,4 +65,7 @@ def build_service(
             await analyst.run(job)
 
     service.subscribe(RequestAnalysis, "analysis", on_analysis_requested)
+    if settings.http_port:
+        # Pushed alerts: a firing alert fails the release in flight without waiting a tick.
+        service.every(webhook.serve(settings.http_port, lambda: service.store, publish))
     return service

@@ -6,12 +6,17 @@ answer make the check undecided (``passed=None``), and an undecided check makes 
 ``insufficient_data``, never ``pass``. A definite failure wins over everything else, because
 the evidence for it is already in hand.
 
-Thresholds apply to the canary; the stable track's values travel in the same verdict as
-evidence for a person (and, later, for a statistical comparison against a baseline).
+Thresholds apply to the canary; the baseline track's values travel in the same verdict as
+evidence for a person. Sequential comparisons against the baseline (``compare``) arrive here
+already judged, with ``passed`` None when they are undecided: with enough data on both
+tracks that is *inconclusive* (the test could not settle the question yet), with too little
+it is insufficient data, exactly like a threshold check.
 
-Actions: a failure is final and asks for a rollback at once. A tick that is not final says
-``continue`` whatever its result, because the analysis goes on; only the final verdict of a
-step maps insufficient data to ``pause``.
+Actions: a failure is final and asks for a rollback at once (or, for a business metric whose
+policy says so, a pause for a person's decision). A tick that is not final says ``continue``
+whatever its result, because the analysis goes on; at the end of the hold the policy's
+``verdicts`` say what insufficient data and inconclusive lead to: extend the hold (while
+extensions are left, then pause), pause, roll back, or (inconclusive only) continue.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from canaryflow_contracts.events import MetricCheck, VerdictAction, VerdictResult
-from canaryflow_contracts.policy import MetricRule
+from canaryflow_contracts.policy import MetricRule, OnVerdict, VerdictPolicy
 
 CANARY = "canary"
 STABLE = "stable"
@@ -99,19 +104,46 @@ def evidence(
     )
 
 
+def inconclusive(check: MetricCheck, min_requests: int) -> bool:
+    """An undecided comparison with enough data on both tracks: the test has not settled."""
+    return (
+        check.passed is None
+        and bool(check.method)
+        and check.sample_size >= min_requests
+        and (check.baseline_sample_size or 0.0) >= min_requests
+    )
+
+
+def _at_end(policy: OnVerdict, extensions_left: int) -> VerdictAction:
+    if policy is OnVerdict.EXTEND:
+        return VerdictAction.EXTEND if extensions_left > 0 else VerdictAction.PAUSE
+    return VerdictAction(policy.value)
+
+
 def verdict(
     checks: Sequence[MetricCheck],
     *,
     min_requests: int,
     provider_error: str | None = None,
     final: bool = False,
+    actions: VerdictPolicy | None = None,
+    extensions_left: int = 0,
+    pause_on_fail: frozenset[str] = frozenset(),
 ) -> tuple[VerdictResult, VerdictAction, str]:
-    """The result of one tick (or, with ``final``, of the step) from its checks."""
+    """The result of one tick (or, with ``final``, of the step) from its checks.
+
+    ``pause_on_fail`` names checks whose failure holds the release for a person instead of
+    rolling it back (business metrics with ``onDrop: pause``).
+    """
+    actions = actions or VerdictPolicy()
     canary = [check for check in checks if check.track == CANARY]
     failed = [check for check in canary if check.passed is False]
     if failed:
         reason = "; ".join(_describe_failure(check) for check in failed)
+        if all(check.metric in pause_on_fail for check in failed):
+            return VerdictResult.FAIL, VerdictAction.PAUSE, f"{reason}; held for a decision"
         return VerdictResult.FAIL, VerdictAction.ROLLBACK, reason
+    unsettled = [check for check in canary if inconclusive(check, min_requests)]
 
     undecided: str | None = None
     sample = next((check for check in canary if check.metric == SAMPLE_SIZE), None)
@@ -124,23 +156,46 @@ def verdict(
             f"the canary served {_number(sample.sample_size)} requests in the window, "
             f"fewer than minRequests {min_requests}"
         )
-    elif missing := [check.metric for check in canary if check.passed is None]:
-        undecided = f"no data for {', '.join(missing)} on the canary"
+    elif missing := [check for check in canary if check.passed is None and check not in unsettled]:
+        plain = [check.metric for check in missing if not check.method]
+        parts = [f"no data for {', '.join(plain)} on the canary"] if plain else []
+        parts += [f"{check.metric}: {check.decision}" for check in missing if check.method]
+        undecided = "; ".join(parts)
 
     if undecided is not None:
         if final:
+            action = _at_end(actions.insufficient_data, extensions_left)
             return (
                 VerdictResult.INSUFFICIENT_DATA,
-                VerdictAction.PAUSE,
-                f"the hold ended without a passing measurement: {undecided}",
+                action,
+                f"the hold ended without a passing measurement: {undecided}"
+                + ("; extending the hold" if action is VerdictAction.EXTEND else ""),
             )
         return VerdictResult.INSUFFICIENT_DATA, VerdictAction.CONTINUE, undecided
 
+    if unsettled:
+        reason = "not settled: " + "; ".join(
+            f"{check.metric} {check.decision}" for check in unsettled
+        )
+        if not final:
+            return VerdictResult.INCONCLUSIVE, VerdictAction.CONTINUE, reason
+        action = _at_end(actions.inconclusive, extensions_left)
+        suffix = {
+            VerdictAction.EXTEND: "; extending the hold",
+            VerdictAction.CONTINUE: "; the policy continues on inconclusive",
+        }.get(action, "")
+        return VerdictResult.INCONCLUSIVE, action, f"at the end of the hold, {reason}{suffix}"
+
     judged = [check for check in canary if check.metric != SAMPLE_SIZE]
     size = sample.sample_size if sample is not None else judged[0].sample_size
+    compared = [check for check in judged if check.method]
+    parts = []
+    if len(judged) > len(compared):
+        parts.append(f"{len(judged) - len(compared)} canary check(s) within thresholds")
+    if compared:
+        parts.append(f"no regression against the baseline in {len(compared)} comparison(s)")
     reason = (
-        f"{len(judged)} canary check(s) within thresholds on {size:.0f} requests"
-        f"{' at the end of the hold' if final else ''}"
+        f"{' and '.join(parts)} on {size:.0f} requests{' at the end of the hold' if final else ''}"
     )
     return VerdictResult.PASS, VerdictAction.CONTINUE, reason
 
@@ -152,6 +207,8 @@ def _bound(rule: MetricRule) -> tuple[float | None, Comparison]:
 
 
 def _describe_failure(check: MetricCheck) -> str:
+    if check.method:
+        return f"{check.metric} {check.decision}"
     side = "above max" if check.comparison == "<=" else "below min"
     return (
         f"{check.metric} {_number(check.value)} {side} {_number(check.threshold)} "

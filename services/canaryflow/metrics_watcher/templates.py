@@ -2,9 +2,17 @@
 
 A policy names a metric (``error-rate``) or brings its own PromQL; both are filled with the
 same variables for each measured version, so a raw query is exactly as expressive as a
-built-in one. The built-ins follow the common HTTP conventions the traffic simulator exports
-(``http_requests_total`` with a ``code`` label, ``http_request_duration_seconds`` histogram),
-labelled by namespace, service, version (the image tag) and track.
+built-in one. Platform teams add their own named templates in the policy
+(``analysis.templates``); a name there shadows a built-in one, so a team can redefine
+``errors`` for a service whose metrics follow other conventions.
+
+Two kinds of templates: value queries (one number: an error rate, a p99) for absolute
+guards, and count queries (cumulative counters: events and trials, or histogram buckets by
+``le``) for the sequential comparison against the baseline, which needs counts, not ratios.
+The built-ins follow the common HTTP conventions the traffic simulator exports
+(``http_requests_total`` with a ``code`` label, ``http_request_duration_seconds``
+histogram, ``shop_visits_total``/``shop_purchases_total``), labelled by namespace, service,
+version (the image tag) and track.
 
 Placeholders are replaced by name rather than with ``str.format``, because PromQL is full of
 braces of its own; label values are escaped for a PromQL double-quoted string.
@@ -13,9 +21,16 @@ braces of its own; label values are escaped for a PromQL double-quoted string.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from canaryflow_contracts.policy import MetricRule, MetricTemplate
+from canaryflow_contracts.policy import (
+    BusinessMetric,
+    Comparison,
+    CountTemplate,
+    MetricRule,
+    MetricTemplate,
+    NamedTemplate,
+)
 
 _PLACEHOLDER = re.compile(r"\{(namespace|service|version|track|window)\}")
 
@@ -44,6 +59,19 @@ class QueryContext:
 
 
 @dataclass(frozen=True)
+class CountQueries:
+    """Cumulative counters for a comparison: events out of trials, or histogram buckets."""
+
+    events: str | None = None
+    trials: str | None = None
+    buckets: str | None = None
+
+    @property
+    def histogram(self) -> bool:
+        return self.buckets is not None
+
+
+@dataclass(frozen=True)
 class TemplateSet:
     """The queries of one metrics convention (here: the simulator's HTTP metrics).
 
@@ -51,8 +79,22 @@ class TemplateSet:
     tell "no problem seen" from "too little traffic to see one".
     """
 
-    metrics: dict[MetricTemplate, str]
+    metrics: dict[str, str]
     sample_size: str
+    counts: dict[str, CountQueries] = field(default_factory=dict)
+
+    def with_named(self, named: list[NamedTemplate]) -> TemplateSet:
+        """This set plus a policy's own templates (which win on a name clash)."""
+        metrics = dict(self.metrics)
+        counts = dict(self.counts)
+        for template in named:
+            if template.query is not None:
+                metrics[template.name] = template.query
+            else:
+                counts[template.name] = CountQueries(
+                    template.events, template.trials, template.buckets
+                )
+        return TemplateSet(metrics, self.sample_size, counts)
 
 
 HTTP_METRICS = TemplateSet(
@@ -69,7 +111,24 @@ HTTP_METRICS = TemplateSet(
         MetricTemplate.REQUEST_RATE: f"sum(rate(http_requests_total{{{_SELECTOR}}}[{{window}}]))",
     },
     sample_size=f"sum(increase(http_requests_total{{{_SELECTOR}}}[{{window}}]))",
+    counts={
+        CountTemplate.ERRORS: CountQueries(
+            events=f'sum(http_requests_total{{{_SELECTOR},code=~"5.."}})',
+            trials=f"sum(http_requests_total{{{_SELECTOR}}})",
+        ),
+        CountTemplate.LATENCY: CountQueries(
+            buckets=f"sum by (le) (http_request_duration_seconds_bucket{{{_SELECTOR}}})"
+        ),
+        CountTemplate.CONVERSION: CountQueries(
+            events=f"sum(shop_purchases_total{{{_SELECTOR}}})",
+            trials=f"sum(shop_visits_total{{{_SELECTOR}}})",
+        ),
+    },
 )
+
+
+class UnknownTemplate(ValueError):
+    """A rule names a template that is neither built in nor in the policy."""
 
 
 def fill(text: str, context: QueryContext) -> str:
@@ -84,7 +143,34 @@ def render(rule: MetricRule, context: QueryContext, templates: TemplateSet = HTT
         return fill(rule.query, context)
     if rule.template is None:  # the policy model forbids this; keep mypy and readers honest
         raise ValueError(f"metric {rule.name!r} has neither a template nor a query")
-    return fill(templates.metrics[rule.template], context)
+    query = templates.metrics.get(rule.template)
+    if query is None:
+        known = ", ".join(sorted(templates.metrics))
+        raise UnknownTemplate(
+            f"metric {rule.name!r}: no value template {rule.template!r} ({known})"
+        )
+    return fill(query, context)
+
+
+def count_queries(
+    rule: Comparison | BusinessMetric, context: QueryContext, templates: TemplateSet = HTTP_METRICS
+) -> CountQueries:
+    """The cumulative counters behind a comparison, filled for one version on one track."""
+    if rule.template is not None:
+        found = templates.counts.get(rule.template)
+        if found is None:
+            known = ", ".join(sorted(templates.counts))
+            raise UnknownTemplate(
+                f"comparison {rule.name!r}: no count template {rule.template!r} ({known})"
+            )
+        raw = found
+    else:
+        raw = CountQueries(rule.events, rule.trials, rule.buckets)
+
+    def filled(text: str | None) -> str | None:
+        return None if text is None else fill(text, context)
+
+    return CountQueries(filled(raw.events), filled(raw.trials), filled(raw.buckets))
 
 
 def sample_size_query(context: QueryContext, templates: TemplateSet = HTTP_METRICS) -> str:

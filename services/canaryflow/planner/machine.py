@@ -276,17 +276,24 @@ def _transition(state: ReleaseState, event: Envelope[Any], now: datetime) -> Rel
 def _on_verdict(
     state: ReleaseState, verdict: AnalysisVerdict, now: datetime, source: str
 ) -> ReleaseState:
+    """The policy's word, carried by the verdict's action: roll back, extend, pause or go on."""
     summary = VerdictSummary(
         step_index=verdict.step.index,
         result=verdict.result,
         final=verdict.final,
         reason=verdict.reason,
         checks=verdict.checks,
+        action=verdict.action,
     )
     state = state.model_copy(update={"last_verdict": summary})
     detail = f"step {verdict.step.index}: {verdict.result.value}: {verdict.reason}"
-    if verdict.action is VerdictAction.ROLLBACK or verdict.result is VerdictResult.FAIL:
+    if _rolls_back(verdict):
         return _rolling_back(state, now, "verdict", detail, source)
+    if verdict.action is VerdictAction.EXTEND:
+        # The hold goes on: the reconcile's patience starts again from now.
+        return _log(state, now, "extended", detail, source).model_copy(
+            update={"last_command_at": now}
+        )
     if not verdict.final:
         return state
     state = _log(state, now, "verdict", detail, source)
@@ -296,8 +303,20 @@ def _on_verdict(
     return state.model_copy(update={"paused": True, "paused_at": state.paused_at or now})
 
 
+def _rolls_back(verdict: AnalysisVerdict) -> bool:
+    """Rollback when asked, and on any failure the policy does not hold for a person."""
+    if verdict.action is VerdictAction.ROLLBACK:
+        return True
+    return verdict.result is VerdictResult.FAIL and verdict.action is not VerdictAction.PAUSE
+
+
 def _passed(verdict: VerdictSummary) -> bool:
-    return verdict.final and verdict.result is VerdictResult.PASS
+    """A final pass, or an inconclusive end the policy says to continue on; never no data."""
+    if not verdict.final:
+        return False
+    if verdict.result is VerdictResult.PASS:
+        return True
+    return verdict.result is VerdictResult.INCONCLUSIVE and verdict.action is VerdictAction.CONTINUE
 
 
 def _on_resume(state: ReleaseState, now: datetime, resume: ResumeRelease) -> ReleaseState:
@@ -383,8 +402,10 @@ def commands_after(state: ReleaseState, event: Envelope[Any]) -> list[Command]:
     if isinstance(data, PhaseReached):
         return [request_analysis(state)] if status is ReleaseStatus.ANALYSING else []
     if isinstance(data, AnalysisVerdict):
-        rolling_back = data.action is VerdictAction.ROLLBACK or data.result is VerdictResult.FAIL
-        if not (data.final or rolling_back):
+        if data.action is VerdictAction.EXTEND and status is ReleaseStatus.ANALYSING:
+            detail = f"step {state.step_index + 1} hold extended: {data.reason}"
+            return [_status(state, event.id, "extended", detail)]
+        if not (data.final or _rolls_back(data)):
             return []
         return _entry_commands(state, event.id)
     if isinstance(data, ResumeRelease) and status is ReleaseStatus.ANALYSING and not state.paused:

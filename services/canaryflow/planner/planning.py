@@ -92,7 +92,7 @@ def _tightened(policy: ReleasePolicySpec, effective: EffectiveAnalysis) -> Analy
     }
     rules = []
     for rule in policy.analysis.metrics:
-        limit = limits.pop(rule.template, None) if rule.template in limits else None
+        limit = limits.pop(MetricTemplate(rule.template), None) if rule.template in limits else None
         rules.append(rule.model_copy(update={"max": limit}) if limit is not None else rule)
     rules += [
         MetricRule(name=template.value, template=template, max=limit)
@@ -143,7 +143,7 @@ def _policy_max(policy: ReleasePolicySpec, template: MetricTemplate) -> float | 
     limits = [
         rule.max
         for rule in policy.analysis.metrics
-        if rule.template is template and rule.max is not None
+        if rule.template == template and rule.max is not None
     ]
     return min(limits) if limits else None
 

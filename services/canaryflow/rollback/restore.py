@@ -39,8 +39,13 @@ def _size(deployment: Body) -> int:
     return int(replicas) if replicas is not None else 1
 
 
-def plan_restore(release_id: str, stable: Body | None, canary: Body | None) -> RestorePlan:
+def plan_restore(
+    release_id: str, stable: Body | None, canary: Body | None, baseline: Body | None = None
+) -> RestorePlan:
     """The steps that return ``release_id``'s target to its recorded state.
+
+    The canary and the live baseline go together (``remove_canary`` covers both): a
+    baseline is never left behind, even when the canary is already gone.
 
     - No stable Deployment: only this release's canary can be removed.
     - A restore point of another release: a stale trigger; that release owns the target now.
@@ -49,7 +54,9 @@ def plan_restore(release_id: str, stable: Body | None, canary: Body | None) -> R
       stable to be complete, then remove the canary and the restore point.
     Raises ``CorruptRestorePoint`` when the annotations cannot be read back.
     """
-    ours = canary is not None and release_of(canary) in (None, release_id)
+    ours = any(
+        body is not None and release_of(body) in (None, release_id) for body in (canary, baseline)
+    )
     if stable is None:
         return RestorePlan(
             None, 0, False, ours, False, "the target Deployment does not exist", ours

@@ -11,6 +11,7 @@ replicas, converges on the same result.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,6 +21,7 @@ from kubernetes import client
 from canaryflow.rollback.restore import RestorePlan, plan_restore
 from canaryflow.runtime import bundle as bundles
 from canaryflow.runtime import kube, objects
+from canaryflow.runtime.baseline import baseline_name, remove_baseline
 from canaryflow.runtime.bundle import Bundle
 from canaryflow_contracts.events import TargetRef
 
@@ -67,7 +69,8 @@ class Restorer:
         def write() -> RestorePlan:
             stable = kube.read_deployment(self.api, target.namespace, target.name)
             canary = kube.read_deployment(self.api, target.namespace, kube.canary_name(target))
-            plan = plan_restore(release_id, stable, canary)
+            baseline = kube.read_deployment(self.api, target.namespace, baseline_name(target))
+            plan = plan_restore(release_id, stable, canary, baseline)
             if plan.stable_body is not None:
                 kube.replace_deployment(self.api, plan.stable_body)
             return plan
@@ -117,9 +120,13 @@ class Restorer:
         return Restored(plan.full_size, note, plan.changes_something or bool(restored or deleted))
 
     async def _remove_canary(self, target: TargetRef, release_id: str) -> None:
+        """The canary and the live baseline together: the analysis is over either way."""
         removal_deadline = self.now() + timedelta(seconds=CANARY_REMOVAL_SECONDS)
-        gone = await kube.remove_canary(
-            self.api, target, release_id, deadline=removal_deadline, now=self.now
+        canary_gone, baseline_gone = await asyncio.gather(
+            kube.remove_canary(
+                self.api, target, release_id, deadline=removal_deadline, now=self.now
+            ),
+            remove_baseline(self.api, target, release_id, deadline=removal_deadline, now=self.now),
         )
-        if not gone:
-            raise TimeoutError(f"the canary of {target.key()} is still being deleted")
+        if not (canary_gone and baseline_gone):
+            raise TimeoutError(f"the canary or baseline of {target.key()} is still being deleted")

@@ -85,7 +85,9 @@ def test_watch_lines_for_a_verdict_and_a_rollback() -> None:
         time=datetime(2026, 11, 27, 12, 0, 5, tzinfo=UTC),
     )
     lines = render.event_line(verdict)
-    assert lines[0] == "12:00:05  step 2 final verdict: FAILED — error-rate above its limit"
+    assert lines[0] == (
+        "12:00:05  step 2 final verdict: FAILED — error-rate above its limit → rolling back"
+    )
     assert lines[1].strip().startswith("error-rate (canary): 0.213")
     done = Envelope.wrap(
         RollbackCompleted(

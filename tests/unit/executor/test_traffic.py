@@ -12,19 +12,21 @@ from canaryflow.runtime.kube import DeploymentReadiness
 @pytest.mark.parametrize(
     ("full", "weight", "plan"),
     [
-        (4, 25, ReplicaPlan(stable=3, canary=1)),
-        (4, 50, ReplicaPlan(stable=2, canary=2)),
-        (10, 10, ReplicaPlan(stable=9, canary=1)),
-        (10, 5, ReplicaPlan(stable=9, canary=1)),  # at least one canary pod
+        (4, 25, ReplicaPlan(stable=2, canary=1, baseline=1)),
+        (4, 50, ReplicaPlan(stable=1, canary=2, baseline=1)),  # stable keeps one pod
+        (10, 10, ReplicaPlan(stable=8, canary=1, baseline=1)),
+        (10, 5, ReplicaPlan(stable=8, canary=1, baseline=1)),  # at least one canary pod
+        (10, 30, ReplicaPlan(stable=4, canary=3, baseline=3)),
+        (10, 50, ReplicaPlan(stable=1, canary=5, baseline=4)),
         (4, 100, ReplicaPlan(stable=1, canary=3)),  # stable keeps one until promotion
-        (2, 50, ReplicaPlan(stable=1, canary=1)),
-        (3, 1, ReplicaPlan(stable=2, canary=1)),
+        (2, 50, ReplicaPlan(stable=1, canary=1)),  # too small for a baseline
+        (3, 1, ReplicaPlan(stable=1, canary=1, baseline=1)),
     ],
 )
 def test_replicas_keep_the_original_total(full: int, weight: int, plan: ReplicaPlan) -> None:
     decided = ReplicaRatioRouter().replicas(full, weight)
     assert decided == plan
-    assert decided.stable + decided.canary == full
+    assert decided.stable + decided.canary + decided.baseline == full
 
 
 @pytest.mark.parametrize("full", [0, 1])
@@ -39,6 +41,12 @@ def test_fewer_than_two_replicas_cannot_be_split(full: int) -> None:
 )
 def test_ready_share(canary: int, stable: int, share: float) -> None:
     assert ready_share(canary, stable) == share
+
+
+def test_the_weight_is_the_canarys_share_of_all_ready_pods_baseline_included() -> None:
+    stable = DeploymentReadiness(True, desired=8, ready=8, updated=8, available=8, settled=True)
+    one = DeploymentReadiness(True, desired=1, ready=1, updated=1, available=1, settled=True)
+    assert ReplicaRatioRouter().verify_weight(stable, one, one) == 10.0
 
 
 def test_verify_weight_counts_ready_pods_not_desired_ones() -> None:

@@ -69,7 +69,7 @@ async def test_a_healthy_canary_passes_every_tick_and_the_step() -> None:
     assert rig.policies.asked == [("demo", "shop-policy")]
 
 
-async def test_every_verdict_carries_canary_checks_and_stable_evidence() -> None:
+async def test_every_verdict_carries_canary_checks_and_baseline_evidence() -> None:
     rig = Rig(FakeProvider([HEALTHY], stable=[{**HEALTHY, "error-rate": 0.02}]))
     await rig.run(hold=0)
     (verdict,) = rig.published.verdicts
@@ -77,7 +77,7 @@ async def test_every_verdict_carries_canary_checks_and_stable_evidence() -> None
     assert set(by_key) == {
         (metric, track)
         for metric in ("sample-size", "error-rate", "p99-latency", "request-rate")
-        for track in ("canary", "stable")
+        for track in ("canary", "baseline")
     }
     canary_errors = by_key["error-rate", "canary"]
     assert (canary_errors.value, canary_errors.threshold, canary_errors.sample_size) == (
@@ -86,13 +86,13 @@ async def test_every_verdict_carries_canary_checks_and_stable_evidence() -> None
         600,
     )
     assert 'version="v2",track="canary"' in canary_errors.query
-    stable_errors = by_key["error-rate", "stable"]
+    stable_errors = by_key["error-rate", "baseline"]
     assert (stable_errors.value, stable_errors.passed, stable_errors.comparison) == (
         0.02,
         None,
         "n/a",
     )
-    assert 'version="v1",track="stable"' in stable_errors.query
+    assert 'version="v1",track="baseline"' in stable_errors.query
 
 
 async def test_a_bad_tick_fails_fast_with_a_final_rollback_verdict() -> None:

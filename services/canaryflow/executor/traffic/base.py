@@ -18,10 +18,16 @@ from canaryflow_contracts.events import TargetRef
 
 @dataclass(frozen=True)
 class ReplicaPlan:
-    """Replica counts for one step: the canary is scaled to its count (and Ready) first."""
+    """Replica counts for one step: canary and baseline are scaled (and Ready) first.
+
+    The baseline runs the stable version on as many fresh pods as the canary (fewer only
+    when the target is too small to keep a stable pod besides), so that the two are judged
+    side by side under the same conditions.
+    """
 
     stable: int
     canary: int
+    baseline: int = 0
 
 
 class CannotSplit(ValueError):
@@ -40,7 +46,10 @@ class TrafficRouter(Protocol):
         ...
 
     def verify_weight(
-        self, stable: DeploymentReadiness, canary: DeploymentReadiness
+        self,
+        stable: DeploymentReadiness,
+        canary: DeploymentReadiness,
+        baseline: DeploymentReadiness | None = None,
     ) -> float | None:
         """The share the canary really receives now, or None when the router cannot tell."""
         ...

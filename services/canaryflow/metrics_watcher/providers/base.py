@@ -1,8 +1,9 @@
 """The interface every metrics backend implements, kept tiny on purpose.
 
-The analysis only ever needs "evaluate this query to one number" and "can I reach you at
-all"; anything richer (ranges, series, raw samples for statistics) is added as an optional
-capability later rather than forced on every backend now.
+The analysis needs three things: "evaluate this query to one number", "evaluate it to one
+number per value of a label" (histogram buckets by ``le``, for the latency comparison) and
+"can I reach you at all". Nothing richer (ranges, raw samples) is asked of a backend: the
+statistics are built on cumulative counts read at each tick.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ class MetricProvider(Protocol):
 
     async def query(self, query: str) -> float | None:
         """The query's value now; None when it has no data (empty result or NaN).
+
+        Raises ProviderError when the backend cannot answer.
+        """
+        ...
+
+    async def query_vector(self, query: str, label: str) -> dict[str, float]:
+        """One number per value of ``label`` (e.g. per ``le``); empty when there is no data.
 
         Raises ProviderError when the backend cannot answer.
         """

@@ -44,6 +44,15 @@ class PrometheusProvider:
             ) from error
         return parse_instant_result(query, response.status_code, _json(response))
 
+    async def query_vector(self, query: str, label: str) -> dict[str, float]:
+        try:
+            response = await self._client.get("/api/v1/query", params={"query": query})
+        except httpx.HTTPError as error:
+            raise ProviderError(
+                f"prometheus at {self.base_url} unreachable: {type(error).__name__}: {error}"
+            ) from error
+        return parse_vector_result(query, label, response.status_code, _json(response))
+
     async def is_online(self) -> bool:
         try:
             return await self.query("vector(1)") == 1.0
@@ -61,8 +70,7 @@ def _json(response: httpx.Response) -> Any:
         return None
 
 
-def parse_instant_result(query: str, status_code: int, body: Any) -> float | None:
-    """One number from an instant-query answer; None for no data; ProviderError otherwise."""
+def _data(query: str, status_code: int, body: Any) -> Any:
     if not isinstance(body, dict) or body.get("status") != "success":
         detail = (
             f"{body.get('errorType')}: {body.get('error')}"
@@ -70,7 +78,30 @@ def parse_instant_result(query: str, status_code: int, body: Any) -> float | Non
             else "no JSON body"
         )
         raise ProviderError(f"prometheus refused {query!r} (HTTP {status_code}): {detail}")
-    data = body.get("data") or {}
+    return body.get("data") or {}
+
+
+def parse_vector_result(query: str, label: str, status_code: int, body: Any) -> dict[str, float]:
+    """One number per value of ``label``; series without the label or with NaN are skipped."""
+    data = _data(query, status_code, body)
+    if data.get("resultType") != "vector":
+        raise ProviderError(
+            f"{query!r} returned a {data.get('resultType')} result; expected a vector"
+        )
+    values: dict[str, float] = {}
+    for sample in data.get("result") or []:
+        key = (sample.get("metric") or {}).get(label)
+        if key is None:
+            continue
+        value = float(sample["value"][1])
+        if not math.isnan(value):
+            values[str(key)] = value
+    return values
+
+
+def parse_instant_result(query: str, status_code: int, body: Any) -> float | None:
+    """One number from an instant-query answer; None for no data; ProviderError otherwise."""
+    data = _data(query, status_code, body)
     kind = data.get("resultType")
     result: Any = data.get("result")
     if kind == "scalar":
