@@ -158,6 +158,9 @@ class ApplyPhase(EventData):
     version: VersionSpec
     step: PlannedStep
     ready_deadline: datetime = Field(description="Canary pods must be Ready by then.")
+    canary_resources: ContainerResources | None = Field(
+        default=None, description="The policy's resources for the canary's container, if any."
+    )
 
 
 class RequestAnalysis(EventData):

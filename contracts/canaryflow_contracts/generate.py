@@ -114,7 +114,13 @@ def _structural(schema: Any, defs: dict[str, Any]) -> Any:
             return merged
     out: dict[str, Any] = {}
     for key, value in schema.items():
-        if key in ("title", "$defs", "additionalProperties", "const"):
+        if key in ("title", "$defs", "const"):
+            continue
+        if key == "additionalProperties":
+            # A map (dict[str, str]) keeps its value schema, or the API server prunes every
+            # key; a model's "no extra fields" (false) has no structural equivalent.
+            if isinstance(value, dict) and "properties" not in schema:
+                out[key] = _structural(value, defs)
             continue
         if key == "properties":
             out[key] = {name: _structural(sub, defs) for name, sub in value.items()}

@@ -13,6 +13,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 from canaryflow_contracts.events import (
+    ContainerResources,
     MetricCheck,
     PlannedStep,
     TargetRef,
@@ -98,6 +99,9 @@ class ReleaseState(BaseModel):
     created_at: datetime
     updated_at: datetime
     trace_parent: str = Field(default="", description="W3C traceparent of the release's root span.")
+    canary_resources: ContainerResources | None = Field(
+        default=None, description="The policy's resources for the canary's container, if any."
+    )
     history: list[HistoryEntry] = Field(default_factory=list)
     seen_event_ids: list[str] = Field(default_factory=list)
 

@@ -164,13 +164,16 @@ class PodHistory:
                     break
 
     def serving_after_each_event(self) -> Iterator[tuple[int, int, bool]]:
-        """(stable pods serving, canary pods serving, a canary pod just stopped serving)."""
+        """(stable pods serving, canary pods serving, a canary pod just stopped serving).
+
+        Baseline pods (the metrics-watcher's live comparison) count as neither.
+        """
         serving: dict[str, tuple[str, bool]] = {}
         for _, name, track, ready, terminating in self.events:
             before = serving.get(name, (track, False))[1]
             now_serving = ready and not terminating
             serving[name] = (track, now_serving)
-            stable = sum(1 for t, s in serving.values() if s and t != "canary")
+            stable = sum(1 for t, s in serving.values() if s and t == "stable")
             canary = sum(1 for t, s in serving.values() if s and t == "canary")
             yield stable, canary, track == "canary" and before and not now_serving
 
@@ -198,6 +201,10 @@ async def test_a_configuration_only_release_is_rolled_back_and_the_old_value_is_
     kube: client.ApiClient, shop_namespace: str, releases: Releases
 ) -> None:
     use_config_map(kube, shop_namespace, {"LAYOUT": "classic"})
+    limits = {"cpu": "250m", "memory": "64Mi"}
+    shop.apply_policy(
+        kube, shop_namespace, {**shop.quick_policy(), "canaryResources": {"limits": limits}}
+    )
     version = VersionSpec(
         image=shop.image("v1"),  # the image stable runs: only the configuration changes
         config_maps=[ConfigMapChange(name="web-config", data={"LAYOUT": "compact"})],
@@ -209,6 +216,7 @@ async def test_a_configuration_only_release_is_rolled_back_and_the_old_value_is_
     copy_name = f"web-config-{release_id}"
     canary = apps(kube).read_namespaced_deployment("web-canary", shop_namespace)
     assert canary.spec.template.spec.containers[0].env_from[0].config_map_ref.name == copy_name
+    assert canary.spec.template.spec.containers[0].resources.limits == limits  # the policy's
     assert config_values_seen(kube, shop_namespace, "LAYOUT") == {"classic", "compact"}
     assert core(kube).read_namespaced_config_map("web-config", shop_namespace).data == {
         "LAYOUT": "classic"

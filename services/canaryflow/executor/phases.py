@@ -145,7 +145,15 @@ class PhaseRunner:
             await self.cluster.hold_autoscaler(target, bundle)
             renames = await self.cluster.config_copies(target, version, release_id)
             plan = self.router.replicas(recording.point.replicas, command.step.weight)
-            await self.cluster.apply_canary(target, version, release_id, plan.canary, renames)
+            if plan.stable > full_size(stable):
+                # The canary shrinks (an operator lowered its weight): stable takes the share
+                # first, so no pod leaves the canary before its replacement serves.
+                moved = await self._stable_first(command, release_id, plan.stable, wanted)
+                if moved is not None:
+                    return moved
+            await self.cluster.apply_canary(
+                target, _as_canary(version, command), release_id, plan.canary, renames
+            )
             await self.cluster.apply_baseline(target, release_id, plan.baseline)
         except (LookupError, CannotSplit, WorkloadError, kube.CorruptRestorePoint) as error:
             return Failed(str(error))
@@ -188,6 +196,22 @@ class PhaseRunner:
             weight=weight if weight is not None else float(command.step.weight),
             baseline_ready=snapshot.baseline.ready,
         )
+
+    async def _stable_first(
+        self, command: ApplyPhase, release_id: str, replicas: int, wanted: Wanted
+    ) -> Failed | Superseded | None:
+        """Scale stable up to ``replicas`` and wait until all of them are Ready."""
+        if not await self.cluster.scale_stable(command.target, release_id, replicas):
+            return Superseded("stable no longer carries this release's restore point")
+        waited = await self._wait(
+            command,
+            f"stable at {replicas} pods",
+            lambda s: s.stable.complete and s.stable.desired == replicas,
+            deadline=command.ready_deadline,
+            wanted=wanted,
+            owner=release_id,
+        )
+        return None if isinstance(waited, Snapshot) else waited
 
     async def promote(
         self, release_id: str, command: RequestPromotion, deadline: datetime, wanted: Wanted
@@ -239,6 +263,13 @@ class PhaseRunner:
         canary = await self.cluster.canary(target)
         total = (full_size(stable) if stable else 0) + (full_size(canary) if canary else 0)
         return max(total, 1)
+
+
+def _as_canary(version: VersionSpec, command: ApplyPhase) -> VersionSpec:
+    """The version as the canary runs it: with the policy's canary resources, if it sets any."""
+    if command.canary_resources is None:
+        return version
+    return version.model_copy(update={"resources": command.canary_resources})
 
 
 def _stable_at(snapshot: Snapshot, plan: ReplicaPlan) -> bool:

@@ -108,6 +108,7 @@ def accept(
         phase_started_at=now,
         ready_deadline=planned.ready_deadline,
         pause_limit_seconds=planned.pause_seconds,
+        canary_resources=admission.canary_resources,
         last_command_at=now,
         created_at=now,
         updated_at=now,
@@ -482,7 +483,11 @@ def _status(state: ReleaseState, trigger_id: str, status: str, detail: str) -> C
 def apply_phase(state: ReleaseState, event_id: str = "") -> Command:
     step = state.current_step
     command = ApplyPhase(
-        target=state.target, version=state.version, step=step, ready_deadline=state.ready_deadline
+        target=state.target,
+        version=state.version,
+        step=step,
+        ready_deadline=state.ready_deadline,
+        canary_resources=state.canary_resources,
     )
     return Command(command, event_id or f"{state.release_id}.apply.{step.index}")
 

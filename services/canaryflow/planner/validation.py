@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from canaryflow.planner.planning import Plan, Refusal, plan
 from canaryflow.runtime.bundle import base_of, references
 from canaryflow.runtime.kube import api_client, call, is_not_found
-from canaryflow_contracts.events import ReleaseRequested
+from canaryflow_contracts.events import ContainerResources, ReleaseRequested
 from canaryflow_contracts.policy import GROUP, PLURAL, VERSION, ReleasePolicySpec
 
 _CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
@@ -58,6 +58,7 @@ class Admission:
     plan: Plan
     policy_name: str
     stable_image: str
+    canary_resources: ContainerResources | None = None
 
 
 def check_request(
@@ -94,7 +95,15 @@ def check_request(
         if isinstance(planned, Refusal):
             reasons.extend(planned.reasons)
         elif not reasons:
-            return Admission(plan=planned, policy_name=policy_name, stable_image=stable_image)
+            resources = spec.canary_resources
+            return Admission(
+                plan=planned,
+                policy_name=policy_name,
+                stable_image=stable_image,
+                canary_resources=None
+                if resources is None
+                else ContainerResources(requests=resources.requests, limits=resources.limits),
+            )
     return Refusal(tuple(reasons))
 
 

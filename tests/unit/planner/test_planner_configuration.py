@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from canaryflow.planner import machine
 from canaryflow.planner.validation import Admission, DeploymentFacts, check_request
-from canaryflow_contracts.events import ConfigMapChange, VersionSpec
-from tests.unit.planner.factory import OLD_IMAGE, T0, policy, request
+from canaryflow_contracts.events import (
+    ApplyPhase,
+    ConfigMapChange,
+    ContainerResources,
+    VersionSpec,
+)
+from tests.unit.planner.factory import OLD_IMAGE, RID, T0, envelope, policy, request
 
 READS_CONFIG = DeploymentFacts(
     replicas=4, containers=(("web", OLD_IMAGE),), config_maps=("web-config",)
@@ -33,3 +39,13 @@ def test_a_config_map_the_target_does_not_read_and_bad_keys_are_refused() -> Non
     assert not isinstance(refused, Admission)
     assert any("reads no ConfigMap 'other' (it reads: web-config)" in r for r in refused.reasons)
     assert any("['bad key']" in r for r in refused.reasons)
+
+
+def test_the_policys_canary_resources_travel_with_every_apply_phase() -> None:
+    spec = policy(canaryResources={"limits": {"cpu": "500m"}})
+    admitted = check_request(request(), READS_CONFIG, [spec], T0)
+    assert isinstance(admitted, Admission), admitted
+    decision = machine.accept(RID, envelope(request(), "req-1"), admitted, T0)
+    assert decision.state is not None
+    applies = [c.data for c in decision.commands if isinstance(c.data, ApplyPhase)]
+    assert applies and applies[0].canary_resources == ContainerResources(limits={"cpu": "500m"})
