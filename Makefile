@@ -47,5 +47,12 @@ demo: venv
 	$(STACK) up
 	$(PY) -m canaryflow.demo
 
+# Every benchmark script in bench/, one after another, each printing its own figures
+# (bench/judgement.py: false-positive rate, power and time to detect of the analysis).
+BENCHES := $(sort $(wildcard bench/*.py))
+bench: venv
+	$(STACK) up
+	@set -e; for script in $(BENCHES); do echo "== $$script"; $(PY) $$script; done
+
 clean:
 	rm -rf $(VENV) .stack .mypy_cache .ruff_cache .pytest_cache

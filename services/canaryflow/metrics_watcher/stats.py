@@ -204,26 +204,24 @@ def histogram_test(ticks: Sequence[BucketTicks], alpha: float) -> HistogramResul
     nc = np.array([t.canary_total for t in usable], dtype=np.float64)
     nb = np.array([t.baseline_total for t in usable], dtype=np.float64)
     # Requests slower than each bound: total minus those at or below it.
-    xc = np.clip(np.round(nc[:, None] - canary_cum), 0, None)
+    xc = np.clip(np.round(nc[:, None] - canary_cum), 0, None)  # (T, B)
     xb = np.clip(np.round(nb[:, None] - baseline_cum), 0, None)
-    best: tuple[float, int] = (-math.inf, 0)
-    for index in range(count):
-        ticks_here = [
-            Counts(float(xc[t, index]), float(nc[t]), float(xb[t, index]), float(nb[t]))
-            for t in range(len(usable))
-        ]
-        result = rate_test(ticks_here, alpha, tests=count)
-        if result.log_evidence > best[0]:
-            best = (result.log_evidence, index)
-    index = best[1]
-    worst = rate_test(
-        [
-            Counts(float(xc[t, index]), float(nc[t]), float(xb[t, index]), float(nb[t]))
-            for t in range(len(usable))
-        ],
-        alpha,
-        tests=count,
-    )
+    usable_tick = ((nc > 0) & (nb > 0))[:, None]
+    xc, xb = xc * usable_tick, xb * usable_tick
+    ncb = np.where(usable_tick, nc[:, None], 1.0) * np.ones((1, count))
+    nbb = np.where(usable_tick, nb[:, None], 1.0) * np.ones((1, count))
+    # Every bucket's mixture at once: (T, B, K) log likelihood ratios, summed over ticks.
+    log_lr = _log_lr(
+        (xc.reshape(-1), ncb.reshape(-1), xb.reshape(-1), nbb.reshape(-1)),
+        np.ones(1),
+        ALTERNATIVES,
+    ).reshape(len(usable), count, len(ALTERNATIVES))
+    mixture = logsumexp(np.cumsum(log_lr, axis=0), axis=2) - math.log(len(ALTERNATIVES))
+    best = np.max(mixture, axis=0)  # (B,): each bucket's largest evidence so far
+    index = int(np.argmax(best))
+    evidence = max(float(np.exp(min(float(best[index]), 700.0))), 1.0)
+    threshold = count / alpha
+    worst = Sequential(evidence, threshold, min(1.0, 1.0 / evidence), evidence >= threshold)
     total_c, total_b = float(nc.sum()), float(nb.sum())
     return HistogramResult(
         worst,

@@ -111,6 +111,10 @@ class FakeProvider:
         assert isinstance(scene, dict)
         return scene[kind_of(query)]
 
+    async def query_vector(self, query: str, label: str) -> dict[str, float]:
+        self.queries.append(query)
+        return {}
+
     async def aclose(self) -> None:
         return None
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -90,7 +90,10 @@ class HttpJsonProvider:
 
     async def _get(self, query: str, extra: dict[str, str] | None = None) -> Any:
         if "{query}" in self.url:
-            url, params = self.url.replace("{query}", quote(query, safe="")), dict(extra or {})
+            url = self.url.replace("{query}", quote(query, safe=""))
+            if extra:  # httpx's params would replace the query string the URL already has
+                url += ("&" if "?" in url else "?") + urlencode(extra)
+            params = None
         else:
             url, params = self.url, {"query": query, **(extra or {})}
         try:

@@ -1,0 +1,339 @@
+"""How good is the judgement? Many synthetic canary analyses through the real analysis code.
+
+No cluster and no Prometheus: a synthetic metrics provider serves cumulative counters that a
+simulated canary and baseline produce tick by tick (Poisson traffic, binomial errors and
+purchases, log-normal latencies counted into the simulator's histogram buckets), and the
+metrics-watcher's own ``Analyst`` (measure, compare, judge, verdict) runs each analysis with
+a clock that jumps. A/A runs (canary identical to baseline) give the false-positive rate;
+A/B runs (canary worse by a known amount) give the power and the time to detect.
+
+    .venv/bin/python bench/judgement.py [--runs N] [--seed S]
+
+Targets (issue 4): false rollbacks below 1 % of A/A runs at alpha 0.01; a 5x error-rate
+regression detected within 2 ticks in at least 95 % of runs; a p99-only 2x latency
+regression detected in at least 90 % of runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from canaryflow.metrics_watcher.analysis import AnalysisJob, Analyst
+from canaryflow.runtime.store import Versioned
+from canaryflow.simulator.metrics import LATENCY_BUCKETS as BUCKETS
+from canaryflow_contracts.events import (
+    AnalysisVerdict,
+    PlannedStep,
+    RequestAnalysis,
+    TargetRef,
+    VersionSpec,
+)
+from canaryflow_contracts.policy import ReleasePolicySpec
+from canaryflow_contracts.state import ReleaseState, ReleaseStatus
+
+Z_P99 = 2.3263478740408408
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+TARGET = TargetRef(namespace="bench", name="shop")
+
+# The traffic every run sees: per track and per tick (a 5 s tick at 100 requests/s per
+# track, e.g. a 10 % canary of a 1000 requests/s service with a baseline of the same size).
+REQUESTS_PER_TICK = 500
+INTERVAL = 5.0
+TICKS = 12  # a 60 s hold
+
+
+@dataclass(frozen=True)
+class Version:
+    error_rate: float = 0.01
+    median: float = 0.05
+    p99: float = 0.15
+    conversion: float = 0.05
+    tail_probability: float = 0.0  # this share of requests is tail_multiplier times slower
+    tail_multiplier: float = 1.0
+
+    @property
+    def sigma(self) -> float:
+        return math.log(self.p99 / self.median) / Z_P99
+
+
+@dataclass
+class Track:
+    """Cumulative counters of one track, advanced one tick at a time."""
+
+    version: Version
+    rng: np.random.Generator
+    per_tick_mean: int = REQUESTS_PER_TICK
+    requests: float = 0.0
+    errors: float = 0.0
+    visits: float = 0.0
+    purchases: float = 0.0
+    buckets: np.ndarray = field(default_factory=lambda: np.zeros(len(BUCKETS)))
+    per_tick: list[float] = field(default_factory=list)
+
+    def advance(self) -> None:
+        n = int(self.rng.poisson(self.per_tick_mean))
+        errors = int(self.rng.binomial(n, self.version.error_rate))
+        purchases = int(self.rng.binomial(n - errors, self.version.conversion))
+        latencies = self.rng.lognormal(math.log(self.version.median), self.version.sigma, n)
+        if self.version.tail_probability:
+            slow = self.rng.random(n) < self.version.tail_probability
+            latencies[slow] *= self.version.tail_multiplier
+        self.buckets += np.searchsorted(np.sort(latencies), BUCKETS, side="right")
+        self.requests += n
+        self.errors += errors
+        self.visits += n
+        self.purchases += purchases
+        self.per_tick.append(n)
+
+
+@dataclass
+class SyntheticProvider:
+    """Answers the analysis's queries from two simulated tracks (a tick starts with is_online)."""
+
+    canary: Track
+    baseline: Track
+    name: str = "synthetic"
+    started: bool = False
+
+    def _track(self, query: str) -> Track:
+        return self.canary if 'track="canary"' in query else self.baseline
+
+    async def is_online(self) -> bool:
+        # Each tick begins here: the tracks serve one interval of traffic first.
+        if self.started:
+            self.canary.advance()
+            self.baseline.advance()
+        self.started = True
+        return True
+
+    async def query(self, query: str) -> float | None:
+        track = self._track(query)
+        if "increase(" in query:  # the window's sample size
+            window = int(re.search(r"\[(\d+)s\]", query).group(1))  # type: ignore[union-attr]
+            return float(sum(track.per_tick[-max(1, round(window / INTERVAL)) :]))
+        if "shop_purchases_total" in query:
+            return track.purchases
+        if "shop_visits_total" in query:
+            return track.visits
+        if 'code=~"5.."' in query:
+            return track.errors
+        return track.requests
+
+    async def query_vector(self, query: str, label: str) -> dict[str, float]:
+        track = self._track(query)
+        values = {
+            f"{bound:g}": float(count) for bound, count in zip(BUCKETS, track.buckets, strict=True)
+        }
+        values["+Inf"] = track.requests
+        return values
+
+    async def aclose(self) -> None:
+        return None
+
+
+class JumpingClock:
+    def __init__(self) -> None:
+        self.current = T0
+
+    def now(self) -> datetime:
+        return self.current
+
+    async def sleep(self, seconds: float) -> None:
+        self.current += timedelta(seconds=seconds)
+
+
+class Analysing:
+    async def get(self, release_id: str) -> Versioned | None:
+        now = T0
+        return Versioned(
+            ReleaseState(
+                release_id=release_id,
+                target=TARGET,
+                version=VersionSpec(image="registry.local/shop:v2"),
+                policy="bench",
+                requested_by="bench",
+                steps=[PlannedStep(index=0, weight=10, hold_seconds=TICKS * INTERVAL)],
+                status=ReleaseStatus.ANALYSING,
+                phase_started_at=now,
+                ready_deadline=now,
+                created_at=now,
+                updated_at=now,
+            ),
+            1,
+        )
+
+
+def policy(business: bool) -> ReleasePolicySpec:
+    analysis: dict[str, object] = {
+        "intervalSeconds": INTERVAL,
+        "windowSeconds": 30,
+        "minRequests": 100,
+        "alpha": 0.01,
+        "compare": [
+            {"name": "errors", "template": "errors"},
+            {"name": "latency", "template": "latency"},
+        ],
+        "verdicts": {"inconclusive": "continue"},
+    }
+    if business:
+        analysis["business"] = [
+            {"name": "conversion", "template": "conversion", "minimumDetectableEffect": 0.3}
+        ]
+    return ReleasePolicySpec.model_validate(
+        {
+            "targetRef": "shop",
+            "steps": [{"weight": 10, "holdSeconds": TICKS * INTERVAL}],
+            "analysis": analysis,
+        }
+    )
+
+
+class FixedPolicy:
+    def __init__(self, spec: ReleasePolicySpec) -> None:
+        self.spec = spec
+
+    async def get(self, namespace: str, name: str) -> ReleasePolicySpec:
+        return self.spec
+
+
+@dataclass(frozen=True)
+class Run:
+    failed: bool
+    ticks: int | None  # ticks with data when it failed
+    failing: tuple[str, ...]
+    lift: tuple[float | None, float | None, float | None] | None
+
+
+async def one_run(
+    canary: Version,
+    baseline: Version,
+    spec: ReleasePolicySpec,
+    rng: np.random.Generator,
+    per_tick: int = REQUESTS_PER_TICK,
+) -> Run:
+    provider = SyntheticProvider(Track(canary, rng, per_tick), Track(baseline, rng, per_tick))
+    verdicts: list[AnalysisVerdict] = []
+
+    async def publish(release_id: str, verdict: AnalysisVerdict, event_id: str) -> None:
+        verdicts.append(verdict)
+
+    analyst = Analyst(
+        provider=provider,
+        clock=JumpingClock(),
+        releases=Analysing(),
+        policies=FixedPolicy(spec),
+        publish=publish,
+    )
+    request = RequestAnalysis(
+        target=TARGET,
+        step=PlannedStep(index=0, weight=10, hold_seconds=TICKS * INTERVAL),
+        canary_version="v2",
+        stable_version="v1",
+        policy="bench",
+    )
+    final = await analyst.run(AnalysisJob("bench", "bench-run", request, anchor=T0))
+    assert final is not None
+    failed = final.result.value == "fail"
+    lift = None
+    for check in final.checks:
+        if check.method == "msprt-business":
+            lift = (check.estimate, check.lower, check.upper)
+    return Run(
+        failed=failed,
+        ticks=len(verdicts) - 1 if failed else None,  # the first tick only reads the base
+        failing=tuple(c.metric for c in final.checks if c.passed is False),
+        lift=lift,
+    )
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    canary: Version
+    business: bool = False
+    per_tick: int = REQUESTS_PER_TICK
+    runs_factor: float = 1.0
+
+
+SCENARIOS = (
+    Scenario("A/A: identical canary", Version(), runs_factor=2),
+    Scenario("A/B: error rate 5x (1 % -> 5 %)", Version(error_rate=0.05)),
+    Scenario("A/B: p99 2x, same median (150 -> 300 ms)", Version(p99=0.30)),
+    Scenario("A/B: 2 % of requests 10x slower", Version(tail_probability=0.02, tail_multiplier=10)),
+    Scenario("A/A: with a business metric", Version(), business=True),
+    Scenario("A/B: conversion -30 % (5 % -> 3.5 %)", Version(conversion=0.035), business=True),
+    Scenario("A/B: conversion -50 % (5 % -> 2.5 %)", Version(conversion=0.025), business=True),
+    # Less traffic: how the same regressions fare with a fifth and a tenth of it.
+    Scenario("A/B: error rate 5x at 100 requests/tick", Version(error_rate=0.05), per_tick=100),
+    Scenario("A/B: error rate 5x at 50 requests/tick", Version(error_rate=0.05), per_tick=50),
+    Scenario("A/B: p99 2x at 100 requests/tick", Version(p99=0.30), per_tick=100),
+    Scenario("A/B: p99 2x at 50 requests/tick", Version(p99=0.30), per_tick=50),
+    Scenario("A/A: at 50 requests/tick", Version(), per_tick=50, runs_factor=2),
+)
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{100 * part / whole:5.1f} %"
+
+
+async def main(runs: int, seed: int) -> int:
+    rng = np.random.default_rng(seed)
+    baseline = Version()
+    print(
+        f"judgement bench: {runs} runs per scenario; {REQUESTS_PER_TICK} requests per track per "
+        f"{INTERVAL:g} s tick, hold {TICKS} ticks; alpha 0.01; baseline: 1 % errors, latency "
+        f"median 50 ms / p99 150 ms, 5 % conversion"
+    )
+    ok = True
+    for scenario in SCENARIOS:
+        started = time.perf_counter()
+        spec = policy(scenario.business)
+        count = int(runs * scenario.runs_factor)
+        results = [
+            await one_run(scenario.canary, baseline, spec, rng, scenario.per_tick)
+            for _ in range(count)
+        ]
+        failed = [r for r in results if r.failed]
+        ticks = sorted(r.ticks for r in failed if r.ticks is not None)
+        within2 = sum(1 for t in ticks if t <= 2)
+        median = f"{ticks[len(ticks) // 2]}" if ticks else "-"
+        line = (
+            f"  {scenario.name:<44} {count:>5} runs  rolled back {_percent(len(failed), count)}"
+            f"  within 2 ticks {_percent(within2, count)}  median ticks {median:>2}"
+        )
+        if scenario.business:
+            lifts = [r.lift for r in results if r.lift is not None and r.lift[0] is not None]
+            if lifts:
+                true = scenario.canary.conversion / baseline.conversion - 1.0
+                covered = sum(
+                    1
+                    for _, low, high in lifts
+                    if (low is None or low <= true) and (high is None or true <= high)
+                )
+                line += f"  lift interval covers the truth {_percent(covered, len(lifts))}"
+        print(f"{line}  ({time.perf_counter() - started:.0f}s)")
+        if scenario.name.startswith("A/A") and len(failed) >= 0.01 * count:
+            ok = False
+        if scenario.name == "A/B: error rate 5x (1 % -> 5 %)" and within2 < 0.95 * count:
+            ok = False
+        if scenario.name.startswith("A/B: p99 2x, same") and len(failed) < 0.9 * count:
+            ok = False
+    print("targets met" if ok else "TARGETS MISSED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=20261127)
+    args = parser.parse_args()
+    sys.exit(asyncio.run(main(args.runs, args.seed)))
