@@ -8,13 +8,10 @@ hook or a gate stands in the way, the release does what they (and only those all
 
 from __future__ import annotations
 
-import threading
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
-from kubernetes import client, watch
+from kubernetes import client
 
 from canaryflow.demo import shop
 from canaryflow.runtime import bundle as bundles
@@ -31,6 +28,7 @@ from canaryflow_contracts.events import (
 )
 from tests.e2e.conftest import Releases
 from tests.support import wait_until
+from tests.support.pods import PodHistory, handover
 
 pytestmark = pytest.mark.stack
 
@@ -137,63 +135,6 @@ def canaryflow_leftovers(kube: client.ApiClient, namespace: str) -> list[str]:
     return leftovers
 
 
-@dataclass
-class PodHistory:
-    """Every change to the namespace's pods, in the API's own order (one watch)."""
-
-    events: list[tuple[str, str, str, bool, bool]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def record(self, kube: client.ApiClient, namespace: str) -> None:
-        pods = core(kube)
-        while not self.stop.is_set():
-            stream = watch.Watch().stream(
-                pods.list_namespaced_pod, namespace, label_selector="app=web", timeout_seconds=2
-            )
-            for event in stream:
-                pod = event["object"]
-                ready = any(
-                    c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or [])
-                )
-                track = (pod.metadata.labels or {}).get("canaryflow.io/track", "stable")
-                terminating = (
-                    event["type"] == "DELETED" or pod.metadata.deletion_timestamp is not None
-                )
-                self.events.append((event["type"], pod.metadata.name, track, ready, terminating))
-                if self.stop.is_set():
-                    break
-
-    def serving_after_each_event(self) -> Iterator[tuple[int, int, bool]]:
-        """(stable pods serving, canary pods serving, a canary pod just stopped serving).
-
-        Baseline pods (the metrics-watcher's live comparison) count as neither.
-        """
-        serving: dict[str, tuple[str, bool]] = {}
-        for _, name, track, ready, terminating in self.events:
-            before = serving.get(name, (track, False))[1]
-            now_serving = ready and not terminating
-            serving[name] = (track, now_serving)
-            stable = sum(1 for t, s in serving.values() if s and t == "stable")
-            canary = sum(1 for t, s in serving.values() if s and t == "canary")
-            yield stable, canary, track == "canary" and before and not now_serving
-
-
-def stable_whole_before_canary_left(history: PodHistory) -> tuple[bool, int]:
-    """Whether stable served at full size at every moment a canary pod stopped serving;
-    also the fewest pods serving once the first canary pod stopped."""
-    whole = True
-    fewest = FULL_SIZE * 2
-    started = False
-    for stable, canary, canary_left in history.serving_after_each_event():
-        if canary_left:
-            started = True
-            whole = whole and stable >= FULL_SIZE
-        if started:
-            fewest = min(fewest, stable + canary)
-    assert started, "no canary pod was seen leaving"
-    return whole, fewest
-
-
 # --------------------------------------------------------------------------- the bundle
 
 
@@ -278,9 +219,7 @@ async def test_an_autoscaler_held_by_the_release_is_restored_with_stable_whole_f
         ),
     )
     before = autoscaling.read_namespaced_horizontal_pod_autoscaler("web", shop_namespace).spec
-    history = PodHistory()
-    recorder = threading.Thread(target=history.record, args=(kube, shop_namespace), daemon=True)
-    recorder.start()
+    history = PodHistory(shop_namespace, "app=web").start(kube)
     try:
         release_id = await request(
             releases, shop_namespace, VersionSpec(image=shop.image("v2-bad"))
@@ -293,17 +232,16 @@ async def test_an_autoscaler_held_by_the_release_is_restored_with_stable_whole_f
 
         events = await releases.events(release_id, timeout=120)
     finally:
-        history.stop.set()
-        recorder.join(timeout=10)
+        history.finish()
 
     assert isinstance(events[-1].data, ReleaseRolledBack), [e.type for e in events]
     after = autoscaling.read_namespaced_horizontal_pod_autoscaler("web", shop_namespace).spec
     assert after.to_dict() == before.to_dict()
     # From the API's own history of the pods: stable served at full size whenever a canary
     # pod stopped serving, so traffic never came back to a stable too small to take it.
-    whole, fewest = stable_whole_before_canary_left(history)
-    assert whole, history.events
-    assert fewest >= FULL_SIZE
+    moved = handover(history, FULL_SIZE)
+    assert moved.stable_whole_whenever_canary_left, history.events
+    assert moved.fewest_serving >= FULL_SIZE
     completed = next(e.data for e in events if isinstance(e.data, RollbackCompleted))
     assert completed.stable_replicas == FULL_SIZE
     assert canaryflow_leftovers(kube, shop_namespace) == []
