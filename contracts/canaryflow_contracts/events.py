@@ -395,6 +395,26 @@ class PromoteNow(OperatorCommand):
     event_name = "promote"
 
 
+class SetWeight(OperatorCommand):
+    """Put the canary at this weight now; the release is judged there, then goes on."""
+
+    event_name = "set_weight"
+    weight: int = Field(ge=1, le=100, description="Share of traffic for the canary, in percent.")
+
+
+class OperatorCommandRefused(EventData):
+    """Owner: planner, and rollback for aborts. A command was refused; nothing changed."""
+
+    event_domain = "operator"
+    event_name = "refused"
+
+    target: TargetRef
+    action: str = Field(description="What was asked: pause, resume, abort, promote, set-weight.")
+    actor: str
+    reason: str = Field(default="", description="Why the person asked.")
+    refusal: str = Field(description="Why it was refused.")
+
+
 class DeadLetter(EventData):
     """Owner: the service that gave up on a message after its bounded redeliveries."""
 
@@ -443,6 +463,8 @@ CATALOGUE: tuple[CatalogueEntry, ...] = (
     CatalogueEntry(ResumeRelease, "operator (CLI)", ("planner",)),
     CatalogueEntry(AbortRelease, "operator (CLI)", ("rollback", "planner")),
     CatalogueEntry(PromoteNow, "operator (CLI)", ("planner",)),
+    CatalogueEntry(SetWeight, "operator (CLI)", ("planner",)),
+    CatalogueEntry(OperatorCommandRefused, "planner, rollback", ()),
     CatalogueEntry(DeadLetter, "any service", ("operator",)),
 )
 

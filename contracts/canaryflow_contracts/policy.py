@@ -288,6 +288,26 @@ class Resources(_Spec):
     limits: dict[str, str] = Field(default_factory=dict)
 
 
+class OperatorAction(StrEnum):
+    """What a person may do to a release in flight."""
+
+    PAUSE = "pause"
+    RESUME = "resume"
+    ABORT = "abort"
+    PROMOTE = "promote"
+    SET_WEIGHT = "set-weight"
+
+
+class OperatorGrant(_Spec):
+    subject: str = Field(
+        min_length=1,
+        max_length=256,
+        description="Who: an identity (alice@example.com) or a pattern with * "
+        "(*@sre.example.com; * alone is anyone).",
+    )
+    actions: list[OperatorAction] = Field(min_length=1)
+
+
 class ReleasePolicySpec(_Spec):
     target_ref: str = Field(
         pattern=DNS_SUBDOMAIN_PATTERN, description="Name of the Deployment in this namespace."
@@ -306,6 +326,12 @@ class ReleasePolicySpec(_Spec):
         default=None,
         description="What the new version's container may use while it is a canary "
         "(replaces the version's own requests and limits until promotion).",
+    )
+    operators: list[OperatorGrant] | None = Field(
+        default=None,
+        description="Who may steer this target's releases, and how. Absent: anyone may pause "
+        "or abort (both only make a release safer) and nothing else; present: exactly what "
+        "it lists, for whom it lists.",
     )
 
     @model_validator(mode="after")

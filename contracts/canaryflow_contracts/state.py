@@ -21,7 +21,7 @@ from canaryflow_contracts.events import (
     VerdictResult,
     VersionSpec,
 )
-from canaryflow_contracts.policy import Analysis
+from canaryflow_contracts.policy import Analysis, OperatorGrant
 
 HISTORY_LIMIT = 100
 SEEN_EVENTS_LIMIT = 200
@@ -102,6 +102,10 @@ class ReleaseState(BaseModel):
     canary_resources: ContainerResources | None = Field(
         default=None, description="The policy's resources for the canary's container, if any."
     )
+    operators: list[OperatorGrant] | None = Field(
+        default=None, description="The policy's operators when the release was planned."
+    )
+    max_weight: int = Field(default=100, description="No step, not even an operator's, beyond.")
     history: list[HistoryEntry] = Field(default_factory=list)
     seen_event_ids: list[str] = Field(default_factory=list)
 

@@ -8,23 +8,39 @@ hook or a gate stands in the way, the release does what they (and only those all
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from kubernetes import client
+from nats.js.api import DeliverPolicy
 
 from canaryflow.demo import shop
 from canaryflow.runtime import bundle as bundles
+from canaryflow_contracts import Envelope, EventData
 from canaryflow_contracts.events import (
     AbortRelease,
+    AnalysisVerdict,
+    ApplyPhase,
     ConfigMapChange,
     EnvVar,
+    OperatorCommandRefused,
+    PauseRelease,
     PhaseReached,
+    PromoteNow,
     ReleaseRequested,
     ReleaseRolledBack,
+    ReleaseStatusChanged,
+    ReleaseSucceeded,
+    ResumeRelease,
     RollbackCompleted,
+    SetWeight,
     TargetRef,
     VersionSpec,
+    parse_event,
 )
 from tests.e2e.conftest import Releases
 from tests.support import wait_until
@@ -49,6 +65,49 @@ async def request(
     )
     await releases.publish(data, release_id)
     return release_id
+
+
+async def history_until(
+    releases: Releases,
+    release_id: str,
+    done: Callable[[list[Envelope[EventData]]], bool],
+    timeout: float = 120,
+) -> list[Envelope[EventData]]:
+    """The release's events from its start until ``done`` holds for them (or fail)."""
+    subscription = await releases.nc.jetstream().subscribe(
+        releases.subjects.release(release_id),
+        ordered_consumer=True,
+        stream=releases.subjects.events_stream.name,
+        deliver_policy=DeliverPolicy.ALL,
+    )
+    seen: list[Envelope[EventData]] = []
+    give_up = asyncio.get_running_loop().time() + timeout
+    try:
+        while not done(seen):
+            left = give_up - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise AssertionError(f"{release_id}: not there in {timeout:.0f}s: {names(seen)}")
+            with contextlib.suppress(TimeoutError):
+                seen.append(parse_event((await subscription.next_msg(timeout=min(left, 2))).data))
+    finally:
+        await subscription.unsubscribe()
+    return seen
+
+
+def names(events: list[Envelope[EventData]]) -> list[str]:
+    return [e.type.removeprefix("io.canaryflow.").removesuffix(".v1") for e in events]
+
+
+def count(kind: type[EventData]) -> Callable[[list[Envelope[EventData]]], int]:
+    return lambda events: sum(isinstance(e.data, kind) for e in events)
+
+
+def with_operators(kube: client.ApiClient, namespace: str, **changes: Any) -> None:
+    """The quick policy, with ops@shop allowed everything and nobody else anything."""
+    grants = [
+        {"subject": "ops@shop", "actions": ["pause", "resume", "abort", "promote", "set-weight"]}
+    ]
+    shop.apply_policy(kube, namespace, {**shop.quick_policy(**changes), "operators": grants})
 
 
 def apps(kube: client.ApiClient) -> client.AppsV1Api:
@@ -245,3 +304,124 @@ async def test_an_autoscaler_held_by_the_release_is_restored_with_stable_whole_f
     completed = next(e.data for e in events if isinstance(e.data, RollbackCompleted))
     assert completed.stable_replicas == FULL_SIZE
     assert canaryflow_leftovers(kube, shop_namespace) == []
+
+
+# --------------------------------------------------------------------------- operators
+
+
+def final_verdict_of_step(index: int) -> Callable[[list[Envelope[EventData]]], bool]:
+    def seen(events: list[Envelope[EventData]]) -> bool:
+        return any(
+            isinstance(e.data, AnalysisVerdict) and e.data.final and e.data.step.index == index
+            for e in events
+        )
+
+    return seen
+
+
+def position(events: list[Envelope[EventData]], found: Callable[[EventData], bool]) -> int:
+    return next(i for i, e in enumerate(events) if found(e.data))
+
+
+async def test_a_paused_release_holds_its_step_until_it_is_resumed(
+    kube: client.ApiClient, shop_namespace: str, releases: Releases
+) -> None:
+    with_operators(kube, shop_namespace, hold_seconds=6)
+    release_id = await request(releases, shop_namespace, VersionSpec(image=shop.image("v2")))
+    await history_until(releases, release_id, lambda e: count(PhaseReached)(e) >= 1, 60)
+
+    await releases.publish(PauseRelease(actor="ops@shop", reason="checking dashboards"), release_id)
+    # The step's analysis ends while paused; its pass must not move the release on.
+    await history_until(releases, release_id, final_verdict_of_step(0), 60)
+    await releases.publish(ResumeRelease(actor="ops@shop", reason="looks fine"), release_id)
+    events = await releases.events(release_id, timeout=120)
+
+    assert isinstance(events[-1].data, ReleaseSucceeded), names(events)
+    paused = position(
+        events, lambda d: isinstance(d, ReleaseStatusChanged) and d.status == "paused"
+    )
+    passed = position(events, lambda d: isinstance(d, AnalysisVerdict) and d.final)
+    resumed = position(events, lambda d: isinstance(d, ResumeRelease))
+    second = position(events, lambda d: isinstance(d, ApplyPhase) and d.step.index == 1)
+    assert paused < passed < resumed < second, names(events)
+
+
+async def test_promote_now_skips_the_remaining_steps_with_stable_whole_first(
+    kube: client.ApiClient, shop_namespace: str, releases: Releases
+) -> None:
+    with_operators(kube, shop_namespace, hold_seconds=60)  # only promote-now ends it soon
+    history = PodHistory(shop_namespace, "app=web").start(kube)
+    try:
+        release_id = await request(releases, shop_namespace, VersionSpec(image=shop.image("v2")))
+        await history_until(releases, release_id, lambda e: count(PhaseReached)(e) >= 1, 60)
+        await releases.publish(PromoteNow(actor="ops@shop", reason="hotfix"), release_id)
+        events = await releases.events(release_id, timeout=120)
+    finally:
+        history.finish()
+
+    assert isinstance(events[-1].data, ReleaseSucceeded), names(events)
+    assert [e.data.step.weight for e in events if isinstance(e.data, PhaseReached)] == [10]
+    web = apps(kube).read_namespaced_deployment("web", shop_namespace)
+    assert web.spec.template.spec.containers[0].image == shop.image("v2")
+    assert (web.status.ready_replicas, web.spec.replicas) == (FULL_SIZE, FULL_SIZE)
+    moved = handover(history, FULL_SIZE)
+    assert moved.stable_whole_whenever_canary_left and moved.fewest_serving >= FULL_SIZE
+    assert canaryflow_leftovers(kube, shop_namespace) == []
+
+
+async def test_an_unauthorised_abort_is_refused_and_the_release_carries_on(
+    kube: client.ApiClient, shop_namespace: str, releases: Releases
+) -> None:
+    with_operators(kube, shop_namespace, hold_seconds=60)
+    release_id = await request(releases, shop_namespace, VersionSpec(image=shop.image("v2")))
+    await history_until(releases, release_id, lambda e: count(PhaseReached)(e) >= 1, 60)
+
+    await releases.publish(AbortRelease(actor="mallory", reason="let me in"), release_id)
+    seen = await history_until(
+        releases, release_id, lambda e: count(OperatorCommandRefused)(e) >= 1, 30
+    )
+    refusal = next(e.data for e in seen if isinstance(e.data, OperatorCommandRefused))
+    assert (refusal.actor, refusal.action, refusal.reason) == ("mallory", "abort", "let me in")
+    # It carries on: still judged at its step, its canary still serving.
+    verdicts = count(AnalysisVerdict)(seen)
+    seen = await history_until(
+        releases, release_id, lambda e: count(AnalysisVerdict)(e) >= verdicts + 3, 60
+    )
+    assert not [e for e in seen if isinstance(e.data, RollbackCompleted | ReleaseRolledBack)]
+    canary = apps(kube).read_namespaced_deployment("web-canary", shop_namespace)
+    assert (canary.status.ready_replicas or 0) >= 1
+
+    await releases.publish(AbortRelease(actor="ops@shop", reason="stop here"), release_id)
+    events = await releases.events(release_id, timeout=90)
+    assert isinstance(events[-1].data, ReleaseRolledBack), names(events)
+    assert count(OperatorCommandRefused)(events) == 1  # planner and rollback: one refusal
+    assert canaryflow_leftovers(kube, shop_namespace) == []
+
+
+async def test_set_weight_moves_the_canary_and_a_lower_weight_grows_stable_first(
+    kube: client.ApiClient, shop_namespace: str, releases: Releases
+) -> None:
+    with_operators(kube, shop_namespace, hold_seconds=60)
+    release_id = await request(releases, shop_namespace, VersionSpec(image=shop.image("v2")))
+    await history_until(releases, release_id, lambda e: count(PhaseReached)(e) >= 1, 60)
+
+    await releases.publish(SetWeight(actor="ops@shop", weight=40, reason="more"), release_id)
+    await history_until(releases, release_id, lambda e: count(PhaseReached)(e) >= 2, 60)
+    history = PodHistory(shop_namespace, "app=web").start(kube)
+    try:
+        await releases.publish(SetWeight(actor="ops@shop", weight=20, reason="less"), release_id)
+        events = await history_until(
+            releases, release_id, lambda e: count(PhaseReached)(e) >= 3, 60
+        )
+    finally:
+        history.finish()
+
+    reached = [e.data for e in events if isinstance(e.data, PhaseReached)]
+    assert [(r.step.weight, r.canary_ready) for r in reached] == [(10, 1), (40, 4), (20, 2)]
+    assert all(r.canary_ready + r.baseline_ready + r.stable_ready == FULL_SIZE for r in reached)
+    moved = handover(history, FULL_SIZE)
+    assert moved.fewest_serving >= FULL_SIZE, history.events  # stable grew before canary shrank
+
+    await releases.publish(AbortRelease(actor="ops@shop"), release_id)
+    events = await releases.events(release_id, timeout=90)
+    assert isinstance(events[-1].data, ReleaseRolledBack), names(events)

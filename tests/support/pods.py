@@ -33,6 +33,11 @@ class Moment:
     stable: int  # stable pods serving
     canary: int  # canary pods serving
     canary_left: bool  # a canary pod stopped serving with this event
+    baseline: int = 0  # baseline pods serving (the stable version, beside the canary)
+
+    @property
+    def total(self) -> int:
+        return self.stable + self.canary + self.baseline
 
 
 @dataclass
@@ -106,6 +111,7 @@ class PodHistory(_Watcher):
                 stable=sum(1 for t, s in serving.values() if s and t == "stable"),
                 canary=sum(1 for t, s in serving.values() if s and t == "canary"),
                 canary_left=event.track == "canary" and before and not event.serving,
+                baseline=sum(1 for t, s in serving.values() if s and t == "baseline"),
             )
 
 
@@ -114,7 +120,7 @@ class Handover:
     """How traffic went back from the canary to stable."""
 
     stable_whole_whenever_canary_left: bool
-    fewest_serving: int  # from the first canary pod leaving to the end
+    fewest_serving: int  # every version's pods, from the first canary pod leaving to the end
     seconds_below: float  # time with fewer than ``full_size`` pods serving, after the start
     stable_whole_at: float | None  # when stable first served at full size, after ``since``
 
@@ -134,7 +140,7 @@ def handover(history: PodHistory, full_size: int, since: float = 0.0) -> Handove
         if moment.canary_left:
             started = True
             whole = whole and moment.stable >= full_size
-        total = moment.stable + moment.canary
+        total = moment.total
         if started:
             fewest = total if fewest is None else min(fewest, total)
         if whole_at is None and moment.stable >= full_size:

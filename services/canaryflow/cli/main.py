@@ -38,6 +38,7 @@ from canaryflow_contracts.events import (
     ReleaseRequested,
     ReleaseSucceeded,
     ResumeRelease,
+    SetWeight,
     TargetRef,
     VersionSpec,
     parse_event,
@@ -48,6 +49,7 @@ OPERATOR_COMMANDS: dict[str, type[OperatorCommand]] = {
     "resume": ResumeRelease,
     "abort": AbortRelease,
     "promote": PromoteNow,
+    "set-weight": SetWeight,
 }
 
 
@@ -100,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, event in OPERATOR_COMMANDS.items():
         command = commands.add_parser(name, help=(event.__doc__ or "").strip().splitlines()[0])
         command.add_argument("release_id")
+        if event is SetWeight:
+            command.add_argument("weight", type=int, help="the canary's share, in percent")
         command.add_argument("--by", default=_default_actor(), help="who asks (recorded)")
         command.add_argument("--reason", default="", help="why (recorded)")
     return parser
@@ -134,6 +138,14 @@ async def _publish(nc: Client, subjects: Subjects, data: EventData, release_id: 
             f"running with prefix {subjects.prefix!r}? ({error!r})"
         ) from error
     return envelope.id
+
+
+def operator_command(args: argparse.Namespace) -> OperatorCommand:
+    """The command an operator subcommand asks for, with who asks and why."""
+    kind = OPERATOR_COMMANDS[args.command]
+    if kind is SetWeight:
+        return SetWeight(actor=args.by, reason=args.reason, weight=args.weight)
+    return kind(actor=args.by, reason=args.reason)
 
 
 def _config_changes(items: list[str]) -> list[ConfigMapChange]:
@@ -288,7 +300,7 @@ async def run(argv: Sequence[str] | None = None) -> int:
             return await _deadletters(nc, subjects, args.last)
         if args.command == "watch":
             return await _watch(nc, subjects, args.release_id, args.timeout)
-        event = OPERATOR_COMMANDS[args.command](actor=args.by, reason=args.reason)
+        event = operator_command(args)
         await _publish(nc, subjects, event, args.release_id)
         print(f"{args.command} sent for {args.release_id} (by {args.by})")
         return 0

@@ -14,6 +14,8 @@ from canaryflow_contracts.events import (
     ApplyPhase,
     DeadLetter,
     MetricCheck,
+    OperatorCommand,
+    OperatorCommandRefused,
     PhaseFailed,
     PhaseReached,
     PromotionCompleted,
@@ -27,6 +29,7 @@ from canaryflow_contracts.events import (
     RequestPromotion,
     RollbackCompleted,
     RollbackRequested,
+    SetWeight,
     VerdictAction,
     VerdictResult,
 )
@@ -147,9 +150,40 @@ def status_lines(state: ReleaseState, now: datetime) -> list[str]:
                 verdict.result, verdict.reason, verdict.checks, verdict.action
             )
         ]
+    lines += operator_lines(state, now)
     if state.outcome_reason:
         lines.append(f"  outcome: {state.outcome_reason}")
     return lines
+
+
+# History entries that record what a person did (or tried to do) to the release.
+OPERATOR_EVENTS = {
+    "paused": "paused",
+    "resumed": "resumed",
+    "aborted": "aborted",
+    "promote-now": "promoted now",
+    "weight-set": "set the weight",
+    "gate-opened": "opened a gate",
+    "refused": "REFUSED",
+}
+
+
+def operator_lines(state: ReleaseState, now: datetime, last: int = 3) -> list[str]:
+    """The last few things people did to the release: who, what, why, when."""
+    entries = [h for h in state.history if h.event in OPERATOR_EVENTS][-last:]
+    lines = []
+    for entry in entries:
+        what = OPERATOR_EVENTS[entry.event]
+        detail = f": {entry.detail}" if entry.detail else ""
+        lines.append(f"  operator: {entry.actor or '?'} {what}{detail} ({_ago(entry.time, now)})")
+    return lines
+
+
+def _operator_command(data: OperatorCommand) -> str:
+    asked = type(data).event_name.replace("_", " ")
+    if isinstance(data, SetWeight):
+        asked = f"set weight to {data.weight}%"
+    return f"{data.actor} asks: {asked}" + (f" ({data.reason})" if data.reason else "")
 
 
 def event_line(envelope: Envelope[Any]) -> list[str]:
@@ -203,6 +237,10 @@ def event_line(envelope: Envelope[Any]) -> list[str]:
             )
         case ReleaseStatusChanged():
             head = f"{data.status}: {data.detail}"
+        case OperatorCommand():
+            head = _operator_command(data)
+        case OperatorCommandRefused():
+            head = f"REFUSED {data.action} by {data.actor}: {data.refusal}"
         case _:
             head = envelope.type.removeprefix("io.canaryflow.")
     return [f"{stamp}  {head}"]

@@ -45,6 +45,7 @@ from canaryflow_contracts.events import (
     ResumeRelease,
     RollbackCompleted,
     RollbackRequested,
+    SetWeight,
     TargetRef,
 )
 from canaryflow_contracts.state import ReleaseState, ReleaseStatus
@@ -253,6 +254,7 @@ FOLLOWED: tuple[tuple[type[EventData], str], ...] = (
     (ResumeRelease, "resume"),
     (AbortRelease, "abort"),
     (PromoteNow, "promote-now"),
+    (SetWeight, "set-weight"),
 )
 
 

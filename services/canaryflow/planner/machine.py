@@ -20,11 +20,14 @@ from typing import Any
 
 from canaryflow.planner.planning import EffectiveAnalysis
 from canaryflow.planner.validation import Admission
+from canaryflow.runtime import operators
+from canaryflow.runtime.operators import action_of
 from canaryflow_contracts import Envelope, EventData
 from canaryflow_contracts.events import (
     AbortRelease,
     AnalysisVerdict,
     ApplyPhase,
+    OperatorCommand,
     PauseRelease,
     PhaseFailed,
     PhaseReached,
@@ -42,6 +45,7 @@ from canaryflow_contracts.events import (
     ResumeRelease,
     RollbackCompleted,
     RollbackRequested,
+    SetWeight,
     TargetRef,
     VerdictAction,
     VerdictResult,
@@ -109,6 +113,8 @@ def accept(
         ready_deadline=planned.ready_deadline,
         pause_limit_seconds=planned.pause_seconds,
         canary_resources=admission.canary_resources,
+        operators=admission.operators,
+        max_weight=admission.max_weight,
         last_command_at=now,
         created_at=now,
         updated_at=now,
@@ -192,7 +198,13 @@ def decide(state: ReleaseState, event: Envelope[Any], now: datetime) -> Decision
         return Decision(None, [_rejection(state.release_id, event.id, data.target, [reason])])
     if state.status.terminal:
         return NO_CHANGE
-    new = _transition(state, event, now)
+    refused = operator_refusal(state, data)
+    new: ReleaseState | None
+    if refused is not None:
+        # Refused: the release goes on untouched; the refusal is recorded and announced.
+        new = _log(state, now, "refused", f"{action_of(data).value}: {refused}", data.actor)
+    else:
+        new = _transition(state, event, now)
     if new is None:
         return NO_CHANGE
     new = new.model_copy(
@@ -202,6 +214,43 @@ def decide(state: ReleaseState, event: Envelope[Any], now: datetime) -> Decision
         }
     )
     return Decision(new, commands_after(new, event))
+
+
+def operator_refusal(state: ReleaseState, data: EventData) -> str | None:
+    """Why an operator command may not act on this release; None when it may (or is none)."""
+    if not isinstance(data, OperatorCommand):
+        return None
+    why = operators.refusal(state.operators, data.actor, action_of(data))
+    if why is None and isinstance(data, SetWeight) and data.weight > state.max_weight:
+        why = f"weight {data.weight}% is above this release's maximum of {state.max_weight}%"
+    return why
+
+
+def _set_weight(state: ReleaseState, now: datetime, command: SetWeight) -> ReleaseState:
+    """A new step at the operator's weight, right after the current one, and go there.
+
+    A new step (not the current one changed) gives every step-scoped event a new index, so
+    the executor's and the metrics-watcher's facts about the old step can never be taken for
+    facts about this one; the remaining steps follow it as planned.
+    """
+    current = state.current_step
+    following = current.index + 1
+    inserted = PlannedStep(
+        index=following, weight=command.weight, hold_seconds=current.hold_seconds
+    )
+    later = [step.model_copy(update={"index": step.index + 1}) for step in state.steps[following:]]
+    ready_window = max(state.ready_deadline - state.phase_started_at, timedelta(0))
+    detail = f"canary to {command.weight}%" + (f": {command.reason}" if command.reason else "")
+    return _log(state, now, "weight-set", detail, command.actor).model_copy(
+        update={
+            "steps": [*state.steps[:following], inserted, *later],
+            "status": ReleaseStatus.APPLYING,
+            "step_index": following,
+            "phase_started_at": now,
+            "ready_deadline": now + ready_window,
+            "last_command_at": now,
+        }
+    )
 
 
 def _transition(state: ReleaseState, event: Envelope[Any], now: datetime) -> ReleaseState | None:
@@ -243,6 +292,8 @@ def _transition(state: ReleaseState, event: Envelope[Any], now: datetime) -> Rel
         if not in_flight or not state.paused:
             return None
         return _on_resume(state, now, data)
+    if isinstance(data, SetWeight):
+        return _set_weight(state, now, data) if in_flight else None
     if isinstance(data, PromoteNow):
         if not in_flight:
             return None
@@ -390,6 +441,10 @@ def commands_after(state: ReleaseState, event: Envelope[Any]) -> list[Command]:
     data = event.data
     status = state.status
     rid = state.release_id
+    refused = operator_refusal(state, data)
+    if refused is not None and isinstance(data, OperatorCommand):
+        notice = operators.refusal_notice(state.target, data, refused)
+        return [Command(notice, operators.refused_id(rid, event.id))]
     if isinstance(data, ReleaseRequested):
         if status is ReleaseStatus.REJECTED:
             reasons = [h.detail for h in state.history if h.event == REJECTED_EVENT]
@@ -420,7 +475,13 @@ def commands_after(state: ReleaseState, event: Envelope[Any]) -> list[Command]:
         return [status_change]
     if isinstance(
         data,
-        PhaseFailed | RollbackRequested | AbortRelease | PauseRelease | ResumeRelease | PromoteNow,
+        PhaseFailed
+        | RollbackRequested
+        | AbortRelease
+        | PauseRelease
+        | ResumeRelease
+        | PromoteNow
+        | SetWeight,
     ):
         return _entry_commands(state, event.id)
     if isinstance(data, PromotionCompleted) and status is ReleaseStatus.SUCCEEDED:

@@ -20,7 +20,7 @@ from canaryflow.planner.planning import Plan, Refusal, plan
 from canaryflow.runtime.bundle import base_of, references
 from canaryflow.runtime.kube import api_client, call, is_not_found
 from canaryflow_contracts.events import ContainerResources, ReleaseRequested
-from canaryflow_contracts.policy import GROUP, PLURAL, VERSION, ReleasePolicySpec
+from canaryflow_contracts.policy import GROUP, PLURAL, VERSION, OperatorGrant, ReleasePolicySpec
 
 _CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 
@@ -59,6 +59,8 @@ class Admission:
     policy_name: str
     stable_image: str
     canary_resources: ContainerResources | None = None
+    operators: list[OperatorGrant] | None = None
+    max_weight: int = 100
 
 
 def check_request(
@@ -103,6 +105,8 @@ def check_request(
                 canary_resources=None
                 if resources is None
                 else ContainerResources(requests=resources.requests, limits=resources.limits),
+                operators=spec.operators,
+                max_weight=min(spec.max_weight, request.overrides.max_weight or spec.max_weight),
             )
     return Refusal(tuple(reasons))
 

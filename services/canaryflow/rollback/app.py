@@ -15,9 +15,10 @@ from typing import TypeVar
 from kubernetes import client
 
 from canaryflow.rollback.restorer import Restorer
-from canaryflow.rollback.triggers import should_restore, trigger_of
+from canaryflow.rollback.triggers import abort_refusal, should_restore, trigger_of
 from canaryflow.runtime import kube, observability
 from canaryflow.runtime.bus import Delivery, Handler, PermanentError
+from canaryflow.runtime.operators import refusal_notice, refused_id
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
 from canaryflow_contracts import Envelope, EventData
@@ -86,8 +87,26 @@ def build_service(
             completed, release_id, event_id=f"{release_id}.rollback-completed"
         )
 
+    async def refused(envelope: Envelope[E]) -> bool:
+        """An abort this actor may not give: announce the refusal, restore nothing."""
+        if not isinstance(envelope.data, AbortRelease):
+            return False
+        versioned = await service.store.get(envelope.subject)
+        state = versioned.state if versioned is not None else None
+        why = abort_refusal(envelope.data, state)
+        if why is None or state is None:
+            return False
+        log.warning("abort by %s refused: %s", envelope.data.actor, why)
+        notice = refusal_notice(state.target, envelope.data, why)
+        await service.publisher.publish(
+            notice, envelope.subject, event_id=refused_id(envelope.subject, envelope.id)
+        )
+        return True
+
     def handler(kind: type[E]) -> Handler[E]:
         async def on_event(envelope: Envelope[E], delivery: Delivery) -> None:
+            if await refused(envelope):
+                return
             await roll_back(envelope.subject, envelope.data, envelope.time, delivery)
 
         on_event.__name__ = f"on_{kind.event_name}"

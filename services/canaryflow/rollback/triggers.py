@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from canaryflow.runtime import operators
 from canaryflow_contracts import EventData
 from canaryflow_contracts.events import (
     AbortRelease,
@@ -13,6 +14,7 @@ from canaryflow_contracts.events import (
     TargetRef,
     VerdictAction,
 )
+from canaryflow_contracts.policy import OperatorAction
 from canaryflow_contracts.state import ReleaseState, ReleaseStatus
 
 
@@ -42,6 +44,17 @@ def trigger_of(event: EventData, state: ReleaseState | None) -> Trigger | None:
         detail = f": {event.reason}" if event.reason else ""
         return Trigger(state.target, f"aborted by {event.actor}{detail}")
     return None
+
+
+def abort_refusal(event: AbortRelease, state: ReleaseState | None) -> str | None:
+    """Why this abort may not act (the policy's operators); None when it may.
+
+    The planner refuses the same abort for the same reason; the rollback service checks too
+    because it acts on an abort without waiting for the planner.
+    """
+    if state is None:
+        return None
+    return operators.refusal(state.operators, event.actor, OperatorAction.ABORT)
 
 
 def should_restore(state: ReleaseState | None) -> bool:

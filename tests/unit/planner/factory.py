@@ -46,6 +46,10 @@ POLICY_SPEC: dict[str, Any] = {
         ],
     },
     "deadlines": {"podReadySeconds": 60, "pauseSeconds": 300},
+    # Anyone may do anything here; tests/unit/planner/test_planner_operators.py narrows it.
+    "operators": [
+        {"subject": "*", "actions": ["pause", "resume", "abort", "promote", "set-weight"]}
+    ],
 }
 DEPLOYMENT = DeploymentFacts(replicas=4, containers=(("web", OLD_IMAGE),))
 
