@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -102,8 +102,10 @@ class Releases:
         release_id: str,
         until: tuple[type[EventData], ...] = TERMINAL_EVENTS,
         timeout: float = 180,
+        stop: Callable[[Envelope[EventData]], bool] | None = None,
     ) -> list[Envelope[EventData]]:
-        """Every event of the release from its start, up to the first of type ``until``."""
+        """Every event of the release from its start, up to the first of type ``until``
+        (and, with ``stop``, for which ``stop`` holds)."""
         subscription = await self.nc.jetstream().subscribe(
             self.subjects.release(release_id),
             ordered_consumer=True,
@@ -128,7 +130,7 @@ class Releases:
                     continue
                 envelope = parse_event(msg.data)
                 seen.append(envelope)
-                if isinstance(envelope.data, until):
+                if isinstance(envelope.data, until) and (stop is None or stop(envelope)):
                     return seen
         finally:
             await subscription.unsubscribe()

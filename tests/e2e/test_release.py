@@ -39,6 +39,7 @@ def _deployments(kube: client.ApiClient, namespace: str) -> dict[str, client.V1D
 def _assert_stable_restored(kube: client.ApiClient, namespace: str, image: str) -> None:
     deployments = _deployments(kube, namespace)
     assert "web-canary" not in deployments, "the canary Deployment is left behind"
+    assert "web-baseline" not in deployments, "the baseline Deployment is left behind"
     web = deployments["web"]
     assert web.spec.template.spec.containers[0].image == image
     assert web.spec.replicas == 10
@@ -126,7 +127,7 @@ async def test_two_targets_released_at_the_same_time_both_end_correctly(
     deployments = _deployments(kube, shop_namespace)
     assert deployments["web"].spec.template.spec.containers[0].image == shop.image("v2")
     assert deployments["api"].spec.template.spec.containers[0].image == shop.image("v1", "api")
-    assert "web-canary" not in deployments and "api-canary" not in deployments
+    assert not [name for name in deployments if name.endswith(("-canary", "-baseline"))]
 
 
 async def test_rollback_works_while_the_planner_is_stopped(

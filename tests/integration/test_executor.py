@@ -119,8 +119,13 @@ async def test_steps_are_reported_in_place_then_promoted(
     step0 = PlannedStep(index=0, weight=25, hold_seconds=30)
     reached, step0_seconds = await apply_step(events, namespace, rid, step0)
 
-    # Then it is reported with the weight the Ready pods give, and the API agrees
-    assert (reached.data.canary_ready, reached.data.stable_ready) == (1, 3)
+    # Then it is reported with the weight the Ready pods give, and the API agrees: the live
+    # baseline (the stable version on fresh pods, as many as the canary) comes out of stable
+    assert (reached.data.canary_ready, reached.data.baseline_ready, reached.data.stable_ready) == (
+        1,
+        1,
+        2,
+    )
     assert reached.data.canary_weight == 25.0
     assert reached.data.step == step0
     canary = read(kube, namespace, f"{NAME}-canary")
@@ -136,20 +141,32 @@ async def test_steps_are_reported_in_place_then_promoted(
     assert (canary["status"]["readyReplicas"], canary["spec"]["replicas"]) == (1, 1)
     stable = read(kube, namespace, NAME)
     assert stable is not None
-    assert (stable["spec"]["replicas"], stable["status"]["readyReplicas"]) == (3, 3)
+    assert (stable["spec"]["replicas"], stable["status"]["readyReplicas"]) == (2, 2)
     assert container_of(stable)["image"] == image("v1")
+    baseline = read(kube, namespace, f"{NAME}-baseline")
+    assert baseline is not None and container_of(baseline)["image"] == image("v1")
+    assert baseline["metadata"]["labels"][kube_conventions.TRACK_LABEL] == "baseline"
     annotations = stable["metadata"]["annotations"]
     assert annotations[kube_conventions.STABLE_REPLICAS_ANNOTATION] == str(FULL_SIZE)
     assert annotations[kube_conventions.RELEASE_ANNOTATION] == rid
     recorded = json.loads(annotations[kube_conventions.RESTORE_TEMPLATE_ANNOTATION])
     assert recorded == original["spec"]["template"]
     # The target's Service (selector app=web) spreads traffic over both tracks.
-    assert ready_pods_by_track(kube, namespace, f"app={NAME}") == {"stable": 3, "canary": 1}
+    assert ready_pods_by_track(kube, namespace, f"app={NAME}") == {
+        "stable": 2,
+        "canary": 1,
+        "baseline": 1,
+    }
 
     # When step 1 (50 %) is applied, and then applied again (a replay, new envelope id)
     step1 = PlannedStep(index=1, weight=50, hold_seconds=30)
     reached, step1_seconds = await apply_step(events, namespace, rid, step1)
-    assert (reached.data.canary_ready, reached.data.stable_ready) == (2, 2)
+    # 50 % of 4 pods: 2 canary, and stable keeps one pod besides a baseline of one
+    assert (reached.data.canary_ready, reached.data.baseline_ready, reached.data.stable_ready) == (
+        2,
+        1,
+        1,
+    )
     assert reached.data.canary_weight == 50.0
     generations = (generation(kube, namespace, NAME), generation(kube, namespace, f"{NAME}-canary"))
     await events.publish(apply(namespace, step1, V2, 60), rid, f"{rid}.apply.1.replay")
@@ -184,6 +201,7 @@ async def test_steps_are_reported_in_place_then_promoted(
     for key in kube_conventions.RESTORE_ANNOTATIONS:
         assert key not in (stable["metadata"].get("annotations") or {})
     assert read(kube, namespace, f"{NAME}-canary") is None
+    assert read(kube, namespace, f"{NAME}-baseline") is None
     assert ready_pods_by_track(kube, namespace, f"app={NAME}") == {"stable": 4}
 
     # And a replayed promotion changes nothing and is reported once

@@ -1,11 +1,11 @@
 """The metrics-watcher on the real stack: real traffic, real Prometheus, real verdicts.
 
-Given a Service the traffic simulator serves, with stable pods and canary pods (the shape the
-executor builds: a ``<name>-canary`` Deployment whose pods carry ``canaryflow.io/track:
-canary``), and a ReleasePolicy for it; when the planner's RequestAnalysis arrives on NATS;
-then the watcher, running in-process against Prometheus, publishes verdicts whose evidence
-is the simulator's numbers: a canary configured with 30 % errors fails with an error-rate
-near 0.3, a healthy canary passes.
+Given a Service the traffic simulator serves, with stable, baseline and canary pods (the shape
+the executor builds: ``<name>-canary`` and ``<name>-baseline`` Deployments whose pods carry
+``canaryflow.io/track: canary`` or ``baseline``), and a ReleasePolicy for it; when the
+planner's RequestAnalysis arrives on NATS; then the watcher, running in-process against
+Prometheus, publishes verdicts whose evidence is the simulator's numbers: a canary configured
+with 30 % errors fails with an error-rate near 0.3, a healthy canary passes.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ MIN_REQUESTS = 40
 WINDOW_SECONDS = 10
 HOLD_SECONDS = 6.0
 INTERVAL_SECONDS = 2.0
-RPS = 200  # 3 stable pods and 1 canary pod: about 50 canary requests a second
+RPS = 200  # 3 stable, 1 baseline and 1 canary pod: about 40 canary requests a second
 SETTLED_REQUESTS = 300
 POLICY: dict[str, Any] = {
     "targetRef": APP,
@@ -69,11 +69,12 @@ def crd(kube: client.ApiClient) -> None:
     shop.install_crd(kube)  # idempotent
 
 
-def _canary(namespace: str, tag: str) -> client.V1Deployment:
-    """What the executor builds: stable's pod labels plus the canary track, one replica."""
-    labels = {"app": APP, TRACK_LABEL: "canary"}
+def _canary(namespace: str, tag: str, track: str = "canary") -> client.V1Deployment:
+    """What the executor builds: stable's pod labels plus the track, one replica (the canary,
+    or the live baseline of the stable version beside it)."""
+    labels = {"app": APP, TRACK_LABEL: track}
     return client.V1Deployment(
-        metadata=client.V1ObjectMeta(name=f"{APP}-canary", namespace=namespace, labels=labels),
+        metadata=client.V1ObjectMeta(name=f"{APP}-{track}", namespace=namespace, labels=labels),
         spec=client.V1DeploymentSpec(
             replicas=1,
             selector=client.V1LabelSelector(match_labels=labels),
@@ -94,6 +95,9 @@ def _shop(
     shop.set_behaviour(kube, namespace, {"v2-bad": {"error_rate": 0.3}})
     shop.deploy(kube, namespace, name=APP, tag=STABLE_TAG, replicas=3, rps=RPS)
     client.AppsV1Api(kube).create_namespaced_deployment(namespace, _canary(namespace, canary_tag))
+    client.AppsV1Api(kube).create_namespaced_deployment(
+        namespace, _canary(namespace, STABLE_TAG, "baseline")
+    )
     shop.apply_policy(kube, namespace, POLICY, name="shop-policy")
     # Analysis on an empty window would only say "insufficient data": wait for real traffic.
     served = (
@@ -236,7 +240,7 @@ async def test_a_canary_with_30_percent_errors_fails_at_once(
     assert (errors.threshold, errors.comparison) == (0.1, "<=")
     assert errors.sample_size >= MIN_REQUESTS
     assert f'namespace="{namespace}"' in errors.query and 'version="v2-bad"' in errors.query
-    stable_errors = _check(final, "error-rate", "stable")
+    stable_errors = _check(final, "error-rate", "baseline")
     assert stable_errors.value is not None and stable_errors.value < 0.05
     assert "error-rate" in final.reason
 
@@ -257,7 +261,8 @@ async def test_a_healthy_canary_passes_every_tick_and_the_step(
     assert latency.value is not None and 0 < latency.value < 2.0
     size = _check(final, "sample-size")
     assert size.value is not None and size.value >= MIN_REQUESTS
-    assert _check(final, "request-rate", "stable").value > _check(final, "request-rate").value
+    baseline_rate = _check(final, "request-rate", "baseline").value
+    assert baseline_rate is not None and baseline_rate > 0, "the baseline is measured beside it"
 
 
 async def test_an_unreachable_prometheus_is_insufficient_data_never_a_pass(

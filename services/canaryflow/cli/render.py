@@ -78,6 +78,7 @@ def comparison_line(check: MetricCheck) -> str:
         return f"{check.metric}: {check.decision} — {outcome}"
     what = "slower than the worst bucket" if check.method == "msprt-histogram" else ""
     lift = "lift" if check.method == "msprt-business" else "change"
+    against = '"no change"' if check.method == "msprt-business" else '"no worse"'
     interval = (
         f", interval {_change(check.lower)} to {_change(check.upper)}"
         if check.lower is not None or check.upper is not None
@@ -90,7 +91,7 @@ def comparison_line(check: MetricCheck) -> str:
         f"{check.metric}: canary {_percent(check.value)} vs baseline "
         f"{_percent(check.baseline_value)}{' ' + what if what else ''}{estimate} on "
         f"{check.sample_size:.0f}/{(check.baseline_sample_size or 0):.0f} canary/baseline; "
-        f'evidence {_number(check.statistic)} against "no worse", threshold '
+        f"evidence {_number(check.statistic)} against {against}, threshold "
         f"{_number(check.threshold)} — {outcome}: {check.decision}"
     )
 

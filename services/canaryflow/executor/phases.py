@@ -166,7 +166,7 @@ class PhaseRunner:
         # Canary and live baseline first: stable gives up no pod before theirs are Ready.
         waited = await self._wait(
             command,
-            "canary and baseline pods",
+            "canary pods",
             canary_ready,
             deadline=deadline,
             wanted=wanted,

@@ -173,7 +173,9 @@ def judge_rates(
     ticks = rate_increments(history)
     business = isinstance(rule, BusinessMetric)
     higher_is_worse = rule.better is Better.LOWER
-    test = stats.rate_test(ticks, alpha, higher_is_worse=higher_is_worse)
+    # A business metric reports its interval, so it is judged by the two-sided test that
+    # interval inverts: "significant drop" and "the interval lies below zero" never disagree.
+    test = stats.rate_test(ticks, alpha, higher_is_worse=higher_is_worse, two_sided=business)
     xc = sum(t.canary_events for t in ticks)
     nc = sum(t.canary_trials for t in ticks)
     xb = sum(t.baseline_events for t in ticks)
@@ -185,7 +187,10 @@ def judge_rates(
         else stats.Estimate(xc / nc / (xb / nb) - 1.0 if nc and nb and xb else None, None, None)
     )
     worse = "higher" if higher_is_worse else "lower"
-    if test.rejected:
+    moved_badly = estimate.change is not None and (
+        estimate.change > 0 if higher_is_worse else estimate.change < 0
+    )
+    if test.rejected and (moved_badly or not business):
         outcome = Outcome.FAIL
         decision = (
             f"significantly {worse} on the canary than on the baseline: evidence "

@@ -108,17 +108,28 @@ def _log_lr(
 
 
 def rate_test(
-    ticks: Sequence[Counts], alpha: float, *, higher_is_worse: bool = True, tests: int = 1
+    ticks: Sequence[Counts],
+    alpha: float,
+    *,
+    higher_is_worse: bool = True,
+    tests: int = 1,
+    two_sided: bool = False,
 ) -> Sequential:
     """mSPRT of H0 "the canary's event rate is no worse than the baseline's".
 
     ``tests``: how many such tests share ``alpha`` (Bonferroni): the threshold is tests/alpha.
+    ``two_sided``: test H0 "the rates are equal" against both directions, exactly the test
+    whose inversion is ``ratio_interval``, so a rejection and an interval that excludes no
+    change always agree (used for business metrics, where the interval is reported).
     """
     threshold = tests / alpha
     if not ticks:
         return Sequential(0.0, threshold, 1.0, False)
     xc, nc, xb, nb = _arrays(ticks)
-    thetas = ALTERNATIVES if higher_is_worse else 1.0 / ALTERNATIVES
+    if two_sided:
+        thetas = np.concatenate([ALTERNATIVES, 1.0 / ALTERNATIVES])
+    else:
+        thetas = ALTERNATIVES if higher_is_worse else 1.0 / ALTERNATIVES
     cumulative = np.cumsum(_log_lr((xc, nc, xb, nb), np.ones(1), thetas), axis=0)  # (T, K)
     mixture = logsumexp(cumulative, axis=1) - math.log(len(thetas))  # (T,)
     evidence = float(np.exp(min(float(np.max(mixture)), 700.0)))

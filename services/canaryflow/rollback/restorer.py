@@ -28,6 +28,7 @@ from canaryflow_contracts.events import TargetRef
 log = logging.getLogger(__name__)
 
 CANARY_REMOVAL_SECONDS = 60.0
+RESTORE_POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ class Restorer:
                 lambda r: r.complete and r.desired == plan.full_size,
                 deadline=deadline,
                 now=self.now,
+                # Users wait on this one: every tenth of a second counts, and a GET is cheap.
+                interval=RESTORE_POLL_SECONDS,
             )
             if not whole:
                 raise TimeoutError(
