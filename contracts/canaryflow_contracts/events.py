@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from canaryflow_contracts.envelope import Envelope, EventData
 from canaryflow_contracts.identifiers import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, IMAGE_PATTERN
-from canaryflow_contracts.policy import Analysis
+from canaryflow_contracts.policy import Analysis, Hook
 
 
 class _Part(BaseModel):
@@ -402,6 +402,13 @@ class SetWeight(OperatorCommand):
     weight: int = Field(ge=1, le=100, description="Share of traffic for the canary, in percent.")
 
 
+class OpenGate(OperatorCommand):
+    """Open a gate the release waits at (confirm-rollout, confirm-promotion)."""
+
+    event_name = "open_gate"
+    gate: str = Field(min_length=1, max_length=63, description="The gate's name in the policy.")
+
+
 class OperatorCommandRefused(EventData):
     """Owner: planner, and rollback for aborts. A command was refused; nothing changed."""
 
@@ -413,6 +420,38 @@ class OperatorCommandRefused(EventData):
     actor: str
     reason: str = Field(default="", description="Why the person asked.")
     refusal: str = Field(description="Why it was refused.")
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+class RunHook(EventData):
+    """Owner: planner (command). Run this hook now.
+
+    The executor calls a hook that has a URL and answers with HookCompleted. A hook without
+    one is this event itself: the system that subscribes to it answers with HookCompleted.
+    """
+
+    event_domain = "hook"
+    event_name = "run"
+
+    target: TargetRef
+    version: VersionSpec
+    hook: Hook
+    step_index: int = Field(ge=0, description="The step it runs at (0 before the first).")
+
+
+class HookCompleted(EventData):
+    """Owner: executor (webhooks), or the system that answered a hook on the bus."""
+
+    event_domain = "hook"
+    event_name = "completed"
+
+    target: TargetRef
+    hook: str
+    step_index: int = Field(ge=0)
+    ok: bool
+    detail: str = Field(default="", max_length=2048)
 
 
 class DeadLetter(EventData):
@@ -465,6 +504,9 @@ CATALOGUE: tuple[CatalogueEntry, ...] = (
     CatalogueEntry(PromoteNow, "operator (CLI)", ("planner",)),
     CatalogueEntry(SetWeight, "operator (CLI)", ("planner",)),
     CatalogueEntry(OperatorCommandRefused, "planner, rollback", ()),
+    CatalogueEntry(OpenGate, "operator (CLI) or any system", ("planner",)),
+    CatalogueEntry(RunHook, "planner", ("executor", "systems answering bus hooks")),
+    CatalogueEntry(HookCompleted, "executor or a system answering a bus hook", ("planner",)),
     CatalogueEntry(DeadLetter, "any service", ("operator",)),
 )
 

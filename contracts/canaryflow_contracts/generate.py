@@ -122,6 +122,11 @@ def _structural(schema: Any, defs: dict[str, Any]) -> Any:
             if isinstance(value, dict) and "properties" not in schema:
                 out[key] = _structural(value, defs)
             continue
+        if key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+            # JSON Schema 2020-12's numeric bound is OpenAPI 3.0's bound plus a flag.
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
+            continue
         if key == "properties":
             out[key] = {name: _structural(sub, defs) for name, sub in value.items()}
         else:

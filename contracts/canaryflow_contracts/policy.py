@@ -296,6 +296,7 @@ class OperatorAction(StrEnum):
     ABORT = "abort"
     PROMOTE = "promote"
     SET_WEIGHT = "set-weight"
+    OPEN_GATE = "open-gate"
 
 
 class OperatorGrant(_Spec):
@@ -306,6 +307,59 @@ class OperatorGrant(_Spec):
         "(*@sre.example.com; * alone is anyone).",
     )
     actions: list[OperatorAction] = Field(min_length=1)
+
+
+class HookType(StrEnum):
+    """When a hook runs. The confirm-* ones are gates: they wait to be opened."""
+
+    PRE_ROLLOUT = "pre-rollout"  # before any traffic moves; a failure ends the release
+    CONFIRM_ROLLOUT = "confirm-rollout"  # gate before any traffic moves
+    ROLLOUT = "rollout"  # each step once in place, before its analysis (e.g. a load test)
+    CONFIRM_PROMOTION = "confirm-promotion"  # gate before promotion
+    POST_ROLLOUT = "post-rollout"  # after promotion; its outcome is reported, nothing waits
+    ROLLBACK = "rollback"  # after a rollback; likewise
+
+    @property
+    def gate(self) -> bool:
+        return self in (HookType.CONFIRM_ROLLOUT, HookType.CONFIRM_PROMOTION)
+
+
+class GateExpiry(StrEnum):
+    """What a gate nobody opened before its deadline means."""
+
+    ROLLBACK = "rollback"
+    CONTINUE = "continue"
+
+
+class Hook(_Spec):
+    name: str = Field(pattern=_NAME, max_length=63)
+    type: HookType
+    url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://",
+        description="Called with an HTTP POST (2xx: passed). Absent: the hook is the "
+        "RunHook event on NATS, answered by another system with HookCompleted. Gates have "
+        "none: a person (canaryflow open-gate) or a system (OpenGate) opens them.",
+    )
+    timeout_seconds: float = Field(default=10, gt=0, le=300, description="Per HTTP attempt.")
+    retries: int = Field(default=2, ge=0, le=10, description="HTTP attempts after the first.")
+    deadline_seconds: float = Field(
+        default=600,
+        ge=1,
+        le=7 * 86400,
+        description="A gate waits this long to be opened; a NATS hook this long for its answer.",
+    )
+    on_expiry: GateExpiry = Field(
+        default=GateExpiry.ROLLBACK, description="A gate not opened in time: roll back or go on."
+    )
+    metadata: dict[str, str] = Field(default_factory=dict, description="Sent with the hook.")
+
+    @model_validator(mode="after")
+    def _gates_have_no_url(self) -> Self:
+        if self.type.gate and self.url is not None:
+            raise ValueError(f"hook {self.name!r}: a {self.type.value} gate is opened, not called")
+        return self
 
 
 class ReleasePolicySpec(_Spec):
@@ -333,6 +387,7 @@ class ReleasePolicySpec(_Spec):
         "or abort (both only make a release safer) and nothing else; present: exactly what "
         "it lists, for whom it lists.",
     )
+    hooks: list[Hook] = Field(default_factory=list, description="Webhooks, bus hooks and gates.")
 
     @model_validator(mode="after")
     def _steps_increase_within_max(self) -> Self:
@@ -341,6 +396,9 @@ class ReleasePolicySpec(_Spec):
             raise ValueError(f"step weights must strictly increase, got {weights}")
         if weights[-1] > self.max_weight:
             raise ValueError(f"step weight {weights[-1]} exceeds maxWeight {self.max_weight}")
+        names = [hook.name for hook in self.hooks]
+        if len(names) != len(set(names)):
+            raise ValueError(f"hook names must be unique, got {names}")
         return self
 
     @property

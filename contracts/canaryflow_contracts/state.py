@@ -21,7 +21,7 @@ from canaryflow_contracts.events import (
     VerdictResult,
     VersionSpec,
 )
-from canaryflow_contracts.policy import Analysis, OperatorGrant
+from canaryflow_contracts.policy import Analysis, Hook, OperatorGrant
 
 HISTORY_LIMIT = 100
 SEEN_EVENTS_LIMIT = 200
@@ -31,6 +31,7 @@ class ReleaseStatus(StrEnum):
     APPLYING = "applying"  # waiting for the executor to put the current step in place
     ANALYSING = "analysing"  # step in place, waiting for the metrics-watcher's verdict
     PROMOTING = "promoting"
+    WAITING = "waiting"  # for hooks or gates before it applies, analyses or promotes
     ROLLING_BACK = "rolling_back"
     SUCCEEDED = "succeeded"
     ROLLED_BACK = "rolled_back"
@@ -45,6 +46,18 @@ class ReleaseStatus(StrEnum):
             ReleaseStatus.FAILED,
             ReleaseStatus.REJECTED,
         )
+
+
+class Waiting(BaseModel):
+    """What a WAITING release waits for: hooks and gates, in order, then ``then``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stage: str = Field(description="pre-rollout, rollout or promotion.")
+    step_index: int
+    queue: list[str] = Field(description="Hooks and gates still to pass; the first is current.")
+    then: ReleaseStatus = Field(description="Where the release goes once the queue is empty.")
+    deadline: datetime = Field(description="When the current hook or gate runs out of time.")
 
 
 class HistoryEntry(BaseModel):
@@ -106,6 +119,8 @@ class ReleaseState(BaseModel):
         default=None, description="The policy's operators when the release was planned."
     )
     max_weight: int = Field(default=100, description="No step, not even an operator's, beyond.")
+    hooks: list[Hook] = Field(default_factory=list, description="The policy's hooks and gates.")
+    waiting: Waiting | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
     seen_event_ids: list[str] = Field(default_factory=list)
 

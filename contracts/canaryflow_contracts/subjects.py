@@ -70,7 +70,15 @@ class Subjects:
             name=f"{self._upper}_EVENTS",
             subjects=tuple(
                 f"{self.prefix}.{domain}.>"
-                for domain in ("release", "phase", "analysis", "promotion", "rollback", "operator")
+                for domain in (
+                    "release",
+                    "phase",
+                    "analysis",
+                    "promotion",
+                    "rollback",
+                    "operator",
+                    "hook",
+                )
             ),
             max_age_seconds=EVENT_RETENTION_SECONDS,
             duplicate_window_seconds=DUPLICATE_WINDOW_SECONDS,

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -27,6 +31,8 @@ from canaryflow_contracts.events import (
     ApplyPhase,
     ConfigMapChange,
     EnvVar,
+    HookCompleted,
+    OpenGate,
     OperatorCommandRefused,
     PauseRelease,
     PhaseReached,
@@ -102,12 +108,18 @@ def count(kind: type[EventData]) -> Callable[[list[Envelope[EventData]]], int]:
     return lambda events: sum(isinstance(e.data, kind) for e in events)
 
 
+# Steps a good version never fails, however long they are judged: these tests are about what
+# people do to a release, not about judgement (a 1 % chance per tick adds up over a minute).
+STEADY: dict[str, Any] = {"max_error_rate": 0.5, "max_p99_seconds": 5.0, "compare": False}
+
+
 def with_operators(kube: client.ApiClient, namespace: str, **changes: Any) -> None:
-    """The quick policy, with ops@shop allowed everything and nobody else anything."""
+    """A steady quick policy, with ops@shop allowed everything and nobody else anything."""
     grants = [
         {"subject": "ops@shop", "actions": ["pause", "resume", "abort", "promote", "set-weight"]}
     ]
-    shop.apply_policy(kube, namespace, {**shop.quick_policy(**changes), "operators": grants})
+    policy = shop.quick_policy(**{**STEADY, **changes})
+    shop.apply_policy(kube, namespace, {**policy, "operators": grants})
 
 
 def apps(kube: client.ApiClient) -> client.AppsV1Api:
@@ -309,6 +321,16 @@ async def test_an_autoscaler_held_by_the_release_is_restored_with_stable_whole_f
 # --------------------------------------------------------------------------- operators
 
 
+async def first_step_in_place(
+    kube: client.ApiClient, namespace: str, releases: Releases, hold_seconds: float = 60
+) -> str:
+    """A release of web:v2 under the operators' policy, its first step (10 %) in place."""
+    with_operators(kube, namespace, hold_seconds=hold_seconds)
+    release_id = await request(releases, namespace, VersionSpec(image=shop.image("v2")))
+    await history_until(releases, release_id, lambda e: count(PhaseReached)(e) >= 1, 60)
+    return release_id
+
+
 def final_verdict_of_step(index: int) -> Callable[[list[Envelope[EventData]]], bool]:
     def seen(events: list[Envelope[EventData]]) -> bool:
         return any(
@@ -326,9 +348,7 @@ def position(events: list[Envelope[EventData]], found: Callable[[EventData], boo
 async def test_a_paused_release_holds_its_step_until_it_is_resumed(
     kube: client.ApiClient, shop_namespace: str, releases: Releases
 ) -> None:
-    with_operators(kube, shop_namespace, hold_seconds=6)
-    release_id = await request(releases, shop_namespace, VersionSpec(image=shop.image("v2")))
-    await history_until(releases, release_id, lambda e: count(PhaseReached)(e) >= 1, 60)
+    release_id = await first_step_in_place(kube, shop_namespace, releases, hold_seconds=6)
 
     await releases.publish(PauseRelease(actor="ops@shop", reason="checking dashboards"), release_id)
     # The step's analysis ends while paused; its pass must not move the release on.
@@ -372,9 +392,7 @@ async def test_promote_now_skips_the_remaining_steps_with_stable_whole_first(
 async def test_an_unauthorised_abort_is_refused_and_the_release_carries_on(
     kube: client.ApiClient, shop_namespace: str, releases: Releases
 ) -> None:
-    with_operators(kube, shop_namespace, hold_seconds=60)
-    release_id = await request(releases, shop_namespace, VersionSpec(image=shop.image("v2")))
-    await history_until(releases, release_id, lambda e: count(PhaseReached)(e) >= 1, 60)
+    release_id = await first_step_in_place(kube, shop_namespace, releases)
 
     await releases.publish(AbortRelease(actor="mallory", reason="let me in"), release_id)
     seen = await history_until(
@@ -401,9 +419,7 @@ async def test_an_unauthorised_abort_is_refused_and_the_release_carries_on(
 async def test_set_weight_moves_the_canary_and_a_lower_weight_grows_stable_first(
     kube: client.ApiClient, shop_namespace: str, releases: Releases
 ) -> None:
-    with_operators(kube, shop_namespace, hold_seconds=60)
-    release_id = await request(releases, shop_namespace, VersionSpec(image=shop.image("v2")))
-    await history_until(releases, release_id, lambda e: count(PhaseReached)(e) >= 1, 60)
+    release_id = await first_step_in_place(kube, shop_namespace, releases)
 
     await releases.publish(SetWeight(actor="ops@shop", weight=40, reason="more"), release_id)
     await history_until(releases, release_id, lambda e: count(PhaseReached)(e) >= 2, 60)
@@ -425,3 +441,120 @@ async def test_set_weight_moves_the_canary_and_a_lower_weight_grows_stable_first
     await releases.publish(AbortRelease(actor="ops@shop"), release_id)
     events = await releases.events(release_id, timeout=90)
     assert isinstance(events[-1].data, ReleaseRolledBack), names(events)
+
+
+# --------------------------------------------------------------------------- hooks and gates
+
+
+@dataclass
+class Endpoint:
+    """A webhook receiver on 127.0.0.1 that answers every POST with ``status``."""
+
+    status: int = 200
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    url: str = ""
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Endpoint]:
+    found = Endpoint()
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            found.calls.append(json.loads(self.rfile.read(length) or b"{}"))
+            self.send_response(found.status)
+            self.end_headers()
+            self.wfile.write(b"as configured")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    found.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield found
+    server.shutdown()
+    thread.join(timeout=5)
+
+
+def with_hooks(kube: client.ApiClient, namespace: str, hooks: list[dict[str, Any]]) -> None:
+    grants = [{"subject": "ops@shop", "actions": ["abort", "open-gate"]}]
+    spec = {**shop.quick_policy(hold_seconds=60, **STEADY), "operators": grants, "hooks": hooks}
+    shop.apply_policy(kube, namespace, spec)
+
+
+async def test_a_gate_blocks_the_release_until_it_is_opened(
+    kube: client.ApiClient, shop_namespace: str, releases: Releases, endpoint: Endpoint
+) -> None:
+    with_hooks(
+        kube,
+        shop_namespace,
+        [
+            {"name": "smoke", "type": "pre-rollout", "url": endpoint.url},
+            {"name": "approve", "type": "confirm-rollout", "deadlineSeconds": 300},
+        ],
+    )
+    release_id = await request(releases, shop_namespace, VersionSpec(image=shop.image("v2")))
+    # The webhook passed and the gate waits; a stranger cannot open it.
+    await history_until(releases, release_id, lambda e: count(HookCompleted)(e) >= 1, 60)
+    await releases.publish(OpenGate(actor="mallory", gate="approve"), release_id)
+    waited = await history_until(
+        releases, release_id, lambda e: count(OperatorCommandRefused)(e) >= 1, 30
+    )
+    assert count(ApplyPhase)(waited) == 0, names(waited)
+    assert apps_named(kube, shop_namespace) == {"web"}
+    assert [call["hook"] for call in endpoint.calls] == ["smoke"]
+    assert endpoint.calls[0]["releaseId"] == release_id
+
+    await releases.publish(OpenGate(actor="ops@shop", gate="approve", reason="CAB ok"), release_id)
+    events = await history_until(releases, release_id, lambda e: count(PhaseReached)(e) >= 1, 60)
+    opened = position(events, lambda d: isinstance(d, OpenGate) and d.actor == "ops@shop")
+    assert opened < position(events, lambda d: isinstance(d, ApplyPhase)), names(events)
+
+    await releases.publish(AbortRelease(actor="ops@shop"), release_id)
+    assert isinstance((await releases.events(release_id, timeout=90))[-1].data, ReleaseRolledBack)
+
+
+async def test_a_gate_nobody_opens_expires_into_a_rollback(
+    kube: client.ApiClient, shop_namespace: str, releases: Releases
+) -> None:
+    with_hooks(
+        kube, shop_namespace, [{"name": "approve", "type": "confirm-rollout", "deadlineSeconds": 3}]
+    )
+    release_id = await request(releases, shop_namespace, VersionSpec(image=shop.image("v2")))
+
+    events = await releases.events(release_id, timeout=60)
+
+    outcome = events[-1].data
+    assert isinstance(outcome, ReleaseRolledBack), names(events)
+    assert "gate approve was not opened by its deadline" in outcome.summary
+    assert count(ApplyPhase)(events) == 0
+    assert apps_named(kube, shop_namespace) == {"web"}
+
+
+async def test_a_failing_pre_rollout_hook_stops_the_release_before_any_traffic_moves(
+    kube: client.ApiClient, shop_namespace: str, releases: Releases, endpoint: Endpoint
+) -> None:
+    endpoint.status = 500
+    hook = {"name": "smoke", "type": "pre-rollout", "url": endpoint.url, "retries": 1}
+    with_hooks(kube, shop_namespace, [hook])
+    history = PodHistory(shop_namespace, "app=web").start(kube)
+    try:
+        release_id = await request(releases, shop_namespace, VersionSpec(image=shop.image("v2")))
+        events = await releases.events(release_id, timeout=60)
+    finally:
+        history.finish()
+
+    assert isinstance(events[-1].data, ReleaseRolledBack), names(events)
+    failed = next(e.data for e in events if isinstance(e.data, HookCompleted))
+    assert not failed.ok and "HTTP 500" in failed.detail
+    assert len(endpoint.calls) == 2  # the first attempt and one retry
+    assert count(ApplyPhase)(events) == 0
+    assert not [e for e in history.events if e.track != "stable"]  # no other pod, ever
+    assert apps_named(kube, shop_namespace) == {"web"}
+
+
+def apps_named(kube: client.ApiClient, namespace: str) -> set[str]:
+    return {d.metadata.name for d in apps(kube).list_namespaced_deployment(namespace).items}

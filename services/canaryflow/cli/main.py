@@ -31,6 +31,7 @@ from canaryflow_contracts.events import (
     AbortRelease,
     ConfigMapChange,
     EnvVar,
+    OpenGate,
     OperatorCommand,
     PauseRelease,
     PolicyOverrides,
@@ -50,6 +51,7 @@ OPERATOR_COMMANDS: dict[str, type[OperatorCommand]] = {
     "abort": AbortRelease,
     "promote": PromoteNow,
     "set-weight": SetWeight,
+    "open-gate": OpenGate,
 }
 
 
@@ -104,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("release_id")
         if event is SetWeight:
             command.add_argument("weight", type=int, help="the canary's share, in percent")
+        if event is OpenGate:
+            command.add_argument("gate", help="the gate's name in the policy")
         command.add_argument("--by", default=_default_actor(), help="who asks (recorded)")
         command.add_argument("--reason", default="", help="why (recorded)")
     return parser
@@ -145,6 +149,8 @@ def operator_command(args: argparse.Namespace) -> OperatorCommand:
     kind = OPERATOR_COMMANDS[args.command]
     if kind is SetWeight:
         return SetWeight(actor=args.by, reason=args.reason, weight=args.weight)
+    if kind is OpenGate:
+        return OpenGate(actor=args.by, reason=args.reason, gate=args.gate)
     return kind(actor=args.by, reason=args.reason)
 
 

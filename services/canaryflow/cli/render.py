@@ -13,7 +13,9 @@ from canaryflow_contracts.events import (
     AnalysisVerdict,
     ApplyPhase,
     DeadLetter,
+    HookCompleted,
     MetricCheck,
+    OpenGate,
     OperatorCommand,
     OperatorCommandRefused,
     PhaseFailed,
@@ -29,6 +31,7 @@ from canaryflow_contracts.events import (
     RequestPromotion,
     RollbackCompleted,
     RollbackRequested,
+    RunHook,
     SetWeight,
     VerdictAction,
     VerdictResult,
@@ -151,6 +154,12 @@ def status_lines(state: ReleaseState, now: datetime) -> list[str]:
                 verdict.result, verdict.reason, verdict.checks, verdict.action
             )
         ]
+    if state.waiting is not None and state.waiting.queue:
+        until = state.waiting.deadline.strftime("%H:%M:%S")
+        lines.append(
+            f"  waiting ({state.waiting.stage}) for {', '.join(state.waiting.queue)}; "
+            f"the current one until {until} UTC"
+        )
     lines += operator_lines(state, now)
     if state.outcome_reason:
         lines.append(f"  outcome: {state.outcome_reason}")
@@ -184,6 +193,8 @@ def _operator_command(data: OperatorCommand) -> str:
     asked = type(data).event_name.replace("_", " ")
     if isinstance(data, SetWeight):
         asked = f"set weight to {data.weight}%"
+    if isinstance(data, OpenGate):
+        asked = f"open gate {data.gate}"
     return f"{data.actor} asks: {asked}" + (f" ({data.reason})" if data.reason else "")
 
 
@@ -242,6 +253,12 @@ def event_line(envelope: Envelope[Any]) -> list[str]:
             head = _operator_command(data)
         case OperatorCommandRefused():
             head = f"REFUSED {data.action} by {data.actor}: {data.refusal}"
+        case RunHook():
+            where = data.hook.url or "the bus"
+            head = f"{data.hook.type.value} hook {data.hook.name}: called ({where})"
+        case HookCompleted():
+            outcome = "passed" if data.ok else "FAILED"
+            head = f"hook {data.hook} {outcome}" + (f": {data.detail}" if data.detail else "")
         case _:
             head = envelope.type.removeprefix("io.canaryflow.")
     return [f"{stamp}  {head}"]

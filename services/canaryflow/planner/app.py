@@ -36,6 +36,8 @@ from canaryflow_contracts import Envelope, EventData
 from canaryflow_contracts.events import (
     AbortRelease,
     AnalysisVerdict,
+    HookCompleted,
+    OpenGate,
     PauseRelease,
     PhaseFailed,
     PhaseReached,
@@ -255,6 +257,8 @@ FOLLOWED: tuple[tuple[type[EventData], str], ...] = (
     (AbortRelease, "abort"),
     (PromoteNow, "promote-now"),
     (SetWeight, "set-weight"),
+    (HookCompleted, "hook-completed"),
+    (OpenGate, "open-gate"),
 )
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import canaryflow.planner.waiting as waits
 from canaryflow.planner.planning import EffectiveAnalysis
 from canaryflow.planner.validation import Admission
 from canaryflow.runtime import operators
@@ -27,6 +28,8 @@ from canaryflow_contracts.events import (
     AbortRelease,
     AnalysisVerdict,
     ApplyPhase,
+    HookCompleted,
+    OpenGate,
     OperatorCommand,
     PauseRelease,
     PhaseFailed,
@@ -45,12 +48,14 @@ from canaryflow_contracts.events import (
     ResumeRelease,
     RollbackCompleted,
     RollbackRequested,
+    RunHook,
     SetWeight,
     TargetRef,
     VerdictAction,
     VerdictResult,
 )
 from canaryflow_contracts.identifiers import version_of
+from canaryflow_contracts.policy import Hook, HookType
 from canaryflow_contracts.state import (
     HISTORY_LIMIT,
     SEEN_EVENTS_LIMIT,
@@ -115,6 +120,7 @@ def accept(
         canary_resources=admission.canary_resources,
         operators=admission.operators,
         max_weight=admission.max_weight,
+        hooks=admission.hooks,
         last_command_at=now,
         created_at=now,
         updated_at=now,
@@ -133,6 +139,8 @@ def accept(
         ],
         seen_event_ids=[event.id],
     )
+    # Pre-rollout hooks and confirm-rollout gates come before any traffic moves.
+    state = waits.enter(state, waits.PRE_ROLLOUT, ReleaseStatus.APPLYING, now)
     return Decision(state, commands_after(state, event))
 
 
@@ -261,13 +269,16 @@ def _transition(state: ReleaseState, event: Envelope[Any], now: datetime) -> Rel
         if status is not ReleaseStatus.APPLYING or data.step.index != state.step_index:
             return None
         detail = f"step {data.step.index}: canary at {data.canary_weight:g}%"
-        return _log(state, now, "phase-reached", detail, event.source).model_copy(
+        in_place = _log(state, now, "phase-reached", detail, event.source).model_copy(
             update={
                 "status": ReleaseStatus.ANALYSING,
                 "canary_weight": data.canary_weight,
                 "last_command_at": now,
             }
         )
+        return waits.enter(in_place, waits.ROLLOUT, ReleaseStatus.ANALYSING, now)
+    if isinstance(data, HookCompleted | OpenGate):
+        return _on_hook_or_gate(state, data, now, event.source)
     if isinstance(data, AnalysisVerdict):
         if status is not ReleaseStatus.ANALYSING or data.step.index != state.step_index:
             return None
@@ -297,7 +308,7 @@ def _transition(state: ReleaseState, event: Envelope[Any], now: datetime) -> Rel
     if isinstance(data, PromoteNow):
         if not in_flight:
             return None
-        return _log(state, now, "promote-now", data.reason, data.actor).model_copy(
+        promoting = _log(state, now, "promote-now", data.reason, data.actor).model_copy(
             update={
                 "status": ReleaseStatus.PROMOTING,
                 "paused": False,
@@ -305,6 +316,7 @@ def _transition(state: ReleaseState, event: Envelope[Any], now: datetime) -> Rel
                 "last_command_at": now,
             }
         )
+        return waits.enter(promoting, waits.PROMOTION, ReleaseStatus.PROMOTING, now)
     if isinstance(data, PromotionCompleted):
         if status is not ReleaseStatus.PROMOTING:
             return None
@@ -362,6 +374,26 @@ def _rolls_back(verdict: AnalysisVerdict) -> bool:
     return verdict.result is VerdictResult.FAIL and verdict.action is not VerdictAction.PAUSE
 
 
+def _on_hook_or_gate(
+    state: ReleaseState, data: HookCompleted | OpenGate, now: datetime, source: str
+) -> ReleaseState | None:
+    """The hook or gate the release waits for is done: go on, or roll back on a failure."""
+    hook = waits.current(state)
+    if hook is None or state.waiting is None:
+        return None
+    if isinstance(data, OpenGate):
+        if not hook.type.gate or data.gate != hook.name:
+            return None
+        detail = f"gate {hook.name}" + (f": {data.reason}" if data.reason else "")
+        return waits.passed(_log(state, now, "gate-opened", detail, data.actor), now)
+    if hook.type.gate or data.hook != hook.name or data.step_index != state.waiting.step_index:
+        return None
+    detail = f"{hook.type.value} hook {hook.name}" + (f": {data.detail}" if data.detail else "")
+    if not data.ok:
+        return _rolling_back(state, now, "hook-failed", f"{detail} (failed)", source)
+    return waits.passed(_log(state, now, "hook-passed", detail, source), now)
+
+
 def _passed(verdict: VerdictSummary) -> bool:
     """A final pass, or an inconclusive end the policy says to continue on; never no data."""
     if not verdict.final:
@@ -393,7 +425,7 @@ def _advance(state: ReleaseState, now: datetime) -> ReleaseState:
     """After a passed step: the next step, or promotion after the last."""
     following = state.step_index + 1
     if following >= len(state.steps):
-        return state.model_copy(update={"status": ReleaseStatus.PROMOTING, "last_command_at": now})
+        return waits.enter(state, waits.PROMOTION, ReleaseStatus.PROMOTING, now)
     # Every step gets the same time to become ready as the first one had.
     ready_window = state.ready_deadline - state.phase_started_at
     return state.model_copy(
@@ -454,9 +486,26 @@ def commands_after(state: ReleaseState, event: Envelope[Any]) -> list[Command]:
                 target=state.target, version=state.version, policy=state.policy, steps=state.steps
             )
             return [Command(planned, f"{rid}.planned"), apply_phase(state)]
+        if status is ReleaseStatus.WAITING and state.step_index == 0:
+            planned = ReleasePlanned(
+                target=state.target, version=state.version, policy=state.policy, steps=state.steps
+            )
+            return [Command(planned, f"{rid}.planned"), *_waiting_commands(state, event.id)]
         return []
     if isinstance(data, PhaseReached):
+        if status is ReleaseStatus.WAITING:
+            return _waiting_commands(state, event.id)
         return [request_analysis(state)] if status is ReleaseStatus.ANALYSING else []
+    if isinstance(data, HookCompleted | OpenGate):
+        if status is ReleaseStatus.ROLLING_BACK:
+            rollback = RollbackRequested(
+                target=state.target, reason=state.outcome_reason, requested_by=SOURCE
+            )
+            return [
+                _status(state, event.id, "rolling_back", state.outcome_reason),
+                Command(rollback, f"{rid}.rollback.{short_digest(event.id)}"),
+            ]
+        return after_wait(state, event.id)
     if isinstance(data, AnalysisVerdict):
         if data.action is VerdictAction.EXTEND and status is ReleaseStatus.ANALYSING:
             detail = f"step {state.step_index + 1} hold extended: {data.reason}"
@@ -488,7 +537,7 @@ def commands_after(state: ReleaseState, event: Envelope[Any]) -> list[Command]:
         evidence = state.last_verdict.checks if state.last_verdict else []
         summary = f"{state.version.image} is stable after {len(state.steps)} step(s)"
         succeeded = ReleaseSucceeded(target=state.target, summary=summary, evidence=evidence)
-        return [Command(succeeded, f"{rid}.succeeded")]
+        return [Command(succeeded, f"{rid}.succeeded"), *_final_hooks(state, HookType.POST_ROLLOUT)]
     if isinstance(data, RollbackCompleted) and status is ReleaseStatus.ROLLED_BACK:
         verdict = state.last_verdict
         failing = verdict is not None and verdict.result is VerdictResult.FAIL
@@ -501,7 +550,7 @@ def commands_after(state: ReleaseState, event: Envelope[Any]) -> list[Command]:
             summary=summary,
             evidence=verdict.checks if failing and verdict is not None else [],
         )
-        return [Command(outcome, f"{rid}.rolled-back")]
+        return [Command(outcome, f"{rid}.rolled-back"), *_final_hooks(state, HookType.ROLLBACK)]
     return []
 
 
@@ -518,6 +567,8 @@ def _entry_commands(state: ReleaseState, trigger_id: str) -> list[Command]:
             else "held by an operator"
         )
         return [_status(state, trigger_id, "paused", f"{waiting}; waiting for resume")]
+    if state.status is ReleaseStatus.WAITING:
+        return _waiting_commands(state, trigger_id)
     if state.status is ReleaseStatus.APPLYING:
         return [
             _status(
@@ -534,6 +585,41 @@ def _entry_commands(state: ReleaseState, trigger_id: str) -> list[Command]:
             request_promotion(state),
         ]
     return []
+
+
+def after_wait(state: ReleaseState, trigger_id: str) -> list[Command]:
+    """What to publish once a hook or gate is passed (or a gate expired and goes on)."""
+    if state.status is ReleaseStatus.ANALYSING and not state.paused:
+        return [request_analysis(state)]
+    return _entry_commands(state, trigger_id)
+
+
+def _waiting_commands(state: ReleaseState, trigger_id: str) -> list[Command]:
+    """Run the hook the release now waits for, or say which gate waits to be opened."""
+    hook = waits.current(state)
+    if hook is None or state.waiting is None:
+        return []
+    until = state.waiting.deadline.strftime("%H:%M:%S")
+    if hook.type.gate:
+        detail = (
+            f"gate {hook.name} ({hook.type.value}) waits to be opened until {until} UTC: "
+            f"canaryflow open-gate {state.release_id} {hook.name}"
+        )
+        return [_status(state, trigger_id, "waiting", detail)]
+    where = hook.url or "the bus"
+    detail = f"{hook.type.value} hook {hook.name} runs ({where}), until {until} UTC"
+    return [_status(state, trigger_id, "waiting", detail), run_hook(state, hook)]
+
+
+def run_hook(state: ReleaseState, hook: Hook) -> Command:
+    step_index = state.waiting.step_index if state.waiting is not None else state.step_index
+    command = RunHook(target=state.target, version=state.version, hook=hook, step_index=step_index)
+    return Command(command, f"{state.release_id}.hook.{hook.name}.{step_index}")
+
+
+def _final_hooks(state: ReleaseState, kind: HookType) -> list[Command]:
+    """Post-rollout or rollback hooks: run once the release is over, nothing waits on them."""
+    return [run_hook(state, hook) for hook in state.hooks if hook.type is kind]
 
 
 def _status(state: ReleaseState, trigger_id: str, status: str, detail: str) -> Command:

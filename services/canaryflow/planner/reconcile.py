@@ -13,11 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import canaryflow.planner.waiting as waits
 from canaryflow.planner.machine import (
     NO_CHANGE,
     SOURCE,
     Command,
     Decision,
+    after_wait,
     request_analysis,
     request_promotion,
     with_history,
@@ -57,6 +59,8 @@ def reconcile(
     ):
         reason = f"paused for longer than {state.pause_limit_seconds:g}s"
         return _roll_back(state, now, reason)
+    if state.status is ReleaseStatus.WAITING:
+        return _waited_out(state, now)
     if state.status is ReleaseStatus.APPLYING:
         if now > state.ready_deadline + timedelta(seconds=timings.grace_seconds):
             return _roll_back(state, now, f"step {state.step_index} not in place by its deadline")
@@ -84,6 +88,22 @@ def reconcile(
     )
     command = Command(rollback, f"{rid}.rollback.r{state.reissued + 1}")
     return _reissue(state, now, command, "rollback not completed")
+
+
+def _waited_out(state: ReleaseState, now: datetime) -> Decision:
+    """A hook or gate out of time: a gate may say go on; anything else rolls back."""
+    hook = waits.expired(state, now)
+    if hook is None or state.waiting is None:
+        return NO_CHANGE
+    if waits.expiry_continues(hook):
+        detail = f"gate {hook.name} was not opened by its deadline; its policy says continue"
+        new = waits.passed(with_history(state, now, "gate-expired", detail), now)
+        new = new.model_copy(update={"updated_at": now})
+        trigger = f"{state.release_id}.expired.{hook.name}.{state.waiting.step_index}"
+        return Decision(new, after_wait(new, trigger))
+    if hook.type.gate:
+        return _roll_back(state, now, f"gate {hook.name} was not opened by its deadline")
+    return _roll_back(state, now, f"{hook.type.value} hook {hook.name} did not answer in time")
 
 
 def _reissue(state: ReleaseState, now: datetime, command: Command, why: str) -> Decision:

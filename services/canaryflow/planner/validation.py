@@ -8,7 +8,7 @@ decided from those reads is the pure ``check_request``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -20,7 +20,14 @@ from canaryflow.planner.planning import Plan, Refusal, plan
 from canaryflow.runtime.bundle import base_of, references
 from canaryflow.runtime.kube import api_client, call, is_not_found
 from canaryflow_contracts.events import ContainerResources, ReleaseRequested
-from canaryflow_contracts.policy import GROUP, PLURAL, VERSION, OperatorGrant, ReleasePolicySpec
+from canaryflow_contracts.policy import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    Hook,
+    OperatorGrant,
+    ReleasePolicySpec,
+)
 
 _CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 
@@ -61,6 +68,7 @@ class Admission:
     canary_resources: ContainerResources | None = None
     operators: list[OperatorGrant] | None = None
     max_weight: int = 100
+    hooks: list[Hook] = field(default_factory=list)
 
 
 def check_request(
@@ -106,6 +114,7 @@ def check_request(
                 if resources is None
                 else ContainerResources(requests=resources.requests, limits=resources.limits),
                 operators=spec.operators,
+                hooks=list(spec.hooks),
                 max_weight=min(spec.max_weight, request.overrides.max_weight or spec.max_weight),
             )
     return Refusal(tuple(reasons))

@@ -14,6 +14,7 @@ import hashlib
 
 from canaryflow_contracts.events import (
     AbortRelease,
+    OpenGate,
     OperatorCommand,
     OperatorCommandRefused,
     PauseRelease,
@@ -30,6 +31,7 @@ ACTIONS: dict[type[OperatorCommand], OperatorAction] = {
     AbortRelease: OperatorAction.ABORT,
     PromoteNow: OperatorAction.PROMOTE,
     SetWeight: OperatorAction.SET_WEIGHT,
+    OpenGate: OperatorAction.OPEN_GATE,
 }
 # Without a list in the policy: what only ever makes a release safer.
 DEFAULT_ACTIONS = frozenset({OperatorAction.PAUSE, OperatorAction.ABORT})

@@ -1,0 +1,122 @@
+"""Webhook hooks: the executor calls them, with a timeout per attempt and bounded retries.
+
+A hook is how a release reaches a system canaryflow does not know (a load test to start, a
+change record to open, a smoke test to run). Calling out belongs with the executor, which
+already owns canaryflow's side effects; the planner only asks (RunHook) and waits for the
+answer (HookCompleted), so a slow or dead endpoint never blocks the planner. A hook without a
+URL is answered by whichever system subscribes to RunHook on the bus; this module skips it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from canaryflow.runtime.bus import Delivery
+from canaryflow.runtime.service import Service
+from canaryflow_contracts import Envelope
+from canaryflow_contracts.events import HookCompleted, RunHook
+
+log = logging.getLogger(__name__)
+
+# Pause before retry n (the last repeats): short, a hook's own timeout bounds each attempt.
+RETRY_BACKOFF_SECONDS = (0.5, 1.0, 2.0)
+DETAIL_LIMIT = 300
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class HookOutcome:
+    ok: bool
+    detail: str
+    attempts: int
+
+
+def payload(release_id: str, command: RunHook) -> dict[str, Any]:
+    """What a webhook receives: enough to act without asking canaryflow anything."""
+    hook = command.hook
+    return {
+        "releaseId": release_id,
+        "hook": hook.name,
+        "type": hook.type.value,
+        "step": command.step_index,
+        "target": {"namespace": command.target.namespace, "name": command.target.name},
+        "version": command.version.model_dump(mode="json"),
+        "metadata": dict(hook.metadata),
+    }
+
+
+def judged(status: int, body: str) -> tuple[bool, str]:
+    """2xx passes; anything else fails, with the start of what the endpoint said."""
+    ok = 200 <= status < 300
+    text = " ".join(body.split())[:DETAIL_LIMIT]
+    return ok, f"HTTP {status}" + (f": {text}" if text else "")
+
+
+def backoff(attempt: int, schedule: Sequence[float] = RETRY_BACKOFF_SECONDS) -> float:
+    return schedule[min(attempt, len(schedule) - 1)]
+
+
+class WebhookCaller:
+    def __init__(
+        self, client: httpx.AsyncClient | None = None, sleep: Sleep = asyncio.sleep
+    ) -> None:
+        self._client = client
+        self._sleep = sleep
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(follow_redirects=False)
+        return self._client
+
+    async def call(self, release_id: str, command: RunHook) -> HookOutcome:
+        hook = command.hook
+        assert hook.url is not None
+        body = payload(release_id, command)
+        detail = ""
+        attempts = hook.retries + 1
+        for attempt in range(attempts):
+            try:
+                response = await self._http().post(
+                    hook.url, json=body, timeout=hook.timeout_seconds
+                )
+                ok, detail = judged(response.status_code, response.text)
+                if ok:
+                    return HookOutcome(True, detail, attempt + 1)
+            except httpx.HTTPError as error:
+                detail = f"{type(error).__name__}: {error}"[:DETAIL_LIMIT]
+            if attempt + 1 < attempts:
+                await self._sleep(backoff(attempt))
+        return HookOutcome(False, f"after {attempts} attempt(s): {detail}", attempts)
+
+
+def register(service: Service, caller: WebhookCaller | None = None) -> None:
+    """Subscribe the executor to RunHook: call webhooks, report each outcome once."""
+    webhooks = caller or WebhookCaller()
+
+    async def on_run_hook(envelope: Envelope[RunHook], delivery: Delivery) -> None:
+        command, rid = envelope.data, envelope.subject
+        hook = command.hook
+        if hook.url is None:
+            return  # a bus hook: another system answers it
+        async with delivery.keep_alive():
+            outcome = await webhooks.call(rid, command)
+        log.info("hook %s (%s): %s", hook.name, hook.type.value, outcome.detail)
+        completed = HookCompleted(
+            target=command.target,
+            hook=hook.name,
+            step_index=command.step_index,
+            ok=outcome.ok,
+            detail=outcome.detail,
+        )
+        await service.publisher.publish(
+            completed, rid, event_id=f"{rid}.hook-done.{hook.name}.{command.step_index}"
+        )
+
+    service.subscribe(RunHook, "run-hook", on_run_hook)
