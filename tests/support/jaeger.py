@@ -6,6 +6,7 @@ through the same API a person uses.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -32,6 +33,22 @@ class JaegerQuery:
         response.raise_for_status()
         data = response.json().get("data") or []
         return dict(data[0]) if data else None
+
+    def find_traces(
+        self, service: str, tags: dict[str, str], lookback: str = "1h", limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Traces with a span of ``service`` carrying every tag in ``tags`` (the UI's search)."""
+        response = self._client.get(
+            "/api/traces",
+            params={
+                "service": service,
+                "tags": json.dumps(tags),
+                "lookback": lookback,
+                "limit": str(limit),
+            },
+        )
+        response.raise_for_status()
+        return [dict(found) for found in response.json().get("data") or []]
 
     @staticmethod
     def service_of(trace: dict[str, Any], span: dict[str, Any]) -> str:

@@ -195,10 +195,14 @@ async def follow_release(
     release_id: str,
     on_event: Callable[[Envelope[Any]], None],
     give_up_after: float = 0,
+    *,
+    on_trace: Callable[[str], None] | None = None,
 ) -> Envelope[Any] | None:
     """Replay the release's events from its start, then live, until a terminal event.
 
     Returns the terminal event, or None when ``give_up_after`` seconds passed first.
+    ``on_trace`` gets the ``traceparent`` header of the first event that has one (the
+    request itself may not: the planner roots the trace when it handles it).
     """
     js = nc.jetstream()
     subscription = await js.subscribe(
@@ -219,6 +223,9 @@ async def follow_release(
                 msg = await subscription.next_msg(timeout=min(wait, 5))
             except TimeoutError:
                 continue
+            if on_trace is not None and (traceparent := (msg.headers or {}).get("traceparent")):
+                on_trace(traceparent)
+                on_trace = None
             try:
                 envelope = parse_event(msg.data)
             except (ValueError, ValidationError) as error:
@@ -236,9 +243,37 @@ def print_event(envelope: Envelope[Any]) -> None:
         print(line, flush=True)
 
 
+def jaeger_ui() -> str:
+    return os.environ.get("JAEGER_UI_URL") or render.DEFAULT_JAEGER_UI
+
+
+async def _stored_trace_parent(nc: Client, subjects: Subjects, release_id: str) -> str:
+    try:
+        kv = await nc.jetstream().key_value(subjects.releases_bucket)
+    except BucketNotFoundError:
+        return ""
+    versioned = await ReleaseStore(kv).get(release_id)
+    return versioned.state.trace_parent if versioned is not None else ""
+
+
 async def _watch(nc: Client, subjects: Subjects, release_id: str, give_up_after: float) -> int:
     """Exit 0 when the release succeeded, 1 when it ended otherwise, 2 when we gave up."""
-    final = await follow_release(nc, subjects, release_id, print_event, give_up_after)
+
+    def print_trace(traceparent: str) -> None:
+        if link := render.trace_link(traceparent, jaeger_ui()):
+            print(f"trace: {link}", flush=True)
+
+    stored = await _stored_trace_parent(nc, subjects, release_id)
+    if stored:
+        print_trace(stored)
+    final = await follow_release(
+        nc,
+        subjects,
+        release_id,
+        print_event,
+        give_up_after,
+        on_trace=None if stored else print_trace,
+    )
     if final is None:
         print(f"stopped watching after {give_up_after:g}s; the release goes on")
         return 2
@@ -259,7 +294,7 @@ async def _status(nc: Client, subjects: Subjects, include_finished: bool) -> int
         print("no release in flight" + ("" if include_finished else " (--all shows finished)"))
     now = datetime.now(UTC)
     for state in shown:
-        print("\n".join(render.status_lines(state, now)))
+        print("\n".join(render.status_lines(state, now, jaeger_ui())))
     return 0
 
 

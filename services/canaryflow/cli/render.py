@@ -5,6 +5,7 @@ Pure functions, so the wording is unit-tested and the same in ``status``, ``watc
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -134,7 +135,19 @@ def _ago(moment: datetime, now: datetime) -> str:
     return f"{seconds // 60}m ago"
 
 
-def status_lines(state: ReleaseState, now: datetime) -> list[str]:
+DEFAULT_JAEGER_UI = "http://127.0.0.1:16686"
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def trace_link(traceparent: str, jaeger_ui: str = DEFAULT_JAEGER_UI) -> str:
+    """The Jaeger page of the trace a W3C ``traceparent`` belongs to ("" if it is not one)."""
+    match = _TRACEPARENT.match(traceparent.strip().lower())
+    if match is None or set(match.group(1)) == {"0"}:
+        return ""
+    return f"{jaeger_ui.rstrip('/')}/trace/{match.group(1)}"
+
+
+def status_lines(state: ReleaseState, now: datetime, jaeger_ui: str = "") -> list[str]:
     """Everything a person asks about a release in flight, in a few lines."""
     step = state.current_step
     status = state.status.value + (" (paused)" if state.paused else "")
@@ -163,6 +176,8 @@ def status_lines(state: ReleaseState, now: datetime) -> list[str]:
     lines += operator_lines(state, now)
     if state.outcome_reason:
         lines.append(f"  outcome: {state.outcome_reason}")
+    if jaeger_ui and (link := trace_link(state.trace_parent, jaeger_ui)):
+        lines.append(f"  trace: {link}")
     return lines
 
 

@@ -83,6 +83,8 @@ class ServiceLauncher:
             "CANARYFLOW_RECONCILE_SECONDS": "2",
             "OTEL_EXPORTER_OTLP_ENDPOINT": self.stack.otlp_endpoint,
             "OTEL_SERVICE_NAME": f"canaryflow-{service.replace('_', '-')}",
+            # Spans in Jaeger within a second of ending, for people and tests following live.
+            "OTEL_BSP_SCHEDULE_DELAY": os.environ.get("OTEL_BSP_SCHEDULE_DELAY", "500"),
             "PYTHONUNBUFFERED": "1",
         }
         if http_port:

@@ -24,7 +24,7 @@ from canaryflow.executor.phases import (
     Superseded,
 )
 from canaryflow.executor.traffic import TrafficRouter, router_for
-from canaryflow.runtime import kube, observability
+from canaryflow.runtime import kube, observability, tracing
 from canaryflow.runtime.bus import Delivery
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
@@ -71,11 +71,16 @@ def build_service(
         async def wanted() -> bool:
             return apply_wanted(await state_of(rid), step.index)
 
+        span = tracing.handling(
+            f"apply step {step.index + 1} ({step.weight}%)",
+            rid,
+            {tracing.STEP: step.index, tracing.WEIGHT: step.weight},
+        )
         async with delivery.keep_alive():
             outcome = await runner.apply(rid, command, wanted)
+        span.set_attributes(tracing.outcome_attributes(outcome))
         target = command.target
         if isinstance(outcome, Reached):
-            metrics.canary_weight.labels(target.namespace, target.name).set(outcome.weight)
             metrics.phase_seconds.labels(target.namespace, target.name).observe(
                 (now() - envelope.time).total_seconds()
             )
@@ -102,11 +107,12 @@ def build_service(
             return promotion_wanted(await state_of(rid))
 
         deadline = now() + timedelta(seconds=promotion_seconds)
+        span = tracing.handling("promote", rid, {"canaryflow.image": command.version.image})
         async with delivery.keep_alive():
             outcome = await runner.promote(rid, command, deadline, wanted)
+        span.set_attributes(tracing.outcome_attributes(outcome))
         target = command.target
         if isinstance(outcome, Promoted):
-            metrics.canary_weight.labels(target.namespace, target.name).set(0)
             completed = PromotionCompleted(target=target, image=outcome.image)
             await service.publisher.publish(completed, rid, event_id=f"{rid}.promoted")
         elif isinstance(outcome, Failed):

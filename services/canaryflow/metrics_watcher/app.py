@@ -13,6 +13,7 @@ from canaryflow.metrics_watcher import webhook
 from canaryflow.metrics_watcher.analysis import AnalysisJob, Analyst, Clock, SystemClock
 from canaryflow.metrics_watcher.policies import KubePolicySource, PolicySource
 from canaryflow.metrics_watcher.providers import MetricProvider, create_provider
+from canaryflow.runtime import tracing
 from canaryflow.runtime.bus import Delivery
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
@@ -61,8 +62,16 @@ def build_service(
         job = AnalysisJob(delivery.release_id, envelope.id, envelope.data, anchor=envelope.time)
         # The message stays unacknowledged for the whole hold: if this replica dies, another
         # one resumes the same schedule after ack_wait.
+        step = envelope.data.step
+        span = tracing.handling(
+            f"analyse step {step.index + 1} ({step.weight}%)",
+            delivery.release_id,
+            {tracing.STEP: step.index, tracing.WEIGHT: step.weight},
+        )
         async with delivery.keep_alive():
-            await analyst.run(job)
+            final = await analyst.run(job)
+        if final is not None:
+            span.set_attributes(tracing.verdict_attributes(final))
 
     service.subscribe(RequestAnalysis, "analysis", on_analysis_requested)
     if settings.http_port:

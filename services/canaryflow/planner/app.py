@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
+from opentelemetry import trace
 from pydantic import ConfigDict, ValidationError
 
+from canaryflow.planner.gauges import canary_weights, release_counts
 from canaryflow.planner.machine import Command, Decision, accept, decide, reject
 from canaryflow.planner.planning import Refusal
 from canaryflow.planner.reconcile import DEFAULT_TIMINGS, ReconcileTimings, reconcile
@@ -27,7 +28,7 @@ from canaryflow.planner.validation import (
     describe_validation_error,
     validate,
 )
-from canaryflow.runtime import observability
+from canaryflow.runtime import observability, tracing
 from canaryflow.runtime.bus import Delivery
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
@@ -116,6 +117,7 @@ class Planner:
         self, event: Envelope[ReleaseRequestPayload], delivery: Delivery | None = None
     ) -> None:
         release_id = event.subject
+        tracing.handling("admit request", release_id)
         try:
             request = ReleaseRequested.model_validate(event.data.model_extra or {})
         except ValidationError as error:
@@ -149,12 +151,21 @@ class Planner:
         else:
             decision = accept(release_id, event, admitted, now)
         assert decision.state is not None
+        # Every later command of this release re-enters the trace rooted here.
+        root = tracing.release_root() or tracing.current_traceparent()
+        decision = Decision(
+            decision.state.model_copy(update={"trace_parent": root}), decision.commands
+        )
+        assert decision.state is not None
         try:
             await store.create(decision.state)
         except StaleWrite:
             if isinstance(admitted, Admission):
                 await self._unclaim_unless_ours(release_id, request.target)
             return False
+        trace.get_current_span().set_attribute(
+            "canaryflow.status.after", decision.state.status.value
+        )
         log.info(
             "release %s: %s",
             decision.state.status.value,
@@ -171,6 +182,8 @@ class Planner:
 
     async def on_event(self, event: Envelope[Any], delivery: Delivery | None = None) -> None:
         release_id = event.subject
+        kind = event.type.removeprefix("io.canaryflow.").rsplit(".", 1)[0]
+        tracing.handling(f"decide {kind}", release_id)
         for _ in range(CAS_ATTEMPTS):
             current = await self._store().get(release_id)
             if current is None:
@@ -183,11 +196,22 @@ class Planner:
     async def _apply(self, current: Versioned, event: Envelope[Any]) -> bool:
         """Decide and write; False when the state changed since it was read."""
         decision = decide(current.state, event, self._clock())
+        after = decision.state or current.state
+        trace.get_current_span().set_attributes(
+            {
+                "canaryflow.status.before": current.state.status.value,
+                "canaryflow.status.after": after.status.value,
+                tracing.STEP: after.step_index,
+                "canaryflow.commands": [type(c.data).__name__ for c in decision.commands],
+            }
+        )
         if decision.state is not None:
             try:
                 await self._store().update(decision.state, current.revision)
             except StaleWrite:
                 return False
+            # At once, not only at the next reconcile: a short step must still show on a graph.
+            export_weight(decision.state)
             log.info(
                 "%s -> %s%s",
                 event.type,
@@ -200,8 +224,10 @@ class Planner:
     async def _publish(
         self, release_id: str, decision: Decision, before: ReleaseState | None = None
     ) -> None:
-        for command in decision.commands:
-            await self._send(release_id, command)
+        known = decision.state or before
+        with tracing.within(known.trace_parent if known is not None else ""):
+            for command in decision.commands:
+                await self._send(release_id, command)
         # A replay (no new state, commands again) may follow a crash before the lock was freed.
         after = decision.state or (before if decision.commands else None)
         if after is not None and after.status.terminal:
@@ -214,25 +240,38 @@ class Planner:
     async def reconcile_once(self) -> None:
         """One pass of the safety net over every release; a lost CAS race waits for the next."""
         now = self._clock()
-        by_status: Counter[ReleaseStatus] = Counter()
+        states: list[ReleaseState] = []
         for versioned in await self._store().all():
-            by_status[versioned.state.status] += 1
+            states.append(versioned.state)
             decision = reconcile(versioned.state, now, self._timings)
             if decision.state is None:
                 continue
+            await self._reissue(versioned, decision)
+        export_gauges(states)
+
+    async def _reissue(self, versioned: Versioned, decision: Decision) -> None:
+        assert decision.state is not None
+        state = versioned.state
+        with (
+            tracing.within(state.trace_parent),
+            tracing.span("reconcile", state.release_id) as span,
+            observability.release_context(state.release_id),
+        ):
             try:
                 await self._store().update(decision.state, versioned.revision)
             except StaleWrite:
-                continue
-            log.warning(
-                "reconcile: %s",
-                decision.state.history[-1].detail,
-                extra={"release_id": versioned.state.release_id},
+                span.set_attribute("canaryflow.reconcile.lost_race", True)
+                return
+            detail = decision.state.history[-1].detail
+            span.set_attributes(
+                {
+                    "canaryflow.reconcile.detail": detail,
+                    "canaryflow.status.before": state.status.value,
+                    "canaryflow.status.after": decision.state.status.value,
+                }
             )
-            await self._publish(versioned.state.release_id, decision)
-        gauge = observability.service_metrics().releases
-        for status in ReleaseStatus:
-            gauge.labels(status.value).set(by_status[status])
+            log.warning("reconcile: %s", detail)
+            await self._publish(state.release_id, decision)
 
     async def reconcile_forever(self, every_seconds: float) -> None:
         while True:
@@ -242,6 +281,24 @@ class Planner:
                 # The bus or the bucket may be briefly away; the next pass tries again.
                 log.exception("reconcile pass failed")
             await asyncio.sleep(every_seconds)
+
+
+def export_gauges(states: list[ReleaseState]) -> None:
+    """Releases by status and each target's canary share, as the state in the bucket says."""
+    metrics = observability.service_metrics()
+    counts = release_counts(states)
+    for status in ReleaseStatus:
+        metrics.releases.labels(status.value).set(counts[status])
+    for (namespace, name), weight in canary_weights(states).items():
+        metrics.canary_weight.labels(namespace, name).set(weight)
+
+
+def export_weight(state: ReleaseState) -> None:
+    """The target's canary share after a transition of its (only) release in flight."""
+    weight = canary_weights([state])[(state.target.namespace, state.target.name)]
+    observability.service_metrics().canary_weight.labels(
+        state.target.namespace, state.target.name
+    ).set(weight)
 
 
 # The events the planner follows, each with its own durable consumer.

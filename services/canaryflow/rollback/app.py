@@ -16,7 +16,7 @@ from kubernetes import client
 
 from canaryflow.rollback.restorer import Restorer
 from canaryflow.rollback.triggers import abort_refusal, should_restore, trigger_of
-from canaryflow.runtime import kube, observability
+from canaryflow.runtime import kube, observability, tracing
 from canaryflow.runtime.bus import Delivery, Handler, PermanentError
 from canaryflow.runtime.operators import refusal_notice, refused_id
 from canaryflow.runtime.service import Service
@@ -68,12 +68,19 @@ def build_service(
             log.info("release %s already succeeded; %s ignored", release_id, data.event_type())
             return
         deadline = now() + timedelta(seconds=restore_seconds)
+        span = tracing.handling(
+            "rollback",
+            release_id,
+            {"canaryflow.trigger": data.event_type(), "canaryflow.reason": trigger.reason},
+        )
         async with delivery.keep_alive():
             try:
                 restored = await restorer.restore(release_id, trigger.target, deadline)
             except kube.CorruptRestorePoint as error:
                 raise PermanentError(f"{trigger.target.key()}: {error}") from error
         seconds = max((now() - triggered_at).total_seconds(), 0.0)
+        span.set_attributes(tracing.outcome_attributes(restored))
+        span.set_attribute("canaryflow.seconds_to_restore", seconds)
         if restored.changed:
             metrics.restore_seconds.observe(seconds)
         log.info("rolled back in %.2fs: %s", seconds, restored.note)

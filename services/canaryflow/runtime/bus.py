@@ -26,9 +26,10 @@ from faststream.nats.annotations import NatsMessage
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, BucketNotFoundError
+from opentelemetry import trace
 from pydantic import ValidationError
 
-from canaryflow.runtime import observability
+from canaryflow.runtime import observability, tracing
 from canaryflow.runtime.settings import Settings
 from canaryflow_contracts import Envelope, EventData, Subjects, new_event_id
 from canaryflow_contracts.events import DeadLetter
@@ -77,10 +78,18 @@ async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
 class EventPublisher:
     """Publishes typed events in their envelope, deduplicated by the envelope id."""
 
-    def __init__(self, broker: NatsBroker, subjects: Subjects, source: str) -> None:
+    def __init__(
+        self,
+        broker: NatsBroker,
+        subjects: Subjects,
+        source: str,
+        trace_root: tracing.RootLookup | None = None,
+    ) -> None:
         self._broker = broker
         self._subjects = subjects
         self._source = source
+        # For publishes outside any handler (a webhook, a background loop): the release's trace.
+        self._trace_root = trace_root
 
     async def publish(
         self, data: EventData, release_id: str, *, event_id: str | None = None
@@ -94,12 +103,20 @@ class EventPublisher:
             data, release_id=release_id, source=self._source, id=event_id or new_event_id()
         )
         subject = self._subjects.of(type(data), release_id)
-        await self._broker.publish(
-            envelope.model_dump_json().encode(),
-            subject=subject,
-            headers={"Nats-Msg-Id": envelope.id, "ce-type": envelope.type},
-            stream=self._subjects.events_stream.name,
-        )
+        root = ""
+        if self._trace_root is not None and tracing.tracer_enabled() and not tracing.in_trace():
+            root = await self._trace_root(release_id)
+        with (
+            tracing.within(root),
+            tracing.publishing(data, release_id, envelope.id, subject) as trace_headers,
+        ):
+            # Straight to JetStream: our producer span carries the context (see tracing).
+            await self._broker.connection.jetstream().publish(
+                subject,
+                envelope.model_dump_json().encode(),
+                headers={"Nats-Msg-Id": envelope.id, "ce-type": envelope.type, **trace_headers},
+                stream=self._subjects.events_stream.name,
+            )
         log.info(
             "published %s",
             envelope.type,
@@ -162,12 +179,25 @@ def subscribe(
     ack_wait = ack_wait_seconds or settings.ack_wait_seconds
     envelope_type = Envelope[event]  # type: ignore[valid-type]
     metrics = observability.service_metrics()
+    # Exported at 0 from the start, so "no redelivery yet" is a value, not a missing series.
+    metrics.redeliveries.labels(settings.service, handler_name)
+    metrics.dead_letters.labels(settings.service, handler_name)
 
     async def on_message(msg: NatsMessage) -> None:
         raw = msg.raw_message
         attempt = raw.metadata.num_delivered
         release_id = Subjects.release_id_of(raw.subject)
         started = time.perf_counter()
+        # FastStream's consumer span: make it findable by release in Jaeger.
+        span = trace.get_current_span()
+        span.set_attributes(
+            {
+                tracing.RELEASE_ID: release_id,
+                tracing.EVENT_TYPE: event.event_type(),
+                "canaryflow.handler": f"{settings.service}:{handler_name}",
+                "messaging.nats.delivery_attempt": attempt,
+            }
+        )
         if attempt > 1:
             metrics.redeliveries.labels(settings.service, handler_name).inc()
         try:
@@ -175,9 +205,12 @@ def subscribe(
                 envelope = envelope_type.model_validate_json(raw.data).check_type()
             except (ValidationError, ValueError) as error:
                 raise PermanentError(f"malformed {event.event_type()}: {error}") from error
+            span.set_attribute(tracing.EVENT_ID, envelope.id)
             with observability.release_context(release_id, envelope.id):
                 await handler(envelope, Delivery(raw.subject, release_id, attempt, msg, ack_wait))
         except Exception as error:
+            span.record_exception(error)
+            tracing.mark_failed(span, f"{type(error).__name__}: {error}")
             permanent = isinstance(error, PermanentError)
             if permanent or attempt >= settings.max_deliver:
                 log.error(

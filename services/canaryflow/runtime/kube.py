@@ -19,7 +19,9 @@ from typing import Any, TypeVar, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from opentelemetry.trace import SpanKind
 
+from canaryflow.runtime import tracing
 from canaryflow_contracts.events import TargetRef
 
 log = logging.getLogger(__name__)
@@ -156,6 +158,39 @@ def _request(
     body: dict[str, Any] | None = None,
     content_type: str = "application/json",
     query: list[tuple[str, str]] | None = None,
+) -> dict[str, Any]:
+    if method == "GET":
+        return _send(api, method, path, body=body, content_type=content_type, query=query)
+    # Every write is a span of the release's trace (the caller's context reaches this thread).
+    namespace, _, resource = path.partition("/namespaces/")[2].partition("/")
+    with tracing.tracer().start_as_current_span(
+        f"k8s {method} {resource}",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "http.request.method": method,
+            "k8s.namespace.name": namespace,
+            "k8s.resource": resource,
+        },
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            return _send(api, method, path, body=body, content_type=content_type, query=query)
+        except ApiException as error:
+            span.set_attribute("http.response.status_code", error.status or 0)
+            if error.status not in (404, 409):  # gone or changed meanwhile: callers expect it
+                tracing.mark_failed(span, f"{error.status} {error.reason}")
+            raise
+
+
+def _send(
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    *,
+    body: dict[str, Any] | None,
+    content_type: str,
+    query: list[tuple[str, str]] | None,
 ) -> dict[str, Any]:
     headers = {"Accept": "application/json"}
     if body is not None:

@@ -14,17 +14,23 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+
+from canaryflow.runtime import tracing
+from canaryflow.runtime.otlp_json import OtlpJsonSpanExporter
 
 _release_id: contextvars.ContextVar[str] = contextvars.ContextVar("release_id", default="")
 _event_id: contextvars.ContextVar[str] = contextvars.ContextVar("event_id", default="")
@@ -72,17 +78,46 @@ def configure_logging(service: str, level: str | None = None) -> None:
 
 
 def configure_tracing(service: str) -> TracerProvider:
-    """A tracer provider exporting over OTLP/HTTP when an endpoint is configured."""
+    """A tracer provider exporting over OTLP/HTTP when an endpoint is configured.
+
+    The standard variables apply: OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,
+    OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT/HEADERS/TIMEOUT/PROTOCOL (http/json, the default,
+    or http/protobuf), OTEL_TRACES_EXPORTER=otlp|console|none, OTEL_TRACES_SAMPLER, OTEL_BSP_*
+    and OTEL_SDK_DISABLED=true (no spans at all).
+    """
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
-    provider = TracerProvider(resource=resource)
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+    provider = TracerProvider(resource=resource, id_generator=tracing.ReleaseIdGenerator())
+    if (exporter := _span_exporter()) is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        # The global provider can be set once per process (tests run several services in one).
+        trace.set_tracer_provider(provider)
+    tracing.use_provider(provider)
+    return provider
+
+
+def _span_exporter() -> SpanExporter | None:
+    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
+    if exporter == "console":
+        return ConsoleSpanExporter()
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-    ):
+    )
+    if exporter != "otlp" or not endpoint:
+        return None
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"
+    )
+    protocol = protocol.strip().lower()
+    if protocol == "http/protobuf":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
-    return provider
+        return OTLPSpanExporter()
+    if protocol != "http/json":
+        logging.getLogger(__name__).warning(
+            "OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported; exporting with http/json", protocol
+        )
+    return OtlpJsonSpanExporter()
 
 
 @contextlib.contextmanager
@@ -154,6 +189,42 @@ def service_metrics() -> ServiceMetrics:
     )
 
 
-def serve_metrics(port: int) -> None:
-    if port:
-        start_http_server(port, addr=os.environ.get("CANARYFLOW_METRICS_ADDR", "127.0.0.1"))
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Prometheus scrapes every second: one access log line each would drown the rest."""
+
+
+Documents = Mapping[str, Callable[[], bytes]]
+
+
+def serve_metrics(port: int, documents: Documents | None = None) -> WSGIServer | None:
+    """Serve ``/metrics`` (and each of ``documents`` by path) on ``port``; 0 serves nothing.
+
+    Returns the server, running in a daemon thread; ``shutdown()`` stops it.
+    """
+    if not port:
+        return None
+    metrics = make_wsgi_app()
+    served = dict(documents or {})
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        document = served.get(environ.get("PATH_INFO", ""))
+        if document is None:
+            return metrics(environ, start_response)  # type: ignore[no-any-return]
+        body = document()
+        start_response(
+            "200 OK",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    addr = os.environ.get("CANARYFLOW_METRICS_ADDR", "127.0.0.1")
+    server = make_server(
+        addr, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
+    )
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server

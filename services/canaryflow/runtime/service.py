@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from wsgiref.simple_server import WSGIServer
 
 from faststream import FastStream
 from faststream.nats import NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.specification import AsyncAPI
 
-from canaryflow.runtime import observability
+from canaryflow.runtime import observability, tracing
 from canaryflow.runtime.bus import EventPublisher, Handler, ensure_streams, subscribe
 from canaryflow.runtime.settings import Settings
 from canaryflow.runtime.store import ReleaseStore
@@ -36,19 +38,28 @@ class Service:
         self.settings = settings
         observability.configure_logging(settings.service)
         tracer_provider = observability.configure_tracing(settings.service)
+        self.tracer_provider = tracer_provider
         self.broker = NatsBroker(
             settings.nats_url,
-            middlewares=[NatsTelemetryMiddleware(tracer_provider=tracer_provider)],
+            # Outermost first: the release's trace is settled before FastStream's consumer span.
+            middlewares=[
+                tracing.ReleaseTracing(settings.subjects, self._stored_trace_parent),
+                NatsTelemetryMiddleware(tracer_provider=tracer_provider),
+            ],
             # Keep retrying a lost connection: an outage of the bus pauses work, never ends it.
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
         )
         self.publisher = EventPublisher(
-            self.broker, settings.subjects, source=f"canaryflow/{settings.service}"
+            self.broker,
+            settings.subjects,
+            source=f"canaryflow/{settings.service}",
+            trace_root=self._stored_trace_parent,
         )
         self._store: ReleaseStore | None = None
         self._loops: list[BackgroundLoop] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._http: WSGIServer | None = None
 
     @property
     def store(self) -> ReleaseStore:
@@ -86,8 +97,18 @@ class Service:
         schema: dict[str, Any] = app.schema.to_specification().to_jsonable()
         return schema
 
+    async def _stored_trace_parent(self, release_id: str) -> str:
+        """The release's root ``traceparent`` from its state ("" before the planner stored it)."""
+        if self._store is None:
+            return ""
+        versioned = await self._store.get(release_id)
+        return versioned.state.trace_parent if versioned is not None else ""
+
     async def start(self) -> None:
-        observability.serve_metrics(self.settings.metrics_port)
+        asyncapi = json.dumps(self.asyncapi(), indent=2).encode()
+        self._http = observability.serve_metrics(
+            self.settings.metrics_port, {"/asyncapi.json": lambda: asyncapi}
+        )
         await self.broker.connect()
         js = self.broker.connection.jetstream()
         await ensure_streams(js, self.settings.subjects)
@@ -107,6 +128,9 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.broker.stop()
+        if self._http is not None:
+            await asyncio.to_thread(self._http.shutdown)
+            self._http.server_close()
         log.info("service stopped")
 
 

@@ -1,0 +1,561 @@
+"""Events per second per service, with tracing on and off: what tracing costs.
+
+Each service runs in-process with its real wiring (durable pull consumers, manual acks,
+FastStream's telemetry and our release-trace middleware, JSON logs, the KV store) on the
+stack's real NATS, under a fresh subject prefix, and handles a backlog of the events it
+consumes most. What lies beyond the bus is in memory, so the figure is the service's own
+cost and not the API server's: the Kubernetes API is a small fake serving Deployments as
+JSON (Ready at once), Prometheus is a provider returning constants, the cluster reader and
+policies are fixed. Every Kubernetes write still goes through the same code, and is a span.
+
+Tracing on: spans exported over OTLP/HTTP to the stack's Jaeger with the SDK's batch
+processor (what the services do). Tracing off: OTEL_SDK_DISABLED=true. Each measurement is
+its own process; the rounds alternate the order, and the median of the rounds is reported.
+
+    .venv/bin/python bench/tracing_overhead.py [--events 400] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import copy
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SERVICES = ("planner", "executor", "metrics-watcher", "rollback")
+MAX_OVERHEAD_PERCENT = 10.0
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _stack_env() -> dict[str, str]:
+    path = Path(os.environ.get("CANARYFLOW_STACK_DIR") or REPO / ".stack") / "env.json"
+    if not path.exists():
+        sys.exit(f"no running stack ({path} is missing): run `make stack-up` first")
+    env: dict[str, str] = json.loads(path.read_text())
+    return env
+
+
+def _measure(service: str, tracing: bool, events: int, stack: dict[str, str]) -> float:
+    env = {
+        **os.environ,
+        "NATS_URL": stack["NATS_URL"],
+        "OTEL_SERVICE_NAME": f"canaryflow-bench-{service}",
+        "CANARYFLOW_LOG_LEVEL": "INFO",
+    }
+    for name in ("OTEL_SDK_DISABLED", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_EXPORTER"):
+        env.pop(name, None)
+    if tracing:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = stack["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    else:
+        env["OTEL_SDK_DISABLED"] = "true"
+    child = subprocess.run(
+        [sys.executable, __file__, "--child", service, "--events", str(events)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # the services' JSON logs: written, as in production
+        check=True,
+        timeout=600,
+    )
+    result = json.loads(child.stdout.decode().strip().splitlines()[-1])
+    return float(result["events_per_second"])
+
+
+def drive(events: int, rounds: int) -> int:
+    stack = _stack_env()
+    rates: dict[tuple[str, bool], list[float]] = {}
+    for round_ in range(rounds):
+        for service in SERVICES:
+            order = (True, False) if round_ % 2 == 0 else (False, True)
+            for tracing in order:
+                rate = _measure(service, tracing, events, stack)
+                rates.setdefault((service, tracing), []).append(rate)
+                label = "on " if tracing else "off"
+                print(f"  round {round_ + 1}: {service:<16} tracing {label} {rate:8.1f} events/s")
+    print()
+    print(f"events per second, median of {rounds} round(s) of {events} events each")
+    print(f"{'service':<16} {'tracing off':>12} {'tracing on':>12} {'overhead':>9}")
+    worst = 0.0
+    for service in SERVICES:
+        off = statistics.median(rates[(service, False)])
+        on = statistics.median(rates[(service, True)])
+        overhead = (off - on) / off * 100
+        worst = max(worst, overhead)
+        print(f"{service:<16} {off:12.1f} {on:12.1f} {overhead:8.1f}%")
+    verdict = "within" if worst < MAX_OVERHEAD_PERCENT else "ABOVE"
+    print(f"largest tracing overhead {worst:.1f}%: {verdict} the {MAX_OVERHEAD_PERCENT:g}% budget")
+    return 0
+
+
+# --------------------------------------------------------------------------- child: one run
+
+
+@dataclass
+class Run:
+    """One service, its backlog, and the handler whose count says how far it got."""
+
+    service: Any
+    handler: str
+    publish_backlog: Callable[[], Awaitable[None]]
+
+
+async def child(name: str, events: int) -> None:
+    from nats.aio.client import Client as NatsClient
+    from prometheus_client import REGISTRY
+
+    from canaryflow.runtime.settings import Settings
+
+    settings = Settings(
+        service=name,
+        nats_url=os.environ["NATS_URL"],
+        prefix=f"bench_{uuid.uuid4().hex[:10]}",
+        kubeconfig=None,
+    )
+    nc = NatsClient()
+    await nc.connect(settings.nats_url)
+    run = await _prepare(name, settings, nc, events)
+    await run.service.start()
+    try:
+        await run.publish_backlog()
+        labels = {"service": settings.service, "handler": run.handler}
+
+        def handled() -> float:
+            return REGISTRY.get_sample_value("canaryflow_event_handling_seconds_count", labels) or 0
+
+        started, first = await _reach(handled, 1, name)
+        cpu_started = _cpu_seconds()
+        durable = settings.subjects.consumer(settings.service, run.handler)
+        finished = await _all_acked(nc, settings.subjects.events_stream.name, durable, events)
+        seconds = finished - started
+        cpu = _cpu_seconds() - cpu_started
+    finally:
+        await run.service.stop()
+        run.service.tracer_provider.shutdown()  # flushes the spans (not timed)
+        await _cleanup(nc, settings)
+        await nc.close()
+    handled_events = events - first
+    print(
+        json.dumps(
+            {
+                "service": name,
+                "events": events,
+                "events_per_second": handled_events / seconds,
+                "cpu_ms_per_event": cpu * 1000 / handled_events,
+            }
+        )
+    )
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process, every thread (the span exporter's included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _reach(count: Callable[[], float], target: int, name: str) -> tuple[float, float]:
+    """When ``count()`` first reached ``target`` (polled every 2 ms), and its value then."""
+    deadline = time.perf_counter() + 300
+    while (value := count()) < target:
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{name}: {value:.0f} of {target} handled")
+        await asyncio.sleep(0.002)
+    return time.perf_counter(), value
+
+
+async def _all_acked(nc: Any, stream: str, durable: str, events: int) -> float:
+    """When the consumer had every event delivered and acknowledged (polled every 10 ms)."""
+    deadline = time.perf_counter() + 300
+    while True:
+        info = await nc.jetstream().consumer_info(stream, durable)
+        settled = info.num_pending == 0 and info.num_ack_pending == 0
+        if settled and info.ack_floor.consumer_seq >= events:
+            return time.perf_counter()
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{durable}: not every event acknowledged: {info}")
+        await asyncio.sleep(0.01)
+
+
+async def _cleanup(nc: Any, settings: Any) -> None:
+    """Best effort: the prefix is never used again, so what is left only takes space."""
+    js = nc.jetstream()
+    subjects = settings.subjects
+    for stream in (subjects.events_stream.name, subjects.deadletter_stream.name):
+        with contextlib.suppress(Exception):
+            await js.delete_stream(stream)
+    with contextlib.suppress(Exception):
+        await js.delete_key_value(subjects.releases_bucket)
+
+
+async def _prepare(name: str, settings: Any, nc: Any, events: int) -> Run:
+    from canaryflow.runtime.bus import ensure_streams
+    from canaryflow.runtime.store import ReleaseStore
+
+    js = nc.jetstream()
+    await ensure_streams(js, settings.subjects)
+    store = ReleaseStore(await js.key_value(settings.subjects.releases_bucket))
+    releases = [f"bench-{i}" for i in range(events)]
+    # Upstream services send their trace context; a release request comes without one (the
+    # planner roots the release's trace).
+    traced = os.environ.get("OTEL_SDK_DISABLED", "").lower() != "true" and name != "planner"
+    publish = _publisher(js, settings.subjects, traced=traced)
+    builders = {
+        "planner": _planner,
+        "executor": _executor,
+        "metrics-watcher": _metrics_watcher,
+        "rollback": _rollback,
+    }
+    return await builders[name](settings, store, releases, publish)
+
+
+Publish = Callable[[Any, str], Awaitable[None]]
+
+
+def _publisher(js: Any, subjects: Any, *, traced: bool) -> Publish:
+    """Publish as the upstream service would: with its trace context when tracing is on."""
+    from canaryflow_contracts import Envelope
+
+    async def publish(data: Any, release_id: str) -> None:
+        envelope = Envelope.wrap(data, release_id=release_id, source="bench")
+        headers = {"Nats-Msg-Id": envelope.id}
+        if traced:
+            trace_id, span_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+            headers["traceparent"] = f"00-{trace_id}-{span_id}-01"
+        body = envelope.model_dump_json().encode()
+        await js.publish(subjects.of(type(data), release_id), body, headers=headers)
+
+    return publish
+
+
+def _state(release_id: str, status: Any, hold_seconds: float = 0) -> Any:
+    from canaryflow_contracts.events import PlannedStep, TargetRef, VersionSpec
+    from canaryflow_contracts.state import ReleaseState
+
+    now = datetime.now(UTC)
+    return ReleaseState(
+        release_id=release_id,
+        target=TargetRef(namespace=release_id, name="web"),
+        version=VersionSpec(image="registry.local/web:v2"),
+        stable_image="registry.local/web:v1",
+        policy="web",
+        requested_by="bench",
+        steps=[PlannedStep(index=0, weight=10, hold_seconds=hold_seconds)],
+        status=status,
+        phase_started_at=now,
+        ready_deadline=now + timedelta(minutes=10),
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def _planner(settings: Any, store: Any, releases: list[str], publish: Publish) -> Run:
+    from canaryflow.demo import shop
+    from canaryflow.planner.app import build_service
+    from canaryflow.planner.validation import DeploymentFacts, PolicyObject
+    from canaryflow_contracts.events import ReleaseRequested, TargetRef, VersionSpec
+
+    class Cluster:
+        async def deployment(self, namespace: str, name: str) -> DeploymentFacts:
+            return DeploymentFacts(replicas=10, containers=(("web", "registry.local/web:v1"),))
+
+        async def release_policies(self, namespace: str) -> list[PolicyObject]:
+            return [PolicyObject("web", shop.quick_policy())]
+
+    async def backlog() -> None:
+        for rid in releases:
+            request = ReleaseRequested(
+                target=TargetRef(namespace=rid, name="web"),
+                version=VersionSpec(image="registry.local/web:v2"),
+                requested_by="bench",
+            )
+            await publish(request, rid)
+
+    return Run(build_service(settings, Cluster()), "requested", backlog)
+
+
+async def _executor(settings: Any, store: Any, releases: list[str], publish: Publish) -> Run:
+    from canaryflow.executor.app import build_service
+    from canaryflow_contracts.events import ApplyPhase
+    from canaryflow_contracts.state import ReleaseStatus
+
+    api = FakeKubernetes()
+    for rid in releases:
+        api.put(_deployment(rid, "web", 10, {"app": "web"}))
+
+    def command(state: Any) -> ApplyPhase:
+        return ApplyPhase(
+            target=state.target,
+            version=state.version,
+            step=state.current_step,
+            ready_deadline=state.ready_deadline,
+        )
+
+    backlog = await _backlog(store, releases, ReleaseStatus.APPLYING, command, publish)
+    return Run(build_service(settings, api=api), "apply", backlog)
+
+
+async def _backlog(
+    store: Any,
+    releases: list[str],
+    status: Any,
+    command: Callable[[Any], Any],
+    publish: Publish,
+) -> Callable[[], Awaitable[None]]:
+    """Store each release in ``status``; the returned call publishes one command for each."""
+    for rid in releases:
+        await store.create(_state(rid, status))
+
+    async def backlog() -> None:
+        for rid in releases:
+            await publish(command(_state(rid, status)), rid)
+
+    return backlog
+
+
+async def _metrics_watcher(settings: Any, store: Any, releases: list[str], publish: Publish) -> Run:
+    from canaryflow.demo import shop
+    from canaryflow.metrics_watcher.app import build_service
+    from canaryflow_contracts.events import RequestAnalysis
+    from canaryflow_contracts.policy import ReleasePolicySpec
+    from canaryflow_contracts.state import ReleaseStatus
+
+    policy = ReleasePolicySpec.model_validate(shop.quick_policy())
+
+    class Policies:
+        async def get(self, namespace: str, name: str) -> ReleasePolicySpec:
+            return policy
+
+    class Constant:
+        name = "constant"
+
+        async def query(self, query: str) -> float | None:
+            return 500.0 if "count" in query or "increase" in query else 0.001
+
+        async def query_vector(self, query: str, label: str) -> dict[str, float]:
+            return {"0.1": 450.0, "0.5": 495.0, "+Inf": 500.0}
+
+        async def is_online(self) -> bool:
+            return True
+
+        async def aclose(self) -> None:
+            return None
+
+    def command(state: Any) -> RequestAnalysis:
+        return RequestAnalysis(
+            target=state.target,
+            step=state.current_step,
+            canary_version="v2",
+            stable_version="v1",
+            policy="web",
+        )
+
+    backlog = await _backlog(store, releases, ReleaseStatus.ANALYSING, command, publish)
+    service = build_service(settings, provider=Constant(), policies=Policies())
+    return Run(service, "analysis", backlog)
+
+
+async def _rollback(settings: Any, store: Any, releases: list[str], publish: Publish) -> Run:
+    from canaryflow.rollback.app import build_service
+    from canaryflow.runtime import kube
+    from canaryflow_contracts.events import RollbackRequested
+    from canaryflow_contracts.state import ReleaseStatus
+
+    api = FakeKubernetes()
+    for rid in releases:
+        # Stable one pod short with its restore point, and a canary: a step 1 to undo.
+        stable = _deployment(rid, "web", 9, {"app": "web"})
+        point = kube.RestorePoint(rid, 10, copy.deepcopy(stable["spec"]["template"]))
+        stable["metadata"]["annotations"] = point.annotations()
+        api.put(stable)
+        canary = _deployment(rid, "web-canary", 1, {"app": "web", kube.TRACK_LABEL: "canary"})
+        canary["metadata"]["labels"] = {kube.RELEASE_LABEL: rid}
+        api.put(canary)
+
+    def command(state: Any) -> RollbackRequested:
+        return RollbackRequested(target=state.target, reason="bench", requested_by="bench")
+
+    backlog = await _backlog(store, releases, ReleaseStatus.ROLLING_BACK, command, publish)
+    return Run(build_service(settings, api=api), "requested", backlog)
+
+
+# --------------------------------------------------------------------------- a fake API server
+
+
+def _deployment(namespace: str, name: str, replicas: int, labels: dict[str, str]) -> Any:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": {}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": dict(labels)},
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {"containers": [{"name": "web", "image": "registry.local/web:v1"}]},
+            },
+        },
+    }
+
+
+@dataclass
+class _Response:
+    status: int
+    data: bytes
+    reason: str = ""
+    headers: Any = None
+
+    def read(self) -> None:
+        return None
+
+    def getheaders(self) -> dict[str, str]:
+        return {}
+
+
+class FakeKubernetes:
+    """Namespaced objects as the API serves them, in memory; Deployments Ready once written.
+
+    Only what canaryflow's raw JSON access uses (``param_serialize`` and ``call_api``): GET of
+    an object or a collection (equality label selectors), POST, PUT and merge-PATCH with
+    resourceVersion checks, DELETE with a uid precondition.
+    """
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._version = 0
+
+    def put(self, body: dict[str, Any], resource: str = "deployments") -> dict[str, Any]:
+        metadata = body["metadata"]
+        key = (resource, metadata["namespace"], metadata["name"])
+        old = self.objects.get(key)
+        self._version += 1
+        metadata["resourceVersion"] = str(self._version)
+        metadata["uid"] = old["metadata"]["uid"] if old else uuid.uuid4().hex
+        metadata["generation"] = (old["metadata"]["generation"] + 1) if old else 1
+        if resource == "deployments":
+            replicas = body["spec"].get("replicas", 1)
+            body["status"] = {
+                "observedGeneration": metadata["generation"],
+                "replicas": replicas,
+                "readyReplicas": replicas,
+                "updatedReplicas": replicas,
+                "availableReplicas": replicas,
+            }
+        self.objects[key] = body
+        return body
+
+    def param_serialize(self, **request: Any) -> tuple[Any, ...]:
+        url = (request["resource_path"], dict(request.get("query_params") or []))
+        return (request["method"], url, {}, request["body"], None)
+
+    def call_api(
+        self, method: str, url: Any, headers: Any, payload: Any, *_: Any, **__: Any
+    ) -> _Response:
+        path, query = url
+        parts = path.strip("/").split("/")
+        at = parts.index("namespaces")
+        namespace, resource = parts[at + 1], parts[at + 2]
+        name = parts[at + 3] if len(parts) > at + 3 else None
+        status, body = self._handle(method, (resource, namespace), name, payload, query)
+        return _Response(status, json.dumps(body).encode())
+
+    def _handle(
+        self,
+        method: str,
+        where: tuple[str, str],
+        name: str | None,
+        payload: Any,
+        query: dict[str, str],
+    ) -> tuple[int, dict[str, Any]]:
+        resource, namespace = where
+        if method == "GET" and name is None:
+            selector = query.get("labelSelector", "")
+            items = [
+                copy.deepcopy(body)
+                for (kind, ns, _), body in self.objects.items()
+                if kind == resource
+                and ns == namespace
+                and _selected(selector, body["metadata"].get("labels") or {})
+            ]
+            return 200, {"items": items}
+        if method == "POST":
+            if (resource, namespace, payload["metadata"]["name"]) in self.objects:
+                return 409, {}
+            return 201, self.put(copy.deepcopy(payload), resource)
+        current = self.objects.get((resource, namespace, name or ""))
+        if current is None:
+            return 404, {}
+        if method == "GET":
+            return 200, copy.deepcopy(current)
+        if method == "DELETE":
+            uid = ((payload or {}).get("preconditions") or {}).get("uid")
+            if uid and uid != current["metadata"]["uid"]:
+                return 409, {}
+            del self.objects[(resource, namespace, name or "")]
+            return 200, {}
+        expected = (payload.get("metadata") or {}).get("resourceVersion")
+        if expected and expected != current["metadata"]["resourceVersion"]:
+            return 409, {}
+        body = payload if method == "PUT" else _merge(copy.deepcopy(current), payload)
+        return 200, self.put(copy.deepcopy(body), resource)
+
+
+def _selected(selector: str, labels: dict[str, str]) -> bool:
+    """Equality and existence label selectors (``a=b``, ``a!=b``, ``a``, ``!a``)."""
+    for term in filter(None, (part.strip() for part in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key) == value:
+                return False
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            if labels.get(key) != value:
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def _merge(target: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict):
+        return patch
+    if not isinstance(target, dict):
+        target = {}
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = _merge(target.get(key), value)
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=400, help="events per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per service and mode")
+    parser.add_argument("--child", choices=SERVICES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        asyncio.run(child(args.child, args.events))
+        return
+    sys.exit(drive(args.events, args.rounds))
+
+
+if __name__ == "__main__":
+    main()
