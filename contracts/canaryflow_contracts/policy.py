@@ -362,6 +362,29 @@ class Hook(_Spec):
         return self
 
 
+class NotifyOn(StrEnum):
+    """What a person hears about: a release starting, waiting, ending, or a refused command."""
+
+    STARTED = "started"
+    PAUSED = "paused"
+    WAITING = "waiting"
+    ROLLING_BACK = "rolling-back"
+    SUCCEEDED = "succeeded"
+    ROLLED_BACK = "rolled-back"
+    FAILED = "failed"
+    REFUSED = "refused"
+
+
+class Notify(_Spec):
+    url: str = Field(
+        max_length=2048,
+        pattern=r"^https?://",
+        description="A webhook; the payload is a Slack incoming-webhook message (text, blocks) "
+        "with the event's data in metadata.event_payload for other receivers.",
+    )
+    on: list[NotifyOn] = Field(default_factory=list, description="What to send; empty: everything.")
+
+
 class ReleasePolicySpec(_Spec):
     target_ref: str = Field(
         pattern=DNS_SUBDOMAIN_PATTERN, description="Name of the Deployment in this namespace."
@@ -388,6 +411,9 @@ class ReleasePolicySpec(_Spec):
         "it lists, for whom it lists.",
     )
     hooks: list[Hook] = Field(default_factory=list, description="Webhooks, bus hooks and gates.")
+    notify: list[Notify] = Field(
+        default_factory=list, description="Where people hear about this target's releases."
+    )
 
     @model_validator(mode="after")
     def _steps_increase_within_max(self) -> Self:

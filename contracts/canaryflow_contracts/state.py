@@ -21,7 +21,7 @@ from canaryflow_contracts.events import (
     VerdictResult,
     VersionSpec,
 )
-from canaryflow_contracts.policy import Analysis, Hook, OperatorGrant
+from canaryflow_contracts.policy import Analysis, Hook, Notify, OperatorGrant
 
 HISTORY_LIMIT = 100
 SEEN_EVENTS_LIMIT = 200
@@ -120,6 +120,7 @@ class ReleaseState(BaseModel):
     )
     max_weight: int = Field(default=100, description="No step, not even an operator's, beyond.")
     hooks: list[Hook] = Field(default_factory=list, description="The policy's hooks and gates.")
+    notify: list[Notify] = Field(default_factory=list, description="The policy's notifications.")
     waiting: Waiting | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
     seen_event_ids: list[str] = Field(default_factory=list)

@@ -49,7 +49,7 @@ from canaryflow_contracts.events import (
     parse_event,
 )
 from tests.e2e.conftest import Releases
-from tests.support import wait_until
+from tests.support import async_wait_until, wait_until
 from tests.support.pods import PodHistory, handover
 
 pytestmark = pytest.mark.stack
@@ -451,8 +451,13 @@ class Endpoint:
     """A webhook receiver on 127.0.0.1 that answers every POST with ``status``."""
 
     status: int = 200
-    calls: list[dict[str, Any]] = field(default_factory=list)
-    url: str = ""
+    calls: list[dict[str, Any]] = field(default_factory=list)  # hook calls (POST /hook)
+    notes: list[dict[str, Any]] = field(default_factory=list)  # notifications (POST /notify)
+    base: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/hook"
 
 
 @pytest.fixture
@@ -462,8 +467,13 @@ def endpoint() -> Iterator[Endpoint]:
     class Receiver(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            found.calls.append(json.loads(self.rfile.read(length) or b"{}"))
-            self.send_response(found.status)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            if self.path == "/notify":
+                found.notes.append(body)
+                self.send_response(200)
+            else:
+                found.calls.append(body)
+                self.send_response(found.status)
             self.end_headers()
             self.wfile.write(b"as configured")
 
@@ -471,7 +481,7 @@ def endpoint() -> Iterator[Endpoint]:
             """Quiet."""
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    found.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    found.base = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield found
@@ -479,9 +489,13 @@ def endpoint() -> Iterator[Endpoint]:
     thread.join(timeout=5)
 
 
-def with_hooks(kube: client.ApiClient, namespace: str, hooks: list[dict[str, Any]]) -> None:
+def with_hooks(
+    kube: client.ApiClient, namespace: str, hooks: list[dict[str, Any]], notify: str = ""
+) -> None:
     grants = [{"subject": "ops@shop", "actions": ["abort", "open-gate"]}]
     spec = {**shop.quick_policy(hold_seconds=60, **STEADY), "operators": grants, "hooks": hooks}
+    if notify:
+        spec["notify"] = [{"url": notify}]
     shop.apply_policy(kube, namespace, spec)
 
 
@@ -539,7 +553,7 @@ async def test_a_failing_pre_rollout_hook_stops_the_release_before_any_traffic_m
 ) -> None:
     endpoint.status = 500
     hook = {"name": "smoke", "type": "pre-rollout", "url": endpoint.url, "retries": 1}
-    with_hooks(kube, shop_namespace, [hook])
+    with_hooks(kube, shop_namespace, [hook], notify=f"{endpoint.base}/notify")
     history = PodHistory(shop_namespace, "app=web").start(kube)
     try:
         release_id = await request(releases, shop_namespace, VersionSpec(image=shop.image("v2")))
@@ -554,6 +568,21 @@ async def test_a_failing_pre_rollout_hook_stops_the_release_before_any_traffic_m
     assert count(ApplyPhase)(events) == 0
     assert not [e for e in history.events if e.track != "stable"]  # no other pod, ever
     assert apps_named(kube, shop_namespace) == {"web"}
+    # People heard about it, in a message Slack takes (text, blocks, metadata).
+    heard = await async_wait_until(
+        lambda: notes_of(endpoint, release_id, "rolled-back"), timeout=30, message="notified"
+    )
+    assert heard["text"].startswith(":rotating_light: Release") and heard["blocks"]
+    assert "smoke" in heard["metadata"]["event_payload"]["text"]
+    assert await notes_of(endpoint, release_id, "started")
+
+
+async def notes_of(endpoint: Endpoint, release_id: str, kind: str) -> dict[str, Any] | None:
+    for note in endpoint.notes:
+        event = note["metadata"]["event_payload"]
+        if event["releaseId"] == release_id and event["kind"] == kind:
+            return note
+    return None
 
 
 def apps_named(kube: client.ApiClient, namespace: str) -> set[str]:

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from kubernetes import client
 
-from canaryflow.executor import hooks
+from canaryflow.executor import hooks, notify
 from canaryflow.executor.cluster import Cluster
 from canaryflow.executor.decisions import apply_wanted, promotion_wanted
 from canaryflow.executor.phases import (
@@ -131,4 +131,5 @@ def build_service(
     service.subscribe(ApplyPhase, "apply", on_apply)
     service.subscribe(RequestPromotion, "promote", on_promote)
     hooks.register(service)
+    notify.register(service)
     return service

@@ -121,6 +121,7 @@ def accept(
         operators=admission.operators,
         max_weight=admission.max_weight,
         hooks=admission.hooks,
+        notify=admission.notify,
         last_command_at=now,
         created_at=now,
         updated_at=now,

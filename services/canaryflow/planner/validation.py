@@ -25,6 +25,7 @@ from canaryflow_contracts.policy import (
     PLURAL,
     VERSION,
     Hook,
+    Notify,
     OperatorGrant,
     ReleasePolicySpec,
 )
@@ -69,6 +70,7 @@ class Admission:
     operators: list[OperatorGrant] | None = None
     max_weight: int = 100
     hooks: list[Hook] = field(default_factory=list)
+    notify: list[Notify] = field(default_factory=list)
 
 
 def check_request(
@@ -115,6 +117,7 @@ def check_request(
                 else ContainerResources(requests=resources.requests, limits=resources.limits),
                 operators=spec.operators,
                 hooks=list(spec.hooks),
+                notify=list(spec.notify),
                 max_weight=min(spec.max_weight, request.overrides.max_weight or spec.max_weight),
             )
     return Refusal(tuple(reasons))

@@ -1,0 +1,124 @@
+"""Notifications: which events people hear about, in what words, and the Slack-shaped payload."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from canaryflow.executor.notify import slack_payload
+from canaryflow.executor.notify.base import destinations, notification_for
+from canaryflow.executor.notify.webhook import NotificationFailed, WebhookNotifier
+from canaryflow_contracts import Envelope, EventData
+from canaryflow_contracts.events import (
+    MetricCheck,
+    OperatorCommandRefused,
+    PhaseReached,
+    PlannedStep,
+    ReleaseRolledBack,
+    ReleaseStatusChanged,
+    TargetRef,
+)
+from canaryflow_contracts.policy import Notify, NotifyOn
+
+TARGET = TargetRef(namespace="shop", name="web")
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def envelope(data: EventData) -> Envelope[EventData]:
+    return Envelope.wrap(data, release_id="web-1", source="test", id="e-1").model_copy(
+        update={"time": NOW}
+    )
+
+
+ROLLED_BACK = ReleaseRolledBack(
+    target=TARGET,
+    summary="rolled back: analysis failed at step 1",
+    evidence=[
+        MetricCheck(
+            metric="error-rate",
+            track="canary",
+            query="q",
+            value=0.2,
+            threshold=0.05,
+            comparison="<=",
+            sample_size=400,
+            passed=False,
+        )
+    ],
+)
+
+
+def test_a_rollback_is_told_with_its_evidence() -> None:
+    found = notification_for(envelope(ROLLED_BACK))
+    assert found is not None
+    assert found.kind is NotifyOn.ROLLED_BACK and found.severity == "danger"
+    assert found.title == "Release web-1 of shop/web rolled back"
+    assert "error-rate (canary) 0.2 vs 0.05" in found.text
+
+
+def test_routine_events_are_not_told() -> None:
+    step = PlannedStep(index=0, weight=10, hold_seconds=5)
+    reached = PhaseReached(
+        target=TARGET, step=step, canary_weight=10, canary_ready=1, stable_ready=9
+    )
+    applying = ReleaseStatusChanged(target=TARGET, status="applying", detail="step 2 of 3")
+    assert notification_for(envelope(reached)) is None
+    assert notification_for(envelope(applying)) is None
+
+
+def test_the_policy_chooses_what_each_receiver_hears_and_global_receivers_hear_everything() -> None:
+    refused = OperatorCommandRefused(
+        target=TARGET, action="abort", actor="mallory", refusal="not allowed"
+    )
+    found = notification_for(envelope(refused))
+    assert found is not None and found.kind is NotifyOn.REFUSED
+    targets = [
+        Notify(url="http://chat/all"),
+        Notify(url="http://chat/outcomes", on=[NotifyOn.ROLLED_BACK]),
+    ]
+    assert destinations(found, targets, ["http://ops/all", "http://chat/all"]) == [
+        "http://chat/all",
+        "http://ops/all",
+    ]
+
+
+def test_the_payload_is_a_slack_message_with_the_event_in_its_metadata() -> None:
+    found = notification_for(envelope(ROLLED_BACK))
+    assert found is not None
+    payload = slack_payload(found)
+    assert payload["text"].startswith(":rotating_light: Release web-1 of shop/web rolled back")
+    section, context = payload["blocks"]
+    assert section["type"] == "section" and section["text"]["type"] == "mrkdwn"
+    assert "*Release web-1 of shop/web rolled back*" in section["text"]["text"]
+    assert context["type"] == "context"
+    assert payload["metadata"]["event_type"] == "canaryflow_rolled_back"
+    event = payload["metadata"]["event_payload"]
+    assert event["releaseId"] == "web-1" and event["kind"] == "rolled-back"
+    assert event["eventType"] == "io.canaryflow.release.rolled_back.v1"
+    json.dumps(payload)  # plain JSON all the way down
+
+
+def test_slack_markup_in_a_release_is_shown_as_text() -> None:
+    status = ReleaseStatusChanged(target=TARGET, status="paused", detail="<!channel> & co")
+    found = notification_for(envelope(status))
+    assert found is not None
+    assert "&lt;!channel&gt; &amp; co" in slack_payload(found)["blocks"][0]["text"]["text"]
+
+
+async def test_a_receiver_that_refuses_makes_the_delivery_fail() -> None:
+    found = notification_for(envelope(ROLLED_BACK))
+    assert found is not None
+    received: list[dict[str, object]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        received.append(json.loads(request.content))
+        return httpx.Response(200 if len(received) == 1 else 404, text="no_service")
+
+    notifier = WebhookNotifier(httpx.AsyncClient(transport=httpx.MockTransport(answer)))
+    await notifier.send("http://chat/hook", found)
+    with pytest.raises(NotificationFailed, match="HTTP 404: no_service"):
+        await notifier.send("http://chat/hook", found)
+    assert received[0]["text"] == slack_payload(found)["text"]
