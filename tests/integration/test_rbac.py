@@ -22,6 +22,7 @@ from canaryflow.planner.validation import KubeClusterReader
 pytestmark = pytest.mark.stack
 
 RBAC = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "rbac.yaml"
+CONFIG_VOLUME = {"name": "conf", "configMap": {"name": "web-config"}}
 
 
 def _rules(role: str) -> list[client.V1PolicyRule]:
@@ -66,10 +67,17 @@ async def test_the_planner_can_read_what_it_validates_and_write_nothing(
     token = narrow_token(kube, namespace, "planner", _rules("canaryflow-planner"))
     reader = KubeClusterReader(_kubeconfig(stack, token, tmp_path / "kubeconfig"))
 
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "web-config"}})
+    client.AppsV1Api(kube).patch_namespaced_deployment(
+        "web", namespace, {"spec": {"template": {"spec": {"volumes": [CONFIG_VOLUME]}}}}
+    )
+
     facts = await reader.deployment(namespace, "web")
     policies = await reader.release_policies(namespace)
 
     assert facts is not None and facts.replicas == 2
+    assert facts.config_maps == ("web-config",)  # read, to check a release's configuration
     assert [p.name for p in policies] == ["web"]
     narrow = client_with_token(kube, token)
     with pytest.raises(ApiException) as refused:
