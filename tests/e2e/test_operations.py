@@ -587,3 +587,31 @@ async def notes_of(endpoint: Endpoint, release_id: str, kind: str) -> dict[str, 
 
 def apps_named(kube: client.ApiClient, namespace: str) -> set[str]:
     return {d.metadata.name for d in apps(kube).list_namespaced_deployment(namespace).items}
+
+
+async def test_promotion_switches_stable_to_the_new_configuration_and_collects_the_old_copy(
+    kube: client.ApiClient, shop_namespace: str, releases: Releases
+) -> None:
+    use_config_map(kube, shop_namespace, {"LAYOUT": "classic"})
+    with_operators(kube, shop_namespace, hold_seconds=60)
+    promoted = []
+    for layout in ("compact", "grid"):
+        change = ConfigMapChange(name="web-config", data={"LAYOUT": layout})
+        version = VersionSpec(image=shop.image("v1"), config_maps=[change])
+        release_id = await request(releases, shop_namespace, version)
+        await history_until(releases, release_id, lambda e: count(PhaseReached)(e) >= 1, 60)
+        await releases.publish(PromoteNow(actor="ops@shop"), release_id)
+        events = await releases.events(release_id, timeout=120)
+        assert isinstance(events[-1].data, ReleaseSucceeded), names(events)
+        promoted.append(release_id)
+        wait_rolled_out(kube, shop_namespace)
+
+        web = apps(kube).read_namespaced_deployment("web", shop_namespace)
+        live = f"web-config-{release_id}"
+        assert web.spec.template.spec.containers[0].env_from[0].config_map_ref.name == live
+        assert config_values_seen(kube, shop_namespace, "LAYOUT") == {layout}
+        # The live copy stays; the one it replaced is collected; the original is the user's.
+        assert canaryflow_leftovers(kube, shop_namespace) == [f"ConfigMap {live}"]
+        assert core(kube).read_namespaced_config_map("web-config", shop_namespace).data == {
+            "LAYOUT": "classic"
+        }
