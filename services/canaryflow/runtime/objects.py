@@ -9,7 +9,7 @@ the resourceVersion it read (a concurrent writer makes it a 409, answered by a r
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kubernetes import client
@@ -319,13 +319,3 @@ def delete_superseded_copies(
             if delete(api, CONFIG_MAPS, namespace, name):
                 deleted.append(name)
     return deleted
-
-
-def base_names(api: client.ApiClient, namespace: str, names: Iterable[str]) -> Mapping[str, str]:
-    """{ConfigMap name: the base it is a version of} for the given names (absent ones skipped)."""
-    result = {}
-    for name in names:
-        found = read(api, CONFIG_MAPS, namespace, name)
-        if found is not None:
-            result[name] = bundles.base_of(found)
-    return result
