@@ -71,7 +71,7 @@ def build_service(
         async with delivery.keep_alive():
             final = await analyst.run(job)
         if final is not None:
-            span.set_attributes(tracing.verdict_attributes(final))
+            span.set_attributes(tracing.verdict_decision(final))
 
     service.subscribe(RequestAnalysis, "analysis", on_analysis_requested)
     if settings.http_port:

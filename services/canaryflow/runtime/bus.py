@@ -110,7 +110,7 @@ class EventPublisher:
             tracing.within(root),
             tracing.publishing(data, release_id, envelope.id, subject) as trace_headers,
         ):
-            # Straight to JetStream: our producer span carries the context (see tracing).
+            # Straight to JetStream, with the publishing span's context (see tracing).
             await self._broker.connection.jetstream().publish(
                 subject,
                 envelope.model_dump_json().encode(),
@@ -190,16 +190,10 @@ def subscribe(
         started = time.perf_counter()
         # FastStream's consumer span: make it findable by release in Jaeger.
         span = trace.get_current_span()
-        span.set_attributes(
-            {
-                tracing.RELEASE_ID: release_id,
-                tracing.EVENT_TYPE: event.event_type(),
-                "canaryflow.handler": f"{settings.service}:{handler_name}",
-                "messaging.nats.delivery_attempt": attempt,
-            }
-        )
+        span.set_attribute(tracing.RELEASE_ID, release_id)
         if attempt > 1:
             metrics.redeliveries.labels(settings.service, handler_name).inc()
+            span.set_attribute("messaging.nats.delivery_attempt", attempt)
         try:
             try:
                 envelope = envelope_type.model_validate_json(raw.data).check_type()

@@ -163,14 +163,11 @@ def _request(
         return _send(api, method, path, body=body, content_type=content_type, query=query)
     # Every write is a span of the release's trace (the caller's context reaches this thread).
     namespace, _, resource = path.partition("/namespaces/")[2].partition("/")
+    # The name says the method and the object; every attribute is paid for on every write.
     with tracing.tracer().start_as_current_span(
         f"k8s {method} {resource}",
         kind=SpanKind.CLIENT,
-        attributes={
-            "http.request.method": method,
-            "k8s.namespace.name": namespace,
-            "k8s.resource": resource,
-        },
+        attributes={"k8s.namespace.name": namespace},
         record_exception=False,
         set_status_on_exception=False,
     ) as span:

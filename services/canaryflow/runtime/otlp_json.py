@@ -61,7 +61,11 @@ def _value(value: Any) -> dict[str, Any]:
 
 
 def _attributes(attributes: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    return [{"key": key, "value": _value(value)} for key, value in (attributes or {}).items()]
+    # Strings are most attributes: they skip the type dispatch (this runs for every span).
+    return [
+        {"key": key, "value": {"stringValue": value} if type(value) is str else _value(value)}
+        for key, value in (attributes or {}).items()
+    ]
 
 
 def _span(span: ReadableSpan) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """One trace per release, across four processes, redeliveries and the planner's reconcile.
 
 A release is followed in Jaeger as one tree, so every span of it must share one trace id and
-have its parent in that trace. The context travels in NATS headers: ``publishing`` makes one
-producer span per event and puts its ``traceparent`` in the message, and FastStream's
-telemetry middleware makes each consumer's span a child of it (JetStream keeps the headers,
-so a redelivery continues the same trace). What FastStream cannot know is where a release
+have its parent in that trace. The context travels in NATS headers: ``publishing`` puts the
+publishing span's ``traceparent`` in the message, and FastStream's telemetry middleware makes
+each consumer's span a child of it (JetStream keeps the headers, so a redelivery continues
+the same trace). What FastStream cannot know is where a release
 begins, and what to do with a message that arrives without a context:
 
 - A release request gets a root span ``release <id>`` before FastStream's consumer span, so
@@ -44,7 +44,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from canaryflow_contracts import EventData, Subjects
-from canaryflow_contracts.events import AnalysisVerdict, PlannedStep, ReleaseRequested
+from canaryflow_contracts.events import AnalysisVerdict, ReleaseRequested
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ _forced_trace_id: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 _release_root: contextvars.ContextVar[str] = contextvars.ContextVar(
     "canaryflow_release_root", default=""
 )
-_provider: TracerProvider | None = None
+_tracer: Tracer | None = None
 
 
 class ReleaseIdGenerator(RandomIdGenerator):
@@ -79,13 +79,13 @@ class ReleaseIdGenerator(RandomIdGenerator):
 
 def use_provider(provider: TracerProvider) -> None:
     """The provider canaryflow's own spans go to (the service's; tests pass their own)."""
-    global _provider  # noqa: PLW0603 - one provider per process, set where it is configured
-    _provider = provider
+    global _tracer  # noqa: PLW0603 - one provider per process, set where it is configured
+    # Kept: the SDK's get_tracer costs ~10 µs a call (it resets a warnings filter each time).
+    _tracer = provider.get_tracer(INSTRUMENTATION)
 
 
 def tracer() -> Tracer:
-    provider = _provider if _provider is not None else trace.get_tracer_provider()
-    return provider.get_tracer(INSTRUMENTATION)
+    return _tracer if _tracer is not None else trace.get_tracer(INSTRUMENTATION)
 
 
 def tracer_enabled() -> bool:
@@ -188,38 +188,31 @@ def handling(
 def publishing(
     data: EventData, release_id: str, event_id: str, subject: str
 ) -> Iterator[dict[str, str]]:
-    """The producer span of one publish; yields the headers that carry it to the consumers.
+    """The headers that carry the current span's context to the event's consumers.
 
-    One span per publish, current while the stream's ack is awaited, so the consumer's span
-    is its child. (FastStream's publish middleware makes two spans per publish, one of them
-    empty; we publish below it and propagate ourselves.)
+    The consumer's span becomes a child of the span that published: the handler's, whose
+    name already says what it did. Only a verdict gets a producer span of its own, because
+    it carries the verdict's decision and evidence. (FastStream's publish middleware would
+    make two spans per publish; at ~35 µs a span, that was most of tracing's cost.)
     """
-    name, attributes = _published(data)
-    with tracer().start_as_current_span(
-        name,
-        kind=SpanKind.PRODUCER,
-        attributes={
-            RELEASE_ID: release_id,
-            EVENT_TYPE: data.event_type(),
-            EVENT_ID: event_id,
-            "messaging.system": "nats",
-            "messaging.destination.name": subject,
-            **attributes,
-        },
-    ):
+    if not isinstance(data, AnalysisVerdict) or not tracer_enabled():
         headers: dict[str, str] = {}
         _propagator.inject(headers)
         yield headers
-
-
-def _published(data: EventData) -> tuple[str, dict[str, AttributeValue]]:
-    if isinstance(data, AnalysisVerdict):
-        return f"verdict {data.result.value}", verdict_attributes(data)
-    name = f"publish {data.event_domain}.{data.event_name}"
-    step = getattr(data, "step", None)
-    if isinstance(step, PlannedStep):
-        return name, {STEP: step.index, WEIGHT: step.weight}
-    return name, {}
+        return
+    with tracer().start_as_current_span(
+        f"verdict {data.result.value}",
+        kind=SpanKind.PRODUCER,
+        attributes={
+            RELEASE_ID: release_id,
+            EVENT_ID: event_id,
+            "messaging.destination.name": subject,
+            **verdict_attributes(data),
+        },
+    ):
+        headers = {}
+        _propagator.inject(headers)
+        yield headers
 
 
 def mark_failed(current: Span, description: str) -> None:
@@ -239,29 +232,42 @@ def outcome_attributes(outcome: object) -> dict[str, AttributeValue]:
 # --------------------------------------------------------------------------- verdict evidence
 
 
-def verdict_attributes(verdict: AnalysisVerdict) -> dict[str, AttributeValue]:
-    """A verdict as span attributes: the decision, and every check's evidence.
-
-    Each check is flattened (``canaryflow.check.<metric>.<track>.value`` ...) so Jaeger can
-    search by it, and the whole evidence is kept as JSON for a person reading the span.
-    """
-    attributes: dict[str, AttributeValue] = {
+def verdict_decision(verdict: AnalysisVerdict) -> dict[str, AttributeValue]:
+    """What a verdict decided, in four attributes."""
+    return {
         "canaryflow.verdict.result": verdict.result.value,
         "canaryflow.verdict.action": verdict.action.value,
         "canaryflow.verdict.final": verdict.final,
         "canaryflow.verdict.reason": verdict.reason,
-        STEP: verdict.step.index,
-        WEIGHT: verdict.step.weight,
-        "canaryflow.verdict.evidence": json.dumps(
-            [check.model_dump(mode="json") for check in verdict.checks]
-        ),
     }
-    for check in verdict.checks:
+
+
+def verdict_attributes(verdict: AnalysisVerdict) -> dict[str, AttributeValue]:
+    """A verdict as span attributes: the decision, and the evidence behind it.
+
+    The whole evidence (every check's query, value, threshold, sample size, statistic and
+    interval) is one JSON attribute, for a person reading the span. The checks that failed
+    are also flattened (``canaryflow.check.<metric>.<track>.value``, ``.threshold``,
+    ``.passed``, ``.sample_size``, ``.statistic``) so a search can find them; passing checks
+    are not, because every attribute is paid for on every verdict, every few seconds.
+    """
+    attributes = verdict_decision(verdict)
+    attributes[STEP] = verdict.step.index
+    attributes[WEIGHT] = verdict.step.weight
+    evidence = [check.model_dump(mode="json", exclude_defaults=True) for check in verdict.checks]
+    attributes["canaryflow.verdict.evidence"] = json.dumps(evidence)
+    for check, dumped in zip(verdict.checks, evidence, strict=True):
+        if check.passed is not False:
+            continue
         key = f"canaryflow.check.{_token(check.metric)}.{_token(check.track)}"
-        for field, value in check.model_dump(mode="json", exclude={"metric", "track"}).items():
-            if isinstance(value, str | bool | int | float) and value != "":
+        for field in _FLATTENED:
+            value = dumped.get(field)
+            if isinstance(value, bool | int | float):
                 attributes[f"{key}.{field}"] = value
     return attributes
+
+
+_FLATTENED = ("value", "threshold", "passed", "sample_size", "statistic")
 
 
 def _token(text: str) -> str:
