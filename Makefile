@@ -48,7 +48,8 @@ demo: venv
 	$(PY) -m canaryflow.demo
 
 # Every benchmark script in bench/, one after another, each printing its own figures
-# (bench/judgement.py: false-positive rate, power and time to detect of the analysis).
+# (bench/judgement.py: false-positive rate, power and time to detect of the analysis;
+# bench/tracing_overhead.py: events per second per service with tracing on and off).
 BENCHES := $(sort $(wildcard bench/*.py))
 bench: venv
 	$(STACK) up

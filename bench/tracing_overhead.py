@@ -3,16 +3,18 @@
 Each service runs in-process with its real wiring (durable pull consumers, manual acks,
 FastStream's telemetry and our release-trace middleware, JSON logs, the KV store) on the
 stack's real NATS, under a fresh subject prefix, and handles a backlog of the events it
-consumes most. What lies beyond the bus is in memory, so the figure is the service's own
-cost and not the API server's: the Kubernetes API is a small fake serving Deployments as
-JSON (Ready at once), Prometheus is a provider returning constants, the cluster reader and
-policies are fixed. Every Kubernetes write still goes through the same code, and is a span.
+consumes most. The Kubernetes API is a small in-memory fake serving objects as JSON
+(Deployments Ready at once), so the executor's and the rollback service's figures are their
+own cost and not the API server's; every write still goes through the same code and is a
+span. The metrics-watcher asks the stack's real Prometheus (the series do not exist, so each
+analysis ends with too little data). The planner's cluster reader and the policies are fixed.
 
-Tracing on: spans exported over OTLP/HTTP to the stack's Jaeger with the SDK's batch
-processor (what the services do). Tracing off: OTEL_SDK_DISABLED=true. Each measurement is
-its own process; the rounds alternate the order, and the median of the rounds is reported.
+Tracing on: spans exported over OTLP to the stack's Jaeger with the SDK's batch processor
+(what the services do). Tracing off: OTEL_SDK_DISABLED=true. Each measurement is its own
+process; on and off run back to back in every round, in alternating order, and the overhead
+reported is the median of the rounds' on/off ratios.
 
-    .venv/bin/python bench/tracing_overhead.py [--events 400] [--rounds 3]
+    .venv/bin/python bench/tracing_overhead.py [--events 300] [--rounds 7] [--service planner]
 """
 
 from __future__ import annotations
@@ -24,20 +26,26 @@ import copy
 import json
 import os
 import resource
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = ("planner", "executor", "metrics-watcher", "rollback")
+# An analysis asks Prometheus a dozen queries (~40 ms of CPU): fewer of them make a run.
+EVENTS_SHARE = {"metrics-watcher": 0.25}
 MAX_OVERHEAD_PERCENT = 10.0
 
 
@@ -59,9 +67,11 @@ class Measurement:
 
 
 def _measure(service: str, tracing: bool, events: int, stack: dict[str, str]) -> Measurement:
+    count = max(int(events * EVENTS_SHARE.get(service, 1.0)), 20)
     env = {
         **os.environ,
         "NATS_URL": stack["NATS_URL"],
+        "PROMETHEUS_URL": stack["PROMETHEUS_URL"],
         "OTEL_SERVICE_NAME": f"canaryflow-bench-{service}",
         "CANARYFLOW_LOG_LEVEL": "INFO",
     }
@@ -73,7 +83,7 @@ def _measure(service: str, tracing: bool, events: int, stack: dict[str, str]) ->
         env["OTEL_SDK_DISABLED"] = "true"
     with tempfile.TemporaryFile() as logs:  # the service's JSON logs: written, as in production
         child = subprocess.run(
-            [sys.executable, __file__, "--child", service, "--events", str(events)],
+            [sys.executable, __file__, "--child", service, "--events", str(count)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=logs,
@@ -106,7 +116,8 @@ def drive(events: int, rounds: int, services: tuple[str, ...] = SERVICES) -> int
                 )
     print()
     print(
-        f"medians of {rounds} round(s) of {events} events each; overhead: the median of each "
+        f"medians of {rounds} round(s) of {events} events each (metrics-watcher: "
+        f"{int(events * EVENTS_SHARE['metrics-watcher'])}); overhead: the median of each "
         "round's on/off ratio"
     )
     print(
@@ -157,17 +168,26 @@ class Run:
 
 
 async def child(name: str, events: int) -> None:
+    from canaryflow.runtime.settings import Settings
+
+    with fake_api_server() as kubeconfig:
+        settings = Settings(
+            service=name,
+            nats_url=os.environ["NATS_URL"],
+            prefix=f"bench_{uuid.uuid4().hex[:10]}",
+            kubeconfig=kubeconfig,
+            prometheus_url=os.environ["PROMETHEUS_URL"],
+            # The planner's safety net reads every release: not event handling, and a pass
+            # landing in one run and not the next would be most of the difference measured.
+            reconcile_seconds=3600,
+        )
+        await _run(name, settings, events)
+
+
+async def _run(name: str, settings: Any, events: int) -> None:
     from nats.aio.client import Client as NatsClient
     from prometheus_client import REGISTRY
 
-    from canaryflow.runtime.settings import Settings
-
-    settings = Settings(
-        service=name,
-        nats_url=os.environ["NATS_URL"],
-        prefix=f"bench_{uuid.uuid4().hex[:10]}",
-        kubeconfig=None,
-    )
     nc = NatsClient()
     await nc.connect(settings.nats_url)
     run = await _prepare(name, settings, nc, events)
@@ -308,15 +328,22 @@ def _state(release_id: str, status: Any, hold_seconds: float = 0) -> Any:
 async def _planner(settings: Any, store: Any, releases: list[str], publish: Publish) -> Run:
     from canaryflow.demo import shop
     from canaryflow.planner.app import build_service
-    from canaryflow.planner.validation import DeploymentFacts, PolicyObject
+    from canaryflow.planner.validation import KubeClusterReader
+    from canaryflow.runtime import kube
+    from canaryflow_contracts import policy
     from canaryflow_contracts.events import ReleaseRequested, TargetRef, VersionSpec
 
-    class Cluster:
-        async def deployment(self, namespace: str, name: str) -> DeploymentFacts:
-            return DeploymentFacts(replicas=10, containers=(("web", "registry.local/web:v1"),))
-
-        async def release_policies(self, namespace: str) -> list[PolicyObject]:
-            return [PolicyObject("web", shop.quick_policy())]
+    api = kube.api_client(settings.kubeconfig)
+    for rid in releases:
+        kube.create_deployment(api, _deployment(rid, "web", 10, {"app": "web"}))
+        body = {
+            "apiVersion": f"{policy.GROUP}/{policy.VERSION}",
+            "kind": policy.KIND,
+            "metadata": {"name": "web", "namespace": rid},
+            "spec": shop.quick_policy(),
+        }
+        path = f"/apis/{policy.GROUP}/{policy.VERSION}/namespaces/{rid}/{policy.PLURAL}"
+        kube._request(api, "POST", path, body=body)
 
     async def backlog() -> None:
         for rid in releases:
@@ -327,17 +354,19 @@ async def _planner(settings: Any, store: Any, releases: list[str], publish: Publ
             )
             await publish(request, rid)
 
-    return Run(build_service(settings, Cluster()), "requested", backlog)
+    cluster = KubeClusterReader(settings.kubeconfig)
+    return Run(build_service(settings, cluster), "requested", backlog)
 
 
 async def _executor(settings: Any, store: Any, releases: list[str], publish: Publish) -> Run:
     from canaryflow.executor.app import build_service
+    from canaryflow.runtime import kube
     from canaryflow_contracts.events import ApplyPhase
     from canaryflow_contracts.state import ReleaseStatus
 
-    api = FakeKubernetes()
+    api = kube.api_client(settings.kubeconfig)
     for rid in releases:
-        api.put(_deployment(rid, "web", 10, {"app": "web"}))
+        kube.create_deployment(api, _deployment(rid, "web", 10, {"app": "web"}))
 
     def command(state: Any) -> ApplyPhase:
         return ApplyPhase(
@@ -382,21 +411,6 @@ async def _metrics_watcher(settings: Any, store: Any, releases: list[str], publi
         async def get(self, namespace: str, name: str) -> ReleasePolicySpec:
             return policy
 
-    class Constant:
-        name = "constant"
-
-        async def query(self, query: str) -> float | None:
-            return 500.0 if "count" in query or "increase" in query else 0.001
-
-        async def query_vector(self, query: str, label: str) -> dict[str, float]:
-            return {"0.1": 450.0, "0.5": 495.0, "+Inf": 500.0}
-
-        async def is_online(self) -> bool:
-            return True
-
-        async def aclose(self) -> None:
-            return None
-
     def command(state: Any) -> RequestAnalysis:
         return RequestAnalysis(
             target=state.target,
@@ -407,7 +421,8 @@ async def _metrics_watcher(settings: Any, store: Any, releases: list[str], publi
         )
 
     backlog = await _backlog(store, releases, ReleaseStatus.ANALYSING, command, publish)
-    service = build_service(settings, provider=Constant(), policies=Policies())
+    # The stack's Prometheus answers the queries: asking it is most of an analysis's work.
+    service = build_service(settings, policies=Policies())
     return Run(service, "analysis", backlog)
 
 
@@ -417,16 +432,16 @@ async def _rollback(settings: Any, store: Any, releases: list[str], publish: Pub
     from canaryflow_contracts.events import RollbackRequested
     from canaryflow_contracts.state import ReleaseStatus
 
-    api = FakeKubernetes()
+    api = kube.api_client(settings.kubeconfig)
     for rid in releases:
         # Stable one pod short with its restore point, and a canary: a step 1 to undo.
         stable = _deployment(rid, "web", 9, {"app": "web"})
         point = kube.RestorePoint(rid, 10, copy.deepcopy(stable["spec"]["template"]))
         stable["metadata"]["annotations"] = point.annotations()
-        api.put(stable)
+        kube.create_deployment(api, stable)
         canary = _deployment(rid, "web-canary", 1, {"app": "web", kube.TRACK_LABEL: "canary"})
         canary["metadata"]["labels"] = {kube.RELEASE_LABEL: rid}
-        api.put(canary)
+        kube.create_deployment(api, canary)
 
     def command(state: Any) -> RollbackRequested:
         return RollbackRequested(target=state.target, reason="bench", requested_by="bench")
@@ -454,31 +469,19 @@ def _deployment(namespace: str, name: str, replicas: int, labels: dict[str, str]
     }
 
 
-@dataclass
-class _Response:
-    status: int
-    data: bytes
-    reason: str = ""
-    headers: Any = None
-
-    def read(self) -> None:
-        return None
-
-    def getheaders(self) -> dict[str, str]:
-        return {}
-
-
 class FakeKubernetes:
-    """Namespaced objects as the API serves them, in memory; Deployments Ready once written.
+    """Namespaced objects as an API server serves them, in memory; Deployments Ready at once.
 
-    Only what canaryflow's raw JSON access uses (``param_serialize`` and ``call_api``): GET of
-    an object or a collection (equality label selectors), POST, PUT and merge-PATCH with
-    resourceVersion checks, DELETE with a uid precondition.
+    GET of an object or of a collection (equality and existence label selectors), POST, PUT
+    and merge-PATCH with resourceVersion checks, DELETE with a uid precondition: what the
+    services' Kubernetes code uses. It runs in its own process (``serve_fake_api``), so its
+    work is not counted as the service's, as a real API server's would not be.
     """
 
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._version = 0
+        self._lock = threading.Lock()
 
     def put(self, body: dict[str, Any], resource: str = "deployments") -> dict[str, Any]:
         metadata = body["metadata"]
@@ -500,20 +503,20 @@ class FakeKubernetes:
         self.objects[key] = body
         return body
 
-    def param_serialize(self, **request: Any) -> tuple[Any, ...]:
-        url = (request["resource_path"], dict(request.get("query_params") or []))
-        return (request["method"], url, {}, request["body"], None)
-
-    def call_api(
-        self, method: str, url: Any, headers: Any, payload: Any, *_: Any, **__: Any
-    ) -> _Response:
-        path, query = url
+    def request(
+        self, method: str, path: str, query: dict[str, str], payload: Any
+    ) -> tuple[int, dict[str, Any]]:
         parts = path.strip("/").split("/")
+        if "namespaces" not in parts or len(parts) < parts.index("namespaces") + 3:
+            return 404, {"kind": "Status", "code": 404}
         at = parts.index("namespaces")
-        namespace, resource = parts[at + 1], parts[at + 2]
+        where = (parts[at + 2], parts[at + 1])
         name = parts[at + 3] if len(parts) > at + 3 else None
-        status, body = self._handle(method, (resource, namespace), name, payload, query)
-        return _Response(status, json.dumps(body).encode())
+        with self._lock:
+            status, body = self._handle(method, where, name, payload, query)
+        if status >= 300 and not body:
+            body = {"kind": "Status", "code": status}
+        return status, body
 
     def _handle(
         self,
@@ -556,6 +559,73 @@ class FakeKubernetes:
         return 200, self.put(copy.deepcopy(body), resource)
 
 
+def serve_fake_api(port: int) -> None:
+    """The fake API server over HTTP on 127.0.0.1:``port``, until killed."""
+    fake = FakeKubernetes()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        # Headers and body are two writes: without this, Nagle and the client's delayed ACK
+        # hold every answer ~40 ms.
+        disable_nagle_algorithm = True
+
+        def _serve(self) -> None:
+            url = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            payload = json.loads(self.rfile.read(length)) if length else None
+            query = dict(parse_qsl(url.query))
+            status, body = fake.request(self.command, url.path, query, payload)
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet: thousands of requests a run."""
+
+    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+
+
+@contextlib.contextmanager
+def fake_api_server() -> Iterator[str]:
+    """A fake API server process; yields a kubeconfig file that points at it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, __file__, "--fake-api", str(port)])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        with tempfile.NamedTemporaryFile("w", suffix=".kubeconfig", delete=False) as kubeconfig:
+            kubeconfig.write(_KUBECONFIG.format(port=port))
+        yield kubeconfig.name
+    finally:
+        server.kill()
+        server.wait()
+        with contextlib.suppress(NameError, OSError):
+            os.unlink(kubeconfig.name)
+
+
+_KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{{name: fake, cluster: {{server: "http://127.0.0.1:{port}"}}}}]
+users: [{{name: fake, user: {{}}}}]
+contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]
+current-context: fake
+"""
+
+
 def _selected(selector: str, labels: dict[str, str]) -> bool:
     """Equality and existence label selectors (``a=b``, ``a!=b``, ``a``, ``!a``)."""
     for term in filter(None, (part.strip() for part in selector.split(","))):
@@ -596,7 +666,11 @@ def main() -> None:
         "--service", action="append", choices=SERVICES, help="only these (repeatable)"
     )
     parser.add_argument("--child", choices=SERVICES, help=argparse.SUPPRESS)
+    parser.add_argument("--fake-api", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.fake_api:
+        serve_fake_api(args.fake_api)
+        return
     if args.child:
         asyncio.run(child(args.child, args.events))
         return

@@ -23,7 +23,8 @@ import nats
 from kubernetes import client, config
 from nats.aio.client import Client as NatsClient
 
-from canaryflow.cli.main import follow_release, print_event
+from canaryflow.cli import render
+from canaryflow.cli.main import follow_release, jaeger_ui, print_event
 from canaryflow.demo import shop
 from canaryflow.demo.launcher import LaunchError, ServiceLauncher, StackEndpoints
 from canaryflow_contracts import Envelope, Subjects
@@ -106,7 +107,13 @@ async def _release(nc: NatsClient, subjects: Subjects, namespace: str, image: st
             return
         print_event(event)
 
-    final = await follow_release(nc, subjects, release_id, show, give_up_after=300)
+    def show_trace(traceparent: str) -> None:
+        if link := render.trace_link(traceparent, jaeger_ui()):
+            print(f"   trace in Jaeger: {link}", flush=True)
+
+    final = await follow_release(
+        nc, subjects, release_id, show, give_up_after=300, on_trace=show_trace
+    )
     restore = next(
         (e.data.seconds_to_restore for e in seen if isinstance(e.data, RollbackCompleted)), None
     )
