@@ -48,9 +48,7 @@ class Cluster:
         """Write the restore point on stable unless it is there; returns the one in force."""
 
         def write() -> Recording:
-            stable = kube.read_deployment(self.api, target.namespace, target.name)
-            if stable is None:
-                raise LookupError(f"Deployment {target.key()} not found")
+            stable = kube.read_target(self.api, target)
             recording = workload.record_restore_point(stable, release_id)
             if recording.body is not None:
                 kube.replace_deployment(self.api, recording.body)
@@ -84,9 +82,7 @@ class Cluster:
         """The canary's versioned ConfigMaps, made if missing: {stable's name: copy's name}."""
 
         def write() -> dict[str, str]:
-            stable = kube.read_deployment(self.api, target.namespace, target.name)
-            if stable is None:
-                raise LookupError(f"Deployment {target.key()} not found")
+            stable = kube.read_target(self.api, target)
             return objects.ensure_config_copies(
                 self.api, target, stable, version.config_maps, release_id
             )
@@ -134,9 +130,7 @@ class Cluster:
         """Create the canary, or bring the existing one to the wanted spec and size."""
 
         def write() -> None:
-            stable = kube.read_deployment(self.api, target.namespace, target.name)
-            if stable is None:
-                raise LookupError(f"Deployment {target.key()} not found")
+            stable = kube.read_target(self.api, target)
             desired = workload.canary_body(
                 stable, target, version, release_id, replicas, renames=renames
             )
@@ -149,9 +143,7 @@ class Cluster:
         """Run the recorded stable version on ``replicas`` fresh pods (none: leave it absent)."""
 
         def write() -> None:
-            stable = kube.read_deployment(self.api, target.namespace, target.name)
-            if stable is None:
-                raise LookupError(f"Deployment {target.key()} not found")
+            stable = kube.read_target(self.api, target)
             point = kube.restore_point_of(stable)
             template = point.template if point is not None else stable["spec"]["template"]
             existing = kube.read_deployment(self.api, target.namespace, baseline_name(target))
@@ -171,9 +163,7 @@ class Cluster:
         """
 
         def write() -> bool:
-            stable = kube.read_deployment(self.api, target.namespace, target.name)
-            if stable is None:
-                raise LookupError(f"Deployment {target.key()} not found")
+            stable = kube.read_target(self.api, target)
             point = kube.restore_point_of(stable)
             if point is None or point.release_id != release_id:
                 return False
@@ -196,9 +186,7 @@ class Cluster:
         renames: dict[str, str] | None = None,
     ) -> None:
         def write() -> None:
-            stable = kube.read_deployment(self.api, target.namespace, target.name)
-            if stable is None:
-                raise LookupError(f"Deployment {target.key()} not found")
+            stable = kube.read_target(self.api, target)
             body = workload.promoted_stable(stable, version, replicas, renames)
             if body is not None:
                 kube.replace_deployment(self.api, body)

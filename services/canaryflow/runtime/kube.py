@@ -225,6 +225,14 @@ def read_deployment(api: client.ApiClient, namespace: str, name: str) -> dict[st
         raise
 
 
+def read_target(api: client.ApiClient, target: TargetRef) -> dict[str, Any]:
+    """The target (stable) Deployment; LookupError when it does not exist."""
+    stable = read_deployment(api, target.namespace, target.name)
+    if stable is None:
+        raise LookupError(f"Deployment {target.key()} not found")
+    return stable
+
+
 def create_deployment(api: client.ApiClient, body: dict[str, Any]) -> dict[str, Any]:
     namespace = body["metadata"]["namespace"]
     return _request(

@@ -150,9 +150,7 @@ def record_bundle(api: client.ApiClient, target: TargetRef, release_id: str) -> 
     re-stamped with this release's id. Anything else (a bundle without a restore point is
     the leftover of a release that never started) is replaced by a fresh snapshot.
     """
-    stable = kube.read_deployment(api, target.namespace, target.name)
-    if stable is None:
-        raise LookupError(f"Deployment {target.key()} not found")
+    stable = kube.read_target(api, target)
     point = kube.restore_point_of(stable)
     secret = read(api, SECRETS, target.namespace, bundles.bundle_name(target.name))
     existing = bundles.bundle_of(secret) if secret is not None else None
