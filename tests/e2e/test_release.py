@@ -85,8 +85,11 @@ async def test_a_version_with_20_percent_errors_is_rolled_back_with_evidence(
     failing = [c for c in outcome.evidence if c.passed is False]
     assert failing, outcome
     error_check = next(c for c in failing if c.metric == "error-rate")
-    assert error_check.value is not None and 0.1 < error_check.value < 0.35
+    # The first tick over the threshold decides, often on a few dozen requests, so the measured
+    # rate is a small-sample estimate of the true 20 %: assert why it failed, not its digits.
     assert error_check.threshold == 0.05 and error_check.query
+    assert error_check.value is not None and error_check.threshold < error_check.value < 0.6
+    assert error_check.sample_size >= 20, "never decided below the policy's minimum sample"
     assert RollbackCompleted in _types(events)
     _assert_stable_restored(kube, shop_namespace, shop.image("v1"))
 
