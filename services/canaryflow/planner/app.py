@@ -117,7 +117,8 @@ class Planner:
         self, event: Envelope[ReleaseRequestPayload], delivery: Delivery | None = None
     ) -> None:
         release_id = event.subject
-        tracing.handling("admit request", release_id)
+        # The request's span is the root of the release's trace (see runtime.tracing).
+        tracing.handling(f"release {release_id}", release_id)
         try:
             request = ReleaseRequested.model_validate(event.data.model_extra or {})
         except ValidationError as error:
@@ -152,7 +153,7 @@ class Planner:
             decision = accept(release_id, event, admitted, now)
         assert decision.state is not None
         # Every later command of this release re-enters the trace rooted here.
-        root = tracing.release_root() or tracing.current_traceparent()
+        root = tracing.current_traceparent()
         decision = Decision(
             decision.state.model_copy(update={"trace_parent": root}), decision.commands
         )

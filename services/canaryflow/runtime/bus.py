@@ -188,9 +188,7 @@ def subscribe(
         attempt = raw.metadata.num_delivered
         release_id = Subjects.release_id_of(raw.subject)
         started = time.perf_counter()
-        # FastStream's consumer span: make it findable by release in Jaeger.
-        span = trace.get_current_span()
-        span.set_attribute(tracing.RELEASE_ID, release_id)
+        span = trace.get_current_span()  # the message's consumer span (tracing.ReleaseTracing)
         if attempt > 1:
             metrics.redeliveries.labels(settings.service, handler_name).inc()
             span.set_attribute("messaging.nats.delivery_attempt", attempt)

@@ -3,7 +3,7 @@
 Logs are one JSON object per line carrying the trace id and the release id, so a line found
 in a log search leads straight to the release's trace in Jaeger. Tracing is configured by the
 standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_SDK_DISABLED);
-the trace context crosses NATS in message headers (FastStream's telemetry middleware).
+the trace context crosses NATS in message headers (``tracing.ReleaseTracing``).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 
 from canaryflow.runtime import tracing
-from canaryflow.runtime.otlp_json import OtlpJsonSpanExporter
 
 _release_id: contextvars.ContextVar[str] = contextvars.ContextVar("release_id", default="")
 _event_id: contextvars.ContextVar[str] = contextvars.ContextVar("event_id", default="")
@@ -81,8 +81,8 @@ def configure_tracing(service: str) -> TracerProvider:
     """A tracer provider exporting over OTLP/HTTP when an endpoint is configured.
 
     The standard variables apply: OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,
-    OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT/HEADERS/TIMEOUT/PROTOCOL (http/json, the default,
-    or http/protobuf), OTEL_TRACES_EXPORTER=otlp|console|none, OTEL_TRACES_SAMPLER, OTEL_BSP_*
+    OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT/HEADERS/TIMEOUT (OTLP/HTTP with protobuf, the SDK's
+    exporter), OTEL_TRACES_EXPORTER=otlp|console|none, OTEL_TRACES_SAMPLER, OTEL_BSP_*
     and OTEL_SDK_DISABLED=true (no spans at all).
     """
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
@@ -106,18 +106,15 @@ def _span_exporter() -> SpanExporter | None:
     if exporter != "otlp" or not endpoint:
         return None
     protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
     )
-    protocol = protocol.strip().lower()
-    if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter()
-    if protocol != "http/json":
+    if protocol.strip().lower() != "http/protobuf":
         logging.getLogger(__name__).warning(
-            "OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported; exporting with http/json", protocol
+            "OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported; exporting with http/protobuf",
+            protocol,
         )
-    return OtlpJsonSpanExporter()
+    # The SDK's exporter reads the rest of OTEL_EXPORTER_OTLP_* (endpoint, headers, timeout).
+    return OTLPSpanExporter()
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -18,7 +19,6 @@ from wsgiref.simple_server import WSGIServer
 
 from faststream import FastStream
 from faststream.nats import NatsBroker
-from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.specification import AsyncAPI
 
 from canaryflow.runtime import observability, tracing
@@ -41,11 +41,8 @@ class Service:
         self.tracer_provider = tracer_provider
         self.broker = NatsBroker(
             settings.nats_url,
-            # Outermost first: the release's trace is settled before FastStream's consumer span.
-            middlewares=[
-                tracing.ReleaseTracing(settings.subjects, self._stored_trace_parent),
-                NatsTelemetryMiddleware(tracer_provider=tracer_provider),
-            ],
+            # Each message's consumer span, in its release's trace (see runtime.tracing).
+            middlewares=[tracing.ReleaseTracing(settings.subjects, self._stored_trace_parent)],
             # Keep retrying a lost connection: an outage of the bus pauses work, never ends it.
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
@@ -113,6 +110,11 @@ class Service:
         js = self.broker.connection.jetstream()
         await ensure_streams(js, self.settings.subjects)
         self._store = ReleaseStore(await js.key_value(self.settings.subjects.releases_bucket))
+        # What exists by now (modules, schemas, clients) lives as long as the process: move it
+        # out of the collector's sight, so each full collection scans only the objects of the
+        # work in flight (it was ~100 ms over ~180k objects, and a tenth of a handler's CPU).
+        gc.collect()
+        gc.freeze()
         await self.broker.start()
         for loop in self._loops:
             self._tasks.append(asyncio.create_task(_guarded(loop)))

@@ -2,16 +2,17 @@
 
 A release is followed in Jaeger as one tree, so every span of it must share one trace id and
 have its parent in that trace. The context travels in NATS headers: ``publishing`` puts the
-publishing span's ``traceparent`` in the message, and FastStream's telemetry middleware makes
-each consumer's span a child of it (JetStream keeps the headers, so a redelivery continues
-the same trace). What FastStream cannot know is where a release
-begins, and what to do with a message that arrives without a context:
+publishing span's ``traceparent`` in the message, and ``ReleaseTracing`` (broker middleware)
+makes each consumer's span a child of it (JetStream keeps the headers, so a redelivery
+continues the same trace). Two cases need more than the headers: where a release begins, and
+a message that arrives without a context:
 
-- A release request gets a root span ``release <id>`` before FastStream's consumer span, so
-  the whole release hangs off it; a requester that sent a ``traceparent`` gets the root as a
-  child of its own span. Without one, the root's trace id is derived from the prefix and the
-  release id: a redelivered request (or another request reusing the id) lands in the same
-  trace instead of starting a second one, with no lookup on the way.
+- A release request's consumer span is the release's root (the planner names it
+  ``release <id>``), so the whole release hangs off it; a requester that sent a
+  ``traceparent`` gets the root as a child of its own span. Without one, the root's trace id
+  is derived from the prefix and the release id: a redelivered request (or another request
+  reusing the id) lands in the same trace instead of starting a second one, with no lookup
+  on the way.
 - Any other message without a context (an operator's ``nats pub``, a system that does not
   trace) adopts the release's stored root, read from the release state in the KV bucket.
 - Work that starts outside a handler enters the release's trace: the planner's reconcile
@@ -62,9 +63,6 @@ _TRACEPARENT_RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$"
 _propagator = TraceContextTextMapPropagator()
 _forced_trace_id: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "canaryflow_forced_trace_id", default=None
-)
-_release_root: contextvars.ContextVar[str] = contextvars.ContextVar(
-    "canaryflow_release_root", default=""
 )
 _tracer: Tracer | None = None
 
@@ -127,11 +125,6 @@ def in_trace() -> bool:
     return trace.get_current_span().get_span_context().is_valid
 
 
-def release_root() -> str:
-    """The ``traceparent`` of the root span of the release request being handled, if any."""
-    return _release_root.get()
-
-
 @contextlib.contextmanager
 def within(traceparent: str) -> Iterator[None]:
     """Make the release's trace current, unless the current span already belongs to it.
@@ -174,7 +167,7 @@ def handling(
 ) -> Span:
     """Name the span of the message being handled after what the handler makes of it.
 
-    The consumer span FastStream opened for the message is the handler's span: renaming it
+    The consumer span ``ReleaseTracing`` opened for the message is the handler's span: renaming it
     (``apply step 2 (30%)`` instead of ``<subject> process``) reads better in Jaeger than a
     child span would, and costs nothing, where every extra span costs the service ~60 µs.
     """
@@ -284,7 +277,14 @@ RootLookup = Callable[[str], Awaitable[str]]
 
 
 class ReleaseTracing:
-    """Broker middleware (outside FastStream's telemetry) giving every message a release trace."""
+    """Broker middleware making each message's consumer span, always in its release's trace.
+
+    It is the only place consumer spans are made (FastStream's telemetry middleware is not
+    used): the span's parent is the producer's context from the headers, else the release's
+    stored root; a release request without a context becomes the root itself, with the trace
+    id derived from the release. One span per message, so the planner's request costs one
+    span, not a root plus FastStream's "create" and "process" spans.
+    """
 
     def __init__(self, subjects: Subjects, lookup: RootLookup) -> None:
         self._subjects = subjects
@@ -298,57 +298,36 @@ class ReleaseTracing:
         self, call_next: Callable[[StreamMessage[Any]], Awaitable[Any]], msg: StreamMessage[Any]
     ) -> Any:
         subject = getattr(msg.raw_message, "subject", None)
-        if not isinstance(subject, str):
+        if not isinstance(subject, str) or not tracer_enabled():
             return await call_next(msg)
         release_id = Subjects.release_id_of(subject)
-        headers = msg.headers
-        if subject.startswith(self._request_filter):
-            return await self._rooted(call_next, msg, release_id)
-        if TRACEPARENT in headers or not tracer_enabled():
-            return await call_next(msg)  # the usual case: the producer's context is there
-        # A message from a system that does not trace: it joins the release's trace.
-        if stored := await self._stored_root(release_id):
-            headers.pop("tracestate", None)
-            headers[TRACEPARENT] = stored
-        return await call_next(msg)
-
-    async def _rooted(
-        self,
-        call_next: Callable[[StreamMessage[Any]], Awaitable[Any]],
-        msg: StreamMessage[Any],
-        release_id: str,
-    ) -> Any:
-        headers = msg.headers
-        parent = _propagator.extract(headers)
-        forced = (
-            None
-            if trace.get_current_span(parent).get_span_context().is_valid
-            else release_trace_id(self._subjects.prefix, release_id)
-        )
+        parent = _propagator.extract(msg.headers)
+        forced: int | None = None
+        if not trace.get_current_span(parent).get_span_context().is_valid:
+            if subject.startswith(self._request_filter):
+                forced = release_trace_id(self._subjects.prefix, release_id)  # the root
+            elif stored := await self._stored_root(release_id):
+                # A message from a system that does not trace: it joins the release's trace.
+                parent = _propagator.extract({TRACEPARENT: stored})
         forced_token = _forced_trace_id.set(forced)
         try:
-            root = tracer().start_span(
-                f"release {release_id}",
+            consumer = tracer().start_span(
+                f"{subject} process",
                 context=parent,
-                kind=SpanKind.SERVER,
-                attributes={RELEASE_ID: release_id, EVENT_TYPE: ReleaseRequested.event_type()},
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    RELEASE_ID: release_id,
+                    "messaging.system": "nats",
+                    "messaging.destination.name": subject,
+                },
             )
         finally:
             _forced_trace_id.reset(forced_token)
-        traceparent = traceparent_of(root)
-        root_token = _release_root.set(traceparent)
-        if traceparent:
-            headers.pop("tracestate", None)
-            headers[TRACEPARENT] = traceparent
-        try:
+        # The handler names the span after its work (``handling``) and may add attributes.
+        with trace.use_span(
+            consumer, end_on_exit=True, record_exception=True, set_status_on_exception=True
+        ):
             return await call_next(msg)
-        except Exception as error:
-            root.record_exception(error)
-            mark_failed(root, f"{type(error).__name__}: {error}")
-            raise
-        finally:
-            _release_root.reset(root_token)
-            root.end()
 
     async def _stored_root(self, release_id: str) -> str:
         try:
