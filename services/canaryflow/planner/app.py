@@ -18,7 +18,14 @@ from opentelemetry import trace
 from pydantic import ConfigDict, ValidationError
 
 from canaryflow.planner.gauges import canary_weights, release_counts
-from canaryflow.planner.machine import Command, Decision, accept, decide, reject
+from canaryflow.planner.machine import (
+    Command,
+    Decision,
+    accept,
+    decide,
+    reject,
+    reject_unreadable,
+)
 from canaryflow.planner.planning import Refusal
 from canaryflow.planner.reconcile import DEFAULT_TIMINGS, ReconcileTimings, reconcile
 from canaryflow.planner.validation import (
@@ -131,6 +138,13 @@ class Planner:
             if await self._admit(release_id, typed):
                 return
         raise RuntimeError(f"release {release_id}: state kept changing under us")
+
+    async def on_unreadable_request(self, release_id: str, message_key: str, problem: str) -> None:
+        """A request that does not parse still gets an answer (it is also dead-lettered)."""
+        log.warning(
+            "rejecting an unreadable request: %s", problem, extra={"release_id": release_id}
+        )
+        await self._publish(release_id, reject_unreadable(release_id, message_key, problem))
 
     async def _admit(self, release_id: str, event: Envelope[ReleaseRequested]) -> bool:
         store = self._store()
@@ -335,7 +349,12 @@ def build_service(
         clock,
         timings,
     )
-    service.subscribe(ReleaseRequestPayload, "requested", planner.on_request)
+    service.subscribe(
+        ReleaseRequestPayload,
+        "requested",
+        planner.on_request,
+        on_malformed=planner.on_unreadable_request,
+    )
     for event, name in FOLLOWED:
         service.subscribe(event, name, planner.on_event)
 

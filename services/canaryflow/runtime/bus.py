@@ -158,6 +158,9 @@ class Delivery:
 
 
 Handler = Callable[[Envelope[E], Delivery], Awaitable[None]]
+# Told of a message that is not an event at all (release id, message key, the problem), before
+# it is dead-lettered: e.g. the planner answers a requester with a rejection.
+MalformedHandler = Callable[[str, str, str], Awaitable[None]]
 
 
 class PermanentError(Exception):
@@ -172,6 +175,7 @@ def subscribe(
     handler: Handler[E],
     *,
     ack_wait_seconds: float | None = None,
+    on_malformed: MalformedHandler | None = None,
 ) -> None:
     """Register ``handler`` as a durable, explicitly acknowledged consumer of ``event``."""
     subjects = settings.subjects
@@ -196,7 +200,10 @@ def subscribe(
             try:
                 envelope = envelope_type.model_validate_json(raw.data).check_type()
             except (ValidationError, ValueError) as error:
-                raise PermanentError(f"malformed {event.event_type()}: {error}") from error
+                problem = f"malformed {event.event_type()}: {error}"
+                if on_malformed is not None:  # a failure here is retried like any other
+                    await on_malformed(release_id, _message_key(raw), problem)
+                raise PermanentError(problem) from error
             span.set_attribute(tracing.EVENT_ID, envelope.id)
             with observability.release_context(release_id, envelope.id):
                 await handler(envelope, Delivery(raw.subject, release_id, attempt, msg, ack_wait))
@@ -248,6 +255,12 @@ def subscribe(
         title=f"{settings.service}:{handler_name}",
         description=(event.__doc__ or "").strip().splitlines()[0],
     )(on_message)
+
+
+def _message_key(raw: Any) -> str:
+    """What identifies this message: its Nats-Msg-Id, else its place in the stream."""
+    msg_id = (raw.headers or {}).get("Nats-Msg-Id")
+    return str(msg_id) if msg_id else f"{raw.metadata.stream}:{raw.metadata.sequence.stream}"
 
 
 async def _dead_letter(

@@ -22,7 +22,13 @@ from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 
 from canaryflow.runtime import observability, tracing
-from canaryflow.runtime.bus import EventPublisher, Handler, ensure_streams, subscribe
+from canaryflow.runtime.bus import (
+    EventPublisher,
+    Handler,
+    MalformedHandler,
+    ensure_streams,
+    subscribe,
+)
 from canaryflow.runtime.settings import Settings
 from canaryflow.runtime.store import ReleaseStore
 from canaryflow_contracts import EventData
@@ -71,6 +77,7 @@ class Service:
         handler: Handler[E],
         *,
         ack_wait_seconds: float | None = None,
+        on_malformed: MalformedHandler | None = None,
     ) -> None:
         subscribe(
             self.broker,
@@ -79,6 +86,7 @@ class Service:
             handler_name,
             handler,
             ack_wait_seconds=ack_wait_seconds,
+            on_malformed=on_malformed,
         )
 
     def every(self, loop: BackgroundLoop) -> None:

@@ -358,3 +358,19 @@ def test_seen_event_ids_stay_bounded() -> None:
         release.on(verdict(release.state, 0, VerdictResult.PASS, final=False), f"t-{tick}", at(120))
     assert len(release.state.seen_event_ids) == SEEN_EVENTS_LIMIT
     assert release.state.seen_event_ids[-1] == f"t-{SEEN_EVENTS_LIMIT + 19}"
+
+
+def test_an_unreadable_request_is_answered_once_per_message_and_stores_nothing() -> None:
+    problem = "malformed io.canaryflow.release.requested.v1:\n  Invalid JSON " + "x" * 2000
+    decision = machine.reject_unreadable("web-1", "msg-1", problem)
+
+    assert decision.state is None
+    (command,) = decision.commands
+    assert isinstance(command.data, ReleaseRejected)
+    (reason,) = command.data.reasons
+    assert reason.startswith("unreadable request: malformed io.canaryflow.release.requested.v1:")
+    assert "\n" not in reason and len(reason) < 600, "one readable line, not the whole body"
+    # The same message (a redelivery) gets the same event id, so JetStream stores one answer.
+    again = machine.reject_unreadable("web-1", "msg-1", problem).commands[0]
+    other = machine.reject_unreadable("web-1", "msg-2", problem).commands[0]
+    assert again.event_id == command.event_id != other.event_id

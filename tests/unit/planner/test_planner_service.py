@@ -198,6 +198,24 @@ async def test_a_malformed_request_is_answered_not_dead_lettered(running: Runnin
     assert await running.service.store.get("svc-2") is None
 
 
+async def test_a_request_that_is_not_even_json_is_answered_and_kept(running: Running) -> None:
+    subjects: Subjects = running.subjects
+    await running.nc.jetstream().publish(
+        subjects.of(ReleaseRequested, "svc-9"), b"{release: web}", headers={"Nats-Msg-Id": "r9"}
+    )
+    rejected = await running.first(ReleaseRejected, "svc-9")
+    (reason,) = rejected.data.reasons
+    assert reason.startswith("unreadable request: malformed") and "JSON" in reason, reason
+    assert await running.service.store.get("svc-9") is None
+
+    # The requester has its answer, and the message itself is kept among the dead letters.
+    async def lettered() -> bool:
+        info = await running.nc.jetstream().stream_info(subjects.deadletter_stream.name)
+        return info.state.messages >= 1
+
+    await _eventually(lettered, "the request among the dead letters")
+
+
 async def test_reconcile_rolls_back_a_step_that_missed_its_deadline(running: Running) -> None:
     subjects: Subjects = running.subjects
     await running.publish(
