@@ -47,6 +47,9 @@ SERVICES = ("planner", "executor", "metrics-watcher", "rollback")
 # An analysis asks Prometheus a dozen queries (~40 ms of CPU): fewer of them make a run.
 EVENTS_SHARE = {"metrics-watcher": 0.5}
 MAX_OVERHEAD_PERCENT = 10.0
+# A traced run leaves Jaeger (on the same two CPUs) ingesting its last spans for a moment;
+# the next run starts when that is done, so no run pays for the one before it.
+SETTLE_SECONDS = 3.0
 
 
 # --------------------------------------------------------------------------- driver
@@ -107,6 +110,7 @@ def drive(events: int, rounds: int, services: tuple[str, ...] = SERVICES) -> int
         for service in services:
             order = (True, False) if round_ % 2 == 0 else (False, True)
             for tracing in order:
+                time.sleep(SETTLE_SECONDS)
                 found = _measure(service, tracing, events, stack)
                 runs.setdefault((service, tracing), []).append(found)
                 print(
