@@ -73,7 +73,6 @@ def build_service(
 
         span = tracing.handling(
             f"apply step {step.index + 1} ({step.weight}%)",
-            rid,
             {tracing.STEP: step.index, tracing.WEIGHT: step.weight},
         )
         async with delivery.keep_alive():
@@ -107,7 +106,7 @@ def build_service(
             return promotion_wanted(await state_of(rid))
 
         deadline = now() + timedelta(seconds=promotion_seconds)
-        span = tracing.handling("promote", rid, {"canaryflow.image": command.version.image})
+        span = tracing.handling("promote", {"canaryflow.image": command.version.image})
         async with delivery.keep_alive():
             outcome = await runner.promote(rid, command, deadline, wanted)
         span.set_attributes(tracing.outcome_attributes(outcome))

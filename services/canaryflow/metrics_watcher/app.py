@@ -65,7 +65,6 @@ def build_service(
         step = envelope.data.step
         span = tracing.handling(
             f"analyse step {step.index + 1} ({step.weight}%)",
-            delivery.release_id,
             {tracing.STEP: step.index, tracing.WEIGHT: step.weight},
         )
         async with delivery.keep_alive():

@@ -125,7 +125,7 @@ class Planner:
     ) -> None:
         release_id = event.subject
         # The request's span is the root of the release's trace (see runtime.tracing).
-        tracing.handling(f"release {release_id}", release_id)
+        tracing.handling(f"release {release_id}")
         try:
             request = ReleaseRequested.model_validate(event.data.model_extra or {})
         except ValidationError as error:
@@ -198,7 +198,7 @@ class Planner:
     async def on_event(self, event: Envelope[Any], delivery: Delivery | None = None) -> None:
         release_id = event.subject
         kind = event.type.removeprefix("io.canaryflow.").rsplit(".", 1)[0]
-        tracing.handling(f"decide {kind}", release_id)
+        tracing.handling(f"decide {kind}")
         for _ in range(CAS_ATTEMPTS):
             current = await self._store().get(release_id)
             if current is None:

@@ -175,14 +175,14 @@ def reject(
     return Decision(state, commands_after(state, event))
 
 
+# A parser's complaint about a large body can be long; the requester needs its beginning.
+MAX_PROBLEM_CHARS = 500
+
+
 def reject_unreadable(release_id: str, message_key: str, problem: str) -> Decision:
     """Answer a request that is not even an event (not JSON, no envelope): nothing is stored."""
     reason = "unreadable request: " + " ".join(problem.split())[:MAX_PROBLEM_CHARS]
     return Decision(None, [_rejection(release_id, message_key, UNKNOWN_TARGET, [reason])])
-
-
-# A parser's complaint about a large body can be long; the requester needs its beginning.
-MAX_PROBLEM_CHARS = 500
 
 
 def _target_of(data: EventData) -> TargetRef:

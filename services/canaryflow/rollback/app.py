@@ -70,7 +70,6 @@ def build_service(
         deadline = now() + timedelta(seconds=restore_seconds)
         span = tracing.handling(
             "rollback",
-            release_id,
             {"canaryflow.trigger": data.event_type(), "canaryflow.reason": trigger.reason},
         )
         async with delivery.keep_alive():

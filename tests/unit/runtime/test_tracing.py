@@ -185,7 +185,7 @@ def test_without_tracing_nothing_is_propagated() -> None:
 
 def test_a_handler_names_the_span_of_its_message(spans: InMemorySpanExporter) -> None:
     with tracing.span("subject process", "web-42"):
-        tracing.handling("apply step 1 (10%)", "web-42", {tracing.STEP: 0})
+        tracing.handling("apply step 1 (10%)", {tracing.STEP: 0})
     (span,) = spans.get_finished_spans()
     assert span.name == "apply step 1 (10%)"
     assert span.attributes is not None and span.attributes[tracing.STEP] == 0
