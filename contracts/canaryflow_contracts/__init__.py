@@ -5,7 +5,7 @@ other languages use the JSON Schemas and the AsyncAPI document generated from th
 Event payloads live in ``canaryflow_contracts.events``.
 """
 
-from canaryflow_contracts.envelope import Envelope, EventData, new_event_id
+from canaryflow_contracts.envelope import Envelope, EventData, envelope_of, new_event_id
 from canaryflow_contracts.events import CATALOGUE
 from canaryflow_contracts.subjects import DEFAULT_PREFIX, StreamSpec, Subjects
 
@@ -16,5 +16,6 @@ __all__ = [
     "EventData",
     "StreamSpec",
     "Subjects",
+    "envelope_of",
     "new_event_id",
 ]

@@ -71,8 +71,7 @@ class Envelope(BaseModel, Generic[DataT]):
     @classmethod
     def wrap(cls, data: DataT, *, release_id: str, source: str, **extra: Any) -> Envelope[DataT]:
         """Build an envelope whose type matches ``data``'s class."""
-        parametrised: type[Envelope[DataT]] = Envelope[type(data)]  # type: ignore[misc,assignment]
-        return parametrised(
+        return envelope_of(type(data))(
             data=data, subject=release_id, source=source, type=type(data).event_type(), **extra
         )
 
@@ -81,3 +80,20 @@ class Envelope(BaseModel, Generic[DataT]):
         if self.type != expected:
             raise ValueError(f"envelope type {self.type!r} does not match payload {expected!r}")
         return self
+
+
+# envelope_of's parametrised envelopes, by event type.
+_PARAMETRISED: dict[type[Any], type[Envelope[Any]]] = {}
+
+
+def envelope_of(event: type[DataT]) -> type[Envelope[DataT]]:
+    """``Envelope[event]``, built once per event type and kept.
+
+    pydantic holds the models it parametrises only weakly, so an ``Envelope[X]`` written on a
+    hot path is rebuilt (milliseconds of schema building) whenever the garbage collector has
+    dropped it: in the planner that was once every few requests.
+    """
+    found = _PARAMETRISED.get(event)
+    if found is None:
+        found = _PARAMETRISED[event] = Envelope[event]  # type: ignore[valid-type]
+    return found

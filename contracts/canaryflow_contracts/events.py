@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from canaryflow_contracts.envelope import Envelope, EventData
+from canaryflow_contracts.envelope import Envelope, EventData, envelope_of
 from canaryflow_contracts.identifiers import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, IMAGE_PATTERN
 from canaryflow_contracts.policy import Analysis, Hook
 
@@ -527,7 +527,7 @@ def parse_event(raw: bytes | str) -> Envelope[Any]:
     event = EVENT_TYPES.get(header.type)
     if event is None:
         raise ValueError(f"unknown event type {header.type!r}")
-    return Envelope[event].model_validate_json(raw)  # type: ignore[valid-type]
+    return envelope_of(event).model_validate_json(raw)
 
 
 class _EnvelopeHeader(BaseModel):

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from canaryflow_contracts import policy
-from canaryflow_contracts.envelope import Envelope
+from canaryflow_contracts.envelope import envelope_of
 from canaryflow_contracts.events import CATALOGUE
 from canaryflow_contracts.identifiers import RELEASE_ID_PATTERN
 from canaryflow_contracts.subjects import DEFAULT_PREFIX
@@ -29,7 +29,7 @@ CONTRACT_VERSION = "1.0.0"
 
 
 def envelope_schema(event: type[BaseModel]) -> dict[str, Any]:
-    schema = Envelope[event].model_json_schema(mode="serialization")  # type: ignore[valid-type]
+    schema = envelope_of(event).model_json_schema(mode="serialization")  # type: ignore[type-var]
     schema["title"] = event.__name__
     schema["properties"]["type"]["const"] = event.event_type()  # type: ignore[attr-defined]
     return schema

@@ -133,7 +133,7 @@ class Planner:
             log.warning("rejecting a malformed request: %s", "; ".join(reasons))
             await self._publish(release_id, reject(release_id, event, None, reasons, self._clock()))
             return
-        typed = cast(Envelope[ReleaseRequested], event.model_copy(update={"data": request}))
+        typed = cast("Envelope[ReleaseRequested]", event.model_copy(update={"data": request}))
         for _ in range(CAS_ATTEMPTS):
             if await self._admit(release_id, typed):
                 return

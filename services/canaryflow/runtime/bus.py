@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from canaryflow.runtime import observability, tracing
 from canaryflow.runtime.settings import Settings
-from canaryflow_contracts import Envelope, EventData, Subjects, new_event_id
+from canaryflow_contracts import Envelope, EventData, Subjects, envelope_of, new_event_id
 from canaryflow_contracts.events import DeadLetter
 from canaryflow_contracts.identifiers import RELEASE_ID_PATTERN
 
@@ -181,7 +181,7 @@ def subscribe(
     subjects = settings.subjects
     durable = subjects.consumer(settings.service, handler_name)
     ack_wait = ack_wait_seconds or settings.ack_wait_seconds
-    envelope_type = Envelope[event]  # type: ignore[valid-type]
+    envelope_type = envelope_of(event)
     metrics = observability.service_metrics()
     # Exported at 0 from the start, so "no redelivery yet" is a value, not a missing series.
     metrics.redeliveries.labels(settings.service, handler_name)

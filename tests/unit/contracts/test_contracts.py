@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from canaryflow_contracts import CATALOGUE, Envelope, Subjects, generate
+from canaryflow_contracts import CATALOGUE, Envelope, Subjects, envelope_of, generate
 from canaryflow_contracts.events import (
     AnalysisVerdict,
     PlannedStep,
@@ -70,6 +71,17 @@ def test_an_envelope_whose_type_does_not_match_its_payload_is_refused() -> None:
     wrong = {**REQUEST_JSON, "type": AnalysisVerdict.event_type()}
     with pytest.raises(ValueError, match="does not match"):
         Envelope[ReleaseRequested].model_validate(wrong).check_type()
+
+
+def test_an_envelope_type_is_built_once_and_outlives_garbage_collection() -> None:
+    # pydantic keeps parametrised models only weakly; a rebuilt class costs milliseconds.
+    first = id(envelope_of(AnalysisVerdict))
+    gc.collect()
+    assert id(envelope_of(AnalysisVerdict)) == first
+    assert envelope_of(AnalysisVerdict).model_fields["data"].annotation is AnalysisVerdict
+    request = envelope_of(ReleaseRequested).model_validate(REQUEST_JSON).data
+    rewrapped = Envelope.wrap(request, release_id="shop-web-v2", source="test")
+    assert type(rewrapped) is envelope_of(ReleaseRequested)
 
 
 def test_every_event_has_a_unique_versioned_type_and_subject() -> None:
