@@ -221,6 +221,25 @@ def _wait_healthy(settings: Settings, server: Server, record: PidRecord) -> floa
         time.sleep(0.2)
 
 
+def _dead_dependency(
+    settings: Settings, healthy: list[tuple[Server, PidRecord]], failure: StackError
+) -> StackError | None:
+    """The failure of the first server that was healthy earlier in this run and is gone now."""
+    for server, record in healthy:
+        if procs.is_ours(record):
+            continue
+        code = procs.exit_code(record.pid)
+        how = f"exited with code {code}" if code is not None else "exited"
+        return StackError(
+            server.name,
+            settings.log(server.name),
+            f"the process (pid {record.pid}) {how} after it was reported healthy, so "
+            f"{failure.server} could not start ({failure.message})",
+            server.cause,
+        )
+    return None
+
+
 @contextlib.contextmanager
 def _exclusive(settings: Settings) -> Iterator[None]:
     """One up/down/restart at a time per state folder (test sessions may race to start it)."""
@@ -265,6 +284,7 @@ def _up(settings: Settings) -> dict[str, str]:
         for server in pending:  # report every taken port before anything starts
             _check_ports(server)
 
+        healthy: list[tuple[Server, PidRecord]] = []
         for phase in sorted({s.phase for s in servers}):
             in_phase = [s for s in servers if s.phase == phase]
             waiting: list[tuple[Server, PidRecord, bool]] = []
@@ -287,7 +307,15 @@ def _up(settings: Settings) -> dict[str, str]:
                 started.append(_Started(server, record))
                 waiting.append((server, record, True))
             for server, record, fresh in waiting:
-                seconds = _wait_healthy(settings, server, record)
+                try:
+                    seconds = _wait_healthy(settings, server, record)
+                except StackError as failure:
+                    # A server that depends on one that died says only that it cannot start.
+                    dead = _dead_dependency(settings, healthy, failure)
+                    if dead is None:
+                        raise
+                    raise dead from failure
+                healthy.append((server, record))
                 if fresh:
                     timings[f"start {server.name}"] = seconds
                     say(f"  {server.name} healthy in {seconds:.1f} s (pid {record.pid})")

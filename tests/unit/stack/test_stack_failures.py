@@ -1,0 +1,72 @@
+"""When a server cannot start because one it depends on has died, the error names the dead one.
+
+Real processes stand in for the servers: one exits at once (as etcd once did, a second after
+it was reported healthy), one keeps running.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from canaryflow_stack import procs
+from canaryflow_stack import stack as stack_manager
+from canaryflow_stack.config import Ports, Settings
+from canaryflow_stack.errors import StackError
+from canaryflow_stack.procs import PidRecord
+from canaryflow_stack.servers import Server
+from tests.support import wait_until
+
+
+def _server(name: str, phase: int, cause: str) -> Server:
+    return Server(name, phase, [], {}, probe=lambda: None, timeout=1, cause=cause)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(tmp_path, tmp_path, tmp_path, Ports.from_env(), Path(sys.executable))
+
+
+@pytest.fixture
+def running(settings: Settings) -> Iterator[PidRecord]:
+    argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+    record = procs.spawn("nats", argv, settings.log("nats"), settings.pids / "nats", {**os.environ})
+    yield record
+    procs.stop(record, timeout=5)
+
+
+def test_a_server_failing_after_its_dependency_died_blames_the_dependency(
+    settings: Settings, running: PidRecord
+) -> None:
+    argv = [sys.executable, "-c", "print('etcd says goodbye'); raise SystemExit(3)"]
+    died = procs.spawn("etcd", argv, settings.log("etcd"), settings.pids / "etcd", {**os.environ})
+    wait_until(
+        lambda: not procs.is_ours(died), timeout=10, message="the stand-in etcd did not exit"
+    )
+    healthy = [
+        (_server("nats", 0, "nats cause"), running),
+        (_server("etcd", 0, "etcd cause"), died),
+    ]
+    failure = StackError("kube-apiserver", None, "not healthy within 60 s", "apiserver cause")
+
+    blamed = stack_manager._dead_dependency(settings, healthy, failure)
+
+    assert blamed is not None
+    assert blamed.server == "etcd"
+    assert blamed.cause == "etcd cause"
+    assert f"(pid {died.pid}) exited with code 3 after it was reported healthy" in blamed.message
+    assert "so kube-apiserver could not start (not healthy within 60 s)" in blamed.message
+    assert "etcd says goodbye" in blamed.report()
+
+
+def test_a_failure_with_every_dependency_alive_is_the_server_s_own(
+    settings: Settings, running: PidRecord
+) -> None:
+    failure = StackError("kube-apiserver", None, "not healthy within 60 s", "apiserver cause")
+    healthy = [(_server("nats", 0, "nats cause"), running)]
+
+    assert stack_manager._dead_dependency(settings, healthy, failure) is None
