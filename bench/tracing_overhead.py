@@ -3,18 +3,21 @@
 Each service runs in-process with its real wiring (durable pull consumers, manual acks,
 the release-trace middleware that makes each consumer span, JSON logs, the KV store) on the
 stack's real NATS, under a fresh subject prefix, and handles a backlog of the events it
-consumes most. The Kubernetes API is a small in-memory fake serving objects as JSON
-(Deployments Ready at once), so the executor's and the rollback service's figures are their
-own cost and not the API server's; every write still goes through the same code and is a
-span. The metrics-watcher asks the stack's real Prometheus (the series do not exist, so each
-analysis ends with too little data). The planner's cluster reader and the policies are fixed.
+consumes most: the planner twice, as admitting a release request is its cheapest work and an
+analysis verdict (one per analysis tick) what it handles most. The Kubernetes API is a small
+in-memory fake serving objects as JSON (Deployments Ready at once), so the executor's and the
+rollback service's figures are their own cost and not the API server's; every write still
+goes through the same code and is a span. The metrics-watcher asks the stack's real
+Prometheus (the series do not exist, so each analysis ends with too little data), with its
+policies fixed.
 
 Tracing on: spans exported over OTLP to the stack's Jaeger with the SDK's batch processor
 (what the services do). Tracing off: OTEL_SDK_DISABLED=true. Each measurement is its own
-process; on and off run back to back in every round, in alternating order, and the overhead
-reported is the median of the rounds' on/off ratios.
+process, pinned to one CPU; on and off run back to back in every round, in alternating order,
+and the overhead reported is the median of the rounds' paired on/off differences, with a
+95 % confidence interval for that median.
 
-    .venv/bin/python bench/tracing_overhead.py [--events 300] [--rounds 7] [--service planner]
+    .venv/bin/python bench/tracing_overhead.py [--events 300] [--rounds 11] [--service planner]
 """
 
 from __future__ import annotations
@@ -44,8 +47,25 @@ from urllib.parse import parse_qsl, urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = ("planner", "executor", "metrics-watcher", "rollback")
-# An analysis asks Prometheus a dozen queries (~40 ms of CPU): fewer of them make a run.
-EVENTS_SHARE = {"metrics-watcher": 0.5}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One row of the report: a service handling a backlog of one kind of event."""
+
+    service: str
+    event: str
+    events_share: float = 1.0  # of --events: an expensive event needs fewer to make a run
+
+
+WORKLOADS = {
+    "planner": Workload("planner", "release request"),
+    "planner-verdict": Workload("planner", "AnalysisVerdict"),
+    "executor": Workload("executor", "ApplyPhase"),
+    # An analysis asks Prometheus a dozen queries (~40 ms of CPU).
+    "metrics-watcher": Workload("metrics-watcher", "RequestAnalysis", events_share=0.5),
+    "rollback": Workload("rollback", "RollbackRequested"),
+}
 MAX_OVERHEAD_PERCENT = 10.0
 # A traced run leaves Jaeger (on the same two CPUs) ingesting its last spans for a moment;
 # the next run starts when that is done, so no run pays for the one before it.
@@ -69,8 +89,9 @@ class Measurement:
     cpu_ms_per_event: float
 
 
-def _measure(service: str, tracing: bool, events: int, stack: dict[str, str]) -> Measurement:
-    count = max(int(events * EVENTS_SHARE.get(service, 1.0)), 20)
+def _measure(workload: str, tracing: bool, events: int, stack: dict[str, str]) -> Measurement:
+    service = WORKLOADS[workload].service
+    count = max(int(events * WORKLOADS[workload].events_share), 20)
     env = {
         **os.environ,
         "NATS_URL": stack["NATS_URL"],
@@ -87,7 +108,7 @@ def _measure(service: str, tracing: bool, events: int, stack: dict[str, str]) ->
         env["OTEL_SDK_DISABLED"] = "true"
     with tempfile.TemporaryFile() as logs:  # the service's JSON logs: written, as in production
         child = subprocess.run(
-            [sys.executable, __file__, "--child", service, "--events", str(count)],
+            [sys.executable, __file__, "--child", workload, "--events", str(count)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=logs,
@@ -98,41 +119,46 @@ def _measure(service: str, tracing: bool, events: int, stack: dict[str, str]) ->
             logs.seek(0)
             tail = logs.read().decode(errors="replace").splitlines()[-15:]
             mode = "on" if tracing else "off"
-            sys.exit(f"{service} (tracing {mode}) failed:\n" + "\n".join(tail))
+            sys.exit(f"{workload} (tracing {mode}) failed:\n" + "\n".join(tail))
     result = json.loads(child.stdout.decode().strip().splitlines()[-1])
     return Measurement(float(result["events_per_second"]), float(result["cpu_ms_per_event"]))
 
 
 def drive(events: int, rounds: int, services: tuple[str, ...] = SERVICES) -> int:
     stack = _stack_env()
+    workloads = [name for name, w in WORKLOADS.items() if w.service in services]
     runs: dict[tuple[str, bool], list[Measurement]] = {}
     for round_ in range(rounds):
-        for service in services:
+        for workload in workloads:
             order = (True, False) if round_ % 2 == 0 else (False, True)
             for tracing in order:
                 time.sleep(SETTLE_SECONDS)
-                found = _measure(service, tracing, events, stack)
-                runs.setdefault((service, tracing), []).append(found)
+                found = _measure(workload, tracing, events, stack)
+                runs.setdefault((workload, tracing), []).append(found)
                 print(
-                    f"  round {round_ + 1}: {service:<16} tracing {'on ' if tracing else 'off'}"
+                    f"  round {round_ + 1}: {workload:<16} tracing {'on ' if tracing else 'off'}"
                     f" {found.events_per_second:8.1f} events/s"
                     f" {found.cpu_ms_per_event:7.3f} ms CPU/event",
                     flush=True,
                 )
     print()
+    fewer = ", ".join(
+        f"{w.service}: {int(events * w.events_share)}"
+        for w in WORKLOADS.values()
+        if w.events_share < 1
+    )
     print(
-        f"{rounds} round(s) of {events} events each (metrics-watcher: "
-        f"{int(events * EVENTS_SHARE['metrics-watcher'])}); each round runs on and off back to "
+        f"{rounds} round(s) of {events} events each ({fewer}); each round runs on and off back to "
         "back, and the overhead is the median of the rounds' paired on/off differences, with a "
         "95 % confidence interval for that median (Hettmansperger-Sheather)"
     )
     print(
-        f"{'service':<16} {'events/s off':>12} {'on':>7} {'overhead':>9} {'95 % CI':>15}"
+        f"{'service (event)':<34} {'events/s off':>12} {'on':>7} {'overhead':>9} {'95 % CI':>15}"
         f" {'CPU ms/event off':>17} {'on':>7} {'overhead':>9}"
     )
     worst_median, worst_upper = 0.0, 0.0
-    for service in services:
-        off, on = runs[(service, False)], runs[(service, True)]
+    for workload in workloads:
+        off, on = runs[(workload, False)], runs[(workload, True)]
         throughput = [
             (a.events_per_second - b.events_per_second) / a.events_per_second * 100
             for a, b in zip(off, on, strict=True)
@@ -144,7 +170,8 @@ def drive(events: int, rounds: int, services: tuple[str, ...] = SERVICES) -> int
         overhead, (lower, upper) = statistics.median(throughput), _median_interval(throughput)
         worst_median, worst_upper = max(worst_median, overhead), max(worst_upper, upper)
         print(
-            f"{service:<16} {statistics.median(m.events_per_second for m in off):12.1f}"
+            f"{WORKLOADS[workload].service + ' (' + WORKLOADS[workload].event + ')':<34}"
+            f" {statistics.median(m.events_per_second for m in off):12.1f}"
             f" {statistics.median(m.events_per_second for m in on):7.1f} {overhead:8.1f}%"
             f" {f'{lower:.1f} to {upper:.1f}%':>15}"
             f" {statistics.median(m.cpu_ms_per_event for m in off):17.3f}"
@@ -195,7 +222,7 @@ async def child(name: str, events: int) -> None:
     with fake_api_server() as kubeconfig:
         _pin_to_one_cpu()
         settings = Settings(
-            service=name,
+            service=WORKLOADS[name].service,
             nats_url=os.environ["NATS_URL"],
             prefix=f"bench_{uuid.uuid4().hex[:10]}",
             kubeconfig=kubeconfig,
@@ -312,6 +339,7 @@ async def _prepare(name: str, settings: Any, nc: Any, events: int) -> Run:
     publish = _publisher(js, settings.subjects, traced=traced)
     builders = {
         "planner": _planner,
+        "planner-verdict": _planner_verdict,
         "executor": _executor,
         "metrics-watcher": _metrics_watcher,
         "rollback": _rollback,
@@ -390,6 +418,53 @@ async def _planner(settings: Any, store: Any, releases: list[str], publish: Publ
 
     cluster = KubeClusterReader(settings.kubeconfig)
     return Run(build_service(settings, cluster), "requested", backlog)
+
+
+async def _planner_verdict(settings: Any, store: Any, releases: list[str], publish: Publish) -> Run:
+    """Each release analysing its first step and told, mid-hold, that every check passes."""
+    from canaryflow.planner.app import build_service
+    from canaryflow_contracts.events import (
+        AnalysisVerdict,
+        MetricCheck,
+        VerdictAction,
+        VerdictResult,
+    )
+    from canaryflow_contracts.state import ReleaseStatus
+
+    def check(metric: str, value: float, threshold: float | None, **extra: Any) -> MetricCheck:
+        return MetricCheck(
+            metric=metric,
+            track="canary",
+            query=f'{metric}{{version="v2"}}',
+            value=value,
+            threshold=threshold,
+            comparison="<=" if threshold is not None else "n/a",
+            sample_size=240,
+            passed=True,
+            **extra,
+        )
+
+    # The quick policy's four checks: two absolute guards, two comparisons with the baseline.
+    checks = [
+        check("error-rate", 0.004, 0.05),
+        check("p99-latency", 0.21, 0.5),
+        check("errors", 0.004, None, method="msprt-rate", baseline_value=0.005, p_value=0.8),
+        check("latency", 0.12, None, method="msprt-quantiles", baseline_value=0.12, p_value=0.7),
+    ]
+
+    def verdict(state: Any) -> AnalysisVerdict:
+        return AnalysisVerdict(
+            target=state.target,
+            step=state.current_step,
+            result=VerdictResult.PASS,
+            action=VerdictAction.CONTINUE,
+            final=False,
+            reason="every check passed",
+            checks=checks,
+        )
+
+    backlog = await _backlog(store, releases, ReleaseStatus.ANALYSING, verdict, publish)
+    return Run(build_service(settings), "verdict", backlog)
 
 
 async def _executor(settings: Any, store: Any, releases: list[str], publish: Publish) -> Run:
@@ -699,7 +774,7 @@ def main() -> None:
     parser.add_argument(
         "--service", action="append", choices=SERVICES, help="only these (repeatable)"
     )
-    parser.add_argument("--child", choices=SERVICES, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=WORKLOADS, help=argparse.SUPPRESS)
     parser.add_argument("--fake-api", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.fake_api:
