@@ -228,7 +228,8 @@ async def child(name: str, events: int) -> None:
             kubeconfig=kubeconfig,
             prometheus_url=os.environ["PROMETHEUS_URL"],
             # The planner's safety net reads every release: not event handling, and a pass
-            # landing in one run and not the next would be most of the difference measured.
+            # landing in one run and not the next would be most of the difference measured
+            # (the first pass comes one period after the start: none in a run).
             reconcile_seconds=3600,
         )
         await _run(name, settings, events)

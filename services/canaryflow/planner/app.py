@@ -290,12 +290,14 @@ class Planner:
 
     async def reconcile_forever(self, every_seconds: float) -> None:
         while True:
+            # Sleep first: a planner that has just started has a backlog of events to take,
+            # and a pass reads every release; the net is for what events left unsettled.
+            await asyncio.sleep(every_seconds)
             try:
                 await self.reconcile_once()
             except Exception:
                 # The bus or the bucket may be briefly away; the next pass tries again.
                 log.exception("reconcile pass failed")
-            await asyncio.sleep(every_seconds)
 
 
 def export_gauges(states: list[ReleaseState]) -> None:

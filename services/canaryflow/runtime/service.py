@@ -8,7 +8,6 @@ the JetStream discipline and the telemetry cannot drift from one service to the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import json
 import logging
@@ -133,15 +132,27 @@ class Service:
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
         await self.broker.stop()
         if self._http is not None:
             await asyncio.to_thread(self._http.shutdown)
             self._http.server_close()
         log.info("service stopped")
+
+
+async def stop_task(task: asyncio.Task[Any], retry_seconds: float = 0.5) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling again if a cancellation is lost.
+
+    On Python 3.11, ``asyncio.wait_for`` returns the awaited result instead of raising when the
+    task is cancelled just as the reply arrives (fixed in 3.12; nats-py awaits every request
+    that way): a background loop then goes on with its next pass, and a stop that waited for
+    it once was seen to wait for ever.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=retry_seconds)
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("background task %s had failed: %r", task.get_name(), error)
 
 
 async def _guarded(loop: BackgroundLoop) -> None:
