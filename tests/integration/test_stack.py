@@ -257,9 +257,12 @@ def test_span_sent_over_otlp_is_found_in_jaeger(stack: StackEnv, jaeger: JaegerQ
     assert provider.force_flush(5000)
     provider.shutdown()
 
-    trace = wait_until(
-        lambda: jaeger.trace(trace_id), timeout=30, message=f"trace {trace_id} in Jaeger"
-    )
+    def both_spans() -> dict[str, Any] | None:
+        # Each span is its own POST (the child's first): Jaeger may show the trace in between.
+        found = jaeger.trace(trace_id)
+        return found if found is not None and len(found["spans"]) >= 2 else None
+
+    trace = wait_until(both_spans, timeout=30, message=f"both spans of trace {trace_id} in Jaeger")
 
     spans = {span["operationName"]: span for span in trace["spans"]}
     assert set(spans) == {"stack-probe", "stack-probe-child"}
