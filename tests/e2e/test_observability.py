@@ -90,8 +90,8 @@ def _log_lines(services: ServiceLauncher, release_id: str) -> list[dict[str, obj
     lines = []
     for path in services.log_dir.glob("*.log"):
         for raw in path.read_text(errors="replace").splitlines():
-            if release_id not in raw or not raw.startswith("{"):
-                continue
+            # Every line is JSON: FastStream's own lines included (they were not, once).
+            assert raw.startswith("{"), f"{path.name}: not a JSON log line: {raw[:200]!r}"
             entry = json.loads(raw)
             if entry.get("release_id") == release_id:
                 lines.append(entry)

@@ -51,6 +51,11 @@ class Service:
             # Keep retrying a lost connection: an outage of the bus pauses work, never ends it.
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
+            # FastStream's own lines go through our JSON logs, and its per-message "Received"
+            # and "Processed" only at DEBUG: its default logger printed both for every message,
+            # in its own format, to stdout.
+            logger=logging.getLogger("canaryflow.broker"),
+            log_level=logging.DEBUG,
         )
         self.publisher = EventPublisher(
             self.broker,
