@@ -200,14 +200,7 @@ def _wait_healthy(settings: Settings, server: Server, record: PidRecord) -> floa
     while True:
         if not procs.is_ours(record):
             pidfile(settings, server.name).unlink(missing_ok=True)
-            code = procs.exit_code(record.pid)
-            how = f"exited with code {code}" if code is not None else "exited"
-            raise StackError(
-                server.name,
-                settings.log(server.name),
-                f"the process (pid {record.pid}) {how} while starting",
-                server.cause,
-            )
+            raise _exited(settings, server, record, "while starting")
         reason = server.probe()
         if reason is None:
             return time.monotonic() - start
@@ -228,16 +221,26 @@ def _dead_dependency(
     for server, record in healthy:
         if procs.is_ours(record):
             continue
-        code = procs.exit_code(record.pid)
-        how = f"exited with code {code}" if code is not None else "exited"
-        return StackError(
-            server.name,
-            settings.log(server.name),
-            f"the process (pid {record.pid}) {how} after it was reported healthy, so "
-            f"{failure.server} could not start ({failure.message})",
-            server.cause,
+        return _exited(
+            settings,
+            server,
+            record,
+            f"after it was reported healthy, so {failure.server} could not start"
+            f" ({failure.message})",
         )
     return None
+
+
+def _exited(settings: Settings, server: Server, record: PidRecord, when: str) -> StackError:
+    """The error for a server whose process has exited, with its exit code when known."""
+    code = procs.exit_code(record.pid)
+    how = f"exited with code {code}" if code is not None else "exited"
+    return StackError(
+        server.name,
+        settings.log(server.name),
+        f"the process (pid {record.pid}) {how} {when}",
+        server.cause,
+    )
 
 
 @contextlib.contextmanager
