@@ -24,13 +24,12 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 
-from canaryflow.runtime import tracing
+from canaryflow.runtime import otlp, tracing
 
 _release_id: contextvars.ContextVar[str] = contextvars.ContextVar("release_id", default="")
 _event_id: contextvars.ContextVar[str] = contextvars.ContextVar("event_id", default="")
@@ -81,9 +80,9 @@ def configure_tracing(service: str) -> TracerProvider:
     """A tracer provider exporting over OTLP/HTTP when an endpoint is configured.
 
     The standard variables apply: OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,
-    OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT/HEADERS/TIMEOUT (OTLP/HTTP with protobuf, the SDK's
-    exporter), OTEL_TRACES_EXPORTER=otlp|console|none, OTEL_TRACES_SAMPLER, OTEL_BSP_*
-    and OTEL_SDK_DISABLED=true (no spans at all).
+    OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT/HEADERS/TIMEOUT (OTLP/HTTP with protobuf: the SDK's
+    exporter, with our encoder), OTEL_TRACES_EXPORTER=otlp|console|none, OTEL_TRACES_SAMPLER,
+    OTEL_BSP_* and OTEL_SDK_DISABLED=true (no spans at all).
     """
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
     provider = TracerProvider(resource=resource, id_generator=tracing.ReleaseIdGenerator())
@@ -113,8 +112,9 @@ def _span_exporter() -> SpanExporter | None:
             "OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported; exporting with http/protobuf",
             protocol,
         )
-    # The SDK's exporter reads the rest of OTEL_EXPORTER_OTLP_* (endpoint, headers, timeout).
-    return OTLPSpanExporter()
+    # The SDK's exporter reads the rest of OTEL_EXPORTER_OTLP_* (endpoint, headers, timeout);
+    # ours only encodes the batches faster (see otlp).
+    return otlp.OTLPSpanExporter()
 
 
 @contextlib.contextmanager
