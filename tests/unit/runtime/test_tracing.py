@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from canaryflow.runtime import tracing
 from canaryflow_contracts.events import (
@@ -42,6 +44,56 @@ def test_a_release_without_a_requester_context_has_a_stable_trace_id_per_install
     assert first != tracing.release_trace_id("canaryflow", "web-43")
     assert first != tracing.release_trace_id("staging", "web-42")
     assert 0 < first < 2**128
+
+
+def test_the_release_trace_id_is_the_first_half_of_a_sha256() -> None:
+    # Kept stable across versions: a request redelivered after an upgrade stays in its trace.
+    digest = hashlib.sha256(b"canaryflow/web-42").hexdigest()
+    assert tracing.release_trace_id("canaryflow", "web-42") == int(digest[:32], 16)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"traceparent": ROOT},
+        {"traceparent": ROOT[:-2] + "00"},  # not sampled
+        {"traceparent": ROOT, "tracestate": "vendor=value,other=x"},
+        {"traceparent": "00-" + "0" * 32 + "-b7ad6b7169203331-01"},  # invalid trace id
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-" + "0" * 16 + "-01"},
+        {"traceparent": ROOT.upper()},
+        {"traceparent": " " + ROOT},
+        {"traceparent": "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future"},
+        {"traceparent": "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        {"traceparent": ROOT + "-extra"},
+        {"traceparent": "garbage"},
+        {"Nats-Msg-Id": "web-42.reached.0"},
+        {},
+    ],
+)
+def test_the_context_read_from_headers_is_the_propagators(headers: dict[str, str]) -> None:
+    ours = trace.get_current_span(tracing.context_from(headers)).get_span_context()
+    sdk = trace.get_current_span(TraceContextTextMapPropagator().extract(headers))
+    assert ours == sdk.get_span_context()
+    assert ours.trace_state == sdk.get_span_context().trace_state
+
+
+def test_the_headers_written_are_the_propagators(spans: InMemorySpanExporter) -> None:
+    requester = tracing.context_from({"traceparent": ROOT, "tracestate": "vendor=value"})
+    reached = PhaseReached(
+        target=TARGET,
+        step=PlannedStep(index=0, weight=10, hold_seconds=8),
+        canary_weight=10,
+        canary_ready=1,
+        stable_ready=9,
+    )
+    with (
+        tracing.tracer().start_as_current_span("handler", context=requester),
+        tracing.publishing(reached, "web-42", "e-1", "subject") as headers,
+    ):
+        expected: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(expected)
+    assert headers == expected
+    assert headers["tracestate"] == "vendor=value"
 
 
 def test_a_traceparent_yields_its_trace_id_and_anything_else_none() -> None:
