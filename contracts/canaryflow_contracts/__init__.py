@@ -5,13 +5,20 @@ other languages use the JSON Schemas and the AsyncAPI document generated from th
 Event payloads live in ``canaryflow_contracts.events``.
 """
 
-from canaryflow_contracts.envelope import Envelope, EventData, envelope_of, new_event_id
+from canaryflow_contracts.envelope import (
+    MESSAGE_ID_HEADER,
+    Envelope,
+    EventData,
+    envelope_of,
+    new_event_id,
+)
 from canaryflow_contracts.events import CATALOGUE
 from canaryflow_contracts.subjects import DEFAULT_PREFIX, StreamSpec, Subjects
 
 __all__ = [
     "CATALOGUE",
     "DEFAULT_PREFIX",
+    "MESSAGE_ID_HEADER",
     "Envelope",
     "EventData",
     "StreamSpec",

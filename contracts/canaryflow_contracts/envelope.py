@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from canaryflow_contracts.identifiers import RELEASE_ID_PATTERN
 
 TYPE_PREFIX = "io.canaryflow."
+# The NATS header carrying the envelope id: JetStream drops a second message with the same one.
+MESSAGE_ID_HEADER = "Nats-Msg-Id"
 
 
 class EventData(BaseModel):

@@ -29,7 +29,7 @@ from canaryflow.planner.validation import DeploymentFacts
 from canaryflow.runtime import tracing
 from canaryflow.runtime.bus import Delivery
 from canaryflow.runtime.service import Service
-from canaryflow_contracts import Envelope, EventData, Subjects
+from canaryflow_contracts import MESSAGE_ID_HEADER, Envelope, EventData, Subjects
 from canaryflow_contracts.events import (
     ApplyPhase,
     PhaseReached,
@@ -74,15 +74,23 @@ async def _handled_twice(spans: InMemorySpanExporter, subject: str) -> None:
 
 
 async def _publish(
-    nc: NatsClient, subjects: Subjects, data: EventData, rid: str, traceparent: str = ""
-) -> None:
+    nc: NatsClient,
+    subjects: Subjects,
+    data: EventData,
+    rid: str,
+    traceparent: str = "",
+    *,
+    headers: bool = True,
+) -> str:
+    """Publish as our services do (``headers=False``: as a bare ``nats pub``); the event id."""
     envelope = Envelope.wrap(data, release_id=rid, source="tests/tracing")
-    headers = {"Nats-Msg-Id": envelope.id}
+    sent = {MESSAGE_ID_HEADER: envelope.id} if headers else {}
     if traceparent:
-        headers["traceparent"] = traceparent
+        sent["traceparent"] = traceparent
     await nc.jetstream().publish(
-        subjects.of(type(data), rid), envelope.model_dump_json().encode(), headers=headers
+        subjects.of(type(data), rid), envelope.model_dump_json().encode(), headers=sent or None
     )
+    return envelope.id
 
 
 def _reached(rid: str) -> PhaseReached:
@@ -128,16 +136,18 @@ async def test_both_deliveries_of_a_message_continue_the_release_trace(
         spans = _collect(service)
         subjects = service.settings.subjects
         if context == "in the message":
-            await _publish(nats_client, subjects, _reached(rid), rid, REQUESTER)
+            event_id = await _publish(nats_client, subjects, _reached(rid), rid, REQUESTER)
         else:
             stored = sample_state(rid).model_copy(update={"trace_parent": REQUESTER})
             await service.store.create(stored)
-            await _publish(nats_client, subjects, _reached(rid), rid)
+            event_id = await _publish(nats_client, subjects, _reached(rid), rid, headers=False)
         await _handled_twice(spans, subjects.of(PhaseReached, rid))
     first, second = _processed(spans, subjects.of(PhaseReached, rid))[:2]
     assert [attempt for _, attempt in flaky.seen] == [1, 2]
     for span in (first, second):
         assert _trace_id(span) == tracing.trace_id_of(REQUESTER)
+        assert span.attributes is not None
+        assert span.attributes[tracing.EVENT_ID] == event_id  # from the header or the envelope
         assert _parent_id(span) == "00f067aa0ba902b7"
     assert first.attributes is not None and first.attributes[tracing.RELEASE_ID] == rid
 

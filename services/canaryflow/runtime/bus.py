@@ -31,7 +31,14 @@ from pydantic import ValidationError
 
 from canaryflow.runtime import observability, tracing
 from canaryflow.runtime.settings import Settings
-from canaryflow_contracts import Envelope, EventData, Subjects, envelope_of, new_event_id
+from canaryflow_contracts import (
+    MESSAGE_ID_HEADER,
+    Envelope,
+    EventData,
+    Subjects,
+    envelope_of,
+    new_event_id,
+)
 from canaryflow_contracts.events import DeadLetter
 from canaryflow_contracts.identifiers import RELEASE_ID_PATTERN
 
@@ -114,7 +121,7 @@ class EventPublisher:
             await self._broker.connection.jetstream().publish(
                 subject,
                 envelope.model_dump_json().encode(),
-                headers={"Nats-Msg-Id": envelope.id, "ce-type": envelope.type, **trace_headers},
+                headers={MESSAGE_ID_HEADER: envelope.id, "ce-type": envelope.type, **trace_headers},
                 stream=self._subjects.events_stream.name,
             )
         log.info(
@@ -204,7 +211,8 @@ def subscribe(
                 if on_malformed is not None:  # a failure here is retried like any other
                     await on_malformed(release_id, _message_key(raw), problem)
                 raise PermanentError(problem) from error
-            span.set_attribute(tracing.EVENT_ID, envelope.id)
+            if (raw.headers or {}).get(MESSAGE_ID_HEADER) != envelope.id:
+                span.set_attribute(tracing.EVENT_ID, envelope.id)  # else the span has it already
             with observability.release_context(release_id, envelope.id):
                 await handler(envelope, Delivery(raw.subject, release_id, attempt, msg, ack_wait))
         except Exception as error:
@@ -259,7 +267,7 @@ def subscribe(
 
 def _message_key(raw: Any) -> str:
     """What identifies this message: its Nats-Msg-Id, else its place in the stream."""
-    msg_id = (raw.headers or {}).get("Nats-Msg-Id")
+    msg_id = (raw.headers or {}).get(MESSAGE_ID_HEADER)
     return str(msg_id) if msg_id else f"{raw.metadata.stream}:{raw.metadata.sequence.stream}"
 
 
@@ -285,7 +293,7 @@ async def _dead_letter(
     await js.publish(
         f"{settings.subjects.prefix}.deadletter.{consumer}.{envelope.subject}",
         envelope.model_dump_json().encode(),
-        headers={"Nats-Msg-Id": envelope.id},
+        headers={MESSAGE_ID_HEADER: envelope.id},
         stream=settings.subjects.deadletter_stream.name,
     )
 

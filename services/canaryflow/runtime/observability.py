@@ -27,6 +27,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 
 from canaryflow.runtime import otlp, tracing
@@ -85,7 +86,13 @@ def configure_tracing(service: str) -> TracerProvider:
     OTEL_BSP_* and OTEL_SDK_DISABLED=true (no spans at all).
     """
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
-    provider = TracerProvider(resource=resource, id_generator=tracing.ReleaseIdGenerator())
+    # Every release is traced whole, even under a requester whose own trace was not sampled
+    # (the SDK's default would follow the requester and drop it): unless OTEL_TRACES_SAMPLER
+    # says otherwise. Also the cheaper sampler (no parent to look up).
+    sampler = None if os.environ.get("OTEL_TRACES_SAMPLER") else ALWAYS_ON
+    provider = TracerProvider(
+        resource=resource, sampler=sampler, id_generator=tracing.ReleaseIdGenerator()
+    )
     if (exporter := _span_exporter()) is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     if not isinstance(trace.get_tracer_provider(), TracerProvider):

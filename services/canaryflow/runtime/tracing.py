@@ -54,7 +54,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 from pydantic import TypeAdapter
 
-from canaryflow_contracts import EventData, Subjects
+from canaryflow_contracts import MESSAGE_ID_HEADER, EventData, Subjects
 from canaryflow_contracts.events import AnalysisVerdict, MetricCheck, ReleaseRequested
 
 log = logging.getLogger(__name__)
@@ -344,7 +344,8 @@ class ReleaseTracing:
         if not isinstance(subject, str) or not tracer_enabled():
             return await call_next(msg)
         release_id = Subjects.release_id_of(subject)
-        parent = context_from(msg.headers)
+        headers = msg.headers
+        parent = context_from(headers)
         forced: int | None = None
         if not trace.get_current_span(parent).get_span_context().is_valid:
             if subject.startswith(self._request_filter):
@@ -352,17 +353,18 @@ class ReleaseTracing:
             elif stored := await self._stored_root(release_id):
                 # A message from a system that does not trace: it joins the release's trace.
                 parent = context_from({TRACEPARENT: stored})
+        attributes: dict[str, AttributeValue] = {
+            RELEASE_ID: release_id,
+            "messaging.system": "nats",
+            "messaging.destination.name": subject,
+        }
+        if event_id := headers.get(MESSAGE_ID_HEADER):
+            # Given now, as one set costs less than a second call (the bus checks the envelope).
+            attributes[EVENT_ID] = event_id
         forced_token = _forced_trace_id.set(forced)
         try:
             consumer = tracer().start_span(
-                f"{subject} process",
-                context=parent,
-                kind=SpanKind.CONSUMER,
-                attributes={
-                    RELEASE_ID: release_id,
-                    "messaging.system": "nats",
-                    "messaging.destination.name": subject,
-                },
+                f"{subject} process", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
             )
         finally:
             _forced_trace_id.reset(forced_token)
