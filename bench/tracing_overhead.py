@@ -353,11 +353,11 @@ Publish = Callable[[Any, str], Awaitable[None]]
 
 def _publisher(js: Any, subjects: Any, *, traced: bool) -> Publish:
     """Publish as the upstream service would: with its trace context when tracing is on."""
-    from canaryflow_contracts import Envelope
+    from canaryflow_contracts import MESSAGE_ID_HEADER, Envelope
 
     async def publish(data: Any, release_id: str) -> None:
         envelope = Envelope.wrap(data, release_id=release_id, source="bench")
-        headers = {"Nats-Msg-Id": envelope.id}
+        headers = {MESSAGE_ID_HEADER: envelope.id}
         if traced:
             trace_id, span_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
             headers["traceparent"] = f"00-{trace_id}-{span_id}-01"

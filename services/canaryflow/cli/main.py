@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from canaryflow.cli import render
 from canaryflow.runtime.store import ReleaseStore
-from canaryflow_contracts import Envelope, EventData, Subjects
+from canaryflow_contracts import MESSAGE_ID_HEADER, Envelope, EventData, Subjects
 from canaryflow_contracts.events import (
     TERMINAL_EVENTS,
     AbortRelease,
@@ -133,7 +133,7 @@ async def _publish(nc: Client, subjects: Subjects, data: EventData, release_id: 
         await js.publish(
             subjects.of(type(data), release_id),
             envelope.model_dump_json().encode(),
-            headers={"Nats-Msg-Id": envelope.id},
+            headers={MESSAGE_ID_HEADER: envelope.id},
             stream=subjects.events_stream.name,
         )
     except (NoStreamResponseError, NotFoundError) as error:

@@ -27,7 +27,7 @@ from canaryflow.cli import render
 from canaryflow.cli.main import follow_release, jaeger_ui, print_event
 from canaryflow.demo import shop
 from canaryflow.demo.launcher import LaunchError, ServiceLauncher, StackEndpoints
-from canaryflow_contracts import Envelope, Subjects
+from canaryflow_contracts import MESSAGE_ID_HEADER, Envelope, Subjects
 from canaryflow_contracts.events import (
     AnalysisVerdict,
     PhaseReached,
@@ -94,7 +94,7 @@ async def _release(nc: NatsClient, subjects: Subjects, namespace: str, image: st
     await nc.jetstream().publish(
         subjects.of(ReleaseRequested, release_id),
         envelope.model_dump_json().encode(),
-        headers={"Nats-Msg-Id": envelope.id},
+        headers={MESSAGE_ID_HEADER: envelope.id},
     )
     print(f"   requested {release_id}: web -> {image}  (canaryflow watch {release_id})")
     started = time.monotonic()
