@@ -333,6 +333,15 @@ class AnalysisVerdict(EventData):
     reason: str
     checks: list[MetricCheck]
 
+    @property
+    def routine(self) -> bool:
+        """An interim verdict that asks for nothing: not final, not failed, the analysis goes on."""
+        return (
+            not self.final
+            and self.action is VerdictAction.CONTINUE
+            and self.result is not VerdictResult.FAIL
+        )
+
 
 # --------------------------------------------------------------------------- rollback
 

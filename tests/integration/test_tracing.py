@@ -19,6 +19,7 @@ from nats.aio.client import Client as NatsClient
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 from tests.integration.release_support import running, service_settings
 from tests.support import StackEnv, async_wait_until
 from tests.unit.planner.factory import NEW_IMAGE, FakeCluster
@@ -116,9 +117,11 @@ class Flaky:
 
 
 @contextlib.asynccontextmanager
-async def _generic(stack: StackEnv, prefix: str, handler: Flaky) -> AsyncIterator[Service]:
+async def _generic(
+    stack: StackEnv, prefix: str, handler: Flaky, *, quiet: bool = False
+) -> AsyncIterator[Service]:
     service = Service(service_settings(stack, prefix, "tracetest"))
-    service.subscribe(PhaseReached, "reached", handler)
+    service.subscribe(PhaseReached, "reached", handler, quiet=(lambda _: True) if quiet else None)
     async with running(service):
         yield service
 
@@ -150,6 +153,43 @@ async def test_both_deliveries_of_a_message_continue_the_release_trace(
         assert span.attributes[tracing.EVENT_ID] == event_id  # from the header or the envelope
         assert _parent_id(span) == "00f067aa0ba902b7"
     assert first.attributes is not None and first.attributes[tracing.RELEASE_ID] == rid
+
+
+@dataclass
+class FlakyWithChild(Flaky):
+    """Fails its first delivery, and does some traced work each time (as a Kubernetes write)."""
+
+    async def __call__(self, envelope: Envelope[PhaseReached], delivery: Delivery) -> None:
+        with tracing.span(f"work {delivery.attempt}", delivery.release_id):
+            pass
+        await super().__call__(envelope, delivery)
+
+
+async def test_a_quiet_message_has_no_span_of_its_own_unless_its_handling_fails(
+    stack: StackEnv, nats_client: NatsClient, stream_prefix: str
+) -> None:
+    """Its work hangs off the producer's span; a failed attempt still shows, with its error."""
+    handler, rid = FlakyWithChild(), f"web-{uuid.uuid4().hex[:8]}"
+    async with _generic(stack, stream_prefix, handler, quiet=True) as service:
+        spans = _collect(service)
+        subject = service.settings.subjects.of(PhaseReached, rid)
+        await _publish(nats_client, service.settings.subjects, _reached(rid), rid, REQUESTER)
+
+        async def both_attempts_worked() -> bool:
+            return {"work 1", "work 2"} <= {s.name for s in spans.get_finished_spans()}
+
+        await async_wait_until(both_attempts_worked, timeout=20, message="two attempts handled")
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    (failed,) = _processed(spans, subject)  # the failed attempt's; none for the second
+    assert failed.status.status_code is StatusCode.ERROR
+    assert "first attempt fails" in (failed.status.description or "")
+    assert [e.name for e in failed.events] == ["exception"]
+    assert _parent_id(failed) == "00f067aa0ba902b7"  # the producer's span
+    for work in ("work 1", "work 2"):
+        assert _trace_id(finished[work]) == tracing.trace_id_of(REQUESTER)
+        assert _parent_id(finished[work]) == "00f067aa0ba902b7"
+    assert failed.start_time is not None and finished["work 1"].start_time is not None
+    assert failed.start_time <= finished["work 1"].start_time  # it covers the whole attempt
 
 
 class FlakyCluster(FakeCluster):

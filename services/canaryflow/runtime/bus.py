@@ -26,7 +26,7 @@ from faststream.nats.annotations import NatsMessage
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, BucketNotFoundError
-from opentelemetry import trace
+from opentelemetry.trace import Span
 from pydantic import ValidationError
 
 from canaryflow.runtime import observability, tracing
@@ -181,10 +181,16 @@ def subscribe(
     handler_name: str,
     handler: Handler[E],
     *,
+    message_tracing: tracing.MessageTracing,
     ack_wait_seconds: float | None = None,
     on_malformed: MalformedHandler | None = None,
+    quiet: Callable[[Envelope[E]], bool] | None = None,
 ) -> None:
-    """Register ``handler`` as a durable, explicitly acknowledged consumer of ``event``."""
+    """Register ``handler`` as a durable, explicitly acknowledged consumer of ``event``.
+
+    ``quiet`` picks the messages the handler only takes note of: they get no span of their
+    own unless their handling fails (see ``tracing.MessageTracing``).
+    """
     subjects = settings.subjects
     durable = subjects.consumer(settings.service, handler_name)
     ack_wait = ack_wait_seconds or settings.ack_wait_seconds
@@ -196,28 +202,48 @@ def subscribe(
 
     async def on_message(msg: NatsMessage) -> None:
         raw = msg.raw_message
+        started, started_ns = time.perf_counter(), time.time_ns()
+        try:
+            envelope: Envelope[E] | ValueError = envelope_type.model_validate_json(
+                raw.data
+            ).check_type()
+        except (ValidationError, ValueError) as error:
+            envelope = error
+        mute = quiet is not None and isinstance(envelope, Envelope) and quiet(envelope)
+        async with message_tracing.consuming(raw.subject, raw.headers, quiet=mute) as span:
+            await handle(msg, envelope, span, started, started_ns)
+
+    async def handle(
+        msg: NatsMessage,
+        envelope: Envelope[E] | ValueError,
+        span: Span,
+        started: float,
+        started_ns: int,
+    ) -> None:
+        raw = msg.raw_message
         attempt = raw.metadata.num_delivered
         release_id = Subjects.release_id_of(raw.subject)
-        started = time.perf_counter()
-        span = trace.get_current_span()  # the message's consumer span (tracing.ReleaseTracing)
         if attempt > 1:
             metrics.redeliveries.labels(settings.service, handler_name).inc()
             span.set_attribute("messaging.nats.delivery_attempt", attempt)
         try:
-            try:
-                envelope = envelope_type.model_validate_json(raw.data).check_type()
-            except (ValidationError, ValueError) as error:
-                problem = f"malformed {event.event_type()}: {error}"
+            if isinstance(envelope, ValueError):
+                problem = f"malformed {event.event_type()}: {envelope}"
                 if on_malformed is not None:  # a failure here is retried like any other
                     await on_malformed(release_id, _message_key(raw), problem)
-                raise PermanentError(problem) from error
+                raise PermanentError(problem) from envelope
             if (raw.headers or {}).get(MESSAGE_ID_HEADER) != envelope.id:
                 span.set_attribute(tracing.EVENT_ID, envelope.id)  # else the span has it already
             with observability.release_context(release_id, envelope.id):
                 await handler(envelope, Delivery(raw.subject, release_id, attempt, msg, ack_wait))
         except Exception as error:
-            span.record_exception(error)
-            tracing.mark_failed(span, f"{type(error).__name__}: {error}")
+            failed = span
+            if not span.is_recording() and tracing.tracer_enabled():  # a quiet message's
+                failed = tracing.failure_span(raw.subject, started_ns, raw.headers)
+            failed.record_exception(error)
+            tracing.mark_failed(failed, f"{type(error).__name__}: {error}")
+            if failed is not span:
+                failed.end()
             permanent = isinstance(error, PermanentError)
             if permanent or attempt >= settings.max_deliver:
                 log.error(

@@ -30,7 +30,7 @@ from canaryflow.runtime.bus import (
 )
 from canaryflow.runtime.settings import Settings
 from canaryflow.runtime.store import ReleaseStore
-from canaryflow_contracts import EventData
+from canaryflow_contracts import Envelope, EventData
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,10 @@ class Service:
         observability.configure_logging(settings.service)
         tracer_provider = observability.configure_tracing(settings.service)
         self.tracer_provider = tracer_provider
+        # Each message's consumer span, in its release's trace (see runtime.tracing).
+        self.message_tracing = tracing.MessageTracing(settings.subjects, self._stored_trace_parent)
         self.broker = NatsBroker(
             settings.nats_url,
-            # Each message's consumer span, in its release's trace (see runtime.tracing).
-            middlewares=[tracing.ReleaseTracing(settings.subjects, self._stored_trace_parent)],
             # Keep retrying a lost connection: an outage of the bus pauses work, never ends it.
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
@@ -82,6 +82,7 @@ class Service:
         *,
         ack_wait_seconds: float | None = None,
         on_malformed: MalformedHandler | None = None,
+        quiet: Callable[[Envelope[E]], bool] | None = None,
     ) -> None:
         subscribe(
             self.broker,
@@ -89,8 +90,10 @@ class Service:
             event,
             handler_name,
             handler,
+            message_tracing=self.message_tracing,
             ack_wait_seconds=ack_wait_seconds,
             on_malformed=on_malformed,
+            quiet=quiet,
         )
 
     def every(self, loop: BackgroundLoop) -> None:

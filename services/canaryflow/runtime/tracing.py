@@ -2,10 +2,10 @@
 
 A release is followed in Jaeger as one tree, so every span of it must share one trace id and
 have its parent in that trace. The context travels in NATS headers: ``publishing`` puts the
-publishing span's ``traceparent`` in the message, and ``ReleaseTracing`` (broker middleware)
-makes each consumer's span a child of it (JetStream keeps the headers, so a redelivery
-continues the same trace). Two cases need more than the headers: where a release begins, and
-a message that arrives without a context:
+publishing span's ``traceparent`` in the message, and ``MessageTracing`` (which the bus calls
+for every message) makes each consumer's span a child of it (JetStream keeps the headers, so
+a redelivery continues the same trace). Two cases need more than the headers: where a
+release begins, and a message that arrives without a context:
 
 - A release request's consumer span is the release's root (the planner names it
   ``release <id>``), so the whole release hangs off it; a requester that sent a
@@ -31,11 +31,8 @@ import dataclasses
 import hashlib
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 
-from faststream import BaseMiddleware
-from faststream.message import StreamMessage
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
@@ -212,7 +209,7 @@ def span(
 def handling(name: str, attributes: dict[str, AttributeValue] | None = None) -> Span:
     """Name the span of the message being handled after what the handler makes of it.
 
-    The consumer span ``ReleaseTracing`` opened for the message (already tagged with the
+    The consumer span ``MessageTracing`` opened for the message (already tagged with the
     release id) is the handler's span: renaming it (``apply step 2 (30%)`` instead of
     ``<subject> process``) reads better in Jaeger than a child span would, and costs nothing,
     where every extra span costs the service ~0.1 ms.
@@ -313,20 +310,25 @@ def _token(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text) or "_"
 
 
-# --------------------------------------------------------------------------- consumer middleware
+# --------------------------------------------------------------------------- consumer spans
 
 # The stored root ``traceparent`` of a release ("" when unknown).
 RootLookup = Callable[[str], Awaitable[str]]
 
 
-class ReleaseTracing:
-    """Broker middleware making each message's consumer span, always in its release's trace.
+class MessageTracing:
+    """Each consumed message's span, always in its release's trace (the bus calls ``consuming``).
 
     It is the only place consumer spans are made (FastStream's telemetry middleware is not
     used): the span's parent is the producer's context from the headers, else the release's
     stored root; a release request without a context becomes the root itself, with the trace
     id derived from the release. One span per message, so the planner's request costs one
     span, not a root plus FastStream's "create" and "process" spans.
+
+    A *quiet* message (one its consumer only takes note of, such as an interim verdict the
+    analysis goes on after) gets no span: its handling runs in the producer's span, which
+    already stands for it in the trace, and anything it does (a log line, a publish, a
+    Kubernetes write) hangs off that span. If its handling fails, a span records the failure.
     """
 
     def __init__(self, subjects: Subjects, lookup: RootLookup) -> None:
@@ -334,17 +336,16 @@ class ReleaseTracing:
         self._lookup = lookup
         self._request_filter = subjects.every(ReleaseRequested).removesuffix("*")
 
-    def __call__(self, msg: Any, /, *, context: Any) -> BaseMiddleware:
-        return _ReleaseTraceScope(msg, context=context, owner=self)
-
-    async def consume(
-        self, call_next: Callable[[StreamMessage[Any]], Awaitable[Any]], msg: StreamMessage[Any]
-    ) -> Any:
-        subject = getattr(msg.raw_message, "subject", None)
-        if not isinstance(subject, str) or not tracer_enabled():
-            return await call_next(msg)
+    @contextlib.asynccontextmanager
+    async def consuming(
+        self, subject: str, headers: Mapping[str, str] | None, *, quiet: bool = False
+    ) -> AsyncIterator[Span]:
+        """The message's span, current inside the block (a quiet message's: the producer's)."""
+        if not tracer_enabled():
+            yield trace.INVALID_SPAN
+            return
         release_id = Subjects.release_id_of(subject)
-        headers = msg.headers
+        headers = headers or {}
         parent = context_from(headers)
         forced: int | None = None
         if not trace.get_current_span(parent).get_span_context().is_valid:
@@ -353,26 +354,23 @@ class ReleaseTracing:
             elif stored := await self._stored_root(release_id):
                 # A message from a system that does not trace: it joins the release's trace.
                 parent = context_from({TRACEPARENT: stored})
-        attributes: dict[str, AttributeValue] = {
-            RELEASE_ID: release_id,
-            "messaging.system": "nats",
-            "messaging.destination.name": subject,
-        }
-        if event_id := headers.get(MESSAGE_ID_HEADER):
-            # Given now, as one set costs less than a second call (the bus checks the envelope).
-            attributes[EVENT_ID] = event_id
+        if quiet:
+            token = otel_context.attach(parent)
+            try:
+                yield trace.get_current_span()
+            finally:
+                otel_context.detach(token)
+            return
         forced_token = _forced_trace_id.set(forced)
         try:
-            consumer = tracer().start_span(
-                f"{subject} process", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
-            )
+            consumer = _start_consumer_span(subject, release_id, headers, parent)
         finally:
             _forced_trace_id.reset(forced_token)
         # The handler names the span after its work (``handling``) and may add attributes.
         with trace.use_span(
             consumer, end_on_exit=True, record_exception=True, set_status_on_exception=True
         ):
-            return await call_next(msg)
+            yield consumer
 
     async def _stored_root(self, release_id: str) -> str:
         try:
@@ -382,12 +380,31 @@ class ReleaseTracing:
             return ""
 
 
-class _ReleaseTraceScope(BaseMiddleware):
-    def __init__(self, msg: Any, /, *, context: Any, owner: ReleaseTracing) -> None:
-        super().__init__(msg, context=context)
-        self._owner = owner
+def failure_span(subject: str, started_ns: int, headers: Mapping[str, str] | None) -> Span:
+    """A span for a quiet message whose handling failed, from when it began; end it when done."""
+    release_id = Subjects.release_id_of(subject)
+    return _start_consumer_span(subject, release_id, headers or {}, None, started_ns)
 
-    async def consume_scope(
-        self, call_next: Callable[[StreamMessage[Any]], Awaitable[Any]], msg: StreamMessage[Any]
-    ) -> Any:
-        return await self._owner.consume(call_next, msg)
+
+def _start_consumer_span(
+    subject: str,
+    release_id: str,
+    headers: Mapping[str, str],
+    parent: otel_context.Context | None,
+    started_ns: int | None = None,
+) -> Span:
+    attributes: dict[str, AttributeValue] = {
+        RELEASE_ID: release_id,
+        "messaging.system": "nats",
+        "messaging.destination.name": subject,
+    }
+    if event_id := headers.get(MESSAGE_ID_HEADER):
+        # Given now, as one set costs less than a second call (the bus checks the envelope).
+        attributes[EVENT_ID] = event_id
+    return tracer().start_span(
+        f"{subject} process",
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+        start_time=started_ns,
+    )

@@ -15,6 +15,8 @@ from canaryflow_contracts.events import (
     PlannedStep,
     ReleaseRequested,
     TargetRef,
+    VerdictAction,
+    VerdictResult,
     VersionSpec,
 )
 from canaryflow_contracts.identifiers import version_of
@@ -177,3 +179,29 @@ def test_step_and_version_models_round_trip() -> None:
 )
 def test_the_version_of_an_image_is_its_tag_or_digest(image: str, version: str) -> None:
     assert version_of(image) == version
+
+
+@pytest.mark.parametrize(
+    ("result", "action", "final", "routine"),
+    [
+        (VerdictResult.PASS, VerdictAction.CONTINUE, False, True),
+        (VerdictResult.INSUFFICIENT_DATA, VerdictAction.CONTINUE, False, True),
+        (VerdictResult.PASS, VerdictAction.CONTINUE, True, False),  # the step's judgement
+        (VerdictResult.FAIL, VerdictAction.CONTINUE, False, False),
+        (VerdictResult.PASS, VerdictAction.EXTEND, False, False),
+        (VerdictResult.FAIL, VerdictAction.ROLLBACK, False, False),
+    ],
+)
+def test_a_routine_verdict_is_interim_unfailed_and_asks_to_go_on(
+    result: VerdictResult, action: VerdictAction, final: bool, routine: bool
+) -> None:
+    verdict = AnalysisVerdict(
+        target=TargetRef(namespace="shop", name="web"),
+        step=PlannedStep(index=0, weight=10, hold_seconds=30),
+        result=result,
+        action=action,
+        final=final,
+        reason="",
+        checks=[],
+    )
+    assert verdict.routine is routine
