@@ -118,13 +118,7 @@ def build_service(
         on_event.__name__ = f"on_{kind.event_name}"
         return on_event
 
-    # Only a verdict asking for a rollback concerns us: the others get no span of our own.
-    service.subscribe(
-        AnalysisVerdict,
-        "verdict",
-        handler(AnalysisVerdict),
-        quiet=lambda envelope: envelope.data.action is not VerdictAction.ROLLBACK,
-    )
+    service.subscribe(AnalysisVerdict, "verdict", handler(AnalysisVerdict))
     service.subscribe(PhaseFailed, "phase_failed", handler(PhaseFailed))
     service.subscribe(RollbackRequested, "requested", handler(RollbackRequested))
     service.subscribe(AbortRelease, "abort", handler(AbortRelease))
