@@ -1,10 +1,11 @@
 """Events per second per service, with tracing on and off: what tracing costs.
 
 Each service runs in-process with its real wiring (durable pull consumers, manual acks,
-the release-trace middleware that makes each consumer span, JSON logs, the KV store) on the
-stack's real NATS, under a fresh subject prefix, and handles a backlog of the events it
-consumes most: the planner twice, as admitting a release request is its cheapest work and an
-analysis verdict (one per analysis tick) what it handles most. The Kubernetes API is a small
+the consumer span the bus makes for each message, JSON logs, the KV store) on the stack's
+real NATS, under a fresh subject prefix, and handles a backlog of the events it consumes
+most: the planner twice, as admitting a release request is its cheapest work and an interim
+analysis verdict (one per analysis tick, routine: quiet, so no planner span) what it handles
+most. The Kubernetes API is a small
 in-memory fake serving objects as JSON (Deployments Ready at once), so the executor's and the
 rollback service's figures are their own cost and not the API server's; every write still
 goes through the same code and is a span. The metrics-watcher asks the stack's real

@@ -3,7 +3,7 @@
 Logs are one JSON object per line carrying the trace id and the release id, so a line found
 in a log search leads straight to the release's trace in Jaeger. Tracing is configured by the
 standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_SDK_DISABLED);
-the trace context crosses NATS in message headers (``tracing.ReleaseTracing``).
+the trace context crosses NATS in message headers (``tracing.MessageTracing``).
 """
 
 from __future__ import annotations

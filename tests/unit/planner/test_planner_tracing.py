@@ -91,7 +91,7 @@ async def test_a_handled_event_names_its_span_after_the_transition(
     store, bus, clock = FakeStore(), TracedPublisher(), Clock()
     planner = _planner(store, bus, clock)
     await planner.on_request(raw_request())
-    with tracing.span("consumer", RID):  # as ReleaseTracing opens it, with the release id
+    with tracing.span("consumer", RID):  # as MessageTracing opens it, with the release id
         await planner.on_event(envelope(reached(store.state(), 0), "reached-0"))
     decide = next(s for s in spans.get_finished_spans() if s.name == "decide phase.reached")
     assert decide.attributes is not None
