@@ -118,6 +118,20 @@ def is_ours(record: PidRecord) -> bool:
     return cmdline is not None and cmdline[:1] == record.argv[:1]
 
 
+def _wait_for_exec(pid: int, timeout: float = 5.0) -> None:
+    """Until the new program's command line shows (or the process is gone).
+
+    Popen returns once the exec has passed the point of no return, but the kernel fills in
+    the new command line a moment later, while it maps the program: a large binary read
+    from a cold disk (kube-apiserver, after an idle spell) showed an empty
+    ``/proc/PID/cmdline`` long enough for ``is_ours`` to take the starting server for a
+    stranger and report that it had exited.
+    """
+    deadline = time.monotonic() + timeout
+    while not proc_cmdline(pid) and proc_running(pid) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def spawn(name: str, argv: list[str], log: Path, pidfile: Path, env: dict[str, str]) -> PidRecord:
     """Start a server detached from this process (own session), logging to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +148,7 @@ def spawn(name: str, argv: list[str], log: Path, pidfile: Path, env: dict[str, s
             start_new_session=True,
             close_fds=True,
         )
+    _wait_for_exec(proc.pid)
     starttime = proc_starttime(proc.pid) or 0
     record = PidRecord(name, proc.pid, starttime, argv, time.time())
     record.save(pidfile)

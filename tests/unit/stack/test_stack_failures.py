@@ -70,3 +70,16 @@ def test_a_failure_with_every_dependency_alive_is_the_server_s_own(
     healthy = [(_server("nats", 0, "nats cause"), running)]
 
     assert stack_manager._dead_dependency(settings, healthy, failure) is None
+
+
+def test_a_server_is_its_own_from_the_moment_it_is_spawned(
+    settings: Settings, running: PidRecord
+) -> None:
+    """spawn returns once the new program's command line shows, so the first check holds.
+
+    (The kernel fills it in while it maps the program, after Popen has returned: read too
+    early, it was empty and the starting kube-apiserver was reported as exited.)
+    """
+    assert procs.proc_cmdline(running.pid) == running.argv
+    assert procs.is_ours(running)
+    assert stack_manager._wait_healthy(settings, _server("nats", 0, "cause"), running) >= 0
