@@ -141,15 +141,12 @@ def context_from(headers: Mapping[str, str] | None) -> otel_context.Context:
 
 def _context_headers() -> dict[str, str]:
     """The current span's context as headers (what the propagator's ``inject`` writes)."""
-    current = trace.get_current_span().get_span_context()
-    if not current.is_valid:
+    span = trace.get_current_span()
+    if not (traceparent := traceparent_of(span)):
         return {}
-    headers = {
-        TRACEPARENT: f"00-{current.trace_id:032x}-{current.span_id:016x}"
-        f"-{int(current.trace_flags):02x}"
-    }
-    if current.trace_state:
-        headers[TRACESTATE] = current.trace_state.to_header()
+    headers = {TRACEPARENT: traceparent}
+    if trace_state := span.get_span_context().trace_state:
+        headers[TRACESTATE] = trace_state.to_header()
     return headers
 
 

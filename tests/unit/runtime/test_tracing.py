@@ -77,15 +77,19 @@ def test_the_context_read_from_headers_is_the_propagators(headers: dict[str, str
     assert ours.trace_state == sdk.get_span_context().trace_state
 
 
-def test_the_headers_written_are_the_propagators(spans: InMemorySpanExporter) -> None:
-    requester = tracing.context_from({"traceparent": ROOT, "tracestate": "vendor=value"})
-    reached = PhaseReached(
+def _reached() -> PhaseReached:
+    return PhaseReached(
         target=TARGET,
         step=PlannedStep(index=0, weight=10, hold_seconds=8),
         canary_weight=10,
         canary_ready=1,
         stable_ready=9,
     )
+
+
+def test_the_headers_written_are_the_propagators(spans: InMemorySpanExporter) -> None:
+    requester = tracing.context_from({"traceparent": ROOT, "tracestate": "vendor=value"})
+    reached = _reached()
     with (
         tracing.tracer().start_as_current_span("handler", context=requester),
         tracing.publishing(reached, "web-42", "e-1", "subject") as headers,
@@ -194,13 +198,7 @@ def test_an_outcome_becomes_attributes() -> None:
 def test_a_publish_carries_the_context_of_the_span_that_publishes(
     spans: InMemorySpanExporter,
 ) -> None:
-    reached = PhaseReached(
-        target=TARGET,
-        step=PlannedStep(index=0, weight=10, hold_seconds=8),
-        canary_weight=10,
-        canary_ready=1,
-        stable_ready=9,
-    )
+    reached = _reached()
     with (
         tracing.span("handler", "web-42") as handler,
         tracing.publishing(
