@@ -463,6 +463,37 @@ class HookCompleted(EventData):
     detail: str = Field(default="", max_length=2048)
 
 
+# --------------------------------------------------------------------------- trust
+
+
+class CommandRefused(EventData):
+    """Owner: executor, rollback. A command was not obeyed; nothing in the cluster changed.
+
+    A service that changes workloads obeys a command only when it belongs to a live release
+    whose state asks for exactly that now, for a target its ReleasePolicy governs, with an
+    image the policy allows. Anything else (forged, replayed, stale or mistaken) is refused
+    with every reason, and this event says so on the release id the command named.
+    """
+
+    event_domain = "command"
+    event_name = "refused"
+
+    command: str = Field(
+        description="The refused command's type, e.g. io.canaryflow.phase.apply.v1."
+    )
+    command_id: str = Field(description="The refused command's envelope id.")
+    source: str = Field(description="Who the refused command said it came from.")
+    target: TargetRef | None = Field(
+        default=None, description="The target the command named (None: it named none)."
+    )
+    reasons: list[str] = Field(min_length=1)
+    checks: list[str] = Field(
+        min_length=1,
+        description="Which checks failed, one word each: unknown-release, status, target, "
+        "version, step, hook, policy, image.",
+    )
+
+
 class DeadLetter(EventData):
     """Owner: the service that gave up on a message after its bounded redeliveries."""
 
@@ -516,6 +547,7 @@ CATALOGUE: tuple[CatalogueEntry, ...] = (
     CatalogueEntry(OpenGate, "operator (CLI) or any system", ("planner",)),
     CatalogueEntry(RunHook, "planner", ("executor", "systems answering bus hooks")),
     CatalogueEntry(HookCompleted, "executor or a system answering a bus hook", ("planner",)),
+    CatalogueEntry(CommandRefused, "executor, rollback", ()),
     CatalogueEntry(DeadLetter, "any service", ("operator",)),
 )
 

@@ -288,6 +288,45 @@ class Resources(_Spec):
     limits: dict[str, str] = Field(default_factory=dict)
 
 
+class ImageRules(_Spec):
+    """Which images a target may run: a request or command outside them is refused.
+
+    A prefix matches on a path boundary: ``registry.example.com/shop`` allows
+    ``registry.example.com/shop/web:v2`` and ``registry.example.com/shop:v2``, never
+    ``registry.example.com/shop-evil/web``. Images are compared as written (no registry
+    defaulting), so list them the way releases name them.
+    """
+
+    allowed_prefixes: list[str] = Field(
+        default_factory=list,
+        max_length=50,
+        description="An image must start with one of these (a registry, a repository path or "
+        "a whole repository). Empty: any image.",
+    )
+    require_digest: bool = Field(
+        default=False,
+        description="The image must be pinned by digest (@sha256:...), so the version canaried "
+        "is exactly the version built and tested.",
+    )
+
+    def refusal(self, image: str) -> str | None:
+        """Why ``image`` may not run on this target, or None when it may."""
+        problems = []
+        if self.allowed_prefixes and not any(
+            _within(image, prefix) for prefix in self.allowed_prefixes
+        ):
+            problems.append(f"is not under any allowed prefix ({', '.join(self.allowed_prefixes)})")
+        if self.require_digest and "@sha256:" not in image:
+            problems.append("is not pinned by digest (@sha256:...), which the policy requires")
+        return f"image {image!r} " + " and ".join(problems) if problems else None
+
+
+def _within(image: str, prefix: str) -> bool:
+    if not prefix or not image.startswith(prefix):
+        return False
+    return len(image) == len(prefix) or prefix.endswith("/") or image[len(prefix)] in "/:@"
+
+
 class OperatorAction(StrEnum):
     """What a person may do to a release in flight."""
 
@@ -409,6 +448,10 @@ class ReleasePolicySpec(_Spec):
         description="Who may steer this target's releases, and how. Absent: anyone may pause "
         "or abort (both only make a release safer) and nothing else; present: exactly what "
         "it lists, for whom it lists.",
+    )
+    images: ImageRules | None = Field(
+        default=None,
+        description="Which images this target may run (registries, digests). Absent: any.",
     )
     hooks: list[Hook] = Field(default_factory=list, description="Webhooks, bus hooks and gates.")
     notify: list[Notify] = Field(

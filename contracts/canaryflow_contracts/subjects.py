@@ -78,6 +78,7 @@ class Subjects:
                     "rollback",
                     "operator",
                     "hook",
+                    "command",
                 )
             ),
             max_age_seconds=EVENT_RETENTION_SECONDS,

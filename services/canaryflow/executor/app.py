@@ -15,7 +15,6 @@ from kubernetes import client
 
 from canaryflow.executor import hooks, notify
 from canaryflow.executor.cluster import Cluster
-from canaryflow.executor.decisions import apply_wanted, promotion_wanted
 from canaryflow.executor.phases import (
     Failed,
     PhaseRunner,
@@ -24,7 +23,7 @@ from canaryflow.executor.phases import (
     Superseded,
 )
 from canaryflow.executor.traffic import TrafficRouter, router_for
-from canaryflow.runtime import kube, observability, tracing
+from canaryflow.runtime import authority, kube, observability, policies, tracing
 from canaryflow.runtime.bus import Delivery
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
@@ -55,21 +54,38 @@ def build_service(
     promotion_seconds: float = PROMOTION_SECONDS,
 ) -> Service:
     service = Service(settings)
-    runner = PhaseRunner(
-        Cluster(api or kube.api_client(settings.kubeconfig), now), router or router_for(), now
-    )
+    kube_api = api or kube.api_client(settings.kubeconfig)
+    runner = PhaseRunner(Cluster(kube_api, now), router or router_for(), now)
     metrics = observability.service_metrics()
 
     async def state_of(release_id: str) -> ReleaseState | None:
         versioned = await service.store.get(release_id)
         return versioned.state if versioned is not None else None
 
+    async def refused(
+        envelope: Envelope[ApplyPhase] | Envelope[RequestPromotion],
+        refusals: list[authority.Refusal],
+    ) -> bool:
+        """Refuse, and say why, unless a live release asks for exactly this, under a policy
+        that governs the target and allows the image (read from the cluster, not the bus)."""
+        target = envelope.data.target
+        found = await policies.read_policies(kube_api, target.namespace)
+        governing = policies.governing(target.namespace, target.name, found)
+        refusals = refusals + authority.policy_refusals(
+            target, envelope.data.version.image, governing
+        )
+        if refusals:
+            await service.refuse(envelope, refusals)
+        return bool(refusals)
+
     async def on_apply(envelope: Envelope[ApplyPhase], delivery: Delivery) -> None:
         command, rid = envelope.data, envelope.subject
         step = command.step
+        if await refused(envelope, authority.apply_refusals(rid, command, await state_of(rid))):
+            return
 
         async def wanted() -> bool:
-            return apply_wanted(await state_of(rid), step.index)
+            return not authority.apply_refusals(rid, command, await state_of(rid))
 
         span = tracing.handling(
             f"apply step {step.index + 1} ({step.weight}%)",
@@ -101,9 +117,12 @@ def build_service(
 
     async def on_promote(envelope: Envelope[RequestPromotion], delivery: Delivery) -> None:
         command, rid = envelope.data, envelope.subject
+        refusals = authority.promotion_refusals(rid, command, await state_of(rid))
+        if await refused(envelope, refusals):
+            return
 
         async def wanted() -> bool:
-            return promotion_wanted(await state_of(rid))
+            return not authority.promotion_refusals(rid, command, await state_of(rid))
 
         deadline = now() + timedelta(seconds=promotion_seconds)
         span = tracing.handling("promote", {"canaryflow.image": command.version.image})

@@ -6,31 +6,6 @@ from datetime import datetime
 from typing import Any
 
 from canaryflow.runtime.kube import CorruptRestorePoint, DeploymentReadiness, restore_point_of
-from canaryflow_contracts.state import ReleaseState, ReleaseStatus
-
-# The planner's statuses in which a step's command is still the current intent.
-_APPLY_STATUSES = (ReleaseStatus.APPLYING, ReleaseStatus.ANALYSING)
-
-
-def apply_wanted(state: ReleaseState | None, step_index: int) -> bool:
-    """Whether an ApplyPhase for ``step_index`` should still be carried out.
-
-    Without a state (the planner's bucket has none, e.g. the command came from elsewhere) the
-    command itself is the intent. With one, a command for another step, or for a release
-    that is rolling back or over, is stale: carrying it out would move the release backwards.
-    ANALYSING counts because a replay of the current step's command must find it in place
-    and report it again, not give up.
-    """
-    if state is None:
-        return True
-    return state.status in _APPLY_STATUSES and state.step_index == step_index
-
-
-def promotion_wanted(state: ReleaseState | None) -> bool:
-    """Promote unless the release is rolling back or already over (a stale replay)."""
-    if state is None:
-        return True
-    return not state.status.terminal and state.status is not ReleaseStatus.ROLLING_BACK
 
 
 def describe(readiness: DeploymentReadiness) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from canaryflow.runtime import authority
 from canaryflow.runtime.bus import Delivery
 from canaryflow.runtime.service import Service
 from canaryflow_contracts import Envelope
@@ -105,6 +106,11 @@ def register(service: Service, caller: WebhookCaller | None = None) -> None:
         hook = command.hook
         if hook.url is None:
             return  # a bus hook: another system answers it
+        versioned = await service.store.get(rid)
+        refusals = authority.hook_refusals(rid, command, versioned.state if versioned else None)
+        if refusals:
+            await service.refuse(envelope, refusals)
+            return
         async with delivery.keep_alive():
             outcome = await webhooks.call(rid, command)
         log.info("hook %s (%s): %s", hook.name, hook.type.value, outcome.detail)

@@ -19,16 +19,9 @@ from pydantic import ValidationError
 from canaryflow.planner.planning import Plan, Refusal, plan
 from canaryflow.runtime.bundle import base_of, references
 from canaryflow.runtime.kube import api_client, call, is_not_found
+from canaryflow.runtime.policies import PolicyObject, error_text, governing, read_policies
 from canaryflow_contracts.events import ContainerResources, ReleaseRequested
-from canaryflow_contracts.policy import (
-    GROUP,
-    PLURAL,
-    VERSION,
-    Hook,
-    Notify,
-    OperatorGrant,
-    ReleasePolicySpec,
-)
+from canaryflow_contracts.policy import Hook, Notify, OperatorGrant
 
 _CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 
@@ -41,14 +34,6 @@ class DeploymentFacts:
     containers: tuple[tuple[str, str], ...]  # (name, image), in pod order
     # The ConfigMaps its pods read, by the name a release names them with (their base name).
     config_maps: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class PolicyObject:
-    """A ReleasePolicy as stored, before its spec is parsed (it may be invalid)."""
-
-    name: str
-    spec: dict[str, Any]
 
 
 class ClusterReader(Protocol):
@@ -100,8 +85,13 @@ def check_request(
                 f"Deployment {target.key()} runs {deployment.replicas} replica(s); a canary by "
                 "replica ratio needs at least 2"
             )
-    policy_name, spec, policy_reasons = _policy_for(target.namespace, target.name, policies)
-    reasons.extend(policy_reasons)
+    policy = governing(target.namespace, target.name, policies)
+    policy_name, spec = policy.name, policy.spec
+    reasons.extend(policy.problems)
+    if spec is not None and spec.images is not None:
+        image_refusal = spec.images.refusal(request.version.image)
+        if image_refusal is not None:
+            reasons.append(f"version.image: {image_refusal} (ReleasePolicy {policy_name})")
     if spec is not None:
         planned = plan(request, spec, now)
         if isinstance(planned, Refusal):
@@ -141,46 +131,9 @@ def _configuration_problems(request: ReleaseRequested, deployment: DeploymentFac
     return problems
 
 
-def _policy_for(
-    namespace: str, deployment: str, policies: list[PolicyObject]
-) -> tuple[str, ReleasePolicySpec | None, list[str]]:
-    candidates = [p for p in policies if p.spec.get("targetRef") == deployment]
-    if not candidates:
-        return (
-            "",
-            None,
-            [
-                f"no ReleasePolicy in namespace {namespace} has targetRef {deployment!r}: "
-                "a Deployment without a policy is not released"
-            ],
-        )
-    if len(candidates) > 1:
-        names = ", ".join(sorted(p.name for p in candidates))
-        return "", None, [f"several ReleasePolicies target {deployment!r} ({names}); keep one"]
-    policy = candidates[0]
-    try:
-        return policy.name, ReleasePolicySpec.model_validate(policy.spec), []
-    except ValidationError as error:
-        problems = "; ".join(_error_text(e) for e in error.errors())
-        return (
-            policy.name,
-            None,
-            [f"ReleasePolicy {namespace}/{policy.name} is invalid: {problems}"],
-        )
-
-
-def _error_text(error: Any) -> str:
-    location = ".".join(str(part) for part in error.get("loc", ())) or "spec"
-    if error.get("type") == "string_pattern_mismatch":
-        # The pattern itself (a long regular expression) helps nobody reading a rejection.
-        what = "a well-formed image reference" if location.endswith("image") else "well formed"
-        return f"{location}: {error.get('input')!r} is not {what}"
-    return f"{location}: {error.get('msg', 'invalid')}"
-
-
 def describe_validation_error(error: ValidationError) -> list[str]:
     """One readable reason per problem pydantic found, each naming its field."""
-    return [_error_text(e) for e in error.errors()]
+    return [error_text(e) for e in error.errors()]
 
 
 async def validate(
@@ -238,16 +191,4 @@ class KubeClusterReader:
         return tuple(bases)
 
     async def release_policies(self, namespace: str) -> list[PolicyObject]:
-        custom = client.CustomObjectsApi(self._client())
-        try:
-            listed = await call(
-                custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL
-            )
-        except ApiException as error:
-            if is_not_found(error):  # the CRD is not installed: no policy governs anything
-                return []
-            raise
-        return [
-            PolicyObject(name=item["metadata"]["name"], spec=item.get("spec") or {})
-            for item in listed.get("items", [])
-        ]
+        return await read_policies(self._client(), namespace)

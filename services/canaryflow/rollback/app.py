@@ -9,15 +9,16 @@ translate; the decisions are in ``triggers`` and ``restore``.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TypeVar
 
 from kubernetes import client
 
 from canaryflow.rollback.restorer import Restorer
-from canaryflow.rollback.triggers import abort_refusal, should_restore, trigger_of
+from canaryflow.rollback.triggers import abort_refusal, reason_of
 from canaryflow.runtime import kube, observability, tracing
-from canaryflow.runtime.bus import Delivery, Handler, PermanentError
+from canaryflow.runtime.authority import rollback_refusals
+from canaryflow.runtime.bus import Delivery, PermanentError
 from canaryflow.runtime.operators import refusal_notice, refused_id
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
@@ -51,41 +52,48 @@ def build_service(
     restorer = Restorer(api or kube.api_client(settings.kubeconfig), now)
     metrics = observability.service_metrics()
 
-    async def roll_back(
-        release_id: str, data: EventData, triggered_at: datetime, delivery: Delivery
-    ) -> None:
+    async def roll_back(envelope: Envelope[E], delivery: Delivery) -> None:
+        data, release_id = envelope.data, envelope.subject
         if isinstance(data, AnalysisVerdict) and data.action is not VerdictAction.ROLLBACK:
             return  # most verdicts: skip without reading the store
         versioned = await service.store.get(release_id)
         state = versioned.state if versioned is not None else None
-        trigger = trigger_of(data, state)
-        if trigger is None:
-            log.warning(
-                "%s for unknown release %s: nothing to roll back", data.event_type(), release_id
-            )
+        refusals = rollback_refusals(release_id, data, state)
+        if refusals or state is None:
+            await service.refuse(envelope, refusals)
             return
-        if not should_restore(state):
-            log.info("release %s already succeeded; %s ignored", release_id, data.event_type())
-            return
+        if isinstance(data, AbortRelease):
+            why = abort_refusal(data, state)
+            if why is not None:
+                log.warning("abort by %s refused: %s", data.actor, why)
+                notice = refusal_notice(state.target, data, why)
+                await service.publisher.publish(
+                    notice, release_id, event_id=refused_id(release_id, envelope.id)
+                )
+                return
+        # The target is the release's own, never the command's, and what is restored is what
+        # the release recorded on the cluster (restore point, bundle), never anything named
+        # in the command.
+        target, reason = state.target, reason_of(data)
         deadline = now() + timedelta(seconds=restore_seconds)
         span = tracing.handling(
             "rollback",
-            {"canaryflow.trigger": data.event_type(), "canaryflow.reason": trigger.reason},
+            {"canaryflow.trigger": data.event_type(), "canaryflow.reason": reason},
         )
         async with delivery.keep_alive():
             try:
-                restored = await restorer.restore(release_id, trigger.target, deadline)
+                restored = await restorer.restore(release_id, target, deadline)
             except kube.CorruptRestorePoint as error:
-                raise PermanentError(f"{trigger.target.key()}: {error}") from error
-        seconds = max((now() - triggered_at).total_seconds(), 0.0)
+                raise PermanentError(f"{target.key()}: {error}") from error
+        seconds = max((now() - envelope.time).total_seconds(), 0.0)
         span.set_attributes(tracing.outcome_attributes(restored))
         span.set_attribute("canaryflow.seconds_to_restore", seconds)
         if restored.changed:
             metrics.restore_seconds.observe(seconds)
         log.info("rolled back in %.2fs: %s", seconds, restored.note)
         completed = RollbackCompleted(
-            target=trigger.target,
-            reason=trigger.reason,
+            target=target,
+            reason=reason,
             stable_replicas=restored.stable_replicas,
             seconds_to_restore=round(seconds, 3),
         )
@@ -93,33 +101,8 @@ def build_service(
             completed, release_id, event_id=f"{release_id}.rollback-completed"
         )
 
-    async def refused(envelope: Envelope[E]) -> bool:
-        """An abort this actor may not give: announce the refusal, restore nothing."""
-        if not isinstance(envelope.data, AbortRelease):
-            return False
-        versioned = await service.store.get(envelope.subject)
-        state = versioned.state if versioned is not None else None
-        why = abort_refusal(envelope.data, state)
-        if why is None or state is None:
-            return False
-        log.warning("abort by %s refused: %s", envelope.data.actor, why)
-        notice = refusal_notice(state.target, envelope.data, why)
-        await service.publisher.publish(
-            notice, envelope.subject, event_id=refused_id(envelope.subject, envelope.id)
-        )
-        return True
-
-    def handler(kind: type[E]) -> Handler[E]:
-        async def on_event(envelope: Envelope[E], delivery: Delivery) -> None:
-            if await refused(envelope):
-                return
-            await roll_back(envelope.subject, envelope.data, envelope.time, delivery)
-
-        on_event.__name__ = f"on_{kind.event_name}"
-        return on_event
-
-    service.subscribe(AnalysisVerdict, "verdict", handler(AnalysisVerdict))
-    service.subscribe(PhaseFailed, "phase_failed", handler(PhaseFailed))
-    service.subscribe(RollbackRequested, "requested", handler(RollbackRequested))
-    service.subscribe(AbortRelease, "abort", handler(AbortRelease))
+    service.subscribe(AnalysisVerdict, "verdict", roll_back)
+    service.subscribe(PhaseFailed, "phase_failed", roll_back)
+    service.subscribe(RollbackRequested, "requested", roll_back)
+    service.subscribe(AbortRelease, "abort", roll_back)
     return service

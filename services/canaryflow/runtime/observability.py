@@ -148,6 +148,7 @@ class ServiceMetrics:
     verdicts: Counter
     phase_seconds: Histogram
     restore_seconds: Histogram
+    commands_refused: Counter
 
 
 @cache
@@ -189,6 +190,12 @@ def service_metrics() -> ServiceMetrics:
             "canaryflow_restore_seconds",
             "Time from a failure being detected to stable serving all traffic.",
             buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60),
+        ),
+        commands_refused=Counter(
+            "canaryflow_commands_refused_total",
+            "Commands not obeyed because no live release asked for them (or its policy "
+            "forbids them), by service, command and failed check.",
+            ["service", "command", "check"],
         ),
     )
 

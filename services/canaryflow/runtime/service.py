@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import json
 import logging
 import signal
@@ -21,6 +22,7 @@ from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 
 from canaryflow.runtime import observability, tracing
+from canaryflow.runtime.authority import Refusal
 from canaryflow.runtime.bus import (
     EventPublisher,
     Handler,
@@ -31,6 +33,7 @@ from canaryflow.runtime.bus import (
 from canaryflow.runtime.settings import Settings
 from canaryflow.runtime.store import ReleaseStore
 from canaryflow_contracts import Envelope, EventData
+from canaryflow_contracts.events import CommandRefused
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,37 @@ class Service:
             ack_wait_seconds=ack_wait_seconds,
             on_malformed=on_malformed,
             quiet=quiet,
+        )
+
+    async def refuse(self, envelope: Envelope[Any], refusals: list[Refusal]) -> None:
+        """Say why a command is not obeyed: a warning, a metric per check, a CommandRefused.
+
+        The refusal's id derives from the command's, so a redelivered command is refused once.
+        """
+        command, release_id = envelope.data, envelope.subject
+        reasons = [refusal.reason for refusal in refusals]
+        checks = sorted({refusal.check for refusal in refusals})
+        log.warning(
+            "refused %s %s from %s: %s",
+            command.event_type(),
+            envelope.id,
+            envelope.source,
+            "; ".join(reasons),
+        )
+        counter = observability.service_metrics().commands_refused
+        for check in checks:
+            counter.labels(self.settings.service, command.event_type(), check).inc()
+        refused = CommandRefused(
+            command=command.event_type(),
+            command_id=envelope.id,
+            source=envelope.source,
+            target=getattr(command, "target", None),
+            reasons=reasons,
+            checks=checks,
+        )
+        digest = hashlib.sha256(envelope.id.encode()).hexdigest()[:12]
+        await self.publisher.publish(
+            refused, release_id, event_id=f"{release_id}.command-refused.{digest}"
         )
 
     def every(self, loop: BackgroundLoop) -> None:

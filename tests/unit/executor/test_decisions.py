@@ -1,62 +1,13 @@
-"""When a command is still wanted, and when a Deployment counts as in place."""
+"""When a Deployment counts as in place, and what the executor says when it is not."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import pytest
-
 from canaryflow.executor import decisions
 from canaryflow.runtime import kube
-from canaryflow_contracts.events import PlannedStep
-from canaryflow_contracts.state import ReleaseState, ReleaseStatus
-from tests.unit.support_state import sample_state
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-
-
-def state(status: ReleaseStatus, step_index: int = 0) -> ReleaseState:
-    steps = [PlannedStep(index=i, weight=25 * (i + 1), hold_seconds=30) for i in range(2)]
-    return sample_state().model_copy(
-        update={"status": status, "step_index": step_index, "steps": steps}
-    )
-
-
-def test_apply_without_state_follows_the_command() -> None:
-    assert decisions.apply_wanted(None, 3)
-
-
-@pytest.mark.parametrize(
-    ("status", "state_step", "command_step", "wanted"),
-    [
-        (ReleaseStatus.APPLYING, 0, 0, True),
-        (ReleaseStatus.ANALYSING, 0, 0, True),  # a replay reports the step again
-        (ReleaseStatus.APPLYING, 1, 0, False),  # stale: the release moved on
-        (ReleaseStatus.ROLLING_BACK, 0, 0, False),
-        (ReleaseStatus.PROMOTING, 1, 1, False),
-        (ReleaseStatus.ROLLED_BACK, 0, 0, False),
-        (ReleaseStatus.SUCCEEDED, 1, 1, False),
-    ],
-)
-def test_apply_wanted(
-    status: ReleaseStatus, state_step: int, command_step: int, wanted: bool
-) -> None:
-    assert decisions.apply_wanted(state(status, state_step), command_step) is wanted
-
-
-@pytest.mark.parametrize(
-    ("status", "wanted"),
-    [
-        (ReleaseStatus.PROMOTING, True),
-        (ReleaseStatus.ANALYSING, True),
-        (ReleaseStatus.ROLLING_BACK, False),
-        (ReleaseStatus.SUCCEEDED, False),  # a stale replay must not touch a later release
-        (ReleaseStatus.ROLLED_BACK, False),
-    ],
-)
-def test_promotion_wanted(status: ReleaseStatus, wanted: bool) -> None:
-    assert decisions.promotion_wanted(state(status)) is wanted
-    assert decisions.promotion_wanted(None)
 
 
 def ready(

@@ -86,7 +86,6 @@ def test_the_rollback_service_refuses_the_same_abort_for_the_same_reason() -> No
     assert isinstance(planner_reason, OperatorCommandRefused)
     assert abort_refusal(mallory, state) == planner_reason.refusal
     assert abort_refusal(AbortRelease(actor="eve@sre.example"), state) is None
-    assert abort_refusal(mallory, None) is None  # unknown release: nothing to refuse or do
 
 
 def test_an_allowed_pause_is_recorded_with_who_and_why() -> None:
