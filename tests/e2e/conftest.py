@@ -7,10 +7,14 @@ consumers and KV bucket), and each test gets a fresh namespace with the sample s
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -156,3 +160,46 @@ def shop_namespace(kube: client.ApiClient, namespace: str) -> str:
     )
     shop.apply_policy(kube, namespace, shop.quick_policy())
     return namespace
+
+
+@dataclass
+class Endpoint:
+    """A webhook receiver on 127.0.0.1 that answers every POST with ``status``."""
+
+    status: int = 200
+    calls: list[dict[str, Any]] = field(default_factory=list)  # hook calls (POST /hook)
+    notes: list[dict[str, Any]] = field(default_factory=list)  # notifications (POST /notify)
+    base: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/hook"
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Endpoint]:
+    found = Endpoint()
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            if self.path == "/notify":
+                found.notes.append(body)
+                self.send_response(200)
+            else:
+                found.calls.append(body)
+                self.send_response(found.status)
+            self.end_headers()
+            self.wfile.write(b"as configured")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    found.base = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield found
+    server.shutdown()
+    thread.join(timeout=5)

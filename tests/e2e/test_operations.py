@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import threading
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -48,7 +44,7 @@ from canaryflow_contracts.events import (
     VersionSpec,
     parse_event,
 )
-from tests.e2e.conftest import Releases
+from tests.e2e.conftest import Endpoint, Releases
 from tests.support import async_wait_until, wait_until
 from tests.support.pods import PodHistory, handover
 
@@ -444,49 +440,6 @@ async def test_set_weight_moves_the_canary_and_a_lower_weight_grows_stable_first
 
 
 # --------------------------------------------------------------------------- hooks and gates
-
-
-@dataclass
-class Endpoint:
-    """A webhook receiver on 127.0.0.1 that answers every POST with ``status``."""
-
-    status: int = 200
-    calls: list[dict[str, Any]] = field(default_factory=list)  # hook calls (POST /hook)
-    notes: list[dict[str, Any]] = field(default_factory=list)  # notifications (POST /notify)
-    base: str = ""
-
-    @property
-    def url(self) -> str:
-        return f"{self.base}/hook"
-
-
-@pytest.fixture
-def endpoint() -> Iterator[Endpoint]:
-    found = Endpoint()
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length) or b"{}")
-            if self.path == "/notify":
-                found.notes.append(body)
-                self.send_response(200)
-            else:
-                found.calls.append(body)
-                self.send_response(found.status)
-            self.end_headers()
-            self.wfile.write(b"as configured")
-
-        def log_message(self, format: str, *args: Any) -> None:
-            """Quiet."""
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    found.base = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield found
-    server.shutdown()
-    thread.join(timeout=5)
 
 
 def with_hooks(

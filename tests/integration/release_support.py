@@ -19,9 +19,11 @@ from nats.js.errors import NotFoundError
 from tests.support import StackEnv, async_wait_until
 from tests.unit.support_state import sample_state
 
+from canaryflow.demo import shop
 from canaryflow.runtime.kube import TRACK_LABEL, readiness_of
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
+from canaryflow.runtime.store import ReleaseStore
 from canaryflow_contracts import Envelope, EventData, Subjects
 from canaryflow_contracts.events import PlannedStep, TargetRef, VersionSpec
 from canaryflow_contracts.state import ReleaseState, ReleaseStatus
@@ -63,6 +65,23 @@ def release_state(
     return sample_state(rid).model_copy(
         update={"target": target, "version": version, "steps": steps, "status": status}
     )
+
+
+async def put_state(store: ReleaseStore, state: ReleaseState) -> ReleaseState:
+    """Write ``state`` as the planner does (create, or compare-and-set over the last one), so
+    that the executor and the rollback service find a live release asking for the command."""
+    current = await store.get(state.release_id)
+    if current is None:
+        await store.create(state)
+    else:
+        await store.update(state, current.revision)
+    return state
+
+
+def govern(kube: client.ApiClient, namespace: str, target: str) -> None:
+    """Put ``target`` under a ReleasePolicy: canaryflow writes no Deployment without one."""
+    shop.install_crd(kube)
+    shop.apply_policy(kube, namespace, shop.quick_policy(target), name=target)
 
 
 class StreamEvents:

@@ -1,10 +1,11 @@
 """The executor on the real stack: commands over JetStream, Deployments through the API.
 
-Given a plain Deployment (pods made Ready by KWOK), when ApplyPhase and RequestPromotion
-commands are published the way the planner publishes them, then the executor, running
-in-process, puts each step in place and reports it only once the API shows it, promotes,
-and cleans up; a replayed command changes nothing; a canary whose pods never become Ready,
-and a target of one replica, are reported as failed steps.
+Given a plain Deployment (pods made Ready by KWOK) under a ReleasePolicy, when the release's
+state is written and ApplyPhase and RequestPromotion commands are published the way the
+planner does both, then the executor, running in-process, puts each step in place and
+reports it only once the API shows it, promotes, and cleans up; a replayed command changes
+nothing; a canary whose pods never become Ready, and a target of one replica, are reported as
+failed steps; a command the release's state does not ask for is refused.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from tests.integration.release_support import (
     create_and_wait,
     deployment_body,
     env_of,
+    govern,
     image,
+    put_state,
     read,
     ready_pods_by_track,
     release_state,
@@ -40,6 +43,7 @@ from canaryflow.runtime.service import Service
 from canaryflow_contracts import Envelope
 from canaryflow_contracts.events import (
     ApplyPhase,
+    CommandRefused,
     EnvVar,
     PhaseFailed,
     PhaseReached,
@@ -49,6 +53,7 @@ from canaryflow_contracts.events import (
     TargetRef,
     VersionSpec,
 )
+from canaryflow_contracts.policy import GROUP, PLURAL, VERSION
 from canaryflow_contracts.state import ReleaseStatus
 
 pytestmark = pytest.mark.stack
@@ -70,30 +75,56 @@ def events(executor: Service, nats_client: NatsClient) -> StreamEvents:
     return StreamEvents(nats_client, executor.settings.subjects)
 
 
+STEP0 = PlannedStep(index=0, weight=25, hold_seconds=30)
+STEP1 = PlannedStep(index=1, weight=50, hold_seconds=30)
+
+
 async def stable_web(kube: client.ApiClient, namespace: str, replicas: int = FULL_SIZE) -> None:
+    govern(kube, namespace, NAME)
     body = deployment_body(namespace, NAME, replicas, "v1", {"CHECKOUT_LAYOUT": "classic"})
     await create_and_wait(kube, body)
 
 
-def apply(namespace: str, step: PlannedStep, version: VersionSpec, seconds: float) -> ApplyPhase:
-    return ApplyPhase(
-        target=TargetRef(namespace=namespace, name=NAME),
-        version=version,
-        step=step,
-        ready_deadline=datetime.now(UTC) + timedelta(seconds=seconds),
+async def applying(
+    executor: Service,
+    namespace: str,
+    rid: str,
+    step: PlannedStep,
+    version: VersionSpec,
+    *,
+    seconds: float,
+    status: ReleaseStatus = ReleaseStatus.APPLYING,
+) -> ApplyPhase:
+    """Store the release at ``step`` with a fresh deadline, as the planner does before it
+    publishes the step; the ApplyPhase it publishes for that state."""
+    steps = [*[STEP0, STEP1][: step.index], step]
+    deadline = datetime.now(UTC) + timedelta(seconds=seconds)
+    target = TargetRef(namespace=namespace, name=NAME)
+    state = release_state(rid, target, version, steps, status).model_copy(
+        update={"step_index": step.index, "ready_deadline": deadline}
     )
+    await put_state(executor.store, state)
+    return ApplyPhase(target=target, version=version, step=step, ready_deadline=deadline)
+
+
+async def promoting(executor: Service, namespace: str, rid: str) -> RequestPromotion:
+    target = TargetRef(namespace=namespace, name=NAME)
+    state = release_state(rid, target, V2, [STEP0, STEP1], ReleaseStatus.PROMOTING)
+    await put_state(executor.store, state.model_copy(update={"step_index": 1}))
+    return RequestPromotion(target=target, version=V2)
 
 
 async def apply_step(
-    events: StreamEvents, namespace: str, rid: str, step: PlannedStep
-) -> tuple[Envelope[PhaseReached], float]:
+    executor: Service, events: StreamEvents, namespace: str, rid: str, step: PlannedStep
+) -> tuple[ApplyPhase, Envelope[PhaseReached], float]:
     """Publish the step's ApplyPhase as the planner does; its PhaseReached and how long."""
     started = time.monotonic()
-    await events.publish(apply(namespace, step, V2, 60), rid, f"{rid}.apply.{step.index}")
+    command = await applying(executor, namespace, rid, step, V2, seconds=60)
+    await events.publish(command, rid, f"{rid}.apply.{step.index}")
     reached = await events.wait_for(
         PhaseReached, rid, timeout=60, event_id=f"{rid}.reached.{step.index}"
     )
-    return reached, time.monotonic() - started
+    return command, reached, time.monotonic() - started
 
 
 def release_id() -> str:
@@ -116,8 +147,7 @@ async def test_steps_are_reported_in_place_then_promoted(
     rid = release_id()
 
     # When step 0 (25 %) is applied
-    step0 = PlannedStep(index=0, weight=25, hold_seconds=30)
-    reached, step0_seconds = await apply_step(events, namespace, rid, step0)
+    _, reached, step0_seconds = await apply_step(executor, events, namespace, rid, STEP0)
 
     # Then it is reported with the weight the Ready pods give, and the API agrees: the live
     # baseline (the stable version on fresh pods, as many as the canary) comes out of stable
@@ -127,7 +157,7 @@ async def test_steps_are_reported_in_place_then_promoted(
         2,
     )
     assert reached.data.canary_weight == 25.0
-    assert reached.data.step == step0
+    assert reached.data.step == STEP0
     canary = read(kube, namespace, f"{NAME}-canary")
     assert canary is not None
     assert container_of(canary)["image"] == V2.image
@@ -159,8 +189,7 @@ async def test_steps_are_reported_in_place_then_promoted(
     }
 
     # When step 1 (50 %) is applied, and then applied again (a replay, new envelope id)
-    step1 = PlannedStep(index=1, weight=50, hold_seconds=30)
-    reached, step1_seconds = await apply_step(events, namespace, rid, step1)
+    command, reached, step1_seconds = await apply_step(executor, events, namespace, rid, STEP1)
     # 50 % of 4 pods: 2 canary, and stable keeps one pod besides a baseline of one
     assert (reached.data.canary_ready, reached.data.baseline_ready, reached.data.stable_ready) == (
         2,
@@ -169,7 +198,7 @@ async def test_steps_are_reported_in_place_then_promoted(
     )
     assert reached.data.canary_weight == 50.0
     generations = (generation(kube, namespace, NAME), generation(kube, namespace, f"{NAME}-canary"))
-    await events.publish(apply(namespace, step1, V2, 60), rid, f"{rid}.apply.1.replay")
+    await events.publish(command, rid, f"{rid}.apply.1.replay")
     await events.handled_everything(executor, "apply", timeout=30)
 
     # Then the replay wrote nothing and its report was stored once
@@ -181,11 +210,8 @@ async def test_steps_are_reported_in_place_then_promoted(
 
     # When the release is promoted
     started = time.monotonic()
-    await events.publish(
-        RequestPromotion(target=TargetRef(namespace=namespace, name=NAME), version=V2),
-        rid,
-        f"{rid}.promote",
-    )
+    promotion = await promoting(executor, namespace, rid)
+    await events.publish(promotion, rid, f"{rid}.promote")
     completed = await events.wait_for(PromotionCompleted, rid, timeout=60)
     promotion_seconds = time.monotonic() - started
 
@@ -206,11 +232,7 @@ async def test_steps_are_reported_in_place_then_promoted(
 
     # And a replayed promotion changes nothing and is reported once
     before = generation(kube, namespace, NAME)
-    await events.publish(
-        RequestPromotion(target=TargetRef(namespace=namespace, name=NAME), version=V2),
-        rid,
-        f"{rid}.promote.r1",
-    )
+    await events.publish(promotion, rid, f"{rid}.promote.r1")
     await events.handled_everything(executor, "promote", timeout=30)
     assert generation(kube, namespace, NAME) == before
     assert await events.count(PromotionCompleted, rid) == 1
@@ -229,7 +251,7 @@ async def test_a_canary_that_never_becomes_ready_fails_at_its_deadline(
     deadline_seconds = 3.0
     broken = VersionSpec(image=image("v2-never-ready"))
 
-    command = apply(namespace, PlannedStep(index=0, weight=25, hold_seconds=30), broken, 3)
+    command = await applying(executor, namespace, rid, STEP0, broken, seconds=3)
     await events.publish(command, rid, f"{rid}.apply.0")
     failed = await events.wait_for(PhaseFailed, rid, timeout=30)
 
@@ -252,9 +274,8 @@ async def test_a_single_replica_target_cannot_be_split(
     await stable_web(kube, namespace, replicas=1)
     rid = release_id()
 
-    await events.publish(
-        apply(namespace, PlannedStep(index=0, weight=10, hold_seconds=30), V2, 30), rid
-    )
+    step = PlannedStep(index=0, weight=10, hold_seconds=30)
+    await events.publish(await applying(executor, namespace, rid, step, V2, seconds=30), rid)
     failed = await events.wait_for(PhaseFailed, rid, timeout=30)
 
     assert "at least 2 replicas" in failed.data.reason
@@ -266,33 +287,68 @@ async def test_a_single_replica_target_cannot_be_split(
     )
 
 
-async def test_a_command_for_a_release_that_is_rolling_back_is_not_carried_out(
+async def test_a_command_for_a_release_that_is_rolling_back_is_refused(
     executor: Service, events: StreamEvents, kube: client.ApiClient, namespace: str
 ) -> None:
     await stable_web(kube, namespace)
     rid = release_id()
-    step = PlannedStep(index=0, weight=25, hold_seconds=30)
-    target = TargetRef(namespace=namespace, name=NAME)
-    state = release_state(rid, target, V2, [step], ReleaseStatus.ROLLING_BACK)
-    await executor.store.create(state)
+    command = await applying(
+        executor, namespace, rid, STEP0, V2, seconds=30, status=ReleaseStatus.ROLLING_BACK
+    )
 
-    await events.publish(apply(namespace, step, V2, 30), rid, f"{rid}.apply.0")
-    await events.handled_everything(executor, "apply", timeout=30)
+    await events.publish(command, rid, f"{rid}.apply.0")
+    refused = await events.wait_for(CommandRefused, rid, timeout=30)
 
+    assert refused.data.command == ApplyPhase.event_type()
+    assert refused.data.command_id == f"{rid}.apply.0"
+    assert refused.data.checks == ["status"]
+    assert "is rolling_back; phase.apply is obeyed only while" in refused.data.reasons[0]
     assert read(kube, namespace, f"{NAME}-canary") is None
     assert await events.count(PhaseReached, rid) == 0
     assert await events.count(PhaseFailed, rid) == 0
 
 
+async def test_a_command_for_a_target_without_a_policy_is_refused(
+    executor: Service, events: StreamEvents, kube: client.ApiClient, namespace: str
+) -> None:
+    # Given a live release of web whose ReleasePolicy has been deleted
+    await stable_web(kube, namespace)
+    await asyncio.to_thread(
+        client.CustomObjectsApi(kube).delete_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        NAME,
+    )
+    rid = release_id()
+    command = await applying(executor, namespace, rid, STEP0, V2, seconds=30)
+
+    # When the planner's own command for it arrives
+    await events.publish(command, rid, f"{rid}.apply.0")
+    refused = await events.wait_for(CommandRefused, rid, timeout=30)
+
+    # Then the cluster's word wins: nothing is written to a target no policy governs
+    assert refused.data.checks == ["policy"]
+    assert (
+        f"no ReleasePolicy in namespace {namespace} has targetRef 'web'"
+        in (refused.data.reasons[0])
+    )
+    assert read(kube, namespace, f"{NAME}-canary") is None
+    stable = read(kube, namespace, NAME)
+    assert stable is not None
+    assert kube_conventions.RELEASE_ANNOTATION not in (stable["metadata"].get("annotations") or {})
+
+
 async def test_a_step_stops_when_the_target_is_restored_under_it(
     executor: Service, events: StreamEvents, kube: client.ApiClient, namespace: str
 ) -> None:
-    # Given a step waiting for canary pods that will never be Ready, and no planner state
+    # Given a step waiting for canary pods that will never be Ready
     await stable_web(kube, namespace)
     rid = release_id()
     broken = VersionSpec(image=image("v2-never-ready"))
-    step = PlannedStep(index=0, weight=25, hold_seconds=30)
-    await events.publish(apply(namespace, step, broken, 60), rid, f"{rid}.apply.0")
+    command = await applying(executor, namespace, rid, STEP0, broken, seconds=60)
+    await events.publish(command, rid, f"{rid}.apply.0")
 
     async def canary_made() -> bool:
         return await asyncio.to_thread(read, kube, namespace, f"{NAME}-canary") is not None

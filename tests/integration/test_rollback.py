@@ -43,6 +43,7 @@ from canaryflow.runtime.service import Service
 from canaryflow_contracts.events import (
     AbortRelease,
     AnalysisVerdict,
+    CommandRefused,
     MetricCheck,
     PhaseFailed,
     PlannedStep,
@@ -209,9 +210,10 @@ def assert_restored(kube: client.ApiClient, namespace: str, template: dict[str, 
 async def test_a_failed_verdict_restores_stable_then_removes_the_canary(
     rollback: Service, events: StreamEvents, kube: client.ApiClient, namespace: str
 ) -> None:
-    # Given a target in the middle of a release, and no planner anywhere
+    # Given a target in the middle of a release the planner stored, and no planner running
     rid = release_id()
     template = await target_mid_release(kube, namespace, rid)
+    await rollback.store.create(state_of(namespace, rid, ReleaseStatus.ANALYSING))
 
     # When the metrics-watcher's failing verdict is published
     async with timeline(kube, namespace) as samples:
@@ -278,14 +280,16 @@ async def test_an_abort_takes_the_target_from_the_state_and_restores_configurati
     print(f"\nMEASURE rollback (pod template restored too): abort -> completed {reported:.2f}s")
 
 
-async def test_an_abort_of_an_unknown_release_is_acknowledged_and_does_nothing(
+async def test_an_abort_of_an_unknown_release_is_refused_and_does_nothing(
     rollback: Service, events: StreamEvents
 ) -> None:
     rid = release_id()
 
-    await events.publish(AbortRelease(actor="alice@example"), rid)
-    await events.handled_everything(rollback, "abort", timeout=30)
+    await events.publish(AbortRelease(actor="alice@example"), rid, f"{rid}.abort")
+    refused = await events.wait_for(CommandRefused, rid, timeout=30)
 
+    assert refused.data.command_id == f"{rid}.abort" and refused.data.target is None
+    assert refused.data.checks == ["unknown-release"]
     assert await events.count(RollbackCompleted, rid) == 0
     assert await events.dead_letters() == 0
 
@@ -305,13 +309,41 @@ async def test_a_succeeded_release_is_left_alone(
         ),
         rid,
     )
-    await events.handled_everything(rollback, "requested", timeout=30)
+    refused = await events.wait_for(CommandRefused, rid, timeout=30)
 
+    assert refused.data.checks == ["status"]
+    assert f"release {rid} is succeeded" in refused.data.reasons[0]
     after = read(kube, namespace, NAME)
     assert after is not None
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     assert read(kube, namespace, CANARY) is not None
     assert await events.count(RollbackCompleted, rid) == 0
+
+
+async def test_a_rollback_for_a_target_its_release_does_not_change_is_refused(
+    rollback: Service, events: StreamEvents, kube: client.ApiClient, namespace: str
+) -> None:
+    # Given a live release of "cart", and "web" in the middle of another change
+    rid = release_id()
+    await target_mid_release(kube, namespace, rid)
+    cart = TargetRef(namespace=namespace, name="cart")
+    await rollback.store.create(
+        state_of(namespace, rid, ReleaseStatus.ANALYSING).model_copy(update={"target": cart})
+    )
+    before = read(kube, namespace, NAME)
+    assert before is not None
+
+    # When a rollback of web is asked in that release's name
+    web = TargetRef(namespace=namespace, name=NAME)
+    await events.publish(RollbackRequested(target=web, reason="x", requested_by="mallory"), rid)
+    refused = await events.wait_for(CommandRefused, rid, timeout=30)
+
+    # Then web is not touched
+    assert refused.data.checks == ["target"]
+    after = read(kube, namespace, NAME)
+    assert after is not None
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert read(kube, namespace, CANARY) is not None
 
 
 async def test_a_failed_phase_with_nothing_recorded_only_removes_the_canary(
@@ -320,6 +352,7 @@ async def test_a_failed_phase_with_nothing_recorded_only_removes_the_canary(
     # Given a canary whose pods never became Ready, and a stable nobody changed
     rid = release_id()
     await target_mid_release(kube, namespace, rid, record=False, tag="v2-never-ready")
+    await rollback.store.create(state_of(namespace, rid, ReleaseStatus.APPLYING))
     stable_before = read(kube, namespace, NAME)
     assert stable_before is not None
 
