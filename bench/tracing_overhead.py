@@ -473,14 +473,24 @@ async def _planner_verdict(settings: Any, store: Any, releases: list[str], publi
 
 
 async def _executor(settings: Any, store: Any, releases: list[str], publish: Publish) -> Run:
+    from kubernetes import client
+
+    from canaryflow.demo import shop
     from canaryflow.executor.app import build_service
     from canaryflow.runtime import kube
+    from canaryflow_contracts import policy
     from canaryflow_contracts.events import ApplyPhase
     from canaryflow_contracts.state import ReleaseStatus
 
     api = kube.api_client(settings.kubeconfig)
+    policies = client.CustomObjectsApi(api)
     for rid in releases:
         kube.create_deployment(api, _deployment(rid, "web", 10, {"app": "web"}))
+        # The executor writes only targets a ReleasePolicy governs.
+        body = {"metadata": {"name": "web", "namespace": rid}, "spec": shop.quick_policy()}
+        policies.create_namespaced_custom_object(
+            policy.GROUP, policy.VERSION, rid, policy.PLURAL, body
+        )
 
     def command(state: Any) -> ApplyPhase:
         return ApplyPhase(
@@ -501,13 +511,15 @@ async def _backlog(
     command: Callable[[Any], Any],
     publish: Publish,
 ) -> Callable[[], Awaitable[None]]:
-    """Store each release in ``status``; the returned call publishes one command for each."""
-    for rid in releases:
-        await store.create(_state(rid, status))
+    """Store each release in ``status``; the returned call publishes one command for each,
+    exactly the one its stored state asks for (the executor and rollback obey no other)."""
+    states = [_state(rid, status) for rid in releases]
+    for state in states:
+        await store.create(state)
 
     async def backlog() -> None:
-        for rid in releases:
-            await publish(command(_state(rid, status)), rid)
+        for state in states:
+            await publish(command(state), state.release_id)
 
     return backlog
 
