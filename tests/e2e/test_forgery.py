@@ -6,7 +6,8 @@ publish on the bus writes the commands the executor and the rollback service obe
 no release and no policy, for a release in another state, with another image than the
 release's, and replayed from a release that is over, then each is answered with a
 CommandRefused that says why, and nothing in Kubernetes changed; the release that was in
-flight meanwhile still ends as it would have.
+flight meanwhile still ends as it would have. A request for an image the policy does not
+allow is rejected by the planner.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from canaryflow_contracts.events import (
     CommandRefused,
     PhaseReached,
     PlannedStep,
+    ReleaseRejected,
     ReleaseSucceeded,
     RequestPromotion,
     RollbackRequested,
@@ -205,4 +207,25 @@ async def test_a_finished_releases_own_commands_replayed_change_nothing(
         refused = await forger.refusal(release_id, command_id)
         assert refused.checks == ["status"], refused.reasons
         assert f"release {release_id} is succeeded" in refused.reasons[0]
+    assert cluster_state(kube, shop_namespace) == before
+
+
+async def test_a_request_for_an_image_the_policy_does_not_allow_is_rejected(
+    kube: client.ApiClient, shop_namespace: str, releases: Releases
+) -> None:
+    # Given a policy that allows only digest-pinned images from the shop's registry path
+    rules = {"allowedPrefixes": [shop.REGISTRY], "requireDigest": True}
+    shop.apply_policy(kube, shop_namespace, {**shop.quick_policy(), "images": rules})
+    before = cluster_state(kube, shop_namespace)
+
+    # When a release of an unpinned image, and one from elsewhere, are requested
+    unpinned = await releases.request(shop_namespace, shop.image("v2"))
+    elsewhere = await releases.request(shop_namespace, EVIL.image)
+
+    # Then both are rejected with the rule they break, and nothing in the cluster changed
+    for release_id, why in ((unpinned, "is not pinned by digest"), (elsewhere, "allowed prefix")):
+        events = await releases.events(release_id, timeout=60)
+        rejected = events[-1].data
+        assert isinstance(rejected, ReleaseRejected), [e.type for e in events]
+        assert any(why in reason for reason in rejected.reasons), rejected.reasons
     assert cluster_state(kube, shop_namespace) == before

@@ -140,6 +140,22 @@ def test_an_invalid_policy_is_named() -> None:
     assert reasons[0].startswith("ReleasePolicy shop/web-policy is invalid: steps")
 
 
+def test_an_image_the_policy_does_not_allow_is_refused_with_the_rule() -> None:
+    rules = {"allowedPrefixes": ["registry.example.com/shop"], "requireDigest": True}
+    reasons = refusal(
+        request(image="ghcr.io/someone/web:v2"), DEPLOYMENT, [policy(images=rules)], T0
+    )
+    assert reasons == [
+        "version.image: image 'ghcr.io/someone/web:v2' is not under any allowed prefix "
+        "(registry.example.com/shop) and is not pinned by digest (@sha256:...), which the "
+        "policy requires (ReleasePolicy web-policy)"
+    ]
+    pinned = "registry.example.com/shop/web:v2@sha256:" + "c" * 64
+    assert isinstance(
+        check_request(request(image=pinned), DEPLOYMENT, [policy(images=rules)], T0), Admission
+    )
+
+
 def test_two_policies_for_one_target_are_ambiguous() -> None:
     second = policy()
     second = type(second)(name="other", spec=second.spec)
