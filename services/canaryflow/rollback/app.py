@@ -18,7 +18,7 @@ from canaryflow.rollback.restorer import Restorer
 from canaryflow.rollback.triggers import abort_refusal, reason_of
 from canaryflow.runtime import kube, observability, tracing
 from canaryflow.runtime.authority import rollback_refusals
-from canaryflow.runtime.bus import Delivery, PermanentError
+from canaryflow.runtime.bus import Delivery, Handler, PermanentError
 from canaryflow.runtime.operators import refusal_notice, refused_id
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
@@ -101,8 +101,17 @@ def build_service(
             completed, release_id, event_id=f"{release_id}.rollback-completed"
         )
 
-    service.subscribe(AnalysisVerdict, "verdict", roll_back)
-    service.subscribe(PhaseFailed, "phase_failed", roll_back)
-    service.subscribe(RollbackRequested, "requested", roll_back)
-    service.subscribe(AbortRelease, "abort", roll_back)
+    def handler(kind: type[E]) -> Handler[E]:
+        """``roll_back`` under a name of its own: FastStream names each subscriber by it."""
+
+        async def on_event(envelope: Envelope[E], delivery: Delivery) -> None:
+            await roll_back(envelope, delivery)
+
+        on_event.__name__ = f"on_{kind.event_name}"
+        return on_event
+
+    service.subscribe(AnalysisVerdict, "verdict", handler(AnalysisVerdict))
+    service.subscribe(PhaseFailed, "phase_failed", handler(PhaseFailed))
+    service.subscribe(RollbackRequested, "requested", handler(RollbackRequested))
+    service.subscribe(AbortRelease, "abort", handler(AbortRelease))
     return service
