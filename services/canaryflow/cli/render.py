@@ -13,6 +13,7 @@ from canaryflow_contracts import Envelope
 from canaryflow_contracts.events import (
     AnalysisVerdict,
     ApplyPhase,
+    CommandRefused,
     DeadLetter,
     HookCompleted,
     MetricCheck,
@@ -268,6 +269,9 @@ def event_line(envelope: Envelope[Any]) -> list[str]:
             head = _operator_command(data)
         case OperatorCommandRefused():
             head = f"REFUSED {data.action} by {data.actor}: {data.refusal}"
+        case CommandRefused():
+            command = data.command.removeprefix("io.canaryflow.")
+            head = f"REFUSED {command} from {data.source}: " + "; ".join(data.reasons)
         case RunHook():
             where = data.hook.url or "the bus"
             head = f"{data.hook.type.value} hook {data.hook.name}: called ({where})"

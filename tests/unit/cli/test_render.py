@@ -8,6 +8,7 @@ from canaryflow.cli import render
 from canaryflow_contracts import Envelope
 from canaryflow_contracts.events import (
     AnalysisVerdict,
+    CommandRefused,
     DeadLetter,
     MetricCheck,
     PlannedStep,
@@ -118,4 +119,23 @@ def test_a_dead_letter_names_consumer_attempts_subject_and_error() -> None:
     assert render.event_line(letter) == [
         "12:01:00  dead letter from executor_apply after 5 attempt(s) on "
         "canaryflow.phase.apply.v1.rel-1: ApiException: (403) Forbidden"
+    ]
+
+
+def test_a_refused_command_names_what_who_and_why() -> None:
+    refused = Envelope.wrap(
+        CommandRefused(
+            command="io.canaryflow.phase.apply.v1",
+            command_id="c-1",
+            source="mallory",
+            reasons=["no release rel-1 is known: phase.apply is obeyed only for a live release"],
+            checks=["unknown-release"],
+        ),
+        release_id="rel-1",
+        source="canaryflow/executor",
+        time=datetime(2026, 11, 27, 12, 2, 0, tzinfo=UTC),
+    )
+    assert render.event_line(refused) == [
+        "12:02:00  REFUSED phase.apply.v1 from mallory: no release rel-1 is known: "
+        "phase.apply is obeyed only for a live release"
     ]

@@ -13,6 +13,7 @@ from canaryflow.executor.notify.base import destinations, notification_for
 from canaryflow.executor.notify.webhook import NotificationFailed, WebhookNotifier
 from canaryflow_contracts import Envelope, EventData
 from canaryflow_contracts.events import (
+    CommandRefused,
     MetricCheck,
     OperatorCommandRefused,
     PhaseReached,
@@ -83,6 +84,23 @@ def test_the_policy_chooses_what_each_receiver_hears_and_global_receivers_hear_e
         "http://chat/all",
         "http://ops/all",
     ]
+
+
+def test_a_refused_command_is_news_and_one_without_a_target_is_not() -> None:
+    refused = CommandRefused(
+        command="io.canaryflow.promotion.requested.v1",
+        command_id="c-1",
+        source="mallory",
+        target=TARGET,
+        reasons=["no release web-1 is known", "no ReleasePolicy"],
+        checks=["policy", "unknown-release"],
+    )
+    found = notification_for(envelope(refused))
+    assert found is not None and found.kind is NotifyOn.REFUSED and found.severity == "danger"
+    assert found.title == "A promotion.requested.v1 for release web-1 of shop/web was refused"
+    assert found.text == "no release web-1 is known; no ReleasePolicy"
+    assert found.facts == {"source": "mallory", "command_id": "c-1"}
+    assert notification_for(envelope(refused.model_copy(update={"target": None}))) is None
 
 
 def test_the_payload_is_a_slack_message_with_the_event_in_its_metadata() -> None:

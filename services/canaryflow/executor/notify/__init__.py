@@ -18,6 +18,7 @@ from canaryflow.runtime.bus import Delivery
 from canaryflow.runtime.service import Service
 from canaryflow_contracts import Envelope, EventData
 from canaryflow_contracts.events import (
+    CommandRefused,
     OperatorCommandRefused,
     ReleaseFailed,
     ReleasePlanned,
@@ -37,6 +38,7 @@ NOTIFIED: tuple[tuple[type[EventData], str], ...] = (
     (ReleaseFailed, "notify-failed"),
     (ReleaseRejected, "notify-rejected"),
     (OperatorCommandRefused, "notify-refused"),
+    (CommandRefused, "notify-command-refused"),
 )
 
 

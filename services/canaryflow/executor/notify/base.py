@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from canaryflow_contracts import Envelope
 from canaryflow_contracts.events import (
+    CommandRefused,
     OperatorCommandRefused,
     ReleaseFailed,
     ReleasePlanned,
@@ -120,6 +121,17 @@ def notification_for(envelope: Envelope[Any]) -> Notification | None:
         case ReleaseRejected():
             reasons = "; ".join(data.reasons)
             return make(NotifyOn.FAILED, "warning", f"Release {rid} of {where} rejected", reasons)
+        case CommandRefused():
+            # Someone put a command on the bus that no live release asked for: worth a look.
+            command = data.command.removeprefix("io.canaryflow.")
+            return make(
+                NotifyOn.REFUSED,
+                "danger",
+                f"A {command} for release {rid} of {where} was refused",
+                "; ".join(data.reasons),
+                source=data.source,
+                command_id=data.command_id,
+            )
         case OperatorCommandRefused():
             return make(
                 NotifyOn.REFUSED,
