@@ -71,7 +71,7 @@ def apply_refusals(
         return found
     found += _version(release_id, state, command.version)
     step, current = command.step, state.current_step
-    if step != current or state.step_index != step.index:
+    if step != current:
         found.append(
             Refusal(
                 STEP,
