@@ -217,6 +217,11 @@ def decide(state: ReleaseState, event: Envelope[Any], now: datetime) -> Decision
         return Decision(None, [_rejection(state.release_id, event.id, data.target, [reason])])
     if state.status.terminal:
         return NO_CHANGE
+    named = getattr(data, "target", None)
+    if named is not None and named != state.target:
+        # A fact or command about another target in this release's name is forged or
+        # mistaken: it moves nothing (the executor and the rollback service refuse it too).
+        return NO_CHANGE
     refused = operator_refusal(state, data)
     new: ReleaseState | None
     if refused is not None:

@@ -287,6 +287,18 @@ def test_a_stale_step_event_is_ignored() -> None:
     assert decide(release.state, envelope(late_failure, "f0-late"), at(130)).state is None
 
 
+def test_an_event_about_another_target_in_the_releases_name_moves_nothing() -> None:
+    release = analysing(0)
+    cart = TARGET.model_copy(update={"name": "cart"})
+    forged = RollbackRequested(target=cart, reason="forged", requested_by="mallory")
+    assert decide(release.state, envelope(forged, "forged-1"), at(110)) == machine.NO_CHANGE
+    failing = verdict(release.state, 0, VerdictResult.FAIL).model_copy(update={"target": cart})
+    assert decide(release.state, envelope(failing, "forged-2"), at(110)) == machine.NO_CHANGE
+    # The same rollback request for the release's own target is obeyed.
+    own = RollbackRequested(target=TARGET, reason="stop", requested_by="ops")
+    assert decide(release.state, envelope(own, "own-1"), at(110)).state is not None
+
+
 def test_a_verdict_before_its_phase_is_reached_is_ignored() -> None:
     state = accepted()
     decision = decide(state, envelope(verdict(state, 0, VerdictResult.PASS), "v-early"), at(5))
