@@ -202,10 +202,13 @@ async def test_a_finished_releases_own_commands_replayed_change_nothing(
     late = RollbackRequested(target=web, reason="replayed", requested_by="canaryflow/planner")
     replayed.append(await forger.send(late, release_id, source="canaryflow/planner"))
 
-    # Then each is refused because the release is over, and the cluster is as it was
-    for command_id in replayed:
+    # Then each is refused because the release is over (an earlier step's command is also
+    # stale by its step), and the cluster is as it was
+    last_step = max(c.step.index for c in own if isinstance(c, ApplyPhase))
+    for command, command_id in zip([*own, late], replayed, strict=True):
         refused = await forger.refusal(release_id, command_id)
-        assert refused.checks == ["status"], refused.reasons
+        early = isinstance(command, ApplyPhase) and command.step.index < last_step
+        assert refused.checks == (["status", "step"] if early else ["status"]), refused.reasons
         assert f"release {release_id} is succeeded" in refused.reasons[0]
     assert cluster_state(kube, shop_namespace) == before
 
