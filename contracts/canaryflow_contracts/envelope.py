@@ -30,6 +30,8 @@ class EventData(BaseModel):
     event_domain: ClassVar[str]
     event_name: ClassVar[str]
     event_version: ClassVar[int] = 1
+    # What the subject's last token (and the envelope's ``subject``) names.
+    subject_key: ClassVar[str] = "releaseId"
 
     @classmethod
     def event_type(cls) -> str:
@@ -56,23 +58,28 @@ class Envelope(BaseModel, Generic[DataT]):
 
     specversion: str = "1.0"
     id: str = Field(
-        default_factory=new_event_id,
         min_length=1,
         max_length=128,
-        description="Unique per source; also the Nats-Msg-Id, so a repeat is dropped.",
+        description="Required, chosen by the publisher: unique per source; also the "
+        "Nats-Msg-Id, so a repeat is dropped.",
     )
     source: str = Field(
         min_length=1, description="Who emitted the event, e.g. 'canaryflow/planner' or 'ci/shop'."
     )
     type: str = Field(description="Versioned event type, e.g. io.canaryflow.release.requested.v1.")
     time: datetime = Field(default_factory=lambda: datetime.now(UTC))
-    subject: str = Field(pattern=RELEASE_ID_PATTERN, description="The release id.")
+    subject: str = Field(
+        pattern=RELEASE_ID_PATTERN,
+        description="The release id (for a refused request: the request's token), "
+        "the last token of the NATS subject.",
+    )
     datacontenttype: str = "application/json"
     data: DataT
 
     @classmethod
     def wrap(cls, data: DataT, *, release_id: str, source: str, **extra: Any) -> Envelope[DataT]:
-        """Build an envelope whose type matches ``data``'s class."""
+        """Build an envelope whose type matches ``data``'s class (a fresh ``id`` unless given)."""
+        extra.setdefault("id", new_event_id())
         return envelope_of(type(data))(
             data=data, subject=release_id, source=source, type=type(data).event_type(), **extra
         )

@@ -117,6 +117,32 @@ class ReleaseRequested(EventData):
     reason: str = Field(default="", max_length=2048)
 
 
+class RequestRefused(EventData):
+    """Owner: planner. A message on the request subjects that cannot become the release it names.
+
+    Not a release's outcome: a refused request changed nothing, and the release it named (if
+    any) goes on or stays free as if it had never been sent. It is published on
+    ``<prefix>.request.refused.v1.<token>``, keyed by the *request* (``request_token`` of its
+    envelope id), never on the release's subjects: a reused release id, a duplicate of a
+    request already handled, an envelope that does not parse or breaks the contract, a
+    subject outside the grammar. The envelope's ``subject`` is that token.
+    """
+
+    event_domain = "request"
+    event_name = "refused"
+    subject_key = "requestToken"
+
+    request_id: str = Field(
+        description="The request's envelope id as sent; if it had none, its Nats-Msg-Id "
+        "header; if neither, '<stream>:<sequence>' of the stored message."
+    )
+    release_id: str = Field(
+        description="The release id the request's subject named, as sent ('' if none)."
+    )
+    request_subject: str = Field(description="The NATS subject the request was published on.")
+    reasons: list[str] = Field(min_length=1, description="Every reason, in words.")
+
+
 # --------------------------------------------------------------------------- planner
 
 
@@ -504,7 +530,15 @@ class DeadLetter(EventData):
     original_subject: str
     deliveries: int
     error: str
-    payload: str = Field(description="The original message body, as received.")
+    payload: str = Field(
+        description="The original message body, as received (its beginning, if truncated)."
+    )
+    payload_bytes: int | None = Field(
+        default=None, description="The original body's size in bytes."
+    )
+    payload_truncated: bool = Field(
+        default=False, description="True when ``payload`` holds only the body's beginning."
+    )
 
 
 for _model in (ReleaseSucceeded, ReleaseRolledBack, ReleaseFailed):
@@ -523,6 +557,7 @@ class CatalogueEntry:
 # Every event type, in catalogue order; schemas and the AsyncAPI document are generated from it.
 CATALOGUE: tuple[CatalogueEntry, ...] = (
     CatalogueEntry(ReleaseRequested, "any requester", ("planner",)),
+    CatalogueEntry(RequestRefused, "planner", ("the requester",)),
     CatalogueEntry(ReleasePlanned, "planner", ()),
     CatalogueEntry(ReleaseRejected, "planner", ()),
     CatalogueEntry(ReleaseStatusChanged, "planner", ()),

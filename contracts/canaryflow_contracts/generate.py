@@ -26,6 +26,12 @@ PACKAGE_DIR = Path(__file__).parent
 REPO_DIR = PACKAGE_DIR.parent.parent
 CRD_PATH = REPO_DIR / "deploy" / "crds" / "releasepolicies.canaryflow.io.json"
 CONTRACT_VERSION = "1.0.0"
+# What a channel's last token is, per EventData.subject_key.
+CHANNEL_KEYS = {
+    "releaseId": f"Release id ({RELEASE_ID_PATTERN}).",
+    "requestToken": "The refused request's token: its envelope id when that is a valid "
+    "release id, else 'r-' and the first 40 hex digits of the SHA-256 of its UTF-8 bytes.",
+}
 
 
 def envelope_schema(event: type[BaseModel]) -> dict[str, Any]:
@@ -65,9 +71,10 @@ def asyncapi() -> dict[str, Any]:
             },
             "payload": {"$ref": f"#/components/schemas/{name}"},
         }
+        key = event.subject_key
         channels[name] = {
-            "address": f"{DEFAULT_PREFIX}.{event.subject_stem()}.{{releaseId}}",
-            "parameters": {"releaseId": {"description": f"Release id ({RELEASE_ID_PATTERN})."}},
+            "address": f"{DEFAULT_PREFIX}.{event.subject_stem()}.{{{key}}}",
+            "parameters": {key: {"description": CHANNEL_KEYS[key]}},
             "messages": {name: {"$ref": f"#/components/messages/{name}"}},
             "description": f"Published by {entry.publisher}; consumed by "
             f"{', '.join(entry.consumers) or 'anyone following releases'}.",

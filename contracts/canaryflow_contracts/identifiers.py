@@ -5,7 +5,14 @@ token (no dots, no wildcards, no spaces); we also keep it short and lower-case s
 in logs, Jaeger and Kubernetes annotations.
 """
 
+import hashlib
+import re
+
 RELEASE_ID_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+_RELEASE_ID = re.compile(RELEASE_ID_PATTERN)
+# A request id that cannot be a subject token is keyed by "r-" and hex digits of its hash.
+HASHED_TOKEN_PREFIX = "r-"
+_HASHED_TOKEN_HEX = 40
 # Kubernetes names: namespaces are DNS labels; Deployment names are DNS subdomains.
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -18,6 +25,25 @@ IMAGE_PATTERN = (
 )
 
 _DIGEST_CHARS = 12
+
+
+def is_release_id(value: str) -> bool:
+    """Whether ``value`` can be a release id (and so a subject token and a state key)."""
+    return _RELEASE_ID.fullmatch(value) is not None
+
+
+def request_token(request_id: str) -> str:
+    """The subject token an answer to the request ``request_id`` (its envelope id) is keyed by.
+
+    A request id that is itself a valid release id (a uuid's hex, ``ci-8812``) is its own
+    token, so a requester reads the answer's subject at a glance; any other id (upper case,
+    dots, spaces, any non-ASCII letter) could break the subject, so it becomes ``r-`` and the
+    first 40 hex digits of its UTF-8 SHA-256, which a requester computes in any language.
+    """
+    if is_release_id(request_id):
+        return request_id
+    digest = hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return HASHED_TOKEN_PREFIX + digest[:_HASHED_TOKEN_HEX]
 
 
 def version_of(image: str) -> str:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from canaryflow_contracts.envelope import EventData
+from canaryflow_contracts.identifiers import request_token
 
 DEFAULT_PREFIX = "canaryflow"
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -52,6 +53,25 @@ class Subjects:
         """The subject one event of ``release_id`` is published on."""
         return f"{self.prefix}.{event.subject_stem()}.{release_id}"
 
+    def refusal(self, request_id: str) -> str:
+        """Where the refusal of the request whose envelope id is ``request_id`` is published."""
+        return f"{self.prefix}.request.refused.v1.{request_token(request_id)}"
+
+    def requests(self) -> str:
+        """Every subject under the public request prefix, the grammar's and all the others."""
+        return f"{self.prefix}.release.requested.>"
+
+    def release_in(self, event: type[EventData], subject: str) -> str | None:
+        """The release id ``subject`` names for ``event``; None when it breaks the grammar.
+
+        The grammar is ``<prefix>.<domain>.<name>.v<N>.<release id>``: exactly one token after
+        the version, whatever it holds (whether that is a valid release id is checked apart,
+        so that a refusal can say which rule was broken).
+        """
+        head = f"{self.prefix}.{event.subject_stem()}."
+        token = subject[len(head) :] if subject.startswith(head) else ""
+        return token if token and "." not in token else None
+
     def every(self, event: type[EventData]) -> str:
         """The filter that matches this event type for every release."""
         return f"{self.prefix}.{event.subject_stem()}.*"
@@ -79,6 +99,7 @@ class Subjects:
                     "operator",
                     "hook",
                     "command",
+                    "request",
                 )
             ),
             max_age_seconds=EVENT_RETENTION_SECONDS,

@@ -21,10 +21,12 @@ from canaryflow.planner.gauges import canary_weights, release_counts
 from canaryflow.planner.machine import (
     Command,
     Decision,
+    Request,
     accept,
     decide,
+    refuse,
     reject,
-    reject_unreadable,
+    request_again,
 )
 from canaryflow.planner.planning import Refusal
 from canaryflow.planner.reconcile import DEFAULT_TIMINGS, ReconcileTimings, reconcile
@@ -36,7 +38,7 @@ from canaryflow.planner.validation import (
     validate,
 )
 from canaryflow.runtime import observability, tracing
-from canaryflow.runtime.bus import Delivery
+from canaryflow.runtime.bus import Delivery, Unreadable
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
 from canaryflow.runtime.store import StaleWrite, Versioned
@@ -126,31 +128,50 @@ class Planner:
         release_id = event.subject
         # The request's span is the root of the release's trace (see runtime.tracing).
         tracing.handling(f"release {release_id}")
+        subject = delivery.subject if delivery is not None else ""
+        origin = Request(event.id, release_id, subject)
         try:
             request = ReleaseRequested.model_validate(event.data.model_extra or {})
         except ValidationError as error:
+            # Not a release: refused on the request's subject, the release id stays free.
             reasons = [f"malformed request: {r}" for r in describe_validation_error(error)]
-            log.warning("rejecting a malformed request: %s", "; ".join(reasons))
-            await self._publish(release_id, reject(release_id, event, None, reasons, self._clock()))
+            log.warning("refusing a malformed request: %s", "; ".join(reasons))
+            await self._publish(release_id, refuse(origin, reasons))
             return
         typed = cast("Envelope[ReleaseRequested]", event.model_copy(update={"data": request}))
+        redelivered = delivery is not None and delivery.attempt > 1
         for _ in range(CAS_ATTEMPTS):
-            if await self._admit(release_id, typed):
+            if await self._admit(release_id, typed, origin, redelivered):
                 return
         raise RuntimeError(f"release {release_id}: state kept changing under us")
 
-    async def on_unreadable_request(self, release_id: str, message_key: str, problem: str) -> None:
-        """A request that does not parse still gets an answer (it is also dead-lettered)."""
-        log.warning(
-            "rejecting an unreadable request: %s", problem, extra={"release_id": release_id}
-        )
-        await self._publish(release_id, reject_unreadable(release_id, message_key, problem))
+    async def on_unreadable_request(self, message: Unreadable) -> None:
+        """A message on the request subjects that is not a request still gets an answer.
 
-    async def _admit(self, release_id: str, event: Envelope[ReleaseRequested]) -> bool:
+        The bus dead-letters it too, with the same problem.
+        """
+        log.warning(
+            "refusing an unreadable request on %s: %s",
+            message.subject,
+            message.problem,
+            extra={"release_id": message.release_id},
+        )
+        origin = Request(message.message_key, message.release_id, message.subject)
+        await self._publish(message.release_id, refuse(origin, [message.problem]))
+
+    async def _admit(
+        self,
+        release_id: str,
+        event: Envelope[ReleaseRequested],
+        origin: Request,
+        redelivered: bool,
+    ) -> bool:
         store = self._store()
         current = await store.get(release_id)
-        if current is not None:  # a redelivery, or another request reusing the id
-            return await self._apply(current, event)
+        if current is not None:  # a redelivery, a duplicate, or another request reusing the id
+            again = request_again(current.state, event, origin, redelivered)
+            await self._publish(release_id, again, current.state)
+            return True
         request = event.data
         now = self._clock()
         admitted = await validate(request, self._cluster, now)
@@ -250,7 +271,9 @@ class Planner:
             await self._store().free_target(after.target, release_id)
 
     async def _send(self, release_id: str, command: Command) -> None:
-        await self._publisher.publish(command.data, release_id, event_id=command.event_id)
+        await self._publisher.publish(
+            command.data, command.subject_key or release_id, event_id=command.event_id
+        )
 
     async def reconcile_once(self) -> None:
         """One pass of the safety net over every release; a lost CAS race waits for the next."""
@@ -366,6 +389,8 @@ def build_service(
         "requested",
         planner.on_request,
         on_malformed=planner.on_unreadable_request,
+        # Every subject under the public request prefix, so that none is stored unread.
+        subject_filter=settings.subjects.requests(),
     )
     for event, name in FOLLOWED:
         quiet = _routine_verdict if event is AnalysisVerdict else None

@@ -45,6 +45,7 @@ from canaryflow_contracts.events import (
     ReleaseSucceeded,
     RequestAnalysis,
     RequestPromotion,
+    RequestRefused,
     ResumeRelease,
     RollbackCompleted,
     RollbackRequested,
@@ -54,7 +55,7 @@ from canaryflow_contracts.events import (
     VerdictAction,
     VerdictResult,
 )
-from canaryflow_contracts.identifiers import version_of
+from canaryflow_contracts.identifiers import request_token, version_of
 from canaryflow_contracts.policy import Hook, HookType
 from canaryflow_contracts.state import (
     HISTORY_LIMIT,
@@ -69,8 +70,6 @@ SOURCE = "canaryflow/planner"
 REJECTED_EVENT = "rejected"
 # A rejected release never had a plan; one empty step keeps ``current_step`` safe for readers.
 _NO_STEP = PlannedStep(index=0, weight=0, hold_seconds=0)
-# Stands in for a target a malformed request did not name validly (the rejection needs one).
-UNKNOWN_TARGET = TargetRef(namespace="unknown", name="unknown")
 
 
 @dataclass(frozen=True)
@@ -79,6 +78,8 @@ class Command:
 
     data: EventData
     event_id: str
+    # The subject's last token when it is not the release's id (a refusal's request token).
+    subject_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,14 +149,15 @@ def accept(
 def reject(
     release_id: str,
     event: Envelope[Any],
-    request: ReleaseRequested | None,
+    request: ReleaseRequested,
     reasons: list[str],
     now: datetime,
 ) -> Decision:
-    """Refuse a request. A well-formed one is stored as REJECTED so ``status`` can show why."""
-    if request is None:
-        target = _target_of(event.data)
-        return Decision(None, [_rejection(release_id, event.id, target, reasons)])
+    """Reject a well-formed request on its merits (no policy, a busy target...).
+
+    The release is stored as REJECTED, so ``status`` can show why and its id stays used: the
+    rejection is that release's one terminal event.
+    """
     state = ReleaseState(
         release_id=release_id,
         target=request.target,
@@ -179,22 +181,61 @@ def reject(
 MAX_PROBLEM_CHARS = 500
 
 
-def reject_unreadable(release_id: str, message_key: str, problem: str) -> Decision:
-    """Answer a request that is not even an event (not JSON, no envelope): nothing is stored."""
-    reason = "unreadable request: " + " ".join(problem.split())[:MAX_PROBLEM_CHARS]
-    return Decision(None, [_rejection(release_id, message_key, UNKNOWN_TARGET, [reason])])
+@dataclass(frozen=True)
+class Request:
+    """Where a request message came from: what a refusal of it is addressed by."""
+
+    request_id: str  # the envelope id (else the Nats-Msg-Id, else the stream position)
+    release_id: str  # the subject's release id, as sent
+    subject: str  # the NATS subject it was published on
 
 
-def _target_of(data: EventData) -> TargetRef:
-    raw = (data.model_extra or {}).get("target")
-    try:
-        return TargetRef.model_validate(raw)
-    except ValueError:
-        return UNKNOWN_TARGET
+def refuse(request: Request, reasons: list[str]) -> Decision:
+    """Answer a message that cannot become the release it names; nothing is stored.
+
+    The refusal is keyed by the request, not the release: published on the request's own
+    subject with an id derived from the request's, so the release (if there is one) still
+    ends exactly once, and a redelivery of the same message is stored once.
+    """
+    token = request_token(request.request_id)
+    one_line = [" ".join(reason.split())[:MAX_PROBLEM_CHARS] for reason in reasons]
+    refusal = RequestRefused(
+        request_id=request.request_id,
+        release_id=request.release_id,
+        request_subject=request.subject,
+        reasons=one_line,
+    )
+    return Decision(None, [Command(refusal, f"{token}.refused", token)])
+
+
+def request_again(
+    state: ReleaseState, event: Envelope[ReleaseRequested], request: Request, redelivered: bool
+) -> Decision:
+    """A request naming a release id that already has a state.
+
+    The same message again (redelivered: its handling may have crashed between the write and
+    the publish) re-issues what its state calls for, under the same ids. Anything else cannot
+    become this release and is refused on the request's subject: the same request id sent
+    again later (a duplicate), or another request reusing the release id.
+    """
+    if event.id in state.seen_event_ids:
+        if redelivered:
+            last = state.seen_event_ids[-1] == event.id
+            return Decision(None, commands_after(state, event)) if last else NO_CHANGE
+        why = (
+            f"duplicate: request {event.id!r} was already handled as release "
+            f"{state.release_id} ({state.status.value})"
+        )
+        return refuse(request, [why])
+    why = (
+        f"release id {state.release_id} is already used by another request "
+        f"(release {state.status.value}); choose a new release id"
+    )
+    return refuse(request, [why])
 
 
 def _rejection(release_id: str, event_id: str, target: TargetRef, reasons: list[str]) -> Command:
-    # Keyed by the request, so a second request reusing a release id gets its own answer.
+    # Keyed by the request, so a replay after a crash publishes it under the same id.
     return Command(
         ReleaseRejected(target=target, reasons=reasons),
         f"{release_id}.rejected.{short_digest(event_id)}",
@@ -212,9 +253,6 @@ def decide(state: ReleaseState, event: Envelope[Any], now: datetime) -> Decision
             # The last thing we handled: its commands may not have gone out before a crash.
             return Decision(None, commands_after(state, event))
         return NO_CHANGE
-    if isinstance(data, ReleaseRequested):
-        reason = f"release id {state.release_id} is already used by another request"
-        return Decision(None, [_rejection(state.release_id, event.id, data.target, [reason])])
     if state.status.terminal:
         return NO_CHANGE
     named = getattr(data, "target", None)

@@ -5,6 +5,10 @@ returned (FastStream's ``AckPolicy.MANUAL``: we do not let the framework termina
 an exception). A failing handler's message is redelivered with a growing delay; after
 ``max_deliver`` attempts it is copied to the dead-letter stream with its error and terminated,
 so an operator can inspect it (``canaryflow deadletters``) and nothing loops forever.
+Nothing a body holds may escape that path: the body is checked against decoding limits before
+any parser sees it, FastStream's own decoding is turned off (it parsed every body before our
+handler ran, and a deeply nested one raised there), and a message whose subject, size, nesting,
+envelope or release id breaks the contract is dead-lettered at once with the reason.
 Publishing sets ``Nats-Msg-Id`` to the envelope id, so the server drops a re-published event
 inside the duplicate window; handlers are idempotent for everything outside it.
 """
@@ -13,14 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from faststream import AckPolicy
+from faststream.message import StreamMessage
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsRouter, PullSub
 from faststream.nats.annotations import NatsMessage
 from nats.js import JetStreamContext
@@ -30,6 +35,7 @@ from opentelemetry.trace import Span
 from pydantic import ValidationError
 
 from canaryflow.runtime import observability, tracing
+from canaryflow.runtime.decoding import check_limits
 from canaryflow.runtime.settings import Settings
 from canaryflow_contracts import (
     MESSAGE_ID_HEADER,
@@ -40,7 +46,7 @@ from canaryflow_contracts import (
     new_event_id,
 )
 from canaryflow_contracts.events import DeadLetter
-from canaryflow_contracts.identifiers import RELEASE_ID_PATTERN
+from canaryflow_contracts.identifiers import RELEASE_ID_PATTERN, is_release_id
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,8 @@ E = TypeVar("E", bound=EventData)
 REDELIVERY_BACKOFF_SECONDS = (0.5, 2.0, 5.0, 15.0)
 # Consumers keep this many KV revisions of each release: enough to audit recent transitions.
 KV_HISTORY = 10
+# A dead letter keeps this much of the body, so that it always fits in a NATS message.
+DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
 
 
 async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
@@ -165,9 +173,21 @@ class Delivery:
 
 
 Handler = Callable[[Envelope[E], Delivery], Awaitable[None]]
-# Told of a message that is not an event at all (release id, message key, the problem), before
-# it is dead-lettered: e.g. the planner answers a requester with a rejection.
-MalformedHandler = Callable[[str, str, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A message on a consumer's subjects that is not a valid event of its type."""
+
+    subject: str
+    release_id: str  # the subject's last token, as sent
+    message_key: str  # see _message_key
+    problem: str
+
+
+# Told of an unreadable message before it is dead-lettered: e.g. the planner answers the
+# requester with a refusal.
+MalformedHandler = Callable[[Unreadable], Awaitable[None]]
 
 
 class PermanentError(Exception):
@@ -185,11 +205,14 @@ def subscribe(
     ack_wait_seconds: float | None = None,
     on_malformed: MalformedHandler | None = None,
     quiet: Callable[[Envelope[E]], bool] | None = None,
+    subject_filter: str | None = None,
 ) -> None:
     """Register ``handler`` as a durable, explicitly acknowledged consumer of ``event``.
 
     ``quiet`` picks the messages the handler only takes note of: they get no span of their
-    own unless their handling fails (see ``tracing.MessageTracing``).
+    own unless their handling fails (see ``tracing.MessageTracing``). ``subject_filter``
+    widens what the consumer reads (e.g. every subject under a public prefix), so that a
+    message on a subject outside the grammar is refused instead of stored and never read.
     """
     subjects = settings.subjects
     durable = subjects.consumer(settings.service, handler_name)
@@ -200,15 +223,35 @@ def subscribe(
     metrics.redeliveries.labels(settings.service, handler_name)
     metrics.dead_letters.labels(settings.service, handler_name)
 
+    def read(subject: str, body: bytes) -> Envelope[E]:
+        """The event, or ValueError naming the rule of the contract the message breaks."""
+        release_id = subjects.release_in(event, subject)
+        if release_id is None:
+            grammar = subjects.of(event, "<release id>")
+            raise ValueError(f"subject {subject!r} is not of the form {grammar!r}")
+        if not is_release_id(release_id):
+            raise ValueError(
+                f"release id {release_id!r} in the subject is not a valid release id "
+                f"(lower-case ASCII letters, digits and '-', at most 63: {RELEASE_ID_PATTERN})"
+            )
+        check_limits(body)
+        envelope = envelope_type.model_validate_json(body).check_type()
+        if envelope.subject != release_id:
+            raise ValueError(
+                f"the envelope's subject {envelope.subject!r} differs from the release id "
+                f"{release_id!r} the NATS subject names"
+            )
+        return envelope
+
     async def on_message(msg: NatsMessage) -> None:
         raw = msg.raw_message
         started, started_ns = time.perf_counter(), time.time_ns()
         try:
-            envelope: Envelope[E] | ValueError = envelope_type.model_validate_json(
-                raw.data
-            ).check_type()
+            envelope: Envelope[E] | ValueError = read(raw.subject, raw.data)
         except (ValidationError, ValueError) as error:
             envelope = error
+        except Exception as error:  # RecursionError, MemoryError...: refused like the rest
+            envelope = ValueError(f"{type(error).__name__}: {error}")
         mute = quiet is not None and isinstance(envelope, Envelope) and quiet(envelope)
         async with message_tracing.consuming(raw.subject, raw.headers, quiet=mute) as span:
             await handle(msg, envelope, span, started, started_ns)
@@ -230,7 +273,9 @@ def subscribe(
             if isinstance(envelope, ValueError):
                 problem = f"malformed {event.event_type()}: {envelope}"
                 if on_malformed is not None:  # a failure here is retried like any other
-                    await on_malformed(release_id, _message_key(raw), problem)
+                    await on_malformed(
+                        Unreadable(raw.subject, release_id, _message_key(raw), problem)
+                    )
                 raise PermanentError(problem) from envelope
             if (raw.headers or {}).get(MESSAGE_ID_HEADER) != envelope.id:
                 span.set_attribute(tracing.EVENT_ID, envelope.id)  # else the span has it already
@@ -278,21 +323,35 @@ def subscribe(
         await raw.ack()
 
     router.subscriber(
-        subjects.every(event),
+        subject_filter or subjects.every(event),
         stream=JStream(name=subjects.events_stream.name, declare=False),
         durable=durable,
         pull_sub=PullSub(batch_size=settings.workers, timeout=1.0),
         # The server's own limit sits above ours, so our handler always gets to dead-letter.
         config=ConsumerConfig(ack_wait=ack_wait, max_deliver=settings.max_deliver + 2),
         ack_policy=AckPolicy.MANUAL,
+        decoder=_undecoded,
         max_workers=settings.workers,
         title=f"{settings.service}:{handler_name}",
         description=(event.__doc__ or "").strip().splitlines()[0],
     )(on_message)
 
 
+async def _undecoded(message: StreamMessage[Any]) -> bytes:
+    """The body as it came: ``read`` checks and parses it (FastStream's decoder would parse it
+    first, unchecked, and a deeply nested body raised there, out of our reach)."""
+    body: bytes = message.body
+    return body
+
+
 def _message_key(raw: Any) -> str:
-    """What identifies this message: its Nats-Msg-Id, else its place in the stream."""
+    """What identifies this message to its sender: the envelope's ``id`` if the body has one,
+    else its Nats-Msg-Id, else its place in the stream."""
+    with contextlib.suppress(Exception):
+        check_limits(raw.data)
+        found = json.loads(raw.data).get("id")
+        if isinstance(found, str) and found:
+            return found
     msg_id = (raw.headers or {}).get(MESSAGE_ID_HEADER)
     return str(msg_id) if msg_id else f"{raw.metadata.stream}:{raw.metadata.sequence.stream}"
 
@@ -306,12 +365,14 @@ async def _dead_letter(
         original_subject=raw.subject,
         deliveries=attempt,
         error=f"{type(error).__name__}: {error}",
-        payload=raw.data.decode(errors="replace"),
+        payload=raw.data[:DEAD_LETTER_PAYLOAD_BYTES].decode(errors="replace"),
+        payload_bytes=len(raw.data),
+        payload_truncated=len(raw.data) > DEAD_LETTER_PAYLOAD_BYTES,
     )
     release_id = Subjects.release_id_of(raw.subject)
     envelope = Envelope.wrap(
         letter,
-        release_id=release_id if _valid_release_id(release_id) else "unknown",
+        release_id=release_id if is_release_id(release_id) else "unknown",
         source=f"canaryflow/{settings.service}",
         id=f"dl-{raw.metadata.sequence.stream}-{consumer}",
     )
@@ -322,7 +383,3 @@ async def _dead_letter(
         headers={MESSAGE_ID_HEADER: envelope.id},
         stream=settings.subjects.deadletter_stream.name,
     )
-
-
-def _valid_release_id(value: str) -> bool:
-    return re.match(RELEASE_ID_PATTERN, value) is not None

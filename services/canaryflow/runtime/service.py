@@ -86,6 +86,7 @@ class Service:
         ack_wait_seconds: float | None = None,
         on_malformed: MalformedHandler | None = None,
         quiet: Callable[[Envelope[E]], bool] | None = None,
+        subject_filter: str | None = None,
     ) -> None:
         subscribe(
             self.broker,
@@ -97,6 +98,7 @@ class Service:
             ack_wait_seconds=ack_wait_seconds,
             on_malformed=on_malformed,
             quiet=quiet,
+            subject_filter=subject_filter,
         )
 
     async def refuse(self, envelope: Envelope[Any], refusals: list[Refusal]) -> None:

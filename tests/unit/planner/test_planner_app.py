@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from canaryflow.planner.app import Planner, ReleaseRequestPayload
 from canaryflow.planner.reconcile import ReconcileTimings
+from canaryflow.runtime.bus import Delivery
 from canaryflow.runtime.store import StaleWrite, Versioned
 from canaryflow_contracts import Envelope, EventData
 from canaryflow_contracts.events import (
@@ -24,10 +25,12 @@ from canaryflow_contracts.events import (
     ReleaseSucceeded,
     RequestAnalysis,
     RequestPromotion,
+    RequestRefused,
     RollbackRequested,
     TargetRef,
     VerdictResult,
 )
+from canaryflow_contracts.identifiers import request_token
 from canaryflow_contracts.state import ReleaseState, ReleaseStatus
 from tests.unit.planner.factory import (
     NEW_IMAGE,
@@ -170,13 +173,47 @@ async def test_an_accepted_request_is_stored_then_planned_and_applied(world: Wor
     assert world.store.locks == {"shop/web": RID}
 
 
+def delivery(attempt: int, release_id: str = RID) -> Delivery:
+    """What the bus tells a handler; the message itself is not used by the planner."""
+    subject = f"canaryflow.release.requested.v1.{release_id}"
+    return Delivery(subject, release_id, attempt, cast("Any", None), 30.0)
+
+
 async def test_a_redelivered_request_publishes_the_same_ids_and_writes_nothing(
     world: World,
 ) -> None:
-    await world.planner.on_request(raw_request())
-    await world.planner.on_request(raw_request())
+    await world.planner.on_request(raw_request(), delivery(1))
+    await world.planner.on_request(raw_request(), delivery(2))
     assert world.store.writes == 1
     assert world.bus.ids() == [f"{RID}.planned", f"{RID}.apply.0"] * 2
+
+
+async def test_the_same_request_sent_again_later_is_refused_as_a_duplicate(world: World) -> None:
+    await world.planner.on_request(raw_request(), delivery(1))
+    # Published again after JetStream's duplicate window: a new message, first delivery.
+    await world.planner.on_request(raw_request(), delivery(1))
+    assert world.store.writes == 1
+    token, event_id, refusal = world.bus.sent[-1]
+    assert (token, event_id) == ("req-1", "req-1.refused")
+    assert isinstance(refusal, RequestRefused)
+    assert refusal.request_id == "req-1" and refusal.release_id == RID
+    assert refusal.request_subject == f"canaryflow.release.requested.v1.{RID}"
+    assert refusal.reasons[0].startswith("duplicate: request 'req-1' was already handled")
+    assert world.bus.kinds().count(ReleasePlanned) == 1
+
+
+async def test_a_request_reusing_a_release_id_is_refused_on_its_own_subject(world: World) -> None:
+    await world.planner.on_request(raw_request(), delivery(1))
+    await world.planner.on_request(raw_request(RID, "Req 2/ci"), delivery(1))
+    token, event_id, refusal = world.bus.sent[-1]
+    assert isinstance(refusal, RequestRefused)
+    # Not a release id, so the refusal is keyed by the request id's hash.
+    assert token == request_token("Req 2/ci") and token.startswith("r-") and len(token) == 42
+    assert event_id == f"{token}.refused"
+    assert "already used by another request" in refusal.reasons[0]
+    # The release itself is untouched and has published nothing terminal.
+    assert world.store.state().status is ReleaseStatus.APPLYING
+    assert ReleaseRejected not in world.bus.kinds()
 
 
 async def test_a_second_release_of_a_busy_target_is_rejected_and_stored(world: World) -> None:
@@ -203,31 +240,34 @@ async def test_a_malformed_request_is_answered_with_every_problem_and_no_state(
     world: World,
 ) -> None:
     bad = raw_request(version={"image": "Shop Web:latest"}, requested_by="", extra=1)
-    await world.planner.on_request(bad)
+    await world.planner.on_request(bad, delivery(1))
     assert world.store.releases == {}
     assert world.store.locks == {}
-    [(release_id, event_id, rejection)] = world.bus.sent
-    assert release_id == RID
-    assert event_id.startswith(f"{RID}.rejected.")
-    assert isinstance(rejection, ReleaseRejected)
-    assert rejection.target == TARGET
-    text = " | ".join(rejection.reasons)
+    [(token, event_id, refusal)] = world.bus.sent
+    assert (token, event_id) == ("req-1", "req-1.refused")
+    assert isinstance(refusal, RequestRefused)
+    assert refusal.release_id == RID
+    text = " | ".join(refusal.reasons)
     assert "version.image" in text
     assert "requested_by" in text
     assert "extra" in text
 
 
-async def test_a_request_without_a_target_still_gets_a_rejection(world: World) -> None:
+async def test_a_request_without_a_target_is_refused_and_its_release_id_stays_free(
+    world: World,
+) -> None:
     bad = raw_request()
     body = dict(bad.data.model_extra or {})
     del body["target"]
     await world.planner.on_request(
         bad.model_copy(update={"data": ReleaseRequestPayload.model_validate(body)})
     )
-    [(_, _, rejection)] = world.bus.sent
-    assert isinstance(rejection, ReleaseRejected)
-    assert rejection.target.name == "unknown"
-    assert any(r.startswith("malformed request: target") for r in rejection.reasons)
+    [(_, _, refusal)] = world.bus.sent
+    assert isinstance(refusal, RequestRefused)
+    assert any(r.startswith("malformed request: target") for r in refusal.reasons)
+    # Corrected and sent again under a new request id, the same release id is admitted.
+    await world.planner.on_request(raw_request(RID, "req-2"), delivery(1))
+    assert world.store.state().status is ReleaseStatus.APPLYING
 
 
 async def test_a_target_without_policy_is_rejected_and_holds_no_lock(world: World) -> None:

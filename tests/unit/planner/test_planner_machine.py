@@ -21,6 +21,7 @@ from canaryflow_contracts.events import (
     ReleaseSucceeded,
     RequestAnalysis,
     RequestPromotion,
+    RequestRefused,
     ResumeRelease,
     RollbackCompleted,
     RollbackRequested,
@@ -336,16 +337,25 @@ def test_operator_commands_that_do_not_apply_are_ignored() -> None:
     assert decide(promoting, envelope(PromoteNow(actor="a"), "n"), at(1)).state is None
 
 
-def test_a_second_request_with_a_used_release_id_is_rejected_without_touching_it() -> None:
+ORIGIN = machine.Request("req-2", RID, f"canaryflow.release.requested.v1.{RID}")
+
+
+def test_a_second_request_with_a_used_release_id_is_refused_without_touching_it() -> None:
     state = accepted()
-    decision = decide(state, envelope(request(), "req-2", "ci"), at(1))
+    decision = machine.request_again(state, envelope(request(), "req-2", "ci"), ORIGIN, False)
     assert decision.state is None
-    [rejection] = decision.commands
-    assert isinstance(rejection.data, ReleaseRejected)
-    assert "already used" in rejection.data.reasons[0]
-    # The original request redelivered is a duplicate, not a rejection.
-    replay = decide(state, envelope(request(), "req-1", "ci"), at(1))
+    [refusal] = decision.commands
+    assert isinstance(refusal.data, RequestRefused)
+    assert (refusal.subject_key, refusal.event_id) == ("req-2", "req-2.refused")
+    assert "already used" in refusal.data.reasons[0]
+    # The original request redelivered re-issues its commands, under the same ids.
+    first = machine.Request("req-1", RID, ORIGIN.subject)
+    replay = machine.request_again(state, envelope(request(), "req-1", "ci"), first, True)
     assert kinds(replay.commands) == (ReleasePlanned, ApplyPhase)
+    # Sent again as a new message, it is a duplicate: refused, nothing re-issued.
+    again = machine.request_again(state, envelope(request(), "req-1", "ci"), first, False)
+    assert kinds(again.commands) == (RequestRefused,)
+    assert again.commands[0].data.reasons[0].startswith("duplicate")  # type: ignore[attr-defined]
 
 
 def test_a_refused_request_is_stored_rejected_with_every_reason() -> None:
@@ -360,7 +370,8 @@ def test_a_refused_request_is_stored_rejected_with_every_reason() -> None:
     # Readers may ask for the current step of any state.
     assert decision.state.current_step.weight == 0
     # Replayed after a crash, the same rejection goes out under the same id.
-    replay = decide(decision.state, envelope(request(), "req-1", "ci"), at(1))
+    first = machine.Request("req-1", RID, ORIGIN.subject)
+    replay = machine.request_again(decision.state, envelope(request(), "req-1", "ci"), first, True)
     assert replay.commands == decision.commands
 
 
@@ -372,17 +383,18 @@ def test_seen_event_ids_stay_bounded() -> None:
     assert release.state.seen_event_ids[-1] == f"t-{SEEN_EVENTS_LIMIT + 19}"
 
 
-def test_an_unreadable_request_is_answered_once_per_message_and_stores_nothing() -> None:
+def test_an_unreadable_request_is_refused_once_per_message_and_stores_nothing() -> None:
     problem = "malformed io.canaryflow.release.requested.v1:\n  Invalid JSON " + "x" * 2000
-    decision = machine.reject_unreadable("web-1", "msg-1", problem)
+    subject = "canaryflow.release.requested.v1.web-1"
+    decision = machine.refuse(machine.Request("msg-1", "web-1", subject), [problem])
 
     assert decision.state is None
     (command,) = decision.commands
-    assert isinstance(command.data, ReleaseRejected)
+    assert isinstance(command.data, RequestRefused)
     (reason,) = command.data.reasons
-    assert reason.startswith("unreadable request: malformed io.canaryflow.release.requested.v1:")
-    assert "\n" not in reason and len(reason) < 600, "one readable line, not the whole body"
+    assert reason.startswith("malformed io.canaryflow.release.requested.v1: Invalid JSON")
+    assert "\n" not in reason and len(reason) <= machine.MAX_PROBLEM_CHARS, "one line, not the body"
     # The same message (a redelivery) gets the same event id, so JetStream stores one answer.
-    again = machine.reject_unreadable("web-1", "msg-1", problem).commands[0]
-    other = machine.reject_unreadable("web-1", "msg-2", problem).commands[0]
+    again = machine.refuse(machine.Request("msg-1", "web-1", subject), [problem]).commands[0]
+    other = machine.refuse(machine.Request("msg-2", "web-1", subject), [problem]).commands[0]
     assert again.event_id == command.event_id != other.event_id

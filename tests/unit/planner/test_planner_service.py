@@ -7,6 +7,7 @@ KV state and the published commands, over real JetStream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
@@ -26,14 +27,15 @@ from canaryflow.planner.app import build_service
 from canaryflow.planner.reconcile import ReconcileTimings
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
-from canaryflow_contracts import Envelope, Subjects
+from canaryflow_contracts import Envelope, Subjects, envelope_of
 from canaryflow_contracts.events import (
     ApplyPhase,
+    DeadLetter,
     PhaseReached,
     PlannedStep,
-    ReleaseRejected,
     ReleaseRequested,
     RequestAnalysis,
+    RequestRefused,
     RollbackRequested,
     parse_event,
 )
@@ -104,12 +106,24 @@ class Running:
         self.subjects = service.settings.subjects
 
     async def on_message(self, msg: Msg) -> None:
-        self.seen.append(parse_event(msg.data))
+        with contextlib.suppress(ValueError):  # the broken requests some tests send
+            self.seen.append(parse_event(msg.data))
 
     async def publish(self, subject: str, body: dict[str, Any], msg_id: str) -> None:
         await self.nc.jetstream().publish(
             subject, json.dumps(body).encode(), headers={"Nats-Msg-Id": msg_id}
         )
+
+    async def dead_letters(self) -> list[Envelope[DeadLetter]]:
+        """Every dead letter of this server's planner, from its stream."""
+        js = self.nc.jetstream()
+        stream = self.subjects.deadletter_stream.name
+        count = (await js.stream_info(stream)).state.messages
+        letters = []
+        for sequence in range(1, count + 1):
+            stored = await js.get_msg(stream, sequence)
+            letters.append(envelope_of(DeadLetter).model_validate_json(stored.data or b""))
+        return letters
 
     async def first(self, kind: type[Any], release_id: str, timeout: float = 10) -> Envelope[Any]:
         async def check() -> Envelope[Any] | None:
@@ -189,13 +203,15 @@ async def test_a_request_is_planned_applied_and_analysed_over_jetstream(running:
     await _eventually(analysing, "the state to say analysing")
 
 
-async def test_a_malformed_request_is_answered_not_dead_lettered(running: Running) -> None:
+async def test_a_malformed_request_is_refused_not_dead_lettered(running: Running) -> None:
     subjects: Subjects = running.subjects
     body = _request("svc-2", "req-svc-2", version={"image": "Not An Image"})
     await running.publish(subjects.of(ReleaseRequested, "svc-2"), body, "req-svc-2")
-    rejected = await running.first(ReleaseRejected, "svc-2")
-    assert any("version.image" in reason for reason in rejected.data.reasons)
+    refused = await running.first(RequestRefused, "req-svc-2")
+    assert refused.data.release_id == "svc-2"
+    assert any("version.image" in reason for reason in refused.data.reasons)
     assert await running.service.store.get("svc-2") is None
+    assert await running.dead_letters() == []
 
 
 async def test_a_request_that_is_not_even_json_is_answered_and_kept(running: Running) -> None:
@@ -203,17 +219,85 @@ async def test_a_request_that_is_not_even_json_is_answered_and_kept(running: Run
     await running.nc.jetstream().publish(
         subjects.of(ReleaseRequested, "svc-9"), b"{release: web}", headers={"Nats-Msg-Id": "r9"}
     )
-    rejected = await running.first(ReleaseRejected, "svc-9")
-    (reason,) = rejected.data.reasons
-    assert reason.startswith("unreadable request: malformed") and "JSON" in reason, reason
+    refused = await running.first(RequestRefused, "r9")
+    (reason,) = refused.data.reasons
+    assert "JSON" in reason and refused.data.request_id == "r9", reason
     assert await running.service.store.get("svc-9") is None
-
     # The requester has its answer, and the message itself is kept among the dead letters.
-    async def lettered() -> bool:
-        info = await running.nc.jetstream().stream_info(subjects.deadletter_stream.name)
-        return info.state.messages >= 1
+    letter = await _eventually(running.dead_letters, "the request among the dead letters")
+    assert "JSON" in letter[0].data.error
 
-    await _eventually(lettered, "the request among the dead letters")
+
+DEEP = 10_000
+# Each message a requester might send that cannot become a release, with a word of the reason.
+BROKEN: dict[str, tuple[str, bytes, str]] = {
+    "nested deep at the top": ("deep-top", b"[" * DEEP + b"]" * DEEP, "deeper than"),
+    "nested deep in data": (
+        "deep-data",
+        json.dumps(_request("svc-20", "req-deep-data"))
+        .replace('"requested_by"', '"x": ' + "[" * DEEP + "]" * DEEP + ', "requested_by"')
+        .encode(),
+        "deeper than",
+    ),
+    "no envelope id": (
+        "svc-21",
+        json.dumps({k: v for k, v in _request("svc-21", "").items() if k != "id"}).encode(),
+        "id",
+    ),
+    "subject and envelope disagree": (
+        "svc-22",
+        json.dumps(_request("svc-other", "req-mismatch")).encode(),
+        "differs from the release id",
+    ),
+    "a Cyrillic letter in the release id": (
+        "shop-w\u0435b",
+        json.dumps(_request("shop-w\u0435b", "req-cyrillic")).encode(),
+        "not a valid release id",
+    ),
+    "a token after the release id": (
+        "svc-23.more",
+        json.dumps(_request("svc-23", "req-more")).encode(),
+        "is not of the form",
+    ),
+    "another version": (
+        "",
+        json.dumps(_request("svc-24", "req-v2")).encode(),
+        "is not of the form",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+async def test_every_broken_request_is_refused_and_dead_lettered(
+    running: Running, case: str
+) -> None:
+    tail, body, why = BROKEN[case]
+    prefix = f"{PREFIX}.release.requested"
+    subject = f"{prefix}.v2.svc-24" if case == "another version" else f"{prefix}.v1.{tail}"
+    msg_id = f"hdr-{abs(hash(case))}"
+    await running.nc.jetstream().publish(subject, body, headers={"Nats-Msg-Id": msg_id})
+
+    async def refusal() -> Envelope[Any] | None:
+        found = [e for e in running.seen if isinstance(e.data, RequestRefused)]
+        mine = [e for e in found if e.data.request_subject == subject]
+        return mine[0] if mine else None
+
+    refused = await _eventually(refusal, f"a refusal of {case}")
+    assert refused.data.request_id in {msg_id, *REQUEST_IDS}, refused.data
+    assert any(why in reason for reason in refused.data.reasons), refused.data.reasons
+    answers = {type(e.data) for e in running.seen} - {RequestRefused, ReleaseRequested}
+    assert not answers, f"only a refusal, nothing for any release: {answers}"
+
+    async def letter() -> list[Envelope[DeadLetter]]:
+        letters = await running.dead_letters()
+        return [e for e in letters if e.data.original_subject == subject]
+
+    (kept,) = await _eventually(letter, f"{case} among the dead letters")
+    assert why in kept.data.error
+    assert kept.data.payload_bytes == len(body)
+
+
+REQUEST_IDS = {"req-deep-data", "req-mismatch", "req-cyrillic", "req-more", "req-v2"}
 
 
 async def test_reconcile_rolls_back_a_step_that_missed_its_deadline(running: Running) -> None:

@@ -1,0 +1,54 @@
+"""Limits a message body must respect before any JSON parser sees it.
+
+Anyone who can publish on a public subject can send any bytes. A JSON parser recurses once per
+nesting level, so a body nested 10,000 levels deep made decoding raise ``RecursionError``
+before any handler ran: no answer, and after the redeliveries no dead letter either. So size
+and depth are measured here, on the raw bytes, without recursion and in linear passes of C
+code (regular expressions), and a body over a limit is refused with the limit it broke.
+"""
+
+from __future__ import annotations
+
+import re
+
+# NATS's default max_payload: a body the default server accepts is never refused for its size.
+MAX_BODY_BYTES = 1024 * 1024
+# canaryflow's deepest event (an analysis request carrying its policy) nests about 8 levels.
+MAX_NESTING_DEPTH = 32
+
+# A JSON string, escapes included; unterminated strings are left for the parser to refuse.
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# An innermost pair: removing every one of them peels exactly one level of nesting.
+_INNERMOST = re.compile(rb"\{\}|\[\]")
+
+
+class BodyOverLimit(ValueError):
+    """The body breaks a decoding limit; it was not parsed."""
+
+
+def nesting_depth(body: bytes, stop_above: int = MAX_NESTING_DEPTH) -> int:
+    """How deeply the JSON ``body`` nests arrays and objects, counted up to ``stop_above + 1``.
+
+    Brackets inside strings do not count. An unbalanced body is measured as far as it
+    balances; the parser refuses it afterwards.
+    """
+    brackets = _STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    depth = 0
+    while brackets and depth <= stop_above:
+        peeled = _INNERMOST.sub(b"", brackets)
+        if len(peeled) == len(brackets):
+            break
+        brackets = peeled
+        depth += 1
+    return depth
+
+
+def check_limits(
+    body: bytes, max_bytes: int = MAX_BODY_BYTES, max_depth: int = MAX_NESTING_DEPTH
+) -> None:
+    """Raise ``BodyOverLimit`` if ``body`` is too large or nested too deeply to be parsed."""
+    if len(body) > max_bytes:
+        raise BodyOverLimit(f"body of {len(body)} bytes is over the limit of {max_bytes} bytes")
+    if nesting_depth(body, max_depth) > max_depth:
+        raise BodyOverLimit(f"body nests arrays/objects deeper than the limit of {max_depth}")
