@@ -162,16 +162,27 @@ class ReleasePlanned(EventData):
     version: VersionSpec
     policy: str
     steps: list[PlannedStep]
+    request_id: str = Field(
+        default="",
+        description="The envelope id of the request this release was made from: a requester "
+        "knows its request's answer by it ('' from planners older than the field).",
+    )
 
 
 class ReleaseRejected(EventData):
-    """Owner: planner. The request was refused; nothing in the cluster changed."""
+    """Owner: planner. Terminal: the release's request was judged and rejected (no policy, a
+    busy target...); nothing in the cluster changed, and the release id stays used."""
 
     event_domain = "release"
     event_name = "rejected"
 
     target: TargetRef
     reasons: list[str]
+    request_id: str = Field(
+        default="",
+        description="The envelope id of the request this release was made from: a requester "
+        "knows its request's answer by it ('' from planners older than the field).",
+    )
 
 
 class ApplyPhase(EventData):

@@ -237,7 +237,7 @@ def request_again(
 def _rejection(release_id: str, event_id: str, target: TargetRef, reasons: list[str]) -> Command:
     # Keyed by the request, so a replay after a crash publishes it under the same id.
     return Command(
-        ReleaseRejected(target=target, reasons=reasons),
+        ReleaseRejected(target=target, reasons=reasons, request_id=event_id),
         f"{release_id}.rejected.{short_digest(event_id)}",
     )
 
@@ -535,15 +535,16 @@ def commands_after(state: ReleaseState, event: Envelope[Any]) -> list[Command]:
         if status is ReleaseStatus.REJECTED:
             reasons = [h.detail for h in state.history if h.event == REJECTED_EVENT]
             return [_rejection(rid, event.id, state.target, reasons)]
+        planned = ReleasePlanned(
+            target=state.target,
+            version=state.version,
+            policy=state.policy,
+            steps=state.steps,
+            request_id=event.id,
+        )
         if status is ReleaseStatus.APPLYING and state.step_index == 0:
-            planned = ReleasePlanned(
-                target=state.target, version=state.version, policy=state.policy, steps=state.steps
-            )
             return [Command(planned, f"{rid}.planned"), apply_phase(state)]
         if status is ReleaseStatus.WAITING and state.step_index == 0:
-            planned = ReleasePlanned(
-                target=state.target, version=state.version, policy=state.policy, steps=state.steps
-            )
             return [Command(planned, f"{rid}.planned"), *_waiting_commands(state, event.id)]
         return []
     if isinstance(data, PhaseReached):

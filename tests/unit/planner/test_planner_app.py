@@ -186,6 +186,9 @@ async def test_a_redelivered_request_publishes_the_same_ids_and_writes_nothing(
     await world.planner.on_request(raw_request(), delivery(2))
     assert world.store.writes == 1
     assert world.bus.ids() == [f"{RID}.planned", f"{RID}.apply.0"] * 2
+    # The requester knows its answer by its request id.
+    planned = world.bus.sent[0][2]
+    assert isinstance(planned, ReleasePlanned) and planned.request_id == "req-1"
 
 
 async def test_the_same_request_sent_again_later_is_refused_as_a_duplicate(world: World) -> None:
@@ -278,6 +281,8 @@ async def test_a_target_without_policy_is_rejected_and_holds_no_lock(world: Worl
     assert "no ReleasePolicy" in state.outcome_reason
     assert world.store.locks == {}
     assert world.bus.kinds() == (ReleaseRejected,)
+    rejection = world.bus.sent[0][2]
+    assert isinstance(rejection, ReleaseRejected) and rejection.request_id == "req-1"
 
 
 async def test_an_event_for_an_unknown_release_is_a_no_op(world: World) -> None:
