@@ -4,7 +4,8 @@ Why: a person who already has a cluster (kind, k3d, a real one) sets KUBECONFIG 
 not pay for building and running a local control plane; everyone else gets the local one.
 The local cluster has no kubelets: KWOK plays them for Node objects annotated
 ``kwok.x-k8s.io/node: fake``, which this module creates (without the NoSchedule taint KWOK's
-docs put on them, so ordinary Deployments schedule there) and waits for until Ready.
+docs put on them, so ordinary Deployments schedule there) and waits for until Ready. It also
+installs the ReleasePolicy CRD, so that services started by hand find their policies' kind.
 
 The bootstrap talks to the API server with plain HTTP requests (httpx) rather than the
 ``kubernetes`` client, so the stack manager stays typed and starts fast.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -88,6 +90,9 @@ class KubeApi:
 
     def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         return self._client.post(path, json=body)
+
+    def put(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        return self._client.put(path, json=body)
 
     def delete(self, path: str) -> httpx.Response:
         return self._client.delete(path)
@@ -180,3 +185,36 @@ def nodes_ready(api: KubeApi) -> str | None:
             f"(waiting for {', '.join(missing)})"
         )
     return None
+
+
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def ensure_crd(api: KubeApi, manifest: dict[str, Any], timeout: float = 30.0) -> str:
+    """Create or update a CustomResourceDefinition and wait until the API serves it.
+
+    Returns what was done ("created" or "updated"). The manifest is the one generated from
+    the policy models (deploy/crds/), so every ``up`` converges the cluster to the code's
+    current ReleasePolicy schema (an unchanged one is a no-op for the API server).
+    """
+    path = f"{CRDS}/{manifest['metadata']['name']}"
+    found = api.get(path)
+    if found.status_code == 404:
+        response, done = api.post(CRDS, manifest), "created"
+    elif found.status_code == 200:
+        version = found.json()["metadata"]["resourceVersion"]
+        body = {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": version}}
+        response, done = api.put(path, body), "updated"
+    else:
+        response, done = found, "read"
+    if response.status_code not in (200, 201):
+        raise RuntimeError(
+            f"installing CRD {path}: {done}: HTTP {response.status_code}: {response.text[:300]}"
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conditions = api.get(path).json().get("status", {}).get("conditions", [])
+        if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+            return done
+        time.sleep(0.2)  # the API server establishes a new CRD within about a second
+    raise RuntimeError(f"CRD {path} was not Established within {timeout:.0f} s")

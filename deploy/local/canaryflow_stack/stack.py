@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import build, pki, procs
+from . import build, cluster, pki, procs
 from .cluster import ClusterChoice, choose_cluster
-from .config import HOST, Settings
+from .config import DEPLOY_DIR, HOST, Settings
 from .errors import StackError
 from .procs import PidRecord
 from .servers import KUBE_SERVERS, ORDER, Binaries, Server, locate_binaries, plan
@@ -56,6 +56,13 @@ def _clean_stale(settings: Settings, name: str) -> None:
         path.unlink(missing_ok=True)
 
 
+# Generated from the policy models by `python -m canaryflow_contracts.generate`.
+CRD_FILE = DEPLOY_DIR / "crds" / "releasepolicies.canaryflow.io.json"
+# The subject prefix of the demo and of services started without CANARYFLOW_PREFIX (it is
+# canaryflow_contracts.DEFAULT_PREFIX; the stack manager imports no canaryflow code).
+DEFAULT_PREFIX = "canaryflow"
+
+
 def _base_env(settings: Settings, choice: ClusterChoice) -> dict[str, str]:
     env = dict(os.environ)
     # Loopback traffic must never go through a proxy someone configured for the internet.
@@ -78,6 +85,7 @@ def endpoints(settings: Settings, choice: ClusterChoice) -> dict[str, str]:
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{p.jaeger_otlp_http}",
         "CANARYFLOW_OTLP_GRPC_ENDPOINT": f"http://{HOST}:{p.jaeger_otlp_grpc}",
         "SIMULATOR_URL": f"http://{HOST}:{p.simulator}",
+        "CANARYFLOW_PREFIX": DEFAULT_PREFIX,
         "CANARYFLOW_CLUSTER": choice.kind,
         "CANARYFLOW_CLUSTER_DETAIL": choice.detail,
         "CANARYFLOW_STACK_DIR": str(settings.state),
@@ -107,7 +115,26 @@ def _write_env(settings: Settings, env: dict[str, str]) -> None:
     settings.env_json.write_text(json.dumps(env, indent=2) + "\n")
     lines = ["# Written by canaryflow_stack up: `source .stack/env` to reach the local stack."]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    # The stack's kubectl (built with the control plane) first on PATH, the rest kept.
+    kubectl_dir = shlex.quote(str(build.go_bin_dir(settings, "kubernetes")))
+    lines.append(f'export PATH={kubectl_dir}:"$PATH"')
     settings.env_sh.write_text("\n".join(lines) + "\n")
+
+
+def _install_crd(settings: Settings) -> str:
+    """The ReleasePolicy CRD in the local cluster, as generated from the policy models."""
+    api = cluster.KubeApi(
+        pki.server_url(settings), pki.admin_token(settings), pki.files(settings).ca_crt
+    )
+    try:
+        return cluster.ensure_crd(api, json.loads(CRD_FILE.read_text()))
+    except (RuntimeError, OSError, ValueError) as error:
+        cause = f"the API server refused {CRD_FILE.name} (regenerate it, see its log)"
+        raise StackError(
+            "kube-apiserver", settings.log("kube-apiserver"), str(error), cause
+        ) from error
+    finally:
+        api.close()
 
 
 # up ----------------------------------------------------------------------------------------
@@ -329,6 +356,9 @@ def _up(settings: Settings) -> dict[str, str]:
         _undo(settings, started, before)
         raise
 
+    if choice.kind == "local":
+        crd = _install_crd(settings)
+        say(f"ReleasePolicy CRD {crd} ({CRD_FILE.relative_to(settings.repo)})")
     env = endpoints(settings, choice)
     _write_env(settings, env)
     total = time.monotonic() - t0

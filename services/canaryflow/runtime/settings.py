@@ -1,13 +1,20 @@
 """Service settings from the environment, so one container image runs anywhere.
 
 The local stack writes the same variables into ``.stack/env``; OTEL_* variables are read by
-OpenTelemetry itself.
+OpenTelemetry itself. Each variable is declared once, in ``ENVIRONMENT``, with what it means;
+``from_env`` reads them and the README's table of them is generated from the same list and
+the dataclass defaults (``python -m canaryflow.runtime.settings README.md``; a unit test fails
+when the README and the code disagree), so a changed default is never documented wrong.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from canaryflow_contracts import DEFAULT_PREFIX, Subjects
 
@@ -42,17 +49,147 @@ class Settings:
 
     @classmethod
     def from_env(cls, service: str) -> Settings:
-        env = os.environ
-        return cls(
-            service=service,
-            nats_url=env.get("NATS_URL", cls.nats_url),
-            prefix=env.get("CANARYFLOW_PREFIX", DEFAULT_PREFIX),
-            kubeconfig=env.get("KUBECONFIG") or None,
-            prometheus_url=env.get("PROMETHEUS_URL", cls.prometheus_url),
-            metrics_port=int(_float("CANARYFLOW_METRICS_PORT", 0)),
-            http_port=int(_float("CANARYFLOW_HTTP_PORT", 0)),
-            reconcile_seconds=_float("CANARYFLOW_RECONCILE_SECONDS", 5.0),
-            max_deliver=int(_float("CANARYFLOW_MAX_DELIVER", 5)),
-            ack_wait_seconds=_float("CANARYFLOW_ACK_WAIT_SECONDS", 30.0),
-            workers=int(_float("CANARYFLOW_WORKERS", 16)),
+        values: dict[str, object] = {}
+        for variable in ENVIRONMENT:
+            if variable.field is None:
+                continue
+            default = _DEFAULTS[variable.field]
+            raw = os.environ.get(variable.name)
+            if isinstance(default, float):
+                values[variable.field] = _float(variable.name, default)
+            elif isinstance(default, int):
+                values[variable.field] = int(_float(variable.name, default))
+            else:  # text, or None for unset
+                values[variable.field] = raw or default
+        return cls(service=service, **values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable a service reads."""
+
+    name: str
+    meaning: str
+    field: str | None = None  # the Settings field it sets; None: read where ``where`` says
+    default: str = ""  # only for variables outside Settings (the others' is the field's)
+    services: str = "all"
+
+
+# Every CANARYFLOW_* variable a service reads, and the few standard ones; in README order.
+ENVIRONMENT: tuple[Variable, ...] = (
+    Variable(
+        "NATS_URL",
+        "NATS server with JetStream enabled (streams and the KV bucket are created at start).",
+        "nats_url",
+    ),
+    Variable(
+        "CANARYFLOW_PREFIX",
+        "Subject prefix: subjects `<prefix>.…`, streams `<PREFIX>_EVENTS` and "
+        "`<PREFIX>_DEADLETTER`, KV bucket `<PREFIX>_RELEASES`; installations with different "
+        "prefixes share one NATS without seeing each other.",
+        "prefix",
+    ),
+    Variable(
+        "KUBECONFIG",
+        "kubeconfig file; unset: the in-cluster service account, then `~/.kube/config`.",
+        "kubeconfig",
+        services="planner, executor, metrics-watcher, rollback",
+    ),
+    Variable(
+        "PROMETHEUS_URL",
+        "Prometheus (or a compatible query API) the analysis queries.",
+        "prometheus_url",
+        services="metrics-watcher",
+    ),
+    Variable(
+        "CANARYFLOW_METRICS_PORT",
+        "Port of `/metrics` and `/asyncapi.json`; 0: no HTTP endpoint (and nothing to scrape).",
+        "metrics_port",
+    ),
+    Variable(
+        "CANARYFLOW_METRICS_ADDR",
+        "Address the metrics port binds; `0.0.0.0` for a Prometheus on another host or pod.",
+        default="127.0.0.1",
+    ),
+    Variable(
+        "CANARYFLOW_HTTP_PORT",
+        "Port of the Alertmanager webhook (`POST /alerts`); 0: none.",
+        "http_port",
+        services="metrics-watcher",
+    ),
+    Variable(
+        "CANARYFLOW_RECONCILE_SECONDS",
+        "Period of the planner's safety net, which re-issues what a lost event left undone "
+        "and applies deadlines (the demo and end-to-end tests use 2).",
+        "reconcile_seconds",
+        services="planner",
+    ),
+    Variable(
+        "CANARYFLOW_MAX_DELIVER",
+        "Attempts at a message before it is dead-lettered with its error.",
+        "max_deliver",
+    ),
+    Variable(
+        "CANARYFLOW_ACK_WAIT_SECONDS",
+        "How long JetStream waits for a replica's ack (or heartbeat) before it redelivers a "
+        "message to another: the longest a crashed replica's work waits.",
+        "ack_wait_seconds",
+    ),
+    Variable(
+        "CANARYFLOW_WORKERS",
+        "Messages each consumer of a replica handles at once (and pulls per batch).",
+        "workers",
+    ),
+    Variable(
+        "CANARYFLOW_NOTIFY_URLS",
+        "Comma-separated webhook URLs (Slack-compatible) told of every release.",
+        default="(none)",
+        services="executor",
+    ),
+    Variable(
+        "CANARYFLOW_LOG_LEVEL",
+        "Level of the JSON log lines on stderr (`DEBUG` adds FastStream's per message lines).",
+        default="INFO",
+    ),
+)
+
+_DEFAULTS: dict[str, object] = {
+    f.name: f.default for f in dataclasses.fields(Settings) if f.default is not dataclasses.MISSING
+}
+README_BEGIN = "<!-- settings table: generated by python -m canaryflow.runtime.settings -->"
+README_END = "<!-- end of settings table -->"
+
+
+def markdown_table() -> str:
+    """The README's table of variables, from ``ENVIRONMENT`` and the defaults in ``Settings``."""
+    lines = ["| variable | default | read by | meaning |", "|---|---|---|---|"]
+    for variable in ENVIRONMENT:
+        if variable.field is None:
+            default = variable.default
+        else:
+            value = _DEFAULTS[variable.field]
+            default = (
+                "(unset)"
+                if value is None
+                else f"{value:g}"
+                if isinstance(value, float)
+                else str(value)
+            )
+        lines.append(
+            f"| `{variable.name}` | `{default}` | {variable.services} | {variable.meaning} |"
         )
+    return "\n".join(lines)
+
+
+def with_table(readme: str) -> str:
+    """``readme`` with the text between the table's markers replaced by the current table."""
+    block = re.compile(re.escape(README_BEGIN) + ".*?" + re.escape(README_END), re.DOTALL)
+    if not block.search(readme):
+        raise ValueError(f"no settings table in the README (markers {README_BEGIN!r} ...)")
+    return block.sub(lambda _: f"{README_BEGIN}\n{markdown_table()}\n{README_END}", readme)
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    target.write_text(with_table(target.read_text()))
+    print(f"wrote the settings table in {target}")
