@@ -178,3 +178,32 @@ async def test_release_state_writes_are_compare_and_set(service: Service) -> Non
         assert current is not None and current.state.step_index == 1
     finally:
         await service.stop()
+
+
+async def test_a_body_nested_ten_thousand_deep_is_dead_lettered_at_once_not_lost(
+    service: Service, nats_client: NatsClient
+) -> None:
+    """It made FastStream's JSON decoding raise RecursionError before any handler, until the
+    redeliveries ran out and the message was gone."""
+    handled: list[str] = []
+
+    async def handler(envelope: Envelope[PauseRelease], delivery: Delivery) -> None:
+        handled.append(envelope.id)
+
+    service.subscribe(PauseRelease, "deep", handler)
+    await service.start()
+    try:
+        deep = b'{"data": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+        await _publish(nats_client, service.settings.subjects, deep, "m-4")
+        subjects = service.settings.subjects
+
+        async def lettered() -> list[DeadLetter] | None:
+            return await _dead_letters(nats_client, subjects) or None
+
+        letters = await async_wait_until(lettered, timeout=15, message="a dead letter")
+        assert letters[0].deliveries == 1
+        assert "deeper than the limit" in letters[0].error
+        assert letters[0].payload_bytes == len(deep) and letters[0].payload_truncated
+        assert handled == []
+    finally:
+        await service.stop()

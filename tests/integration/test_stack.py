@@ -349,3 +349,24 @@ def test_narrow_role_token_is_refused_out_of_scope_writes(
     admin = client.CoreV1Api(kube)
     assert "denied" not in {s.metadata.name for s in admin.list_namespaced_secret(namespace).items}
     narrow.close()
+
+
+@pytest.mark.usefixtures("local_cluster")
+def test_the_release_policy_crd_is_installed_the_way_up_installs_it(
+    stack_settings: Settings, kube: client.ApiClient
+) -> None:
+    # What `up` does after the servers are healthy; again on an installed CRD, it converges.
+    done = stack_manager._install_crd(stack_settings)
+    assert done in ("created", "updated")
+    again = stack_manager._install_crd(stack_settings)
+    assert again == "updated"
+    crd = client.ApiextensionsV1Api(kube).read_custom_resource_definition(
+        "releasepolicies.canaryflow.io"
+    )
+    established = {c.type: c.status for c in crd.status.conditions}
+    assert established.get("Established") == "True"
+    # The kind is served: a ReleasePolicy can be listed in any namespace.
+    listed = client.CustomObjectsApi(kube).list_cluster_custom_object(
+        "canaryflow.io", "v1alpha1", "releasepolicies"
+    )
+    assert listed["kind"] == "ReleasePolicyList"

@@ -180,7 +180,7 @@ class Unreadable:
     """A message on a consumer's subjects that is not a valid event of its type."""
 
     subject: str
-    release_id: str  # the subject's last token, as sent
+    release_id: str  # the release id the subject names, as sent ("" outside the grammar)
     message_key: str  # see _message_key
     problem: str
 
@@ -273,9 +273,8 @@ def subscribe(
             if isinstance(envelope, ValueError):
                 problem = f"malformed {event.event_type()}: {envelope}"
                 if on_malformed is not None:  # a failure here is retried like any other
-                    await on_malformed(
-                        Unreadable(raw.subject, release_id, _message_key(raw), problem)
-                    )
+                    named = subjects.release_in(event, raw.subject) or ""
+                    await on_malformed(Unreadable(raw.subject, named, _message_key(raw), problem))
                 raise PermanentError(problem) from envelope
             if (raw.headers or {}).get(MESSAGE_ID_HEADER) != envelope.id:
                 span.set_attribute(tracing.EVENT_ID, envelope.id)  # else the span has it already
