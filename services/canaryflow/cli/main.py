@@ -36,8 +36,11 @@ from canaryflow_contracts.events import (
     PauseRelease,
     PolicyOverrides,
     PromoteNow,
+    ReleasePlanned,
+    ReleaseRejected,
     ReleaseRequested,
     ReleaseSucceeded,
+    RequestRefused,
     ResumeRelease,
     SetWeight,
     TargetRef,
@@ -238,6 +241,75 @@ async def follow_release(
         await subscription.unsubscribe()
 
 
+# How long `release --watch` waits for the planner to answer the request before it gives up.
+ANSWER_SECONDS = 30.0
+
+
+def answers(envelope: Envelope[Any], request_id: str) -> bool:
+    """Whether ``envelope`` is the planner's answer to the request whose envelope id it is.
+
+    The answer is the release planned or rejected *carrying that request id*, or the request's
+    refusal: a release id may already be used, and its events then belong to another request.
+    """
+    data = envelope.data
+    return (
+        isinstance(data, ReleasePlanned | ReleaseRejected | RequestRefused)
+        and data.request_id == request_id
+    )
+
+
+async def answer_to(
+    nc: Client, subjects: Subjects, release_id: str, request_id: str, timeout: float
+) -> Envelope[Any] | None:
+    """The planner's answer to a request (see ``answers``), or None after ``timeout`` seconds."""
+    found: asyncio.Future[Envelope[Any]] = asyncio.get_running_loop().create_future()
+
+    async def take(msg: Any) -> None:
+        try:
+            envelope = parse_event(msg.data)
+        except (ValueError, ValidationError):
+            return  # not an event of ours: not the answer
+        if answers(envelope, request_id) and not found.done():
+            found.set_result(envelope)
+
+    js = nc.jetstream()
+    subscriptions = [
+        await js.subscribe(
+            subject,
+            cb=take,
+            stream=subjects.events_stream.name,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        for subject in (
+            subjects.refusal(request_id),
+            subjects.of(ReleasePlanned, release_id),
+            subjects.of(ReleaseRejected, release_id),
+        )
+    ]
+    try:
+        return await asyncio.wait_for(found, timeout)
+    except TimeoutError:
+        return None
+    finally:
+        for subscription in subscriptions:
+            await subscription.unsubscribe()
+
+
+async def _release_and_watch(
+    nc: Client, subjects: Subjects, release_id: str, request_id: str
+) -> int:
+    """Follow the release only once the planner said it is this request's."""
+    answer = await answer_to(nc, subjects, release_id, request_id, ANSWER_SECONDS)
+    if answer is None:
+        print(f"no answer to request {request_id} within {ANSWER_SECONDS:g}s: is the planner up?")
+        return 2
+    if isinstance(answer.data, RequestRefused):
+        print(f"request refused, nothing changed: {'; '.join(answer.data.reasons)}")
+        return 1
+    return await _watch(nc, subjects, release_id, 0)
+
+
 def print_event(envelope: Envelope[Any]) -> None:
     for line in render.event_line(envelope):
         print(line, flush=True)
@@ -329,12 +401,12 @@ async def run(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "release":
             release_id, request = _release_request(args)
-            await _publish(nc, subjects, request, release_id)
+            request_id = await _publish(nc, subjects, request, release_id)
             print(f"requested release {release_id} of {request.target.key()} to {args.image}")
             if not args.watch:
                 print(f"follow it with: canaryflow watch {release_id}")
                 return 0
-            return await _watch(nc, subjects, release_id, 0)
+            return await _release_and_watch(nc, subjects, release_id, request_id)
         if args.command == "status":
             return await _status(nc, subjects, args.all)
         if args.command == "deadletters":

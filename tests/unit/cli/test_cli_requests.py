@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from canaryflow.cli import main as cli
-from canaryflow_contracts.events import ConfigMapChange
+from canaryflow_contracts import Envelope, EventData
+from canaryflow_contracts.events import (
+    ConfigMapChange,
+    PauseRelease,
+    ReleasePlanned,
+    ReleaseRejected,
+    RequestRefused,
+    TargetRef,
+    VersionSpec,
+)
 
 
 def test_config_arguments_are_grouped_by_config_map() -> None:
@@ -20,3 +31,28 @@ def test_config_arguments_are_grouped_by_config_map() -> None:
 def test_a_malformed_config_argument_is_refused_with_its_shape(item: str) -> None:
     with pytest.raises(cli.CliError, match="CONFIGMAP:KEY=VALUE"):
         cli._config_changes([item])
+
+
+def test_only_an_answer_carrying_the_request_id_answers_the_request() -> None:
+    target = TargetRef(namespace="shop", name="web")
+    planned = ReleasePlanned(
+        target=target,
+        version=VersionSpec(image="registry.local/web:v2"),
+        policy="web",
+        steps=[],
+        request_id="req-1",
+    )
+    refused = RequestRefused(
+        request_id="req-2", release_id="web-1", request_subject="s", reasons=["already used"]
+    )
+    rejected = ReleaseRejected(target=target, reasons=["no policy"], request_id="req-3")
+
+    def wrapped(data: EventData) -> Envelope[Any]:
+        return Envelope.wrap(data, release_id="web-1", source="test")
+
+    assert cli.answers(wrapped(planned), "req-1")
+    # The release's own first event, when the id was reused by this request: not its answer.
+    assert not cli.answers(wrapped(planned), "req-2")
+    assert cli.answers(wrapped(refused), "req-2")
+    assert cli.answers(wrapped(rejected), "req-3")
+    assert not cli.answers(wrapped(PauseRelease(actor="a")), "req-1")
