@@ -16,8 +16,6 @@ MAX_BODY_BYTES = 1024 * 1024
 # canaryflow's deepest event (an analysis request carrying its policy) nests about 8 levels.
 MAX_NESTING_DEPTH = 32
 
-# A JSON string, escapes included; unterminated strings are left for the parser to refuse.
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 # An innermost pair: removing every one of them peels exactly one level of nesting.
 _INNERMOST = re.compile(rb"\{\}|\[\]")
@@ -27,13 +25,20 @@ class BodyOverLimit(ValueError):
     """The body breaks a decoding limit; it was not parsed."""
 
 
+def _outside_strings(body: bytes) -> bytes:
+    """``body`` without the contents of its JSON strings (escaped quotes and backslashes
+    first, so that a quote inside a string cannot end it), in a few C-speed passes."""
+    plain = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    return b"".join(plain.split(b'"')[::2])
+
+
 def nesting_depth(body: bytes, stop_above: int = MAX_NESTING_DEPTH) -> int:
     """How deeply the JSON ``body`` nests arrays and objects, counted up to ``stop_above + 1``.
 
     Brackets inside strings do not count. An unbalanced body is measured as far as it
     balances; the parser refuses it afterwards.
     """
-    brackets = _STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    brackets = _outside_strings(body).translate(None, _NOT_BRACKETS)
     depth = 0
     while brackets and depth <= stop_above:
         peeled = _INNERMOST.sub(b"", brackets)
@@ -50,5 +55,8 @@ def check_limits(
     """Raise ``BodyOverLimit`` if ``body`` is too large or nested too deeply to be parsed."""
     if len(body) > max_bytes:
         raise BodyOverLimit(f"body of {len(body)} bytes is over the limit of {max_bytes} bytes")
+    # Each level opens a bracket: with no more of them than the limit, no need to measure.
+    if body.count(b"[") + body.count(b"{") <= max_depth:
+        return
     if nesting_depth(body, max_depth) > max_depth:
         raise BodyOverLimit(f"body nests arrays/objects deeper than the limit of {max_depth}")

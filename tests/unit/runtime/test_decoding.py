@@ -20,6 +20,7 @@ from canaryflow_contracts.identifiers import request_token
         (b'{"a": [1, {"b": []}]}', 4),
         (b'[{"x": "[[[[{{{{"}]', 2),  # brackets inside a string do not count
         (b'["\\"[[["]', 1),  # nor after an escaped quote
+        (b'["\\\\", [[]]]', 3),  # an escaped backslash does not escape the closing quote
         (b"[" * 40 + b"]" * 40, 33),  # counted only up to the limit and one more
     ],
 )
@@ -33,6 +34,13 @@ def test_a_body_nested_ten_thousand_levels_is_refused_without_recursion() -> Non
         check_limits(deep)
     with pytest.raises(RecursionError):  # what a parser does with it
         json.loads(deep)
+
+
+def test_closing_brackets_hidden_in_strings_do_not_hide_the_depth() -> None:
+    sneaky = b'["]", ' * 40 + b"1" + b"]" * 40
+    assert nesting_depth(sneaky, stop_above=32) == 33
+    with pytest.raises(BodyOverLimit):
+        check_limits(sneaky)
 
 
 def test_a_body_over_the_size_limit_is_refused_with_its_size() -> None:
