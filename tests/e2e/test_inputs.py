@@ -98,7 +98,9 @@ def _broken(namespace: str, case: str) -> tuple[str, bytes, str, str]:
     if case == "nested 10,000 deep inside data":
         good["data"]["deep"] = "@"
         nested = "[" * DEEP + "]" * DEEP
-        return f"v1.{rid}", json.dumps(good).replace('"@"', nested).encode(), req, "deeper than"
+        body = json.dumps(good).replace('"@"', nested).encode()
+        # Too deep to be read, its envelope id too: the refusal names its Nats-Msg-Id.
+        return f"v1.{rid}", body, f"hdr-{req}", "deeper than"
     if case == "a token after the release id":
         return f"v1.{rid}.more", json.dumps(good).encode(), req, "is not of the form"
     if case == "a Cyrillic letter in the release id":

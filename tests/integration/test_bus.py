@@ -203,7 +203,8 @@ async def test_a_body_nested_ten_thousand_deep_is_dead_lettered_at_once_not_lost
         letters = await async_wait_until(lettered, timeout=15, message="a dead letter")
         assert letters[0].deliveries == 1
         assert "deeper than the limit" in letters[0].error
-        assert letters[0].payload_bytes == len(deep) and letters[0].payload_truncated
+        assert letters[0].payload_bytes == len(deep) and not letters[0].payload_truncated
+        assert letters[0].payload.encode() == deep, "kept whole: it fits in a dead letter"
         assert handled == []
     finally:
         await service.stop()
