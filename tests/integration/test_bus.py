@@ -14,7 +14,7 @@ from nats.aio.client import Client as NatsClient
 from tests.support import StackEnv, async_wait_until
 from tests.unit.support_state import sample_state
 
-from canaryflow.runtime.bus import Delivery
+from canaryflow.runtime.bus import Delivery, ensure_streams
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
 from canaryflow.runtime.store import StaleWrite
@@ -208,3 +208,51 @@ async def test_a_body_nested_ten_thousand_deep_is_dead_lettered_at_once_not_lost
         assert handled == []
     finally:
         await service.stop()
+
+
+async def test_a_message_whose_dead_letter_cannot_be_stored_is_redelivered_not_dropped(
+    stack: StackEnv, stream_prefix: str, nats_client: NatsClient
+) -> None:
+    settings = Settings(
+        service="bustest",
+        nats_url=stack.nats_url,
+        prefix=stream_prefix,
+        max_deliver=3,
+        workers=2,
+        ack_wait_seconds=2,
+    )
+    service = Service(settings)
+    subjects = settings.subjects
+
+    async def handler(envelope: Envelope[PauseRelease], delivery: Delivery) -> None:
+        raise AssertionError("never called: the message is malformed")
+
+    service.subscribe(PauseRelease, "nodl", handler)
+    await service.start()
+    js = nats_client.jetstream()
+    try:
+        # Given no dead-letter stream (deleted by an operator, say) ...
+        await js.delete_stream(subjects.deadletter_stream.name)
+        await _publish(nats_client, subjects, b"not json", "m-5")
+
+        # ... the message is not dropped: JetStream delivers it again.
+        durable = subjects.consumer(settings.service, "nodl")
+
+        async def redelivered() -> bool | None:
+            info = await js.consumer_info(subjects.events_stream.name, durable)
+            return info.delivered.consumer_seq >= 2 or None
+
+        await async_wait_until(redelivered, timeout=15, message="a redelivery")
+        # When the stream is back, the redelivery is dead-lettered with the original error.
+        await ensure_streams(js, subjects)
+
+        async def lettered() -> list[DeadLetter] | None:
+            return await _dead_letters(nats_client, subjects) or None
+
+        letters = await async_wait_until(lettered, timeout=30, message="a dead letter")
+        assert letters[0].deliveries >= 2
+        assert "malformed" in letters[0].error
+        assert letters[0].payload == "not json"
+    finally:
+        await service.stop()
+

@@ -253,8 +253,18 @@ def subscribe(
         except Exception as error:  # RecursionError, MemoryError...: refused like the rest
             envelope = ValueError(f"{type(error).__name__}: {error}")
         mute = quiet is not None and isinstance(envelope, Envelope) and quiet(envelope)
-        async with message_tracing.consuming(raw.subject, raw.headers, quiet=mute) as span:
-            await handle(msg, envelope, span, started, started_ns)
+        try:
+            async with message_tracing.consuming(raw.subject, raw.headers, quiet=mute) as span:
+                await handle(msg, envelope, span, started, started_ns)
+        except Exception:
+            # Settling itself failed (the dead letter or the ack could not be sent): the message
+            # stays unacknowledged and JetStream redelivers it after ack_wait. Said here, with
+            # the traceback, as FastStream would print only the first of such errors.
+            log.exception(
+                "could not settle %s (attempt %d); it will be redelivered",
+                raw.subject,
+                raw.metadata.num_delivered,
+            )
 
     async def handle(
         msg: NatsMessage,
