@@ -255,4 +255,3 @@ async def test_a_message_whose_dead_letter_cannot_be_stored_is_redelivered_not_d
         assert letters[0].payload == "not json"
     finally:
         await service.stop()
-
