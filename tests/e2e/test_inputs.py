@@ -13,9 +13,11 @@ import uuid
 from typing import Any
 
 import pytest
+from kubernetes import client
 from nats.aio.client import Client as NatsClient
 from nats.js.api import DeliverPolicy
 
+from canaryflow.cli import main as cli
 from canaryflow.demo import shop
 from canaryflow_contracts import Envelope, Subjects, envelope_of
 from canaryflow_contracts.events import (
@@ -30,7 +32,7 @@ from canaryflow_contracts.events import (
     VersionSpec,
 )
 from tests.e2e.conftest import Releases
-from tests.support import async_wait_until
+from tests.support import StackEnv, async_wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -182,3 +184,32 @@ async def test_a_reused_release_id_is_refused_and_the_release_ends_once_with_its
     ]
     assert terminal == [subjects.of(ReleaseSucceeded, release_id)], stored
     assert stored[terminal[0]] == 1
+
+
+async def test_the_cli_reports_a_refused_request_instead_of_another_requests_outcome(
+    kube: client.ApiClient,
+    shop_namespace: str,
+    releases: Releases,
+    stack: StackEnv,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a release id already used: its request was rejected (a Deployment with no policy),
+    # so the id's events already end with a rejection
+    shop.deploy(kube, shop_namespace, name="unmanaged")
+    release_id = await releases.request(shop_namespace, shop.image("v2", "unmanaged"), "unmanaged")
+    await releases.events(release_id, until=(ReleaseRejected,), timeout=30)
+
+    # When `canaryflow release --watch` reuses it
+    code = await cli.run(
+        [
+            "--nats", stack.nats_url, "--prefix", releases.subjects.prefix,
+            "release", "-n", shop_namespace, "-d", "web", "--image", shop.image("v2"),
+            "--id", release_id, "--by", "e2e-test", "--watch",
+        ]
+    )  # fmt: skip
+
+    # Then it says its request was refused, not that "its" release was rejected
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert "request refused, nothing changed" in printed and "already used" in printed, printed
+    assert "REJECTED" not in printed, printed
