@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from canaryflow_contracts import CATALOGUE, Envelope, Subjects, envelope_of, generate
 from canaryflow_contracts.events import (
     AnalysisVerdict,
+    PauseRelease,
     PlannedStep,
     ReleaseRequested,
     TargetRef,
@@ -205,3 +206,35 @@ def test_a_routine_verdict_is_interim_unfailed_and_asks_to_go_on(
         checks=[],
     )
     assert verdict.routine is routine
+
+
+@pytest.mark.parametrize(
+    ("subject", "named"),
+    [
+        ("canaryflow.release.requested.v1.web-1", "web-1"),
+        ("canaryflow.release.requested.v1.Web\u0430", "Web\u0430"),  # named; not valid: apart
+        ("canaryflow.release.requested.v1.web-1.more", None),
+        ("canaryflow.release.requested.v2.web-1", None),
+        ("canaryflow.release.requested.v1", None),
+        ("other.release.requested.v1.web-1", None),
+    ],
+)
+def test_a_subject_names_a_release_only_in_the_grammar(subject: str, named: str | None) -> None:
+    assert Subjects().release_in(ReleaseRequested, subject) == named
+
+
+def test_the_request_filter_reads_what_the_grammar_refuses_and_the_stream_stores_it() -> None:
+    subjects = Subjects()
+    assert subjects.requests() == "canaryflow.release.requested.>"
+    assert "canaryflow.release.>" in subjects.events_stream.subjects
+    assert "canaryflow.request.>" in subjects.events_stream.subjects  # where refusals go
+    assert subjects.refusal("4f1c2a9e-ci-8812") == "canaryflow.request.refused.v1.4f1c2a9e-ci-8812"
+
+
+def test_a_request_without_id_is_not_an_envelope() -> None:
+    body = json.loads(json.dumps(REQUEST_JSON))
+    del body["id"]
+    with pytest.raises(ValidationError, match="id"):
+        envelope_of(ReleaseRequested).model_validate(body)
+    # Built in code, an envelope still gets a fresh id.
+    assert Envelope.wrap(PauseRelease(actor="a"), release_id="web-1", source="t").id
