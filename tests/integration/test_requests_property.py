@@ -334,12 +334,7 @@ async def _consumer_state(bus: Bus) -> str:
 def planner(stack: StackEnv) -> Iterator[ServiceLauncher]:
     prefix = f"pbt_{uuid.uuid4().hex[:8]}"
     launcher = ServiceLauncher(
-        StackEndpoints(
-            nats_url=stack.nats_url,
-            kubeconfig=stack.kubeconfig,
-            prometheus_url=stack.prometheus_url,
-            otlp_endpoint=stack.otlp_http_endpoint,
-        ),
+        StackEndpoints.from_env_json(stack.state_dir / "env.json"),
         prefix=prefix,
         log_dir=stack.state_dir / "logs" / f"property-{prefix}",
         # Thousands of refused requests would be thousands of traces in the shared Jaeger.
