@@ -57,9 +57,10 @@ class Subjects:
         """Where the refusal of the request whose envelope id is ``request_id`` is published."""
         return f"{self.prefix}.request.refused.v1.{request_token(request_id)}"
 
-    def requests(self) -> str:
-        """Every subject under the public request prefix, the grammar's and all the others."""
-        return f"{self.prefix}.release.requested.>"
+    def requests(self) -> tuple[str, ...]:
+        """Filters for every subject under the public request prefix, the grammar's and all
+        the others (``>`` needs a token after the prefix, so the prefix itself is apart)."""
+        return (f"{self.prefix}.release.requested.>", f"{self.prefix}.release.requested")
 
     def release_in(self, event: type[EventData], subject: str) -> str | None:
         """The release id ``subject`` names for ``event``; None when it breaks the grammar.

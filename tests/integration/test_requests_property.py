@@ -83,7 +83,7 @@ DATA_KEYS = ["target", "version", "requested_by", "overrides", "reason"]
 class Spec:
     """One message to send, as drawn; ``materialise`` turns it into subject, headers, body."""
 
-    subject_shape: str  # ok, more (a token after the id), v2, bare (no id)
+    subject_shape: str  # ok, more (a token after the id), v2, bare (no id), prefix (no version)
     release: str  # fresh, reuse (an earlier message's id), bad (a token that is not an id)
     bad_token: str
     reuse_of: int
@@ -117,7 +117,7 @@ MUTATIONS = [
 def specs(draw: st.DrawFn) -> Spec:
     mutation = draw(st.sampled_from(MUTATIONS))
     return Spec(
-        subject_shape=draw(st.sampled_from(["ok"] * 6 + ["more", "v2", "bare"])),
+        subject_shape=draw(st.sampled_from(["ok"] * 6 + ["more", "v2", "bare", "prefix"])),
         release=draw(st.sampled_from(["fresh"] * 4 + ["reuse", "bad"])),
         bad_token=draw(BAD_TOKENS),
         reuse_of=draw(st.integers(0, 100)),
@@ -279,6 +279,7 @@ def materialise(
         "more": f"{head}.v1.{release_id}.more",
         "v2": f"{head}.v2.{release_id}",
         "bare": f"{head}.v1",
+        "prefix": head,
     }[spec.subject_shape]
     headers = {"Nats-Msg-Id": f"hdr-{uuid.uuid4().hex}"} if spec.header else {}
     return subject, headers, body, release_id, request_id

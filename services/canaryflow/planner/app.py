@@ -384,14 +384,17 @@ def build_service(
         clock,
         timings,
     )
-    service.subscribe(
-        ReleaseRequestPayload,
-        "requested",
-        planner.on_request,
-        on_malformed=planner.on_unreadable_request,
-        # Every subject under the public request prefix, so that none is stored unread.
-        subject_filter=settings.subjects.requests(),
-    )
+    # Every subject under the public request prefix, so that none is stored unread.
+    for name, subject_filter in zip(
+        ("requested", "requested-bare"), settings.subjects.requests(), strict=True
+    ):
+        service.subscribe(
+            ReleaseRequestPayload,
+            name,
+            planner.on_request,
+            on_malformed=planner.on_unreadable_request,
+            subject_filter=subject_filter,
+        )
     for event, name in FOLLOWED:
         quiet = _routine_verdict if event is AnalysisVerdict else None
         service.subscribe(event, name, planner.on_event, quiet=quiet)

@@ -225,7 +225,10 @@ def test_a_subject_names_a_release_only_in_the_grammar(subject: str, named: str 
 
 def test_the_request_filter_reads_what_the_grammar_refuses_and_the_stream_stores_it() -> None:
     subjects = Subjects()
-    assert subjects.requests() == "canaryflow.release.requested.>"
+    assert subjects.requests() == (
+        "canaryflow.release.requested.>",
+        "canaryflow.release.requested",
+    )
     assert "canaryflow.release.>" in subjects.events_stream.subjects
     assert "canaryflow.request.>" in subjects.events_stream.subjects  # where refusals go
     assert subjects.refusal("4f1c2a9e-ci-8812") == "canaryflow.request.refused.v1.4f1c2a9e-ci-8812"

@@ -264,6 +264,11 @@ BROKEN: dict[str, tuple[str, bytes, str]] = {
         json.dumps(_request("svc-24", "req-v2")).encode(),
         "is not of the form",
     ),
+    "no version, no release id": (
+        "",
+        json.dumps(_request("svc-25", "req-bare")).encode(),
+        "is not of the form",
+    ),
 }
 
 
@@ -273,7 +278,10 @@ async def test_every_broken_request_is_refused_and_dead_lettered(
 ) -> None:
     tail, body, why = BROKEN[case]
     prefix = f"{PREFIX}.release.requested"
-    subject = f"{prefix}.v2.svc-24" if case == "another version" else f"{prefix}.v1.{tail}"
+    subject = {
+        "another version": f"{prefix}.v2.svc-24",
+        "no version, no release id": prefix,
+    }.get(case, f"{prefix}.v1.{tail}")
     msg_id = f"hdr-{abs(hash(case))}"
     await running.nc.jetstream().publish(subject, body, headers={"Nats-Msg-Id": msg_id})
 
@@ -297,7 +305,14 @@ async def test_every_broken_request_is_refused_and_dead_lettered(
     assert kept.data.payload_bytes == len(body)
 
 
-REQUEST_IDS = {"req-deep-data", "req-mismatch", "req-cyrillic", "req-more", "req-v2"}
+REQUEST_IDS = {
+    "req-deep-data",
+    "req-mismatch",
+    "req-cyrillic",
+    "req-more",
+    "req-v2",
+    "req-bare",
+}
 
 
 async def test_reconcile_rolls_back_a_step_that_missed_its_deadline(running: Running) -> None:
