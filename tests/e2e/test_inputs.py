@@ -9,6 +9,7 @@ whose id another request reuses still ends exactly once, with its own outcome.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
@@ -37,6 +38,8 @@ from tests.support import StackEnv, async_wait_until
 pytestmark = pytest.mark.stack
 
 DEEP = 10_000
+# A refusal is published at the first delivery; the retries (0.5 + 2 + 5 + 15 s) come later.
+ANSWER_SECONDS = 5.0
 
 
 def _request(namespace: str, release_id: str, request_id: str) -> dict[str, Any]:
@@ -136,11 +139,16 @@ async def test_each_broken_request_is_refused_on_its_own_subject_and_dead_letter
     tail, body, request_id, why = _broken(shop_namespace, case)
     subject = f"{subjects.prefix}.release.requested.{tail}"
 
+    sent = time.monotonic()
     await nats_client.jetstream().publish(
         subject, body, headers={"Nats-Msg-Id": f"hdr-{request_id.removeprefix('hdr-')}"}
     )
 
     refusal = await _refusal(nats_client, subjects, request_id)
+    took = time.monotonic() - sent
+    print(f"{case}: refused in {took:.2f} s")
+    # At once, not after the retries (a Cyrillic id's rejection reached the dead letters at 22 s)
+    assert took < ANSWER_SECONDS, f"{case}: answered after {took:.1f} s"
     assert refusal.data.request_subject == subject
     assert any(why in reason for reason in refusal.data.reasons), refusal.data.reasons
     letter = await _dead_letter(nats_client, subjects, subject)
