@@ -116,8 +116,9 @@ def _write_env(settings: Settings, env: dict[str, str]) -> None:
     lines = ["# Written by canaryflow_stack up: `source .stack/env` to reach the local stack."]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     # The stack's kubectl (built with the control plane) first on PATH, the rest kept.
-    kubectl_dir = shlex.quote(str(build.go_bin_dir(settings, "kubernetes")))
-    lines.append(f'export PATH={kubectl_dir}:"$PATH"')
+    kubectl_dir = build.go_bin_dir(settings, "kubernetes")
+    if (kubectl_dir / "kubectl").exists():
+        lines.append(f'export PATH={shlex.quote(str(kubectl_dir))}:"$PATH"')
     settings.env_sh.write_text("\n".join(lines) + "\n")
 
 

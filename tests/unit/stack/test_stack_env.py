@@ -22,6 +22,9 @@ def test_sourcing_the_env_sets_the_prefix_the_endpoints_and_puts_kubectl_first(
     tmp_path: Path,
 ) -> None:
     settings = _settings(tmp_path)
+    kubectl_dir = build.go_bin_dir(settings, "kubernetes")
+    kubectl_dir.mkdir(parents=True)
+    (kubectl_dir / "kubectl").touch()  # as the local cluster's build leaves it
     choice = ClusterChoice("local", str(settings.kubeconfig), "test")
     stack_manager._write_env(settings, stack_manager.endpoints(settings, choice))
     script = f'. {settings.env_sh} && echo "$CANARYFLOW_PREFIX|$KUBECONFIG|$PATH"'
@@ -35,5 +38,11 @@ def test_sourcing_the_env_sets_the_prefix_the_endpoints_and_puts_kubectl_first(
     prefix, kubeconfig, path = shown.split("|")
     assert prefix == DEFAULT_PREFIX == stack_manager.DEFAULT_PREFIX
     assert kubeconfig == str(settings.kubeconfig)
-    kubectl_dir = str(build.go_bin_dir(settings, "kubernetes"))
-    assert path.split(os.pathsep) == [kubectl_dir, "/usr/bin", "/bin"], "the rest of PATH kept"
+    assert path.split(os.pathsep) == [str(kubectl_dir), "/usr/bin", "/bin"], "the rest kept"
+
+
+def test_without_a_built_kubectl_the_path_is_left_alone(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)  # an external cluster: no control plane, no kubectl built
+    choice = ClusterChoice("external", "/home/me/.kube/config", "test")
+    stack_manager._write_env(settings, stack_manager.endpoints(settings, choice))
+    assert "PATH=" not in settings.env_sh.read_text()
