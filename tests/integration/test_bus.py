@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import pytest
 from nats.aio.client import Client as NatsClient
@@ -24,12 +25,14 @@ from canaryflow_contracts.events import DeadLetter, PauseRelease, parse_event
 pytestmark = pytest.mark.stack
 
 
+def _settings(stack: StackEnv, prefix: str, **changes: Any) -> Settings:
+    given: dict[str, Any] = {"max_deliver": 3, "workers": 2, **changes}
+    return Settings(service="bustest", nats_url=stack.nats_url, prefix=prefix, **given)
+
+
 @pytest.fixture
 async def service(stack: StackEnv, stream_prefix: str) -> AsyncIterator[Service]:
-    settings = Settings(
-        service="bustest", nats_url=stack.nats_url, prefix=stream_prefix, max_deliver=3, workers=2
-    )
-    yield Service(settings)
+    yield Service(_settings(stack, stream_prefix))
 
 
 async def _publish(nc: NatsClient, subjects: Subjects, raw: bytes, msg_id: str) -> None:
@@ -213,14 +216,7 @@ async def test_a_body_nested_ten_thousand_deep_is_dead_lettered_at_once_not_lost
 async def test_a_message_whose_dead_letter_cannot_be_stored_is_redelivered_not_dropped(
     stack: StackEnv, stream_prefix: str, nats_client: NatsClient
 ) -> None:
-    settings = Settings(
-        service="bustest",
-        nats_url=stack.nats_url,
-        prefix=stream_prefix,
-        max_deliver=3,
-        workers=2,
-        ack_wait_seconds=2,
-    )
+    settings = _settings(stack, stream_prefix, ack_wait_seconds=2)
     service = Service(settings)
     subjects = settings.subjects
 
@@ -254,4 +250,38 @@ async def test_a_message_whose_dead_letter_cannot_be_stored_is_redelivered_not_d
         assert "malformed" in letters[0].error
         assert letters[0].payload == "not json"
     finally:
+        await service.stop()
+
+
+async def test_a_message_no_handler_ever_settles_is_dead_lettered_when_jetstream_gives_up(
+    stack: StackEnv, stream_prefix: str, nats_client: NatsClient
+) -> None:
+    """Our handler dead-letters at its own limit; one that never finishes (a poison message
+    that kills the process each time, here one that hangs) reaches the server's limit, where
+    JetStream drops the message: its advisory makes it a dead letter instead."""
+    settings = _settings(stack, stream_prefix, max_deliver=2, workers=8, ack_wait_seconds=1)
+    service = Service(settings)
+    subjects = settings.subjects
+    started: list[int] = []
+    never = asyncio.Event()
+
+    async def hangs(envelope: Envelope[PauseRelease], delivery: Delivery) -> None:
+        started.append(delivery.attempt)
+        await never.wait()
+
+    service.subscribe(PauseRelease, "hangs", hangs)
+    await service.start()
+    try:
+        await _publish(nats_client, subjects, _pause("e-hang"), "m-6")
+
+        async def lettered() -> list[DeadLetter] | None:
+            return await _dead_letters(nats_client, subjects) or None
+
+        letters = await async_wait_until(lettered, timeout=30, message="a dead letter")
+        assert len(letters) == 1
+        assert letters[0].deliveries == settings.max_deliver + 2 == len(started)
+        assert "never settled" in letters[0].error
+        assert b'"actor":"tester"' in letters[0].payload.encode()
+    finally:
+        never.set()
         await service.stop()

@@ -369,26 +369,90 @@ async def _dead_letter(
     msg: NatsMessage, settings: Settings, consumer: str, attempt: int, error: BaseException
 ) -> None:
     raw = msg.raw_message
+    stored = Stored(raw.subject, raw.data, raw.metadata.sequence.stream)
+    problem = f"{type(error).__name__}: {error}"
+    js = raw._client.jetstream()
+    await dead_letter(js, settings, consumer, stored, deliveries=attempt, error=problem)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A message as the events stream holds it."""
+
+    subject: str
+    data: bytes
+    sequence: int
+
+
+async def dead_letter(
+    js: JetStreamContext,
+    settings: Settings,
+    consumer: str,
+    stored: Stored,
+    *,
+    deliveries: int,
+    error: str,
+) -> None:
+    """Copy a message to the dead-letter stream with its error, once per message and consumer
+    (the id is the stream position and the consumer, so replicas and retries store one)."""
     letter = DeadLetter(
         consumer=consumer,
-        original_subject=raw.subject,
-        deliveries=attempt,
-        error=f"{type(error).__name__}: {error}",
-        payload=raw.data[:DEAD_LETTER_PAYLOAD_BYTES].decode(errors="replace"),
-        payload_bytes=len(raw.data),
-        payload_truncated=len(raw.data) > DEAD_LETTER_PAYLOAD_BYTES,
+        original_subject=stored.subject,
+        deliveries=deliveries,
+        error=error,
+        payload=stored.data[:DEAD_LETTER_PAYLOAD_BYTES].decode(errors="replace"),
+        payload_bytes=len(stored.data),
+        payload_truncated=len(stored.data) > DEAD_LETTER_PAYLOAD_BYTES,
     )
-    release_id = Subjects.release_id_of(raw.subject)
+    release_id = Subjects.release_id_of(stored.subject)
     envelope = Envelope.wrap(
         letter,
         release_id=release_id if is_release_id(release_id) else "unknown",
         source=f"canaryflow/{settings.service}",
-        id=f"dl-{raw.metadata.sequence.stream}-{consumer}",
+        id=f"dl-{stored.sequence}-{consumer}",
     )
-    js = msg.raw_message._client.jetstream()
     await js.publish(
         f"{settings.subjects.prefix}.deadletter.{consumer}.{envelope.subject}",
         envelope.model_dump_json().encode(),
         headers={MESSAGE_ID_HEADER: envelope.id},
         stream=settings.subjects.deadletter_stream.name,
     )
+
+
+# JetStream's advisory when a consumer has delivered a message max_deliver times unsettled.
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+
+
+async def watch_exhausted(
+    js: JetStreamContext, nc: Any, settings: Settings, consumers: set[str]
+) -> Any:
+    """Dead-letter what JetStream stops delivering because no handler ever settled it.
+
+    Our handler dead-letters a message at its ``max_deliver``-th failure; the server's own
+    limit is two deliveries more. A message whose handling never ends (the process is killed
+    by it each time, say) would still reach that limit and be dropped in silence. JetStream
+    announces it with an advisory naming the stream position: every replica hears it, reads
+    the message from the stream and dead-letters it (the dead letter's id makes it one).
+    Returns the subscription.
+    """
+    stream = settings.subjects.events_stream.name
+
+    async def on_advisory(msg: Any) -> None:
+        try:
+            advisory = json.loads(msg.data)
+            consumer, sequence = advisory["consumer"], int(advisory["stream_seq"])
+            if consumer not in consumers:
+                return
+            found = await js.get_msg(stream, sequence)
+            stored = Stored(found.subject or "", found.data or b"", sequence)
+            deliveries = int(advisory["deliveries"])
+            why = (
+                f"delivered {deliveries} times and never settled: its handler did not "
+                "finish (killed, or hung past the ack wait each time)"
+            )
+            await dead_letter(js, settings, consumer, stored, deliveries=deliveries, error=why)
+            log.error("dead-lettered #%d of %s: %s", sequence, consumer, why)
+        except Exception:
+            log.exception("could not dead-letter after the advisory %r", msg.data[:500])
+
+    return await nc.subscribe(f"{MAX_DELIVERIES_ADVISORY}.{stream}.*", cb=on_advisory)

@@ -29,6 +29,7 @@ from canaryflow.runtime.bus import (
     MalformedHandler,
     ensure_streams,
     subscribe,
+    watch_exhausted,
 )
 from canaryflow.runtime.settings import Settings
 from canaryflow.runtime.store import ReleaseStore
@@ -67,6 +68,8 @@ class Service:
             trace_root=self._stored_trace_parent,
         )
         self._store: ReleaseStore | None = None
+        # This service's durable consumers: a message JetStream gives up on is dead-lettered.
+        self._durables: set[str] = set()
         self._loops: list[BackgroundLoop] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._http: WSGIServer | None = None
@@ -88,6 +91,7 @@ class Service:
         quiet: Callable[[Envelope[E]], bool] | None = None,
         subject_filter: str | None = None,
     ) -> None:
+        self._durables.add(self.settings.subjects.consumer(self.settings.service, handler_name))
         subscribe(
             self.broker,
             self.settings,
@@ -160,6 +164,7 @@ class Service:
         await self.broker.connect()
         js = self.broker.connection.jetstream()
         await ensure_streams(js, self.settings.subjects)
+        await watch_exhausted(js, self.broker.connection, self.settings, self._durables)
         self._store = ReleaseStore(await js.key_value(self.settings.subjects.releases_bucket))
         # What exists by now (modules, schemas, clients) lives as long as the process: move it
         # out of the collector's sight, so each full collection scans only the objects of the
