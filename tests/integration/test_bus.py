@@ -253,26 +253,37 @@ async def test_a_message_whose_dead_letter_cannot_be_stored_is_redelivered_not_d
         await service.stop()
 
 
-async def test_a_message_no_handler_ever_settles_is_dead_lettered_when_jetstream_gives_up(
+async def test_a_message_that_kills_its_replica_each_time_is_dead_lettered_in_the_end(
     stack: StackEnv, stream_prefix: str, nats_client: NatsClient
 ) -> None:
-    """Our handler dead-letters at its own limit; one that never finishes (a poison message
-    that kills the process each time, here one that hangs) reaches the server's limit, where
-    JetStream drops the message: its advisory makes it a dead letter instead."""
-    settings = _settings(stack, stream_prefix, max_deliver=2, workers=8, ack_wait_seconds=1)
-    service = Service(settings)
+    """Our handler dead-letters at its own limit; a message whose handling never ends (it kills
+    the process each time) reaches the server's limit instead, where JetStream drops it: its
+    max-deliveries advisory makes it a dead letter."""
+    settings = _settings(stack, stream_prefix, max_deliver=1, workers=4, ack_wait_seconds=2)
     subjects = settings.subjects
     started: list[int] = []
-    never = asyncio.Event()
 
-    async def hangs(envelope: Envelope[PauseRelease], delivery: Delivery) -> None:
+    async def dies(envelope: Envelope[PauseRelease], delivery: Delivery) -> None:
         started.append(delivery.attempt)
-        await never.wait()
+        await asyncio.Event().wait()  # the replica is stopped in the middle of this
 
-    service.subscribe(PauseRelease, "hangs", hangs)
-    await service.start()
+    def replica() -> Service:
+        service = Service(settings)
+        service.subscribe(PauseRelease, "poison", dies)
+        return service
+
+    await ensure_streams(nats_client.jetstream(), subjects)
+    await _publish(nats_client, subjects, _pause("e-poison"), "m-6")
+    # JetStream delivers it up to max_deliver + 2 times; each time its replica dies with it.
+    for delivery in range(1, settings.max_deliver + 3):
+        victim = replica()
+        await victim.start()
+        await async_wait_until(_has(started, delivery), timeout=20, message=f"delivery {delivery}")
+        await victim.stop()
+
+    survivor = replica()
+    await survivor.start()
     try:
-        await _publish(nats_client, subjects, _pause("e-hang"), "m-6")
 
         async def lettered() -> list[DeadLetter] | None:
             return await _dead_letters(nats_client, subjects) or None
@@ -282,6 +293,6 @@ async def test_a_message_no_handler_ever_settles_is_dead_lettered_when_jetstream
         assert letters[0].deliveries == settings.max_deliver + 2 == len(started)
         assert "never settled" in letters[0].error
         assert b'"actor":"tester"' in letters[0].payload.encode()
+        assert started == [1, 2, 3], "the survivor was not given it again"
     finally:
-        never.set()
-        await service.stop()
+        await survivor.stop()
