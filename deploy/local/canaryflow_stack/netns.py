@@ -89,7 +89,8 @@ def holder_ready(state: Path, pid: int) -> str | None:
         return "the namespace is not set up yet"
     if written != str(pid):
         return f"ready file names pid {written}, not {pid}"
-    if ns_id(pid) in (None, ns_id(), _host_ns()):
+    machine = _host_ns() if _host_fd is not None else ns_id()
+    if ns_id(pid) in (None, machine):
         return "the holder is still in the machine's namespace"
     return None
 

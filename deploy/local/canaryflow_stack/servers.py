@@ -241,7 +241,7 @@ def _prometheus(settings: Settings, bins: Binaries, local: bool) -> Server:
         jobs = ""
         if local:
             jobs = Template((folder / "kubernetes-jobs.yml.in").read_text()).substitute(
-                kubeconfig=str(settings.kubeconfig), gateway_metrics=f"{HOST}:{p.gateway_metrics}"
+                pods_sd=_url(p.pods, "/sd"), gateway_metrics=f"{HOST}:{p.gateway_metrics}"
             )
         template = Template((folder / "prometheus.yml.in").read_text())
         conf.write_text(
@@ -508,6 +508,7 @@ def _traefik(settings: Settings, bins: Binaries, choice: ClusterChoice) -> Serve
             # default Traefik holds it back for 2 s.
             "--providers.providersThrottleDuration=100ms",
             "--log.level=INFO",
+            "--log.nocolor=true",
         ],
         ports={"web": p.gateway, "metrics": p.gateway_metrics},
         probe=http_probe(_url(p.gateway_metrics, "/ping")),

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -90,6 +91,52 @@ def served_pod(pod: Any) -> ServedPod | None:
         ports=tuple(ports),
         version=version_of(image),
     )
+
+
+_NOT_A_NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def _meta(prefix: str, values: Mapping[str, str] | None) -> dict[str, str]:
+    labels = {}
+    for key, value in (values or {}).items():
+        name = _NOT_A_NAME.sub("_", key)
+        labels[f"__meta_kubernetes_pod_{prefix}_{name}"] = value
+        labels[f"__meta_kubernetes_pod_{prefix}present_{name}"] = "true"
+    return labels
+
+
+def sd_targets(pod: Any) -> list[dict[str, Any]]:
+    """The pod as Prometheus's kubernetes_sd (role pod) would list it: a target per declared
+    container port, with the same ``__meta_kubernetes_pod_*`` labels (those we relabel by).
+
+    Served over http_sd because Debian's Prometheus has no Kubernetes discovery built in.
+    """
+    if pod.metadata is None or pod.status is None or not pod.status.pod_ip or pod.spec is None:
+        return []
+    common = {
+        "__meta_kubernetes_namespace": pod.metadata.namespace,
+        "__meta_kubernetes_pod_name": pod.metadata.name,
+        "__meta_kubernetes_pod_uid": pod.metadata.uid,
+        "__meta_kubernetes_pod_ip": pod.status.pod_ip,
+        "__meta_kubernetes_pod_ready": "true" if is_ready(pod) else "false",
+        "__meta_kubernetes_pod_node_name": pod.spec.node_name or "",
+        **_meta("label", pod.metadata.labels),
+        **_meta("annotation", pod.metadata.annotations),
+    }
+    targets = []
+    for container in pod.spec.containers or []:
+        for port in container.ports or []:
+            labels = {
+                **common,
+                "__meta_kubernetes_pod_container_name": container.name,
+                "__meta_kubernetes_pod_container_image": container.image or "",
+                "__meta_kubernetes_pod_container_port_number": str(port.container_port),
+                "__meta_kubernetes_pod_container_port_protocol": port.protocol or "TCP",
+                "__meta_kubernetes_pod_container_port_name": port.name or "",
+            }
+            address = f"{pod.status.pod_ip}:{port.container_port}"
+            targets.append({"targets": [address], "labels": labels})
+    return targets
 
 
 @dataclass(frozen=True)
@@ -159,12 +206,15 @@ class PodServer:
             "dataplane_list_errors", "Refreshes that could not list pods.", registry=self.registry
         )
         self.synced = False
+        self.sd: list[dict[str, Any]] = []
+        """Every pod's scrape targets, for Prometheus's http_sd (``/sd``)."""
 
     async def refresh(self) -> None:
         pods = await asyncio.to_thread(
             self._core.list_pod_for_all_namespaces, _request_timeout=self._timeout_s
         )
         desired = [p for p in (served_pod(pod) for pod in pods.items) if p is not None]
+        self.sd = [target for pod in pods.items for target in sd_targets(pod)]
         namespaces = {p.namespace for p in desired}
         for namespace in sorted(namespaces):
             await self._read_behaviours(namespace)
@@ -243,7 +293,8 @@ class PodServer:
 
 
 def _own_app(server: PodServer) -> web.Application:
-    """The server's own port: /healthz (after the first good refresh), /metrics, /pods."""
+    """The server's own port: /healthz (after the first good refresh), /metrics, /pods, and
+    /sd (the pods' scrape targets for Prometheus)."""
 
     async def healthz(request: web.Request) -> web.Response:
         if server.synced:
@@ -259,7 +310,11 @@ def _own_app(server: PodServer) -> web.Application:
         body = [vars(p) | {"ports": list(p.ports)} for p in server.served.values()]
         return web.Response(text=json.dumps(body, indent=2) + "\n", content_type="application/json")
 
+    async def sd(request: web.Request) -> web.Response:
+        return web.json_response(server.sd)
+
     app = web.Application()
+    app.router.add_get("/sd", sd)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/pods", pods)

@@ -1,0 +1,232 @@
+"""The real data plane: pods answer HTTP at their 10.244 addresses, Prometheus finds and scrapes
+them like a cluster's pods, Traefik splits users between versions and keeps each on one.
+
+These run inside the stack's network namespace (tests/conftest.py enters it): the pods'
+addresses exist nowhere else. Requests go to the pods and the gateway as real HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from functools import partial
+from typing import Any
+
+import httpx
+import pytest
+from kubernetes import client
+from tests.support import PrometheusQuery, StackEnv, wait_until
+from tests.support.dataplane import (
+    APP_PORT,
+    create_traefik,
+    ingress_route,
+    ready_pods,
+    shop_deployment,
+    track_service,
+    weighted_sticky,
+)
+
+from canaryflow.dataplane.users import Behaviour, Users
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+def local_cluster(stack: StackEnv) -> None:
+    if not stack.is_local_cluster:
+        pytest.skip("needs the stack's own KWOK cluster and its network namespace")
+
+
+@pytest.fixture
+def http() -> Any:
+    with httpx.Client(timeout=5.0, trust_env=False) as session:
+        yield session
+
+
+def _wait_ready(kube: client.ApiClient, namespace: str, selector: str, count: int) -> list[Any]:
+    def ready() -> list[Any] | None:
+        pods = ready_pods(kube, namespace, selector)
+        return pods if len(pods) == count else None
+
+    return wait_until(
+        ready,
+        timeout=60,
+        message=f"{count} Ready pods with addresses for {selector}",
+    )
+
+
+def _answers(http: httpx.Client, ip: str, path: str = "/") -> httpx.Response | None:
+    try:
+        return http.get(f"http://{ip}:{APP_PORT}{path}")
+    except httpx.TransportError:
+        return None
+
+
+@pytest.mark.usefixtures("local_cluster")
+def test_each_ready_pod_answers_at_its_address_until_it_goes(
+    kube: client.ApiClient, namespace: str, http: httpx.Client
+) -> None:
+    apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
+    apps.create_namespaced_deployment(namespace, shop_deployment("web", "web", "v1", 2, "stable"))
+    pods = _wait_ready(kube, namespace, "app=web", 2)
+
+    for pod in pods:
+        response = wait_until(
+            partial(_answers, http, pod.status.pod_ip),
+            timeout=15,
+            message=f"pod {pod.metadata.name} to answer at {pod.status.pod_ip}:{APP_PORT}",
+        )
+        assert response.status_code == 200
+        assert response.headers["X-Version"] == "v1"
+        assert response.headers["X-Pod"] == pod.metadata.name
+        assert pod.status.pod_ip.startswith("10.244.")
+
+    gone = pods[0]
+    core.delete_namespaced_pod(gone.metadata.name, namespace, grace_period_seconds=0)
+    # The ReplicaSet replaces it; the address may be reused at once (KWOK does): whatever
+    # answers there now must be the new pod, never the deleted one.
+    wait_until(
+        lambda: (
+            (r := _answers(http, gone.status.pod_ip)) is None
+            or r.headers["X-Pod"] != gone.metadata.name
+        ),
+        timeout=15,
+        message=f"the deleted pod {gone.metadata.name} to stop answering",
+    )
+    now_ready = _wait_ready(kube, namespace, "app=web", 2)
+    replacement = next(p for p in now_ready if p.metadata.uid != pods[1].metadata.uid)
+    assert replacement.metadata.uid != gone.metadata.uid
+    response = wait_until(
+        lambda: _answers(http, replacement.status.pod_ip),
+        timeout=15,
+        message=f"the replacement pod {replacement.metadata.name} to answer",
+    )
+    assert response.headers["X-Pod"] == replacement.metadata.name
+
+
+@pytest.mark.usefixtures("local_cluster")
+def test_a_version_behaves_as_configured_and_prometheus_scrapes_it_by_service_track_version(
+    kube: client.ApiClient, namespace: str, http: httpx.Client, prometheus: PrometheusQuery
+) -> None:
+    apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
+    core.create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="canaryflow-simulator"),
+            data={"v2": json.dumps({"error_rate": 1.0, "latency_ms": {"median": 5, "p99": 10}})},
+        ),
+    )
+    apps.create_namespaced_deployment(namespace, shop_deployment("web", "web", "v2", 1, "canary"))
+    (pod,) = _wait_ready(kube, namespace, "app=web", 1)
+    ip = pod.status.pod_ip
+    # /healthz is not counted among the app's requests: the 20 below are all there are.
+    wait_until(
+        partial(_answers, http, ip, "/healthz"), timeout=15, message=f"the pod to answer at {ip}"
+    )
+
+    codes = [http.get(f"http://{ip}:{APP_PORT}/").status_code for _ in range(20)]
+    assert codes == [500] * 20
+
+    selector = f'namespace="{namespace}",service="web",track="canary",version="v2"'
+    expr = f'sum(http_requests_total{{{selector},handler="home",code="500"}})'
+
+    def scraped() -> float | None:
+        samples = prometheus.query(expr)
+        return samples[0].value if samples and samples[0].value >= 20 else None
+
+    total = wait_until(scraped, timeout=20, message=f"Prometheus to scrape the pod's 500s ({expr})")
+    assert total == 20  # exactly what was sent: nothing else reached the pod
+    labels = prometheus.query(f"http_requests_total{{{selector},handler='home',code='500'}}")[0]
+    assert labels.labels["job"] == "kubernetes-pods"
+    assert labels.labels["pod"] == pod.metadata.name
+    assert labels.labels["instance"] == f"{ip}:{APP_PORT}"
+
+
+def _split_setup(
+    kube: client.ApiClient, namespace: str, weights: tuple[int, int], host: str
+) -> None:
+    apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
+    core.create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="canaryflow-simulator"),
+            data={
+                v: json.dumps({"error_rate": 0.0, "latency_ms": {"median": 2, "p99": 5}})
+                for v in ("v1", "v2")
+            },
+        ),
+    )
+    apps.create_namespaced_deployment(namespace, shop_deployment("web", "web", "v1", 2, "stable"))
+    apps.create_namespaced_deployment(
+        namespace, shop_deployment("web-canary", "web", "v2", 1, "canary")
+    )
+    core.create_namespaced_service(namespace, track_service("web-stable", "web", "stable"))
+    core.create_namespaced_service(namespace, track_service("web-canary", "web", "canary"))
+    stable, canary = weights
+    create_traefik(
+        kube,
+        namespace,
+        weighted_sticky("web-split", {"web-stable": stable, "web-canary": canary}, "web_v"),
+    )
+    create_traefik(kube, namespace, ingress_route("web", host, "web-split"))
+    _wait_ready(kube, namespace, "app=web", 3)
+
+
+@pytest.mark.usefixtures("local_cluster")
+async def test_traefik_splits_new_sessions_by_weight_and_no_user_sees_two_versions(
+    kube: client.ApiClient, namespace: str, stack: StackEnv, prometheus: PrometheusQuery
+) -> None:
+    host = f"web.{namespace}.test"
+    _split_setup(kube, namespace, (90, 10), host)
+
+    def routed() -> bool:
+        """Both versions answer through the gateway (Traefik has both backends' endpoints)."""
+        seen = set()
+        for _ in range(20):  # a new client each time: no sticky cookie, a new session
+            with httpx.Client(trust_env=False, timeout=5) as probe:
+                answer = probe.get(stack.gateway_url, headers={"Host": host})
+                seen.add(answer.headers.get("X-Version"))
+        return {"v1", "v2"} <= seen
+
+    wait_until(routed, timeout=30, message=f"Traefik to route {host}")
+
+    users = Users(
+        stack.gateway_url,
+        host,
+        Behaviour(arrivals_per_s=250.0, pages=2, think_s=0.01),
+        random.Random(11),
+    )
+    started = time.monotonic()
+    tally = await users.run(sessions=2000)
+    elapsed = time.monotonic() - started
+
+    assert tally.total_sessions == 2000, f"{tally.failed_sessions} unanswered: {tally.requests}"
+    assert tally.mixed == 0, "a user saw two versions in one session"
+    assert tally.errors() == 0, dict(tally.requests)
+    canary_share = tally.share("v2")
+    assert abs(canary_share - 0.10) <= 0.03, f"canary got {canary_share:.3f} of new sessions"
+    print(f"2000 sessions in {elapsed:.1f} s: canary share {canary_share:.4f}, mixed 0")
+
+    # The gateway's own metrics, scraped by Prometheus, count the leaf services' requests.
+    expr = f'sum by (service) (traefik_service_requests_total{{service=~"{namespace}-web-.*"}})'
+
+    def counted() -> dict[str, float] | None:
+        samples = prometheus.by_label(expr, "service")
+        return samples if sum(samples.values()) >= tally_requests else None
+
+    tally_requests = sum(tally.requests.values())
+    by_service = wait_until(
+        counted,
+        timeout=20,
+        message="Prometheus to scrape Traefik's per-service requests",
+    )
+    stable, canary = (f"{namespace}-web-{track}-80@kubernetescrd" for track in ("stable", "canary"))
+    assert set(by_service) == {stable, canary}
+    # What the gateway counted per backend is what users saw per version (plus at most the
+    # 20 requests that waited for the route above).
+    seen = {v: 0 for v in ("v1", "v2")}
+    for (version, _), count in tally.requests.items():
+        seen[version] = seen.get(version, 0) + count
+    assert 0 <= by_service[stable] - seen["v1"] <= 20
+    assert 0 <= by_service[canary] - seen["v2"] <= 20
