@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from canaryflow.executor.traffic import CannotSplit, ReplicaPlan, router_for
-from canaryflow.executor.traffic.replica_ratio import ReplicaRatioRouter, ready_share
 from canaryflow.runtime.kube import DeploymentReadiness
+from canaryflow.runtime.traffic import CannotSplit, ReplicaPlan, router_for
+from canaryflow.runtime.traffic.replica_ratio import ReplicaRatioRouter, ready_share
 
 
 @pytest.mark.parametrize(
