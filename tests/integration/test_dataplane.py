@@ -17,7 +17,8 @@ import httpx
 import pytest
 from kubernetes import client
 from tests.support import PrometheusQuery, StackEnv, wait_until
-from tests.support.dataplane import (
+
+from canaryflow.dataplane.objects import (
     APP_PORT,
     create_traefik,
     ingress_route,
@@ -26,7 +27,6 @@ from tests.support.dataplane import (
     track_service,
     weighted_sticky,
 )
-
 from canaryflow.dataplane.users import Behaviour, Users
 
 pytestmark = pytest.mark.stack

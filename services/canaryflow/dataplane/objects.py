@@ -1,8 +1,9 @@
-"""Objects for tests of the real data plane: shop Deployments, per-track Services, Traefik.
+"""The Kubernetes objects of a shop on the real data plane: Deployments, Services, Traefik.
 
-Why here: the pods, gateway and users tests (and later the router's) build the same
-objects: a Deployment whose pods declare a port and ask to be scraped, a Service per track,
-and Traefik's weighted sticky TraefikService behind an IngressRoute.
+Why one module: the data plane's tests, the gateway bench and the demo build the same
+objects: a Deployment whose pods declare a port and ask to be scraped, a Service per track
+(selected by the track label, as Flagger's ``-primary``/``-canary``), and Traefik's weighted
+sticky TraefikService behind an IngressRoute.
 """
 
 from __future__ import annotations
@@ -89,10 +90,31 @@ def ingress_route(name: str, host: str, traefik_service: str) -> dict[str, Any]:
     }
 
 
+PLURALS = {"TraefikService": "traefikservices", "IngressRoute": "ingressroutes"}
+
+
 def create_traefik(kube: client.ApiClient, namespace: str, body: dict[str, Any]) -> None:
-    plural = {"TraefikService": "traefikservices", "IngressRoute": "ingressroutes"}[body["kind"]]
     client.CustomObjectsApi(kube).create_namespaced_custom_object(
-        TRAEFIK_GROUP, TRAEFIK_VERSION, namespace, plural, body
+        TRAEFIK_GROUP, TRAEFIK_VERSION, namespace, PLURALS[body["kind"]], body
+    )
+
+
+def set_weights(kube: client.ApiClient, namespace: str, name: str, weights: dict[str, int]) -> None:
+    """Patch a weighted TraefikService's weights (its services keep their order)."""
+    api = client.CustomObjectsApi(kube)
+    current = api.get_namespaced_custom_object(
+        TRAEFIK_GROUP, TRAEFIK_VERSION, namespace, PLURALS["TraefikService"], name
+    )
+    services = current["spec"]["weighted"]["services"]
+    for service in services:
+        service["weight"] = weights[service["name"]]
+    api.patch_namespaced_custom_object(
+        TRAEFIK_GROUP,
+        TRAEFIK_VERSION,
+        namespace,
+        PLURALS["TraefikService"],
+        name,
+        {"spec": {"weighted": {"services": services}}},
     )
 
 
