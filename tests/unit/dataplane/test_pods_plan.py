@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from canaryflow.dataplane.pods import ServedPod, plan, served_pod
+from canaryflow.dataplane.pods import ServedPod, plan, sd_targets, served_pod
 
 
 def _pod(
@@ -20,13 +20,19 @@ def _pod(
     return SimpleNamespace(
         metadata=SimpleNamespace(
             uid=uid, name=f"web-{uid}", namespace="shop",
+            labels={}, annotations={},
             deletion_timestamp="2026-12-06T00:00:00Z" if deleting else None,
         ),
         spec=SimpleNamespace(
+            node_name="kwok-node-0",
             containers=[
                 SimpleNamespace(
+                    name="app",
                     image=image,
-                    ports=[SimpleNamespace(container_port=p, protocol="TCP") for p in ports],
+                    ports=[
+                        SimpleNamespace(container_port=p, protocol="TCP", name=None)
+                        for p in ports
+                    ],
                 )
             ]
         ),
@@ -77,3 +83,22 @@ def test_a_second_uid_on_an_address_still_held_waits_for_the_holder_to_go() -> N
 
     assert plan({"a": holder}, [holder, newcomer]).start == ()
     assert plan({}, [holder, newcomer]).start == (holder,)
+
+
+def test_scrape_targets_carry_the_labels_prometheus_pod_role_gives() -> None:
+    pod = _pod(ports=(8080, 9090), ready=False)
+    pod.metadata.labels = {"app": "web", "canaryflow.io/track": "canary"}
+    pod.metadata.annotations = {"prometheus.io/scrape": "true"}
+
+    targets = sd_targets(pod)
+
+    assert [t["targets"] for t in targets] == [["10.244.1.5:8080"], ["10.244.1.5:9090"]]
+    labels = targets[0]["labels"]
+    assert labels["__meta_kubernetes_pod_ready"] == "false"  # listed; the job drops it
+    assert labels["__meta_kubernetes_pod_label_app"] == "web"
+    assert labels["__meta_kubernetes_pod_label_canaryflow_io_track"] == "canary"
+    assert labels["__meta_kubernetes_pod_labelpresent_canaryflow_io_track"] == "true"
+    assert labels["__meta_kubernetes_pod_annotation_prometheus_io_scrape"] == "true"
+    assert labels["__meta_kubernetes_pod_container_port_number"] == "8080"
+    assert labels["__meta_kubernetes_pod_uid"] == "u1"
+    assert sd_targets(_pod(ip=None)) == []
