@@ -308,7 +308,9 @@ def _up(settings: Settings) -> dict[str, str]:
     before = [name for name in _recorded_names(settings) if _ours(settings, name)]
     started: list[_Started] = []
     try:
-        bins, timings = _ensure_binaries(settings, choice)
+        # Builds and installs need the registries: on the machine's side, never in the
+        # namespace (it has no way out), even when this process has entered it already.
+        bins, timings = netns.on_host(partial(_ensure_binaries, settings, choice))
         if choice.kind == "local":
             pki.ensure_credentials(settings)
         servers = plan(settings, choice, bins)
