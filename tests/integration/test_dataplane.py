@@ -7,16 +7,19 @@ addresses exist nowhere else. Requests go to the pods and the gateway as real HT
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from kubernetes import client
-from tests.support import PrometheusQuery, StackEnv, wait_until
+from tests.support import PrometheusQuery, StackEnv, async_wait_until, wait_until
 
 from canaryflow.dataplane.objects import (
     APP_PORT,
@@ -28,6 +31,8 @@ from canaryflow.dataplane.objects import (
     weighted_sticky,
 )
 from canaryflow.dataplane.users import Behaviour, Users
+from canaryflow.runtime.traffic import router_for
+from canaryflow_contracts.events import TargetRef
 
 pytestmark = pytest.mark.stack
 
@@ -144,7 +149,13 @@ def test_a_version_behaves_as_configured_and_prometheus_scrapes_it_by_service_tr
 
 
 def _split_setup(
-    kube: client.ApiClient, namespace: str, weights: tuple[int, int], host: str
+    kube: client.ApiClient,
+    namespace: str,
+    weights: tuple[int, int],
+    host: str,
+    *,
+    stable_pods: int = 2,
+    split: str = "web-split",
 ) -> None:
     apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
     core.create_namespaced_config_map(
@@ -157,7 +168,9 @@ def _split_setup(
             },
         ),
     )
-    apps.create_namespaced_deployment(namespace, shop_deployment("web", "web", "v1", 2, "stable"))
+    apps.create_namespaced_deployment(
+        namespace, shop_deployment("web", "web", "v1", stable_pods, "stable")
+    )
     apps.create_namespaced_deployment(
         namespace, shop_deployment("web-canary", "web", "v2", 1, "canary")
     )
@@ -167,10 +180,18 @@ def _split_setup(
     create_traefik(
         kube,
         namespace,
-        weighted_sticky("web-split", {"web-stable": stable, "web-canary": canary}, "web_v"),
+        weighted_sticky(split, {"web-stable": stable, "web-canary": canary}, "web_v"),
     )
-    create_traefik(kube, namespace, ingress_route("web", host, "web-split"))
-    _wait_ready(kube, namespace, "app=web", 3)
+    create_traefik(kube, namespace, ingress_route("web", host, split))
+    _wait_ready(kube, namespace, "app=web", stable_pods + 1)
+
+
+def _versions_of_new_sessions(gateway: str, host: str, count: int) -> set[str | None]:
+    seen = set()
+    for _ in range(count):  # a new client each time: no sticky cookie, a new session
+        with httpx.Client(trust_env=False, timeout=5) as probe:
+            seen.add(probe.get(gateway, headers={"Host": host}).headers.get("X-Version"))
+    return seen
 
 
 @pytest.mark.usefixtures("local_cluster")
@@ -182,12 +203,7 @@ async def test_traefik_splits_new_sessions_by_weight_and_no_user_sees_two_versio
 
     def routed() -> bool:
         """Both versions answer through the gateway (Traefik has both backends' endpoints)."""
-        seen = set()
-        for _ in range(20):  # a new client each time: no sticky cookie, a new session
-            with httpx.Client(trust_env=False, timeout=5) as probe:
-                answer = probe.get(stack.gateway_url, headers={"Host": host})
-                seen.add(answer.headers.get("X-Version"))
-        return {"v1", "v2"} <= seen
+        return {"v1", "v2"} <= _versions_of_new_sessions(stack.gateway_url, host, 20)
 
     wait_until(routed, timeout=30, message=f"Traefik to route {host}")
 
@@ -230,3 +246,73 @@ async def test_traefik_splits_new_sessions_by_weight_and_no_user_sees_two_versio
         seen[version] = seen.get(version, 0) + count
     assert 0 <= by_service[stable] - seen["v1"] <= 20
     assert 0 <= by_service[canary] - seen["v2"] <= 20
+
+
+@pytest.mark.usefixtures("local_cluster")
+async def test_the_traefik_router_canaries_one_pod_at_5_percent_and_takes_pinned_users_back(
+    kube: client.ApiClient, namespace: str, stack: StackEnv
+) -> None:
+    """Given a 1-pod target, the router's weight gives its 1-pod canary 5 % of new sessions;
+    on finalize (canary weight 0) users pinned to the canary move to stable, and then the
+    canary's pods go, without a single failed request."""
+    host = f"web.{namespace}.test"
+    _split_setup(kube, namespace, (100, 0), host, stable_pods=1, split="web")
+    target = TargetRef(namespace=namespace, name="web")
+    router = router_for("traefik", kube)
+    assert router.replicas(1, 5).canary == 1
+
+    await router.set_routes(target, 5)
+    wait_until(
+        lambda: {"v1", "v2"} <= _versions_of_new_sessions(stack.gateway_url, host, 40),
+        timeout=30,
+        message="Traefik to send new sessions to the canary at 5 %",
+    )
+    users = Users(
+        stack.gateway_url, host, Behaviour(arrivals_per_s=250.0, pages=0), random.Random(5)
+    )
+    tally = await users.run(sessions=2000)
+    assert tally.total_sessions == 2000 and tally.mixed == 0 and tally.errors() == 0
+    assert abs(tally.share("v2") - 0.05) <= 0.03, f"canary got {tally.share('v2'):.3f}"
+
+    # Returning users, pinned by their cookie; some of them to the canary.
+    jars = [
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), trust_env=False)
+        for _ in range(200)
+    ]
+    codes: list[int] = []
+
+    async def visit_all() -> list[str]:
+        async def visit(jar: aiohttp.ClientSession) -> str:
+            async with jar.get(stack.gateway_url + "/", headers={"Host": host}) as response:
+                await response.read()
+                codes.append(response.status)
+                return response.headers.get("X-Version", "none")
+
+        return list(await asyncio.gather(*(visit(jar) for jar in jars)))
+
+    try:
+        first = await visit_all()
+        assert "v2" in first, "with 200 users at 5 %, some are pinned to the canary"
+
+        await router.finalize(target)
+        await async_wait_until(
+            lambda: _all_stable(visit_all),
+            timeout=15,
+            message="every returning user, canary-pinned ones included, on stable",
+        )
+        client.AppsV1Api(kube).patch_namespaced_deployment_scale(
+            "web-canary", namespace, {"spec": {"replicas": 0}}
+        )
+        wait_until(
+            lambda: not ready_pods(kube, namespace, "canaryflow.io/track=canary") or None,
+            timeout=30,
+            message="the canary's pods to go",
+        )
+        assert set(await visit_all()) == {"v1"}
+    finally:
+        await asyncio.gather(*(jar.close() for jar in jars))
+    assert set(codes) == {200}, f"requests that failed: {[c for c in codes if c != 200]}"
+
+
+async def _all_stable(visit_all: Callable[[], Awaitable[list[str]]]) -> bool | None:
+    return set(await visit_all()) == {"v1"} or None
