@@ -105,18 +105,20 @@ def _wait_routed(gateway: str, host: str) -> None:
 async def _returning(
     gateway: str, host: str, jars: list[aiohttp.ClientSession], first: list[str]
 ) -> int:
-    """One request by each returning user; how many got another version than their first."""
+    """One request by each returning user; how many got another version than their first.
 
-    async def visit(i: int) -> int:
-        async with jars[i].get(gateway + "/", headers={"Host": host}) as response:
+    The first call records each user's version (``first``, in the users' order)."""
+
+    async def visit(jar: aiohttp.ClientSession) -> str:
+        async with jar.get(gateway + "/", headers={"Host": host}) as response:
             await response.read()
-            version = response.headers.get(VERSION_HEADER, "none")
-        if len(first) <= i:
-            first.append(version)
-            return 0
-        return int(version != first[i])
+            return response.headers.get(VERSION_HEADER, "none")
 
-    return sum(await asyncio.gather(*(visit(i) for i in range(len(jars)))))
+    versions = await asyncio.gather(*(visit(jar) for jar in jars))
+    if not first:
+        first.extend(versions)
+        return 0
+    return sum(now != then for now, then in zip(versions, first, strict=True))
 
 
 async def _run(args: argparse.Namespace) -> None:
@@ -151,7 +153,7 @@ async def _run(args: argparse.Namespace) -> None:
                     random.Random(step),
                 )
                 tally = await users.run(sessions=args.sessions)
-                moved += await _returning(gateway, host, jars, first)
+                moved = await _returning(gateway, host, jars, first)
                 share = tally.share("v2")
                 print(
                     f"{weight:>5}% {tally.total_sessions:>8} {share:>12.4f} "
@@ -160,8 +162,10 @@ async def _run(args: argparse.Namespace) -> None:
                 )
         finally:
             await asyncio.gather(*(jar.close() for jar in jars))
-        print(f"returning users: {len(jars)}, first on canary: {first.count('v2')}, "
-              f"moved to another version across {len(WEIGHTS)} weights: {moved}")  # fmt: skip
+        print(
+            f"returning users: {len(jars)}, first on canary: {first.count('v2')}, "
+            f"on another version than their first after {len(WEIGHTS)} weights: {moved}"
+        )
     finally:
         client.CoreV1Api(kube).delete_namespace(namespace, propagation_policy="Background")
         kube.close()
