@@ -51,7 +51,8 @@ demo: venv
 
 # Every benchmark script in bench/, one after another, each printing its own figures
 # (bench/judgement.py: false-positive rate, power and time to detect of the analysis;
-# bench/tracing_overhead.py: events per second per service with tracing on and off).
+# bench/tracing_overhead.py: events per second per service with tracing on and off;
+# bench/gateway_split.py: the gateway's share error per weight and stickiness, real users).
 BENCHES := $(sort $(wildcard bench/*.py))
 bench: venv
 	$(STACK) up
