@@ -29,6 +29,7 @@ from kubernetes import client
 from kubernetes import config as kconfig
 
 from canaryflow.dataplane.objects import (
+    behaviour_configmap,
     create_traefik,
     ingress_route,
     ready_pods,
@@ -56,7 +57,7 @@ def _env() -> dict[str, str]:
 def _setup(kube: Any, namespace: str, host: str) -> None:
     core, apps = client.CoreV1Api(kube), client.AppsV1Api(kube)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    fast = json.dumps({"error_rate": 0.0, "latency_ms": {"median": 2, "p99": 5}})
+    fast = {"error_rate": 0.0, "latency_ms": {"median": 2, "p99": 5}}
     deadline = time.monotonic() + 30
     while True:  # pods are refused until the namespace's default ServiceAccount exists
         try:
@@ -66,13 +67,7 @@ def _setup(kube: Any, namespace: str, host: str) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-    core.create_namespaced_config_map(
-        namespace,
-        client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(name="canaryflow-simulator"),
-            data={"v1": fast, "v2": fast},
-        ),
-    )
+    core.create_namespaced_config_map(namespace, behaviour_configmap({"v1": fast, "v2": fast}))
     apps.create_namespaced_deployment(namespace, shop_deployment("web", "web", "v1", 2, "stable"))
     apps.create_namespaced_deployment(
         namespace, shop_deployment("web-canary", "web", "v2", 1, "canary")

@@ -100,6 +100,14 @@ def jaeger(stack: StackEnv) -> Iterator[JaegerQuery]:
     query.close()
 
 
+@pytest.fixture
+def local_cluster(stack: StackEnv) -> None:
+    """Skips a test that needs the stack's own KWOK cluster (fake images, KWOK stages, pods
+    that answer in the stack's network namespace)."""
+    if not stack.is_local_cluster:
+        pytest.skip("needs the stack's own KWOK cluster (fake images, KWOK stages, pod addresses)")
+
+
 def _dns_label(text: str, limit: int) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:limit].strip("-") or "t"
 

@@ -8,7 +8,6 @@ addresses exist nowhere else. Requests go to the pods and the gateway as real HT
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +22,7 @@ from tests.support import PrometheusQuery, StackEnv, async_wait_until, wait_unti
 
 from canaryflow.dataplane.objects import (
     APP_PORT,
+    behaviour_configmap,
     create_traefik,
     ingress_route,
     ready_pods,
@@ -35,12 +35,8 @@ from canaryflow.runtime.traffic import router_for
 from canaryflow_contracts.events import TargetRef
 
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture
-def local_cluster(stack: StackEnv) -> None:
-    if not stack.is_local_cluster:
-        pytest.skip("needs the stack's own KWOK cluster and its network namespace")
+FAST = {"median": 2, "p99": 5}
+"""Latency (ms) that keeps thousands of sessions quick."""
 
 
 @pytest.fixture
@@ -116,11 +112,7 @@ def test_a_version_behaves_as_configured_and_prometheus_scrapes_it_by_service_tr
 ) -> None:
     apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
     core.create_namespaced_config_map(
-        namespace,
-        client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(name="canaryflow-simulator"),
-            data={"v2": json.dumps({"error_rate": 1.0, "latency_ms": {"median": 5, "p99": 10}})},
-        ),
+        namespace, behaviour_configmap({"v2": {"error_rate": 1.0, "latency_ms": FAST}})
     )
     apps.create_namespaced_deployment(namespace, shop_deployment("web", "web", "v2", 1, "canary"))
     (pod,) = _wait_ready(kube, namespace, "app=web", 1)
@@ -158,15 +150,9 @@ def _split_setup(
     split: str = "web-split",
 ) -> None:
     apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
+    healthy = {"error_rate": 0.0, "latency_ms": FAST}
     core.create_namespaced_config_map(
-        namespace,
-        client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(name="canaryflow-simulator"),
-            data={
-                v: json.dumps({"error_rate": 0.0, "latency_ms": {"median": 2, "p99": 5}})
-                for v in ("v1", "v2")
-            },
-        ),
+        namespace, behaviour_configmap({"v1": healthy, "v2": healthy})
     )
     apps.create_namespaced_deployment(
         namespace, shop_deployment("web", "web", "v1", stable_pods, "stable")

@@ -48,12 +48,6 @@ from canaryflow_stack.procs import PidRecord
 pytestmark = pytest.mark.stack
 
 
-@pytest.fixture
-def local_cluster(stack: StackEnv) -> None:
-    if not stack.is_local_cluster:
-        pytest.skip("needs the stack's own KWOK cluster (fake images, KWOK stages)")
-
-
 def _deployment(
     name: str, image: str, replicas: int, labels: dict[str, str]
 ) -> client.V1Deployment:

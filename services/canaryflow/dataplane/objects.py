@@ -8,10 +8,12 @@ sticky TraefikService behind an IngressRoute.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from kubernetes import client
 
+from canaryflow.runtime.behaviour import CONFIGMAP_NAME
 from canaryflow.runtime.kube import TRACK_LABEL
 
 APP_PORT = 8080
@@ -42,6 +44,14 @@ def shop_deployment(name: str, app: str, version: str, replicas: int, track: str
                 ),
             ),
         ),
+    )
+
+
+def behaviour_configmap(behaviours: dict[str, dict[str, Any]]) -> Any:
+    """The ConfigMap that tells pods (and the simulator) how each version behaves, by tag."""
+    return client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name=CONFIGMAP_NAME),
+        data={version: json.dumps(behaviour) for version, behaviour in behaviours.items()},
     )
 
 
