@@ -568,11 +568,11 @@ def status(settings: Settings) -> bool:
     say(f"cluster in use: {choice.kind} ({choice.detail}); kubeconfig: {choice.kubeconfig}")
     if choice.kind == "external":
         say("  (local etcd/kube-apiserver/controller-manager/scheduler/kwok are not used)")
-    say(f"{'SERVER':<24} {'PID':>8}  {'PORTS':<24} {'RSS':>9}  HEALTH")
+    say(f"{'SERVER':<28} {'PID':>8}  {'PORTS':<24} {'RSS':>9}  HEALTH")
     for r in rows:
         pid = str(r.pid) if r.pid else "-"
         rss = f"{r.rss / 2**20:.0f} MiB" if r.pid else "-"
-        say(f"{r.name:<24} {pid:>8}  {r.ports:<24} {rss:>9}  {r.health}")
+        say(f"{r.name:<28} {pid:>8}  {r.ports:<24} {rss:>9}  {r.health}")
     total = sum(r.rss for r in rows)
     say(f"total RSS: {total / 2**20:.0f} MiB; logs: {settings.logs}/<server>.log")
     extra = [n for n in _recorded_names(settings) if n not in {r.name for r in rows}]

@@ -11,6 +11,9 @@ address:port can belong to two pods a second apart; a listener belongs to one UI
 closed before another UID's listener takes the address. A pod that stops being Ready (or
 starts terminating) stops answering, as its endpoints leave the Service.
 
+It also lists every pod's scrape targets for Prometheus (``/sd``, http_sd) with the labels
+Prometheus's own pod discovery gives, because Debian's Prometheus is built without it.
+
 Why polling, as the simulator does: the process must survive an API server that restarts
 under it; a list every ``--refresh`` seconds recovers by itself, and every failure keeps what
 is being served until the next good list.
