@@ -187,8 +187,12 @@ async def test_traefik_splits_new_sessions_by_weight_and_no_user_sees_two_versio
     host = f"web.{namespace}.test"
     _split_setup(kube, namespace, (90, 10), host)
 
+    probes = 0
+
     def routed() -> bool:
         """Both versions answer through the gateway (Traefik has both backends' endpoints)."""
+        nonlocal probes
+        probes += 20
         return {"v1", "v2"} <= _versions_of_new_sessions(stack.gateway_url, host, 20)
 
     wait_until(routed, timeout=30, message=f"Traefik to route {host}")
@@ -213,25 +217,26 @@ async def test_traefik_splits_new_sessions_by_weight_and_no_user_sees_two_versio
     # The gateway's own metrics, scraped by Prometheus, count the leaf services' requests.
     expr = f'sum by (service) (traefik_service_requests_total{{service=~"{namespace}-web-.*"}})'
 
-    def counted() -> dict[str, float] | None:
-        samples = prometheus.by_label(expr, "service")
-        return samples if sum(samples.values()) >= tally_requests else None
-
-    tally_requests = sum(tally.requests.values())
-    by_service = wait_until(
-        counted,
-        timeout=20,
-        message="Prometheus to scrape Traefik's per-service requests",
-    )
     stable, canary = (f"{namespace}-web-{track}-80@kubernetescrd" for track in ("stable", "canary"))
-    assert set(by_service) == {stable, canary}
-    # What the gateway counted per backend is what users saw per version (plus at most the
-    # 20 requests that waited for the route above).
     seen = {v: 0 for v in ("v1", "v2")}
     for (version, _), count in tally.requests.items():
         seen[version] = seen.get(version, 0) + count
-    assert 0 <= by_service[stable] - seen["v1"] <= 20
-    assert 0 <= by_service[canary] - seen["v2"] <= 20
+
+    def counted() -> dict[str, float] | None:
+        """Once every request users saw has been scraped (both backends at least as many)."""
+        samples = prometheus.by_label(expr, "service")
+        if samples.get(stable, 0) >= seen["v1"] and samples.get(canary, 0) >= seen["v2"]:
+            return samples
+        return None
+
+    by_service = wait_until(
+        counted, timeout=20, message="Prometheus to scrape Traefik's per-service requests"
+    )
+    assert set(by_service) == {stable, canary}
+    # What the gateway counted per backend is what users saw per version, plus at most the
+    # requests that waited for the route above.
+    assert by_service[stable] - seen["v1"] <= probes
+    assert by_service[canary] - seen["v2"] <= probes
 
 
 @pytest.mark.usefixtures("local_cluster")
