@@ -43,17 +43,20 @@ test: lint
 	$(STACK) up
 	$(PY) -m pytest -q -ra
 
+# The demo and the benches run inside the stack's network namespace (see README, "The local
+# stack"); the tests enter it themselves (tests/conftest.py).
 demo: venv
 	$(STACK) up
-	$(PY) -m canaryflow.demo
+	$(STACK) exec -- $(PY) -m canaryflow.demo
 
 # Every benchmark script in bench/, one after another, each printing its own figures
 # (bench/judgement.py: false-positive rate, power and time to detect of the analysis;
-# bench/tracing_overhead.py: events per second per service with tracing on and off).
+# bench/tracing_overhead.py: events per second per service with tracing on and off;
+# bench/gateway_split.py: the gateway's share error per weight and stickiness, real users).
 BENCHES := $(sort $(wildcard bench/*.py))
 bench: venv
 	$(STACK) up
-	@set -e; for script in $(BENCHES); do echo "== $$script"; $(PY) $$script; done
+	@set -e; for script in $(BENCHES); do echo "== $$script"; $(STACK) exec -- $(PY) $$script; done
 
 clean:
 	rm -rf $(VENV) .stack .mypy_cache .ruff_cache .pytest_cache

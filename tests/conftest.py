@@ -1,6 +1,8 @@
 """Session fixtures for tests on the real local stack (NATS, Kubernetes, Prometheus, Jaeger).
 
 Why this shape:
+- the whole session runs inside the stack's network namespace (``pytest_collection_modifyitems``
+  enters it, or starts the stack, which enters it), where the servers and the pods are.
 - ``stack`` reuses a stack that is already up and healthy (``.stack/env.json`` plus a health
   probe of every server), and otherwise starts one through ``canaryflow_stack``, so ``make
   test`` and a bare ``pytest`` both work, and a warm run pays nothing for it.
@@ -30,6 +32,21 @@ from canaryflow_contracts import Subjects
 from canaryflow_stack import stack as stack_manager
 from canaryflow_stack.config import Settings
 from tests.support import JaegerQuery, PrometheusQuery, StackEnv, wait_until
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Move the test process into the stack's network namespace before any test runs.
+
+    Every server of the stack listens on the namespace's own 127.0.0.1, and pods answer at
+    10.244.x.y only there. setns moves only the calling thread, so it happens here, while
+    pytest has no other thread; the servers, services and clients the tests start inherit it.
+    A stack that is not up yet is started here (``up`` enters the namespace itself).
+    """
+    if not any(item.get_closest_marker("stack") for item in items):
+        return
+    settings = Settings.from_env()
+    if not stack_manager.enter(settings):
+        stack_manager.up(settings)
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +98,14 @@ def jaeger(stack: StackEnv) -> Iterator[JaegerQuery]:
     query = JaegerQuery(stack.jaeger_query_url)
     yield query
     query.close()
+
+
+@pytest.fixture
+def local_cluster(stack: StackEnv) -> None:
+    """Skips a test that needs the stack's own KWOK cluster (fake images, KWOK stages, pods
+    that answer in the stack's network namespace)."""
+    if not stack.is_local_cluster:
+        pytest.skip("needs the stack's own KWOK cluster (fake images, KWOK stages, pod addresses)")
 
 
 def _dns_label(text: str, limit: int) -> str:

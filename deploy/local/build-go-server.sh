@@ -3,7 +3,7 @@
 # installs it into the version-keyed cache, e.g.
 #   build-go-server.sh kubernetes v1.34.4 ~/.cache/canaryflow/stack/kubernetes-v1.34.4
 # Components: kubernetes (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl), etcd, kwok, jaeger. Each build happens in a throwaway wrapper module so
+# kubectl), etcd, kwok, jaeger, traefik (with its CRDs from the module zip). Each build happens in a throwaway wrapper module so
 # versions never mix, and the binaries land in <dest>/bin only when all succeed.
 set -euo pipefail
 
@@ -64,6 +64,25 @@ jaeger)
   go mod init local/jaeger >/dev/null 2>&1
   go get "github.com/jaegertracing/jaeger@$version"
   go build -trimpath -ldflags "-s -w" -o out/jaeger github.com/jaegertracing/jaeger/cmd/jaeger
+  ;;
+traefik)
+  # Traefik's go.mod replaces three modules with forks and excludes one version, and a
+  # replace or exclude only counts in the main module: `go install` refuses it, so the
+  # wrapper carries the same directives (checked for v3.6.x; v3.7 needs modules the proxy
+  # refuses).
+  go mod init local/traefik >/dev/null 2>&1
+  cat >> go.mod <<EOT
+require github.com/traefik/traefik/v3 $version
+replace github.com/abbot/go-http-auth => github.com/containous/go-http-auth v0.4.1-0.20200324110947-a37a7636d23e
+replace github.com/gorilla/mux => github.com/containous/mux v0.0.0-20250523120546-41b6ec3aed59
+replace github.com/mailgun/minheap => github.com/containous/minheap v0.0.0-20190809180810-6e71eb837595
+exclude github.com/tencentcloud/tencentcloud-sdk-go v3.0.83+incompatible
+EOT
+  go get "github.com/traefik/traefik/v3/cmd/traefik@$version"
+  go build -trimpath -ldflags "-s -w" -o out/traefik github.com/traefik/traefik/v3/cmd/traefik
+  # The CRDs of this very version, from its module zip (applied server-side by the stack).
+  moddir=$(go list -m -f '{{.Dir}}' github.com/traefik/traefik/v3)
+  cp "$moddir/docs/content/reference/dynamic-configuration/kubernetes-crd-definition-v1.yml" out/traefik-crds.yml
   ;;
 *)
   echo "unknown component: $component" >&2

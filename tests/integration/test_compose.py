@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from canaryflow_stack import netns
+
 REPO = Path(__file__).resolve().parents[2]
 CHECKER = REPO / "deploy" / "compose-check"
 
@@ -26,14 +28,18 @@ def _compose_check(path: Path) -> subprocess.CompletedProcess[str]:
         "GOFLAGS": "-mod=mod",
         "GOTOOLCHAIN": "local",
     }
-    return subprocess.run(
-        ["go", "run", ".", str(path)],
-        cwd=CHECKER,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    # On the machine's side: the test session lives in the stack's network namespace, which
+    # has no way out, and `go run` may need the Go module proxy.
+    return netns.on_host(
+        lambda: subprocess.run(
+            ["go", "run", ".", str(path)],
+            cwd=CHECKER,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
     )
 
 

@@ -12,10 +12,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib.util
+import socket
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -37,17 +40,12 @@ from tests.support import (
 )
 from tests.support.wait import WaitTimeout
 
+from canaryflow_stack import netns
 from canaryflow_stack import stack as stack_manager
 from canaryflow_stack.config import Settings
 from canaryflow_stack.procs import PidRecord
 
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture
-def local_cluster(stack: StackEnv) -> None:
-    if not stack.is_local_cluster:
-        pytest.skip("needs the stack's own KWOK cluster (fake images, KWOK stages)")
 
 
 def _deployment(
@@ -370,3 +368,45 @@ def test_the_release_policy_crd_is_installed_the_way_up_installs_it(
         "canaryflow.io", "v1alpha1", "releasepolicies"
     )
     assert listed["kind"] == "ReleasePolicyList"
+
+
+def _bind_error(address: str) -> int | None:
+    """errno of binding ``address`` in the calling thread's namespace (no packet is sent)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((address, 0))
+        except OSError as exc:
+            return exc.errno
+    return None
+
+
+def test_pod_addresses_are_local_only_in_the_stack_namespace(
+    stack: StackEnv, stack_settings: Settings
+) -> None:
+    """The rule: 10.244.x.y exists inside the stack's namespace and nowhere on the machine."""
+    assert stack_manager.inside(stack_settings), "tests run inside the stack's namespace"
+    assert _bind_error("10.244.200.7") is None
+    assert netns.on_host(lambda: _bind_error("10.244.200.7")) == errno.EADDRNOTAVAIL
+
+
+def test_forwarded_ports_reach_the_servers_from_the_machine(
+    stack: StackEnv, stack_settings: Settings
+) -> None:
+    """NATS's monitoring, Prometheus and the API server answer on the machine's 127.0.0.1.
+
+    Only a cluster the stack runs has its API server forwarded; the others always are.
+    """
+    if not stack.is_local_cluster:
+        pytest.skip("the API server is the user's own")
+    ports = stack_settings.ports
+
+    def from_machine() -> list[int]:
+        with httpx.Client(trust_env=False, timeout=5, verify=False) as http:
+            return [
+                http.get(f"http://127.0.0.1:{ports.nats_monitor}/healthz").status_code,
+                http.get(f"http://127.0.0.1:{ports.prometheus}/-/ready").status_code,
+                # /version is public: the API server itself answers through the forwarder.
+                http.get(f"https://127.0.0.1:{ports.apiserver}/version").status_code,
+            ]
+
+    assert netns.on_host(from_machine) == [200, 200, 200]

@@ -19,6 +19,8 @@ class StackEnv:
     jaeger_query_url: str
     otlp_http_endpoint: str
     simulator_url: str
+    gateway_url: str
+    """Traefik's web entrypoint (inside the stack's namespace)."""
     cluster: str
     """``local`` (the stack's own KWOK cluster) or ``external`` (the user's KUBECONFIG)."""
     state_dir: Path
@@ -33,6 +35,7 @@ class StackEnv:
             jaeger_query_url=env["JAEGER_QUERY_URL"],
             otlp_http_endpoint=env["OTEL_EXPORTER_OTLP_ENDPOINT"],
             simulator_url=env["SIMULATOR_URL"],
+            gateway_url=env.get("GATEWAY_URL", ""),
             cluster=env["CANARYFLOW_CLUSTER"],
             state_dir=Path(env["CANARYFLOW_STACK_DIR"]),
         )

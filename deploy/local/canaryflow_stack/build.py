@@ -37,6 +37,8 @@ class GoComponent:
     version: str
     binaries: tuple[str, ...]
     estimate: str
+    files: tuple[str, ...] = ()
+    """Other outputs that must be there too (not executables: e.g. CRDs from the module zip)."""
 
 
 GO_COMPONENTS = {
@@ -49,6 +51,9 @@ GO_COMPONENTS = {
     "etcd": GoComponent("etcd", config.ETCD_VERSION, ("etcd",), "~1 min"),
     "kwok": GoComponent("kwok", config.KWOK_VERSION, ("kwok",), "~3 min"),
     "jaeger": GoComponent("jaeger", config.JAEGER_VERSION, ("jaeger",), "~6 min"),
+    "traefik": GoComponent(
+        "traefik", config.TRAEFIK_VERSION, ("traefik",), "~12 min", files=("traefik-crds.yml",)
+    ),
 }
 
 
@@ -75,7 +80,9 @@ def go_bin_dir(settings: Settings, name: str) -> Path:
 
 def _go_complete(settings: Settings, comp: GoComponent) -> bool:
     bin_dir = go_bin_dir(settings, comp.name)
-    return all(os.access(bin_dir / b, os.X_OK) for b in comp.binaries)
+    return all(os.access(bin_dir / b, os.X_OK) for b in comp.binaries) and all(
+        (bin_dir / f).is_file() for f in comp.files
+    )
 
 
 def ensure_go_component(settings: Settings, name: str) -> tuple[Path, float | None]:
@@ -105,7 +112,7 @@ def ensure_go_component(settings: Settings, name: str) -> tuple[Path, float | No
                 name,
                 log,
                 f"the build of {name} {comp.version} finished without producing "
-                f"{', '.join(comp.binaries)}",
+                f"{', '.join(comp.binaries + comp.files)}",
                 "see the build log",
             )
         say(f"  built {name} {comp.version} in {seconds:.0f} s")
@@ -246,7 +253,9 @@ def _install_prometheus_fallback(log: Path, env: dict[str, str], dest: Path) -> 
     shutil.copy2("/usr/bin/prometheus", dest / "bin" / "prometheus")
 
 
-def _run_quiet(argv: list[str], log: Path, env: dict[str, str], cwd: Path) -> None:
+def _run_quiet(
+    argv: list[str], log: Path, env: dict[str, str], cwd: Path, what: str = "prometheus"
+) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         out.write(f"\n=== {' '.join(argv)}\n".encode())
@@ -256,11 +265,38 @@ def _run_quiet(argv: list[str], log: Path, env: dict[str, str], cwd: Path) -> No
         ).returncode
     if code != 0:
         raise StackError(
-            "prometheus",
+            what,
             log,
             f"`{' '.join(argv)}` failed (exit code {code})",
             "Debian's package mirrors are unreachable or the package index is stale",
         )
+
+
+# socat ---------------------------------------------------------------------------------------
+
+
+def ensure_socat(settings: Settings) -> Path:
+    """socat (Debian's package), which forwards the stack's ports out of its namespace.
+
+    Installed with apt-get when missing (it needs libwrap0 besides, so unpacking the one
+    package into the cache as for Prometheus would not run); the stack needs root anyway.
+    """
+    found = shutil.which("socat")
+    if found:
+        return Path(found)
+    log = settings.log("build-socat")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    say("installing socat from Debian's packages (first run only)…")
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "socat"]
+    try:
+        _run_quiet(install, log, env, Path("/"), "socat")
+    except StackError:
+        _run_quiet(["apt-get", "update"], log, env, Path("/"), "socat")
+        _run_quiet(install, log, env, Path("/"), "socat")
+    found = shutil.which("socat")
+    if not found:
+        raise StackError("socat", log, "apt-get installed socat but it is not on PATH", "see log")
+    return Path(found)
 
 
 # NATS ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ code.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -29,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     restart = sub.add_parser("restart", help="stop and start one server (e.g. nats)")
     restart.add_argument("server")
     sub.add_parser("env", help="print the endpoints of the running stack as shell exports")
+    run = sub.add_parser(
+        "exec", help="run a command inside the stack's network namespace (pods, 10.244.x.y)"
+    )
+    run.add_argument("argv", nargs=argparse.REMAINDER, help="the command and its arguments")
     sub.add_parser("prune", help="delete Go's module/build caches (GBs); built binaries stay")
     args = parser.parse_args(argv)
 
@@ -49,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prune":
             build.prune_go_caches(settings)
             return 0
+        if args.command == "exec":
+            return _exec(settings, list(args.argv))
         if args.command == "env":
             print(settings.env_sh.read_text() if settings.env_sh.exists() else "", end="")
             return 0 if settings.env_sh.exists() else 1
@@ -59,6 +66,25 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 2
+
+
+def _exec(settings: Settings, argv: list[str]) -> int:
+    """Enter the stack's namespace and become ``argv`` (the demo, a shell, a curl)."""
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        print("usage: python -m canaryflow_stack exec -- COMMAND [ARGS...]", file=sys.stderr)
+        return 2
+    if not stack.enter(settings):
+        print("the stack is not up: run `make stack-up` first", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        print(f"cannot run {argv[0]}: {exc}", file=sys.stderr)
+        return 127
+    return 0  # not reached: execvp replaced this process
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -13,6 +13,7 @@ The bootstrap talks to the API server with plain HTTP requests (httpx) rather th
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from .config import KWOK_NODE_COUNT, Settings
 
@@ -96,6 +98,39 @@ class KubeApi:
 
     def delete(self, path: str) -> httpx.Response:
         return self._client.delete(path)
+
+    def apply(self, path: str, body: dict[str, Any], field_manager: str) -> httpx.Response:
+        """Server-side apply (JSON is YAML, so the body goes as apply-patch+yaml)."""
+        return self._client.patch(
+            path,
+            params={"fieldManager": field_manager, "force": "true"},
+            content=json.dumps(body),
+            headers={"Content-Type": "application/apply-patch+yaml"},
+        )
+
+
+def apply_crds(api: KubeApi, manifest: Path, field_manager: str) -> list[str]:
+    """Apply every CustomResourceDefinition of a multi-document YAML file server-side.
+
+    Server-side, because Traefik's CRDs are too large for the last-applied annotation of a
+    client-side apply. Returns the names applied; raises with the API's answer otherwise.
+    """
+    names = []
+    for doc in yaml.safe_load_all(manifest.read_text()):
+        if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
+            continue
+        name = doc["metadata"]["name"]
+        path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
+        response = api.apply(path, doc, field_manager)
+        if not response.is_success:
+            raise RuntimeError(
+                f"applying CRD {name} from {manifest}: HTTP {response.status_code}: "
+                f"{response.text[:300]}"
+            )
+        names.append(name)
+    if not names:
+        raise RuntimeError(f"{manifest} holds no CustomResourceDefinition")
+    return names
 
 
 def node_names() -> list[str]:

@@ -28,6 +28,7 @@ KUBERNETES_VERSION = "v1.34.4"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.7.0"
 JAEGER_VERSION = "v1.76.0"  # Go module github.com/jaegertracing/jaeger, i.e. Jaeger v2's cmd/jaeger
+TRAEFIK_VERSION = "v3.6.12"  # Go module github.com/traefik/traefik/v3 (v3.7 needs refused modules)
 
 # Default loopback ports. Each can be overridden by the environment variable named beside it.
 DEFAULT_PORTS: dict[str, tuple[str, int]] = {
@@ -45,7 +46,23 @@ DEFAULT_PORTS: dict[str, tuple[str, int]] = {
     "jaeger_query": ("CANARYFLOW_JAEGER_QUERY_PORT", 16686),
     "jaeger_query_grpc": ("CANARYFLOW_JAEGER_QUERY_GRPC_PORT", 16685),
     "simulator": ("CANARYFLOW_SIMULATOR_PORT", 19464),
+    "pods": ("CANARYFLOW_PODS_PORT", 19465),
+    "gateway": ("CANARYFLOW_GATEWAY_PORT", 18000),
+    "gateway_metrics": ("CANARYFLOW_GATEWAY_METRICS_PORT", 18001),
 }
+
+# The ports reachable from the machine's own 127.0.0.1 (forwarded into the stack's network
+# namespace, see netns.py); every other port exists only inside the namespace.
+FORWARDED = (
+    "nats",
+    "nats_monitor",
+    "apiserver",
+    "prometheus",
+    "jaeger_otlp_grpc",
+    "jaeger_otlp_http",
+    "jaeger_query",
+    "gateway",
+)
 
 HOST = "127.0.0.1"
 KWOK_NODE_COUNT = 3
@@ -83,6 +100,9 @@ class Ports:
     jaeger_query: int
     jaeger_query_grpc: int
     simulator: int
+    pods: int
+    gateway: int
+    gateway_metrics: int
 
     @classmethod
     def from_env(cls) -> Ports:
@@ -152,6 +172,11 @@ class Settings:
     @property
     def env_sh(self) -> Path:
         return self.state / "env"
+
+    @property
+    def sockets(self) -> Path:
+        """The forwarders' Unix sockets (they cross from the machine into the namespace)."""
+        return self.state / "sockets"
 
     def log(self, server: str) -> Path:
         return self.logs / f"{server}.log"

@@ -5,21 +5,27 @@ server's ports, log file and probe are defined once. Servers are grouped in phas
 in a phase starts together and is waited for together, and a phase only starts when the one
 before it is healthy (the API server needs etcd; the controllers, scheduler and kwok need the
 API server; the simulator needs the cluster).
+
+Every server runs in the stack's network namespace (``netns.py``) except the host halves of
+the forwarders, which listen on the machine's 127.0.0.1 (``side="host"``).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from string import Template
 
-from . import build, cluster, config, pki
+from . import build, cluster, config, netns, pki
 from .cluster import ClusterChoice
 from .config import HOST, Settings
 from .health import Probe, all_of, etcd_check, http_probe
+from .procs import PidRecord
 
 
 @dataclass
@@ -37,12 +43,15 @@ class Server:
     """Runs before the process starts (configs, data dirs, objects it needs)."""
     binary: Path | None = None
     """The executable that must exist; None when it is a module run by the venv's python."""
+    side: str = "stack"
+    """``stack`` (in the stack's network namespace) or ``host`` (the machine's own)."""
 
     def endpoint_summary(self) -> str:
         return ",".join(str(p) for p in self.ports.values())
 
 
 ORDER = [
+    "netns",
     "nats",
     "etcd",
     "prometheus",
@@ -52,6 +61,10 @@ ORDER = [
     "kube-scheduler",
     "kwok",
     "simulator",
+    "pods",
+    "traefik",
+    *(f"forward-{name}-in" for name in config.FORWARDED),
+    *(f"forward-{name}" for name in config.FORWARDED),
 ]
 KUBE_SERVERS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
@@ -64,6 +77,8 @@ class Binaries:
     kwok: Path
     prometheus: Path
     jaeger: Path
+    traefik: Path
+    socat: Path
 
 
 def locate_binaries(settings: Settings) -> Binaries:
@@ -76,17 +91,109 @@ def locate_binaries(settings: Settings) -> Binaries:
         kwok=build.go_bin_dir(settings, "kwok") / "kwok",
         prometheus=proms[-1] if proms else settings.stack_cache / "prometheus-?/bin/prometheus",
         jaeger=build.go_bin_dir(settings, "jaeger") / "jaeger",
+        traefik=build.go_bin_dir(settings, "traefik") / "traefik",
+        socat=Path(shutil.which("socat") or "/usr/bin/socat"),
     )
 
 
 def plan(settings: Settings, choice: ClusterChoice, bins: Binaries) -> list[Server]:
     """Every server the stack runs for this cluster choice, in start order."""
-    servers = [_nats(settings, bins), _prometheus(settings, bins), _jaeger(settings, bins)]
+    servers = [
+        netns_holder(settings),
+        _nats(settings, bins),
+        _prometheus(settings, bins, choice.kind == "local"),
+        _jaeger(settings, bins),
+    ]
     if choice.kind == "local":
         servers += _kubernetes(settings, bins)
+        servers.append(_traefik(settings, bins, choice))
+        if build.python_has_module(settings, "canaryflow.dataplane"):
+            servers.append(_pods(settings, choice))
     if build.python_has_module(settings, "canaryflow.simulator"):
         servers.append(_simulator(settings, choice))
+    servers += _forwarders(settings, bins)
     return sorted(servers, key=lambda s: (s.phase, ORDER.index(s.name)))
+
+
+def netns_holder(settings: Settings) -> Server:
+    """The process that holds the stack's network namespace (first up, last down)."""
+    pidfile = settings.pids / "netns.json"
+
+    def probe() -> str | None:
+        record = PidRecord.load(pidfile)
+        if record is None:
+            return "no pid file yet"
+        return netns.holder_ready(settings.state, record.pid)
+
+    return Server(
+        name="netns",
+        phase=-1,
+        argv=[str(settings.python), "-m", "canaryflow_stack.netns", str(settings.state)],
+        ports={},
+        probe=probe,
+        timeout=15,
+        cause="creating a network namespace needs root (CAP_SYS_ADMIN) and the `ip` command "
+        "(Debian's iproute2)",
+        side="host",
+    )
+
+
+def _forwarders(settings: Settings, bins: Binaries) -> list[Server]:
+    """socat pairs: the machine's 127.0.0.1:PORT -> a Unix socket -> the namespace's PORT."""
+    servers = []
+    for name in config.FORWARDED:
+        port = getattr(settings.ports, name)
+        sock = settings.sockets / f"{name}.sock"
+        servers.append(
+            Server(
+                name=f"forward-{name}-in",
+                phase=4,
+                argv=[
+                    str(bins.socat),
+                    f"UNIX-LISTEN:{sock},fork,unlink-early,mode=600",
+                    f"TCP:{HOST}:{port}",
+                ],
+                ports={},
+                probe=_socket_probe(sock),
+                timeout=10,
+                cause="socat could not create its socket in " + str(settings.sockets),
+                prepare=lambda: settings.sockets.mkdir(parents=True, exist_ok=True),
+                binary=bins.socat,
+            )
+        )
+        servers.append(
+            Server(
+                name=f"forward-{name}",
+                phase=4,
+                argv=[
+                    str(bins.socat),
+                    f"TCP-LISTEN:{port},bind={HOST},reuseaddr,fork",
+                    f"UNIX-CONNECT:{sock}",
+                ],
+                ports={name: port},
+                probe=partial(netns.on_host, partial(_tcp_probe, port)),
+                timeout=10,
+                cause=f"socat could not listen on the machine's {HOST}:{port}",
+                binary=bins.socat,
+                side="host",
+            )
+        )
+    return servers
+
+
+def _socket_probe(path: Path) -> Probe:
+    def probe() -> str | None:
+        return None if path.is_socket() else f"{path} does not exist yet"
+
+    return probe
+
+
+def _tcp_probe(port: int) -> str | None:
+    try:
+        with socket.create_connection((HOST, port), timeout=1.0):
+            return None
+    except OSError as exc:
+        return f"connect {HOST}:{port}: {exc}"
 
 
 def _url(port: int, path: str = "", scheme: str = "http") -> str:
@@ -122,7 +229,7 @@ def _nats(settings: Settings, bins: Binaries) -> Server:
     )
 
 
-def _prometheus(settings: Settings, bins: Binaries) -> Server:
+def _prometheus(settings: Settings, bins: Binaries, local: bool) -> Server:
     p = settings.ports
     conf = settings.prometheus_dir / "prometheus.yml"
     data = settings.data / "prometheus"
@@ -130,12 +237,19 @@ def _prometheus(settings: Settings, bins: Binaries) -> Server:
     def prepare() -> None:
         settings.prometheus_targets.mkdir(parents=True, exist_ok=True)
         data.mkdir(parents=True, exist_ok=True)
-        template = Template((config.DEPLOY_DIR / "prometheus" / "prometheus.yml.in").read_text())
+        folder = config.DEPLOY_DIR / "prometheus"
+        jobs = ""
+        if local:
+            jobs = Template((folder / "kubernetes-jobs.yml.in").read_text()).substitute(
+                pods_sd=_url(p.pods, "/sd"), gateway_metrics=f"{HOST}:{p.gateway_metrics}"
+            )
+        template = Template((folder / "prometheus.yml.in").read_text())
         conf.write_text(
             template.substitute(
                 simulator=f"{HOST}:{p.simulator}",
                 targets_dir=str(settings.prometheus_targets),
                 prometheus=f"{HOST}:{p.prometheus}",
+                kubernetes_jobs=jobs,
             )
         )
 
@@ -354,4 +468,75 @@ def _simulator(settings: Settings, choice: ClusterChoice) -> Server:
         timeout=60,
         cause="a bug or missing dependency in canaryflow.simulator, or it cannot reach the cluster",
         env={"KUBECONFIG": choice.kubeconfig},
+    )
+
+
+GATEWAY_BUCKETS = "0.005,0.01,0.025,0.05,0.075,0.1,0.15,0.2,0.3,0.4,0.5,0.75,1,1.5,2,3,5,10"
+"""Finer than Traefik's default 0.1/0.3/1.2/5 s, and the same as the pods' own histogram."""
+
+
+def _traefik(settings: Settings, bins: Binaries, choice: ClusterChoice) -> Server:
+    """Traefik as the cluster's gateway: the CRD provider, watching the stack's API server."""
+    p = settings.ports
+    f = pki.files(settings)
+    crds = bins.traefik.parent / "traefik-crds.yml"
+
+    def prepare() -> None:
+        api = cluster.KubeApi(pki.server_url(settings), pki.admin_token(settings), f.ca_crt)
+        try:
+            cluster.apply_crds(api, crds, field_manager="canaryflow-stack")
+        finally:
+            api.close()
+
+    return Server(
+        name="traefik",
+        phase=3,
+        argv=[
+            str(bins.traefik),
+            f"--entrypoints.web.address={HOST}:{p.gateway}",
+            f"--entrypoints.metrics.address={HOST}:{p.gateway_metrics}",
+            "--ping=true",
+            "--ping.entrypoint=metrics",
+            "--metrics.prometheus=true",
+            "--metrics.prometheus.entrypoint=metrics",
+            f"--metrics.prometheus.buckets={GATEWAY_BUCKETS}",
+            "--providers.kubernetescrd=true",
+            # With no endpoints left, answer 503 for that service alone, never drop (and 404)
+            # the whole weighted service its siblings are in.
+            "--providers.kubernetescrd.allowEmptyServices=true",
+            # A rollback is a second configuration change within seconds of the first: by
+            # default Traefik holds it back for 2 s.
+            "--providers.providersThrottleDuration=100ms",
+            "--log.level=INFO",
+            "--log.nocolor=true",
+        ],
+        ports={"web": p.gateway, "metrics": p.gateway_metrics},
+        probe=http_probe(_url(p.gateway_metrics, "/ping")),
+        timeout=60,
+        cause="its CRDs were not applied, or it cannot reach the API server (see its log)",
+        env={"KUBECONFIG": choice.kubeconfig.split(os.pathsep)[0]},
+        prepare=prepare,
+        binary=bins.traefik,
+    )
+
+
+def _pods(settings: Settings, choice: ClusterChoice) -> Server:
+    """The process that makes every Ready pod answer HTTP on its own address."""
+    p = settings.ports
+    return Server(
+        name="pods",
+        phase=3,
+        argv=[
+            str(settings.python),
+            "-m",
+            "canaryflow.dataplane.pods",
+            "--kubeconfig",
+            choice.kubeconfig.split(os.pathsep)[0],
+            "--listen",
+            f"{HOST}:{p.pods}",
+        ],
+        ports={"http": p.pods},
+        probe=http_probe(_url(p.pods, "/healthz")),
+        timeout=60,
+        cause="a bug in canaryflow.dataplane.pods, or it cannot reach the cluster",
     )

@@ -10,6 +10,10 @@ Why it works the way it does:
 - ``down`` only stops processes recorded in pid files, after checking each is still ours.
 - The result of ``up`` is ``.stack/env.json`` (and ``.stack/env`` for shells): the endpoints
   clients and tests read, and which cluster is in use.
+- Every server runs in the stack's own network namespace (``netns.py``): ``up``, ``status``
+  and ``restart`` start its holder if needed and enter it first, so their probes reach the
+  servers on the namespace's 127.0.0.1; the forwarders' listening halves run on the
+  machine's side (``Server.side``).
 """
 
 from __future__ import annotations
@@ -20,16 +24,20 @@ import json
 import os
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
-from . import build, cluster, pki, procs
+from . import build, cluster, netns, pki, procs
 from .cluster import ClusterChoice, choose_cluster
 from .config import DEPLOY_DIR, HOST, Settings
 from .errors import StackError
 from .procs import PidRecord
 from .servers import KUBE_SERVERS, ORDER, Binaries, Server, locate_binaries, plan
+
+T = TypeVar("T")
 
 
 def say(message: str) -> None:
@@ -86,6 +94,9 @@ def endpoints(settings: Settings, choice: ClusterChoice) -> dict[str, str]:
         "CANARYFLOW_OTLP_GRPC_ENDPOINT": f"http://{HOST}:{p.jaeger_otlp_grpc}",
         "SIMULATOR_URL": f"http://{HOST}:{p.simulator}",
         "CANARYFLOW_PREFIX": DEFAULT_PREFIX,
+        "GATEWAY_URL": f"http://{HOST}:{p.gateway}",
+        "GATEWAY_METRICS_URL": f"http://{HOST}:{p.gateway_metrics}",
+        "PODS_URL": f"http://{HOST}:{p.pods}",
         "CANARYFLOW_CLUSTER": choice.kind,
         "CANARYFLOW_CLUSTER_DETAIL": choice.detail,
         "CANARYFLOW_STACK_DIR": str(settings.state),
@@ -151,7 +162,9 @@ def _ensure_binaries(
     settings: Settings, choice: ClusterChoice
 ) -> tuple[Binaries, dict[str, float]]:
     timings: dict[str, float] = {}
-    names = ["jaeger"] + (["etcd", "kwok", "kubernetes"] if choice.kind == "local" else [])
+    names = ["jaeger"] + (
+        ["etcd", "kwok", "kubernetes", "traefik"] if choice.kind == "local" else []
+    )
     for name in names:
         _, seconds = build.ensure_go_component(settings, name)
         if seconds is not None:
@@ -160,6 +173,7 @@ def _ensure_binaries(
     if seconds is not None:
         timings["download prometheus"] = seconds
     nats = build.ensure_nats_server(settings)
+    socat = build.ensure_socat(settings)
     located = locate_binaries(settings)
     bins = Binaries(
         nats=nats,
@@ -168,14 +182,17 @@ def _ensure_binaries(
         kwok=located.kwok,
         prometheus=prometheus,
         jaeger=located.jaeger,
+        traefik=located.traefik,
+        socat=socat,
     )
     return bins, timings
 
 
 def _check_ports(server: Server) -> None:
     for label, port in server.ports.items():
-        if not procs.port_free(port):
-            owner = procs.port_owner(port) or "an unknown process"
+        if not _on_side(server, partial(procs.port_free, port)):
+            owner = _on_side(server, partial(procs.port_owner, port))
+            owner = owner or "an unknown process"
             env_name = _port_env_hint(port)
             raise StackError(
                 server.name,
@@ -184,6 +201,11 @@ def _check_ports(server: Server) -> None:
                 "another program, or a stack started from another clone, holds the port: "
                 f"stop it, or choose another port with {env_name}",
             )
+
+
+def _on_side(server: Server, fn: Callable[[], T]) -> T:
+    """Run a port check in the namespace the server listens in."""
+    return netns.on_host(fn) if server.side == "host" else fn()
 
 
 def _port_env_hint(port: int) -> str:
@@ -216,8 +238,13 @@ def _start(settings: Settings, server: Server, choice: ClusterChoice) -> PidReco
             ) from exc
     env = _base_env(settings, choice)
     env.update(server.env)
-    return procs.spawn(
-        server.name, server.argv, settings.log(server.name), pidfile(settings, server.name), env
+    # A child starts in its parent thread's namespace: host-side servers are spawned from a
+    # thread moved back to the machine's namespace.
+    return _on_side(
+        server,
+        lambda: procs.spawn(
+            server.name, server.argv, settings.log(server.name), pidfile(settings, server.name), env
+        ),
     )
 
 
@@ -299,13 +326,19 @@ def _up(settings: Settings) -> dict[str, str]:
         d.mkdir(parents=True, exist_ok=True)
     choice = choose_cluster(settings)
     say(f"cluster: {choice.kind} ({choice.detail})")
+    reason = netns.require_root()
+    if reason is not None:
+        raise StackError("netns", None, "cannot make the stack's network namespace", reason)
     for name in _recorded_names(settings):
         _clean_stale(settings, name)
+    _refuse_servers_outside_namespace(settings)
     # What runs now, from earlier runs: reported (never stopped) if this run fails.
     before = [name for name in _recorded_names(settings) if _ours(settings, name)]
     started: list[_Started] = []
     try:
-        bins, timings = _ensure_binaries(settings, choice)
+        # Builds and installs need the registries: on the machine's side, never in the
+        # namespace (it has no way out), even when this process has entered it already.
+        bins, timings = netns.on_host(partial(_ensure_binaries, settings, choice))
         if choice.kind == "local":
             pki.ensure_credentials(settings)
         servers = plan(settings, choice, bins)
@@ -313,7 +346,8 @@ def _up(settings: Settings) -> dict[str, str]:
             say("simulator: module canaryflow.simulator is not installed yet; not started")
         pending = [s for s in servers if _ours(settings, s.name) is None]
         for server in pending:  # report every taken port before anything starts
-            _check_ports(server)
+            if server.side == "host" or inside(settings):
+                _check_ports(server)
 
         healthy: list[tuple[Server, PidRecord]] = []
         for phase in sorted({s.phase for s in servers}):
@@ -352,6 +386,11 @@ def _up(settings: Settings) -> dict[str, str]:
                     say(f"  {server.name} healthy in {seconds:.1f} s (pid {record.pid})")
                 else:
                     say(f"{server.name}: already running and healthy (pid {record.pid})")
+                if server.name == "netns" and not inside(settings):
+                    enter(settings)
+                    for other in pending:  # the namespace's own ports, now that we see them
+                        if other.side == "stack":
+                            _check_ports(other)
     except BaseException:
         # A failed server, Ctrl-C, SIGTERM, a broken pipe: never leave half a stack behind.
         _undo(settings, started, before)
@@ -369,6 +408,42 @@ def _up(settings: Settings) -> dict[str, str]:
         f"stack is up in {total:.1f} s; endpoints in {settings.env_json} (shell: {settings.env_sh})"
     )
     return env
+
+
+def inside(settings: Settings) -> bool:
+    """Whether this process is in the stack's network namespace (its holder is running)."""
+    record = _ours(settings, "netns")
+    return record is not None and netns.inside(record.pid)
+
+
+def enter(settings: Settings) -> bool:
+    """Enter the stack's network namespace if its holder runs; False when it does not.
+
+    Call it before any thread starts (setns moves only the calling thread).
+    """
+    record = _ours(settings, "netns")
+    if record is None:
+        return False
+    try:
+        netns.enter(record.pid)
+    except netns.NetnsError as exc:
+        raise StackError("netns", settings.log("netns"), str(exc), "see the message") from exc
+    return True
+
+
+def _refuse_servers_outside_namespace(settings: Settings) -> None:
+    """Servers recorded without a namespace holder were started outside it (an older stack)."""
+    if _ours(settings, "netns") is not None:
+        return
+    running = [n for n in _recorded_names(settings) if n != "netns" and _ours(settings, n)]
+    if running:
+        raise StackError(
+            "netns",
+            None,
+            f"servers of this stack run outside its network namespace: {', '.join(running)}",
+            "they were started by a version of the stack from before the namespace: "
+            "run `make stack-down`, then `make stack-up`",
+        )
 
 
 def _undo(settings: Settings, started: list[_Started], before: list[str]) -> None:
@@ -458,10 +533,12 @@ def leftovers(settings: Settings) -> list[tuple[int, str]]:
         if not cmd or str(settings.state) not in " ".join(cmd):
             continue
         exe = cmd[0]
+        ours = ("canaryflow.simulator", "canaryflow.dataplane.pods", "canaryflow_stack.netns")
         server = (
             (exe.startswith(str(settings.stack_cache)) and not exe.endswith("/kubectl"))
             or exe == str(settings.python.parent / "nats-server")
-            or (exe == str(settings.python) and "canaryflow.simulator" in cmd)
+            or (exe == str(settings.python) and any(module in cmd for module in ours))
+            or (exe.endswith("/socat") and any(str(settings.sockets) in arg for arg in cmd))
         )
         if server:
             found.append((int(entry.name), " ".join(cmd)[:160]))
@@ -484,13 +561,18 @@ def check(settings: Settings) -> tuple[ClusterChoice, list[ServerStatus]]:
     """Probe every server of the current cluster choice once."""
     choice = current_choice(settings)
     rows = []
+    entered = inside(settings) or enter(settings)
     for server in plan(settings, choice, locate_binaries(settings)):
         record = _ours(settings, server.name)
         if record is None:
-            taken = [p for p in server.ports.values() if not procs.port_free(p)]
+            visible = entered or server.side == "host"
+            ports = server.ports.values() if visible else []
+            taken = [p for p in ports if not _on_side(server, partial(procs.port_free, p))]
             health = "stopped"
             if taken:
-                health += f" (port {taken[0]} held by {procs.port_owner(taken[0])})"
+                port = taken[0]
+                owner = _on_side(server, partial(procs.port_owner, port))
+                health += f" (port {port} held by {owner})"
             rows.append(ServerStatus(server.name, None, server.endpoint_summary(), health, 0))
             continue
         reason = server.probe()
@@ -517,11 +599,11 @@ def status(settings: Settings) -> bool:
     say(f"cluster in use: {choice.kind} ({choice.detail}); kubeconfig: {choice.kubeconfig}")
     if choice.kind == "external":
         say("  (local etcd/kube-apiserver/controller-manager/scheduler/kwok are not used)")
-    say(f"{'SERVER':<24} {'PID':>8}  {'PORTS':<24} {'RSS':>9}  HEALTH")
+    say(f"{'SERVER':<28} {'PID':>8}  {'PORTS':<24} {'RSS':>9}  HEALTH")
     for r in rows:
         pid = str(r.pid) if r.pid else "-"
         rss = f"{r.rss / 2**20:.0f} MiB" if r.pid else "-"
-        say(f"{r.name:<24} {pid:>8}  {r.ports:<24} {rss:>9}  {r.health}")
+        say(f"{r.name:<28} {pid:>8}  {r.ports:<24} {rss:>9}  {r.health}")
     total = sum(r.rss for r in rows)
     say(f"total RSS: {total / 2**20:.0f} MiB; logs: {settings.logs}/<server>.log")
     extra = [n for n in _recorded_names(settings) if n not in {r.name for r in rows}]
@@ -538,6 +620,8 @@ def restart(settings: Settings, name: str) -> None:
 
 def _restart(settings: Settings, name: str) -> None:
     choice = current_choice(settings)
+    if not (inside(settings) or enter(settings)):
+        raise StackError(name, None, "the stack is not up", "run `make stack-up` first")
     servers = {s.name: s for s in plan(settings, choice, locate_binaries(settings))}
     if name not in servers:
         raise StackError(

@@ -22,11 +22,11 @@ from canaryflow.executor.phases import (
     Reached,
     Superseded,
 )
-from canaryflow.executor.traffic import TrafficRouter, router_for
 from canaryflow.runtime import authority, kube, observability, policies, tracing
 from canaryflow.runtime.bus import Delivery
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
+from canaryflow.runtime.traffic import TrafficRouter, router_for
 from canaryflow_contracts import Envelope
 from canaryflow_contracts.events import (
     ApplyPhase,

@@ -17,10 +17,10 @@ from datetime import datetime, timedelta
 
 from canaryflow.executor import decisions
 from canaryflow.executor.cluster import Cluster, image_of
-from canaryflow.executor.traffic import CannotSplit, ReplicaPlan, TrafficRouter
 from canaryflow.executor.workload import WorkloadError, full_size, record_restore_point
 from canaryflow.runtime import kube
 from canaryflow.runtime.kube import DeploymentReadiness
+from canaryflow.runtime.traffic import CannotSplit, ReplicaPlan, TrafficRouter
 from canaryflow_contracts.events import ApplyPhase, RequestPromotion, TargetRef, VersionSpec
 
 log = logging.getLogger(__name__)

@@ -15,13 +15,13 @@ from typing import Any, Protocol
 
 from kubernetes.client import V1ConfigMap, V1Pod, V1PodList, V1Service, V1ServiceList
 
-from canaryflow.runtime.kube import TRACK_LABEL
-from canaryflow.simulator.behaviour import (
+from canaryflow.runtime.behaviour import (
     CONFIGMAP_NAME,
     DEFAULT_BEHAVIOUR,
     Behaviour,
     parse_configmap,
 )
+from canaryflow.runtime.kube import TRACK_LABEL
 from canaryflow.simulator.logs import Log
 from canaryflow.simulator.model import PodInfo, Route, ServiceKey, Target
 from canaryflow.simulator.split import STABLE_TRACK, ServiceSnapshot, SplitSource

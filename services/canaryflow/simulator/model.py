@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from canaryflow.simulator.behaviour import Behaviour
+from canaryflow.runtime.behaviour import Behaviour
 
 
 @dataclass(frozen=True, order=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from canaryflow.simulator.behaviour import Behaviour
+from canaryflow.runtime.behaviour import Behaviour
 from canaryflow.simulator.model import GroupKey, Route, ServiceKey, Target
 
 # Knuth's method multiplies uniforms until the product drops below exp(-lam); above this

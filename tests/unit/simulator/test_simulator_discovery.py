@@ -23,8 +23,8 @@ from kubernetes.client import (
 )
 from prometheus_client import CollectorRegistry
 
+from canaryflow.runtime.behaviour import DEFAULT_BEHAVIOUR
 from canaryflow.simulator.app import discovery_loop
-from canaryflow.simulator.behaviour import DEFAULT_BEHAVIOUR
 from canaryflow.simulator.discovery import CoreApi, Discoverer, is_ready, pod_info
 from canaryflow.simulator.logs import Log
 from canaryflow.simulator.metrics import PrometheusSink

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
+from canaryflow.runtime.behaviour import DEFAULT_BEHAVIOUR
 from canaryflow.simulator.app import describe_error, parse_args
-from canaryflow.simulator.behaviour import DEFAULT_BEHAVIOUR
 from canaryflow.simulator.logs import JsonFormatter
 from canaryflow.simulator.metrics import PrometheusSink
 from canaryflow.simulator.model import GroupKey, Route, ServiceKey, Share, Target

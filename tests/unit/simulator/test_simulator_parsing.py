@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from canaryflow.simulator.behaviour import (
+from canaryflow.runtime.behaviour import (
     DEFAULT_BEHAVIOUR,
     Behaviour,
     parse_behaviour,

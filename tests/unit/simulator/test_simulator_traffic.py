@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from canaryflow.simulator.behaviour import DEFAULT_BEHAVIOUR, Behaviour
+from canaryflow.runtime.behaviour import DEFAULT_BEHAVIOUR, Behaviour
 from canaryflow.simulator.model import GroupKey, PodInfo, Route, ServiceKey, Target
 from canaryflow.simulator.split import split_from_pods
 from canaryflow.simulator.traffic import (

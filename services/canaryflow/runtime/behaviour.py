@@ -4,6 +4,10 @@ A test releases a version that is worse in a known way (more errors, a slower ta
 sales) and then checks that canaryflow notices. The configuration therefore has to be
 forgiving: a typo must never stop traffic for the whole namespace. Every problem is reported
 back to the caller, which logs it, and the affected field falls back to its default.
+
+Shared by the two things that act out a version: the traffic simulator and the pods' server
+(``canaryflow.dataplane.pods``), which read the same ConfigMap, so one configuration shapes
+simulated and real requests alike.
 """
 
 from __future__ import annotations

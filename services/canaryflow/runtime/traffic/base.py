@@ -1,4 +1,4 @@
-"""The one interface the executor sees of a traffic strategy (Flagger's router, made small).
+"""The one interface the executor and the rollback see of a traffic router (Flagger's, made small).
 
 A strategy answers three questions: how many pods each version needs at a weight, how to
 send that share of traffic to the canary, and how much the canary really gets. Replica

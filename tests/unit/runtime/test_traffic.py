@@ -1,12 +1,14 @@
-"""Replica decisions and the weight the canary really gets under the replica-ratio strategy."""
+"""Replica decisions and weights of the routers (replica ratio, Traefik), and their factory."""
 
 from __future__ import annotations
 
 import pytest
 
-from canaryflow.executor.traffic import CannotSplit, ReplicaPlan, router_for
-from canaryflow.executor.traffic.replica_ratio import ReplicaRatioRouter, ready_share
 from canaryflow.runtime.kube import DeploymentReadiness
+from canaryflow.runtime.traffic import CannotSplit, ReplicaPlan, router_for
+from canaryflow.runtime.traffic.replica_ratio import ReplicaRatioRouter, ready_share
+from canaryflow.runtime.traffic.traefik import TraefikRouter, reweighted, weights
+from canaryflow_contracts.events import TargetRef
 
 
 @pytest.mark.parametrize(
@@ -60,3 +62,38 @@ def test_factory() -> None:
     assert router_for("replica-ratio").name == "replica-ratio"
     with pytest.raises(ValueError, match="unknown traffic strategy 'mesh'"):
         router_for("mesh")
+
+
+def test_the_traefik_router_canaries_a_one_pod_target_at_any_weight() -> None:
+    router = TraefikRouter.__new__(TraefikRouter)  # replicas() is pure: no client needed
+
+    assert router.replicas(1, 5) == ReplicaPlan(stable=1, canary=1, baseline=0)
+    assert router.replicas(10, 25) == ReplicaPlan(stable=10, canary=3, baseline=0)
+    with pytest.raises(CannotSplit):
+        router.replicas(0, 5)
+
+
+def test_traefik_weights_name_the_per_track_services_and_keep_the_rest() -> None:
+    target = TargetRef(namespace="shop", name="web")
+    listed = [
+        {"name": "web-stable", "port": 80, "weight": 100},
+        {"name": "web-canary", "port": 80, "weight": 0, "sticky": {"cookie": {}}},
+    ]
+
+    result = reweighted(listed, weights(target, 5))
+
+    assert result == [
+        {"name": "web-stable", "port": 80, "weight": 95},
+        {"name": "web-canary", "port": 80, "weight": 5, "sticky": {"cookie": {}}},
+    ]
+    with pytest.raises(LookupError, match="does not list web-canary"):
+        reweighted(listed[:1], weights(target, 5))
+    with pytest.raises(ValueError, match="percentage"):
+        weights(target, 101)
+
+
+def test_a_router_that_writes_routes_is_refused_without_a_client_and_unknown_ones_always() -> None:
+    with pytest.raises(ValueError, match="give it a Kubernetes client"):
+        router_for("traefik")
+    with pytest.raises(ValueError, match="unknown traffic strategy 'istio'"):
+        router_for("istio")

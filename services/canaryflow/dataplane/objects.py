@@ -1,0 +1,139 @@
+"""The Kubernetes objects of a shop on the real data plane: Deployments, Services, Traefik.
+
+Why one module: the data plane's tests, the gateway bench and the demo build the same
+objects: a Deployment whose pods declare a port and ask to be scraped, a Service per track
+(selected by the track label, as Flagger's ``-primary``/``-canary``), and Traefik's weighted
+sticky TraefikService behind an IngressRoute.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kubernetes import client
+
+from canaryflow.runtime.behaviour import CONFIGMAP_NAME
+from canaryflow.runtime.kube import TRACK_LABEL
+
+APP_PORT = 8080
+SERVICE_PORT = 80
+TRAEFIK_GROUP, TRAEFIK_VERSION = "traefik.io", "v1alpha1"
+IMAGE = "registry.local/shop/web"
+
+
+def shop_deployment(name: str, app: str, version: str, replicas: int, track: str) -> Any:
+    labels = {"app": app, TRACK_LABEL: track}
+    return client.V1Deployment(
+        metadata=client.V1ObjectMeta(name=name, labels=dict(labels)),
+        spec=client.V1DeploymentSpec(
+            replicas=replicas,
+            selector=client.V1LabelSelector(match_labels=dict(labels)),
+            template=client.V1PodTemplateSpec(
+                metadata=client.V1ObjectMeta(
+                    labels=dict(labels), annotations={"prometheus.io/scrape": "true"}
+                ),
+                spec=client.V1PodSpec(
+                    containers=[
+                        client.V1Container(
+                            name="app",
+                            image=f"{IMAGE}:{version}",
+                            ports=[client.V1ContainerPort(container_port=APP_PORT, name="http")],
+                        )
+                    ]
+                ),
+            ),
+        ),
+    )
+
+
+def behaviour_configmap(behaviours: dict[str, dict[str, Any]]) -> Any:
+    """The ConfigMap that tells pods (and the simulator) how each version behaves, by tag."""
+    return client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name=CONFIGMAP_NAME),
+        data={version: json.dumps(behaviour) for version, behaviour in behaviours.items()},
+    )
+
+
+def track_service(name: str, app: str, track: str) -> Any:
+    return client.V1Service(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1ServiceSpec(
+            selector={"app": app, TRACK_LABEL: track},
+            ports=[client.V1ServicePort(port=SERVICE_PORT, target_port=APP_PORT, name="http")],
+        ),
+    )
+
+
+def weighted_sticky(name: str, weights: dict[str, int], cookie: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{TRAEFIK_GROUP}/{TRAEFIK_VERSION}",
+        "kind": "TraefikService",
+        "metadata": {"name": name},
+        "spec": {
+            "weighted": {
+                "services": [
+                    {"name": service, "port": SERVICE_PORT, "weight": weight}
+                    for service, weight in weights.items()
+                ],
+                "sticky": {"cookie": {"name": cookie, "httpOnly": True}},
+            }
+        },
+    }
+
+
+def ingress_route(name: str, host: str, traefik_service: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{TRAEFIK_GROUP}/{TRAEFIK_VERSION}",
+        "kind": "IngressRoute",
+        "metadata": {"name": name},
+        "spec": {
+            "entryPoints": ["web"],
+            "routes": [
+                {
+                    "match": f"Host(`{host}`)",
+                    "kind": "Rule",
+                    "services": [{"name": traefik_service, "kind": "TraefikService"}],
+                }
+            ],
+        },
+    }
+
+
+PLURALS = {"TraefikService": "traefikservices", "IngressRoute": "ingressroutes"}
+
+
+def create_traefik(kube: client.ApiClient, namespace: str, body: dict[str, Any]) -> None:
+    client.CustomObjectsApi(kube).create_namespaced_custom_object(
+        TRAEFIK_GROUP, TRAEFIK_VERSION, namespace, PLURALS[body["kind"]], body
+    )
+
+
+def set_weights(kube: client.ApiClient, namespace: str, name: str, weights: dict[str, int]) -> None:
+    """Patch a weighted TraefikService's weights (its services keep their order)."""
+    api = client.CustomObjectsApi(kube)
+    current = api.get_namespaced_custom_object(
+        TRAEFIK_GROUP, TRAEFIK_VERSION, namespace, PLURALS["TraefikService"], name
+    )
+    services = current["spec"]["weighted"]["services"]
+    for service in services:
+        service["weight"] = weights[service["name"]]
+    api.patch_namespaced_custom_object(
+        TRAEFIK_GROUP,
+        TRAEFIK_VERSION,
+        namespace,
+        PLURALS["TraefikService"],
+        name,
+        {"spec": {"weighted": {"services": services}}},
+    )
+
+
+def ready_pods(kube: client.ApiClient, namespace: str, selector: str) -> list[Any]:
+    pods = client.CoreV1Api(kube).list_namespaced_pod(namespace, label_selector=selector).items
+    return [
+        p
+        for p in pods
+        if p.metadata.deletion_timestamp is None
+        and p.status.pod_ip
+        and any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
+    ]

@@ -1,0 +1,383 @@
+"""Every Ready pod answers HTTP on its own address and ports, for exactly as long as it is Ready.
+
+Why one process for all pods: KWOK's pods run nothing, and a process per pod would cost
+hundreds of MB for a few dozen pods. One asyncio process binds each Ready pod's address and
+declared TCP container ports (the stack's network namespace makes all of 10.244.0.0/16 local)
+and serves that pod's shop (``shop.py``) there, with the behaviour its version is given in
+the namespace's ``canaryflow-simulator`` ConfigMap.
+
+Why keyed by pod UID: KWOK hands a deleted pod's address to the next pod at once, so the same
+address:port can belong to two pods a second apart; a listener belongs to one UID and is
+closed before another UID's listener takes the address. A pod that stops being Ready (or
+starts terminating) stops answering, as its endpoints leave the Service.
+
+It also lists every pod's scrape targets for Prometheus (``/sd``, http_sd) with the labels
+Prometheus's own pod discovery gives, because Debian's Prometheus is built without it.
+
+Why polling, as the simulator does: the process must survive an API server that restarts
+under it; a list every ``--refresh`` seconds recovers by itself, and every failure keeps what
+is being served until the next good list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from canaryflow.dataplane.shop import PodIdentity, Shop
+from canaryflow.runtime.behaviour import (
+    CONFIGMAP_NAME,
+    DEFAULT_BEHAVIOUR,
+    Behaviour,
+    parse_configmap,
+)
+from canaryflow_contracts.identifiers import version_of
+
+log = logging.getLogger("canaryflow.dataplane.pods")
+
+
+@dataclass(frozen=True)
+class ServedPod:
+    """A Ready pod with an address and ports: what gets a listener."""
+
+    uid: str
+    namespace: str
+    name: str
+    ip: str
+    ports: tuple[int, ...]
+    version: str
+
+
+def is_ready(pod: Any) -> bool:
+    """Ready condition True and not terminating: what puts a pod in its Service's endpoints."""
+    if pod.metadata is None or pod.metadata.deletion_timestamp is not None:
+        return False
+    conditions = (pod.status.conditions if pod.status is not None else None) or []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+
+def served_pod(pod: Any) -> ServedPod | None:
+    """The pod as served, or None when it gets no listener (not Ready, no address, no port)."""
+    if not is_ready(pod) or pod.status is None or not pod.status.pod_ip or pod.spec is None:
+        return None
+    containers = pod.spec.containers or []
+    ports = sorted(
+        {
+            p.container_port
+            for c in containers
+            for p in (c.ports or [])
+            if (p.protocol or "TCP") == "TCP"
+        }
+    )
+    if not ports:
+        return None
+    image = containers[0].image or ""
+    return ServedPod(
+        uid=pod.metadata.uid,
+        namespace=pod.metadata.namespace,
+        name=pod.metadata.name,
+        ip=pod.status.pod_ip,
+        ports=tuple(ports),
+        version=version_of(image),
+    )
+
+
+_NOT_A_NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def _meta(prefix: str, values: Mapping[str, str] | None) -> dict[str, str]:
+    labels = {}
+    for key, value in (values or {}).items():
+        name = _NOT_A_NAME.sub("_", key)
+        labels[f"__meta_kubernetes_pod_{prefix}_{name}"] = value
+        labels[f"__meta_kubernetes_pod_{prefix}present_{name}"] = "true"
+    return labels
+
+
+def sd_targets(pod: Any) -> list[dict[str, Any]]:
+    """The pod as Prometheus's kubernetes_sd (role pod) would list it: a target per declared
+    container port, with the same ``__meta_kubernetes_pod_*`` labels (those we relabel by).
+
+    Served over http_sd because Debian's Prometheus has no Kubernetes discovery built in.
+    """
+    if pod.metadata is None or pod.status is None or not pod.status.pod_ip or pod.spec is None:
+        return []
+    common = {
+        "__meta_kubernetes_namespace": pod.metadata.namespace,
+        "__meta_kubernetes_pod_name": pod.metadata.name,
+        "__meta_kubernetes_pod_uid": pod.metadata.uid,
+        "__meta_kubernetes_pod_ip": pod.status.pod_ip,
+        "__meta_kubernetes_pod_ready": "true" if is_ready(pod) else "false",
+        "__meta_kubernetes_pod_node_name": pod.spec.node_name or "",
+        **_meta("label", pod.metadata.labels),
+        **_meta("annotation", pod.metadata.annotations),
+    }
+    targets = []
+    for container in pod.spec.containers or []:
+        for port in container.ports or []:
+            labels = {
+                **common,
+                "__meta_kubernetes_pod_container_name": container.name,
+                "__meta_kubernetes_pod_container_image": container.image or "",
+                "__meta_kubernetes_pod_container_port_number": str(port.container_port),
+                "__meta_kubernetes_pod_container_port_protocol": port.protocol or "TCP",
+                "__meta_kubernetes_pod_container_port_name": port.name or "",
+            }
+            address = f"{pod.status.pod_ip}:{port.container_port}"
+            targets.append({"targets": [address], "labels": labels})
+    return targets
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one reconcile does: UIDs to stop, pods to start (stops come first)."""
+
+    stop: tuple[str, ...]
+    start: tuple[ServedPod, ...]
+
+
+def plan(current: Mapping[str, ServedPod], desired: Sequence[ServedPod]) -> Plan:
+    """Stop every served UID that is no longer desired, start every desired one not served.
+
+    A desired pod whose address and port a stopping UID holds is fine: stops run first. A
+    desired pod that clashes with a UID that stays (two Ready pods, one address: should not
+    happen) is left out until the other goes.
+    """
+    wanted = {pod.uid: pod for pod in desired}
+    stop = tuple(sorted(uid for uid in current if uid not in wanted))
+    held = {(p.ip, port) for uid, p in current.items() if uid in wanted for port in p.ports}
+    start = []
+    for pod in desired:
+        if pod.uid in current:
+            continue
+        if any((pod.ip, port) in held for port in pod.ports):
+            continue
+        held.update((pod.ip, port) for port in pod.ports)
+        start.append(pod)
+    return Plan(stop=stop, start=tuple(start))
+
+
+class Behaviours:
+    """Behaviour per namespace and version, replaced whole at each refresh."""
+
+    def __init__(self) -> None:
+        self._by_namespace: dict[str, dict[str, Behaviour]] = {}
+
+    def get(self, namespace: str, version: str) -> Behaviour:
+        return self._by_namespace.get(namespace, {}).get(version, DEFAULT_BEHAVIOUR)
+
+    def replace(self, namespace: str, behaviours: dict[str, Behaviour]) -> None:
+        self._by_namespace[namespace] = behaviours
+
+    def keep_only(self, namespaces: set[str]) -> None:
+        for gone in set(self._by_namespace) - namespaces:
+            del self._by_namespace[gone]
+
+
+class PodServer:
+    """Keeps one aiohttp runner per served pod UID in line with the cluster."""
+
+    def __init__(self, core: Any, rng: random.Random, timeout_s: float = 5.0) -> None:
+        self._core = core
+        self._rng = rng
+        self._timeout_s = timeout_s
+        self.behaviours = Behaviours()
+        self.served: dict[str, ServedPod] = {}
+        self._runners: dict[str, web.AppRunner] = {}
+        self.registry = CollectorRegistry()
+        self.pods_gauge = Gauge(
+            "dataplane_served_pods", "Pods answering HTTP now.", registry=self.registry
+        )
+        self.bind_errors = Counter(
+            "dataplane_bind_errors", "Pod listeners that could not bind.", registry=self.registry
+        )
+        self.list_errors = Counter(
+            "dataplane_list_errors", "Refreshes that could not list pods.", registry=self.registry
+        )
+        self.synced = False
+        self.sd: list[dict[str, Any]] = []
+        """Every pod's scrape targets, for Prometheus's http_sd (``/sd``)."""
+
+    async def refresh(self) -> None:
+        pods = await asyncio.to_thread(
+            self._core.list_pod_for_all_namespaces, _request_timeout=self._timeout_s
+        )
+        desired = [p for p in (served_pod(pod) for pod in pods.items) if p is not None]
+        self.sd = [target for pod in pods.items for target in sd_targets(pod)]
+        namespaces = {p.namespace for p in desired}
+        for namespace in sorted(namespaces):
+            await self._read_behaviours(namespace)
+        self.behaviours.keep_only(namespaces)
+        await self.apply(plan(self.served, desired))
+        self.synced = True
+
+    async def _read_behaviours(self, namespace: str) -> None:
+        try:
+            configmap = await asyncio.to_thread(
+                self._core.read_namespaced_config_map,
+                CONFIGMAP_NAME,
+                namespace,
+                _request_timeout=self._timeout_s,
+            )
+        except Exception as exc:
+            if getattr(exc, "status", None) == 404:
+                self.behaviours.replace(namespace, {})
+            else:
+                log.warning(
+                    "reading %s/%s failed; keeping the last: %r", namespace, CONFIGMAP_NAME, exc
+                )
+            return
+        behaviours, problems = parse_configmap(configmap.data or {})
+        for key, found in problems.items():
+            log.warning("%s/%s key %s: %s", namespace, CONFIGMAP_NAME, key, "; ".join(found))
+        self.behaviours.replace(namespace, behaviours)
+
+    async def apply(self, step: Plan) -> None:
+        for uid in step.stop:
+            pod = self.served.pop(uid)
+            runner = self._runners.pop(uid)
+            await runner.cleanup()
+            log.info("stopped %s/%s (%s) at %s", pod.namespace, pod.name, uid, pod.ip)
+        for pod in step.start:
+            await self._start(pod)
+        self.pods_gauge.set(len(self.served))
+
+    async def _start(self, pod: ServedPod) -> None:
+        shop = Shop(
+            PodIdentity(pod.namespace, pod.name, pod.uid, pod.version),
+            lambda: self.behaviours.get(pod.namespace, pod.version),
+            random.Random(self._rng.random()),
+        )
+        runner = web.AppRunner(shop.app(), access_log=None)
+        await runner.setup()
+        try:
+            for port in pod.ports:
+                await web.TCPSite(runner, pod.ip, port, reuse_address=True).start()
+        except OSError as exc:
+            await runner.cleanup()
+            self.bind_errors.inc()
+            log.error(
+                "cannot serve %s/%s at %s:%s (retrying next refresh): %s",
+                pod.namespace,
+                pod.name,
+                pod.ip,
+                pod.ports,
+                exc,
+            )
+            return
+        self.served[pod.uid] = pod
+        self._runners[pod.uid] = runner
+        log.info(
+            "serving %s/%s (%s, version %s) at %s:%s",
+            pod.namespace,
+            pod.name,
+            pod.uid,
+            pod.version,
+            pod.ip,
+            ",".join(map(str, pod.ports)),
+        )
+
+    async def close(self) -> None:
+        await self.apply(Plan(stop=tuple(self.served), start=()))
+
+
+def _own_app(server: PodServer) -> web.Application:
+    """The server's own port: /healthz (after the first good refresh), /metrics, /pods, and
+    /sd (the pods' scrape targets for Prometheus)."""
+
+    async def healthz(request: web.Request) -> web.Response:
+        if server.synced:
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text="waiting for the first list of pods\n")
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(server.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def pods(request: web.Request) -> web.Response:
+        body = [vars(p) | {"ports": list(p.ports)} for p in server.served.values()]
+        return web.Response(text=json.dumps(body, indent=2) + "\n", content_type="application/json")
+
+    async def sd(request: web.Request) -> web.Response:
+        return web.json_response(server.sd)
+
+    app = web.Application()
+    app.router.add_get("/sd", sd)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/pods", pods)
+    return app
+
+
+async def run(args: argparse.Namespace) -> int:
+    from kubernetes import client
+
+    from canaryflow.runtime.kube import api_client
+
+    core = client.CoreV1Api(api_client(args.kubeconfig))
+    server = PodServer(core, random.Random(args.seed))
+    host, _, port = args.listen.rpartition(":")
+    own = web.AppRunner(_own_app(server), access_log=None)
+    await own.setup()
+    await web.TCPSite(own, host, int(port)).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("pods server listening on %s (pid %d)", args.listen, os.getpid())
+    failing = False
+    try:
+        while not stop.is_set():
+            try:
+                await server.refresh()
+                if failing:
+                    log.info("listing pods works again")
+                failing = False
+            except Exception as exc:
+                server.list_errors.inc()
+                if not failing:
+                    log.error("listing pods failed; serving what was served, retrying: %r", exc)
+                failing = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=args.refresh)
+    finally:
+        await server.close()
+        await own.cleanup()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m canaryflow.dataplane.pods",
+        description="Serve HTTP on every Ready pod's address (inside the stack's namespace).",
+    )
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG)")
+    parser.add_argument("--listen", default="127.0.0.1:19465", help="HOST:PORT of /healthz")
+    parser.add_argument("--refresh", type=float, default=0.5, help="seconds between lists")
+    parser.add_argument("--seed", type=int, help="seed of the behaviours' random draws")
+    args = parser.parse_args(argv)
+    if args.refresh <= 0:
+        parser.error("--refresh must be > 0")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
