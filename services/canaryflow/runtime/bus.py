@@ -50,6 +50,8 @@ E = TypeVar("E", bound=EventData)
 REDELIVERY_BACKOFF_SECONDS = (0.5, 2.0, 5.0, 15.0)
 # Consumers keep this many KV revisions of each release: enough to audit recent transitions.
 KV_HISTORY = 10
+# The keep-alive never beats more often than this, whatever the ack wait.
+MIN_BEAT_SECONDS = 0.2
 
 
 async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
@@ -147,12 +149,14 @@ class Delivery:
         """For long work (waiting for pods, an analysis): tell JetStream we are still on it.
 
         If this process dies, the heartbeats stop and the message is redelivered to another
-        replica after ``ack_wait``; the handler there finds the finished part done.
+        replica after ``ack_wait``; the handler there finds the finished part done. Three
+        beats per ack wait: two may be late (a busy loop, a slow machine) before JetStream
+        gives the message to someone else while we are still on it.
         """
 
         async def beat() -> None:
             while True:
-                await asyncio.sleep(max(self.ack_wait_seconds / 3, 0.5))
+                await asyncio.sleep(max(self.ack_wait_seconds / 3, MIN_BEAT_SECONDS))
                 await self.message.raw_message.in_progress()
 
         task = asyncio.create_task(beat())
@@ -172,6 +176,15 @@ MalformedHandler = Callable[[str, str, str], Awaitable[None]]
 
 class PermanentError(Exception):
     """The message can never be handled (e.g. it does not parse): dead-letter it at once."""
+
+
+class HandedOver(Exception):
+    """A later delivery of this same message carries the work on: leave the message alone.
+
+    Raised by a handler that finds its work taken over (a redelivery reached another replica
+    while this one was stalled). Neither ack (the new owner acks when it is done, and must be
+    redelivered if it dies) nor nak (that would hand the message out once more).
+    """
 
 
 def subscribe(
@@ -236,6 +249,15 @@ def subscribe(
                 span.set_attribute(tracing.EVENT_ID, envelope.id)  # else the span has it already
             with observability.release_context(release_id, envelope.id):
                 await handler(envelope, Delivery(raw.subject, release_id, attempt, msg, ack_wait))
+        except HandedOver as handed:
+            log.info(
+                "left %s (attempt %d) to its newer delivery: %s",
+                raw.subject,
+                attempt,
+                handed,
+                extra={"release_id": release_id},
+            )
+            return
         except Exception as error:
             failed = span
             if not span.is_recording() and tracing.tracer_enabled():  # a quiet message's

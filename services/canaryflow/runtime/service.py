@@ -19,6 +19,7 @@ from wsgiref.simple_server import WSGIServer
 from faststream import FastStream
 from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
+from nats.js import JetStreamContext
 
 from canaryflow.runtime import observability, tracing
 from canaryflow.runtime.bus import (
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=EventData)
 BackgroundLoop = Callable[[], Awaitable[None]]
+# Opens what a service keeps in JetStream besides the shared streams (e.g. a KV bucket).
+ConnectHook = Callable[[JetStreamContext], Awaitable[None]]
 
 
 class Service:
@@ -65,6 +68,7 @@ class Service:
         )
         self._store: ReleaseStore | None = None
         self._loops: list[BackgroundLoop] = []
+        self._connect_hooks: list[ConnectHook] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._http: WSGIServer | None = None
 
@@ -96,6 +100,10 @@ class Service:
             quiet=quiet,
         )
 
+    def when_connected(self, hook: ConnectHook) -> None:
+        """Run ``hook`` once connected, before the first message is taken."""
+        self._connect_hooks.append(hook)
+
     def every(self, loop: BackgroundLoop) -> None:
         """Run ``loop`` in the background while the service runs (it should loop itself)."""
         self._loops.append(loop)
@@ -125,6 +133,8 @@ class Service:
         js = self.broker.connection.jetstream()
         await ensure_streams(js, self.settings.subjects)
         self._store = ReleaseStore(await js.key_value(self.settings.subjects.releases_bucket))
+        for hook in self._connect_hooks:
+            await hook(js)
         # What exists by now (modules, schemas, clients) lives as long as the process: move it
         # out of the collector's sight, so each full collection scans only the objects of the
         # work in flight (it was ~100 ms over ~180k objects, and a tenth of a handler's CPU).

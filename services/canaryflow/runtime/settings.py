@@ -33,7 +33,10 @@ class Settings:
     http_port: int = 0  # the service's own HTTP API (webhooks), where it has one
     reconcile_seconds: float = 5.0
     max_deliver: int = 5
-    ack_wait_seconds: float = 30.0
+    # How long a message a replica took stays its own without a sign of life: a handler says
+    # it is still working every third of it (Delivery.keep_alive), so this is also how soon a
+    # killed replica's work goes to another one (it was 30 s: a rollback waited that long).
+    ack_wait_seconds: float = 1.0
     workers: int = 16
     subjects: Subjects = field(init=False)
 
@@ -53,6 +56,6 @@ class Settings:
             http_port=int(_float("CANARYFLOW_HTTP_PORT", 0)),
             reconcile_seconds=_float("CANARYFLOW_RECONCILE_SECONDS", 5.0),
             max_deliver=int(_float("CANARYFLOW_MAX_DELIVER", 5)),
-            ack_wait_seconds=_float("CANARYFLOW_ACK_WAIT_SECONDS", 30.0),
+            ack_wait_seconds=_float("CANARYFLOW_ACK_WAIT_SECONDS", cls.ack_wait_seconds),
             workers=int(_float("CANARYFLOW_WORKERS", 16)),
         )
