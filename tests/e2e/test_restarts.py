@@ -14,13 +14,8 @@ release while handling that event), watched every 20 ms; the kill follows within
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +23,8 @@ from kubernetes import client
 from nats.aio.client import Client as NatsClient
 
 from canaryflow.demo import shop
-from canaryflow.demo.launcher import SERVICES, RunningService, ServiceLauncher
+from canaryflow.demo.faults import LogWatch, back_on_stable_since, kill, traffic
+from canaryflow.demo.launcher import SERVICES, ServiceLauncher
 from canaryflow_contracts import Envelope, EventData, Subjects
 from canaryflow_contracts.events import (
     AnalysisVerdict,
@@ -43,7 +39,6 @@ from canaryflow_contracts.events import (
 )
 from tests.conftest import delete_jetstream_state
 from tests.e2e.conftest import Releases, launcher_for
-from tests.integration.release_support import ready_pods_by_track
 from tests.support import StackEnv
 
 pytestmark = pytest.mark.stack
@@ -90,85 +85,6 @@ def releases(whole_fleet: ServiceLauncher, nats_client: NatsClient) -> Releases:
     return Releases(nats_client, Subjects(whole_fleet.prefix))
 
 
-@dataclass
-class LogWatch:
-    """New lines of every replica's log, read from where the last look stopped."""
-
-    launcher: ServiceLauncher
-    offsets: dict[Path, int] = field(default_factory=dict)
-
-    def _new_lines(self, path: Path) -> list[str]:
-        with path.open("rb") as log:
-            log.seek(self.offsets.get(path, 0))
-            data = log.read()
-        complete = data[: data.rfind(b"\n") + 1]
-        self.offsets[path] = self.offsets.get(path, 0) + len(complete)
-        return complete.decode(errors="replace").splitlines()
-
-    async def first(
-        self, name: str, release_id: str, marker: str, timeout: float = 120
-    ) -> RunningService:
-        """The replica of ``name`` that first logs ``marker`` about ``release_id``."""
-        tag = f'"release_id": "{release_id}"'
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for replica in self.launcher.replicas_of(name):
-                lines = self._new_lines(replica.log_path)
-                if any(tag in line and marker in line for line in lines):
-                    return replica
-            await asyncio.sleep(0.02)
-        logs = [str(r.log_path) for r in self.launcher.replicas_of(name)]
-        raise AssertionError(f"no {name} replica logged {marker!r} for {release_id}: {logs}")
-
-
-async def kill(fleet: ServiceLauncher, replica: RunningService) -> float:
-    """SIGKILL ``replica``; with a single replica, start a new one at once, as a supervisor
-    would. Returns the wall-clock time of the kill."""
-    fleet.kill(replica)
-    killed_at = time.time()
-    if fleet.replicas == 1:
-        await asyncio.to_thread(fleet.start, (replica.name,), 60, 1)
-    return killed_at
-
-
-@dataclass
-class Sample:
-    at: float  # wall clock, comparable with the envelopes' times (same machine)
-    ready: dict[str, int]
-
-
-@contextlib.asynccontextmanager
-async def traffic(kube: client.ApiClient, namespace: str) -> AsyncIterator[list[Sample]]:
-    """What the Service spreads traffic over (Ready pods by track), every 50 ms."""
-    samples: list[Sample] = []
-
-    async def sample() -> None:
-        while True:
-            ready = await asyncio.to_thread(ready_pods_by_track, kube, namespace, "app=web")
-            samples.append(Sample(time.time(), ready))
-            await asyncio.sleep(0.05)
-
-    task = asyncio.create_task(sample())
-    try:
-        yield samples
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def back_on_stable_since(samples: list[Sample]) -> float:
-    """When all traffic went back to stable at full size, for good."""
-    whole = {"stable": FULL_SIZE}
-    assert samples and samples[-1].ready == whole, samples[-3:]
-    since = samples[-1].at
-    for sample in reversed(samples):
-        if sample.ready != whole:
-            break
-        since = sample.at
-    return since
-
-
 def _data(events: list[Envelope[EventData]], kind: type[Any]) -> list[Any]:
     return [e for e in events if isinstance(e.data, kind)]
 
@@ -197,7 +113,7 @@ async def test_a_metrics_watcher_killed_mid_hold_still_passes_a_good_canary(
     release_id = await releases.request(shop_namespace, shop.image("v2"))
 
     # A passing tick of the first step that is not its last: the analysis is mid-hold.
-    judging = await watch.first("metrics_watcher", release_id, '"msg": "verdict pass for step 0:')
+    judging = await watch.first("metrics_watcher", release_id, "verdict pass for step 0:")
     killed_at = await kill(whole_fleet, judging)
     events = await releases.events(release_id)
 
@@ -227,17 +143,17 @@ async def test_a_rollback_service_killed_at_a_failing_verdict_restores_stable_wi
     kube: client.ApiClient, shop_namespace: str, releases: Releases, whole_fleet: ServiceLauncher
 ) -> None:
     watch = LogWatch(whole_fleet)
-    async with traffic(kube, shop_namespace) as samples:
+    async with traffic(kube, shop_namespace, "app=web") as samples:
         release_id = await releases.request(shop_namespace, shop.image("v2-bad"))
         # The rollback service has the verdict and has just written stable back: kill it there.
-        restoring = await watch.first("rollback", release_id, '"msg": "restoring ')
+        restoring = await watch.first("rollback", release_id, "restoring ")
         killed_at = await kill(whole_fleet, restoring)
         events = await releases.events(release_id)
 
     assert isinstance(events[-1].data, ReleaseRolledBack), _kinds(events)
     (failing,) = [e for e in _final_verdicts(events) if e.data.action is VerdictAction.ROLLBACK]
     verdict_at = failing.time.timestamp()
-    restored = back_on_stable_since(samples) - verdict_at
+    restored = back_on_stable_since(samples, FULL_SIZE) - verdict_at
     print(
         f"\nMEASURE rollback killed {killed_at - verdict_at:.2f}s after the failing verdict "
         f"({whole_fleet.replicas} replica(s)): all traffic on stable at full size "
@@ -257,7 +173,7 @@ async def test_an_executor_killed_during_promotion_still_promotes(
     watch = LogWatch(whole_fleet)
     release_id = await releases.request(shop_namespace, shop.image("v2"))
 
-    promoting = await watch.first("executor", release_id, '"msg": "promoting ')
+    promoting = await watch.first("executor", release_id, "promoting ")
     killed_at = await kill(whole_fleet, promoting)
     events = await releases.events(release_id)
 
@@ -282,7 +198,7 @@ async def test_a_planner_killed_at_a_final_pass_still_takes_the_next_step(
 
     # The state says "applying step 1": killed between that write and the command going out.
     deciding = await watch.first(
-        "planner", release_id, '"msg": "io.canaryflow.analysis.verdict.v1 -> applying'
+        "planner", release_id, "io.canaryflow.analysis.verdict.v1 -> applying"
     )
     await kill(whole_fleet, deciding)
     events = await releases.events(release_id)
