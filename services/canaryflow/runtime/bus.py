@@ -146,26 +146,43 @@ class Delivery:
 
     @contextlib.asynccontextmanager
     async def keep_alive(self) -> AsyncIterator[None]:
-        """For long work (waiting for pods, an analysis): tell JetStream we are still on it.
+        """Marks long work (waiting for pods, an analysis). The consumer already tells
+        JetStream that every handler is still on its message (see ``Heartbeat``), so a
+        handler needs nothing more: this only says, where it stands, that the wait is long."""
+        yield
 
-        If this process dies, the heartbeats stop and the message is redelivered to another
-        replica after ``ack_wait``; the handler there finds the finished part done. Three
-        beats per ack wait: two may be late (a busy loop, a slow machine) before JetStream
-        gives the message to someone else while we are still on it.
-        """
 
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(max(self.ack_wait_seconds / 3, MIN_BEAT_SECONDS))
-                await self.message.raw_message.in_progress()
+class Heartbeat:
+    """Tells JetStream every third of the ack wait that the handler is still on the message.
 
-        task = asyncio.create_task(beat())
+    Every handler gets one, for as long as it runs: the ack wait can then be short (how soon
+    a killed replica's message goes to another one) without a slow handler (an analysis
+    holding for its step, a webhook that takes its time) being handed out twice. Two beats
+    may be late (a busy loop, a slow machine) before JetStream gives up on us. Timers, not a
+    task per message: most handlers end long before the first beat.
+    """
+
+    def __init__(self, raw: Any, ack_wait_seconds: float) -> None:
+        self._raw = raw
+        self._every = max(ack_wait_seconds / 3, MIN_BEAT_SECONDS)
+        self._loop = asyncio.get_running_loop()
+        self._beats: set[asyncio.Task[None]] = set()
+        self._timer = self._loop.call_later(self._every, self._beat)
+
+    def _beat(self) -> None:
+        task = self._loop.create_task(self._in_progress())
+        self._beats.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._beats.discard)
+        self._timer = self._loop.call_later(self._every, self._beat)
+
+    async def _in_progress(self) -> None:
         try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await self._raw.in_progress()
+        except Exception as error:  # the bus is away, or the message was just acked
+            log.debug("keep-alive of %s failed: %r", self._raw.subject, error)
+
+    def stop(self) -> None:
+        self._timer.cancel()
 
 
 Handler = Callable[[Envelope[E], Delivery], Awaitable[None]]
@@ -247,8 +264,14 @@ def subscribe(
                 raise PermanentError(problem) from envelope
             if (raw.headers or {}).get(MESSAGE_ID_HEADER) != envelope.id:
                 span.set_attribute(tracing.EVENT_ID, envelope.id)  # else the span has it already
-            with observability.release_context(release_id, envelope.id):
-                await handler(envelope, Delivery(raw.subject, release_id, attempt, msg, ack_wait))
+            heartbeat = Heartbeat(raw, ack_wait)
+            try:
+                with observability.release_context(release_id, envelope.id):
+                    await handler(
+                        envelope, Delivery(raw.subject, release_id, attempt, msg, ack_wait)
+                    )
+            finally:
+                heartbeat.stop()
         except HandedOver as handed:
             log.info(
                 "left %s (attempt %d) to its newer delivery: %s",
