@@ -8,6 +8,7 @@ the JetStream discipline and the telemetry cannot drift from one service to the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import logging
@@ -125,9 +126,11 @@ class Service:
         return versioned.state.trace_parent if versioned is not None else ""
 
     async def start(self) -> None:
-        asyncapi = json.dumps(self.asyncapi(), indent=2).encode()
+        # Made on the first request, not here: a restarted replica that takes over a killed
+        # one's work (a rollback) should not spend a tenth of a second on a document first.
+        asyncapi = functools.cache(lambda: json.dumps(self.asyncapi(), indent=2).encode())
         self._http = observability.serve_metrics(
-            self.settings.metrics_port, {"/asyncapi.json": lambda: asyncapi}
+            self.settings.metrics_port, {"/asyncapi.json": asyncapi}
         )
         await self.broker.connect()
         js = self.broker.connection.jetstream()
