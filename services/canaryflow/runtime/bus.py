@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,7 +27,7 @@ from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsRouter, Pul
 from faststream.nats.annotations import NatsMessage
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, BucketNotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from opentelemetry.trace import Span
 from pydantic import ValidationError
 
@@ -334,6 +336,27 @@ def subscribe(
         title=f"{settings.service}:{handler_name}",
         description=(event.__doc__ or "").strip().splitlines()[0],
     )(on_message)
+
+
+async def converge_ack_wait(
+    js: JetStreamContext, subjects: Subjects, durable: str, ack_wait: float
+) -> None:
+    """Give an existing durable consumer our ack wait; a new one is made with it anyway.
+
+    A consumer keeps the configuration it was created with (FastStream only creates one that
+    is missing), so an installation upgraded from the 30 s ack wait would keep waiting that
+    long for a killed replica's messages. The ack wait is one of the fields JetStream lets
+    a consumer change in place.
+    """
+    stream = subjects.events_stream.name
+    try:
+        info = await js.consumer_info(stream, durable)
+    except NotFoundError:
+        return
+    if info.config.ack_wait is not None and math.isclose(info.config.ack_wait, ack_wait):
+        return
+    log.info("consumer %s: ack wait %ss -> %ss", durable, info.config.ack_wait, ack_wait)
+    await js.add_consumer(stream, config=dataclasses.replace(info.config, ack_wait=ack_wait))
 
 
 def _message_key(raw: Any) -> str:

@@ -27,6 +27,7 @@ from canaryflow.runtime.bus import (
     EventPublisher,
     Handler,
     MalformedHandler,
+    converge_ack_wait,
     ensure_streams,
     subscribe,
 )
@@ -70,6 +71,7 @@ class Service:
         self._store: ReleaseStore | None = None
         self._loops: list[BackgroundLoop] = []
         self._connect_hooks: list[ConnectHook] = []
+        self._ack_waits: dict[str, float] = {}  # durable consumer -> its ack wait
         self._tasks: list[asyncio.Task[None]] = []
         self._http: WSGIServer | None = None
 
@@ -89,6 +91,8 @@ class Service:
         on_malformed: MalformedHandler | None = None,
         quiet: Callable[[Envelope[E]], bool] | None = None,
     ) -> None:
+        durable = self.settings.subjects.consumer(self.settings.service, handler_name)
+        self._ack_waits[durable] = ack_wait_seconds or self.settings.ack_wait_seconds
         subscribe(
             self.broker,
             self.settings,
@@ -138,6 +142,8 @@ class Service:
         self._store = ReleaseStore(await js.key_value(self.settings.subjects.releases_bucket))
         for hook in self._connect_hooks:
             await hook(js)
+        for durable, ack_wait in self._ack_waits.items():
+            await converge_ack_wait(js, self.settings.subjects, durable, ack_wait)
         # What exists by now (modules, schemas, clients) lives as long as the process: move it
         # out of the collector's sight, so each full collection scans only the objects of the
         # work in flight (it was ~100 ms over ~180k objects, and a tenth of a handler's CPU).
