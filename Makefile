@@ -51,8 +51,10 @@ demo: venv
 
 # Every benchmark script in bench/, one after another, each printing its own figures
 # (bench/judgement.py: false-positive rate, power and time to detect of the analysis;
-# bench/tracing_overhead.py: events per second per service with tracing on and off;
-# bench/gateway_split.py: the gateway's share error per weight and stickiness, real users).
+# bench/restarts.py: restore time with the rollback service killed at a failing verdict, and
+# the delay a metrics-watcher kill adds to a step; bench/tracing_overhead.py: events per
+# second per service with tracing on and off; bench/gateway_split.py: the gateway's share
+# error per weight and stickiness, real users).
 BENCHES := $(sort $(wildcard bench/*.py))
 bench: venv
 	$(STACK) up

@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from canaryflow.metrics_watcher.analysis import AnalysisJob, Analyst
+from canaryflow.metrics_watcher.progress import MemoryProgress
 from canaryflow.runtime.store import Versioned
 from canaryflow.simulator.metrics import LATENCY_BUCKETS as BUCKETS
 from canaryflow_contracts.events import (
@@ -232,6 +233,7 @@ async def one_run(
         releases=Analysing(),
         policies=FixedPolicy(spec),
         publish=publish,
+        progress=MemoryProgress(),
     )
     request = RequestAnalysis(
         target=TARGET,

@@ -146,13 +146,14 @@ async def stream_prefix(nats_client: NatsClient) -> AsyncIterator[str]:
 
 
 async def delete_jetstream_state(nc: NatsClient, prefix: str) -> None:
-    """Delete the streams and the KV bucket of one canaryflow prefix, if they exist."""
+    """Delete the streams and the KV buckets of one canaryflow prefix, if they exist."""
     subjects = Subjects(prefix)
     js = nc.jetstream()
     for stream in (
         subjects.events_stream.name,
         subjects.deadletter_stream.name,
         f"KV_{subjects.releases_bucket}",
+        f"KV_{subjects.analyses_bucket}",
     ):
         with contextlib.suppress(NotFoundError):
             await js.delete_stream(stream)

@@ -123,6 +123,11 @@ class Subjects:
         """JetStream KV bucket holding each release's state, written with compare-and-set."""
         return f"{self._upper}_RELEASES"
 
+    @property
+    def analyses_bucket(self) -> str:
+        """JetStream KV bucket holding each analysis's progress, so any replica can continue it."""
+        return f"{self._upper}_ANALYSES"
+
     def consumer(self, service: str, handler: str) -> str:
         """Durable consumer name: short and alphanumeric, as NATS recommends."""
         return re.sub(r"[^A-Za-z0-9_-]", "_", f"{service}_{handler}")

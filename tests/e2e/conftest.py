@@ -40,10 +40,9 @@ def e2e_prefix() -> str:
     return f"e2e_{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(scope="session")
-def services(stack: StackEnv, kube: client.ApiClient, e2e_prefix: str) -> Iterator[ServiceLauncher]:
-    shop.install_crd(kube)
-    launcher = ServiceLauncher(
+def launcher_for(stack: StackEnv, prefix: str, replicas: int) -> ServiceLauncher:
+    """The four services on the stack, on the streams of ``prefix``, logging under the stack."""
+    return ServiceLauncher(
         StackEndpoints(
             nats_url=stack.nats_url,
             kubeconfig=stack.kubeconfig,
@@ -51,12 +50,18 @@ def services(stack: StackEnv, kube: client.ApiClient, e2e_prefix: str) -> Iterat
             otlp_endpoint=stack.otlp_http_endpoint,
             prometheus_targets=stack.prometheus_targets,
         ),
-        prefix=e2e_prefix,
-        log_dir=stack.state_dir / "logs" / f"e2e-{e2e_prefix}",
-        # Two replicas of every service: work is shared through the durable consumers and the
-        # KV compare-and-set, with no leader, so every scenario also tests scale-out.
-        replicas=int(os.environ.get("CANARYFLOW_E2E_REPLICAS", "2")),
+        prefix=prefix,
+        log_dir=stack.state_dir / "logs" / f"e2e-{prefix}",
+        replicas=replicas,
     )
+
+
+@pytest.fixture(scope="session")
+def services(stack: StackEnv, kube: client.ApiClient, e2e_prefix: str) -> Iterator[ServiceLauncher]:
+    shop.install_crd(kube)
+    # Two replicas of every service: work is shared through the durable consumers and the
+    # KV compare-and-set, with no leader, so every scenario also tests scale-out.
+    launcher = launcher_for(stack, e2e_prefix, int(os.environ.get("CANARYFLOW_E2E_REPLICAS", "2")))
     launcher.start()
     yield launcher
     launcher.stop()

@@ -20,7 +20,7 @@ from tests.support import StackEnv, async_wait_until
 from tests.unit.support_state import sample_state
 
 from canaryflow.demo import shop
-from canaryflow.runtime.kube import TRACK_LABEL, readiness_of
+from canaryflow.runtime.kube import readiness_of
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
 from canaryflow.runtime.store import ReleaseStore
@@ -213,20 +213,6 @@ async def wait_complete(
     await async_wait_until(
         check, timeout=timeout, message=f"{namespace}/{name} complete at {replicas}", interval=0.1
     )
-
-
-def ready_pods_by_track(kube: client.ApiClient, namespace: str, selector: str) -> dict[str, int]:
-    """What the target's Service spreads traffic over: Ready pods, by track label."""
-    pods = client.CoreV1Api(kube).list_namespaced_pod(namespace, label_selector=selector)
-    counts: dict[str, int] = {}
-    for pod in pods.items:
-        if pod.metadata.deletion_timestamp is not None:
-            continue
-        ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
-        if ready:
-            track = (pod.metadata.labels or {}).get(TRACK_LABEL, "stable")
-            counts[track] = counts.get(track, 0) + 1
-    return counts
 
 
 def container_of(deployment: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.js.api import AckPolicy, ConsumerConfig
 from tests.support import StackEnv, async_wait_until
 from tests.unit.support_state import sample_state
 
@@ -213,6 +214,32 @@ async def test_a_body_nested_ten_thousand_deep_is_dead_lettered_at_once_not_lost
         await service.stop()
 
 
+async def test_a_handler_slower_than_the_ack_wait_keeps_its_message(
+    service: Service, nats_client: NatsClient
+) -> None:
+    # Given a 1 s ack wait (how soon a killed replica's message goes to another one)
+    assert service.settings.ack_wait_seconds == 1.0
+    attempts: list[int] = []
+    done = asyncio.Event()
+
+    async def slow(envelope: Envelope[PauseRelease], delivery: Delivery) -> None:
+        attempts.append(delivery.attempt)
+        await asyncio.sleep(3.5)  # the work itself takes this long, e.g. a slow webhook
+        done.set()
+
+    service.subscribe(PauseRelease, "slow", slow)
+    await service.start()
+    try:
+        # When a handler works on its message for more than three ack waits
+        await _publish(nats_client, service.settings.subjects, _pause("slow"), "m-slow")
+        await asyncio.wait_for(done.wait(), timeout=15)
+        await service_acked(nats_client, service, "slow")
+        # Then the message was never handed out again while it worked
+        assert attempts == [1]
+    finally:
+        await service.stop()
+
+
 async def test_a_message_whose_dead_letter_cannot_be_stored_is_redelivered_not_dropped(
     stack: StackEnv, stream_prefix: str, nats_client: NatsClient
 ) -> None:
@@ -249,6 +276,39 @@ async def test_a_message_whose_dead_letter_cannot_be_stored_is_redelivered_not_d
         assert letters[0].deliveries >= 2
         assert "malformed" in letters[0].error
         assert letters[0].payload == "not json"
+    finally:
+        await service.stop()
+
+
+async def test_an_existing_consumer_takes_the_ack_wait_of_the_new_version(
+    service: Service, nats_client: NatsClient
+) -> None:
+    # Given a durable consumer made by an older version, with its 30 s ack wait
+    subjects = service.settings.subjects
+    durable = subjects.consumer(service.settings.service, "upgraded")
+    js = nats_client.jetstream()
+    await ensure_streams(js, subjects)
+    await js.add_consumer(
+        subjects.events_stream.name,
+        config=ConsumerConfig(
+            durable_name=durable,
+            filter_subject=subjects.every(PauseRelease),
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=30,
+            max_deliver=service.settings.max_deliver + 2,
+        ),
+    )
+
+    async def handler(envelope: Envelope[PauseRelease], delivery: Delivery) -> None:
+        return None
+
+    # When this version's service starts on it
+    service.subscribe(PauseRelease, "upgraded", handler)
+    await service.start()
+    try:
+        # Then the consumer waits no longer than this version says
+        info = await js.consumer_info(subjects.events_stream.name, durable)
+        assert info.config.ack_wait == service.settings.ack_wait_seconds
     finally:
         await service.stop()
 
@@ -296,3 +356,14 @@ async def test_a_message_that_kills_its_replica_each_time_is_dead_lettered_in_th
         assert started == [1, 2, 3], "the survivor was not given it again"
     finally:
         await survivor.stop()
+
+
+async def service_acked(nc: NatsClient, service: Service, handler: str) -> None:
+    durable = service.settings.subjects.consumer(service.settings.service, handler)
+    stream = service.settings.subjects.events_stream.name
+
+    async def acked() -> bool | None:
+        info = await nc.jetstream().consumer_info(stream, durable)
+        return True if info.num_ack_pending == 0 and info.num_pending == 0 else None
+
+    await async_wait_until(acked, timeout=10, message=f"{durable} to ack its message")

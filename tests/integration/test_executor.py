@@ -30,13 +30,13 @@ from tests.integration.release_support import (
     image,
     put_state,
     read,
-    ready_pods_by_track,
     release_state,
     running,
     service_settings,
 )
 from tests.support import StackEnv, async_wait_until
 
+from canaryflow.demo.faults import ready_pods_by_track
 from canaryflow.executor.app import SERVICE_NAME, build_service
 from canaryflow.runtime import kube as kube_conventions
 from canaryflow.runtime.service import Service

@@ -28,7 +28,6 @@ from tests.integration.release_support import (
     env_of,
     image,
     read,
-    ready_pods_by_track,
     release_state,
     running,
     service_settings,
@@ -36,6 +35,7 @@ from tests.integration.release_support import (
 )
 from tests.support import StackEnv
 
+from canaryflow.demo.faults import ready_pods_by_track
 from canaryflow.rollback.app import SERVICE_NAME, build_service
 from canaryflow.runtime import kube as conventions
 from canaryflow.runtime.kube import readiness_of

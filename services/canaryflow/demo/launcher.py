@@ -71,6 +71,7 @@ class ServiceLauncher:
     replicas: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
     running: list[RunningService] = field(default_factory=list)
+    _launched: int = 0
 
     def _env(self, service: str, metrics_port: int, http_port: int = 0) -> dict[str, str]:
         env = {
@@ -92,14 +93,20 @@ class ServiceLauncher:
         env.update(self.extra_env)
         return env
 
-    def start(self, services: tuple[str, ...] = SERVICES, timeout: float = 60) -> None:
+    def start(
+        self, services: tuple[str, ...] = SERVICES, timeout: float = 60, replicas: int | None = None
+    ) -> list[RunningService]:
+        """Start ``replicas`` (by default the launcher's number) of each service; returns them
+        once each has said it started."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         started: list[RunningService] = []
         for service in services:
-            for replica in range(self.replicas):
+            for _ in range(self.replicas if replicas is None else replicas):
                 port = free_port()
                 http_port = free_port() if service in HTTP_SERVICES else 0
-                log_path = self.log_dir / f"{service}-{replica}.log"
+                # A replica started again after a kill gets a log of its own.
+                self._launched += 1
+                log_path = self.log_dir / f"{service}-{self._launched}.log"
                 log_file = log_path.open("wb")
                 process = subprocess.Popen(
                     [sys.executable, "-m", f"canaryflow.{service}"],
@@ -112,6 +119,17 @@ class ServiceLauncher:
         self.running.extend(started)
         self._write_targets()
         self._wait_started(started, timeout)
+        return started
+
+    def replicas_of(self, name: str) -> list[RunningService]:
+        return [service for service in self.running if service.name == name]
+
+    def kill(self, service: RunningService) -> None:
+        """SIGKILL one replica, as a crash or an eviction would end it: no cleanup at all."""
+        service.process.kill()
+        service.process.wait()
+        self.running.remove(service)
+        self._write_targets()
 
     def _wait_started(self, services: list[RunningService], timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -229,6 +229,7 @@ class PhaseRunner:
         if point is not None and point.release_id != release_id:
             return Superseded(f"stable carries the restore point of release {point.release_id}")
         size = point.replicas if point is not None else await self._size_without_point(target)
+        log.info("promoting %s to %s at %d replicas", target.key(), version.image, size)
         try:
             renames = await self.cluster.config_copies(target, version, release_id)
             await self.cluster.promote_stable(target, version, size, renames)

@@ -1,10 +1,14 @@
 """The analysis of one step: tick, measure, judge, publish, until a failure or the hold ends.
 
 Everything with side effects comes in from outside (provider, clock, release reader,
-publisher, policy source), so the whole loop runs in unit tests with fakes and a clock that
-jumps instead of sleeping. Before every tick the release is read again: a release that moved
-on (promoted, rolled back, another step, an operator's abort) is left alone silently, and
-its message is acknowledged.
+publisher, policy source, progress store), so the whole loop runs in unit tests with fakes
+and a clock that jumps instead of sleeping. Before every tick the release is read again: a
+release that moved on (promoted, rolled back, another step, an operator's abort) is left
+alone silently, and its message is acknowledged.
+
+After every tick the analysis writes its progress (see ``progress``) before it publishes, so
+a replica that dies at any moment leaves behind everything the next delivery of the request
+needs to continue the same test: a restart delays a verdict, it never changes it.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from canaryflow.metrics_watcher.measure import (
     read_counts,
 )
 from canaryflow.metrics_watcher.policies import PolicyProblem, PolicySource
+from canaryflow.metrics_watcher.progress import AnalysisProgress, ProgressStore, Saved
 from canaryflow.metrics_watcher.providers import MetricProvider, ProviderPool
-from canaryflow.metrics_watcher.schedule import first_due_tick, still_analysing, tick_offsets
+from canaryflow.metrics_watcher.schedule import extended_offsets, first_due_tick, still_analysing
 from canaryflow.metrics_watcher.templates import (
     HTTP_METRICS,
     QueryContext,
@@ -35,7 +40,8 @@ from canaryflow.metrics_watcher.templates import (
     render,
 )
 from canaryflow.runtime import observability
-from canaryflow.runtime.store import Versioned
+from canaryflow.runtime.bus import HandedOver
+from canaryflow.runtime.store import StaleWrite, Versioned
 from canaryflow_contracts.events import (
     AnalysisVerdict,
     MetricCheck,
@@ -68,6 +74,8 @@ class ReleaseReader(Protocol):
 
 # (release id, verdict, event id): the service's EventPublisher in production, a list in tests.
 Publish = Callable[[str, AnalysisVerdict, str], Awaitable[None]]
+# Tries at claiming an analysis's progress before the message goes back for redelivery.
+TAKE_OVER_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,16 @@ class AnalysisJob:
     request_id: str  # the RequestAnalysis envelope's id
     request: RequestAnalysis
     anchor: datetime  # when the analysis was requested: the schedule's origin
+    attempt: int = 1  # which delivery of the request this is: the later one owns the progress
+
+    @property
+    def run(self) -> str:
+        """A short token of the request's id: one per request, the same on every delivery."""
+        return hashlib.sha256(self.request_id.encode()).hexdigest()[:8]
+
+    @property
+    def progress_key(self) -> str:
+        return f"{self.release_id}.{self.request.step.index}.{self.run}"
 
     def event_id(self, tick: int | None) -> str:
         """``<rid>.verdict.<step>.<run>.<tick>``, or ``.final`` for the verdict ending a run.
@@ -85,9 +103,8 @@ class AnalysisJob:
         analysing again after a resume, or its reconcile) gets ids of its own, which the
         duplicate window would otherwise swallow.
         """
-        run = hashlib.sha256(self.request_id.encode()).hexdigest()[:8]
         suffix = "final" if tick is None else str(tick)
-        return f"{self.release_id}.verdict.{self.request.step.index}.{run}.{suffix}"
+        return f"{self.release_id}.verdict.{self.request.step.index}.{self.run}.{suffix}"
 
 
 class Analyst:
@@ -99,12 +116,14 @@ class Analyst:
         releases: ReleaseReader,
         policies: PolicySource,
         publish: Publish,
+        progress: ProgressStore,
     ) -> None:
         self._providers = provider if isinstance(provider, ProviderPool) else ProviderPool(provider)
         self._clock = clock
         self._releases = releases
         self._policies = policies
         self._publish = publish
+        self._progress = progress
 
     async def run(self, job: AnalysisJob) -> AnalysisVerdict | None:
         """Analyse the step; returns the final verdict, or None if the release moved on."""
@@ -124,8 +143,6 @@ class Analyst:
         provider = self._providers.get(analysis.provider)
         templates = HTTP_METRICS.with_named(analysis.templates)
         hold, interval = request.step.hold_seconds, analysis.interval_seconds
-        offsets = tick_offsets(hold, interval)
-        tick = first_due_tick(offsets, self._elapsed(job))
         canary, baseline = _contexts(request, policy)
         try:
             for rule in analysis.metrics:
@@ -133,9 +150,25 @@ class Analyst:
             sets = count_query_sets(analysis, canary, baseline, templates)
         except UnknownTemplate as problem:
             return await self._cannot_analyse(job, problem)
-        # Cumulative readings of each comparison since the analysis began (kept across ticks).
-        histories: dict[str, list[Reading]] = {query_set.rule.name: [] for query_set in sets}
-        extensions = 0
+        saved = await self._take_over(job)
+        revision = saved.revision
+        if saved.progress.final is not None:
+            # Decided by an earlier delivery, which may have died before publishing it.
+            if not await self._wanted(job):
+                return None
+            return await self._send(job, None, saved.progress.final)
+        # Cumulative readings of each comparison since the analysis began (kept across ticks
+        # and across deliveries: they are the sequential test's whole state).
+        histories: dict[str, list[Reading]] = {
+            query_set.rule.name: list(saved.progress.readings.get(query_set.rule.name, []))
+            for query_set in sets
+        }
+        extensions = saved.progress.extensions
+        offsets = extended_offsets(hold, interval, extensions)
+        tick = min(
+            max(saved.progress.next_tick, first_due_tick(offsets, self._elapsed(job))),
+            len(offsets) - 1,
+        )
         while True:
             wait = offsets[tick] - self._elapsed(job)
             if wait > 0:
@@ -162,21 +195,24 @@ class Analyst:
                 ),
             )
             final = (last and action is not VerdictAction.EXTEND) or result is VerdictResult.FAIL
-            published = await self._emit(
-                job,
-                tick=None if final else tick,
-                result=result,
-                action=action,
-                reason=reason,
-                checks=checks,
-            )
-            if final:
-                return published
+            event = _verdict(job, final, result=result, action=action, reason=reason, checks=checks)
             if action is VerdictAction.EXTEND:
                 # Another hold on the same data: the readings so far stay, the test goes on.
                 extensions += 1
-                end = offsets[-1]
-                offsets += [end + o for o in tick_offsets(max(hold, interval), interval)[1:]]
+                offsets = extended_offsets(hold, interval, extensions)
+            # Built from our own typed values: no need to validate them again at every tick.
+            progress = AnalysisProgress.model_construct(
+                owner=job.attempt,
+                next_tick=tick + 1,
+                extensions=extensions,
+                readings=histories,
+                final=event if final else None,
+                updated_at=self._clock.now(),
+            )
+            revision = await self._record(job, progress, revision)
+            published = await self._send(job, None if final else tick, event)
+            if final:
+                return published
             tick += 1
 
     async def _compare(
@@ -213,18 +249,66 @@ class Analyst:
             checks.append(judged.check)
         return checks, problems
 
+    async def _take_over(self, job: AnalysisJob) -> Saved:
+        """This delivery's claim on the analysis's progress (fresh, or as left by another).
+
+        Raises ``HandedOver`` when a later delivery of the request already holds it.
+        """
+        for _ in range(TAKE_OVER_ATTEMPTS):
+            saved = await self._progress.load(job.progress_key)
+            if saved is not None and saved.progress.owner > job.attempt:
+                raise HandedOver(f"delivery {saved.progress.owner} continues {job.progress_key}")
+            progress = (
+                saved.progress
+                if saved is not None
+                else AnalysisProgress(
+                    owner=job.attempt,
+                    next_tick=0,
+                    extensions=0,
+                    readings={},
+                    updated_at=self._clock.now(),
+                )
+            )
+            if saved is not None:
+                log.info(
+                    "continuing analysis %s from tick %d (%d extension(s)), left by delivery %d",
+                    job.progress_key,
+                    progress.next_tick,
+                    progress.extensions,
+                    progress.owner,
+                )
+            progress = progress.model_copy(
+                update={"owner": job.attempt, "updated_at": self._clock.now()}
+            )
+            try:
+                revision = await self._progress.save(
+                    job.progress_key, progress, saved.revision if saved is not None else None
+                )
+            except StaleWrite:
+                continue  # another delivery wrote in between: look again
+            return Saved(progress, revision)
+        raise RuntimeError(f"analysis {job.progress_key} kept changing under us")
+
+    async def _record(self, job: AnalysisJob, progress: AnalysisProgress, revision: int) -> int:
+        try:
+            return await self._progress.save(job.progress_key, progress, revision)
+        except StaleWrite as stale:
+            # Only a later delivery writes in between: it has taken the analysis over.
+            raise HandedOver(f"{job.progress_key} was taken over: {stale}") from stale
+
     async def _cannot_analyse(self, job: AnalysisJob, problem: Exception) -> AnalysisVerdict | None:
         """A policy that can never be judged pauses the release where a person sees why."""
         if not await self._wanted(job):
             return None
-        return await self._emit(
+        event = _verdict(
             job,
-            tick=None,
+            True,
             result=VerdictResult.INSUFFICIENT_DATA,
             action=VerdictAction.PAUSE,
             reason=f"cannot analyse: {problem}",
             checks=[],
         )
+        return await self._send(job, None, event)
 
     async def _wanted(self, job: AnalysisJob) -> bool:
         versioned = await self._releases.get(job.release_id)
@@ -238,39 +322,44 @@ class Analyst:
         )
         return False
 
-    async def _emit(
-        self,
-        job: AnalysisJob,
-        *,
-        tick: int | None,
-        result: VerdictResult,
-        action: VerdictAction,
-        reason: str,
-        checks: list[MetricCheck],
+    async def _send(
+        self, job: AnalysisJob, tick: int | None, event: AnalysisVerdict
     ) -> AnalysisVerdict:
-        final = tick is None
-        event = AnalysisVerdict(
-            target=job.request.target,
-            step=job.request.step,
-            result=result,
-            action=action,
-            final=final,
-            reason=reason,
-            checks=checks,
-        )
+        """Publish a verdict: ``tick`` None for the final one of the run."""
         await self._publish(job.release_id, event, job.event_id(tick))
-        observability.service_metrics().verdicts.labels(result.value, str(final).lower()).inc()
+        result, final = event.result.value, str(event.final).lower()
+        observability.service_metrics().verdicts.labels(result, final).inc()
         log.info(
             "verdict %s%s for step %d: %s",
-            result.value,
-            " (final)" if final else "",
+            result,
+            " (final)" if event.final else "",
             job.request.step.index,
-            reason,
+            event.reason,
         )
         return event
 
     def _elapsed(self, job: AnalysisJob) -> float:
         return (self._clock.now() - job.anchor).total_seconds()
+
+
+def _verdict(
+    job: AnalysisJob,
+    final: bool,
+    *,
+    result: VerdictResult,
+    action: VerdictAction,
+    reason: str,
+    checks: list[MetricCheck],
+) -> AnalysisVerdict:
+    return AnalysisVerdict(
+        target=job.request.target,
+        step=job.request.step,
+        result=result,
+        action=action,
+        final=final,
+        reason=reason,
+        checks=checks,
+    )
 
 
 def _contexts(

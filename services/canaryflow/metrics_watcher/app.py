@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 
+from nats.js import JetStreamContext
+
 from canaryflow.metrics_watcher import webhook
 from canaryflow.metrics_watcher.analysis import AnalysisJob, Analyst, Clock, SystemClock
 from canaryflow.metrics_watcher.policies import KubePolicySource, PolicySource
+from canaryflow.metrics_watcher.progress import KvProgress
 from canaryflow.metrics_watcher.providers import MetricProvider, create_provider
 from canaryflow.runtime import tracing
 from canaryflow.runtime.bus import Delivery
@@ -48,20 +51,34 @@ def build_service(
     async def publish(release_id: str, verdict: AnalysisVerdict, event_id: str) -> None:
         await service.publisher.publish(verdict, release_id, event_id=event_id)
 
+    progress = KvProgress()
+
+    async def open_progress(js: JetStreamContext) -> None:
+        await progress.open(js, settings.subjects.analyses_bucket)
+
+    service.when_connected(open_progress)
     analyst = Analyst(
         provider=provider or create_provider("prometheus", settings),
         clock=clock or SystemClock(),
         releases=_StoreReader(service),
         policies=policies or KubePolicySource(settings.kubeconfig),
         publish=publish,
+        progress=progress,
     )
 
     async def on_analysis_requested(
         envelope: Envelope[RequestAnalysis], delivery: Delivery
     ) -> None:
-        job = AnalysisJob(delivery.release_id, envelope.id, envelope.data, anchor=envelope.time)
-        # The message stays unacknowledged for the whole hold: if this replica dies, another
-        # one resumes the same schedule after ack_wait.
+        job = AnalysisJob(
+            delivery.release_id,
+            envelope.id,
+            envelope.data,
+            anchor=envelope.time,
+            attempt=delivery.attempt,
+        )
+        # The message stays unacknowledged for the whole hold, kept alive every third of the
+        # ack wait: if this replica dies, the next delivery (here after a restart, or on
+        # another replica) continues from the progress it left, about one ack wait later.
         step = envelope.data.step
         span = tracing.handling(
             f"analyse step {step.index + 1} ({step.weight}%)",

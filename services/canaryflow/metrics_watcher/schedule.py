@@ -28,6 +28,17 @@ def tick_offsets(hold_seconds: float, interval_seconds: float) -> list[float]:
     return offsets
 
 
+def extended_offsets(hold_seconds: float, interval_seconds: float, extensions: int) -> list[float]:
+    """The ticks of a hold extended ``extensions`` times: each extension is another hold
+    (at least one interval) measured at the same rhythm, after the end of the last."""
+    offsets = tick_offsets(hold_seconds, interval_seconds)
+    more = tick_offsets(max(hold_seconds, interval_seconds), interval_seconds)[1:]
+    for _ in range(extensions):
+        end = offsets[-1]
+        offsets += [end + offset for offset in more]
+    return offsets
+
+
 def first_due_tick(offsets: list[float], elapsed_seconds: float) -> int:
     """The tick to run first when ``elapsed_seconds`` of the schedule have already passed.
 

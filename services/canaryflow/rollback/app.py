@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from kubernetes import client
 
-from canaryflow.rollback.restorer import Restorer
+from canaryflow.rollback.restorer import Restorer, restore_seconds_of
 from canaryflow.rollback.triggers import abort_refusal, reason_of
 from canaryflow.runtime import kube, observability, tracing
 from canaryflow.runtime.authority import rollback_refusals
@@ -85,10 +85,10 @@ def build_service(
                 restored = await restorer.restore(release_id, target, deadline)
             except kube.CorruptRestorePoint as error:
                 raise PermanentError(f"{target.key()}: {error}") from error
-        seconds = max((now() - envelope.time).total_seconds(), 0.0)
+        seconds = restore_seconds_of(restored, envelope.time, now())
         span.set_attributes(tracing.outcome_attributes(restored))
         span.set_attribute("canaryflow.seconds_to_restore", seconds)
-        if restored.changed:
+        if restored.traffic_back_at is not None:
             metrics.restore_seconds.observe(seconds)
         log.info("rolled back in %.2fs: %s", seconds, restored.note)
         completed = RollbackCompleted(

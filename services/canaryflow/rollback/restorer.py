@@ -36,6 +36,12 @@ class Restored:
     stable_replicas: int
     note: str
     changed: bool
+    traffic_back_at: datetime | None = None
+    """When this attempt saw stable whole and the canary gone, if it brought traffic back.
+
+    None when it found traffic already back (an earlier attempt, perhaps killed before it
+    could say so, did that part): only the attempt that did it knows when it happened.
+    """
 
 
 class Restorer:
@@ -108,6 +114,7 @@ class Restorer:
             )
         if plan.remove_canary:
             await self._remove_canary(target, release_id)
+        traffic_back_at = self.now() if plan.changes_something else None
         # The canary's configuration goes with it, unless stable names it (a promoted release).
         stable = await kube.call(kube.read_deployment, self.api, namespace, target.name)
         keep = bundles.references(stable["spec"]["template"]).config_maps if stable else set()
@@ -120,7 +127,8 @@ class Restorer:
         note = plan.note
         if restored or deleted:
             note += "; " + ", ".join([*restored, *(f"deleted ConfigMap {n}" for n in deleted)])
-        return Restored(plan.full_size, note, plan.changes_something or bool(restored or deleted))
+        changed = plan.changes_something or bool(restored or deleted)
+        return Restored(plan.full_size, note, changed, traffic_back_at)
 
     async def _remove_canary(self, target: TargetRef, release_id: str) -> None:
         """The canary and the live baseline together: the analysis is over either way."""
@@ -133,3 +141,15 @@ class Restorer:
         )
         if not (canary_gone and baseline_gone):
             raise TimeoutError(f"the canary or baseline of {target.key()} is still being deleted")
+
+
+def restore_seconds_of(restored: Restored, triggered_at: datetime, now: datetime) -> float:
+    """Seconds from the trigger to traffic fully back on stable.
+
+    Measured at the moment this attempt saw it happen, not when the attempt ended or was
+    handed the message: a redelivery after a killed attempt must not add its wait to a
+    restore that was already complete. When this attempt found traffic already back, ``now``
+    is only an upper bound (the caller does not observe it as a restore time).
+    """
+    back = restored.traffic_back_at or now
+    return max((back - triggered_at).total_seconds(), 0.0)

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsRouter, Pul
 from faststream.nats.annotations import NatsMessage
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, BucketNotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from opentelemetry.trace import Span
 from pydantic import ValidationError
 
@@ -58,6 +60,9 @@ REDELIVERY_BACKOFF_SECONDS = (0.5, 2.0, 5.0, 15.0)
 KV_HISTORY = 10
 # A dead letter keeps this much of the body, so that it always fits in a NATS message.
 DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
+
+# The keep-alive never beats more often than this, whatever the ack wait.
+MIN_BEAT_SECONDS = 0.2
 
 
 async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
@@ -152,24 +157,43 @@ class Delivery:
 
     @contextlib.asynccontextmanager
     async def keep_alive(self) -> AsyncIterator[None]:
-        """For long work (waiting for pods, an analysis): tell JetStream we are still on it.
+        """Marks long work (waiting for pods, an analysis). The consumer already tells
+        JetStream that every handler is still on its message (see ``Heartbeat``), so a
+        handler needs nothing more: this only says, where it stands, that the wait is long."""
+        yield
 
-        If this process dies, the heartbeats stop and the message is redelivered to another
-        replica after ``ack_wait``; the handler there finds the finished part done.
-        """
 
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(max(self.ack_wait_seconds / 3, 0.5))
-                await self.message.raw_message.in_progress()
+class Heartbeat:
+    """Tells JetStream every third of the ack wait that the handler is still on the message.
 
-        task = asyncio.create_task(beat())
+    Every handler gets one, for as long as it runs: the ack wait can then be short (how soon
+    a killed replica's message goes to another one) without a slow handler (an analysis
+    holding for its step, a webhook that takes its time) being handed out twice. Two beats
+    may be late (a busy loop, a slow machine) before JetStream gives up on us. Timers, not a
+    task per message: most handlers end long before the first beat.
+    """
+
+    def __init__(self, raw: Any, ack_wait_seconds: float) -> None:
+        self._raw = raw
+        self._every = max(ack_wait_seconds / 3, MIN_BEAT_SECONDS)
+        self._loop = asyncio.get_running_loop()
+        self._beats: set[asyncio.Task[None]] = set()
+        self._timer = self._loop.call_later(self._every, self._beat)
+
+    def _beat(self) -> None:
+        task = self._loop.create_task(self._in_progress())
+        self._beats.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._beats.discard)
+        self._timer = self._loop.call_later(self._every, self._beat)
+
+    async def _in_progress(self) -> None:
         try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await self._raw.in_progress()
+        except Exception as error:  # the bus is away, or the message was just acked
+            log.debug("keep-alive of %s failed: %r", self._raw.subject, error)
+
+    def stop(self) -> None:
+        self._timer.cancel()
 
 
 Handler = Callable[[Envelope[E], Delivery], Awaitable[None]]
@@ -192,6 +216,15 @@ MalformedHandler = Callable[[Unreadable], Awaitable[None]]
 
 class PermanentError(Exception):
     """The message can never be handled (e.g. it does not parse): dead-letter it at once."""
+
+
+class HandedOver(Exception):
+    """A later delivery of this same message carries the work on: leave the message alone.
+
+    Raised by a handler that finds its work taken over (a redelivery reached another replica
+    while this one was stalled). Neither ack (the new owner acks when it is done, and must be
+    redelivered if it dies) nor nak (that would hand the message out once more).
+    """
 
 
 def subscribe(
@@ -288,8 +321,23 @@ def subscribe(
                 raise PermanentError(problem) from envelope
             if (raw.headers or {}).get(MESSAGE_ID_HEADER) != envelope.id:
                 span.set_attribute(tracing.EVENT_ID, envelope.id)  # else the span has it already
-            with observability.release_context(release_id, envelope.id):
-                await handler(envelope, Delivery(raw.subject, release_id, attempt, msg, ack_wait))
+            heartbeat = Heartbeat(raw, ack_wait)
+            try:
+                with observability.release_context(release_id, envelope.id):
+                    await handler(
+                        envelope, Delivery(raw.subject, release_id, attempt, msg, ack_wait)
+                    )
+            finally:
+                heartbeat.stop()
+        except HandedOver as handed:
+            log.info(
+                "left %s (attempt %d) to its newer delivery: %s",
+                raw.subject,
+                attempt,
+                handed,
+                extra={"release_id": release_id},
+            )
+            return
         except Exception as error:
             failed = span
             if not span.is_recording() and tracing.tracer_enabled():  # a quiet message's
@@ -351,6 +399,27 @@ async def _undecoded(message: StreamMessage[Any]) -> bytes:
     first, unchecked, and a deeply nested body raised there, out of our reach)."""
     body: bytes = message.body
     return body
+
+
+async def converge_ack_wait(
+    js: JetStreamContext, subjects: Subjects, durable: str, ack_wait: float
+) -> None:
+    """Give an existing durable consumer our ack wait; a new one is made with it anyway.
+
+    A consumer keeps the configuration it was created with (FastStream only creates one that
+    is missing), so an installation upgraded from the 30 s ack wait would keep waiting that
+    long for a killed replica's messages. The ack wait is one of the fields JetStream lets
+    a consumer change in place.
+    """
+    stream = subjects.events_stream.name
+    try:
+        info = await js.consumer_info(stream, durable)
+    except NotFoundError:
+        return
+    if info.config.ack_wait is not None and math.isclose(info.config.ack_wait, ack_wait):
+        return
+    log.info("consumer %s: ack wait %ss -> %ss", durable, info.config.ack_wait, ack_wait)
+    await js.add_consumer(stream, config=dataclasses.replace(info.config, ack_wait=ack_wait))
 
 
 def _message_key(raw: Any) -> str:

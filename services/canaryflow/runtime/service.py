@@ -8,6 +8,7 @@ the JetStream discipline and the telemetry cannot drift from one service to the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import hashlib
 import json
@@ -20,6 +21,7 @@ from wsgiref.simple_server import WSGIServer
 from faststream import FastStream
 from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
+from nats.js import JetStreamContext
 
 from canaryflow.runtime import observability, tracing
 from canaryflow.runtime.authority import Refusal
@@ -27,6 +29,7 @@ from canaryflow.runtime.bus import (
     EventPublisher,
     Handler,
     MalformedHandler,
+    converge_ack_wait,
     ensure_streams,
     subscribe,
     watch_exhausted,
@@ -40,6 +43,8 @@ log = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=EventData)
 BackgroundLoop = Callable[[], Awaitable[None]]
+# Opens what a service keeps in JetStream besides the shared streams (e.g. a KV bucket).
+ConnectHook = Callable[[JetStreamContext], Awaitable[None]]
 
 
 class Service:
@@ -71,6 +76,8 @@ class Service:
         # This service's durable consumers: a message JetStream gives up on is dead-lettered.
         self._durables: set[str] = set()
         self._loops: list[BackgroundLoop] = []
+        self._connect_hooks: list[ConnectHook] = []
+        self._ack_waits: dict[str, float] = {}  # durable consumer -> its ack wait
         self._tasks: list[asyncio.Task[None]] = []
         self._http: WSGIServer | None = None
 
@@ -91,7 +98,9 @@ class Service:
         quiet: Callable[[Envelope[E]], bool] | None = None,
         subject_filter: str | None = None,
     ) -> None:
-        self._durables.add(self.settings.subjects.consumer(self.settings.service, handler_name))
+        durable = self.settings.subjects.consumer(self.settings.service, handler_name)
+        self._durables.add(durable)
+        self._ack_waits[durable] = ack_wait_seconds or self.settings.ack_wait_seconds
         subscribe(
             self.broker,
             self.settings,
@@ -136,6 +145,10 @@ class Service:
             refused, release_id, event_id=f"{release_id}.command-refused.{digest}"
         )
 
+    def when_connected(self, hook: ConnectHook) -> None:
+        """Run ``hook`` once connected, before the first message is taken."""
+        self._connect_hooks.append(hook)
+
     def every(self, loop: BackgroundLoop) -> None:
         """Run ``loop`` in the background while the service runs (it should loop itself)."""
         self._loops.append(loop)
@@ -157,15 +170,21 @@ class Service:
         return versioned.state.trace_parent if versioned is not None else ""
 
     async def start(self) -> None:
-        asyncapi = json.dumps(self.asyncapi(), indent=2).encode()
+        # Made on the first request, not here: a restarted replica that takes over a killed
+        # one's work (a rollback) should not spend a tenth of a second on a document first.
+        asyncapi = functools.cache(lambda: json.dumps(self.asyncapi(), indent=2).encode())
         self._http = observability.serve_metrics(
-            self.settings.metrics_port, {"/asyncapi.json": lambda: asyncapi}
+            self.settings.metrics_port, {"/asyncapi.json": asyncapi}
         )
         await self.broker.connect()
         js = self.broker.connection.jetstream()
         await ensure_streams(js, self.settings.subjects)
         await watch_exhausted(js, self.broker.connection, self.settings, self._durables)
         self._store = ReleaseStore(await js.key_value(self.settings.subjects.releases_bucket))
+        for hook in self._connect_hooks:
+            await hook(js)
+        for durable, ack_wait in self._ack_waits.items():
+            await converge_ack_wait(js, self.settings.subjects, durable, ack_wait)
         # What exists by now (modules, schemas, clients) lives as long as the process: move it
         # out of the collector's sight, so each full collection scans only the objects of the
         # work in flight (it was ~100 ms over ~180k objects, and a tenth of a handler's CPU).

@@ -40,7 +40,11 @@ class Settings:
     http_port: int = 0  # the service's own HTTP API (webhooks), where it has one
     reconcile_seconds: float = 5.0
     max_deliver: int = 5
-    ack_wait_seconds: float = 30.0
+    # How long a message a replica took stays its own without a sign of life. The consumer
+    # says every third of it that the handler is still working (bus.Heartbeat), so this is
+    # how soon a killed replica's work goes to another one (it was 30 s: a rollback waited
+    # that long), not a limit on how long a handler may take.
+    ack_wait_seconds: float = 1.0
     workers: int = 16
     subjects: Subjects = field(init=False)
 

@@ -6,6 +6,7 @@ import hashlib
 from datetime import timedelta
 
 from canaryflow.metrics_watcher.analysis import AnalysisJob, Analyst
+from canaryflow.metrics_watcher.progress import MemoryProgress
 from canaryflow_contracts.events import AnalysisVerdict, VerdictAction, VerdictResult
 from canaryflow_contracts.state import ReleaseStatus
 from tests.unit.metrics_watcher.fakes import (
@@ -42,12 +43,14 @@ class Rig:
         self.releases = FakeReleases()
         self.policies = policies or FakePolicies()
         self.published = Published()
+        self.progress = MemoryProgress()
         self.analyst = Analyst(
             provider=provider,
             clock=self.clock,
             releases=self.releases,
             policies=self.policies,
             publish=self.published,
+            progress=self.progress,
         )
 
     async def run(self, step_index: int = 0, hold: float = 10) -> AnalysisVerdict | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from canaryflow.metrics_watcher.analysis import AnalysisJob, Analyst
+from canaryflow.metrics_watcher.progress import MemoryProgress
 from canaryflow_contracts.events import VerdictAction, VerdictResult
 from canaryflow_contracts.policy import ReleasePolicySpec
 from tests.unit.metrics_watcher.fakes import (
@@ -105,6 +106,7 @@ async def analyse(provider: Counters, spec: ReleasePolicySpec) -> Published:
         releases=FakeReleases(),
         policies=FakePolicies(spec),
         publish=published,
+        progress=MemoryProgress(),
     )
     await analyst.run(AnalysisJob("rel-1", "rel-1.analyse.0", request(hold=10), anchor=T0))
     return published

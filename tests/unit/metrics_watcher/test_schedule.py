@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from canaryflow.metrics_watcher.schedule import first_due_tick, still_analysing, tick_offsets
+from canaryflow.metrics_watcher.schedule import (
+    extended_offsets,
+    first_due_tick,
+    still_analysing,
+    tick_offsets,
+)
 from canaryflow_contracts.state import ReleaseStatus
 from tests.unit.metrics_watcher.fakes import state
 
@@ -22,6 +27,20 @@ def test_ticks_every_interval_and_once_at_the_end(
     hold: float, interval: float, expected: list[float]
 ) -> None:
     assert tick_offsets(hold, interval) == expected
+
+
+@pytest.mark.parametrize(
+    ("hold", "interval", "extensions", "expected"),
+    [
+        (10, 5, 0, [0, 5, 10]),
+        (10, 5, 2, [0, 5, 10, 15, 20, 25, 30]),
+        (4, 5, 1, [0, 4, 9]),  # an extension lasts at least one interval
+    ],
+)
+def test_each_extension_is_another_hold_at_the_same_rhythm(
+    hold: float, interval: float, extensions: int, expected: list[float]
+) -> None:
+    assert extended_offsets(hold, interval, extensions) == expected
 
 
 def test_the_current_tick_runs_first_after_a_redelivery() -> None:
