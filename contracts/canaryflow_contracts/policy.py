@@ -38,6 +38,10 @@ class MetricTemplate(StrEnum):
     ERROR_RATE = "error-rate"
     P99_LATENCY = "p99-latency"
     REQUEST_RATE = "request-rate"
+    # The same, as the gateway (Traefik) saw each track's backend Service.
+    GATEWAY_ERROR_RATE = "gateway-error-rate"
+    GATEWAY_P99_LATENCY = "gateway-p99-latency"
+    GATEWAY_REQUEST_RATE = "gateway-request-rate"
 
 
 class CountTemplate(StrEnum):
@@ -46,6 +50,8 @@ class CountTemplate(StrEnum):
     ERRORS = "errors"  # 5xx responses out of requests
     LATENCY = "latency"  # the request-duration histogram
     CONVERSION = "conversion"  # purchases out of visits
+    GATEWAY_ERRORS = "gateway-errors"  # 5xx out of requests, as the gateway counted them
+    GATEWAY_LATENCY = "gateway-latency"  # the gateway's request-duration histogram
 
 
 _NAME = r"^[a-z0-9][a-z0-9-]*$"

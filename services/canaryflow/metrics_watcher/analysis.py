@@ -34,9 +34,9 @@ from canaryflow.metrics_watcher.progress import AnalysisProgress, ProgressStore,
 from canaryflow.metrics_watcher.providers import MetricProvider, ProviderPool
 from canaryflow.metrics_watcher.schedule import extended_offsets, first_due_tick, still_analysing
 from canaryflow.metrics_watcher.templates import (
-    HTTP_METRICS,
     QueryContext,
     UnknownTemplate,
+    for_analysis,
     render,
 )
 from canaryflow.runtime import observability
@@ -141,7 +141,7 @@ class Analyst:
         request = job.request
         analysis = policy.analysis
         provider = self._providers.get(analysis.provider)
-        templates = HTTP_METRICS.with_named(analysis.templates)
+        templates = for_analysis(analysis)
         hold, interval = request.step.hold_seconds, analysis.interval_seconds
         canary, baseline = _contexts(request, policy)
         try:

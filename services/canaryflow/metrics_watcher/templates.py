@@ -9,10 +9,22 @@ built-in one. Platform teams add their own named templates in the policy
 Two kinds of templates: value queries (one number: an error rate, a p99) for absolute
 guards, and count queries (cumulative counters: events and trials, or histogram buckets by
 ``le``) for the sequential comparison against the baseline, which needs counts, not ratios.
-The built-ins follow the common HTTP conventions the traffic simulator exports
-(``http_requests_total`` with a ``code`` label, ``http_request_duration_seconds``
-histogram, ``shop_visits_total``/``shop_purchases_total``), labelled by namespace, service,
-version (the image tag) and track.
+The built-ins come in two families, side by side:
+
+- the app's: the common HTTP conventions the pods export on /metrics (``http_requests_total``
+  with a ``code`` label, ``http_request_duration_seconds`` histogram,
+  ``shop_visits_total``/``shop_purchases_total``), labelled by namespace, service, version
+  (the image tag) and track when Prometheus scrapes the pods;
+- the gateway's (``gateway-*``): what the load balancer saw of each track's backend Service,
+  for teams who have no metrics of their own app. Traefik counts
+  ``traefik_service_requests_total{code,service}`` and a ``traefik_service_request_duration_
+  seconds`` histogram per leaf service, named ``<namespace>-<Service>-<port>@kubernetescrd``;
+  a track's backend is the Service ``<service>-<track>`` (``shop-canary``, ``shop-baseline``,
+  ``shop-stable``), so the version is implied by the track and not a label there.
+
+A count needs a sample size in the same units: when every rule of an analysis is judged from
+the gateway, the sample size is the gateway's request count too (``for_analysis``), so an app
+that exports nothing is not "insufficient data" forever.
 
 Placeholders are replaced by name rather than with ``str.format``, because PromQL is full of
 braces of its own; label values are escaped for a PromQL double-quoted string.
@@ -21,9 +33,10 @@ braces of its own; label values are escaped for a PromQL double-quoted string.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from canaryflow_contracts.policy import (
+    Analysis,
     BusinessMetric,
     Comparison,
     CountTemplate,
@@ -36,6 +49,9 @@ _PLACEHOLDER = re.compile(r"\{(namespace|service|version|track|window)\}")
 
 # The series of one version on one track.
 _SELECTOR = 'namespace="{namespace}",service="{service}",version="{version}",track="{track}"'
+# The gateway's series of one track's backend Service, whatever its port (name or number).
+_GATEWAY = 'service=~"{namespace}-{service}-{track}-[^@]+@kubernetescrd"'
+GATEWAY_PREFIX = "gateway-"
 
 
 @dataclass(frozen=True)
@@ -73,7 +89,7 @@ class CountQueries:
 
 @dataclass(frozen=True)
 class TemplateSet:
-    """The queries of one metrics convention (here: the simulator's HTTP metrics).
+    """The queries the analysis can name: the app's HTTP metrics and the gateway's.
 
     ``sample_size`` counts the requests a version served in the window; the judge needs it to
     tell "no problem seen" from "too little traffic to see one".
@@ -109,6 +125,18 @@ HTTP_METRICS = TemplateSet(
             f"(rate(http_request_duration_seconds_bucket{{{_SELECTOR}}}[{{window}}])))"
         ),
         MetricTemplate.REQUEST_RATE: f"sum(rate(http_requests_total{{{_SELECTOR}}}[{{window}}]))",
+        MetricTemplate.GATEWAY_ERROR_RATE: (
+            f'(sum(rate(traefik_service_requests_total{{{_GATEWAY},code=~"5.."}}[{{window}}]))'
+            " or vector(0))"
+            f" / sum(rate(traefik_service_requests_total{{{_GATEWAY}}}[{{window}}]))"
+        ),
+        MetricTemplate.GATEWAY_P99_LATENCY: (
+            "histogram_quantile(0.99, sum by (le) "
+            f"(rate(traefik_service_request_duration_seconds_bucket{{{_GATEWAY}}}[{{window}}])))"
+        ),
+        MetricTemplate.GATEWAY_REQUEST_RATE: (
+            f"sum(rate(traefik_service_requests_total{{{_GATEWAY}}}[{{window}}]))"
+        ),
     },
     sample_size=f"sum(increase(http_requests_total{{{_SELECTOR}}}[{{window}}]))",
     counts={
@@ -123,8 +151,30 @@ HTTP_METRICS = TemplateSet(
             events=f"sum(shop_purchases_total{{{_SELECTOR}}})",
             trials=f"sum(shop_visits_total{{{_SELECTOR}}})",
         ),
+        CountTemplate.GATEWAY_ERRORS: CountQueries(
+            events=f'sum(traefik_service_requests_total{{{_GATEWAY},code=~"5.."}})',
+            trials=f"sum(traefik_service_requests_total{{{_GATEWAY}}})",
+        ),
+        CountTemplate.GATEWAY_LATENCY: CountQueries(
+            buckets=f"sum by (le) (traefik_service_request_duration_seconds_bucket{{{_GATEWAY}}})"
+        ),
     },
 )
+GATEWAY_SAMPLE_SIZE = f"sum(increase(traefik_service_requests_total{{{_GATEWAY}}}[{{window}}]))"
+
+
+def for_analysis(analysis: Analysis) -> TemplateSet:
+    """The templates an analysis may name: the built-ins plus its own, with the sample size
+    counted where the rules look (the gateway's when every rule names a gateway template)."""
+    templates = HTTP_METRICS.with_named(analysis.templates)
+    named = [rule.template for rule in analysis.metrics]
+    named += [rule.template for rule in (*analysis.compare, *analysis.business)]
+    own = {template.name for template in analysis.templates}
+    if named and all(
+        name is not None and name.startswith(GATEWAY_PREFIX) and name not in own for name in named
+    ):
+        return replace(templates, sample_size=GATEWAY_SAMPLE_SIZE)
+    return templates
 
 
 class UnknownTemplate(ValueError):
