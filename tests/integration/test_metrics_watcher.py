@@ -6,11 +6,17 @@ the executor builds: ``<name>-canary`` and ``<name>-baseline`` Deployments whose
 planner's RequestAnalysis arrives on NATS; then the watcher, running in-process against
 Prometheus, publishes verdicts whose evidence is the simulator's numbers: a canary configured
 with 30 % errors fails with an error-rate near 0.3, a healthy canary passes.
+
+From the gateway's side: real users through Traefik to the stable, baseline and canary
+Services, Prometheus scraping Traefik, and a policy that names only the gateway templates: the
+canary's 5xx, as Traefik counted them for its backend Service, fail it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -19,8 +25,17 @@ from typing import Any
 import pytest
 from kubernetes import client
 from nats.aio.client import Client as NatsClient
-from tests.support import PrometheusQuery, StackEnv, wait_until
+from tests.support import PrometheusQuery, StackEnv, async_wait_until, wait_until
 
+from canaryflow.dataplane.objects import (
+    behaviour_configmap,
+    create_traefik,
+    ingress_route,
+    shop_deployment,
+    track_service,
+    weighted_sticky,
+)
+from canaryflow.dataplane.users import Behaviour, Users
 from canaryflow.demo import shop
 from canaryflow.metrics_watcher.app import SERVICE_NAME, build_service
 from canaryflow.runtime.kube import TRACK_LABEL
@@ -218,6 +233,17 @@ async def _analyse(
         await subscription.unsubscribe()
 
 
+def _failed(verdicts: list[AnalysisVerdict]) -> AnalysisVerdict:
+    """The final verdict, which must be a failure asking for a rollback."""
+    final = verdicts[-1]
+    assert (final.result, final.action, final.final) == (
+        VerdictResult.FAIL,
+        VerdictAction.ROLLBACK,
+        True,
+    ), final.reason
+    return final
+
+
 def _check(verdict: AnalysisVerdict, metric: str, track: str = "canary") -> Any:
     return next(c for c in verdict.checks if c.metric == metric and c.track == track)
 
@@ -227,12 +253,7 @@ async def test_a_canary_with_30_percent_errors_fails_at_once(
 ) -> None:
     verdicts = await _analyse(watcher, nats_client, namespace, "v2-bad")
 
-    final = verdicts[-1]
-    assert (final.result, final.action, final.final) == (
-        VerdictResult.FAIL,
-        VerdictAction.ROLLBACK,
-        True,
-    ), final.reason
+    final = _failed(verdicts)
     assert len(verdicts) == 1, "the first tick has the data, so it decides"
     errors = _check(final, "error-rate")
     assert errors.passed is False
@@ -277,3 +298,125 @@ async def test_an_unreachable_prometheus_is_insufficient_data_never_a_pass(
     )
     assert "prometheus is not answering" in final.reason
     assert all(check.value is None and check.passed is not True for check in final.checks)
+
+
+# The gateway's side: real users through Traefik to stable, baseline and canary Services.
+GATEWAY_POLICY: dict[str, Any] = {
+    **POLICY,
+    "analysis": {
+        "intervalSeconds": INTERVAL_SECONDS,
+        "windowSeconds": WINDOW_SECONDS,
+        "minRequests": MIN_REQUESTS,
+        "metrics": [
+            {"name": "error-rate", "template": "gateway-error-rate", "max": 0.1},
+            {"name": "p99-latency", "template": "gateway-p99-latency", "max": 2.0},
+        ],
+        "compare": [{"name": "errors", "template": "gateway-errors"}],
+    },
+}
+FAST = {"median": 5, "p99": 20}
+GATEWAY_WEIGHTS = {"stable": 50, "baseline": 25, "canary": 25}
+
+
+@pytest.fixture
+async def users_through_traefik(
+    crd: None,
+    kube: client.ApiClient,
+    prometheus: PrometheusQuery,
+    namespace: str,
+    stack: StackEnv,
+) -> AsyncIterator[Users]:
+    """Stable (v1), baseline (v1) and a canary with 30 % errors behind one Traefik route, each
+    track its own Service (``shop-<track>``), and real users browsing through the gateway."""
+    apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
+    core.create_namespaced_config_map(
+        namespace,
+        behaviour_configmap(
+            {
+                STABLE_TAG: {"error_rate": 0.0, "latency_ms": FAST},
+                "v2-bad": {"error_rate": 0.3, "latency_ms": FAST},
+            }
+        ),
+    )
+    tags = {"stable": STABLE_TAG, "baseline": STABLE_TAG, "canary": "v2-bad"}
+    for track, tag in tags.items():
+        replicas = 2 if track == "stable" else 1
+        apps.create_namespaced_deployment(
+            namespace, shop_deployment(f"{APP}-{track}", APP, tag, replicas, track)
+        )
+        core.create_namespaced_service(namespace, track_service(f"{APP}-{track}", APP, track))
+    host = f"{APP}.{namespace}.test"
+    weights = {f"{APP}-{track}": weight for track, weight in GATEWAY_WEIGHTS.items()}
+    create_traefik(kube, namespace, weighted_sticky(f"{APP}-split", weights, "shop_v"))
+    create_traefik(kube, namespace, ingress_route(APP, host, f"{APP}-split"))
+    shop.apply_policy(kube, namespace, GATEWAY_POLICY, name="shop-policy")
+
+    users = Users(
+        stack.gateway_url,
+        host,
+        Behaviour(arrivals_per_s=15.0, pages=2, think_s=0.05, timeout_s=5.0),
+        random.Random(7),
+    )
+    running = asyncio.create_task(users.run(seconds=120))
+    # The first tick must have data: wait until Prometheus has scraped the gateway's counts of
+    # the canary's backend (errors included) over the analysis window.
+    canary = f'service=~"{namespace}-{APP}-canary-.+@kubernetescrd"'
+    served = f"sum(increase(traefik_service_requests_total{{{canary}}}[{WINDOW_SECONDS}s]))"
+    try:
+        await async_wait_until(
+            lambda: _at_least(prometheus, served, 3 * MIN_REQUESTS),
+            timeout=90,
+            message=f"{3 * MIN_REQUESTS} canary requests counted by the gateway ({served})",
+        )
+        yield users
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
+async def _at_least(prometheus: PrometheusQuery, expr: str, count: float) -> bool | None:
+    samples = await asyncio.to_thread(prometheus.query, expr)
+    return bool(samples and samples[0].value >= count) or None
+
+
+@pytest.mark.usefixtures("local_cluster")
+async def test_a_canary_judged_at_the_gateway_fails_on_the_errors_traefik_answered(
+    users_through_traefik: Users,
+    watcher: Service,
+    nats_client: NatsClient,
+    namespace: str,
+    prometheus: PrometheusQuery,
+) -> None:
+    verdicts = await _analyse(watcher, nats_client, namespace, "v2-bad")
+
+    final = _failed(verdicts)
+    errors = _check(final, "error-rate")
+    assert errors.passed is False
+    assert errors.value == pytest.approx(0.3, abs=0.12)
+    assert "traefik_service_requests_total" in errors.query
+    assert f"{namespace}-{APP}-canary-" in errors.query
+    size = _check(final, "sample-size")
+    assert size.value is not None and size.value >= MIN_REQUESTS
+    assert "traefik_service_requests_total" in size.query, "counted at the gateway too"
+    baseline = _check(final, "error-rate", "baseline")
+    assert baseline.value is not None and baseline.value < 0.05
+    assert f"{namespace}-{APP}-baseline-" in baseline.query
+    latency = _check(final, "p99-latency")
+    assert latency.value is not None and 0 < latency.value < 2.0
+
+    # What users saw agrees: the canary's version answered 5xx, stable's never did.
+    tally = users_through_traefik.tally
+    failed = {version: 0 for version in (STABLE_TAG, "v2-bad")}
+    for (version, code), count in tally.requests.items():
+        if code >= 500 and version in failed:
+            failed[version] += count
+    assert failed["v2-bad"] > 0 and failed[STABLE_TAG] == 0, failed
+    # Traefik's latency histogram has the stack's finer buckets, not the 0.1/0.3/1.2/5 default.
+    buckets = f'traefik_service_request_duration_seconds_bucket{{service=~"{namespace}-.*"}}'
+    les = prometheus.by_label(f"sum by (le) ({buckets})", "le")
+    assert {"0.005", "0.025", "0.05"} <= set(les), sorted(les)
+    print(
+        f"gateway: canary error-rate {errors.value:.3f} over {size.value:.0f} requests, "
+        f"baseline {baseline.value:.3f}; canary p99 {latency.value:.3f} s; users saw {failed}"
+    )
