@@ -2,7 +2,7 @@
 
 No cluster and no Prometheus: a synthetic metrics provider serves cumulative counters that a
 simulated canary and baseline produce tick by tick (Poisson traffic, binomial errors and
-purchases, log-normal latencies counted into the simulator's histogram buckets), and the
+purchases, log-normal latencies counted into the pods' histogram buckets), and the
 metrics-watcher's own ``Analyst`` (measure, compare, judge, verdict) runs each analysis with
 a clock that jumps. A/A runs (canary identical to baseline) give the false-positive rate;
 A/B runs (canary worse by a known amount) give the power and the time to detect.
@@ -30,7 +30,7 @@ import numpy as np
 from canaryflow.metrics_watcher.analysis import AnalysisJob, Analyst
 from canaryflow.metrics_watcher.progress import MemoryProgress
 from canaryflow.runtime.store import Versioned
-from canaryflow.simulator.metrics import LATENCY_BUCKETS as BUCKETS
+from canaryflow.dataplane.shop import LATENCY_BUCKETS as BUCKETS
 from canaryflow_contracts.events import (
     AnalysisVerdict,
     PlannedStep,

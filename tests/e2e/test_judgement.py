@@ -1,10 +1,10 @@
 """Judgement on the real stack: canary against the live baseline, business metrics, pushed alerts.
 
-Given the sample shop (10 pods of web:v1 behind a simulated Service) and a policy that
+Given the sample shop (10 pods of web:v1 answering the stack's users) and a policy that
 compares the canary with a live baseline of the stable version (errors and the whole latency
 distribution, by a sequential test at alpha 0.01), when a system requests a release of a
 version that behaves in a known way, then the verdicts and the outcome follow from the
-numbers Prometheus scraped from the traffic simulator.
+numbers Prometheus scraped from the pods that served the requests.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ async def test_a_canary_identical_to_stable_is_promoted_against_its_baseline(
 async def test_without_traffic_the_release_pauses_and_never_passes(
     kube: client.ApiClient, shop_namespace: str, releases: Releases
 ) -> None:
-    _prepare(kube, shop_namespace, 0, **{"v2": SAME})  # the simulator sends nothing
+    _prepare(kube, shop_namespace, 0, **{"v2": SAME})  # no users at all
     shop.apply_policy(kube, shop_namespace, shop.quick_policy(hold_seconds=6))
 
     release_id = await releases.request(shop_namespace, shop.image("v2"))

@@ -61,7 +61,6 @@ def test_the_compose_file_is_valid_and_runs_every_part(go: None) -> None:
         "executor",
         "metrics-watcher",
         "rollback",
-        "simulator",
     ):
         assert f" {service}" in result.stdout, (service, result.stdout)
 

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from kubernetes import client
 from tests.support import PrometheusQuery, StackEnv, async_wait_until, wait_until
+from tests.support.wait import WaitTimeout
 
 from canaryflow.dataplane.objects import (
     APP_PORT,
@@ -28,6 +29,7 @@ from canaryflow.dataplane.objects import (
     ready_pods,
     shop_deployment,
     track_service,
+    users_service,
     weighted_sticky,
 )
 from canaryflow.dataplane.users import Behaviour, Users
@@ -307,3 +309,56 @@ async def test_the_traefik_router_canaries_one_pod_at_5_percent_and_takes_pinned
 
 async def _all_stable(visit_all: Callable[[], Awaitable[list[str]]]) -> bool | None:
     return set(await visit_all()) == {"v1"} or None
+
+
+@pytest.mark.usefixtures("local_cluster")
+def test_the_stack_s_users_reach_a_service_s_versions_in_proportion_to_ready_pods(
+    kube: client.ApiClient, namespace: str, prometheus: PrometheusQuery
+) -> None:
+    """A Service that asks for users gets them from the stack, each straight to one Ready pod
+    (as kube-proxy sends): the pods' own counts, scraped by Prometheus, split like the pods."""
+    apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
+    healthy = {"error_rate": 0.0, "latency_ms": FAST}
+    core.create_namespaced_config_map(
+        namespace, behaviour_configmap({"v1": healthy, "v2": healthy})
+    )
+    apps.create_namespaced_deployment(namespace, shop_deployment("web", "web", "v1", 9, "stable"))
+    apps.create_namespaced_deployment(
+        namespace, shop_deployment("web-canary", "web", "v2", 1, "canary")
+    )
+    _wait_ready(kube, namespace, "app=web", 10)
+    core.create_namespaced_service(namespace, users_service("web", "web", 60))
+
+    selector = f'namespace="{namespace}",service="web",handler="home"'
+    counts = f"sum by (version, track) (http_requests_total{{{selector}}})"
+    seen: list[dict[str, float]] = []
+
+    def enough() -> dict[str, float] | None:
+        samples = prometheus.query(counts)
+        by_version = {s.labels["version"]: s.value for s in samples}
+        seen.append(by_version)
+        if set(by_version) != {"v1", "v2"} or sum(by_version.values()) < 800:
+            return None
+        assert {s.labels["version"]: s.labels["track"] for s in samples} == {
+            "v1": "stable",
+            "v2": "canary",
+        }
+        return by_version
+
+    try:
+        by_version = wait_until(enough, timeout=60, message="800 visits in Prometheus")
+    except WaitTimeout as exc:
+        pytest.fail(f"{exc}; last counts by version: {seen[-3:]}")
+    share = by_version["v2"] / sum(by_version.values())
+    print(f"users straight to the pods: {by_version}, canary share {share:.3f} (1 pod of 10)")
+    assert share == pytest.approx(0.10, abs=0.04)
+    # What users saw is exported too: sessions by version, none failed for want of a pod.
+    sessions = f'sum by (version) (canaryflow_users_sessions_total{{namespace="{namespace}"}})'
+    saw = wait_until(
+        lambda: (found := prometheus.by_label(sessions, "version")) and found,
+        timeout=20,
+        message="the users' own sessions in Prometheus",
+    )
+    assert set(saw) == {"v1", "v2"}, saw
+    unrouted = f'sum(canaryflow_users_unrouted_total{{namespace="{namespace}"}})'
+    assert [s.value for s in prometheus.query(unrouted)] == [0]

@@ -1,11 +1,12 @@
 """The metrics-watcher on the real stack: real traffic, real Prometheus, real verdicts.
 
-Given a Service the traffic simulator serves, with stable, baseline and canary pods (the shape
-the executor builds: ``<name>-canary`` and ``<name>-baseline`` Deployments whose pods carry
-``canaryflow.io/track: canary`` or ``baseline``), and a ReleasePolicy for it; when the
-planner's RequestAnalysis arrives on NATS; then the watcher, running in-process against
-Prometheus, publishes verdicts whose evidence is the simulator's numbers: a canary configured
-with 30 % errors fails with an error-rate near 0.3, a healthy canary passes.
+Given a Service whose pods answer real users (the stack's data plane), with stable, baseline and
+canary pods (the shape the executor builds: ``<name>-canary`` and ``<name>-baseline``
+Deployments whose pods carry ``canaryflow.io/track: canary`` or ``baseline``), and a
+ReleasePolicy for it; when the planner's RequestAnalysis arrives on NATS; then the watcher,
+running in-process against Prometheus, publishes verdicts whose evidence is what the pods
+counted: a canary configured with 30 % errors fails with an error-rate near 0.3, a healthy
+canary passes.
 
 From the gateway's side: real users through Traefik to the stable, baseline and canary
 Services, Prometheus scraping Traefik, and a policy that names only the gateway templates: the

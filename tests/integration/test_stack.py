@@ -2,8 +2,8 @@
 
 - Kubernetes + KWOK: a Deployment gets a ReplicaSet and Ready pods on the fake nodes; the
   KWOK stages make ``*-never-ready`` pods stay unready and ``*-crashloop`` pods crash-loop.
-- the traffic simulator + Prometheus: per-version request rates follow the Ready pods, and
-  a /metrics endpoint registered through the file_sd folder is scraped.
+- Prometheus: a /metrics endpoint registered through the file_sd folder is scraped (the
+  data plane's traffic and scrapes are tested in test_dataplane.py).
 - Jaeger: a span sent over OTLP/HTTP is read back through the query API.
 - NATS: a JetStream stream and its messages survive a restart of the server.
 - the API server's RBAC: a narrow-role token is refused a write outside its role.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import importlib.util
 import socket
 import uuid
 from typing import Any
@@ -38,7 +37,6 @@ from tests.support import (
     narrow_token,
     wait_until,
 )
-from tests.support.wait import WaitTimeout
 
 from canaryflow_stack import netns
 from canaryflow_stack import stack as stack_manager
@@ -157,63 +155,6 @@ def test_kwok_stages_make_chosen_images_misbehave(kube: client.ApiClient, namesp
     # Still the same verdicts after the crash loop has gone round a few times.
     faults_hold()
     assert read("stuck").status.phase == "Running"
-
-
-@pytest.mark.usefixtures("local_cluster")
-def test_simulator_rates_follow_ready_pods(
-    kube: client.ApiClient, namespace: str, prometheus: PrometheusQuery
-) -> None:
-    if importlib.util.find_spec("canaryflow.simulator") is None:
-        pytest.skip("the traffic simulator (canaryflow.simulator) does not exist yet")
-    apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
-    for track, image, replicas in [("stable", "shop:v1", 9), ("canary", "shop:v2", 1)]:
-        labels = {"app": "shop", "canaryflow.io/track": track}
-        apps.create_namespaced_deployment(
-            namespace, _deployment(f"shop-{track}", f"registry.example/{image}", replicas, labels)
-        )
-    core.create_namespaced_service(
-        namespace,
-        client.V1Service(
-            metadata=client.V1ObjectMeta(
-                name="shop",
-                labels={"canaryflow.io/simulate": "true"},
-                annotations={"canaryflow.io/simulate-rps": "200"},
-            ),
-            spec=client.V1ServiceSpec(
-                selector={"app": "shop"}, ports=[client.V1ServicePort(port=80)]
-            ),
-        ),
-    )
-    wait_until(
-        lambda: (
-            _ready_replicas(apps, namespace, "shop-stable") == 9
-            and _ready_replicas(apps, namespace, "shop-canary") == 1
-        ),
-        timeout=60,
-        message="9 stable and 1 canary Ready pods",
-    )
-
-    selector = f'namespace="{namespace}",service="shop"'
-    rate = f"sum by (version, track) (rate(http_requests_total{{{selector}}}[5s]))"
-    seen: list[dict[str, float]] = []
-
-    def canary_share() -> float | None:
-        samples = prometheus.query(rate)
-        by_version = {s.labels["version"]: s.value for s in samples}
-        tracks = {s.labels["version"]: s.labels["track"] for s in samples}
-        seen.append(by_version)
-        total = sum(by_version.values())
-        if set(by_version) != {"v1", "v2"} or total < 150:  # not at steady state yet
-            return None
-        assert tracks == {"v1": "stable", "v2": "canary"}
-        share = by_version["v2"] / total
-        return share if 0.06 <= share <= 0.14 else None
-
-    try:
-        share = wait_until(canary_share, timeout=60, message="the canary's share to be ~10 %")
-    except WaitTimeout as exc:
-        pytest.fail(f"{exc}; last per-version rates: {seen[-5:]}")
-    assert share == pytest.approx(0.10, abs=0.04)
 
 
 def test_prometheus_scrapes_a_registered_metrics_endpoint(prometheus: PrometheusQuery) -> None:

@@ -18,9 +18,10 @@ class StackEnv:
     prometheus_targets: Path
     jaeger_query_url: str
     otlp_http_endpoint: str
-    simulator_url: str
     gateway_url: str
     """Traefik's web entrypoint (inside the stack's namespace)."""
+    users_url: str
+    """The stack's users (``canaryflow.dataplane.load``): ``/tally`` per Service."""
     cluster: str
     """``local`` (the stack's own KWOK cluster) or ``external`` (the user's KUBECONFIG)."""
     state_dir: Path
@@ -34,8 +35,8 @@ class StackEnv:
             prometheus_targets=Path(env["PROMETHEUS_TARGETS_DIR"]),
             jaeger_query_url=env["JAEGER_QUERY_URL"],
             otlp_http_endpoint=env["OTEL_EXPORTER_OTLP_ENDPOINT"],
-            simulator_url=env["SIMULATOR_URL"],
             gateway_url=env.get("GATEWAY_URL", ""),
+            users_url=env.get("USERS_URL", ""),
             cluster=env["CANARYFLOW_CLUSTER"],
             state_dir=Path(env["CANARYFLOW_STACK_DIR"]),
         )

@@ -10,7 +10,10 @@ starts them as plain processes on loopback and waits until each one is healthy:
   built from the Go module proxy, with KWOK faking the kubelets of three nodes;
 - Prometheus (Debian's package, unpacked into the cache) scraping every 1 s;
 - Jaeger v2 with in-memory storage, OTLP in and its query API out;
-- the project's traffic simulator, so Prometheus has per-version traffic to show.
+- Traefik, the gateway, watching the API server;
+- the data plane, in the stack's own network namespace: every Ready pod answers HTTP on its
+  10.244.x.y address (``canaryflow.dataplane.pods``), and users go to any Service that asks
+  for them (``canaryflow.dataplane.load``), so Prometheus scrapes real per-version traffic.
 
 Everything it starts is recorded in ``.stack/`` inside the clone (pid files, logs, data,
 ``env.json``), so ``down`` stops exactly what ``up`` started and nothing else.

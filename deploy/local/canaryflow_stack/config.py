@@ -45,8 +45,8 @@ DEFAULT_PORTS: dict[str, tuple[str, int]] = {
     "jaeger_otlp_http": ("CANARYFLOW_JAEGER_OTLP_HTTP_PORT", 14318),
     "jaeger_query": ("CANARYFLOW_JAEGER_QUERY_PORT", 16686),
     "jaeger_query_grpc": ("CANARYFLOW_JAEGER_QUERY_GRPC_PORT", 16685),
-    "simulator": ("CANARYFLOW_SIMULATOR_PORT", 19464),
     "pods": ("CANARYFLOW_PODS_PORT", 19465),
+    "users": ("CANARYFLOW_USERS_PORT", 19467),
     "gateway": ("CANARYFLOW_GATEWAY_PORT", 18000),
     "gateway_metrics": ("CANARYFLOW_GATEWAY_METRICS_PORT", 18001),
 }
@@ -99,7 +99,7 @@ class Ports:
     jaeger_otlp_http: int
     jaeger_query: int
     jaeger_query_grpc: int
-    simulator: int
+    users: int
     pods: int
     gateway: int
     gateway_metrics: int
@@ -153,7 +153,7 @@ class Settings:
 
     @property
     def kubeconfig(self) -> Path:
-        """The admin kubeconfig handed to clients (tests, services, the simulator)."""
+        """The admin kubeconfig handed to clients (tests, services, the data plane)."""
         return self.state / "kubeconfig"
 
     @property

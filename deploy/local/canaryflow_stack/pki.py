@@ -7,7 +7,7 @@ and accept an admin token. They are created once with ``openssl`` and reused on 
 so a warm ``up`` keeps the same tokens and the data in etcd stays valid. Each component gets
 its own identity: the controller manager and scheduler authenticate as the users Kubernetes'
 default RBAC already binds (system:kube-controller-manager, system:kube-scheduler); clients,
-kwok and the simulator use the admin token (group system:masters).
+kwok and the data plane use the admin token (group system:masters).
 """
 
 from __future__ import annotations

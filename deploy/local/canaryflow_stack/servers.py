@@ -4,7 +4,7 @@ Why declarative: ``up``, ``down``, ``status`` and ``restart`` all walk the same 
 server's ports, log file and probe are defined once. Servers are grouped in phases: everything
 in a phase starts together and is waited for together, and a phase only starts when the one
 before it is healthy (the API server needs etcd; the controllers, scheduler and kwok need the
-API server; the simulator needs the cluster).
+API server; the pods' server and the users need the cluster).
 
 Every server runs in the stack's network namespace (``netns.py``) except the host halves of
 the forwarders, which listen on the machine's 127.0.0.1 (``side="host"``).
@@ -60,8 +60,8 @@ ORDER = [
     "kube-controller-manager",
     "kube-scheduler",
     "kwok",
-    "simulator",
     "pods",
+    "users",
     "traefik",
     *(f"forward-{name}-in" for name in config.FORWARDED),
     *(f"forward-{name}" for name in config.FORWARDED),
@@ -109,8 +109,7 @@ def plan(settings: Settings, choice: ClusterChoice, bins: Binaries) -> list[Serv
         servers.append(_traefik(settings, bins, choice))
         if build.python_has_module(settings, "canaryflow.dataplane"):
             servers.append(_pods(settings, choice))
-    if build.python_has_module(settings, "canaryflow.simulator"):
-        servers.append(_simulator(settings, choice))
+            servers.append(_users(settings, choice))
     servers += _forwarders(settings, bins)
     return sorted(servers, key=lambda s: (s.phase, ORDER.index(s.name)))
 
@@ -241,12 +240,13 @@ def _prometheus(settings: Settings, bins: Binaries, local: bool) -> Server:
         jobs = ""
         if local:
             jobs = Template((folder / "kubernetes-jobs.yml.in").read_text()).substitute(
-                pods_sd=_url(p.pods, "/sd"), gateway_metrics=f"{HOST}:{p.gateway_metrics}"
+                pods_sd=_url(p.pods, "/sd"),
+                gateway_metrics=f"{HOST}:{p.gateway_metrics}",
+                users=f"{HOST}:{p.users}",
             )
         template = Template((folder / "prometheus.yml.in").read_text())
         conf.write_text(
             template.substitute(
-                simulator=f"{HOST}:{p.simulator}",
                 targets_dir=str(settings.prometheus_targets),
                 prometheus=f"{HOST}:{p.prometheus}",
                 kubernetes_jobs=jobs,
@@ -448,29 +448,6 @@ def _kubernetes(settings: Settings, bins: Binaries) -> list[Server]:
     return [etcd, apiserver, controller_manager, scheduler, kwok]
 
 
-def _simulator(settings: Settings, choice: ClusterChoice) -> Server:
-    p = settings.ports
-    kubeconfig = choice.kubeconfig.split(os.pathsep)[0]
-    return Server(
-        name="simulator",
-        phase=3,
-        argv=[
-            str(settings.python),
-            "-m",
-            "canaryflow.simulator",
-            "--kubeconfig",
-            kubeconfig,
-            "--listen",
-            f"{HOST}:{p.simulator}",
-        ],
-        ports={"http": p.simulator},
-        probe=http_probe(_url(p.simulator, "/healthz")),
-        timeout=60,
-        cause="a bug or missing dependency in canaryflow.simulator, or it cannot reach the cluster",
-        env={"KUBECONFIG": choice.kubeconfig},
-    )
-
-
 GATEWAY_BUCKETS = "0.005,0.01,0.025,0.05,0.075,0.1,0.15,0.2,0.3,0.4,0.5,0.75,1,1.5,2,3,5,10"
 """Finer than Traefik's default 0.1/0.3/1.2/5 s, and the same as the pods' own histogram."""
 
@@ -522,21 +499,32 @@ def _traefik(settings: Settings, bins: Binaries, choice: ClusterChoice) -> Serve
 
 def _pods(settings: Settings, choice: ClusterChoice) -> Server:
     """The process that makes every Ready pod answer HTTP on its own address."""
-    p = settings.ports
+    return _dataplane(settings, choice, "pods", "canaryflow.dataplane.pods", settings.ports.pods)
+
+
+def _dataplane(
+    settings: Settings, choice: ClusterChoice, name: str, module: str, port: int
+) -> Server:
+    """A data plane process of the stack (``canaryflow.dataplane.process``), in the namespace."""
     return Server(
-        name="pods",
+        name=name,
         phase=3,
         argv=[
             str(settings.python),
             "-m",
-            "canaryflow.dataplane.pods",
+            module,
             "--kubeconfig",
             choice.kubeconfig.split(os.pathsep)[0],
             "--listen",
-            f"{HOST}:{p.pods}",
+            f"{HOST}:{port}",
         ],
-        ports={"http": p.pods},
-        probe=http_probe(_url(p.pods, "/healthz")),
+        ports={"http": port},
+        probe=http_probe(_url(port, "/healthz")),
         timeout=60,
-        cause="a bug in canaryflow.dataplane.pods, or it cannot reach the cluster",
+        cause=f"a bug in {module}, or it cannot reach the cluster",
     )
+
+
+def _users(settings: Settings, choice: ClusterChoice) -> Server:
+    """Users for every Service labelled canaryflow.io/users=true, straight to its Ready pods."""
+    return _dataplane(settings, choice, "users", "canaryflow.dataplane.load", settings.ports.users)

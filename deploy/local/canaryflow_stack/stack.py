@@ -92,11 +92,11 @@ def endpoints(settings: Settings, choice: ClusterChoice) -> dict[str, str]:
         "JAEGER_QUERY_URL": f"http://{HOST}:{p.jaeger_query}",
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{p.jaeger_otlp_http}",
         "CANARYFLOW_OTLP_GRPC_ENDPOINT": f"http://{HOST}:{p.jaeger_otlp_grpc}",
-        "SIMULATOR_URL": f"http://{HOST}:{p.simulator}",
         "CANARYFLOW_PREFIX": DEFAULT_PREFIX,
         "GATEWAY_URL": f"http://{HOST}:{p.gateway}",
         "GATEWAY_METRICS_URL": f"http://{HOST}:{p.gateway_metrics}",
         "PODS_URL": f"http://{HOST}:{p.pods}",
+        "USERS_URL": f"http://{HOST}:{p.users}",
         "CANARYFLOW_CLUSTER": choice.kind,
         "CANARYFLOW_CLUSTER_DETAIL": choice.detail,
         "CANARYFLOW_STACK_DIR": str(settings.state),
@@ -342,8 +342,6 @@ def _up(settings: Settings) -> dict[str, str]:
         if choice.kind == "local":
             pki.ensure_credentials(settings)
         servers = plan(settings, choice, bins)
-        if not any(s.name == "simulator" for s in servers):
-            say("simulator: module canaryflow.simulator is not installed yet; not started")
         pending = [s for s in servers if _ours(settings, s.name) is None]
         for server in pending:  # report every taken port before anything starts
             if server.side == "host" or inside(settings):
@@ -520,7 +518,7 @@ def leftovers(settings: Settings) -> list[tuple[int, str]]:
     """Servers of this stack (by executable and arguments) that have no pid file.
 
     Only the stack's own server executables count (the cached Go servers and Prometheus, the
-    venv's nats-server, the simulator module), and only when their arguments name this
+    venv's nats-server, the data plane's modules), and only when their arguments name this
     stack's folder: a kubectl or a service pointed at .stack/kubeconfig is not a leftover.
     """
     records = [PidRecord.load(pidfile(settings, n)) for n in _recorded_names(settings)]
@@ -533,7 +531,11 @@ def leftovers(settings: Settings) -> list[tuple[int, str]]:
         if not cmd or str(settings.state) not in " ".join(cmd):
             continue
         exe = cmd[0]
-        ours = ("canaryflow.simulator", "canaryflow.dataplane.pods", "canaryflow_stack.netns")
+        ours = (
+            "canaryflow.dataplane.pods",
+            "canaryflow.dataplane.load",
+            "canaryflow_stack.netns",
+        )
         server = (
             (exe.startswith(str(settings.stack_cache)) and not exe.endswith("/kubectl"))
             or exe == str(settings.python.parent / "nats-server")

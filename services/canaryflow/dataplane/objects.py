@@ -13,6 +13,7 @@ from typing import Any
 
 from kubernetes import client
 
+from canaryflow.dataplane.load import PAGES_ANNOTATION, RATE_ANNOTATION, USERS_LABEL
 from canaryflow.runtime.behaviour import CONFIGMAP_NAME
 from canaryflow.runtime.kube import TRACK_LABEL
 
@@ -48,7 +49,7 @@ def shop_deployment(name: str, app: str, version: str, replicas: int, track: str
 
 
 def behaviour_configmap(behaviours: dict[str, dict[str, Any]]) -> Any:
-    """The ConfigMap that tells pods (and the simulator) how each version behaves, by tag."""
+    """The ConfigMap that tells pods how each version behaves, by tag."""
     return client.V1ConfigMap(
         metadata=client.V1ObjectMeta(name=CONFIGMAP_NAME),
         data={version: json.dumps(behaviour) for version, behaviour in behaviours.items()},
@@ -61,6 +62,27 @@ def track_service(name: str, app: str, track: str) -> Any:
         spec=client.V1ServiceSpec(
             selector={"app": app, TRACK_LABEL: track},
             ports=[client.V1ServicePort(port=SERVICE_PORT, target_port=APP_PORT, name="http")],
+        ),
+    )
+
+
+def users_service(
+    name: str, app: str, users_per_second: float, pages: int = 0, port: int = SERVICE_PORT
+) -> Any:
+    """A Service over all of ``app``'s pods that asks the stack for users
+    (``canaryflow.dataplane.load``): they go straight to its Ready pods, as kube-proxy sends."""
+    return client.V1Service(
+        metadata=client.V1ObjectMeta(
+            name=name,
+            labels={USERS_LABEL: "true"},
+            annotations={
+                RATE_ANNOTATION: f"{users_per_second:g}",
+                PAGES_ANNOTATION: str(pages),
+            },
+        ),
+        spec=client.V1ServiceSpec(
+            selector={"app": app},
+            ports=[client.V1ServicePort(port=port, target_port=APP_PORT, name="http")],
         ),
     )
 

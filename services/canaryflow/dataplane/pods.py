@@ -14,7 +14,7 @@ starts terminating) stops answering, as its endpoints leave the Service.
 It also lists every pod's scrape targets for Prometheus (``/sd``, http_sd) with the labels
 Prometheus's own pod discovery gives, because Debian's Prometheus is built without it.
 
-Why polling, as the simulator does: the process must survive an API server that restarts
+Why polling: the process must survive an API server that restarts
 under it; a list every ``--refresh`` seconds recovers by itself, and every failure keeps what
 is being served until the next good list.
 """
@@ -23,21 +23,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
-import os
 import random
 import re
-import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from canaryflow.dataplane import process
 from canaryflow.dataplane.shop import PodIdentity, Shop
 from canaryflow.runtime.behaviour import (
     CONFIGMAP_NAME,
@@ -299,16 +296,6 @@ def _own_app(server: PodServer) -> web.Application:
     """The server's own port: /healthz (after the first good refresh), /metrics, /pods, and
     /sd (the pods' scrape targets for Prometheus)."""
 
-    async def healthz(request: web.Request) -> web.Response:
-        if server.synced:
-            return web.Response(text="ok\n")
-        return web.Response(status=503, text="waiting for the first list of pods\n")
-
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(server.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
-
     async def pods(request: web.Request) -> web.Response:
         body = [vars(p) | {"ports": list(p.ports)} for p in server.served.values()]
         return web.Response(text=json.dumps(body, indent=2) + "\n", content_type="application/json")
@@ -316,10 +303,8 @@ def _own_app(server: PodServer) -> web.Application:
     async def sd(request: web.Request) -> web.Response:
         return web.json_response(server.sd)
 
-    app = web.Application()
+    app = process.own_app(lambda: server.synced, server.registry, "pods")
     app.router.add_get("/sd", sd)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
     app.router.add_get("/pods", pods)
     return app
 
@@ -329,52 +314,24 @@ async def run(args: argparse.Namespace) -> int:
 
     from canaryflow.runtime.kube import api_client
 
-    core = client.CoreV1Api(api_client(args.kubeconfig))
-    server = PodServer(core, random.Random(args.seed))
-    host, _, port = args.listen.rpartition(":")
-    own = web.AppRunner(_own_app(server), access_log=None)
-    await own.setup()
-    await web.TCPSite(own, host, int(port)).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    log.info("pods server listening on %s (pid %d)", args.listen, os.getpid())
-    failing = False
-    try:
-        while not stop.is_set():
-            try:
-                await server.refresh()
-                if failing:
-                    log.info("listing pods works again")
-                failing = False
-            except Exception as exc:
-                server.list_errors.inc()
-                if not failing:
-                    log.error("listing pods failed; serving what was served, retrying: %r", exc)
-                failing = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=args.refresh)
-    finally:
-        await server.close()
-        await own.cleanup()
-    return 0
+    server = PodServer(client.CoreV1Api(api_client(args.kubeconfig)), random.Random(args.seed))
+    return await process.serve(
+        _own_app(server),
+        args,
+        refresh=server.refresh,
+        close=server.close,
+        what="pods",
+        log=log,
+        on_failure=server.list_errors.inc,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    args = process.parse(
+        argv,
         prog="python -m canaryflow.dataplane.pods",
         description="Serve HTTP on every Ready pod's address (inside the stack's namespace).",
-    )
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG)")
-    parser.add_argument("--listen", default="127.0.0.1:19465", help="HOST:PORT of /healthz")
-    parser.add_argument("--refresh", type=float, default=0.5, help="seconds between lists")
-    parser.add_argument("--seed", type=int, help="seed of the behaviours' random draws")
-    args = parser.parse_args(argv)
-    if args.refresh <= 0:
-        parser.error("--refresh must be > 0")
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        listen="127.0.0.1:19465",
     )
     return asyncio.run(run(args))
 

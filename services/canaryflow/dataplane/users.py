@@ -23,7 +23,7 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -60,6 +60,8 @@ class Tally:
     """Sessions that saw two versions or more."""
     failed_sessions: int = 0
     """Sessions that got no answer from any pod at all."""
+    unrouted: int = 0
+    """Users who found no endpoint to go to (a Service with no Ready pod)."""
 
     @property
     def total_sessions(self) -> int:
@@ -94,18 +96,27 @@ class Metrics:
         )
 
 
+Endpoint = Callable[[], str | None]
+"""Where a new user goes: a base URL, or None when there is nowhere to go."""
+
+
 class Users:
-    """Sends users to ``url`` (with a ``Host`` header for the gateway's routing rule)."""
+    """Sends users to ``url`` (with a ``Host`` header for the gateway's routing rule).
+
+    ``url`` may also be a function called once per user, as a Service's kube-proxy picks one
+    Ready endpoint per connection: each user then stays on the pod it got for its visit.
+    """
 
     def __init__(
         self,
-        url: str,
+        url: str | Endpoint,
         host: str | None,
         behaviour: Behaviour,
         rng: random.Random,
         metrics: Metrics | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        self._endpoint = url if callable(url) else None
+        self.url = "" if callable(url) else url.rstrip("/")
         self.host = host
         self.behaviour = behaviour
         self.rng = rng
@@ -135,6 +146,13 @@ class Users:
 
     async def session(self) -> None:
         """One user: landing page, some products, and a cart and a purchase if convinced."""
+        base = self.url
+        if self._endpoint is not None:
+            picked = self._endpoint()
+            if picked is None:
+                self.tally.unrouted += 1
+                return
+            base = picked.rstrip("/")
         self.active += 1
         seen: list[str] = []
         headers = {"Host": self.host} if self.host else {}
@@ -144,18 +162,20 @@ class Users:
             async with aiohttp.ClientSession(
                 cookie_jar=jar, headers=headers, timeout=timeout, trust_env=False
             ) as http:
-                page = await self._request(http, "GET", "/", seen)
+                page = await self._request(http, "GET", base + "/", seen)
                 buy = page.get("buy") if isinstance(page, dict) else None
                 for _ in range(self.behaviour.pages):
                     await self._think()
                     product = self.rng.choice(("socks", "mug", "poster", "cap", "tote"))
-                    await self._request(http, "GET", f"/products/{product}", seen)
+                    await self._request(http, "GET", f"{base}/products/{product}", seen)
                 if isinstance(buy, str):
                     await self._think()
-                    added = await self._request(http, "POST", "/cart", seen, {"product": buy})
+                    added = await self._request(
+                        http, "POST", base + "/cart", seen, {"product": buy}
+                    )
                     if isinstance(added, dict) and "cart" in added:
                         await self._think()
-                        paid = await self._request(http, "POST", "/purchase", seen)
+                        paid = await self._request(http, "POST", base + "/purchase", seen)
                         if isinstance(paid, dict) and "bought" in paid:
                             version = str(paid.get("version", NO_VERSION))
                             self.tally.purchases[version] += 1
@@ -186,13 +206,13 @@ class Users:
         self,
         http: aiohttp.ClientSession,
         method: str,
-        path: str,
+        url: str,
         seen: list[str],
         body: object = None,
     ) -> object:
         version, status, payload = NO_VERSION, 0, None
         try:
-            async with http.request(method, self.url + path, json=body) as response:
+            async with http.request(method, url, json=body) as response:
                 status = response.status
                 version = response.headers.get(VERSION_HEADER, NO_VERSION)
                 if response.content_type == "application/json":
@@ -200,7 +220,7 @@ class Users:
                 else:
                     await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            log.debug("%s %s failed: %r", method, path, exc)
+            log.debug("%s %s failed: %r", method, url, exc)
         seen.append(version)
         self.tally.requests[(version, status)] += 1
         if self.metrics:

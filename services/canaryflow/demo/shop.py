@@ -1,9 +1,13 @@
-"""A sample service to release: a Deployment behind a Service, with simulated users.
+"""A sample service to release: a Deployment behind a Service, with real users.
 
-The traffic simulator drives any Service labelled ``canaryflow.io/simulate: "true"`` and reads
-how each version behaves from the ``canaryflow-simulator`` ConfigMap (key = image tag), so a
-demo or a test can release a version that is worse in a known way. The policy installed here is
-deliberately quick (seconds per step) so that a release finishes while you watch.
+Every Ready pod of the Deployment answers HTTP on its own address (the stack's
+``canaryflow.dataplane.pods``), behaving as the ``canaryflow-simulator`` ConfigMap says for its
+image tag (the name predates the real data plane and is kept so existing ConfigMaps work), and
+the stack sends users to the Service (labelled ``canaryflow.io/users: "true"``), each straight
+to one Ready pod as kube-proxy would; so a demo or a test can release a version that is worse in
+a known way and the numbers Prometheus scrapes come from the pods that served the requests. The
+policy installed here is deliberately quick (seconds per step) so that a release finishes while
+you watch.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from canaryflow.dataplane.objects import APP_PORT, SERVICE_PORT, users_service
+from canaryflow.runtime.behaviour import CONFIGMAP_NAME
 from canaryflow_contracts import generate, policy
 
-SIMULATOR_CONFIGMAP = "canaryflow-simulator"
 REGISTRY = "registry.local/shop"
 
 
@@ -66,10 +71,12 @@ def deploy(
     replicas: int = 10,
     rps: float = 150,
 ) -> None:
-    """The Deployment and its Service, with simulated users at ``rps`` requests per second.
+    """The Deployment and its Service, with ``rps`` users arriving a second.
 
-    150 by default: a 10 % canary then sees about 15 requests a second, enough for the quick
-    policy's minimum sample within one short step even when the machine is busy.
+    Each user is one visit (a landing page; a cart and a purchase when the version convinces
+    them), so ``rps`` is about the landing pages served a second. 150 by default: a 10 %
+    canary then sees about 15 requests a second, enough for the quick policy's minimum sample
+    within one short step even when the machine is busy.
     """
     labels = {"app": name}
     deployment = client.V1Deployment(
@@ -78,13 +85,16 @@ def deploy(
             replicas=replicas,
             selector=client.V1LabelSelector(match_labels=labels),
             template=client.V1PodTemplateSpec(
-                metadata=client.V1ObjectMeta(labels=labels),
+                metadata=client.V1ObjectMeta(
+                    labels=labels, annotations={"prometheus.io/scrape": "true"}
+                ),
                 spec=client.V1PodSpec(
                     containers=[
                         client.V1Container(
                             name=name,
                             image=image(tag, name),
                             env=[client.V1EnvVar(name="CHECKOUT_LAYOUT", value="classic")],
+                            ports=[client.V1ContainerPort(container_port=APP_PORT, name="http")],
                         )
                     ]
                 ),
@@ -99,16 +109,7 @@ def deploy(
         namespace=namespace,
         body=deployment,
     )
-    service = client.V1Service(
-        metadata=client.V1ObjectMeta(
-            name=name,
-            labels={"canaryflow.io/simulate": "true"},
-            annotations={"canaryflow.io/simulate-rps": str(rps)},
-        ),
-        spec=client.V1ServiceSpec(
-            selector=labels, ports=[client.V1ServicePort(port=80, target_port=8080)]
-        ),
-    )
+    service = users_service(name, name, rps, port=SERVICE_PORT)
     core = client.CoreV1Api(api)
     _create_or_patch(
         core.create_namespaced_service,
@@ -120,16 +121,16 @@ def deploy(
 
 
 def set_behaviour(api: client.ApiClient, namespace: str, behaviours: dict[str, Any]) -> None:
-    """How each image tag behaves for the simulator, e.g. {"v2": {"error_rate": 0.2}}."""
+    """How each image tag behaves in the pods, e.g. {"v2": {"error_rate": 0.2}}."""
     core = client.CoreV1Api(api)
     body = client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(name=SIMULATOR_CONFIGMAP),
+        metadata=client.V1ObjectMeta(name=CONFIGMAP_NAME),
         data={tag: json.dumps(behaviour) for tag, behaviour in behaviours.items()},
     )
     _create_or_patch(
         core.create_namespaced_config_map,
         core.patch_namespaced_config_map,
-        name=SIMULATOR_CONFIGMAP,
+        name=CONFIGMAP_NAME,
         namespace=namespace,
         body=body,
     )

@@ -5,9 +5,9 @@ sales) and then checks that canaryflow notices. The configuration therefore has 
 forgiving: a typo must never stop traffic for the whole namespace. Every problem is reported
 back to the caller, which logs it, and the affected field falls back to its default.
 
-Shared by the two things that act out a version: the traffic simulator and the pods' server
-(``canaryflow.dataplane.pods``), which read the same ConfigMap, so one configuration shapes
-simulated and real requests alike.
+Read by the pods' server (``canaryflow.dataplane.pods``), which acts out each version on real
+requests. The ConfigMap keeps the name it had when a traffic simulator read it
+(``canaryflow-simulator``), so the ConfigMaps people already wrote keep working.
 """
 
 from __future__ import annotations

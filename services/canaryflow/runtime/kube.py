@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Labels and annotations canaryflow puts on the objects it manages.
-TRACK_LABEL = "canaryflow.io/track"  # stable | canary | baseline, on pods (simulator reads it)
+TRACK_LABEL = "canaryflow.io/track"  # stable | canary | baseline, on pods (Prometheus labels by it)
 RELEASE_LABEL = "canaryflow.io/release-id"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "canaryflow"}
 # On the stable Deployment while a release is in flight: what to restore on rollback.
