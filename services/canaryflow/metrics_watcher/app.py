@@ -89,7 +89,9 @@ def build_service(
         if final is not None:
             span.set_attributes(tracing.verdict_decision(final))
 
-    service.subscribe(RequestAnalysis, "analysis", on_analysis_requested)
+    service.subscribe(
+        RequestAnalysis, "analysis", on_analysis_requested, workers=settings.analysis_workers
+    )
     if settings.http_port:
         # Pushed alerts: a firing alert fails the release in flight without waiting a tick.
         service.every(webhook.serve(settings.http_port, lambda: service.store, publish))

@@ -61,6 +61,8 @@ KV_HISTORY = 10
 # A dead letter keeps this much of the body, so that it always fits in a NATS message.
 DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
 
+# A consumer's max_ack_pending: no limit from the server (each replica's workers limit it).
+UNLIMITED_IN_FLIGHT = -1
 # The keep-alive never beats more often than this, whatever the ack wait.
 MIN_BEAT_SECONDS = 0.2
 
@@ -239,8 +241,11 @@ def subscribe(
     on_malformed: MalformedHandler | None = None,
     quiet: Callable[[Envelope[E]], bool] | None = None,
     subject_filter: str | None = None,
+    workers: int | None = None,
 ) -> None:
     """Register ``handler`` as a durable, explicitly acknowledged consumer of ``event``.
+
+    ``workers``: messages handled at once by this replica (default ``settings.workers``).
 
     ``quiet`` picks the messages the handler only takes note of: they get no span of their
     own unless their handling fails (see ``tracing.MessageTracing``). ``subject_filter``
@@ -250,6 +255,7 @@ def subscribe(
     subjects = settings.subjects
     durable = subjects.consumer(settings.service, handler_name)
     ack_wait = ack_wait_seconds or settings.ack_wait_seconds
+    concurrency = workers or settings.workers
     envelope_type = envelope_of(event)
     metrics = observability.service_metrics()
     # Exported at 0 from the start, so "no redelivery yet" is a value, not a missing series.
@@ -383,12 +389,18 @@ def subscribe(
         subject_filter or subjects.every(event),
         stream=JStream(name=subjects.events_stream.name, declare=False),
         durable=durable,
-        pull_sub=PullSub(batch_size=settings.workers, timeout=1.0),
-        # The server's own limit sits above ours, so our handler always gets to dead-letter.
-        config=ConsumerConfig(ack_wait=ack_wait, max_deliver=settings.max_deliver + 2),
+        pull_sub=PullSub(batch_size=concurrency, timeout=1.0),
+        config=ConsumerConfig(
+            ack_wait=ack_wait,
+            # The server's own limit sits above ours, so our handler always gets to dead-letter.
+            max_deliver=settings.max_deliver + 2,
+            # Not the server's default of 1,000 in flight for all replicas together: each
+            # replica's own ``workers`` is the limit.
+            max_ack_pending=UNLIMITED_IN_FLIGHT,
+        ),
         ack_policy=AckPolicy.MANUAL,
         decoder=_undecoded,
-        max_workers=settings.workers,
+        max_workers=concurrency,
         title=f"{settings.service}:{handler_name}",
         description=(event.__doc__ or "").strip().splitlines()[0],
     )(on_message)
@@ -401,25 +413,34 @@ async def _undecoded(message: StreamMessage[Any]) -> bytes:
     return body
 
 
-async def converge_ack_wait(
+async def converge_consumer(
     js: JetStreamContext, subjects: Subjects, durable: str, ack_wait: float
 ) -> None:
-    """Give an existing durable consumer our ack wait; a new one is made with it anyway.
+    """Give an existing durable consumer this version's ack wait and in-flight limit.
 
     A consumer keeps the configuration it was created with (FastStream only creates one that
     is missing), so an installation upgraded from the 30 s ack wait would keep waiting that
-    long for a killed replica's messages. The ack wait is one of the fields JetStream lets
-    a consumer change in place.
+    long for a killed replica's messages, and one from before the unlimited in-flight count
+    would keep the server's 1,000. Both are fields JetStream lets a consumer change in place.
     """
     stream = subjects.events_stream.name
     try:
         info = await js.consumer_info(stream, durable)
     except NotFoundError:
         return
-    if info.config.ack_wait is not None and math.isclose(info.config.ack_wait, ack_wait):
+    current = info.config
+    same_wait = current.ack_wait is not None and math.isclose(current.ack_wait, ack_wait)
+    if same_wait and current.max_ack_pending == UNLIMITED_IN_FLIGHT:
         return
-    log.info("consumer %s: ack wait %ss -> %ss", durable, info.config.ack_wait, ack_wait)
-    await js.add_consumer(stream, config=dataclasses.replace(info.config, ack_wait=ack_wait))
+    log.info(
+        "consumer %s: ack wait %ss -> %ss, in flight %s -> unlimited",
+        durable,
+        current.ack_wait,
+        ack_wait,
+        current.max_ack_pending,
+    )
+    changed = dataclasses.replace(current, ack_wait=ack_wait, max_ack_pending=UNLIMITED_IN_FLIGHT)
+    await js.add_consumer(stream, config=changed)
 
 
 def _message_key(raw: Any) -> str:

@@ -29,7 +29,7 @@ from canaryflow.runtime.bus import (
     EventPublisher,
     Handler,
     MalformedHandler,
-    converge_ack_wait,
+    converge_consumer,
     ensure_streams,
     subscribe,
     watch_exhausted,
@@ -97,6 +97,7 @@ class Service:
         on_malformed: MalformedHandler | None = None,
         quiet: Callable[[Envelope[E]], bool] | None = None,
         subject_filter: str | None = None,
+        workers: int | None = None,
     ) -> None:
         durable = self.settings.subjects.consumer(self.settings.service, handler_name)
         self._durables.add(durable)
@@ -112,6 +113,7 @@ class Service:
             on_malformed=on_malformed,
             quiet=quiet,
             subject_filter=subject_filter,
+            workers=workers,
         )
 
     async def refuse(self, envelope: Envelope[Any], refusals: list[Refusal]) -> None:
@@ -184,7 +186,7 @@ class Service:
         for hook in self._connect_hooks:
             await hook(js)
         for durable, ack_wait in self._ack_waits.items():
-            await converge_ack_wait(js, self.settings.subjects, durable, ack_wait)
+            await converge_consumer(js, self.settings.subjects, durable, ack_wait)
         # What exists by now (modules, schemas, clients) lives as long as the process: move it
         # out of the collector's sight, so each full collection scans only the objects of the
         # work in flight (it was ~100 ms over ~180k objects, and a tenth of a handler's CPU).

@@ -46,6 +46,9 @@ class Settings:
     # that long), not a limit on how long a handler may take.
     ack_wait_seconds: float = 1.0
     workers: int = 16
+    # Analyses are waits (a hold, a query every interval), not work: a replica can carry
+    # many at once, and a cap here is a cap on releases in flight (each held its message).
+    analysis_workers: int = 1000
     subjects: Subjects = field(init=False)
 
     def __post_init__(self) -> None:
@@ -143,6 +146,13 @@ ENVIRONMENT: tuple[Variable, ...] = (
         "CANARYFLOW_WORKERS",
         "Messages each consumer of a replica handles at once (and pulls per batch).",
         "workers",
+    ),
+    Variable(
+        "CANARYFLOW_ANALYSIS_WORKERS",
+        "Analyses one metrics-watcher replica judges at once (each holds its message for "
+        "its step's hold): beyond it, releases wait for a free slot.",
+        "analysis_workers",
+        services="metrics-watcher",
     ),
     Variable(
         "CANARYFLOW_NOTIFY_URLS",
