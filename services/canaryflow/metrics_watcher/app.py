@@ -54,7 +54,7 @@ def build_service(
     progress = KvProgress()
 
     async def open_progress(js: JetStreamContext) -> None:
-        await progress.open(js, settings.subjects.analyses_bucket)
+        await progress.open(js, settings.subjects.analyses_bucket, settings.stream_replicas)
 
     service.when_connected(open_progress)
     analyst = Analyst(

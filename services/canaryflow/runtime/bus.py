@@ -26,13 +26,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import nats.errors
 from faststream import AckPolicy
 from faststream.message import StreamMessage
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsRouter, PullSub
 from faststream.nats.annotations import NatsMessage
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    NoStreamResponseError,
+    NotFoundError,
+)
 from opentelemetry.trace import Span
 from pydantic import ValidationError
 
@@ -53,6 +59,7 @@ from canaryflow_contracts.identifiers import RELEASE_ID_PATTERN, is_release_id
 log = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=EventData)
+T = TypeVar("T")
 
 # Delay before the n-th redelivery of a failed message (the last value repeats).
 REDELIVERY_BACKOFF_SECONDS = (0.5, 2.0, 5.0, 15.0)
@@ -61,14 +68,20 @@ KV_HISTORY = 10
 # A dead letter keeps this much of the body, so that it always fits in a NATS message.
 DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
 
+# How long a publish is tried again while JetStream does not answer (a leader election).
+PUBLISH_RETRY_SECONDS = 10.0
 # A consumer's max_ack_pending: no limit from the server (each replica's workers limit it).
 UNLIMITED_IN_FLIGHT = -1
 # The keep-alive never beats more often than this, whatever the ack wait.
 MIN_BEAT_SECONDS = 0.2
 
 
-async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
-    """Create or update the streams and the KV bucket. Safe to call from every replica."""
+async def ensure_streams(js: JetStreamContext, subjects: Subjects, replicas: int = 1) -> None:
+    """Create or update the streams and the KV bucket. Safe to call from every replica.
+
+    ``replicas``: copies JetStream keeps of each (R3 on a cluster). A stream's count is
+    converged on an existing stream; a KV bucket's is only set when it is created.
+    """
     for spec in (subjects.events_stream, subjects.deadletter_stream):
         config = StreamConfig(
             name=spec.name,
@@ -78,6 +91,7 @@ async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
             retention=RetentionPolicy.LIMITS,
             max_age=spec.max_age_seconds,
             duplicate_window=spec.duplicate_window_seconds,
+            num_replicas=replicas,
         )
         try:
             await js.add_stream(config)
@@ -93,6 +107,7 @@ async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
                 description="canaryflow release state, written with compare-and-set",
                 history=KV_HISTORY,
                 storage=StorageType.FILE,
+                replicas=replicas,
             )
         )
 
@@ -133,11 +148,10 @@ class EventPublisher:
             tracing.publishing(data, release_id, envelope.id, subject) as trace_headers,
         ):
             # Straight to JetStream, with the publishing span's context (see tracing).
-            await self._broker.connection.jetstream().publish(
+            await self._store(
                 subject,
                 envelope.model_dump_json().encode(),
-                headers={MESSAGE_ID_HEADER: envelope.id, "ce-type": envelope.type, **trace_headers},
-                stream=self._subjects.events_stream.name,
+                {MESSAGE_ID_HEADER: envelope.id, "ce-type": envelope.type, **trace_headers},
             )
         log.info(
             "published %s",
@@ -145,6 +159,39 @@ class EventPublisher:
             extra={"release_id": release_id, "event_id": envelope.id, "subject": subject},
         )
         return envelope
+
+    async def _store(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
+        """Publish until the stream acknowledges it, through a short loss of its leader.
+
+        Trying again is safe: the message id makes a second copy a duplicate the server drops.
+        """
+        await until_jetstream_answers(
+            f"publish to {subject}",
+            lambda: self._broker.connection.jetstream().publish(
+                subject, body, headers=headers, stream=self._subjects.events_stream.name
+            ),
+            PUBLISH_RETRY_SECONDS,
+        )
+
+
+async def until_jetstream_answers(what: str, call: Callable[[], Awaitable[T]], seconds: float) -> T:
+    """``call()`` again, with growing pauses, while JetStream does not answer, for ``seconds``.
+
+    While a cluster elects a leader (a node was lost, or the cluster has just formed and is
+    placing its first R3 streams) or the client reconnects, JetStream answers nothing for a
+    moment; ``call`` must be safe to repeat.
+    """
+    deadline = time.monotonic() + seconds
+    pause = 0.1
+    while True:
+        try:
+            return await call()
+        except (NoStreamResponseError, nats.errors.TimeoutError) as error:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("%s: JetStream did not answer (%r); again", what, error)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
 
 @dataclass
