@@ -60,5 +60,9 @@ bench: venv
 	$(STACK) up
 	@set -e; for script in $(BENCHES); do echo "== $$script"; $(STACK) exec -- $(PY) $$script; done
 
+# The JSON Schemas, the AsyncAPI document and the CRD, generated from the pydantic models.
+schemas: venv
+	$(PY) -m canaryflow_contracts.generate
+
 clean:
 	rm -rf $(VENV) .stack .mypy_cache .ruff_cache .pytest_cache
