@@ -54,7 +54,9 @@ demo: venv
 # bench/restarts.py: restore time with the rollback service killed at a failing verdict, and
 # the delay a metrics-watcher kill adds to a step; bench/tracing_overhead.py: events per
 # second per service with tracing on and off; bench/gateway_split.py: the gateway's share
-# error per weight and stickiness, real users).
+# error per weight and stickiness, real users; bench/gateway_rollback.py: from a failing
+# verdict to the last request that reached the canary through Traefik, p50/p99 over 20
+# rollbacks, and the requests that failed at the gateway meanwhile).
 BENCHES := $(sort $(wildcard bench/*.py))
 bench: venv
 	$(STACK) up

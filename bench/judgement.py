@@ -27,10 +27,10 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from canaryflow.dataplane.shop import LATENCY_BUCKETS as BUCKETS
 from canaryflow.metrics_watcher.analysis import AnalysisJob, Analyst
 from canaryflow.metrics_watcher.progress import MemoryProgress
 from canaryflow.runtime.store import Versioned
-from canaryflow.dataplane.shop import LATENCY_BUCKETS as BUCKETS
 from canaryflow_contracts.events import (
     AnalysisVerdict,
     PlannedStep,

@@ -246,11 +246,20 @@ async def keep_alive_cost(nc: NatsClient, beats: int = 3000) -> float:
     return cpu
 
 
-async def main(args: argparse.Namespace) -> int:
+def stack_env(bench: str) -> Path | None:
+    """The running stack's env.json (``CANARYFLOW_STACK_DIR``, else ``.stack`` here), or None
+    after saying there is none."""
     stack_dir = Path(os.environ.get("CANARYFLOW_STACK_DIR", REPO / ".stack"))
     env_json = stack_dir / "env.json"
     if not env_json.exists():
-        print(f"bench/restarts: no stack at {stack_dir} (env.json missing)", file=sys.stderr)
+        print(f"bench/{bench}: no stack at {stack_dir} (env.json missing)", file=sys.stderr)
+        return None
+    return env_json
+
+
+async def main(args: argparse.Namespace) -> int:
+    env_json = stack_env("restarts")
+    if env_json is None:
         return 1
     endpoints = StackEndpoints.from_env_json(env_json)
     api = config.new_client_from_config(config_file=endpoints.kubeconfig)

@@ -39,7 +39,6 @@ from canaryflow.dataplane.objects import (
 from canaryflow.dataplane.users import Behaviour, Users
 from canaryflow.demo import shop
 from canaryflow.metrics_watcher.app import SERVICE_NAME, build_service
-from canaryflow.runtime.kube import TRACK_LABEL
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
 from canaryflow_contracts import Envelope
@@ -85,35 +84,21 @@ def crd(kube: client.ApiClient) -> None:
     shop.install_crd(kube)  # idempotent
 
 
-def _canary(namespace: str, tag: str, track: str = "canary") -> client.V1Deployment:
-    """What the executor builds: stable's pod labels plus the track, one replica (the canary,
-    or the live baseline of the stable version beside it)."""
-    labels = {"app": APP, TRACK_LABEL: track}
-    return client.V1Deployment(
-        metadata=client.V1ObjectMeta(name=f"{APP}-{track}", namespace=namespace, labels=labels),
-        spec=client.V1DeploymentSpec(
-            replicas=1,
-            selector=client.V1LabelSelector(match_labels=labels),
-            template=client.V1PodTemplateSpec(
-                metadata=client.V1ObjectMeta(labels=labels),
-                spec=client.V1PodSpec(
-                    containers=[client.V1Container(name=APP, image=shop.image(tag, APP))]
-                ),
-            ),
-        ),
-    )
+def _canary(tag: str, track: str = "canary") -> client.V1Deployment:
+    """What the executor builds: stable's pod template (a declared port, scraped) plus the
+    track, one replica (the canary, or the live baseline of the stable version beside it)."""
+    return shop_deployment(f"{APP}-{track}", APP, tag, 1, track)
 
 
 def _shop(
     kube: client.ApiClient, prometheus: PrometheusQuery, namespace: str, canary_tag: str
 ) -> None:
-    """Stable and canary pods behind a simulated Service, with traffic reaching the canary."""
+    """Stable and canary pods behind a Service the stack sends users to, traffic reaching the
+    canary."""
     shop.set_behaviour(kube, namespace, {"v2-bad": {"error_rate": 0.3}})
     shop.deploy(kube, namespace, name=APP, tag=STABLE_TAG, replicas=3, rps=RPS)
-    client.AppsV1Api(kube).create_namespaced_deployment(namespace, _canary(namespace, canary_tag))
-    client.AppsV1Api(kube).create_namespaced_deployment(
-        namespace, _canary(namespace, STABLE_TAG, "baseline")
-    )
+    client.AppsV1Api(kube).create_namespaced_deployment(namespace, _canary(canary_tag))
+    client.AppsV1Api(kube).create_namespaced_deployment(namespace, _canary(STABLE_TAG, "baseline"))
     shop.apply_policy(kube, namespace, POLICY, name="shop-policy")
     # Analysis on an empty window would only say "insufficient data": wait for real traffic.
     served = (

@@ -104,7 +104,16 @@ def weighted_sticky(name: str, weights: dict[str, int], cookie: str) -> dict[str
     }
 
 
-def ingress_route(name: str, host: str, traefik_service: str) -> dict[str, Any]:
+def ingress_route(
+    name: str, host: str, target: str, kind: str = "TraefikService", cookie: str | None = None
+) -> dict[str, Any]:
+    """Traefik's route for ``host`` to a TraefikService, or (``kind="Service"``) straight to a
+    Service's Ready endpoints, each user pinned to one pod by ``cookie`` when given."""
+    backend: dict[str, Any] = {"name": target, "kind": kind}
+    if kind == "Service":
+        backend["port"] = SERVICE_PORT
+    if cookie is not None:
+        backend["sticky"] = {"cookie": {"name": cookie, "httpOnly": True}}
     return {
         "apiVersion": f"{TRAEFIK_GROUP}/{TRAEFIK_VERSION}",
         "kind": "IngressRoute",
@@ -115,7 +124,7 @@ def ingress_route(name: str, host: str, traefik_service: str) -> dict[str, Any]:
                 {
                     "match": f"Host(`{host}`)",
                     "kind": "Rule",
-                    "services": [{"name": traefik_service, "kind": "TraefikService"}],
+                    "services": [backend],
                 }
             ],
         },

@@ -62,6 +62,8 @@ class Tally:
     """Sessions that got no answer from any pod at all."""
     unrouted: int = 0
     """Users who found no endpoint to go to (a Service with no Ready pod)."""
+    last_sent: dict[str, float] = field(default_factory=dict)
+    """By version: the wall-clock time the last request that this version answered was sent."""
 
     @property
     def total_sessions(self) -> int:
@@ -124,16 +126,23 @@ class Users:
         self.tally = Tally()
         self.active = 0
 
-    async def run(self, sessions: int | None = None, seconds: float | None = None) -> Tally:
-        """Let users arrive until ``sessions`` have arrived or ``seconds`` have passed; wait
-        for all of them to leave."""
-        if sessions is None and seconds is None:
-            raise ValueError("give sessions, seconds or both")
+    async def run(
+        self,
+        sessions: int | None = None,
+        seconds: float | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> Tally:
+        """Let users arrive until ``sessions`` have arrived, ``seconds`` have passed or
+        ``stop`` is set; wait for all of them to leave."""
+        if sessions is None and seconds is None and stop is None:
+            raise ValueError("give sessions, seconds or stop")
         started = time.monotonic()
         tasks: set[asyncio.Task[None]] = set()
         arrived = 0
-        while (sessions is None or arrived < sessions) and (
-            seconds is None or time.monotonic() - started < seconds
+        while (
+            (sessions is None or arrived < sessions)
+            and (seconds is None or time.monotonic() - started < seconds)
+            and (stop is None or not stop.is_set())
         ):
             task = asyncio.create_task(self.session())
             tasks.add(task)
@@ -211,6 +220,7 @@ class Users:
         body: object = None,
     ) -> object:
         version, status, payload = NO_VERSION, 0, None
+        sent = time.time()
         try:
             async with http.request(method, url, json=body) as response:
                 status = response.status
@@ -222,6 +232,8 @@ class Users:
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.debug("%s %s failed: %r", method, url, exc)
         seen.append(version)
+        if version != NO_VERSION:
+            self.tally.last_sent[version] = max(sent, self.tally.last_sent.get(version, sent))
         self.tally.requests[(version, status)] += 1
         if self.metrics:
             self.metrics.requests.labels(version, str(status)).inc()

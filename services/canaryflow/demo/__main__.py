@@ -1,14 +1,18 @@
 """``make demo``: one good release promoted and one bad release rolled back, live.
 
-Runs on the local stack (``make stack-up`` has started it): puts the sample shop into a fresh
-namespace, starts the four services as separate processes, and requests two releases the way
-any system would, over NATS. Every event is printed as it happens; a summary ends the run.
+Runs on the local stack (``make stack-up`` has started it), inside its network namespace
+(``make demo`` runs it there): puts the sample shop into a fresh namespace, sends real users to
+it through the gateway (Traefik), starts the four services as separate processes, and requests
+two releases the way any system would, over NATS. Every event is printed as it happens, and
+every few seconds what users behind the gateway got and what Traefik routed (``gateway.py``);
+a summary ends the run with the split, the sticky sessions and the rollback as users saw them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -18,7 +22,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import nats
 from kubernetes import client, config
 from nats.aio.client import Client as NatsClient
@@ -26,6 +29,7 @@ from nats.aio.client import Client as NatsClient
 from canaryflow.cli import render
 from canaryflow.cli.main import follow_release, jaeger_ui, print_event
 from canaryflow.demo import shop
+from canaryflow.demo.gateway import GatewayView, Window
 from canaryflow.demo.launcher import LaunchError, ServiceLauncher, StackEndpoints
 from canaryflow.runtime.settings import nats_servers
 from canaryflow_contracts import MESSAGE_ID_HEADER, Envelope, Subjects
@@ -41,6 +45,10 @@ from canaryflow_contracts.events import (
 
 REPO = Path(__file__).resolve().parents[3]
 STACK_ENV = REPO / ".stack" / "env.json"
+USERS_PER_SECOND = 40.0
+"""New users a second through the gateway, 2-5 requests each: a 10 % canary then gets enough
+requests for the quick policy's minimum sample within one short step."""
+REPORT_SECONDS = 6.0
 
 
 @dataclass
@@ -52,6 +60,10 @@ class Outcome:
     steps_reached: list[int]
     restore_seconds: float | None
     evidence: list[str]
+    users: Window
+    """What users behind the gateway saw during the release."""
+    gateway: str
+    """Traefik's figures over the release."""
 
 
 def _say(text: str) -> None:
@@ -71,16 +83,9 @@ def _wait_for_pods(api: client.ApiClient, namespace: str, name: str, timeout: fl
     raise TimeoutError(f"{name} in {namespace} not Ready within {timeout:.0f}s")
 
 
-def _show_split(simulator_url: str, namespace: str) -> None:
-    try:
-        split = httpx.get(f"{simulator_url}/split", timeout=3).json()
-    except (httpx.HTTPError, json.JSONDecodeError) as error:
-        print(f"   (simulator split unavailable: {error})")
-        return
-    print(f"   simulated traffic: {json.dumps(split.get(namespace, split))[:300]}")
-
-
-async def _release(nc: NatsClient, subjects: Subjects, namespace: str, image: str) -> Outcome:
+async def _release(
+    nc: NatsClient, subjects: Subjects, namespace: str, image: str, view: GatewayView
+) -> Outcome:
     release_id = f"web-{uuid.uuid4().hex[:6]}"
     envelope = Envelope.wrap(
         ReleaseRequested(
@@ -99,6 +104,7 @@ async def _release(nc: NatsClient, subjects: Subjects, namespace: str, image: st
     )
     print(f"   requested {release_id}: web -> {image}  (canaryflow watch {release_id})")
     started = time.monotonic()
+    before = view.snapshot()
     seen: list[Envelope[Any]] = []
 
     def show(event: Envelope[Any]) -> None:
@@ -125,11 +131,14 @@ async def _release(nc: NatsClient, subjects: Subjects, namespace: str, image: st
             for c in final.data.evidence
             if c.passed is False and c.value is not None and c.threshold is not None
         ]
+    seconds = time.monotonic() - started
     return Outcome(
+        users=Window.between(before, view.snapshot()),
+        gateway=await view.gateway_line(seconds),
         release_id=release_id,
         image=image,
         result="timed out" if final is None else final.type.split(".")[-2],
-        seconds=time.monotonic() - started,
+        seconds=seconds,
         steps_reached=[e.data.step.weight for e in seen if isinstance(e.data, PhaseReached)],
         restore_seconds=restore,
         evidence=evidence,
@@ -146,17 +155,24 @@ def _summary(outcomes: list[Outcome]) -> None:
         print(line)
         for item in o.evidence:
             print(f"      evidence: {item}")
+        print(f"      users via gateway: {o.users.line()}")
+        print(f"      gateway over the release: {o.gateway}")
 
 
-async def _run(endpoints: StackEndpoints, simulator_url: str, keep_namespace: bool) -> int:
+async def _run(endpoints: StackEndpoints, gateway_url: str, keep_namespace: bool) -> int:
     api = config.new_client_from_config(config_file=endpoints.kubeconfig)
     namespace = f"demo-{datetime.now().strftime('%H%M%S')}"
-    _say(f"the sample shop in namespace {namespace}: 10 pods of web:v1, simulated users")
+    _say(
+        f"the sample shop in namespace {namespace}: 10 pods of web:v1; {USERS_PER_SECOND:g} new "
+        f"users a second through the gateway (Traefik), each pinned to a pod by a cookie"
+    )
     shop.install_crd(api)
     client.CoreV1Api(api).create_namespace(
         client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace))
     )
-    shop.deploy(api, namespace)
+    shop.deploy(api, namespace, rps=0)  # every user comes through the gateway
+    view = GatewayView(api, namespace, gateway_url, endpoints.prometheus_url, USERS_PER_SECOND)
+    view.route()
     shop.set_behaviour(
         api,
         namespace,
@@ -182,14 +198,19 @@ async def _run(endpoints: StackEndpoints, simulator_url: str, keep_namespace: bo
     nc = await nats.connect(nats_servers(endpoints.nats_url))
     subjects = Subjects("canaryflow")
     outcomes = []
+    view.start()
+    reports = asyncio.create_task(view.report_every(REPORT_SECONDS))
     try:
-        _show_split(simulator_url, namespace)
         _say("release 1: web:v2, as good as v1 — expect promotion")
-        outcomes.append(await _release(nc, subjects, namespace, shop.image("v2")))
+        outcomes.append(await _release(nc, subjects, namespace, shop.image("v2"), view))
         _say("release 2: web:v3, which fails 20 % of requests — expect rollback")
-        outcomes.append(await _release(nc, subjects, namespace, shop.image("v3")))
+        outcomes.append(await _release(nc, subjects, namespace, shop.image("v3"), view))
         _summary(outcomes)
     finally:
+        reports.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reports
+        await view.stop()
         await nc.drain()
         launcher.stop()
         if not keep_namespace:
@@ -208,8 +229,11 @@ def main() -> None:
         )
         sys.exit(1)
     endpoints = StackEndpoints.from_env_json(STACK_ENV)
-    simulator_url = json.loads(STACK_ENV.read_text()).get("SIMULATOR_URL", "")
-    sys.exit(asyncio.run(_run(endpoints, simulator_url, args.keep)))
+    gateway_url = json.loads(STACK_ENV.read_text()).get("GATEWAY_URL", "")
+    if not gateway_url:
+        print("demo: the stack runs no gateway (an external cluster?)", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(asyncio.run(_run(endpoints, gateway_url, args.keep)))
 
 
 main()

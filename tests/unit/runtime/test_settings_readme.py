@@ -17,7 +17,7 @@ from canaryflow.runtime.settings import ENVIRONMENT, Settings, markdown_table, w
 
 REPO = Path(__file__).resolve().parents[3]
 SERVICES = REPO / "services" / "canaryflow"
-# The four services and what they share (the CLI, demo and simulator have their own flags).
+# The four services and what they share (the CLI, demo and data plane have their own flags).
 SERVICE_CODE = ("runtime", "planner", "executor", "metrics_watcher", "rollback")
 
 

@@ -1,0 +1,44 @@
+"""What the demo makes of the gateway's figures and of what users behind it saw."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from canaryflow.dataplane.users import NO_VERSION, Tally
+from canaryflow.demo.gateway import Window, backends, snapshot, traefik_service
+
+
+def test_traefik_names_a_crd_routed_service_by_namespace_service_and_port() -> None:
+    assert traefik_service("demo-1", "web") == "demo-1-web-80@kubernetescrd"
+
+
+def test_the_gateway_s_servers_are_counted_by_the_version_and_track_of_their_pod() -> None:
+    pods = {"10.244.1.2": ("v1", "stable"), "10.244.2.7": ("v2", "canary")}
+    urls = ["http://10.244.1.2:8080", "http://10.244.2.7:8080", "http://10.244.3.3:8080"]
+    assert backends(urls, pods) == Counter({"v1 (stable)": 1, "v2 (canary)": 1, "unknown (?)": 1})
+
+
+def test_a_window_counts_only_what_happened_since_the_snapshot() -> None:
+    tally = Tally()
+    tally.sessions.update({"v1": 8, "v2": 2})
+    tally.requests.update({("v1", 200): 30, ("v2", 200): 6})
+    before = snapshot(tally)
+    tally.sessions.update({"v1": 9, "v2": 1})
+    tally.requests.update(
+        {("v1", 200): 27, ("v2", 500): 1, (NO_VERSION, 502): 2, (NO_VERSION, 0): 1}
+    )
+    tally.mixed += 1
+    window = Window.between(before, tally)
+    assert window.sessions == Counter({"v1": 9, "v2": 1})
+    assert (window.mixed, window.failed, window.requests) == (1, 3, 31)
+    assert window.line() == (
+        "10 new sessions [v1 9 (90%), v2 1 (10%)], 1 saw two versions, "
+        "3 of 31 requests failed at the gateway"
+    )
+
+
+def test_a_version_s_own_500_is_not_a_gateway_failure() -> None:
+    before = Tally()
+    after = Tally()
+    after.requests.update({("v3", 500): 5, (NO_VERSION, 404): 1})
+    assert Window.between(before, after).failed == 0
