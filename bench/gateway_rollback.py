@@ -41,6 +41,7 @@ from canaryflow.runtime.settings import nats_servers
 from canaryflow_contracts.events import AnalysisVerdict, ReleaseRolledBack, VerdictAction
 
 BAD = "v2-bad"
+WINDOW_SECONDS = 10  # the quick policy's analysis window
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -54,6 +55,9 @@ async def one_rollback(bench: Bench, users: Users) -> tuple[float, int, int]:
     """(seconds from the failing verdict to the last request the canary answered, gateway
     failures, sessions that began on the canary) of one release rolled back."""
     await bench.settled()
+    # The last run's canary must be out of the analysis window, or the next verdict comes from
+    # its numbers before the new canary has served anyone.
+    await asyncio.sleep(WINDOW_SECONDS + 2)
     before = snapshot(users.tally)
     release_id = await bench.release(BAD)
     events = await bench.events(release_id)

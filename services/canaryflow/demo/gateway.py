@@ -2,10 +2,9 @@
 
 Why both sides: users say what they got (the version in each answer, whether a session ever
 saw two versions, whether a request failed); the gateway (Traefik, scraped by Prometheus) says
-what it routed: its requests and status codes for the shop's Service and which pods it
-currently sends to (``traefik_service_server_up`` by server URL, mapped to each pod's version
-and track). A rollback then shows from both sides: the canary's server leaves the gateway, and
-no user's request fails meanwhile, or some do and the figures say how many.
+what it routed: its requests by status code for the shop's route. A rollback then shows from
+both sides: the canary's users land on stable, and the requests that failed meanwhile (the
+gateway's own 502s when a pod went away under it) are counted, not hidden.
 
 The shop's Service is routed by an IngressRoute straight to its Ready endpoints with a sticky
 cookie: each user stays on the pod, and so the version, they first got, and the split is the
@@ -18,36 +17,23 @@ import asyncio
 import random
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from kubernetes import client
 
-from canaryflow.dataplane.objects import SERVICE_PORT, create_traefik, ingress_route
+from canaryflow.dataplane.objects import create_traefik, ingress_route
 from canaryflow.dataplane.users import NO_VERSION, Behaviour, Tally, Users
-from canaryflow.runtime.kube import TRACK_LABEL
-from canaryflow_contracts.identifiers import version_of
 
 COOKIE = "shop_pod"
 _IP = re.compile(r"//([^:/]+)")
 
 
-def traefik_service(namespace: str, service: str, port: int = SERVICE_PORT) -> str:
-    """Traefik's name for a Kubernetes Service routed by the CRD provider."""
-    return f"{namespace}-{service}-{port}@kubernetescrd"
-
-
-def backends(server_urls: Iterable[str], pods: Mapping[str, tuple[str, str]]) -> Counter[str]:
-    """How many of the gateway's servers are on each ``version (track)``, from the servers'
-    URLs and the pods' ``{ip: (version, track)}``; a server no pod has is ``unknown``."""
-    found: Counter[str] = Counter()
-    for url in server_urls:
-        match = _IP.search(url)
-        version, track = pods.get(match.group(1) if match else "", ("unknown", "?"))
-        found[f"{version} ({track})"] += 1
-    return found
+def traefik_services(namespace: str, route: str) -> str:
+    """A PromQL regex for Traefik's name of the service an IngressRoute defines inline (a
+    Kubernetes Service with a sticky cookie): ``<namespace>-<route>-<hash>@kubernetescrd``."""
+    return f"{namespace}-{route}-[^@]+@kubernetescrd"
 
 
 @dataclass
@@ -140,36 +126,22 @@ class GatewayView:
         result: list[dict[str, Any]] = response.json()["data"]["result"]
         return result
 
-    def _pods(self) -> dict[str, tuple[str, str]]:
-        pods = client.CoreV1Api(self.api).list_namespaced_pod(
-            self.namespace, label_selector="app=web"
-        )
-        return {
-            p.status.pod_ip: (
-                version_of(p.spec.containers[0].image or ""),
-                (p.metadata.labels or {}).get(TRACK_LABEL, "stable"),
-            )
-            for p in pods.items
-            if p.status.pod_ip
-        }
-
     async def gateway_line(self, seconds: float) -> str:
-        """Traefik's view: its servers by version, and its requests by code over ``seconds``."""
-        service = traefik_service(self.namespace, "web")
+        """Traefik's view: the route's requests by status code over the last ``seconds``."""
+        service = traefik_services(self.namespace, "web")
         try:
-            up = await self._query(f'traefik_service_server_up{{service="{service}"}} == 1')
             codes = await self._query(
-                f'sum by (code) (increase(traefik_service_requests_total{{service="{service}"}}'
+                f'sum by (code) (increase(traefik_service_requests_total{{service=~"{service}"}}'
                 f"[{max(int(seconds), 2)}s]))"
             )
-            pods = await asyncio.to_thread(self._pods)
-        except (httpx.HTTPError, KeyError, ValueError, client.ApiException) as error:
+        except (httpx.HTTPError, KeyError, ValueError) as error:
             return f"(gateway figures unavailable: {error})"
-        servers = backends((s["metric"].get("url", "") for s in up), pods)
         by_code = {s["metric"].get("code", "?"): float(s["value"][1]) for s in codes}
-        routed = ", ".join(f"{k}: {n}" for k, n in sorted(servers.items())) or "none"
+        total = sum(by_code.values())
         counted = ", ".join(f"{c}: {n:.0f}" for c, n in sorted(by_code.items())) or "none"
-        return f"Traefik sends to [{routed}]; requests by code [{counted}]"
+        failed = sum(n for c, n in by_code.items() if c.startswith("5"))
+        share = f", {failed / total:.1%} 5xx" if total else ""
+        return f"Traefik counted {total:.0f} requests [{counted}]{share}"
 
     async def report_every(self, seconds: float) -> None:
         """Print both views every ``seconds`` until cancelled."""

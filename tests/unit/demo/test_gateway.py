@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 from canaryflow.dataplane.users import NO_VERSION, Tally
-from canaryflow.demo.gateway import Window, backends, snapshot, traefik_service
+from canaryflow.demo.gateway import Window, snapshot, traefik_services
 
 
-def test_traefik_names_a_crd_routed_service_by_namespace_service_and_port() -> None:
-    assert traefik_service("demo-1", "web") == "demo-1-web-80@kubernetescrd"
-
-
-def test_the_gateway_s_servers_are_counted_by_the_version_and_track_of_their_pod() -> None:
-    pods = {"10.244.1.2": ("v1", "stable"), "10.244.2.7": ("v2", "canary")}
-    urls = ["http://10.244.1.2:8080", "http://10.244.2.7:8080", "http://10.244.3.3:8080"]
-    assert backends(urls, pods) == Counter({"v1 (stable)": 1, "v2 (canary)": 1, "unknown (?)": 1})
+def test_the_route_s_inline_service_is_matched_by_namespace_and_route_whatever_its_hash() -> None:
+    pattern = re.compile(traefik_services("demo-1", "web"))
+    assert pattern.fullmatch("demo-1-web-096b1381b197cc677ce2@kubernetescrd")
+    assert not pattern.fullmatch("demo-1-web-stable-80@kubernetescrd@other")
+    assert not pattern.fullmatch("demo-10-web-096b1381b197cc677ce2@kubernetescrd")
 
 
 def test_a_window_counts_only_what_happened_since_the_snapshot() -> None:
