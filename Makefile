@@ -29,6 +29,10 @@ fmt: venv
 unit: venv
 	$(PY) -m pytest tests/unit -q
 
+# The published contract (JSON Schemas, AsyncAPI, the ReleasePolicy CRD), from the models.
+schemas: venv
+	$(PY) -m canaryflow_contracts.generate
+
 stack-up: venv
 	$(STACK) up
 
