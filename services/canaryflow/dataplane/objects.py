@@ -55,11 +55,13 @@ def behaviour_configmap(behaviours: dict[str, dict[str, Any]]) -> Any:
     )
 
 
-def track_service(name: str, app: str, track: str) -> Any:
+def track_service(name: str, app: str, track: str | None) -> Any:
+    """The Service of one track's pods, or (``track`` None) of every track's: the target's own."""
+    selector = {"app": app} if track is None else {"app": app, TRACK_LABEL: track}
     return client.V1Service(
         metadata=client.V1ObjectMeta(name=name),
         spec=client.V1ServiceSpec(
-            selector={"app": app, TRACK_LABEL: track},
+            selector=selector,
             ports=[client.V1ServicePort(port=SERVICE_PORT, target_port=APP_PORT, name="http")],
         ),
     )
@@ -82,7 +84,14 @@ def weighted_sticky(name: str, weights: dict[str, int], cookie: str) -> dict[str
     }
 
 
-def ingress_route(name: str, host: str, traefik_service: str) -> dict[str, Any]:
+def ingress_route(
+    name: str, host: str, service: str, kind: str = "TraefikService"
+) -> dict[str, Any]:
+    """Requests for ``host`` to ``service``: a TraefikService, or a Service (``kind``
+    "Service", on its port ``SERVICE_PORT``)."""
+    backend: dict[str, Any] = {"name": service, "kind": kind}
+    if kind == "Service":
+        backend["port"] = SERVICE_PORT
     return {
         "apiVersion": f"{TRAEFIK_GROUP}/{TRAEFIK_VERSION}",
         "kind": "IngressRoute",
@@ -93,7 +102,7 @@ def ingress_route(name: str, host: str, traefik_service: str) -> dict[str, Any]:
                 {
                     "match": f"Host(`{host}`)",
                     "kind": "Rule",
-                    "services": [{"name": traefik_service, "kind": "TraefikService"}],
+                    "services": [backend],
                 }
             ],
         },

@@ -17,19 +17,31 @@ Prometheus's own pod discovery gives, because Debian's Prometheus is built witho
 Why polling, as the simulator does: the process must survive an API server that restarts
 under it; a list every ``--refresh`` seconds recovers by itself, and every failure keeps what
 is being served until the next good list.
+
+Why a watch as well, and a grace before a listener closes: KWOK marks a pod Ready the moment
+it gives it an address, with no readiness probe in between, and the gateway routes to a Ready
+endpoint about 0.1 s later (its provider throttle). Waiting for the next list (up to
+``--refresh``) answered 502 to the first users of a freshly scaled canary, so a pod event
+wakes the loop and new pods are bound at once (a real container listens before its probe
+passes). The other way round, KWOK deletes a pod at once, while the endpoint takes the
+EndpointSlice controller and the gateway's reload to leave (up to a second on two busy
+cores): closing the listener at once answered 502 to users at every scale-down. A real pod
+keeps serving while it terminates (a preStop sleep, the grace period), so a pod that leaves
+keeps its listener for ``--grace`` seconds (``due``), unless a new pod needs its address.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import random
 import re
 import signal
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -171,6 +183,26 @@ def plan(current: Mapping[str, ServedPod], desired: Sequence[ServedPod]) -> Plan
     return Plan(stop=stop, start=tuple(start))
 
 
+def due(
+    step: Plan,
+    current: Mapping[str, ServedPod],
+    left_at: Mapping[str, float],
+    now: float,
+    grace: float,
+) -> Plan:
+    """The part of ``step`` done now: every start, and the stops of pods that left (at
+    ``left_at``) ``grace`` seconds ago or more, or whose address a starting pod needs (KWOK
+    hands it on at once)."""
+    needed = {(pod.ip, port) for pod in step.start for port in pod.ports}
+    stop = tuple(
+        uid
+        for uid in step.stop
+        if now - left_at.get(uid, now) >= grace
+        or (uid in current and any((current[uid].ip, p) in needed for p in current[uid].ports))
+    )
+    return Plan(stop=stop, start=step.start)
+
+
 class Behaviours:
     """Behaviour per namespace and version, replaced whole at each refresh."""
 
@@ -191,8 +223,13 @@ class Behaviours:
 class PodServer:
     """Keeps one aiohttp runner per served pod UID in line with the cluster."""
 
-    def __init__(self, core: Any, rng: random.Random, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, core: Any, rng: random.Random, timeout_s: float = 5.0, grace_s: float = 0.0
+    ) -> None:
         self._core = core
+        self._grace_s = grace_s
+        self._left_at: dict[str, float] = {}
+        """When each served pod that is no longer wanted was first seen gone."""
         self._rng = rng
         self._timeout_s = timeout_s
         self.behaviours = Behaviours()
@@ -213,6 +250,7 @@ class PodServer:
         """Every pod's scrape targets, for Prometheus's http_sd (``/sd``)."""
 
     async def refresh(self) -> None:
+        """List pods and serve them; a pod that left keeps its listener for the grace."""
         pods = await asyncio.to_thread(
             self._core.list_pod_for_all_namespaces, _request_timeout=self._timeout_s
         )
@@ -222,7 +260,10 @@ class PodServer:
         for namespace in sorted(namespaces):
             await self._read_behaviours(namespace)
         self.behaviours.keep_only(namespaces)
-        await self.apply(plan(self.served, desired))
+        step = plan(self.served, desired)
+        now = time.monotonic()
+        self._left_at = {uid: self._left_at.get(uid, now) for uid in step.stop}
+        await self.apply(due(step, self.served, self._left_at, now, self._grace_s))
         self.synced = True
 
     async def _read_behaviours(self, namespace: str) -> None:
@@ -330,7 +371,7 @@ async def run(args: argparse.Namespace) -> int:
     from canaryflow.runtime.kube import api_client
 
     core = client.CoreV1Api(api_client(args.kubeconfig))
-    server = PodServer(core, random.Random(args.seed))
+    server = PodServer(core, random.Random(args.seed), grace_s=args.grace)
     host, _, port = args.listen.rpartition(":")
     own = web.AppRunner(_own_app(server), access_log=None)
     await own.setup()
@@ -340,9 +381,14 @@ async def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info("pods server listening on %s (pid %d)", args.listen, os.getpid())
+    changed = asyncio.Event()
+    threading.Thread(
+        target=_watch_pods, args=(core, loop, changed), name="pod-watch", daemon=True
+    ).start()
     failing = False
     try:
         while not stop.is_set():
+            changed.clear()
             try:
                 await server.refresh()
                 if failing:
@@ -353,12 +399,30 @@ async def run(args: argparse.Namespace) -> int:
                 if not failing:
                     log.error("listing pods failed; serving what was served, retrying: %r", exc)
                 failing = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=args.refresh)
+            wake = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(changed.wait())]
+            await asyncio.wait(wake, timeout=args.refresh, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in wake:
+                waiter.cancel()
     finally:
         await server.close()
         await own.cleanup()
     return 0
+
+
+def _watch_pods(core: Any, loop: asyncio.AbstractEventLoop, changed: asyncio.Event) -> None:
+    """Set ``changed`` on every pod event, for ever (a thread; the list loop stays the truth,
+    so a broken watch only costs the wait for the next list)."""
+    from kubernetes import watch
+
+    while True:
+        try:
+            for _ in watch.Watch().stream(
+                core.list_pod_for_all_namespaces, timeout_seconds=60, _request_timeout=90
+            ):
+                loop.call_soon_threadsafe(changed.set)
+        except Exception as exc:  # the API server restarts under the stack now and then
+            log.debug("pod watch ended, starting again: %r", exc)
+            time.sleep(1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -369,10 +433,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG)")
     parser.add_argument("--listen", default="127.0.0.1:19465", help="HOST:PORT of /healthz")
     parser.add_argument("--refresh", type=float, default=0.5, help="seconds between lists")
+    parser.add_argument(
+        "--grace", type=float, default=2.0, help="seconds a pod that left keeps answering"
+    )
     parser.add_argument("--seed", type=int, help="seed of the behaviours' random draws")
     args = parser.parse_args(argv)
-    if args.refresh <= 0:
-        parser.error("--refresh must be > 0")
+    if args.refresh <= 0 or args.grace < 0:
+        parser.error("--refresh must be > 0 and --grace >= 0")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

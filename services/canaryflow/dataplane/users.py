@@ -11,6 +11,8 @@ clicks, and leave.
 What it reports is what users saw: the version of every response (``X-Version``), which
 version each session started on, and every session that saw two versions. Counted in
 ``Tally`` (for tests and the demo) and exported as Prometheus series when run as a process.
+With ``record`` every response is also kept with its send time and session (``Response``),
+so a test can tell what users got before and after a moment, such as a failing verdict.
 """
 
 from __future__ import annotations
@@ -45,6 +47,18 @@ class Behaviour:
     pages: int = 2
     think_s: float = 0.2
     timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class Response:
+    """One request as its user saw it."""
+
+    sent: float
+    """Wall-clock time it was sent (comparable with events' times)."""
+    session: int
+    version: str
+    status: int
+    """0: a connection error or a timeout."""
 
 
 @dataclass
@@ -104,6 +118,8 @@ class Users:
         behaviour: Behaviour,
         rng: random.Random,
         metrics: Metrics | None = None,
+        *,
+        record: bool = False,
     ) -> None:
         self.url = url.rstrip("/")
         self.host = host
@@ -112,17 +128,28 @@ class Users:
         self.metrics = metrics
         self.tally = Tally()
         self.active = 0
+        self.record = record
+        self.responses: list[Response] = []
+        """Every response, with ``record``."""
+        self._sessions = 0
 
-    async def run(self, sessions: int | None = None, seconds: float | None = None) -> Tally:
-        """Let users arrive until ``sessions`` have arrived or ``seconds`` have passed; wait
-        for all of them to leave."""
-        if sessions is None and seconds is None:
-            raise ValueError("give sessions, seconds or both")
+    async def run(
+        self,
+        sessions: int | None = None,
+        seconds: float | None = None,
+        until: asyncio.Event | None = None,
+    ) -> Tally:
+        """Let users arrive until ``sessions`` have arrived, ``seconds`` have passed or
+        ``until`` is set; wait for all of them to leave."""
+        if sessions is None and seconds is None and until is None:
+            raise ValueError("give sessions, seconds, until or a mix")
         started = time.monotonic()
         tasks: set[asyncio.Task[None]] = set()
         arrived = 0
-        while (sessions is None or arrived < sessions) and (
-            seconds is None or time.monotonic() - started < seconds
+        while (
+            (sessions is None or arrived < sessions)
+            and (seconds is None or time.monotonic() - started < seconds)
+            and (until is None or not until.is_set())
         ):
             task = asyncio.create_task(self.session())
             tasks.add(task)
@@ -136,6 +163,8 @@ class Users:
     async def session(self) -> None:
         """One user: landing page, some products, and a cart and a purchase if convinced."""
         self.active += 1
+        self._sessions += 1
+        session = self._sessions
         seen: list[str] = []
         headers = {"Host": self.host} if self.host else {}
         timeout = aiohttp.ClientTimeout(total=self.behaviour.timeout_s)
@@ -144,18 +173,20 @@ class Users:
             async with aiohttp.ClientSession(
                 cookie_jar=jar, headers=headers, timeout=timeout, trust_env=False
             ) as http:
-                page = await self._request(http, "GET", "/", seen)
+                page = await self._request(http, "GET", "/", seen, session)
                 buy = page.get("buy") if isinstance(page, dict) else None
                 for _ in range(self.behaviour.pages):
                     await self._think()
                     product = self.rng.choice(("socks", "mug", "poster", "cap", "tote"))
-                    await self._request(http, "GET", f"/products/{product}", seen)
+                    await self._request(http, "GET", f"/products/{product}", seen, session)
                 if isinstance(buy, str):
                     await self._think()
-                    added = await self._request(http, "POST", "/cart", seen, {"product": buy})
+                    added = await self._request(
+                        http, "POST", "/cart", seen, session, body={"product": buy}
+                    )
                     if isinstance(added, dict) and "cart" in added:
                         await self._think()
-                        paid = await self._request(http, "POST", "/purchase", seen)
+                        paid = await self._request(http, "POST", "/purchase", seen, session)
                         if isinstance(paid, dict) and "bought" in paid:
                             version = str(paid.get("version", NO_VERSION))
                             self.tally.purchases[version] += 1
@@ -188,9 +219,12 @@ class Users:
         method: str,
         path: str,
         seen: list[str],
+        session: int,
+        *,
         body: object = None,
     ) -> object:
         version, status, payload = NO_VERSION, 0, None
+        sent = time.time()
         try:
             async with http.request(method, self.url + path, json=body) as response:
                 status = response.status
@@ -202,6 +236,8 @@ class Users:
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.debug("%s %s failed: %r", method, path, exc)
         seen.append(version)
+        if self.record:
+            self.responses.append(Response(sent, session, version, status))
         self.tally.requests[(version, status)] += 1
         if self.metrics:
             self.metrics.requests.labels(version, str(status)).inc()

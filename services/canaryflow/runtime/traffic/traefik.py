@@ -10,9 +10,10 @@ pod (at least one), whatever the weight.
 
 The TraefikService is taken over for the release and given back after it: ``reconcile``
 keeps its original spec in an annotation (or creates it when there is none), ``remove``
-puts that spec back (or deletes what it created). Header matches are an IngressRoute of
-their own, ``<target>-canary-match``: each route that reaches the TraefikService is copied
-with the headers ANDed to its rule, at a priority above any default, to the canary Service.
+puts that spec back (or, for one it created, leaves it routing to the target's own
+Service). Header matches are an IngressRoute of their own, ``<target>-canary-match``: each
+route that reaches the TraefikService is copied with the headers ANDed to its rule, at a
+priority above any default, to the canary Service.
 
 Why ``finalize`` writes weight 0 and drops the match route, and nothing else: Traefik drops a
 service whose weight is not positive from the weighted handler, so users pinned to the
@@ -252,6 +253,13 @@ class TraefikRouter(WeightedRouter):
         else:
             await asyncio.to_thread(self._delete_match_route, target)
 
+    def _neutral(self, target: TargetRef) -> dict[str, Any]:
+        """A TraefikService that routes to the target's own Service, as with no release."""
+        service = self._service or target.name
+        own = client.CoreV1Api(self.api).read_namespaced_service(service, target.namespace)
+        port = int(own.spec.ports[0].port)
+        return {"weighted": {"services": [{"name": service, "port": port, "weight": 1}]}}
+
     async def remove(self, target: TargetRef) -> None:
         await asyncio.to_thread(self._remove, target)
 
@@ -260,13 +268,10 @@ class TraefikRouter(WeightedRouter):
         current = self._read(target)
         annotations = (current or {}).get("metadata", {}).get("annotations") or {}
         if current is not None and ORIGINAL in annotations:
-            custom = self._custom()
-            if annotations[ORIGINAL] == "":
-                custom.delete_namespaced_custom_object(
-                    GROUP, VERSION, target.namespace, PLURAL, target.name
-                )
-            else:
-                del current["metadata"]["annotations"][ORIGINAL]
-                current["spec"] = json.loads(annotations[ORIGINAL])
-                self._replace(target, current)
+            original = annotations[ORIGINAL]
+            del current["metadata"]["annotations"][ORIGINAL]
+            # Kept even when we made it: IngressRoutes may route to it by now, and a route to
+            # a missing TraefikService answers 404.
+            current["spec"] = json.loads(original) if original else self._neutral(target)
+            self._replace(target, current)
         delete_track_services(self.api, target, TRACKS)
