@@ -21,19 +21,22 @@ is being served until the next good list.
 Why a watch as well, and a grace before a listener closes: KWOK marks a pod Ready the moment
 it gives it an address, with no readiness probe in between, and the gateway routes to a Ready
 endpoint about 0.1 s later (its provider throttle). Waiting for the next list (up to
-``--refresh``) answered 502 to the first users of a freshly scaled canary, so a pod event
-wakes the loop and new pods are bound at once (a real container listens before its probe
-passes). The other way round, KWOK deletes a pod at once, while the endpoint takes the
-EndpointSlice controller and the gateway's reload to leave (up to a second on two busy
-cores): closing the listener at once answered 502 to users at every scale-down. A real pod
-keeps serving while it terminates (a preStop sleep, the grace period), so a pod that leaves
-keeps its listener for ``--grace`` seconds (``due``), unless a new pod needs its address.
+``--refresh``) answered 502 to the first users of a freshly scaled canary, and so did a
+list woken by the event (listing every pod takes longer than the gateway on two busy cores),
+so a pod a watch event shows Ready is bound from the event itself (``handover``), and the
+list follows (a real container listens before its probe passes). The other way round, KWOK
+deletes a pod at once, while the endpoint takes the EndpointSlice controller and the
+gateway's reload to leave (up to a second on two busy cores): closing the listener at once
+answered 502 to users at every scale-down. A real pod keeps serving while it terminates (a
+preStop sleep, the grace period), so a pod that leaves keeps its listener for ``--grace``
+seconds (``due``), unless a new pod needs its address.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -203,6 +206,22 @@ def due(
     return Plan(stop=stop, start=step.start)
 
 
+def handover(current: Mapping[str, ServedPod], pod: ServedPod) -> Plan:
+    """Start a pod an event shows Ready, unless served already; a served UID that holds its
+    address has left (KWOK gives an address to one live pod at a time): it stops first."""
+    if pod.uid in current:
+        return Plan(stop=(), start=())
+    wanted = {(pod.ip, port) for port in pod.ports}
+    stop = tuple(
+        sorted(
+            uid
+            for uid, held in current.items()
+            if any((held.ip, port) in wanted for port in held.ports)
+        )
+    )
+    return Plan(stop=stop, start=(pod,))
+
+
 class Behaviours:
     """Behaviour per namespace and version, replaced whole at each refresh."""
 
@@ -265,6 +284,12 @@ class PodServer:
         self._left_at = {uid: self._left_at.get(uid, now) for uid in step.stop}
         await self.apply(due(step, self.served, self._left_at, now, self._grace_s))
         self.synced = True
+
+    async def serve_now(self, pod: Any) -> None:
+        """Bind a pod a watch event shows Ready, before the next list."""
+        served = served_pod(pod)
+        if served is not None:
+            await self.apply(handover(self.served, served))
 
     async def _read_behaviours(self, namespace: str) -> None:
         try:
@@ -381,14 +406,15 @@ async def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info("pods server listening on %s (pid %d)", args.listen, os.getpid())
-    changed = asyncio.Event()
+    events: asyncio.Queue[Any] = asyncio.Queue()
     threading.Thread(
-        target=_watch_pods, args=(core, loop, changed), name="pod-watch", daemon=True
+        target=_watch_pods, args=(core, loop, events), name="pod-watch", daemon=True
     ).start()
     failing = False
     try:
         while not stop.is_set():
-            changed.clear()
+            while not events.empty():
+                await server.serve_now(events.get_nowait())
             try:
                 await server.refresh()
                 if failing:
@@ -399,27 +425,28 @@ async def run(args: argparse.Namespace) -> int:
                 if not failing:
                     log.error("listing pods failed; serving what was served, retrying: %r", exc)
                 failing = True
-            wake = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(changed.wait())]
-            await asyncio.wait(wake, timeout=args.refresh, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in wake:
-                waiter.cancel()
+            deadline = loop.time() + args.refresh
+            while not stop.is_set() and (left := deadline - loop.time()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await server.serve_now(await asyncio.wait_for(events.get(), timeout=left))
     finally:
         await server.close()
         await own.cleanup()
     return 0
 
 
-def _watch_pods(core: Any, loop: asyncio.AbstractEventLoop, changed: asyncio.Event) -> None:
-    """Set ``changed`` on every pod event, for ever (a thread; the list loop stays the truth,
-    so a broken watch only costs the wait for the next list)."""
+def _watch_pods(core: Any, loop: asyncio.AbstractEventLoop, events: asyncio.Queue[Any]) -> None:
+    """Queue every pod an event shows, for ever (a thread; the list loop stays the truth, so
+    a broken watch only costs the wait for the next list)."""
     from kubernetes import watch
 
     while True:
         try:
-            for _ in watch.Watch().stream(
+            for event in watch.Watch().stream(
                 core.list_pod_for_all_namespaces, timeout_seconds=60, _request_timeout=90
             ):
-                loop.call_soon_threadsafe(changed.set)
+                if event["type"] in {"ADDED", "MODIFIED"}:
+                    loop.call_soon_threadsafe(events.put_nowait, event["object"])
         except Exception as exc:  # the API server restarts under the stack now and then
             log.debug("pod watch ended, starting again: %r", exc)
             time.sleep(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from canaryflow.dataplane.pods import Plan, ServedPod, due, plan, sd_targets, served_pod
+from canaryflow.dataplane.pods import Plan, ServedPod, due, handover, plan, sd_targets, served_pod
 
 
 def _pod(
@@ -121,3 +121,14 @@ def test_a_pod_that_left_stops_at_once_when_a_new_pod_takes_its_address() -> Non
     step = plan(current, [current["other"], reuse])
 
     assert due(step, current, {"old": 100.0}, now=100.1, grace=2.0) == Plan(("old",), (reuse,))
+
+
+def test_a_pod_an_event_shows_ready_starts_at_once_and_takes_its_address_from_one_that_left() -> (
+    None
+):
+    current = {"old": _served("old", ip="10.244.1.5"), "other": _served("other", ip="10.244.1.9")}
+    new, reuse = _served("new", ip="10.244.1.7"), _served("again", ip="10.244.1.5")
+
+    assert handover(current, new) == Plan((), (new,))
+    assert handover(current, reuse) == Plan(("old",), (reuse,))
+    assert handover(current, current["other"]) == Plan((), ())
