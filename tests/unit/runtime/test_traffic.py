@@ -15,6 +15,7 @@ from canaryflow.runtime.traffic.services import stable_selector, track_service_b
 from canaryflow.runtime.traffic.traefik import (
     TraefikRouter,
     match_routes,
+    neutral_spec,
     reweighted,
     split_spec,
     weights,
@@ -143,6 +144,13 @@ def test_the_traefik_split_starts_on_stable_with_the_policys_cookie() -> None:
         }
     }
     assert "sticky" not in split_spec(target, 80, None)["weighted"]
+
+
+def test_a_traefik_service_the_router_made_routes_to_the_targets_own_service_afterwards() -> None:
+    # Kept rather than deleted: an IngressRoute that routes to it would answer 404 without it.
+    assert neutral_spec("web", 8080) == {
+        "weighted": {"services": [{"name": "web", "port": 8080, "weight": 1}]}
+    }
 
 
 def test_traefik_match_routes_copy_every_route_to_the_target_with_the_headers_anded() -> None:

@@ -87,6 +87,12 @@ def split_spec(target: TargetRef, port: int, sticky: Sticky | None) -> dict[str,
     return {"weighted": weighted}
 
 
+def neutral_spec(service: str, port: int) -> dict[str, Any]:
+    """What a TraefikService the router made routes to after the release: the target's own
+    Service, as with no release. Pure."""
+    return {"weighted": {"services": [{"name": service, "port": port, "weight": 1}]}}
+
+
 def reweighted(services: list[dict[str, Any]], wanted: dict[str, int]) -> list[dict[str, Any]]:
     """The TraefikService's service list with the wanted weights; every one must be listed."""
     names = {service.get("name") for service in services}
@@ -254,11 +260,9 @@ class TraefikRouter(WeightedRouter):
             await asyncio.to_thread(self._delete_match_route, target)
 
     def _neutral(self, target: TargetRef) -> dict[str, Any]:
-        """A TraefikService that routes to the target's own Service, as with no release."""
         service = self._service or target.name
         own = client.CoreV1Api(self.api).read_namespaced_service(service, target.namespace)
-        port = int(own.spec.ports[0].port)
-        return {"weighted": {"services": [{"name": service, "port": port, "weight": 1}]}}
+        return neutral_spec(service, int(own.spec.ports[0].port))
 
     async def remove(self, target: TargetRef) -> None:
         await asyncio.to_thread(self._remove, target)
