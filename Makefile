@@ -29,6 +29,10 @@ fmt: venv
 unit: venv
 	$(PY) -m pytest tests/unit -q
 
+# The published contract (JSON Schemas, AsyncAPI, the ReleasePolicy CRD), from the models.
+schemas: venv
+	$(PY) -m canaryflow_contracts.generate
+
 stack-up: venv
 	$(STACK) up
 
@@ -61,10 +65,6 @@ BENCHES := $(sort $(wildcard bench/*.py))
 bench: venv
 	$(STACK) up
 	@set -e; for script in $(BENCHES); do echo "== $$script"; $(STACK) exec -- $(PY) $$script; done
-
-# The JSON Schemas, the AsyncAPI document and the CRD, generated from the pydantic models.
-schemas: venv
-	$(PY) -m canaryflow_contracts.generate
 
 clean:
 	rm -rf $(VENV) .stack .mypy_cache .ruff_cache .pytest_cache

@@ -74,7 +74,7 @@ async def one_rollback(bench: Bench, users: Users) -> tuple[float, int, int]:
     canary_sessions = during.sessions[BAD]
     if canary_sessions == 0:
         raise AssertionError(f"{release_id}: no user reached the canary through the gateway")
-    last = users.tally.last_sent[BAD]
+    last = max(r.sent for r in users.responses if r.version == BAD)
     return last - verdict.time.timestamp(), during.failed, canary_sessions
 
 
@@ -96,7 +96,7 @@ async def main(args: argparse.Namespace) -> int:
         shop.deploy(api, bench.namespace, rps=0)
         create_traefik(api, bench.namespace, ingress_route("web", host, "web", "Service", COOKIE))
         behaviour = Behaviour(arrivals_per_s=args.users, pages=3, think_s=0.2, timeout_s=5)
-        users = Users(gateway, host, behaviour, random.Random(11))
+        users = Users(gateway, host, behaviour, random.Random(11), record=True)
         stop = asyncio.Event()
         crowd = asyncio.create_task(users.run(stop=stop))
         try:

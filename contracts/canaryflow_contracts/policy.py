@@ -430,6 +430,77 @@ class Notify(_Spec):
     on: list[NotifyOn] = Field(default_factory=list, description="What to send; empty: everything.")
 
 
+class Sticky(_Spec):
+    """Keep each user on the version they were first sent to, by a cookie (Flagger's
+    sessionAffinity). A step's weight is then the share of **new** sessions: returning users
+    stay where they are until the release ends, and are moved to stable at a rollback."""
+
+    cookie_name: str = Field(
+        default="canaryflow-sticky",
+        pattern=r"^[A-Za-z0-9!#$%&'*+.^_|~-]+$",
+        max_length=128,
+        description="Name of the cookie the gateway sets.",
+    )
+    max_age_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=30 * 86400,
+        description="Cookie lifetime; absent: a session cookie (until the browser closes).",
+    )
+
+
+class HeaderMatch(_Spec):
+    name: str = Field(pattern=r"^[A-Za-z0-9-]+$", max_length=256, description="Header name.")
+    exact: str | None = Field(
+        default=None, pattern=r"^[^`\r\n]*$", max_length=1024, description="The exact value."
+    )
+    regex: str | None = Field(
+        default=None,
+        pattern=r"^[^`\r\n]*$",
+        max_length=1024,
+        description="A regular expression (RE2) the value must match; a cookie is matched "
+        "as the Cookie header, e.g. '(^|; )canary=always(;|$)'.",
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Self:
+        if (self.exact is None) == (self.regex is None):
+            raise ValueError(f"header {self.name!r}: set exactly one of exact or regex")
+        return self
+
+
+class RouteMatch(_Spec):
+    """Requests that carry every one of these headers go to the canary, whatever the weight."""
+
+    headers: list[HeaderMatch] = Field(min_length=1, max_length=16)
+
+
+class Traffic(_Spec):
+    """How the canary's share of traffic is routed."""
+
+    # A name, not an enum: adding a router must not change the contract; the planner and the
+    # executor refuse a name they do not know, listing the ones they do.
+    router: str = Field(
+        default="replica-ratio",
+        pattern=_NAME,
+        max_length=63,
+        description="replica-ratio (the canary's share is its share of Ready pods), traefik "
+        "(a weighted TraefikService named like the target) or gateway-api (weights on the "
+        "HTTPRoute named like the target).",
+    )
+    sticky: Sticky | None = Field(
+        default=None,
+        description="Keep users on one version by cookie (traefik only). Absent: each request "
+        "is routed on its own.",
+    )
+    match: list[RouteMatch] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Requests matching any entry always go to the canary (A/B routing); "
+        "weighted routers only.",
+    )
+
+
 class ReleasePolicySpec(_Spec):
     target_ref: str = Field(
         pattern=DNS_SUBDOMAIN_PATTERN, description="Name of the Deployment in this namespace."
@@ -462,6 +533,10 @@ class ReleasePolicySpec(_Spec):
     hooks: list[Hook] = Field(default_factory=list, description="Webhooks, bus hooks and gates.")
     notify: list[Notify] = Field(
         default_factory=list, description="Where people hear about this target's releases."
+    )
+    traffic: Traffic = Field(
+        default_factory=Traffic,
+        description="Which router splits traffic, sticky sessions and header matches.",
     )
 
     @model_validator(mode="after")

@@ -35,6 +35,7 @@ from canaryflow.dataplane.objects import (
 from canaryflow.dataplane.users import Behaviour, Users
 from canaryflow.runtime.traffic import router_for
 from canaryflow_contracts.events import TargetRef
+from canaryflow_contracts.policy import Traffic
 
 pytestmark = pytest.mark.stack
 FAST = {"median": 2, "p99": 5}
@@ -251,7 +252,7 @@ async def test_the_traefik_router_canaries_one_pod_at_5_percent_and_takes_pinned
     host = f"web.{namespace}.test"
     _split_setup(kube, namespace, (100, 0), host, stable_pods=1, split="web")
     target = TargetRef(namespace=namespace, name="web")
-    router = router_for("traefik", kube)
+    router = router_for(Traffic(router="traefik"), kube)
     assert router.replicas(1, 5).canary == 1
 
     await router.set_routes(target, 5)

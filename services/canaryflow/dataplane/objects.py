@@ -56,35 +56,28 @@ def behaviour_configmap(behaviours: dict[str, dict[str, Any]]) -> Any:
     )
 
 
-def track_service(name: str, app: str, track: str) -> Any:
+def track_service(name: str, app: str, track: str | None) -> Any:
+    """The Service of one track's pods, or (``track`` None) of every track's: the target's own."""
+    selector = {"app": app} if track is None else {"app": app, TRACK_LABEL: track}
     return client.V1Service(
         metadata=client.V1ObjectMeta(name=name),
         spec=client.V1ServiceSpec(
-            selector={"app": app, TRACK_LABEL: track},
+            selector=selector,
             ports=[client.V1ServicePort(port=SERVICE_PORT, target_port=APP_PORT, name="http")],
         ),
     )
 
 
-def users_service(
-    name: str, app: str, users_per_second: float, pages: int = 0, port: int = SERVICE_PORT
-) -> Any:
-    """A Service over all of ``app``'s pods that asks the stack for users
+def users_service(name: str, app: str, users_per_second: float, pages: int = 0) -> Any:
+    """The target's own Service (every track's pods) asking the stack for users
     (``canaryflow.dataplane.load``): they go straight to its Ready pods, as kube-proxy sends."""
-    return client.V1Service(
-        metadata=client.V1ObjectMeta(
-            name=name,
-            labels={USERS_LABEL: "true"},
-            annotations={
-                RATE_ANNOTATION: f"{users_per_second:g}",
-                PAGES_ANNOTATION: str(pages),
-            },
-        ),
-        spec=client.V1ServiceSpec(
-            selector={"app": app},
-            ports=[client.V1ServicePort(port=port, target_port=APP_PORT, name="http")],
-        ),
-    )
+    service = track_service(name, app, None)
+    service.metadata.labels = {USERS_LABEL: "true"}
+    service.metadata.annotations = {
+        RATE_ANNOTATION: f"{users_per_second:g}",
+        PAGES_ANNOTATION: str(pages),
+    }
+    return service
 
 
 def weighted_sticky(name: str, weights: dict[str, int], cookie: str) -> dict[str, Any]:

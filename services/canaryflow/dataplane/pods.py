@@ -14,9 +14,22 @@ starts terminating) stops answering, as its endpoints leave the Service.
 It also lists every pod's scrape targets for Prometheus (``/sd``, http_sd) with the labels
 Prometheus's own pod discovery gives, because Debian's Prometheus is built without it.
 
-Why polling: the process must survive an API server that restarts
-under it; a list every ``--refresh`` seconds recovers by itself, and every failure keeps what
-is being served until the next good list.
+Why polling: the process must survive an API server that restarts under it; a list every
+``--refresh`` seconds recovers by itself, and every failure keeps what is being served until
+the next good list.
+
+Why a watch as well, and a grace before a listener closes: KWOK marks a pod Ready the moment
+it gives it an address, with no readiness probe in between, and the gateway routes to a Ready
+endpoint about 0.1 s later (its provider throttle). Waiting for the next list (up to
+``--refresh``) answered 502 to the first users of a freshly scaled canary, and so did a
+list woken by the event (listing every pod takes longer than the gateway on two busy cores),
+so a pod a watch event shows Ready is bound from the event itself (``handover``), and the
+list follows (a real container listens before its probe passes). The other way round, KWOK
+deletes a pod at once, while the endpoint takes the EndpointSlice controller and the
+gateway's reload to leave (up to a second on two busy cores): closing the listener at once
+answered 502 to users at every scale-down. A real pod keeps serving while it terminates (a
+preStop sleep, the grace period), so a pod that leaves keeps its listener for ``--grace``
+seconds (``due``), unless a new pod needs its address.
 """
 
 from __future__ import annotations
@@ -27,6 +40,8 @@ import json
 import logging
 import random
 import re
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -168,6 +183,42 @@ def plan(current: Mapping[str, ServedPod], desired: Sequence[ServedPod]) -> Plan
     return Plan(stop=stop, start=tuple(start))
 
 
+def due(
+    step: Plan,
+    current: Mapping[str, ServedPod],
+    left_at: Mapping[str, float],
+    now: float,
+    grace: float,
+) -> Plan:
+    """The part of ``step`` done now: every start, and the stops of pods that left (at
+    ``left_at``) ``grace`` seconds ago or more, or whose address a starting pod needs (KWOK
+    hands it on at once)."""
+    needed = {(pod.ip, port) for pod in step.start for port in pod.ports}
+    stop = tuple(
+        uid
+        for uid in step.stop
+        if now - left_at.get(uid, now) >= grace
+        or (uid in current and any((current[uid].ip, p) in needed for p in current[uid].ports))
+    )
+    return Plan(stop=stop, start=step.start)
+
+
+def handover(current: Mapping[str, ServedPod], pod: ServedPod) -> Plan:
+    """Start a pod an event shows Ready, unless served already; a served UID that holds its
+    address has left (KWOK gives an address to one live pod at a time): it stops first."""
+    if pod.uid in current:
+        return Plan(stop=(), start=())
+    wanted = {(pod.ip, port) for port in pod.ports}
+    stop = tuple(
+        sorted(
+            uid
+            for uid, held in current.items()
+            if any((held.ip, port) in wanted for port in held.ports)
+        )
+    )
+    return Plan(stop=stop, start=(pod,))
+
+
 class Behaviours:
     """Behaviour per namespace and version, replaced whole at each refresh."""
 
@@ -188,8 +239,13 @@ class Behaviours:
 class PodServer:
     """Keeps one aiohttp runner per served pod UID in line with the cluster."""
 
-    def __init__(self, core: Any, rng: random.Random, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, core: Any, rng: random.Random, timeout_s: float = 5.0, grace_s: float = 0.0
+    ) -> None:
         self._core = core
+        self._grace_s = grace_s
+        self._left_at: dict[str, float] = {}
+        """When each served pod that is no longer wanted was first seen gone."""
         self._rng = rng
         self._timeout_s = timeout_s
         self.behaviours = Behaviours()
@@ -210,6 +266,7 @@ class PodServer:
         """Every pod's scrape targets, for Prometheus's http_sd (``/sd``)."""
 
     async def refresh(self) -> None:
+        """List pods and serve them; a pod that left keeps its listener for the grace."""
         pods = await asyncio.to_thread(
             self._core.list_pod_for_all_namespaces, _request_timeout=self._timeout_s
         )
@@ -219,8 +276,17 @@ class PodServer:
         for namespace in sorted(namespaces):
             await self._read_behaviours(namespace)
         self.behaviours.keep_only(namespaces)
-        await self.apply(plan(self.served, desired))
+        step = plan(self.served, desired)
+        now = time.monotonic()
+        self._left_at = {uid: self._left_at.get(uid, now) for uid in step.stop}
+        await self.apply(due(step, self.served, self._left_at, now, self._grace_s))
         self.synced = True
+
+    async def serve_now(self, pod: Any) -> None:
+        """Bind a pod a watch event shows Ready, before the next list."""
+        served = served_pod(pod)
+        if served is not None:
+            await self.apply(handover(self.served, served))
 
     async def _read_behaviours(self, namespace: str) -> None:
         try:
@@ -314,7 +380,15 @@ async def run(args: argparse.Namespace) -> int:
 
     from canaryflow.runtime.kube import api_client
 
-    server = PodServer(client.CoreV1Api(api_client(args.kubeconfig)), random.Random(args.seed))
+    core = client.CoreV1Api(api_client(args.kubeconfig))
+    server = PodServer(core, random.Random(args.seed), grace_s=args.grace)
+    events: asyncio.Queue[Any] = asyncio.Queue()
+    threading.Thread(
+        target=_watch_pods,
+        args=(core, asyncio.get_running_loop(), events),
+        name="pod-watch",
+        daemon=True,
+    ).start()
     return await process.serve(
         _own_app(server),
         args,
@@ -323,7 +397,26 @@ async def run(args: argparse.Namespace) -> int:
         what="pods",
         log=log,
         on_failure=server.list_errors.inc,
+        events=events,
+        on_event=server.serve_now,
     )
+
+
+def _watch_pods(core: Any, loop: asyncio.AbstractEventLoop, events: asyncio.Queue[Any]) -> None:
+    """Queue every pod an event shows, for ever (a thread; the list loop stays the truth, so
+    a broken watch only costs the wait for the next list)."""
+    from kubernetes import watch
+
+    while True:
+        try:
+            for event in watch.Watch().stream(
+                core.list_pod_for_all_namespaces, timeout_seconds=60, _request_timeout=90
+            ):
+                if event["type"] in {"ADDED", "MODIFIED"}:
+                    loop.call_soon_threadsafe(events.put_nowait, event["object"])
+        except Exception as exc:  # the API server restarts under the stack now and then
+            log.debug("pod watch ended, starting again: %r", exc)
+            time.sleep(1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -332,6 +425,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m canaryflow.dataplane.pods",
         description="Serve HTTP on every Ready pod's address (inside the stack's namespace).",
         listen="127.0.0.1:19465",
+        extra=lambda parser: parser.add_argument(
+            "--grace",
+            type=process.non_negative,
+            default=2.0,
+            help="seconds a pod that left keeps answering",
+        ),
     )
     return asyncio.run(run(args))
 

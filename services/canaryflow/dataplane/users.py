@@ -11,6 +11,8 @@ clicks, and leave.
 What it reports is what users saw: the version of every response (``X-Version``), which
 version each session started on, and every session that saw two versions. Counted in
 ``Tally`` (for tests and the demo) and exported as Prometheus series when run as a process.
+With ``record`` every response is also kept with its send time and session (``Response``),
+so a test can tell what users got before and after a moment, such as a failing verdict.
 """
 
 from __future__ import annotations
@@ -47,6 +49,18 @@ class Behaviour:
     timeout_s: float = 10.0
 
 
+@dataclass(frozen=True)
+class Response:
+    """One request as its user saw it."""
+
+    sent: float
+    """Wall-clock time it was sent (comparable with events' times)."""
+    session: int
+    version: str
+    status: int
+    """0: a connection error or a timeout."""
+
+
 @dataclass
 class Tally:
     """Everything users saw, counted as it happens."""
@@ -62,8 +76,6 @@ class Tally:
     """Sessions that got no answer from any pod at all."""
     unrouted: int = 0
     """Users who found no endpoint to go to (a Service with no Ready pod)."""
-    last_sent: dict[str, float] = field(default_factory=dict)
-    """By version: the wall-clock time the last request that this version answered was sent."""
 
     @property
     def total_sessions(self) -> int:
@@ -116,6 +128,8 @@ class Users:
         behaviour: Behaviour,
         rng: random.Random,
         metrics: Metrics | None = None,
+        *,
+        record: bool = False,
     ) -> None:
         self._endpoint = url if callable(url) else None
         self.url = "" if callable(url) else url.rstrip("/")
@@ -125,6 +139,10 @@ class Users:
         self.metrics = metrics
         self.tally = Tally()
         self.active = 0
+        self.record = record
+        self.responses: list[Response] = []
+        """Every response, with ``record``."""
+        self._sessions = 0
 
     async def run(
         self,
@@ -163,6 +181,8 @@ class Users:
                 return
             base = picked.rstrip("/")
         self.active += 1
+        self._sessions += 1
+        session = self._sessions
         seen: list[str] = []
         headers = {"Host": self.host} if self.host else {}
         timeout = aiohttp.ClientTimeout(total=self.behaviour.timeout_s)
@@ -171,20 +191,20 @@ class Users:
             async with aiohttp.ClientSession(
                 cookie_jar=jar, headers=headers, timeout=timeout, trust_env=False
             ) as http:
-                page = await self._request(http, "GET", base + "/", seen)
+                page = await self._request(http, "GET", base + "/", seen, session)
                 buy = page.get("buy") if isinstance(page, dict) else None
                 for _ in range(self.behaviour.pages):
                     await self._think()
                     product = self.rng.choice(("socks", "mug", "poster", "cap", "tote"))
-                    await self._request(http, "GET", f"{base}/products/{product}", seen)
+                    await self._request(http, "GET", f"{base}/products/{product}", seen, session)
                 if isinstance(buy, str):
                     await self._think()
                     added = await self._request(
-                        http, "POST", base + "/cart", seen, {"product": buy}
+                        http, "POST", base + "/cart", seen, session, body={"product": buy}
                     )
                     if isinstance(added, dict) and "cart" in added:
                         await self._think()
-                        paid = await self._request(http, "POST", base + "/purchase", seen)
+                        paid = await self._request(http, "POST", base + "/purchase", seen, session)
                         if isinstance(paid, dict) and "bought" in paid:
                             version = str(paid.get("version", NO_VERSION))
                             self.tally.purchases[version] += 1
@@ -217,6 +237,8 @@ class Users:
         method: str,
         url: str,
         seen: list[str],
+        session: int,
+        *,
         body: object = None,
     ) -> object:
         version, status, payload = NO_VERSION, 0, None
@@ -232,8 +254,8 @@ class Users:
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.debug("%s %s failed: %r", method, url, exc)
         seen.append(version)
-        if version != NO_VERSION:
-            self.tally.last_sent[version] = max(sent, self.tally.last_sent.get(version, sent))
+        if self.record:
+            self.responses.append(Response(sent, session, version, status))
         self.tally.requests[(version, status)] += 1
         if self.metrics:
             self.metrics.requests.labels(version, str(status)).inc()

@@ -19,7 +19,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from canaryflow.dataplane.objects import APP_PORT, SERVICE_PORT, users_service
+from canaryflow.dataplane.objects import APP_PORT, users_service
 from canaryflow.runtime.behaviour import CONFIGMAP_NAME
 from canaryflow_contracts import generate, policy
 
@@ -109,7 +109,7 @@ def deploy(
         namespace=namespace,
         body=deployment,
     )
-    service = users_service(name, name, rps, port=SERVICE_PORT)
+    service = users_service(name, name, rps)
     core = client.CoreV1Api(api)
     _create_or_patch(
         core.create_namespaced_service,

@@ -49,13 +49,12 @@ def build_service(
     settings: Settings,
     *,
     api: client.ApiClient | None = None,
-    router: TrafficRouter | None = None,
     now: kube.Clock = kube.utc_now,
     promotion_seconds: float = PROMOTION_SECONDS,
 ) -> Service:
     service = Service(settings)
     kube_api = api or kube.api_client(settings.kubeconfig)
-    runner = PhaseRunner(Cluster(kube_api, now), router or router_for(), now)
+    runner = PhaseRunner(Cluster(kube_api, now), now)
     metrics = observability.service_metrics()
 
     async def state_of(release_id: str) -> ReleaseState | None:
@@ -65,23 +64,35 @@ def build_service(
     async def refused(
         envelope: Envelope[ApplyPhase] | Envelope[RequestPromotion],
         refusals: list[authority.Refusal],
-    ) -> bool:
+    ) -> TrafficRouter | str | None:
         """Refuse, and say why, unless a live release asks for exactly this, under a policy
-        that governs the target and allows the image (read from the cluster, not the bus)."""
+        that governs the target and allows the image (read from the cluster, not the bus).
+
+        Not refused: the router the policy names, or why it cannot be had (a reason the
+        release fails on, not a refusal: the command is the release's own).
+        """
         target = envelope.data.target
         found = await policies.read_policies(kube_api, target.namespace)
         governing = policies.governing(target.namespace, target.name, found)
         refusals = refusals + authority.policy_refusals(
             target, envelope.data.version.image, governing
         )
-        if refusals:
+        if refusals or governing.spec is None:
             await service.refuse(envelope, refusals)
-        return bool(refusals)
+            return None
+        spec = governing.spec
+        try:
+            return router_for(spec.traffic, kube_api, spec.service_name)
+        except ValueError as error:
+            return f"ReleasePolicy {target.namespace}/{governing.name}: {error}"
 
     async def on_apply(envelope: Envelope[ApplyPhase], delivery: Delivery) -> None:
         command, rid = envelope.data, envelope.subject
         step = command.step
-        if await refused(envelope, authority.apply_refusals(rid, command, await state_of(rid))):
+        router = await refused(
+            envelope, authority.apply_refusals(rid, command, await state_of(rid))
+        )
+        if router is None:
             return
 
         async def wanted() -> bool:
@@ -92,7 +103,11 @@ def build_service(
             {tracing.STEP: step.index, tracing.WEIGHT: step.weight},
         )
         async with delivery.keep_alive():
-            outcome = await runner.apply(rid, command, wanted)
+            outcome = (
+                Failed(router)
+                if isinstance(router, str)
+                else await runner.apply(rid, command, wanted, router)
+            )
         span.set_attributes(tracing.outcome_attributes(outcome))
         target = command.target
         if isinstance(outcome, Reached):
@@ -118,7 +133,8 @@ def build_service(
     async def on_promote(envelope: Envelope[RequestPromotion], delivery: Delivery) -> None:
         command, rid = envelope.data, envelope.subject
         refusals = authority.promotion_refusals(rid, command, await state_of(rid))
-        if await refused(envelope, refusals):
+        router = await refused(envelope, refusals)
+        if router is None:
             return
 
         async def wanted() -> bool:
@@ -127,7 +143,11 @@ def build_service(
         deadline = now() + timedelta(seconds=promotion_seconds)
         span = tracing.handling("promote", {"canaryflow.image": command.version.image})
         async with delivery.keep_alive():
-            outcome = await runner.promote(rid, command, deadline, wanted)
+            outcome = (
+                Failed(router)
+                if isinstance(router, str)
+                else await runner.promote(rid, command, deadline, wanted, router)
+            )
         span.set_attributes(tracing.outcome_attributes(outcome))
         target = command.target
         if isinstance(outcome, Promoted):

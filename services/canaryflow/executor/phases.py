@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from kubernetes.client.exceptions import ApiException
+
 from canaryflow.executor import decisions
 from canaryflow.executor.cluster import Cluster, image_of
 from canaryflow.executor.workload import WorkloadError, full_size, record_restore_point
@@ -72,9 +74,8 @@ class Snapshot:
 
 
 class PhaseRunner:
-    def __init__(self, cluster: Cluster, router: TrafficRouter, now: kube.Clock) -> None:
+    def __init__(self, cluster: Cluster, now: kube.Clock) -> None:
         self.cluster = cluster
-        self.router = router
         self.now = now
 
     async def _snapshot(
@@ -127,7 +128,10 @@ class PhaseRunner:
             )
         return snapshot
 
-    async def apply(self, release_id: str, command: ApplyPhase, wanted: Wanted) -> PhaseOutcome:
+    async def apply(
+        self, release_id: str, command: ApplyPhase, wanted: Wanted, router: TrafficRouter
+    ) -> PhaseOutcome:
+        """Put the step in place through ``router``, the one the target's policy names."""
         target, version, deadline = command.target, command.version, command.ready_deadline
         if not await wanted():
             return Superseded(f"step {command.step.index} is no longer the release's current step")
@@ -138,13 +142,16 @@ class PhaseRunner:
             # Decide the split before writing anything: a target that cannot be split is
             # refused without a restore point or a canary to clean up.
             planned = record_restore_point(stable, release_id).point
-            self.router.replicas(planned.replicas, command.step.weight)
+            router.replicas(planned.replicas, command.step.weight)
             # The bundle first: the restore point on stable marks the recording complete.
             bundle = await self.cluster.record_bundle(target, release_id)
             recording = await self.cluster.record_restore_point(target, release_id)
+            # What the routes go through (per-track Services, the router's objects), with
+            # the canary at weight 0 until its pods are Ready.
+            await router.reconcile(target)
             await self.cluster.hold_autoscaler(target, bundle)
             renames = await self.cluster.config_copies(target, version, release_id)
-            plan = self.router.replicas(recording.point.replicas, command.step.weight)
+            plan = router.replicas(recording.point.replicas, command.step.weight)
             if plan.stable > full_size(stable):
                 # The canary shrinks (an operator lowered its weight): stable takes the share
                 # first, so no pod leaves the canary before its replacement serves.
@@ -157,6 +164,11 @@ class PhaseRunner:
             await self.cluster.apply_baseline(target, release_id, plan.baseline)
         except (LookupError, CannotSplit, WorkloadError, kube.CorruptRestorePoint) as error:
             return Failed(str(error))
+        except ApiException as error:
+            return Failed(
+                f"{router.name} router: the API server answered {error.status} "
+                f"{error.reason}: {error.body}"
+            )
 
         def canary_ready(s: Snapshot) -> bool:
             return decisions.in_place(
@@ -176,7 +188,7 @@ class PhaseRunner:
             return waited
         if not await self.cluster.scale_stable(target, release_id, plan.stable):
             return Superseded("stable no longer carries this release's restore point")
-        await self.router.set_routes(target, command.step.weight)
+        await router.set_routes(target, command.step.weight)
         waited = await self._wait(
             command,
             f"step {command.step.index} ({plan.canary} canary / {plan.baseline} baseline / "
@@ -189,7 +201,7 @@ class PhaseRunner:
         if not isinstance(waited, Snapshot):
             return waited
         snapshot = waited
-        weight = self.router.verify_weight(snapshot.stable, snapshot.canary, snapshot.baseline)
+        weight = router.verify_weight(snapshot.stable, snapshot.canary, snapshot.baseline)
         return Reached(
             canary_ready=snapshot.canary.ready,
             stable_ready=snapshot.stable.ready,
@@ -214,7 +226,12 @@ class PhaseRunner:
         return None if isinstance(waited, Snapshot) else waited
 
     async def promote(
-        self, release_id: str, command: RequestPromotion, deadline: datetime, wanted: Wanted
+        self,
+        release_id: str,
+        command: RequestPromotion,
+        deadline: datetime,
+        wanted: Wanted,
+        router: TrafficRouter,
     ) -> PromotionOutcome:
         target, version = command.target, command.version
         if not await wanted():
@@ -242,7 +259,7 @@ class PhaseRunner:
         waited = await self._wait(command, "promotion", promoted, deadline=deadline, wanted=wanted)
         if not isinstance(waited, Snapshot):
             return waited
-        await self.router.finalize(target)
+        await router.finalize(target)
         removal_deadline = self.now() + timedelta(seconds=CANARY_REMOVAL_SECONDS)
         # The analysis is over: canary and baseline go together.
         canary_gone, baseline_gone = await asyncio.gather(
@@ -253,6 +270,7 @@ class PhaseRunner:
             raise TimeoutError(
                 f"the canary or baseline of {target.key()} is still there after promotion"
             )
+        await router.remove(target)
         await self.cluster.finish_promotion(target, version, release_id)
         await self.cluster.clear_restore_point(target, release_id)
         await self.cluster.clear_bundle(target, release_id)

@@ -20,8 +20,9 @@ from canaryflow.planner.planning import Plan, Refusal, plan
 from canaryflow.runtime.bundle import base_of, references
 from canaryflow.runtime.kube import api_client, call, is_not_found
 from canaryflow.runtime.policies import PolicyObject, error_text, governing, read_policies
+from canaryflow.runtime.traffic import CannotSplit, router_for
 from canaryflow_contracts.events import ContainerResources, ReleaseRequested
-from canaryflow_contracts.policy import Hook, Notify, OperatorGrant
+from canaryflow_contracts.policy import Hook, Notify, OperatorGrant, ReleasePolicySpec
 
 _CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 
@@ -80,14 +81,11 @@ def check_request(
             )
         stable_image = images.get(container, "")
         reasons.extend(_configuration_problems(request, deployment))
-        if deployment.replicas < 2:
-            reasons.append(
-                f"Deployment {target.key()} runs {deployment.replicas} replica(s); a canary by "
-                "replica ratio needs at least 2"
-            )
     policy = governing(target.namespace, target.name, policies)
     policy_name, spec = policy.name, policy.spec
     reasons.extend(policy.problems)
+    if spec is not None:
+        reasons.extend(_routing_problems(spec, deployment, policy_name))
     if spec is not None and spec.images is not None:
         image_refusal = spec.images.refusal(request.version.image)
         if image_refusal is not None:
@@ -111,6 +109,27 @@ def check_request(
                 max_weight=min(spec.max_weight, request.overrides.max_weight or spec.max_weight),
             )
     return Refusal(tuple(reasons))
+
+
+def _routing_problems(
+    spec: ReleasePolicySpec, deployment: DeploymentFacts | None, policy_name: str
+) -> list[str]:
+    """The policy's router must exist, honour its options, and split the target at every step."""
+    try:
+        router = router_for(spec.traffic)
+    except ValueError as error:
+        return [f"traffic: {error} (ReleasePolicy {policy_name})"]
+    if deployment is None:
+        return []
+    for step in spec.steps:
+        try:
+            router.replicas(deployment.replicas, step.weight)
+        except CannotSplit as error:
+            return [
+                f"the Deployment runs {deployment.replicas} replica(s) and the {router.name} "
+                f"router cannot split it at {step.weight} %: {error}"
+            ]
+    return []
 
 
 def _configuration_problems(request: ReleaseRequested, deployment: DeploymentFacts) -> list[str]:

@@ -18,12 +18,13 @@ from kubernetes.client.exceptions import ApiException
 
 from canaryflow.rollback.restorer import Restorer, restore_seconds_of
 from canaryflow.rollback.triggers import abort_refusal, reason_of
-from canaryflow.runtime import kube, observability, tracing
+from canaryflow.runtime import kube, observability, policies, tracing
 from canaryflow.runtime.authority import rollback_refusals
 from canaryflow.runtime.bus import Delivery, Handler, PermanentError
 from canaryflow.runtime.operators import refusal_notice, refused_id
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
+from canaryflow.runtime.traffic import TrafficRouter, every_router, router_for
 from canaryflow_contracts import Envelope, EventData
 from canaryflow_contracts.events import (
     AbortRelease,
@@ -71,8 +72,20 @@ def build_service(
     restore_seconds: float = RESTORE_SECONDS,
 ) -> Service:
     service = Service(settings)
-    restorer = Restorer(api or kube.api_client(settings.kubeconfig), now)
+    kube_api = api or kube.api_client(settings.kubeconfig)
+    restorer = Restorer(kube_api, now)
     metrics = observability.service_metrics()
+
+    async def routers_of(target: TargetRef) -> list[TrafficRouter]:
+        """The router the target's policy names; every router if the policy cannot say."""
+        found = await policies.read_policies(kube_api, target.namespace)
+        governing = policies.governing(target.namespace, target.name, found)
+        if governing.spec is not None:
+            try:
+                return [router_for(governing.spec.traffic, kube_api, governing.spec.service_name)]
+            except ValueError as error:
+                log.warning("%s: %s; finalizing every router", target.key(), error)
+        return every_router(kube_api)
 
     async def roll_back(envelope: Envelope[E], delivery: Delivery) -> None:
         data, release_id = envelope.data, envelope.subject
@@ -104,7 +117,8 @@ def build_service(
         )
         async with delivery.keep_alive():
             try:
-                restored = await restorer.restore(release_id, target, deadline)
+                routers = await routers_of(target)
+                restored = await restorer.restore(release_id, target, deadline, routers)
             except Exception as error:
                 final = no_retry_helps(error)
                 if final or delivery.attempt >= settings.max_deliver:

@@ -1,5 +1,9 @@
-"""Carrying out a restore plan: configuration, then stable, then the canary, then the records.
+"""Carrying out a restore plan: traffic, configuration, stable, the canary, then the records.
 
+Traffic goes back first: the router the release routed with sends every user to stable
+(pinned and header-matched ones included) before anything else changes, so no new request
+reaches the failing version and none fails because a canary pod went away under it; the
+router's own objects go only after the canary is gone.
 The release bundle's ConfigMaps and Secrets are put back first, so that stable's restored
 pods start on the recorded configuration. Stable is then made whole (its recorded template,
 its recorded size, all Ready) before the canary loses a pod, so the service's capacity never
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -23,6 +28,7 @@ from canaryflow.runtime import bundle as bundles
 from canaryflow.runtime import kube, objects
 from canaryflow.runtime.baseline import baseline_name, remove_baseline
 from canaryflow.runtime.bundle import Bundle
+from canaryflow.runtime.traffic import TrafficRouter
 from canaryflow_contracts.events import TargetRef
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,12 @@ class Restorer:
         # False only to measure the alternative: the canary goes at once (a "snap-back").
         self.prescale = prescale
 
+    async def _owns_target(self, target: TargetRef, release_id: str) -> bool:
+        """No other release's restore point on stable: this release's routes may be undone."""
+        stable = await kube.call(kube.read_deployment, self.api, target.namespace, target.name)
+        point = kube.restore_point_of(stable) if stable is not None else None
+        return point is None or point.release_id in ("", release_id)
+
     async def _bundle(self, target: TargetRef, release_id: str) -> Bundle | None:
         """This release's bundle, if stable still carries this release's restore point."""
         stable = await kube.call(kube.read_deployment, self.api, target.namespace, target.name)
@@ -62,9 +74,22 @@ class Restorer:
         found = await kube.call(objects.read_bundle, self.api, target)
         return found if found is not None and found.release_id == release_id else None
 
-    async def restore(self, release_id: str, target: TargetRef, deadline: datetime) -> Restored:
-        """Restore ``target``; raises ``TimeoutError`` if stable is not whole by ``deadline``."""
+    async def restore(
+        self,
+        release_id: str,
+        target: TargetRef,
+        deadline: datetime,
+        routers: Sequence[TrafficRouter] = (),
+    ) -> Restored:
+        """Restore ``target``; raises ``TimeoutError`` if stable is not whole by ``deadline``.
+
+        ``routers``: the one the release routed with (or every one, when unknown).
+        """
         namespace = target.namespace
+        ours = await self._owns_target(target, release_id)
+        if ours:
+            for router in routers:
+                await router.finalize(target)
         bundle = await self._bundle(target, release_id)
         restored: list[str] = []
         if bundle is not None:
@@ -114,6 +139,9 @@ class Restorer:
             )
         if plan.remove_canary:
             await self._remove_canary(target, release_id)
+        if ours:
+            for router in routers:
+                await router.remove(target)
         traffic_back_at = self.now() if plan.changes_something else None
         # The canary's configuration goes with it, unless stable names it (a promoted release).
         stable = await kube.call(kube.read_deployment, self.api, namespace, target.name)

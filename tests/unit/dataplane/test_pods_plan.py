@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from canaryflow.dataplane.pods import ServedPod, plan, sd_targets, served_pod
+from canaryflow.dataplane.pods import Plan, ServedPod, due, handover, plan, sd_targets, served_pod
 
 
 def _pod(
@@ -102,3 +102,33 @@ def test_scrape_targets_carry_the_labels_prometheus_pod_role_gives() -> None:
     assert labels["__meta_kubernetes_pod_container_port_number"] == "8080"
     assert labels["__meta_kubernetes_pod_uid"] == "u1"
     assert sd_targets(_pod(ip=None)) == []
+
+
+def test_a_pod_that_left_keeps_answering_for_the_grace_while_new_pods_start_at_once() -> None:
+    current = {"old": _served("old", ip="10.244.1.5"), "other": _served("other", ip="10.244.1.9")}
+    new = _served("new", ip="10.244.1.7")
+    step = plan(current, [current["other"], new])
+
+    assert due(step, current, {"old": 100.0}, now=101.9, grace=2.0) == Plan((), (new,))
+    assert due(step, current, {"old": 100.0}, now=102.0, grace=2.0) == Plan(("old",), (new,))
+    # Without a grace, a pod stops answering as soon as it leaves.
+    assert due(step, current, {"old": 100.0}, now=100.0, grace=0.0) == Plan(("old",), (new,))
+
+
+def test_a_pod_that_left_stops_at_once_when_a_new_pod_takes_its_address() -> None:
+    current = {"old": _served("old", ip="10.244.1.5"), "other": _served("other", ip="10.244.1.9")}
+    reuse = _served("new", ip="10.244.1.5")
+    step = plan(current, [current["other"], reuse])
+
+    assert due(step, current, {"old": 100.0}, now=100.1, grace=2.0) == Plan(("old",), (reuse,))
+
+
+def test_a_pod_an_event_shows_ready_starts_at_once_and_takes_its_address_from_one_that_left() -> (
+    None
+):
+    current = {"old": _served("old", ip="10.244.1.5"), "other": _served("other", ip="10.244.1.9")}
+    new, reuse = _served("new", ip="10.244.1.7"), _served("again", ip="10.244.1.5")
+
+    assert handover(current, new) == Plan((), (new,))
+    assert handover(current, reuse) == Plan(("old",), (reuse,))
+    assert handover(current, current["other"]) == Plan((), ())

@@ -175,3 +175,23 @@ def test_loosening_reasons_join_the_others() -> None:
     reasons = refusal(request(PolicyOverrides(max_weight=90)), None, [policy()], T0)
     assert reasons[0] == "Deployment shop/web not found"
     assert reasons[1].startswith("overrides.max_weight")
+
+
+def test_a_one_pod_target_is_admitted_with_a_weighted_router_and_refused_by_replica_ratio() -> None:
+    single = DeploymentFacts(replicas=1, containers=(("web", OLD_IMAGE),))
+    traefik = policy(traffic={"router": "traefik", "sticky": {"cookieName": "v"}})
+
+    assert isinstance(check_request(request(), single, [traefik], T0), Admission)
+    reasons = refusal(request(), single, [policy()], T0)
+    assert any("replica-ratio router cannot split it at 10 %" in r for r in reasons), reasons
+
+
+def test_an_unknown_router_and_sticky_users_it_cannot_keep_are_refused_with_the_reason() -> None:
+    unknown = refusal(request(), DEPLOYMENT, [policy(traffic={"router": "istio"})], T0)
+    assert unknown == [
+        "traffic: unknown traffic router 'istio' (known: gateway-api, replica-ratio, traefik) "
+        "(ReleasePolicy web-policy)"
+    ]
+    sticky = policy(traffic={"router": "gateway-api", "sticky": {"cookieName": "v"}})
+    (reason,) = refusal(request(), DEPLOYMENT, [sticky], T0)
+    assert "no session persistence" in reason and "use the traefik router" in reason

@@ -1,14 +1,27 @@
-"""Replica decisions and weights of the routers (replica ratio, Traefik), and their factory."""
+"""Replica decisions, weights and objects of the routers (replica ratio, Traefik, Gateway API),
+and their factory."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from canaryflow.runtime.kube import DeploymentReadiness
+from canaryflow.runtime.kube import TRACK_LABEL, DeploymentReadiness
 from canaryflow.runtime.traffic import CannotSplit, ReplicaPlan, router_for
+from canaryflow.runtime.traffic.gateway_api import split_rules
 from canaryflow.runtime.traffic.replica_ratio import ReplicaRatioRouter, ready_share
-from canaryflow.runtime.traffic.traefik import TraefikRouter, reweighted, weights
+from canaryflow.runtime.traffic.services import stable_selector, track_service_body
+from canaryflow.runtime.traffic.traefik import (
+    TraefikRouter,
+    match_routes,
+    neutral_spec,
+    reweighted,
+    split_spec,
+    weights,
+)
 from canaryflow_contracts.events import TargetRef
+from canaryflow_contracts.policy import HeaderMatch, RouteMatch, Sticky, Traffic
 
 
 @pytest.mark.parametrize(
@@ -59,9 +72,11 @@ def test_verify_weight_counts_ready_pods_not_desired_ones() -> None:
 
 def test_factory() -> None:
     assert isinstance(router_for(), ReplicaRatioRouter)
-    assert router_for("replica-ratio").name == "replica-ratio"
-    with pytest.raises(ValueError, match="unknown traffic strategy 'mesh'"):
-        router_for("mesh")
+    assert router_for(Traffic(router="replica-ratio")).name == "replica-ratio"
+    assert router_for(Traffic(router="traefik")).name == "traefik"
+    assert router_for(Traffic(router="gateway-api")).name == "gateway-api"
+    with pytest.raises(ValueError, match=r"unknown traffic router 'mesh' \(known: "):
+        router_for(Traffic(router="mesh"))
 
 
 def test_the_traefik_router_canaries_a_one_pod_target_at_any_weight() -> None:
@@ -93,7 +108,134 @@ def test_traefik_weights_name_the_per_track_services_and_keep_the_rest() -> None
 
 
 def test_a_router_that_writes_routes_is_refused_without_a_client_and_unknown_ones_always() -> None:
-    with pytest.raises(ValueError, match="give it a Kubernetes client"):
-        router_for("traefik")
-    with pytest.raises(ValueError, match="unknown traffic strategy 'istio'"):
-        router_for("istio")
+    target = TargetRef(namespace="shop", name="web")
+    with pytest.raises(ValueError, match="give it a client"):
+        asyncio.run(router_for(Traffic(router="traefik")).set_routes(target, 5))
+    with pytest.raises(ValueError, match="unknown traffic router 'istio'"):
+        router_for(Traffic(router="istio"))
+
+
+def test_options_a_router_cannot_honour_are_refused_with_the_reason() -> None:
+    sticky = Sticky(cookie_name="v")
+    with pytest.raises(ValueError, match="no session persistence"):
+        router_for(Traffic(router="gateway-api", sticky=sticky))
+    with pytest.raises(ValueError, match="cannot keep users sticky or route by header"):
+        router_for(Traffic(sticky=sticky))
+    with pytest.raises(ValueError, match="cannot keep users sticky or route by header"):
+        router_for(Traffic(match=[CANARY_HEADER]))
+    assert router_for(Traffic(router="traefik", sticky=sticky, match=[CANARY_HEADER]))
+
+
+CANARY_HEADER = RouteMatch(headers=[HeaderMatch(name="X-Canary", exact="always")])
+
+
+def test_the_traefik_split_starts_on_stable_with_the_policys_cookie() -> None:
+    target = TargetRef(namespace="shop", name="web")
+
+    spec = split_spec(target, 80, Sticky(cookie_name="shop_v", max_age_seconds=3600))
+
+    assert spec == {
+        "weighted": {
+            "services": [
+                {"name": "web-stable", "port": 80, "weight": 100},
+                {"name": "web-canary", "port": 80, "weight": 0},
+            ],
+            "sticky": {"cookie": {"name": "shop_v", "httpOnly": True, "maxAge": 3600}},
+        }
+    }
+    assert "sticky" not in split_spec(target, 80, None)["weighted"]
+
+
+def test_a_traefik_service_the_router_made_routes_to_the_targets_own_service_afterwards() -> None:
+    # Kept rather than deleted: an IngressRoute that routes to it would answer 404 without it.
+    assert neutral_spec("web", 8080) == {
+        "weighted": {"services": [{"name": "web", "port": 8080, "weight": 1}]}
+    }
+
+
+def test_traefik_match_routes_copy_every_route_to_the_target_with_the_headers_anded() -> None:
+    target = TargetRef(namespace="shop", name="web")
+    cookie = RouteMatch(headers=[HeaderMatch(name="Cookie", regex="(^|; )canary=always(;|$)")])
+    routes = [
+        {
+            "spec": {
+                "entryPoints": ["web"],
+                "routes": [
+                    {
+                        "match": "Host(`shop.local`)",
+                        "services": [{"name": "web", "kind": "TraefikService"}],
+                    },
+                    {"match": "Host(`other`)", "services": [{"name": "other", "port": 80}]},
+                ],
+            }
+        }
+    ]
+
+    body = match_routes(target, 80, routes, [CANARY_HEADER, cookie])
+
+    assert body is not None
+    assert body["metadata"]["name"] == "web-canary-match"
+    assert body["spec"]["entryPoints"] == ["web"]
+    assert [r["match"] for r in body["spec"]["routes"]] == [
+        "(Host(`shop.local`)) && Header(`X-Canary`, `always`)",
+        "(Host(`shop.local`)) && HeaderRegexp(`Cookie`, `(^|; )canary=always(;|$)`)",
+    ]
+    for route in body["spec"]["routes"]:
+        assert route["services"] == [{"name": "web-canary", "port": 80}]
+        assert route["priority"] > len(route["match"])
+    assert match_routes(target, 80, routes, []) is None
+    with pytest.raises(LookupError, match="no IngressRoute in shop routes to TraefikService web"):
+        match_routes(target, 80, routes[:0], [CANARY_HEADER])
+
+
+def test_gateway_api_rules_weight_every_rule_and_put_header_matches_first() -> None:
+    target = TargetRef(namespace="shop", name="web")
+    original = [
+        {
+            "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+            "backendRefs": [{"name": "web", "port": 80}],
+        }
+    ]
+
+    rules = split_rules(original, target, 80, 30, [CANARY_HEADER])
+
+    assert rules == [
+        {
+            "matches": [
+                {
+                    "path": {"type": "PathPrefix", "value": "/"},
+                    "headers": [{"type": "Exact", "name": "X-Canary", "value": "always"}],
+                }
+            ],
+            "backendRefs": [{"name": "web-canary", "port": 80, "weight": 1}],
+        },
+        {
+            "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+            "backendRefs": [
+                {"name": "web-stable", "port": 80, "weight": 70},
+                {"name": "web-canary", "port": 80, "weight": 30},
+            ],
+        },
+    ]
+    # At weight 0 (before the canary is Ready, and at finalize) nothing reaches the canary.
+    at_zero = split_rules(original, target, 80, 0, [CANARY_HEADER])
+    assert len(at_zero) == 1
+    assert at_zero[0]["backendRefs"][1] == {"name": "web-canary", "port": 80, "weight": 0}
+    assert original[0]["backendRefs"] == [{"name": "web", "port": 80}], "input left as it was"
+
+
+def test_per_track_services_select_the_targets_pods_by_track() -> None:
+    target = TargetRef(namespace="shop", name="web")
+    stable = {
+        "spec": {
+            "selector": {"matchLabels": {"app": "web", TRACK_LABEL: "stable"}},
+            "template": {"metadata": {"labels": {"app": "web", TRACK_LABEL: "stable"}}},
+        }
+    }
+    assert stable_selector(stable, target) == {"app": "web"}
+    body = track_service_body(target, "canary", {"app": "web"}, [])
+    assert body.spec.selector == {"app": "web", TRACK_LABEL: "canary"}
+    assert body.metadata.name == "web-canary"
+    unlabelled = {"spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {}}}
+    with pytest.raises(LookupError, match=r"do not carry the label canaryflow\.io/track: stable"):
+        stable_selector(unlabelled, target)

@@ -3,8 +3,12 @@
 A strategy answers three questions: how many pods each version needs at a weight, how to
 send that share of traffic to the canary, and how much the canary really gets. Replica
 ratio answers the second with "nothing to do" (the Service spreads over Ready pods), a
-weighted router (Gateway API, a mesh) will write a route. The executor's phase logic stays
-the same for every strategy; adding one adds a module and a line in the factory.
+weighted router (Traefik, Gateway API) writes a route. Its life follows the release's:
+``reconcile`` makes what it routes through (per-track Services, its routing objects) before
+the first step, ``set_routes`` moves the weight at each step, ``finalize`` puts every user on
+stable before any canary pod goes, and ``remove`` deletes what ``reconcile`` made once the
+canary is gone. The executor's phase logic stays the same for every strategy; adding one
+adds a module and a line in the factory.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ class TrafficRouter(Protocol):
         """Pods each version runs at this weight; raises ``CannotSplit``. No I/O."""
         ...
 
+    async def reconcile(self, target: TargetRef) -> None:
+        """Make what the routes need (idempotent), with the canary at weight 0."""
+        ...
+
     async def set_routes(self, target: TargetRef, canary_weight_percent: int) -> None:
         """Send this share of the target's traffic to the canary (its pods are Ready)."""
         ...
@@ -56,4 +64,8 @@ class TrafficRouter(Protocol):
 
     async def finalize(self, target: TargetRef) -> None:
         """Send all traffic to stable's pods again (before the canary is removed)."""
+        ...
+
+    async def remove(self, target: TargetRef) -> None:
+        """Delete what ``reconcile`` made (after the canary is removed); idempotent."""
         ...

@@ -39,6 +39,9 @@ class ReplicaRatioRouter:
         baseline = min(canary, stable - 1)
         return ReplicaPlan(stable=stable - baseline, canary=canary, baseline=baseline)
 
+    async def reconcile(self, target: TargetRef) -> None:
+        """Nothing to make: the target's own Service selects every track's pods."""
+
     async def set_routes(self, target: TargetRef, canary_weight_percent: int) -> None:
         """Nothing to write: the pod counts are the routes."""
 
@@ -53,3 +56,6 @@ class ReplicaRatioRouter:
 
     async def finalize(self, target: TargetRef) -> None:
         """Nothing to write: removing the canary's pods is what returns their share."""
+
+    async def remove(self, target: TargetRef) -> None:
+        """Nothing was made."""

@@ -1,0 +1,158 @@
+"""Gateway API: the canary's share is a backendRef weight on the target's HTTPRoute.
+
+Why: it is the routing API every gateway implements, so one router serves many data planes.
+The HTTPRoute named like the target (a person's: parents, hostnames, paths) is taken over
+for the release: its rules are kept in an annotation, and while the release runs every rule
+sends ``100 - w`` to ``<target>-stable`` and ``w`` to ``<target>-canary``; each header match
+adds a copy of every rule with the headers added to its matches, sent to the canary alone
+(the Gateway API's precedence puts a match with more headers first). ``remove`` gives the
+original rules back.
+
+No sticky sessions: the implementation we run (Traefik 3.6, Gateway API v1.4.0) has no
+session persistence and ignores backendRef filters, so a policy asking for sticky users with
+this router is refused with that reason rather than silently served without.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from typing import Any
+
+from kubernetes import client
+
+from canaryflow.runtime.traffic.services import (
+    delete_track_services,
+    ensure_track_services,
+    track_service_name,
+)
+from canaryflow.runtime.traffic.weighted import WeightedRouter
+from canaryflow_contracts.events import TargetRef
+from canaryflow_contracts.policy import RouteMatch, Traffic
+
+GROUP, VERSION, PLURAL = "gateway.networking.k8s.io", "v1", "httproutes"
+TRACKS = ("stable", "canary")
+ORIGINAL = "canaryflow.io/original-rules"
+PORT = "canaryflow.io/backend-port"
+NO_STICKY = (
+    "the gateway-api router cannot keep users sticky: Traefik 3.6's Gateway API provider has "
+    "no session persistence and ignores backendRef filters; use the traefik router for "
+    "sticky sessions, or drop traffic.sticky"
+)
+
+
+def header_matches(match: RouteMatch) -> list[dict[str, str]]:
+    return [
+        {"type": "Exact", "name": h.name, "value": h.exact}
+        if h.exact is not None
+        else {"type": "RegularExpression", "name": h.name, "value": str(h.regex)}
+        for h in match.headers
+    ]
+
+
+def split_rules(
+    original: list[dict[str, Any]],
+    target: TargetRef,
+    port: int,
+    canary_weight_percent: int,
+    matches: list[RouteMatch],
+) -> list[dict[str, Any]]:
+    """The HTTPRoute's rules at a canary weight, header matches first. Pure."""
+    if not 0 <= canary_weight_percent <= 100:
+        raise ValueError(f"a weight is a percentage, got {canary_weight_percent}")
+    stable, canary = track_service_name(target, "stable"), track_service_name(target, "canary")
+    rules: list[dict[str, Any]] = []
+    for rule in original:
+        if canary_weight_percent > 0:
+            for match in matches:
+                extra = header_matches(match)
+                rules.append(
+                    {
+                        **copy.deepcopy(rule),
+                        "matches": [
+                            {**m, "headers": [*(m.get("headers") or []), *extra]}
+                            for m in rule.get("matches") or [{}]
+                        ],
+                        "backendRefs": [{"name": canary, "port": port, "weight": 1}],
+                    }
+                )
+        rules.append(
+            {
+                **copy.deepcopy(rule),
+                "backendRefs": [
+                    {"name": stable, "port": port, "weight": 100 - canary_weight_percent},
+                    {"name": canary, "port": port, "weight": canary_weight_percent},
+                ],
+            }
+        )
+    return rules
+
+
+class GatewayApiRouter(WeightedRouter):
+    name = "gateway-api"
+    group, version, plural = GROUP, VERSION, PLURAL
+
+    def __init__(
+        self, api: client.ApiClient | None, traffic: Traffic, service: str | None = None
+    ) -> None:
+        if traffic.sticky is not None:
+            raise ValueError(NO_STICKY)
+        super().__init__(api, traffic, service)
+
+    async def reconcile(self, target: TargetRef) -> None:
+        await asyncio.to_thread(self._reconcile, target)
+
+    def _reconcile(self, target: TargetRef) -> None:
+        route = self._read(target)
+        if route is None:
+            raise LookupError(
+                f"HTTPRoute {target.key()} not found: the gateway-api router routes through "
+                "the HTTPRoute named like the target"
+            )
+        port = ensure_track_services(self.api, target, self._service or target.name, TRACKS)
+        annotations = route["metadata"].setdefault("annotations", {})
+        if ORIGINAL in annotations:
+            return
+        original = route["spec"].get("rules") or []
+        annotations[ORIGINAL] = json.dumps(original)
+        annotations[PORT] = str(port)
+        route["spec"]["rules"] = split_rules(original, target, port, 0, self._traffic.match)
+        self._replace(target, route)
+
+    async def set_routes(self, target: TargetRef, canary_weight_percent: int) -> None:
+        await asyncio.to_thread(self._write, target, canary_weight_percent)
+
+    def _write(self, target: TargetRef, canary_weight_percent: int) -> None:
+        route = self._read(target)
+        annotations = (route or {}).get("metadata", {}).get("annotations") or {}
+        if route is None or ORIGINAL not in annotations:
+            raise LookupError(f"HTTPRoute {target.key()} is not taken over for a release")
+        rules = split_rules(
+            json.loads(annotations[ORIGINAL]),
+            target,
+            int(annotations[PORT]),
+            canary_weight_percent,
+            self._traffic.match,
+        )
+        self._custom().patch_namespaced_custom_object(
+            GROUP, VERSION, target.namespace, PLURAL, target.name, {"spec": {"rules": rules}}
+        )
+
+    async def finalize(self, target: TargetRef) -> None:
+        """Every request on stable, matched ones included."""
+        route = await asyncio.to_thread(self._read, target)
+        if route is not None and ORIGINAL in (route["metadata"].get("annotations") or {}):
+            await self.set_routes(target, 0)
+
+    async def remove(self, target: TargetRef) -> None:
+        await asyncio.to_thread(self._remove, target)
+
+    def _remove(self, target: TargetRef) -> None:
+        route = self._read(target)
+        annotations = (route or {}).get("metadata", {}).get("annotations") or {}
+        if route is not None and ORIGINAL in annotations:
+            route["spec"]["rules"] = json.loads(annotations.pop(ORIGINAL))
+            annotations.pop(PORT, None)
+            self._replace(target, route)
+        delete_track_services(self.api, target, TRACKS)

@@ -1,0 +1,113 @@
+"""The per-track Services a weighted router routes to, made and removed by the executor.
+
+Why per-track Services: a gateway weights Services, not pods, so stable and the canary each
+need one of their own (Flagger's ``-primary`` and ``-canary``). Each copies the ports of the
+target's own Service and selects the target's pods plus the track label; stable's pods must
+therefore carry ``canaryflow.io/track: stable`` (the canary's and baseline's get theirs from
+the executor), and a target whose pods do not is refused with that reason rather than routed
+to a Service with no endpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client
+
+from canaryflow.runtime.kube import TRACK_LABEL, read_target
+from canaryflow_contracts.events import TargetRef
+
+MANAGED_BY = "canaryflow.io/routing-for"
+"""Label on every object a router made for a target, so that removal finds only those."""
+
+
+def track_service_name(target: TargetRef, track: str) -> str:
+    return f"{target.name}-{track}"
+
+
+def track_service_body(
+    target: TargetRef, track: str, selector: dict[str, str], ports: list[Any]
+) -> client.V1Service:
+    """The Service of one track: the target's pod selector narrowed to the track. Pure."""
+    return client.V1Service(
+        metadata=client.V1ObjectMeta(
+            name=track_service_name(target, track),
+            namespace=target.namespace,
+            labels={MANAGED_BY: target.name},
+        ),
+        spec=client.V1ServiceSpec(
+            selector={**selector, TRACK_LABEL: track},
+            ports=[
+                client.V1ServicePort(
+                    name=p.name, port=p.port, target_port=p.target_port, protocol=p.protocol
+                )
+                for p in ports
+            ],
+        ),
+    )
+
+
+def stable_selector(deployment: dict[str, Any], target: TargetRef) -> dict[str, str]:
+    """The target's pod selector, once stable's pods are known to carry the stable track."""
+    spec = deployment["spec"]
+    selector = dict((spec.get("selector") or {}).get("matchLabels") or {})
+    labels = (spec["template"].get("metadata") or {}).get("labels") or {}
+    if labels.get(TRACK_LABEL) != "stable":
+        raise LookupError(
+            f"Deployment {target.key()}'s pods do not carry the label {TRACK_LABEL}: stable, "
+            "which a weighted router's stable Service selects them by; add it to the pod "
+            "template (and the selector), or use the replica-ratio router"
+        )
+    selector.pop(TRACK_LABEL, None)
+    return selector
+
+
+def ensure_track_services(
+    api: client.ApiClient, target: TargetRef, service: str, tracks: tuple[str, ...]
+) -> int:
+    """Create the tracks' Services (ports copied from ``service``); returns the first port."""
+    core = client.CoreV1Api(api)
+    try:
+        own = core.read_namespaced_service(service, target.namespace)
+    except client.ApiException as error:
+        if error.status == 404:
+            raise LookupError(
+                f"Service {target.namespace}/{service} not found: the per-track Services copy "
+                "its ports"
+            ) from error
+        raise
+    selector = stable_selector(read_target(api, target), target)
+    for track in tracks:
+        body = track_service_body(target, track, selector, own.spec.ports or [])
+        try:
+            core.create_namespaced_service(target.namespace, body)
+        except client.ApiException as error:
+            if error.status != 409:
+                raise
+            existing = core.read_namespaced_service(body.metadata.name, target.namespace)
+            if (existing.metadata.labels or {}).get(MANAGED_BY) != target.name:
+                raise LookupError(
+                    f"Service {target.namespace}/{body.metadata.name} exists and is not "
+                    "canaryflow's: the router will not take it over"
+                ) from error
+            core.patch_namespaced_service(body.metadata.name, target.namespace, body)
+    return int(own.spec.ports[0].port)
+
+
+def delete_track_services(
+    api: client.ApiClient, target: TargetRef, tracks: tuple[str, ...]
+) -> None:
+    """Delete the tracks' Services this target's router made, and nothing else."""
+    core = client.CoreV1Api(api)
+    ours = core.list_namespaced_service(
+        target.namespace, label_selector=f"{MANAGED_BY}={target.name}"
+    ).items
+    names = {track_service_name(target, track) for track in tracks}
+    for service in ours:
+        if service.metadata.name not in names:
+            continue
+        try:
+            core.delete_namespaced_service(service.metadata.name, target.namespace)
+        except client.ApiException as error:
+            if error.status != 404:
+                raise
