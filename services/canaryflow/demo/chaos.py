@@ -125,6 +125,7 @@ class Fault:
     ended: float = 0.0  # when the part is back (an instant for kills: the kill itself)
     detail: str = ""
     recovery: float | None = None  # fault's end -> next transition of a release in flight
+    in_flight: int = 0  # releases that had begun and not ended when the part came back
 
 
 @dataclass
@@ -564,7 +565,10 @@ class Campaign:
         pending: list[asyncio.Task[Fault]] = []
         for number in range(options.faults):
             await asyncio.sleep(rng.uniform(2.0, 9.0))
-            if follow.done() or time.time() - run_start > options.inject_seconds:
+            # Scripted faults are all injected (a test names them), even once every release
+            # has ended: a kill then checks that nothing redelivered is done a second time.
+            scripted = number < len(options.script)
+            if not scripted and (follow.done() or time.time() - run_start > options.inject_seconds):
                 break
             outage_on = any(not t.done() and t.get_name() in OUTAGES for t in pending)
             if number < len(options.script):
@@ -843,6 +847,7 @@ def measure_recovery(faults: list[Fault], events: dict[str, list[Envelope[Any]]]
             over = end.time.timestamp() if end is not None else float("inf")
             if not began <= fault.ended < over:
                 continue
+            fault.in_flight += 1
             wanted = NEEDS.get(fault.kind, (EventData,))
             after = [
                 e.time.timestamp()
