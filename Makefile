@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK := $(PY) -m canaryflow_stack
 
-.PHONY: venv lint fmt unit test stack-up stack-down stack-status demo bench schemas clean
+.PHONY: venv lint fmt unit test stack-up stack-down stack-status demo bench chaos schemas clean
 
 # The virtualenv is rebuilt whenever a pyproject changes.
 $(VENV)/.installed: pyproject.toml contracts/pyproject.toml
@@ -65,6 +65,14 @@ BENCHES := $(sort $(wildcard bench/*.py))
 bench: venv
 	$(STACK) up
 	@set -e; for script in $(BENCHES); do echo "== $$script"; $(STACK) exec -- $(PY) $$script; done
+
+# The fault campaign (services/canaryflow/demo/chaos.py): releases under random SIGKILLs and
+# outages of NATS, the API server and Prometheus, judged from the outside; prints its table.
+# CHAOS_ARGS: e.g. `--seed 7 --runs 10 --faults 10`, or `--run-seed N` to replay one run.
+CHAOS_ARGS ?=
+chaos: venv
+	$(STACK) up
+	$(STACK) exec -- $(PY) -m canaryflow.demo.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .stack .mypy_cache .ruff_cache .pytest_cache

@@ -153,7 +153,7 @@ async def releases(services: ServiceLauncher, nats_client: NatsClient) -> AsyncI
 
 @pytest.fixture
 def shop_namespace(kube: client.ApiClient, namespace: str) -> str:
-    """The sample shop (10 pods of web:v1 behind a simulated Service) and a quick policy."""
+    """The sample shop (10 pods of web:v1 behind a Service with real users) and a quick policy."""
     shop.deploy(kube, namespace)
     shop.set_behaviour(
         kube,

@@ -1,6 +1,6 @@
 """Operating a release on the real stack: everything it changed comes back, people steer it.
 
-Given the sample shop (10 pods of web:v1 behind a Service with simulated users) and the quick
+Given the sample shop (10 pods of web:v1 behind a Service with real users) and the quick
 policy, when a release changes configuration, environment or scaling and is rolled back, then
 the old values are live again; when people pause, resume, abort, promote or set a weight, or a
 hook or a gate stands in the way, the release does what they (and only those allowed) asked.

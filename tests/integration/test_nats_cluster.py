@@ -84,14 +84,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, stack: StackEnv) -> Iterat
     settings = dataclasses.replace(base, state=state, ports=shifted, nats_nodes=NODES)
     binary = locate_binaries(settings).nats
     nodes = []
-    for number in range(1, NODES + 1):
-        client, monitor, _ = settings.nats_node_ports(number)
+    for number, client_url in enumerate(settings.nats_urls(), start=1):
+        _, monitor, _ = settings.nats_node_ports(number)
         store = state / f"store-{number}"
         conf = state / f"node-{number}.conf"
         conf.write_text(nats_config(settings, number, store))
         node = Node(
             number,
-            f"nats://{HOST}:{client}",
+            client_url,
             f"http://{HOST}:{monitor}",
             conf,
             state / f"node-{number}.log",

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -33,7 +34,7 @@ from tests.integration.release_support import (
     service_settings,
     wait_complete,
 )
-from tests.support import StackEnv, client_with_token, narrow_token
+from tests.support import StackEnv, async_wait_until, client_with_token, narrow_token
 
 from canaryflow.demo.faults import ready_pods_by_track
 from canaryflow.planner.app import build_service as build_planner
@@ -421,3 +422,26 @@ async def test_a_rollback_the_api_forbids_ends_the_release_as_failed_with_what_i
     stable = read(kube, namespace, NAME)
     assert stable is not None and stable["spec"]["replicas"] == FULL_SIZE - 1
     assert read(kube, namespace, CANARY) is not None
+
+
+async def test_forward_writes_that_land_after_a_rollback_are_undone_by_the_sweep(
+    stack: StackEnv, stream_prefix: str, kube: client.ApiClient, namespace: str
+) -> None:
+    """Found by ``make chaos``: an abort while the executor put step 0 in place; the rollback
+    found nothing yet and completed, then the executor's restore point, canary and baseline
+    landed and stayed. Here the release is already rolled back when they appear."""
+    rid = release_id()
+    settings = service_settings(stack, stream_prefix, SERVICE_NAME)
+    async with running(build_service(settings, sweep_seconds=1.0)) as service:
+        # Rolled back just now: the late writes come within the sweep's window.
+        ended = state_of(namespace, rid, ReleaseStatus.ROLLED_BACK)
+        await service.store.create(ended.model_copy(update={"updated_at": datetime.now(UTC)}))
+        template = await target_mid_release(kube, namespace, rid)  # the late writes
+
+        async def canary_gone() -> bool | None:
+            return True if read(kube, namespace, CANARY) is None else None
+
+        await async_wait_until(canary_gone, timeout=60, message="the late canary removed")
+        await wait_complete(kube, namespace, NAME, FULL_SIZE)
+
+        assert_restored(kube, namespace, template)

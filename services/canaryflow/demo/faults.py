@@ -59,8 +59,23 @@ class LogWatch:
         logs = ", ".join(str(r.log_path) for r in self.launcher.replicas_of(name))
         raise TimeoutError(
             f"no {name} replica logged {message!r} for {release_id} within {timeout:.0f}s "
-            f"(logs: {logs})"
+            f"(logs: {logs}); what every service logged about it last:\n"
+            + "\n".join(self.release_story(release_id))
         )
+
+    def release_story(self, release_id: str, last: int = 25) -> list[str]:
+        """The last lines any replica (killed ones too) logged about ``release_id``, in time
+        order: what a failure message needs when the awaited line never came."""
+        tag = f'"release_id": "{release_id}"'
+        lines = [
+            f"{path.stem}: {line}"
+            for path in sorted(self.launcher.log_dir.glob("*.log"))
+            for line in path.read_text(errors="replace").splitlines()
+            if tag in line
+        ]
+        # Every line starts with its ISO time, so the text after the file name sorts by time.
+        lines.sort(key=lambda line: line.split(": ", 1)[1])
+        return lines[-last:]
 
 
 async def kill(launcher: ServiceLauncher, replica: RunningService) -> float:

@@ -121,7 +121,13 @@ class ServiceLauncher:
                 started.append(RunningService(service, process, log_path, port, http_port))
         self.running.extend(started)
         self._write_targets()
-        self._wait_started(started, timeout)
+        try:
+            self._wait_started(started, timeout)
+        except BaseException:
+            # The caller gets no launcher to stop: replicas left running here outlived the test
+            # that failed to start them, and grew for hours on a bus that had gone away.
+            self.stop()
+            raise
         return started
 
     def replicas_of(self, name: str) -> list[RunningService]:

@@ -76,6 +76,12 @@ class ReleaseReader(Protocol):
 Publish = Callable[[str, AnalysisVerdict, str], Awaitable[None]]
 # Tries at claiming an analysis's progress before the message goes back for redelivery.
 TAKE_OVER_ATTEMPTS = 5
+# A tick whose queries took longer than this (and than the interval) met a metrics source that
+# was frozen or overloaded: its answer came late and the window it covers may have a gap (no
+# scrapes while it was stopped), so it counts as a moment the source was unavailable. Found by
+# the fault campaign (make chaos): canaries passed 4-8 s after Prometheus came back from a
+# 15 s freeze, on windows that reached back into it.
+SLOW_ANSWER_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,7 @@ class Analyst:
             for query_set in sets
         }
         extensions = saved.progress.extensions
+        blind_at = saved.progress.blind_at
         offsets = extended_offsets(hold, interval, extensions)
         tick = min(
             max(saved.progress.next_tick, first_due_tick(offsets, self._elapsed(job))),
@@ -175,6 +182,7 @@ class Analyst:
                 await self._clock.sleep(wait)
             if not await self._wanted(job):
                 return None
+            tick_started = self._clock.now()
             measurement = await measure(provider, analysis, canary, baseline, templates)
             checks = list(measurement.checks)
             errors = [measurement.provider_error] if measurement.provider_error else []
@@ -182,6 +190,18 @@ class Analyst:
                 compared, problems = await self._compare(provider, analysis, sets, histories)
                 checks += compared
                 errors += [p for p in problems if p not in errors]
+            measured_at = self._clock.now()
+            took = (measured_at - tick_started).total_seconds()
+            if errors or took > max(interval, SLOW_ANSWER_SECONDS):
+                # Unavailable, or frozen and answering only now: its data has a gap up to here.
+                blind_at = measured_at
+            if not errors and blind_at is not None:
+                since = (tick_started - blind_at).total_seconds()
+                if since < analysis.window_seconds:
+                    errors.append(
+                        f"the metrics source was unavailable {max(since, 0):.1f}s ago, within "
+                        f"the {analysis.window_seconds:g}s window the queries cover"
+                    )
             last = tick == len(offsets) - 1
             result, action, reason = verdict(
                 checks,
@@ -208,6 +228,7 @@ class Analyst:
                 readings=histories,
                 final=event if final else None,
                 updated_at=self._clock.now(),
+                blind_at=blind_at,
             )
             revision = await self._record(job, progress, revision)
             published = await self._send(job, None if final else tick, event)

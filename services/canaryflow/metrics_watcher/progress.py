@@ -52,6 +52,11 @@ class AnalysisProgress(BaseModel):
         default=None, description="The final verdict, once decided (published or about to be)."
     )
     updated_at: datetime
+    blind_at: datetime | None = Field(
+        default=None,
+        description="The last moment the provider failed to answer (or answered late): no "
+        "tick whose query window reaches back before it may pass.",
+    )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ translate; the decisions are in ``triggers`` and ``restore``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from datetime import timedelta
@@ -36,10 +37,15 @@ from canaryflow_contracts.events import (
     TargetRef,
     VerdictAction,
 )
+from canaryflow_contracts.state import ReleaseStatus
 
 SERVICE_NAME = "rollback"
 # How long stable may take to be whole again before the attempt is retried (redelivery).
 RESTORE_SECONDS = 300.0
+# How often rolled-back releases are looked at for forward writes that landed after their
+# rollback, and for how long after it ended (see ``sweep`` in ``build_service``).
+SWEEP_SECONDS = 10.0
+LATE_WRITE_WINDOW = timedelta(minutes=5)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,7 @@ def build_service(
     api: client.ApiClient | None = None,
     now: kube.Clock = kube.utc_now,
     restore_seconds: float = RESTORE_SECONDS,
+    sweep_seconds: float = SWEEP_SECONDS,
 ) -> Service:
     service = Service(settings)
     kube_api = api or kube.api_client(settings.kubeconfig)
@@ -178,6 +185,41 @@ def build_service(
         on_event.__name__ = f"on_{kind.event_name}"
         return on_event
 
+    async def sweep() -> None:
+        """Restore again what a forward write put back after a rollback had finished.
+
+        Found by the fault campaign (``make chaos``): an abort arrived while the executor was
+        putting step 0 in place; the rollback found nothing to undo yet and completed, then
+        the executor's writes landed (restore point, canary, baseline), and it stopped only
+        at its next look at the release, leaving them behind for good. No check before a
+        write closes that window (the state can change right after it), so the way back is
+        level-triggered too: each rolled-back release is looked at for a few minutes after it
+        ended, and whatever it still has on the cluster is restored like any rollback (every
+        step checks the release id, so a later release of the target is never touched).
+        """
+        while True:
+            await asyncio.sleep(sweep_seconds)
+            for versioned in await service.store.all():
+                state = versioned.state
+                if state.status is not ReleaseStatus.ROLLED_BACK:
+                    continue
+                if now() - state.updated_at > LATE_WRITE_WINDOW:
+                    continue
+                left = await restorer.leftovers(state.release_id, state.target)
+                if not left or any(item.startswith("not fully inspected") for item in left):
+                    continue
+                log.warning(
+                    "rolled-back release %s still has %s; restoring again",
+                    state.release_id,
+                    "; ".join(left),
+                    extra={"release_id": state.release_id},
+                )
+                restored = await restorer.restore(
+                    state.release_id, state.target, now() + timedelta(seconds=restore_seconds)
+                )
+                log.info("late writes undone: %s", restored.note)
+
+    service.every(sweep)
     service.subscribe(AnalysisVerdict, "verdict", handler(AnalysisVerdict))
     service.subscribe(PhaseFailed, "phase_failed", handler(PhaseFailed))
     service.subscribe(RollbackRequested, "requested", handler(RollbackRequested))

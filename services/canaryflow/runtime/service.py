@@ -185,7 +185,6 @@ class Service:
 
     async def _set_up_jetstream(self, js: JetStreamContext) -> None:
         await ensure_streams(js, self.settings.subjects, self.settings.stream_replicas)
-        await watch_exhausted(js, self.broker.connection, self.settings, self._durables)
         self._store = ReleaseStore(await js.key_value(self.settings.subjects.releases_bucket))
         for hook in self._connect_hooks:
             await hook(js)
@@ -206,6 +205,9 @@ class Service:
         await until_jetstream_answers(
             "set up streams and consumers", lambda: self._set_up_jetstream(js), STARTUP_SECONDS
         )
+        # A plain subscription, made once: inside the repeated setup, a retry after it would
+        # have made a second one (every advisory handled twice).
+        await watch_exhausted(js, self.broker.connection, self.settings, self._durables)
         # What exists by now (modules, schemas, clients) lives as long as the process: move it
         # out of the collector's sight, so each full collection scans only the objects of the
         # work in flight (it was ~100 ms over ~180k objects, and a tenth of a handler's CPU).

@@ -211,3 +211,34 @@ async def test_a_new_request_for_the_same_step_gets_verdict_ids_of_its_own() -> 
     (event_id,) = rig.published.ids
     assert event_id.startswith("rel-1.verdict.0.") and event_id.endswith(".final")
     assert event_id != f"{RUN}.final"
+
+
+async def test_no_pass_while_the_window_reaches_back_into_an_outage() -> None:
+    """Found by make chaos: passes 4-8 s after Prometheus came back, on windows (30 s here)
+    that covered the time it was down and scraped nothing."""
+    rig = Rig(FakeProvider([OFFLINE, HEALTHY]))
+    final = await rig.run(hold=40)  # ticks every 5 s from 0 to 40; down at the first
+
+    results = [v.result for v in rig.published.verdicts]
+    assert results == [VerdictResult.INSUFFICIENT_DATA] * 6 + [VerdictResult.PASS] * 3
+    assert "unavailable 5.0s ago, within the 30s window" in rig.published.verdicts[1].reason
+    assert final is not None and final.result is VerdictResult.PASS
+
+
+async def test_a_late_answer_counts_as_an_outage_of_the_metrics_source() -> None:
+    clock = FakeClock()
+
+    class Frozen(FakeProvider):
+        async def is_online(self) -> bool:
+            online = await super().is_online()
+            if self.ticks == 1:  # a frozen Prometheus answers the first tick 20 s late
+                clock.now_value += timedelta(seconds=20)
+            return online
+
+    rig = Rig(Frozen([HEALTHY]), clock=clock)
+    await rig.run(hold=60)
+
+    passed = [v for v in rig.published.verdicts if v.result is VerdictResult.PASS]
+    assert passed, [v.reason for v in rig.published.verdicts]
+    first = rig.published.verdicts[0]
+    assert first.result is VerdictResult.INSUFFICIENT_DATA, first.reason

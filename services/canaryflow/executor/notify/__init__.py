@@ -2,8 +2,9 @@
 
 The policy's ``notify`` list (recorded in the release's state) says where each target's news
 goes; ``CANARYFLOW_NOTIFY_URLS`` (comma-separated) adds receivers for every release, rejections
-included. Delivery is at least once: a receiver that fails makes the event come back, a
-bounded number of times, and then it is dead-lettered with the error like any other.
+included. A receiver that fails makes the event come back, a bounded number of times, and then
+it is dead-lettered with the error like any other; a receiver that took it is not sent it again
+by another delivery of the same event (see ``ledger``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import logging
 import os
 from typing import Any
 
+from nats.js import JetStreamContext
+
 from canaryflow.executor.notify.base import Notification, Notifier, destinations, notification_for
-from canaryflow.executor.notify.webhook import WebhookNotifier, slack_payload
+from canaryflow.executor.notify.ledger import NotificationLedger, ledger_key
+from canaryflow.executor.notify.webhook import TIMEOUT_SECONDS, WebhookNotifier, slack_payload
 from canaryflow.runtime.bus import Delivery
 from canaryflow.runtime.service import Service
 from canaryflow_contracts import Envelope, EventData
@@ -29,6 +33,9 @@ from canaryflow_contracts.events import (
 )
 
 log = logging.getLogger(__name__)
+
+# A send that has not finished by then never will: its replica died (see ``ledger``).
+LEASE_SECONDS = 3 * TIMEOUT_SECONDS
 
 NOTIFIED: tuple[tuple[type[EventData], str], ...] = (
     (ReleasePlanned, "notify-planned"),
@@ -53,6 +60,12 @@ def register(
     """Subscribe to the events people hear about and deliver each to its receivers."""
     sender = notifier or WebhookNotifier()
     everywhere = urls_from_env() if always is None else always
+    ledger = NotificationLedger(LEASE_SECONDS)
+
+    async def open_ledger(js: JetStreamContext) -> None:
+        await ledger.open(js, service.settings.subjects.releases_bucket)
+
+    service.when_connected(open_ledger)
 
     async def on_event(envelope: Envelope[Any], delivery: Delivery) -> None:
         notification = notification_for(envelope)
@@ -61,8 +74,15 @@ def register(
         versioned = await service.store.get(envelope.subject)
         targets = versioned.state.notify if versioned is not None else []
         for url in destinations(notification, targets, everywhere):
-            await sender.send(url, notification)
-            log.info("notified %s: %s", url.split("?")[0], notification.title)
+            shown = url.split("?")[0]
+
+            async def send(url: str = url) -> None:
+                await sender.send(url, notification)
+
+            if await ledger.once(ledger_key(envelope.id, url), send):
+                log.info("notified %s: %s", shown, notification.title)
+            else:
+                log.info("already notified %s: %s", shown, notification.title)
 
     for event, name in NOTIFIED:
         service.subscribe(event, name, on_event)
