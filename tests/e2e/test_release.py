@@ -1,7 +1,7 @@
 """A release from request to outcome, on the real stack, one scenario each.
 
 Given the sample shop (10 pods of web:v1 behind a Service with real users) and a quick
-policy (10 % → 30 % → 50 %, a few seconds each, error rate ≤ 5 %, p99 ≤ 0.5 s),
+policy (10 % → 30 % → 50 %, a few seconds each, error rate ≤ 5 %, p99 ≤ 1 s),
 when a system publishes a release request on NATS, then canaryflow takes it to its outcome.
 """
 

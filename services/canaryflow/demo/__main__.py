@@ -183,7 +183,7 @@ async def _run(endpoints: StackEndpoints, gateway_url: str, keep_namespace: bool
         },
     )
     shop.apply_policy(api, namespace, shop.quick_policy())
-    print("   policy: 10% -> 30% -> 50%, 8 s each; error rate <= 5%, p99 <= 0.5 s")
+    print("   policy: 10% -> 30% -> 50%, 8 s each; error rate <= 5%, p99 <= 1 s")
     _wait_for_pods(api, namespace, "web", 60)
 
     _say("starting planner, executor, metrics-watcher and rollback (one process each)")

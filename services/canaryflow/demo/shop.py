@@ -143,7 +143,7 @@ def quick_policy(
     hold_seconds: float = 8,
     pod_ready_seconds: float = 30,
     max_error_rate: float = 0.05,
-    max_p99_seconds: float = 0.5,
+    max_p99_seconds: float = 1.0,
     min_requests: int = 20,
     compare: bool = True,
     business: list[dict[str, Any]] | None = None,
@@ -153,6 +153,11 @@ def quick_policy(
 
     Besides the absolute guards, the canary is compared with the live baseline (errors and
     the whole latency distribution, by the sequential test) unless ``compare`` is off.
+
+    The p99 guard (1 s) is for a broken version: the shop's versions answer in 0.12 s at p99,
+    but one process serves every pod, and on a loaded 2-core machine (load ~24) a good
+    version measured 0.585 s. Latency against the baseline, served by the same process, is
+    the comparison's to judge.
     """
     comparisons = [
         {"name": "errors", "template": "errors"},
