@@ -48,6 +48,7 @@ from canaryflow_contracts.events import (
 )
 from tests.e2e.conftest import Releases
 from tests.support import StackEnv, async_wait_until
+from tests.support.wait import WaitTimeout
 
 pytestmark = [pytest.mark.stack, pytest.mark.usefixtures("local_cluster")]
 
@@ -139,10 +140,17 @@ async def _serving(url: str, host: str, version: str = "v1") -> None:
     """Wait until the gateway sends every new request for ``host`` to ``version`` (before the
     release: it answers 404 until it has loaded the route)."""
 
-    async def only() -> bool | None:
-        return True if await _fresh(url, host, 20) == {version: 20} else None
+    seen: list[Counter[str]] = []
 
-    await async_wait_until(only, timeout=20, message=f"the gateway to route {host} to {version}")
+    async def only() -> bool | None:
+        seen.append(await _fresh(url, host, 20))
+        return True if seen[-1] == {version: 20} else None
+
+    try:
+        await async_wait_until(only, timeout=60, message=f"the gateway to route {host}")
+    except WaitTimeout as error:
+        last = seen[-1] if seen else None
+        raise WaitTimeout(f"{error}; 20 new users got {last}, not only {version}") from None
 
 
 @asynccontextmanager
@@ -319,9 +327,10 @@ async def test_traefik_release_splits_new_sessions_keeps_users_sticky_and_serves
     assert not late, f"the test's visits ran past their step's end by {late} s: hold longer"
     counted = {w.weight: _new_sessions(arriving.responses, w) for w in windows}
     shares = {weight: seen["v2"] / max(seen.total(), 1) for weight, seen in counted.items()}
-    promoting = next(e for e in events if isinstance(e.data, RequestPromotion))
+    promoting_at = next(e for e in events if isinstance(e.data, RequestPromotion)).time.timestamp()
     moved = sum(len(set(versions)) > 1 for versions in zip(*visits, strict=True))
-    mixed = _mixed(browsing.responses + arriving.responses, until=promoting.time.timestamp())
+    # Session numbers are per crowd: each crowd's sessions are checked on their own.
+    mixed = [r for crowd in (browsing, arriving) for r in _mixed(crowd.responses, promoting_at)]
     vanished = _vanished(browsing.responses + arriving.responses)
     print(
         f"shares of new sessions by weight: { {w: round(s, 4) for w, s in shares.items()} } "

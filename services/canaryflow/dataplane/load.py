@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 
 from canaryflow.dataplane import process
 from canaryflow.dataplane.users import Behaviour, Tally, Users
+from canaryflow.runtime.traffic.services import SERVICE_NAME_LABEL, endpoint_ready
 
 log = logging.getLogger("canaryflow.dataplane.load")
 
@@ -43,7 +44,6 @@ DEFAULT_RATE = 5.0
 MAX_RATE = 500.0
 MAX_ACTIVE = 400
 """Users in flight per Service at most: a slow version must not make the machine swap."""
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
 @dataclass(frozen=True)
@@ -87,19 +87,15 @@ def wanted(service: Any) -> tuple[Wanted, list[str]]:
 
 
 def ready_endpoints(slices: Iterable[Any]) -> list[str]:
-    """``http://address:port`` of every ready endpoint in a Service's EndpointSlices.
-
-    Ready as kube-proxy reads it: ``conditions.ready`` true, or unset (the API says unset
-    means ready); a terminating endpoint is not ready.
-    """
+    """``http://address:port`` of every ready endpoint (``endpoint_ready``) in a Service's
+    EndpointSlices."""
     found: set[str] = set()
     for endpoint_slice in slices:
         ports = [p.port for p in (endpoint_slice.ports or []) if p.port and p.protocol == "TCP"]
         if not ports:
             continue
         for endpoint in endpoint_slice.endpoints or []:
-            conditions = endpoint.conditions
-            if conditions is not None and conditions.ready is False:
+            if not endpoint_ready(endpoint):
                 continue
             for address in endpoint.addresses or []:
                 found.add(f"http://{address}:{ports[0]}")

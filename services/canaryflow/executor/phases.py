@@ -188,7 +188,10 @@ class PhaseRunner:
             return waited
         if not await self.cluster.scale_stable(target, release_id, plan.stable):
             return Superseded("stable no longer carries this release's restore point")
-        await router.set_routes(target, command.step.weight)
+        try:
+            await router.set_routes(target, command.step.weight)
+        except LookupError as error:  # e.g. the canary's Service never got an endpoint
+            return Failed(str(error))
         waited = await self._wait(
             command,
             f"step {command.step.index} ({plan.canary} canary / {plan.baseline} baseline / "

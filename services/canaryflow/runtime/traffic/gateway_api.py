@@ -22,17 +22,12 @@ from typing import Any
 
 from kubernetes import client
 
-from canaryflow.runtime.traffic.services import (
-    delete_track_services,
-    ensure_track_services,
-    track_service_name,
-)
+from canaryflow.runtime.traffic.services import delete_track_services, track_service_name
 from canaryflow.runtime.traffic.weighted import WeightedRouter
 from canaryflow_contracts.events import TargetRef
 from canaryflow_contracts.policy import RouteMatch, Traffic
 
 GROUP, VERSION, PLURAL = "gateway.networking.k8s.io", "v1", "httproutes"
-TRACKS = ("stable", "canary")
 ORIGINAL = "canaryflow.io/original-rules"
 PORT = "canaryflow.io/backend-port"
 NO_STICKY = (
@@ -100,17 +95,18 @@ class GatewayApiRouter(WeightedRouter):
             raise ValueError(NO_STICKY)
         super().__init__(api, traffic, service)
 
-    async def reconcile(self, target: TargetRef) -> None:
-        await asyncio.to_thread(self._reconcile, target)
-
-    def _reconcile(self, target: TargetRef) -> None:
-        route = self._read(target)
-        if route is None:
+    def _check(self, target: TargetRef) -> None:
+        if self._read(target) is None:
             raise LookupError(
                 f"HTTPRoute {target.key()} not found: the gateway-api router routes through "
                 "the HTTPRoute named like the target"
             )
-        port = ensure_track_services(self.api, target, self._service or target.name, TRACKS)
+
+    def _take_over(self, target: TargetRef, port: int) -> None:
+        route = self._read(target)
+        if route is None:
+            self._check(target)
+            return
         annotations = route["metadata"].setdefault("annotations", {})
         if ORIGINAL in annotations:
             return
@@ -119,9 +115,6 @@ class GatewayApiRouter(WeightedRouter):
         annotations[PORT] = str(port)
         route["spec"]["rules"] = split_rules(original, target, port, 0, self._traffic.match)
         self._replace(target, route)
-
-    async def set_routes(self, target: TargetRef, canary_weight_percent: int) -> None:
-        await asyncio.to_thread(self._write, target, canary_weight_percent)
 
     def _write(self, target: TargetRef, canary_weight_percent: int) -> None:
         route = self._read(target)
@@ -155,4 +148,4 @@ class GatewayApiRouter(WeightedRouter):
             route["spec"]["rules"] = json.loads(annotations.pop(ORIGINAL))
             annotations.pop(PORT, None)
             self._replace(target, route)
-        delete_track_services(self.api, target, TRACKS)
+        delete_track_services(self.api, target, self.tracks)

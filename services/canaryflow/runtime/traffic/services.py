@@ -10,15 +10,21 @@ to a Service with no endpoints.
 
 from __future__ import annotations
 
+import asyncio
+from datetime import timedelta
 from typing import Any
 
 from kubernetes import client
 
-from canaryflow.runtime.kube import TRACK_LABEL, read_target
+from canaryflow.runtime.kube import TRACK_LABEL, poll_until, read_target, utc_now
 from canaryflow_contracts.events import TargetRef
 
 MANAGED_BY = "canaryflow.io/routing-for"
 """Label on every object a router made for a target, so that removal finds only those."""
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+"""The label an EndpointSlice names its Service by."""
+REACHABLE_SECONDS = 30.0
+"""How long a track's Ready pods may take to show up as ready endpoints of its Service."""
 
 
 def track_service_name(target: TargetRef, track: str) -> str:
@@ -92,6 +98,40 @@ def ensure_track_services(
                 ) from error
             core.patch_namespaced_service(body.metadata.name, target.namespace, body)
     return int(own.spec.ports[0].port)
+
+
+def endpoint_ready(endpoint: Any) -> bool:
+    """Ready as kube-proxy and gateways read an EndpointSlice's endpoint: ``conditions.ready``
+    true, or unset (the API says unset means ready); a terminating endpoint is not ready."""
+    conditions = endpoint.conditions
+    return conditions is None or conditions.ready is not False
+
+
+def ready_endpoints(api: client.ApiClient, namespace: str, service: str) -> int:
+    """How many ready endpoints the Service's EndpointSlices list."""
+    slices = client.DiscoveryV1Api(api).list_namespaced_endpoint_slice(
+        namespace, label_selector=f"{SERVICE_NAME_LABEL}={service}"
+    )
+    return sum(endpoint_ready(e) for s in slices.items for e in s.endpoints or [])
+
+
+async def reachable(api: client.ApiClient, target: TargetRef, track: str) -> None:
+    """Wait until the track's Service lists a ready endpoint, the moment a gateway can send it
+    users: the EndpointSlice controller adds a pod some time after it is Ready (seconds on a
+    loaded machine), and a weight written before answers 503 to every user sent there.
+    LookupError after ``REACHABLE_SECONDS``."""
+    name = track_service_name(target, track)
+
+    async def count() -> int:
+        return await asyncio.to_thread(ready_endpoints, api, target.namespace, name)
+
+    deadline = utc_now() + timedelta(seconds=REACHABLE_SECONDS)
+    _, ok = await poll_until(count, lambda n: n > 0, deadline=deadline)
+    if not ok:
+        raise LookupError(
+            f"Service {target.namespace}/{name} has no ready endpoint after "
+            f"{REACHABLE_SECONDS:g} s: the gateway could not send its users anywhere"
+        )
 
 
 def delete_track_services(

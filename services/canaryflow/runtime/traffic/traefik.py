@@ -37,7 +37,6 @@ from kubernetes import client
 from canaryflow.runtime.traffic.services import (
     MANAGED_BY,
     delete_track_services,
-    ensure_track_services,
     track_service_name,
 )
 from canaryflow.runtime.traffic.weighted import WeightedRouter
@@ -46,7 +45,6 @@ from canaryflow_contracts.policy import HeaderMatch, RouteMatch, Sticky
 
 GROUP, VERSION = "traefik.io", "v1alpha1"
 PLURAL, ROUTES = "traefikservices", "ingressroutes"
-TRACKS = ("stable", "canary")
 ORIGINAL = "canaryflow.io/original-spec"
 """Annotation with the TraefikService's spec from before the release ("" when we made it)."""
 MATCH_PRIORITY = 1_000_000
@@ -165,13 +163,8 @@ class TraefikRouter(WeightedRouter):
     name = "traefik"
     group, version, plural = GROUP, VERSION, PLURAL
 
-    async def reconcile(self, target: TargetRef) -> None:
-        await asyncio.to_thread(self._reconcile, target)
-
-    def _reconcile(self, target: TargetRef) -> None:
+    def _take_over(self, target: TargetRef, port: int) -> None:
         custom = self._custom()
-        assert self._api is not None
-        port = ensure_track_services(self._api, target, self._service or target.name, TRACKS)
         spec = split_spec(target, port, self._traffic.sticky)
         current = self._read(target)
         if current is None:
@@ -194,14 +187,14 @@ class TraefikRouter(WeightedRouter):
             current["spec"] = spec
             self._replace(target, current)
 
-    async def set_routes(self, target: TargetRef, canary_weight_percent: int) -> None:
-        await asyncio.to_thread(self._write, target, weights(target, canary_weight_percent))
+    def _write(self, target: TargetRef, canary_weight_percent: int) -> None:
+        self._weigh(target, weights(target, canary_weight_percent))
         if canary_weight_percent > 0:
-            await asyncio.to_thread(self._ensure_match_route, target)
+            self._ensure_match_route(target)
         else:
-            await asyncio.to_thread(self._delete_match_route, target)
+            self._delete_match_route(target)
 
-    def _write(self, target: TargetRef, wanted: dict[str, int]) -> None:
+    def _weigh(self, target: TargetRef, wanted: dict[str, int]) -> None:
         current = self._read(target)
         if current is None:
             raise LookupError(
@@ -278,4 +271,4 @@ class TraefikRouter(WeightedRouter):
             # a missing TraefikService answers 404.
             current["spec"] = json.loads(original) if original else self._neutral(target)
             self._replace(target, current)
-        delete_track_services(self.api, target, TRACKS)
+        delete_track_services(self.api, target, self.tracks)
