@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from canaryflow.runtime.kube import TRACK_LABEL, DeploymentReadiness
-from canaryflow.runtime.traffic import CannotSplit, ReplicaPlan, router_for
+from canaryflow.runtime.traffic import CannotSplit, ReplicaPlan, router_for, weighted
 from canaryflow.runtime.traffic.gateway_api import split_rules
 from canaryflow.runtime.traffic.replica_ratio import ReplicaRatioRouter, ready_share
 from canaryflow.runtime.traffic.services import stable_selector, track_service_body
@@ -239,3 +239,46 @@ def test_per_track_services_select_the_targets_pods_by_track() -> None:
     unlabelled = {"spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {}}}
     with pytest.raises(LookupError, match=r"do not carry the label canaryflow\.io/track: stable"):
         stable_selector(unlabelled, target)
+
+
+def test_a_weighted_router_gives_a_track_traffic_only_once_its_service_is_reachable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stable before the take-over, the canary before a positive weight; weight 0 (finalize,
+    the rollback's first write) waits for nothing."""
+    calls: list[str] = []
+
+    async def reachable(api: object, target: TargetRef, track: str) -> None:
+        calls.append(f"reachable {track}")
+
+    def services(*_: object) -> int:
+        calls.append("services")
+        return 80
+
+    monkeypatch.setattr(weighted, "reachable", reachable)
+    monkeypatch.setattr(weighted, "ensure_track_services", services)
+
+    class Recording(weighted.WeightedRouter):
+        def _take_over(self, target: TargetRef, port: int) -> None:
+            calls.append(f"take over on {port}")
+
+        def _write(self, target: TargetRef, canary_weight_percent: int) -> None:
+            calls.append(f"weight {canary_weight_percent}")
+
+    router = Recording(object(), Traffic(router="traefik"))
+    target = TargetRef(namespace="shop", name="web")
+
+    async def release() -> None:
+        await router.reconcile(target)
+        await router.set_routes(target, 10)
+        await router.set_routes(target, 0)
+
+    asyncio.run(release())
+    assert calls == [
+        "services",
+        "reachable stable",
+        "take over on 80",
+        "reachable canary",
+        "weight 10",
+        "weight 0",
+    ]
