@@ -60,12 +60,15 @@ BEHAVIOURS = {
 }
 COOKIE = "shop_v"
 CANARY_HEADER = {"X-Canary": "always"}
-SESSIONS_PER_STEP = 700
-"""New sessions measured at each step at least: 2,100 over 10/30/50 %."""
+SESSIONS = 2000
+"""New sessions measured over the steps at least (the issue's 2,000)."""
+SESSIONS_PER_STEP = 400
+"""And at each step: Traefik's weighted round robin is deterministic, so a few hundred tell a
+share to within a point; this process's users arrive at 20-50 a second on a loaded machine."""
 SPLIT_HOLD_SECONDS = 25
-"""Long enough for 700 new sessions a step inside its window on a loaded 2-core machine,
-where the users of this process arrive at 30-50 a second rather than 100 (508 in a 15 s hold
-at a load average of 12)."""
+"""Long enough for 400 new sessions a step inside its window on a loaded 2-core machine,
+where the users of this process arrive at 20-50 a second rather than 100 (485 in a 25 s
+step at a load average of 14)."""
 STEP_HOLD_SECONDS = 15
 GATEWAY_SETTLE_SECONDS = 2.0
 """Requests sent this soon after a step was reached are left out of its measurement: the
@@ -342,9 +345,10 @@ async def test_traefik_release_splits_new_sessions_keeps_users_sticky_and_serves
         f"{moved} of {len(returning)}; header-matched: {dict(matched)}; browsing and "
         f"arriving: {browsing.tally.total_sessions + arriving.tally.total_sessions} sessions, "
         f"{len(browsing.responses) + len(arriving.responses)} requests, "
-        f"{len({r.session for r in mixed})} saw two versions before promotion, "
-        f"{len(vanished)} unanswered"
+        f"{len({r.session for r in mixed})} saw two versions before promotion "
+        f"{_when(mixed, events)}, {len(vanished)} unanswered"
     )
+    assert sum(seen.total() for seen in counted.values()) >= SESSIONS, counted
     for window in windows:
         seen = counted[window.weight]
         assert seen.total() >= SESSIONS_PER_STEP, f"{seen.total()} new sessions at {window}"
