@@ -230,6 +230,16 @@ async def _served(users: Users, version: str) -> None:
     await async_wait_until(answered, timeout=30, message=f"users to reach {version}")
 
 
+@asynccontextmanager
+async def _crowds(url: str, host: str, seed: int) -> AsyncIterator[tuple[Users, Users]]:
+    """Browsing users and new sessions arriving, for as long as the block runs."""
+    async with (
+        _crowd(url, host, BROWSING, seed) as browsing,
+        _crowd(url, host, ARRIVING, seed + 10) as arriving,
+    ):
+        yield browsing, arriving
+
+
 def _mixed(responses: list[Response], until: float) -> list[Response]:
     """The responses of sessions that got two versions from requests sent before ``until``."""
     versions: dict[int, set[str]] = {}
@@ -308,10 +318,7 @@ async def test_traefik_release_splits_new_sessions_keeps_users_sticky_and_serves
     matched: Counter[str] = Counter()
     checked: list[float] = []
     try:
-        async with (
-            _crowd(url, host, BROWSING, seed=1) as browsing,
-            _crowd(url, host, ARRIVING, seed=11) as arriving,
-        ):
+        async with _crowds(url, host, seed=1) as (browsing, arriving):
             for index in range(3):
                 await releases.events(
                     release_id, until=(PhaseReached,), timeout=90, stop=_at_step(index)
@@ -436,10 +443,7 @@ async def test_a_one_pod_target_is_canaried_at_5_percent_by_traefik(
     )
 
     # Users keep arriving and browsing throughout: the analysis judges the canary on its 5 %.
-    async with (
-        _crowd(url, host, BROWSING, seed=3) as browsing,
-        _crowd(url, host, ARRIVING, seed=13) as arriving,
-    ):
+    async with _crowds(url, host, seed=3) as (browsing, arriving):
         events = await releases.events(release_id, timeout=120)
 
     assert isinstance(events[-1].data, ReleaseSucceeded), [e.type for e in events]
@@ -485,10 +489,7 @@ async def test_the_replica_ratio_releases_and_rolls_back_with_real_requests(
         hold_seconds=10,
     )
 
-    async with (
-        _crowd(url, host, BROWSING, seed=4) as browsing,
-        _crowd(url, host, ARRIVING, seed=14) as arriving,
-    ):
+    async with _crowds(url, host, seed=4) as (browsing, arriving):
         events = await releases.events(release_id, timeout=120)
         await async_wait_until(
             lambda: _no_canary_pods(kube, namespace), timeout=30, message="the canary to go"
