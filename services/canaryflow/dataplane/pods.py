@@ -283,10 +283,15 @@ class PodServer:
         self.synced = True
 
     async def serve_now(self, pod: Any) -> None:
-        """Bind a pod a watch event shows Ready, before the next list."""
+        """Bind a pod a watch event shows Ready, before the next list, once its namespace's
+        behaviours are read: a pod answers as its version is configured from its first
+        request (bound from the event alone, a pod of a version failing every request
+        answered 200 until the next list)."""
         served = served_pod(pod)
-        if served is not None:
-            await self.apply(handover(self.served, served))
+        if served is None or served.uid in self.served:
+            return
+        await self._read_behaviours(served.namespace)
+        await self.apply(handover(self.served, served))
 
     async def _read_behaviours(self, namespace: str) -> None:
         try:
