@@ -228,6 +228,9 @@ class Behaviours:
     def get(self, namespace: str, version: str) -> Behaviour:
         return self._by_namespace.get(namespace, {}).get(version, DEFAULT_BEHAVIOUR)
 
+    def knows(self, namespace: str) -> bool:
+        return namespace in self._by_namespace
+
     def replace(self, namespace: str, behaviours: dict[str, Behaviour]) -> None:
         self._by_namespace[namespace] = behaviours
 
@@ -283,14 +286,15 @@ class PodServer:
         self.synced = True
 
     async def serve_now(self, pod: Any) -> None:
-        """Bind a pod a watch event shows Ready, before the next list, once its namespace's
-        behaviours are read: a pod answers as its version is configured from its first
-        request (bound from the event alone, a pod of a version failing every request
-        answered 200 until the next list)."""
+        """Bind a pod a watch event shows Ready, before the next list. The first pod of a
+        namespace waits for its behaviours to be read (bound from the event alone, a pod of a
+        version failing every request answered 200 until the next list); later ones do not
+        (a read before each bind answered 502 at canary scale-ups)."""
         served = served_pod(pod)
         if served is None or served.uid in self.served:
             return
-        await self._read_behaviours(served.namespace)
+        if not self.behaviours.knows(served.namespace):
+            await self._read_behaviours(served.namespace)
         await self.apply(handover(self.served, served))
 
     async def _read_behaviours(self, namespace: str) -> None:
