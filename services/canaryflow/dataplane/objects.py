@@ -17,6 +17,13 @@ from canaryflow.dataplane.load import PAGES_ANNOTATION, RATE_ANNOTATION, USERS_L
 from canaryflow.runtime.behaviour import CONFIGMAP_NAME
 from canaryflow.runtime.kube import TRACK_LABEL
 
+SERVING_GATE = "canaryflow.io/serving"
+"""The readiness gate of a pod that is Ready only once its listener answers. KWOK leaves such
+a pod not Ready (deploy/kwok/stages.yaml); the pods server (pods.py) binds its listener, then
+sets the gate and Ready, as a kubelet would once a readiness probe passes. Without it KWOK
+marked the pod Ready on its address alone and the gateway routed to it before anything
+listened: 502s at canary scale-ups (test_traffic)."""
+
 APP_PORT = 8080
 SERVICE_PORT = 80
 TRAEFIK_GROUP, TRAEFIK_VERSION = "traefik.io", "v1alpha1"
@@ -35,13 +42,14 @@ def shop_deployment(name: str, app: str, version: str, replicas: int, track: str
                     labels=dict(labels), annotations={"prometheus.io/scrape": "true"}
                 ),
                 spec=client.V1PodSpec(
+                    readiness_gates=[client.V1PodReadinessGate(condition_type=SERVING_GATE)],
                     containers=[
                         client.V1Container(
                             name="app",
                             image=f"{IMAGE}:{version}",
                             ports=[client.V1ContainerPort(container_port=APP_PORT, name="http")],
                         )
-                    ]
+                    ],
                 ),
             ),
         ),

@@ -30,6 +30,13 @@ gateway's reload to leave (up to a second on two busy cores): closing the listen
 answered 502 to users at every scale-down. A real pod keeps serving while it terminates (a
 preStop sleep, the grace period), so a pod that leaves keeps its listener for ``--grace``
 seconds (``due``), unless a new pod needs its address.
+
+Why a readiness gate: binding from the watch event still raced the gateway, since KWOK had
+already made the pod Ready and its endpoint was on its way (502s just after a canary
+scale-up, test_traffic). A pod whose template has the readiness gate ``SERVING_GATE`` (the
+shop's do) is left not Ready by KWOK; this server binds its listener, then sets the gate and
+Ready (``_mark_serving``), as a kubelet does once a readiness probe passes: its endpoint, and
+the gateway's route to it, come only once it answers.
 """
 
 from __future__ import annotations
@@ -44,12 +51,14 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from canaryflow.dataplane import process
+from canaryflow.dataplane.objects import SERVING_GATE
 from canaryflow.dataplane.shop import PodIdentity, Shop
 from canaryflow.runtime.behaviour import (
     CONFIGMAP_NAME,
@@ -64,7 +73,8 @@ log = logging.getLogger("canaryflow.dataplane.pods")
 
 @dataclass(frozen=True)
 class ServedPod:
-    """A Ready pod with an address and ports: what gets a listener."""
+    """A Ready pod with an address and ports (or one waiting for this server to answer before
+    it is Ready, ``gated``): what gets a listener."""
 
     uid: str
     namespace: str
@@ -72,19 +82,41 @@ class ServedPod:
     ip: str
     ports: tuple[int, ...]
     version: str
+    gated: bool = False
+
+
+def _condition(pod: Any, kind: str) -> bool:
+    conditions = (pod.status.conditions if pod.status is not None else None) or []
+    return any(c.type == kind and c.status == "True" for c in conditions)
 
 
 def is_ready(pod: Any) -> bool:
     """Ready condition True and not terminating: what puts a pod in its Service's endpoints."""
     if pod.metadata is None or pod.metadata.deletion_timestamp is not None:
         return False
-    conditions = (pod.status.conditions if pod.status is not None else None) or []
-    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+    return _condition(pod, "Ready")
+
+
+def awaits_serving(pod: Any) -> bool:
+    """Its containers are ready (a ``-never-ready`` pod's are not), it is not terminating,
+    and its ``SERVING_GATE`` is not yet True: Ready once it answers."""
+    if pod.metadata is None or pod.metadata.deletion_timestamp is not None or pod.spec is None:
+        return False
+    gates = {g.condition_type for g in (getattr(pod.spec, "readiness_gates", None) or [])}
+    return (
+        SERVING_GATE in gates
+        and _condition(pod, "ContainersReady")
+        and not _condition(pod, SERVING_GATE)
+    )
 
 
 def served_pod(pod: Any) -> ServedPod | None:
-    """The pod as served, or None when it gets no listener (not Ready, no address, no port)."""
-    if not is_ready(pod) or pod.status is None or not pod.status.pod_ip or pod.spec is None:
+    """The pod as served, or None when it gets no listener (not Ready nor awaiting its
+    listener, no address, no port)."""
+    gated = awaits_serving(pod)
+    if not (gated or is_ready(pod)):
+        return None
+    if pod.status is None or not pod.status.pod_ip or pod.spec is None:
         return None
     containers = pod.spec.containers or []
     ports = sorted(
@@ -105,7 +137,21 @@ def served_pod(pod: Any) -> ServedPod | None:
         ip=pod.status.pod_ip,
         ports=tuple(ports),
         version=version_of(image),
+        gated=gated,
     )
+
+
+def serving_status(now: str) -> dict[str, Any]:
+    """The status patch that makes a gated pod Ready once its listener answers (conditions
+    merge by type)."""
+    return {
+        "status": {
+            "conditions": [
+                {"type": kind, "status": "True", "lastTransitionTime": now}
+                for kind in (SERVING_GATE, "Ready")
+            ]
+        }
+    }
 
 
 _NOT_A_NAME = re.compile(r"[^a-zA-Z0-9_]")
@@ -254,6 +300,8 @@ class PodServer:
         self.behaviours = Behaviours()
         self.served: dict[str, ServedPod] = {}
         self._runners: dict[str, web.AppRunner] = {}
+        self._marking: set[str] = set()
+        """Gated pods whose Ready is being written now."""
         self.registry = CollectorRegistry()
         self.pods_gauge = Gauge(
             "dataplane_served_pods", "Pods answering HTTP now.", registry=self.registry
@@ -283,6 +331,10 @@ class PodServer:
         now = time.monotonic()
         self._left_at = {uid: self._left_at.get(uid, now) for uid in step.stop}
         await self.apply(due(step, self.served, self._left_at, now, self._grace_s))
+        # A gated pod served already whose Ready could not be written: written again.
+        for pod in desired:
+            if pod.gated and pod.uid in self.served and pod not in step.start:
+                await self._mark_serving(pod)
         self.synced = True
 
     async def serve_now(self, pod: Any) -> None:
@@ -291,7 +343,11 @@ class PodServer:
         version failing every request answered 200 until the next list); later ones do not
         (a read before each bind answered 502 at canary scale-ups)."""
         served = served_pod(pod)
-        if served is None or served.uid in self.served:
+        if served is None:
+            return
+        if served.uid in self.served:
+            if served.gated and served.uid not in self._marking:
+                await self._mark_serving(served)  # its Ready write failed, or came late
             return
         if not self.behaviours.knows(served.namespace):
             await self._read_behaviours(served.namespace)
@@ -362,6 +418,27 @@ class PodServer:
             pod.ip,
             ",".join(map(str, pod.ports)),
         )
+        if pod.gated:
+            await self._mark_serving(pod)
+
+    async def _mark_serving(self, pod: ServedPod) -> None:
+        """The pod answers: make it Ready (its gate, then Ready), so that its endpoint, and
+        the gateway's route to it, come only now. A failure is retried at the next list."""
+        self._marking.add(pod.uid)
+        try:
+            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            await asyncio.to_thread(
+                self._core.patch_namespaced_pod_status,
+                pod.name,
+                pod.namespace,
+                serving_status(now),
+                _request_timeout=self._timeout_s,
+            )
+        except Exception as exc:
+            if getattr(exc, "status", None) != 404:  # a pod already gone needs nothing
+                log.warning("marking %s/%s Ready failed: %r", pod.namespace, pod.name, exc)
+        finally:
+            self._marking.discard(pod.uid)
 
     async def close(self) -> None:
         await self.apply(Plan(stop=tuple(self.served), start=()))

@@ -19,7 +19,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from canaryflow.dataplane.objects import APP_PORT, users_service
+from canaryflow.dataplane.objects import APP_PORT, SERVING_GATE, users_service
 from canaryflow.runtime.behaviour import CONFIGMAP_NAME
 from canaryflow_contracts import generate, policy
 
@@ -89,6 +89,8 @@ def deploy(
                     labels=labels, annotations={"prometheus.io/scrape": "true"}
                 ),
                 spec=client.V1PodSpec(
+                    # Ready once the data plane answers on the pod's address (pods.py).
+                    readiness_gates=[client.V1PodReadinessGate(condition_type=SERVING_GATE)],
                     containers=[
                         client.V1Container(
                             name=name,
@@ -96,7 +98,7 @@ def deploy(
                             env=[client.V1EnvVar(name="CHECKOUT_LAYOUT", value="classic")],
                             ports=[client.V1ContainerPort(container_port=APP_PORT, name="http")],
                         )
-                    ]
+                    ],
                 ),
             ),
         ),

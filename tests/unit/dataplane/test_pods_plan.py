@@ -5,7 +5,17 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from canaryflow.dataplane.pods import Plan, ServedPod, due, handover, plan, sd_targets, served_pod
+from canaryflow.dataplane.objects import SERVING_GATE
+from canaryflow.dataplane.pods import (
+    Plan,
+    ServedPod,
+    due,
+    handover,
+    plan,
+    sd_targets,
+    served_pod,
+    serving_status,
+)
 
 
 def _pod(
@@ -16,7 +26,10 @@ def _pod(
     ports: tuple[int, ...] = (8080,),
     deleting: bool = False,
     image: str = "registry.local/shop/web:v2",
+    gated: bool = False,
+    conditions: dict[str, bool] | None = None,
 ) -> Any:
+    status = {"Ready": ready, **(conditions or {})}
     return SimpleNamespace(
         metadata=SimpleNamespace(
             uid=uid, name=f"web-{uid}", namespace="shop",
@@ -34,11 +47,15 @@ def _pod(
                         for p in ports
                     ],
                 )
-            ]
+            ],
+            readiness_gates=[SimpleNamespace(condition_type=SERVING_GATE)] if gated else None,
         ),
         status=SimpleNamespace(
             pod_ip=ip,
-            conditions=[SimpleNamespace(type="Ready", status="True" if ready else "False")],
+            conditions=[
+                SimpleNamespace(type=kind, status="True" if true else "False")
+                for kind, true in status.items()
+            ],
         ),
     )  # fmt: skip
 
@@ -58,6 +75,26 @@ def test_pods_not_ready_terminating_without_address_or_port_get_no_listener() ->
     assert served_pod(_pod(deleting=True)) is None
     assert served_pod(_pod(ip=None)) is None
     assert served_pod(_pod(ports=())) is None
+
+
+def test_a_gated_pod_gets_its_listener_before_it_is_ready_and_is_then_made_ready() -> None:
+    # KWOK leaves a pod with the serving gate not Ready (its containers are): the listener
+    # comes first, Ready (and so the endpoint, and the gateway's route) only after it.
+    waiting = _pod(ready=False, gated=True, conditions={"ContainersReady": True})
+    assert served_pod(waiting) == ServedPod(
+        "u1", "shop", "web-u1", "10.244.1.5", (8080,), "v2", gated=True
+    )
+    patch = serving_status("2026-12-06T00:00:00Z")["status"]["conditions"]
+    assert {(c["type"], c["status"]) for c in patch} == {(SERVING_GATE, "True"), ("Ready", "True")}
+    done = _pod(gated=True, conditions={"ContainersReady": True, SERVING_GATE: True})
+    assert served_pod(done) == ServedPod("u1", "shop", "web-u1", "10.244.1.5", (8080,), "v2")
+
+
+def test_a_gated_pod_whose_containers_never_get_ready_or_that_terminates_gets_no_listener() -> None:
+    never = _pod(ready=False, gated=True, conditions={"ContainersReady": False})
+    assert served_pod(never) is None
+    leaving = _pod(ready=False, gated=True, deleting=True, conditions={"ContainersReady": True})
+    assert served_pod(leaving) is None
 
 
 def test_a_new_uid_on_a_reused_address_starts_after_the_old_uid_stops() -> None:
