@@ -1,0 +1,90 @@
+"""Checks an event the way a system outside canaryflow would: with standard tools only.
+
+Why: the contract is true when other people's tools agree with it, not ours. Each event (as
+JSON, the bytes the bus carries) is checked against the published files in the contracts
+package, never against schemas regenerated in memory:
+- its JSON Schema, with the ``jsonschema`` validator the schema's ``$schema`` names;
+- its AsyncAPI message payload, with the official ``@asyncapi/parser`` (npm), run through node
+  by ``tools/asyncapi/check.mjs`` (installed by ``make venv``);
+- the CloudEvents Python SDK, which must read it and write it back unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from cloudevents.core.formats.json import JSONFormat
+
+import canaryflow_contracts
+
+CONTRACTS_DIR = Path(canaryflow_contracts.__file__).parent
+ASYNCAPI_PATH = CONTRACTS_DIR / "asyncapi.json"
+SCHEMAS_DIR = CONTRACTS_DIR / "schemas"
+REPO_DIR = Path(__file__).resolve().parents[2]
+ASYNCAPI_CHECK = REPO_DIR / "tools" / "asyncapi" / "check.mjs"
+
+
+@cache
+def published_schema(event_type: str) -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads((SCHEMAS_DIR / f"{event_type}.json").read_text())
+    return schema
+
+
+def schema_errors(event: dict[str, Any]) -> list[str]:
+    """What the event's published JSON Schema says is wrong with it (nothing: valid)."""
+    schema = published_schema(event["type"])
+    validator_class = jsonschema.validators.validator_for(schema)
+    validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
+    return [
+        f"{list(error.absolute_path)}: {error.message}" for error in validator.iter_errors(event)
+    ]
+
+
+@dataclass(frozen=True)
+class AsyncApiReport:
+    """The AsyncAPI parser's verdict on the document, and on each event given to it."""
+
+    version: str | None
+    errors: list[str]
+    circular: list[str]
+    messages: int
+    event_errors: list[tuple[str, list[str]]]
+
+
+def asyncapi_report(events: list[dict[str, Any]], document: Path = ASYNCAPI_PATH) -> AsyncApiReport:
+    node = shutil.which("node")
+    if node is None or not (ASYNCAPI_CHECK.parent / "node_modules").is_dir():
+        raise AssertionError("the AsyncAPI parser needs node and `make venv` (npm ci)")
+    completed = subprocess.run(
+        [node, str(ASYNCAPI_CHECK), str(document)],
+        input="".join(json.dumps(event) + "\n" for event in events),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    if completed.returncode != 0:
+        raise AssertionError(f"the AsyncAPI check failed to run: {completed.stderr[-2000:]}")
+    raw = json.loads(completed.stdout)
+    return AsyncApiReport(
+        version=raw["version"],
+        errors=raw["errors"],
+        circular=raw["circular"],
+        messages=raw["messages"],
+        event_errors=[(item["type"], item["errors"]) for item in raw["events"]],
+    )
+
+
+def cloudevents_round_trip(raw: bytes) -> dict[str, Any]:
+    """The event as the CloudEvents SDK reads it and writes it back (raises if it refuses)."""
+    sdk = JSONFormat()
+    event = sdk.read(None, raw)
+    written: dict[str, Any] = json.loads(sdk.write(event))
+    return written
