@@ -8,36 +8,36 @@ end-to-end suite does the same for every event the running services put on the b
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
+from faststream.nats import NatsBroker
 from pydantic import ValidationError
 
-from canaryflow_contracts import CATALOGUE, Envelope
+from canaryflow.runtime.bus import EventPublisher
+from canaryflow_contracts import CATALOGUE, Envelope, EventData, Subjects, envelope_of
 from canaryflow_contracts.envelope import SCHEMA_BASE_URI
 from canaryflow_contracts.events import (
-    PlannedStep,
     ReleaseRequested,
-    RequestAnalysis,
     RunHook,
     TargetRef,
-    VersionSpec,
     parse_event,
 )
-from canaryflow_contracts.policy import Analysis, Hook, HookType
 from tests.support.contract import (
     asyncapi_report,
     cloudevents_round_trip,
     published_schema,
     schema_errors,
 )
+from tests.support.samples import one_of_each
 from tests.unit.contracts.test_contracts import REQUEST_JSON
 
 TARGET = TargetRef(namespace="shop", name="web")
@@ -52,36 +52,45 @@ def readme_events() -> list[dict[str, Any]]:
     return [event for event in events if isinstance(event, dict) and "specversion" in event]
 
 
+class _Recorder:
+    """Stands in for the NATS connection under the services' own EventPublisher: it keeps the
+    bytes the publisher would send to JetStream (the only fake here: no bus is needed to see
+    what the publisher writes)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, dict[str, str]]] = []
+        self.connection = self
+
+    def jetstream(self) -> _Recorder:
+        return self
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str], stream: str
+    ) -> None:
+        self.sent.append((subject, payload, headers))
+
+
+def published(events: list[EventData]) -> list[tuple[str, bytes, dict[str, str]]]:
+    """Subject, body and headers of each event as EventPublisher puts it on the bus."""
+    recorder = _Recorder()
+    publisher = EventPublisher(cast("NatsBroker", recorder), Subjects(), "canaryflow/test")
+
+    async def publish_all() -> None:
+        for event in events:
+            await publisher.publish(event, "web-1")
+
+    asyncio.run(publish_all())
+    return recorder.sent
+
+
+def wire_events() -> list[dict[str, Any]]:
+    """Every catalogue type, as the services' publisher writes it."""
+    return [json.loads(body) for _, body, _ in published(one_of_each())]
+
+
 def run_hook() -> Envelope[RunHook]:
-    """hook.run carries a policy Hook, whose fields have camelCase aliases in the policy."""
-    hook = Hook(
-        name="load-test",
-        type=HookType.ROLLOUT,
-        url="http://load.shop/run",
-        timeout_seconds=30,
-        deadline_seconds=120,
-    )
-    data = RunHook(target=TARGET, version=VersionSpec(image="shop:v2"), hook=hook, step_index=1)
-    return Envelope.wrap(data, release_id="web-1", source="canaryflow/planner")
-
-
-def request_analysis() -> Envelope[RequestAnalysis]:
-    analysis = Analysis.model_validate(
-        {
-            "intervalSeconds": 5,
-            "minRequests": 20,
-            "metrics": [{"name": "errors", "template": "error-rate", "max": 0.05}],
-        }
-    )
-    data = RequestAnalysis(
-        target=TARGET,
-        step=PlannedStep(index=0, weight=10, hold_seconds=30),
-        canary_version="v2",
-        stable_version="v1",
-        policy="web",
-        analysis=analysis,
-    )
-    return Envelope.wrap(data, release_id="web-1", source="canaryflow/planner")
+    (event,) = [e for e in wire_events() if e["type"] == RunHook.event_type()]
+    return envelope_of(RunHook).model_validate(event)
 
 
 def test_the_readme_has_a_request_example() -> None:
@@ -104,7 +113,13 @@ def wire(envelope: Envelope[Any]) -> dict[str, Any]:
 
 
 def examples() -> list[dict[str, Any]]:
-    return [*readme_events(), REQUEST_JSON, wire(run_hook()), wire(request_analysis())]
+    return [*readme_events(), REQUEST_JSON, *wire_events()]
+
+
+def test_every_catalogue_type_is_checked() -> None:
+    assert sorted({event["type"] for event in wire_events()}) == sorted(
+        entry.event.event_type() for entry in CATALOGUE
+    )
 
 
 def test_events_validate_against_their_published_json_schema_and_asyncapi_payload() -> None:
