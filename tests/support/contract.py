@@ -88,3 +88,31 @@ def cloudevents_round_trip(raw: bytes) -> dict[str, Any]:
     event = sdk.read(None, raw)
     written: dict[str, Any] = json.loads(sdk.write(event))
     return written
+
+
+def contract_problems(events: list[dict[str, Any]]) -> list[str]:
+    """Everything the three standard tools find wrong with ``events`` (nothing: all valid):
+    each event's JSON Schema, its AsyncAPI payload, and the CloudEvents SDK's round trip."""
+    problems = [
+        f"{event.get('type')} {event.get('id')}: JSON Schema: {error}"
+        for event in events
+        for error in schema_errors(event)
+    ]
+    report = asyncapi_report(events)
+    problems += [f"AsyncAPI document: {error}" for error in report.errors + report.circular]
+    problems += [
+        f"{event.get('type')} {event.get('id')}: AsyncAPI payload: {error}"
+        for event, (_, errors) in zip(events, report.event_errors, strict=True)
+        for error in errors
+    ]
+    for event in events:
+        try:
+            written = cloudevents_round_trip(json.dumps(event).encode())
+        except Exception as error:  # the SDK refused it: that is the finding
+            problems.append(f"{event.get('type')} {event.get('id')}: CloudEvents SDK: {error!r}")
+            continue
+        if written != event:
+            problems.append(
+                f"{event.get('type')} {event.get('id')}: CloudEvents SDK wrote back {written}"
+            )
+    return problems

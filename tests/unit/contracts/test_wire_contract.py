@@ -34,6 +34,7 @@ from canaryflow_contracts.events import (
 from tests.support.contract import (
     asyncapi_report,
     cloudevents_round_trip,
+    contract_problems,
     published_schema,
     schema_errors,
 )
@@ -128,6 +129,26 @@ def test_events_validate_against_their_published_json_schema_and_asyncapi_payloa
         assert schema_errors(event) == [], event["type"]
     report = asyncapi_report(events)
     assert report.event_errors == [(event["type"], []) for event in events]
+    assert contract_problems(events) == []
+
+
+def test_the_check_of_captured_events_names_what_each_tool_refuses() -> None:
+    # What the end-to-end run applies to every event captured from the bus must be able to fail.
+    good = {**wire(run_hook()), "id": "good"}
+    unknown_field = {**good, "id": "unknown-field", "data": {**good["data"], "stepIndex": 1}}
+    no_source = {key: value for key, value in good.items() if key != "source"} | {"id": "nosrc"}
+    problems = contract_problems([good, unknown_field, no_source])
+    assert not [p for p in problems if " good: " in p]
+    assert [p.split(": ")[1] for p in problems if " unknown-field: " in p] == [
+        "JSON Schema",
+        "AsyncAPI payload",
+    ]
+    assert all("stepIndex" in p for p in problems if " unknown-field: " in p)
+    assert [p.split(": ")[1] for p in problems if " nosrc: " in p] == [
+        "JSON Schema",
+        "AsyncAPI payload",
+        "CloudEvents SDK",
+    ]
 
 
 def test_a_field_the_schema_does_not_know_fails_both_validators() -> None:

@@ -116,3 +116,14 @@ def test_identical_latency_is_not_rejected() -> None:
         histogram_test(buckets(rng, sigma, sigma, 6), 0.01).test.rejected for _ in range(100)
     )
     assert rejected <= 2
+
+
+def test_the_latency_test_pays_for_each_of_its_buckets() -> None:
+    # Eight bounds are tested at once, so each must clear 8/alpha (Bonferroni): evidence that
+    # would clear a single test's 1/alpha (here about 500) is not a regression yet.
+    sigma = np.log(3) / 2.326
+    wider = np.log(4) / 2.326
+    result = histogram_test(buckets(np.random.default_rng(5), wider, sigma, 2), 0.01)
+    assert result.test.threshold == pytest.approx(8 / 0.01)
+    assert 1 / 0.01 < result.test.evidence < 8 / 0.01
+    assert not result.test.rejected
