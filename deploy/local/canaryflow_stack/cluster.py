@@ -248,7 +248,7 @@ def ensure_crd(api: KubeApi, manifest: dict[str, Any], timeout: float = 30.0) ->
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        conditions = api.get(path).json().get("status", {}).get("conditions", [])
+        conditions = (api.get(path).json().get("status") or {}).get("conditions") or []
         if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
             return done
         time.sleep(0.2)  # the API server establishes a new CRD within about a second
