@@ -84,6 +84,8 @@ async def stored_bodies(nc: NatsClient, stream: str) -> list[bytes]:
         info = await js.stream_info(stream)
     except NotFoundError:
         return []
+    if info.state.messages == 0:
+        return []  # an empty stream reports sequence 0, which get_msg refuses
     bodies = []
     for sequence in range(info.state.first_seq, info.state.last_seq + 1):
         with contextlib.suppress(NotFoundError):  # a gap: a message deleted on purpose

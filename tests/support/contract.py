@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -115,4 +116,21 @@ def contract_problems(events: list[dict[str, Any]]) -> list[str]:
             problems.append(
                 f"{event.get('type')} {event.get('id')}: CloudEvents SDK wrote back {written}"
             )
+    return problems
+
+
+ASYNCAPI_VERSION = "3.0.0"
+
+
+def asyncapi_document_problems(document: dict[str, Any]) -> list[str]:
+    """What the official parser finds wrong with an AsyncAPI document (nothing: it is a valid
+    document of the version canaryflow publishes, 3.0.0; a valid 2.x document is a problem)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "asyncapi.json"
+        path.write_text(json.dumps(document))
+        report = asyncapi_report([], path)
+    problems = [f"parser: {error}" for error in report.errors]
+    problems += [f"circular payload: {message}" for message in report.circular]
+    if report.version != ASYNCAPI_VERSION:
+        problems.append(f"AsyncAPI {report.version}, not {ASYNCAPI_VERSION}")
     return problems

@@ -37,7 +37,9 @@ if (document) {
   const byType = new Map();
   for (const message of document.allMessages().all()) {
     report.messages += 1;
-    const json = message.payload().json();
+    const payload = message.payload();
+    if (!payload) continue; // a message without payload validates no event
+    const json = payload.json();
     // A payload that contains itself (the parser resolves $refs into real object cycles)
     // validates nothing: report it rather than hand Ajv an endless schema.
     if (cyclic(json)) {

@@ -22,7 +22,9 @@ from cloudevents.core.v1.event import CloudEvent
 from faststream.nats import NatsBroker
 from pydantic import ValidationError
 
+from canaryflow.planner.app import build_service as build_planner
 from canaryflow.runtime.bus import EventPublisher
+from canaryflow.runtime.settings import Settings
 from canaryflow_contracts import CATALOGUE, Envelope, EventData, Subjects, envelope_of
 from canaryflow_contracts.envelope import SCHEMA_BASE_URI
 from canaryflow_contracts.events import (
@@ -32,6 +34,7 @@ from canaryflow_contracts.events import (
     parse_event,
 )
 from tests.support.contract import (
+    asyncapi_document_problems,
     asyncapi_report,
     cloudevents_round_trip,
     contract_problems,
@@ -254,3 +257,21 @@ def test_a_missing_type_is_refused_like_the_sdk_does() -> None:
         parse_event(json.dumps(event))
     with pytest.raises(Exception, match="type"):
         JSONFormat().read(None, json.dumps(event).encode())
+
+
+# --------------------------------------------------------------------------- served documents
+
+
+def test_the_document_a_service_serves_is_read_by_the_parser_as_asyncapi_3() -> None:
+    # What /asyncapi.json returns (tests/e2e/test_observability.py checks every running one).
+    planner = build_planner(Settings(service="planner"))
+    assert asyncapi_document_problems(planner.asyncapi()) == []
+
+
+def test_a_valid_asyncapi_2_document_is_refused() -> None:
+    document = {
+        "asyncapi": "2.6.0",
+        "info": {"title": "old", "version": "1.0.0"},
+        "channels": {"canaryflow.release.requested.v1": {"subscribe": {"message": {}}}},
+    }
+    assert asyncapi_document_problems(document) == ["AsyncAPI 2.6.0, not 3.0.0"]
