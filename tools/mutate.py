@@ -47,7 +47,7 @@ MODULES: dict[str, Module] = {
 # down; keep the two in step.
 SURVIVORS_STATED: dict[str, int] = {
     "machine": 148,
-    "stats": 102,
+    "stats": 82,
     "decisions": 0,
     "restore": 1,
     "triggers": 0,
