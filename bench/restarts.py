@@ -43,7 +43,7 @@ from canaryflow.cli.main import follow_release
 from canaryflow.demo import faults, shop
 from canaryflow.demo.launcher import SERVICES, ServiceLauncher, StackEndpoints
 from canaryflow.runtime.bus import MIN_BEAT_SECONDS
-from canaryflow.runtime.settings import Settings
+from canaryflow.runtime.settings import Settings, nats_servers
 from canaryflow_contracts import MESSAGE_ID_HEADER, Envelope, Subjects
 from canaryflow_contracts.events import (
     AnalysisVerdict,
@@ -255,7 +255,7 @@ async def main(args: argparse.Namespace) -> int:
     endpoints = StackEndpoints.from_env_json(env_json)
     api = config.new_client_from_config(config_file=endpoints.kubeconfig)
     shop.install_crd(api)
-    nc = await nats.connect(endpoints.nats_url)
+    nc = await nats.connect(nats_servers(endpoints.nats_url))
     lines: list[str] = []
     try:
         ack_wait = Settings("bench").ack_wait_seconds

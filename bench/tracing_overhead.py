@@ -255,7 +255,7 @@ async def _run(name: str, settings: Any, events: int) -> None:
     from prometheus_client import REGISTRY
 
     nc = NatsClient()
-    await nc.connect(settings.nats_url)
+    await nc.connect(settings.nats_servers)
     run = await _prepare(name, settings, nc, events)
     # The backlog is in the stream before the service starts: what is measured is handling.
     await run.publish_backlog()

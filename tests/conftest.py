@@ -28,6 +28,7 @@ from kubernetes.client.rest import ApiException
 from nats.aio.client import Client as NatsClient
 from nats.js.errors import NotFoundError
 
+from canaryflow.runtime.settings import nats_servers
 from canaryflow_contracts import Subjects
 from canaryflow_stack import stack as stack_manager
 from canaryflow_stack.config import Settings
@@ -67,7 +68,7 @@ def stack(stack_settings: Settings) -> StackEnv:
 async def nats_client(stack: StackEnv) -> AsyncIterator[NatsClient]:
     """One nats-py connection for the session; it reconnects by itself after a NATS restart."""
     nc = await nats.connect(
-        stack.nats_url,
+        nats_servers(stack.nats_url),
         name="canaryflow-tests",
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.2,

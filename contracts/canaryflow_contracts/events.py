@@ -249,10 +249,19 @@ class ReleaseRolledBack(_ReleaseOutcome):
 
 
 class ReleaseFailed(_ReleaseOutcome):
-    """Owner: planner. Terminal: the release could not finish and could not be rolled back."""
+    """Owner: planner. Terminal: the release could not finish and could not be rolled back.
+
+    A person takes over from here: ``leftovers`` is what the release left on the cluster
+    (as the rollback service last saw it), which a person must clean up or finish.
+    """
 
     event_domain = "release"
     event_name = "failed"
+
+    leftovers: list[str] = Field(
+        default_factory=list,
+        description="What is left to clean up, e.g. 'Deployment shop/web-canary (2 replicas)'.",
+    )
 
 
 class ReleaseStatusChanged(EventData):
@@ -404,6 +413,26 @@ class RollbackCompleted(EventData):
     reason: str
     stable_replicas: int
     seconds_to_restore: float = Field(description="From the rollback's trigger to stable Ready.")
+
+
+class RollbackFailed(EventData):
+    """Owner: rollback. A rollback trigger was given up on: stable could not be restored.
+
+    Published once per trigger, after its last delivery or at once when no retry can help
+    (``final``: the API forbids the writes, a restore point that cannot be read). The planner
+    asks again up to a bound, then ends the release as failed.
+    """
+
+    event_domain = "rollback"
+    event_name = "failed"
+
+    target: TargetRef
+    reason: str
+    attempts: int = Field(ge=1, description="Deliveries of the trigger that were tried.")
+    final: bool = Field(description="True when trying again cannot help without a person.")
+    leftovers: list[str] = Field(
+        default_factory=list, description="What the release still has on the cluster."
+    )
 
 
 # --------------------------------------------------------------------------- operators
@@ -584,6 +613,7 @@ CATALOGUE: tuple[CatalogueEntry, ...] = (
     CatalogueEntry(PromotionCompleted, "executor", ("planner",)),
     CatalogueEntry(RollbackRequested, "any service or person", ("rollback", "planner")),
     CatalogueEntry(RollbackCompleted, "rollback", ("planner",)),
+    CatalogueEntry(RollbackFailed, "rollback", ("planner",)),
     CatalogueEntry(PauseRelease, "operator (CLI)", ("planner",)),
     CatalogueEntry(ResumeRelease, "operator (CLI)", ("planner",)),
     CatalogueEntry(AbortRelease, "operator (CLI)", ("rollback", "planner")),

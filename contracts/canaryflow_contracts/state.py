@@ -107,6 +107,10 @@ class ReleaseState(BaseModel):
         default=None, description="When the planner last issued a command; drives reconcile."
     )
     reissued: int = Field(default=0, description="Commands re-issued by reconcile so far.")
+    rollback_failures: int = Field(
+        default=0,
+        description="Rollback attempts that failed or went unanswered; bounded, then failed.",
+    )
     last_verdict: VerdictSummary | None = None
     outcome_reason: str = ""
     created_at: datetime

@@ -53,6 +53,7 @@ def launcher_for(stack: StackEnv, prefix: str, replicas: int) -> ServiceLauncher
             prometheus_url=stack.prometheus_url,
             otlp_endpoint=stack.otlp_http_endpoint,
             prometheus_targets=stack.prometheus_targets,
+            stream_replicas=stack.stream_replicas,
         ),
         prefix=prefix,
         log_dir=stack.state_dir / "logs" / f"e2e-{prefix}",

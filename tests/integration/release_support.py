@@ -42,6 +42,7 @@ def service_settings(stack: StackEnv, prefix: str, service: str) -> Settings:
         kubeconfig=None if ":" in stack.kubeconfig else stack.kubeconfig,
         ack_wait_seconds=10,
         workers=4,
+        stream_replicas=stack.stream_replicas,
     )
 
 

@@ -16,7 +16,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from tests.support import StackEnv, async_wait_until
 from tests.unit.support_state import sample_state
 
-from canaryflow.runtime.bus import Delivery, ensure_streams
+from canaryflow.runtime.bus import UNLIMITED_IN_FLIGHT, Delivery, ensure_streams
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
 from canaryflow.runtime.store import StaleWrite
@@ -322,8 +322,55 @@ async def test_an_existing_consumer_takes_the_ack_wait_of_the_new_version(
         # Then the consumer waits no longer than this version says
         info = await js.consumer_info(subjects.events_stream.name, durable)
         assert info.config.ack_wait == service.settings.ack_wait_seconds
+        # ... and the server no longer caps the messages in flight (its default was 1,000)
+        assert info.config.max_ack_pending == UNLIMITED_IN_FLIGHT
     finally:
         await service.stop()
+
+
+async def test_a_handler_given_more_workers_holds_that_many_messages_at_once(
+    service: Service, nats_client: NatsClient
+) -> None:
+    """An analysis holds its message for a whole step: the replica's limit on messages in
+    hand is its limit on releases judged at once (16 capped a 40-release run)."""
+    # Given a service whose default is 2 workers, and a handler given 60
+    assert service.settings.workers == 2
+    many = 60
+    holding: set[str] = set()
+    release = asyncio.Event()
+
+    async def hold(envelope: Envelope[PauseRelease], delivery: Delivery) -> None:
+        holding.add(envelope.id)
+        await release.wait()
+
+    service.subscribe(PauseRelease, "many", hold, workers=many)
+    await service.start()
+    try:
+        # When that many messages come, each for a release of its own
+        js = nats_client.jetstream()
+        for index in range(many):
+            rid = f"rel-{index}"
+            body = Envelope.wrap(
+                PauseRelease(actor="tester"), release_id=rid, source="tests", id=f"e-{index}"
+            )
+            await js.publish(
+                service.settings.subjects.of(PauseRelease, rid),
+                body.model_dump_json().encode(),
+                headers={"Nats-Msg-Id": body.id},
+            )
+        # Then every one is in hand at once, none waiting for another to finish
+        await async_wait_until(
+            lambda: _sized(holding, many), timeout=15, message=f"{many} handlers at once"
+        )
+        release.set()
+        await service_acked(nats_client, service, "many")
+    finally:
+        release.set()
+        await service.stop()
+
+
+async def _sized(items: set[str], count: int) -> bool | None:
+    return True if len(items) == count else None
 
 
 async def test_a_message_that_kills_its_replica_each_time_is_dead_lettered_in_the_end(

@@ -35,6 +35,7 @@ from tests.support import StackEnv
 
 from canaryflow.demo.launcher import ServiceLauncher, StackEndpoints
 from canaryflow.runtime.decoding import check_limits
+from canaryflow.runtime.settings import nats_servers
 from canaryflow_contracts import Subjects
 from canaryflow_contracts.events import ReleaseRequested
 
@@ -177,7 +178,7 @@ class Bus:
         self.thread.start()
         self.subjects = subjects
         self.answers = Answers()
-        self.nc: NatsClient = self.run(nats.connect(url))
+        self.nc: NatsClient = self.run(nats.connect(nats_servers(url)))
         self.run(self.nc.subscribe(f"{subjects.prefix}.>", cb=self.answers.on_message))
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 120) -> T:

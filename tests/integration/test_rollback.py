@@ -33,9 +33,10 @@ from tests.integration.release_support import (
     service_settings,
     wait_complete,
 )
-from tests.support import StackEnv
+from tests.support import StackEnv, client_with_token, narrow_token
 
 from canaryflow.demo.faults import ready_pods_by_track
+from canaryflow.planner.app import build_service as build_planner
 from canaryflow.rollback.app import SERVICE_NAME, build_service
 from canaryflow.runtime import kube as conventions
 from canaryflow.runtime.kube import readiness_of
@@ -47,7 +48,9 @@ from canaryflow_contracts.events import (
     MetricCheck,
     PhaseFailed,
     PlannedStep,
+    ReleaseFailed,
     RollbackCompleted,
+    RollbackFailed,
     RollbackRequested,
     TargetRef,
     VerdictAction,
@@ -371,3 +374,50 @@ async def test_a_failed_phase_with_nothing_recorded_only_removes_the_canary(
     assert stable is not None
     assert stable["metadata"]["generation"] == stable_before["metadata"]["generation"]
     print(f"\nMEASURE rollback (nothing recorded): PhaseFailed -> completed {reported:.2f}s")
+
+
+async def test_a_rollback_the_api_forbids_ends_the_release_as_failed_with_what_is_left(
+    stack: StackEnv,
+    stream_prefix: str,
+    nats_client: NatsClient,
+    kube: client.ApiClient,
+    namespace: str,
+) -> None:
+    # Given a target mid-release and a rollback service whose role may read but not write
+    rid = release_id()
+    await target_mid_release(kube, namespace, rid)
+    read_only = [
+        client.V1PolicyRule(
+            api_groups=["apps"], resources=["deployments"], verbs=["get", "list", "watch"]
+        ),
+        client.V1PolicyRule(api_groups=[""], resources=["configmaps"], verbs=["get", "list"]),
+    ]
+    narrow = client_with_token(kube, narrow_token(kube, namespace, "read-only", read_only))
+    forbidden = build_service(service_settings(stack, stream_prefix, SERVICE_NAME), api=narrow)
+    planner = build_planner(service_settings(stack, stream_prefix, "planner"))
+    events = StreamEvents(nats_client, forbidden.settings.subjects)
+    async with running(forbidden), running(planner):
+        await forbidden.store.create(state_of(namespace, rid, ReleaseStatus.ANALYSING))
+
+        # When a failing verdict asks for the rollback
+        await events.publish(failed_verdict(namespace), rid, f"{rid}.verdict.0.final")
+
+        # Then the rollback service gives up at once (no retry makes a 403 a success) ...
+        gave_up = await events.wait_for(RollbackFailed, rid, timeout=30)
+        # ... and the planner ends the release as failed, naming what a person must clean up
+        ended = await events.wait_for(ReleaseFailed, rid, timeout=30, event_id=f"{rid}.failed")
+        stored = await planner.store.get(rid)
+
+    assert gave_up.data.final and gave_up.data.attempts == 1
+    assert "403" in gave_up.data.reason
+    left = gave_up.data.leftovers
+    assert f"Deployment {namespace}/{CANARY} (1 replicas)" in left
+    assert any(f"Deployment {namespace}/{NAME} still carries the restore point" in x for x in left)
+    assert ended.data.leftovers == left
+    assert "rollback could not be completed after 1 attempt(s)" in ended.data.summary
+    assert stored is not None and stored.state.status is ReleaseStatus.FAILED
+    assert await events.count(RollbackCompleted, rid) == 0
+    # Nothing was written: stable is still at the release's size, the canary still there.
+    stable = read(kube, namespace, NAME)
+    assert stable is not None and stable["spec"]["replicas"] == FULL_SIZE - 1
+    assert read(kube, namespace, CANARY) is not None

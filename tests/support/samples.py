@@ -43,6 +43,7 @@ from canaryflow_contracts.events import (
     RequestRefused,
     ResumeRelease,
     RollbackCompleted,
+    RollbackFailed,
     RollbackRequested,
     RunHook,
     SetWeight,
@@ -173,6 +174,13 @@ def one_of_each() -> list[EventData]:
         RollbackRequested(target=TARGET, reason="pods failed", requested_by="executor"),
         RollbackCompleted(
             target=TARGET, reason="pods failed", stable_replicas=4, seconds_to_restore=1.5
+        ),
+        RollbackFailed(
+            target=TARGET,
+            reason="the API forbids the writes",
+            attempts=3,
+            final=True,
+            leftovers=["deployment shop/web-canary"],
         ),
         PauseRelease(actor="alice@example", reason="lunch"),
         ResumeRelease(actor="alice@example"),

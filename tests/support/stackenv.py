@@ -24,6 +24,8 @@ class StackEnv:
     cluster: str
     """``local`` (the stack's own KWOK cluster) or ``external`` (the user's KUBECONFIG)."""
     state_dir: Path
+    stream_replicas: int = 1
+    """3 when the stack runs a JetStream cluster (``CANARYFLOW_NATS_NODES=3``)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> StackEnv:
@@ -38,6 +40,7 @@ class StackEnv:
             gateway_url=env.get("GATEWAY_URL", ""),
             cluster=env["CANARYFLOW_CLUSTER"],
             state_dir=Path(env["CANARYFLOW_STACK_DIR"]),
+            stream_replicas=int(env.get("CANARYFLOW_STREAM_REPLICAS", "1")),
         )
 
     @property

@@ -65,6 +65,22 @@ FORWARDED = (
 )
 
 HOST = "127.0.0.1"
+# JetStream nodes the stack runs: 1 (the default: quick, what most tests need) or 3 (a
+# cluster with R3 streams, as production should run it); CANARYFLOW_NATS_NODES sets it.
+NATS_NODES_VARIABLE = "CANARYFLOW_NATS_NODES"
+# Inside the namespace only: node i (from 2) listens on client port + NODE_PORT_STEP*(i-1)
+# and monitor port + the same; every node's cluster route on client port + ROUTE_OFFSET + i.
+NODE_PORT_STEP = 10
+ROUTE_OFFSET = 100
+
+
+def nats_nodes() -> int:
+    raw = os.environ.get(NATS_NODES_VARIABLE, "1").strip() or "1"
+    if raw not in ("1", "3"):
+        raise ValueError(f"{NATS_NODES_VARIABLE}={raw!r}: the stack runs 1 or 3 NATS nodes")
+    return int(raw)
+
+
 KWOK_NODE_COUNT = 3
 
 
@@ -118,6 +134,7 @@ class Settings:
     cache: Path
     ports: Ports
     python: Path
+    nats_nodes: int = 1
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -131,7 +148,28 @@ class Settings:
             cache=cache.expanduser().resolve(),
             ports=Ports.from_env(),
             python=python,
+            nats_nodes=nats_nodes(),
         )
+
+    def nats_node_ports(self, node: int) -> tuple[int, int, int]:
+        """(client, monitor, route) ports of JetStream node ``node`` (1-based)."""
+        shift = NODE_PORT_STEP * (node - 1)
+        client = self.ports.nats + shift
+        return client, self.ports.nats_monitor + shift, self.ports.nats + ROUTE_OFFSET + node
+
+    def forwarded_ports(self) -> dict[str, int]:
+        """Every port reachable from the machine's 127.0.0.1, by forwarder name: FORWARDED,
+        and in a cluster the other nodes' client ports (a client must reach every node)."""
+        ports = {name: getattr(self.ports, name) for name in FORWARDED}
+        for node in range(2, self.nats_nodes + 1):
+            ports[f"nats-{node}"] = self.nats_node_ports(node)[0]
+        return ports
+
+    def nats_urls(self) -> list[str]:
+        return [
+            f"nats://{HOST}:{self.nats_node_ports(node)[0]}"
+            for node in range(1, self.nats_nodes + 1)
+        ]
 
     # Folders inside .stack/ -------------------------------------------------------------
     @property

@@ -53,6 +53,8 @@ class Server:
 ORDER = [
     "netns",
     "nats",
+    "nats-2",
+    "nats-3",
     "etcd",
     "prometheus",
     "jaeger",
@@ -65,6 +67,7 @@ ORDER = [
     "traefik",
     *(f"forward-{name}-in" for name in config.FORWARDED),
     *(f"forward-{name}" for name in config.FORWARDED),
+    *(f"forward-{name}{side}" for name in ("nats-2", "nats-3") for side in ("-in", "")),
 ]
 KUBE_SERVERS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
@@ -100,7 +103,7 @@ def plan(settings: Settings, choice: ClusterChoice, bins: Binaries) -> list[Serv
     """Every server the stack runs for this cluster choice, in start order."""
     servers = [
         netns_holder(settings),
-        _nats(settings, bins),
+        *(_nats(settings, bins, node) for node in range(1, settings.nats_nodes + 1)),
         _prometheus(settings, bins, choice.kind == "local"),
         _jaeger(settings, bins),
     ]
@@ -141,8 +144,7 @@ def netns_holder(settings: Settings) -> Server:
 def _forwarders(settings: Settings, bins: Binaries) -> list[Server]:
     """socat pairs: the machine's 127.0.0.1:PORT -> a Unix socket -> the namespace's PORT."""
     servers = []
-    for name in config.FORWARDED:
-        port = getattr(settings.ports, name)
+    for name, port in settings.forwarded_ports().items():
         sock = settings.sockets / f"{name}.sock"
         servers.append(
             Server(
@@ -200,33 +202,71 @@ def _url(port: int, path: str = "", scheme: str = "http") -> str:
     return f"{scheme}://{HOST}:{port}{path}"
 
 
-def _nats(settings: Settings, bins: Binaries) -> Server:
-    p = settings.ports
-    conf = settings.state / "nats" / "nats.conf"
-    store = settings.data / "nats"
+def nats_node_name(node: int) -> str:
+    """Node 1 is ``nats`` (its client port is the one forwarded), the others ``nats-<n>``."""
+    return "nats" if node == 1 else f"nats-{node}"
+
+
+def _nats(settings: Settings, bins: Binaries, node: int = 1) -> Server:
+    name = nats_node_name(node)
+    client, monitor, _ = settings.nats_node_ports(node)
+    conf = settings.state / "nats" / f"{name}.conf"
+    # A cluster's stores are its own: a single node's data is not a cluster member's.
+    store = settings.data / (name if settings.nats_nodes == 1 else f"cluster-{name}")
 
     def prepare() -> None:
         store.mkdir(parents=True, exist_ok=True)
         conf.parent.mkdir(parents=True, exist_ok=True)
-        conf.write_text(
-            "# Written by canaryflow_stack: NATS with JetStream on file storage, loopback only.\n"
-            f'server_name: "canaryflow-local"\n'
-            f'listen: "{HOST}:{p.nats}"\n'
-            f'http: "{HOST}:{p.nats_monitor}"\n'
-            f'jetstream {{\n  store_dir: "{store}"\n}}\n'
-        )
+        conf.write_text(nats_config(settings, node, store))
 
     return Server(
-        name="nats",
+        name=name,
         phase=0,
         argv=[str(bins.nats), "-c", str(conf)],
-        ports={"client": p.nats, "monitor": p.nats_monitor},
-        probe=http_probe(_url(p.nats_monitor, "/healthz?js-enabled-only=true")),
-        timeout=30,
+        ports={"client": client, "monitor": monitor},
+        # A cluster node is healthy once JetStream has a meta leader and is current (the full
+        # /healthz), which needs a quorum: the nodes start in one phase, each waits for the
+        # others. A single node needs only JetStream enabled.
+        probe=http_probe(
+            _url(
+                monitor, "/healthz" if settings.nats_nodes > 1 else "/healthz?js-enabled-only=true"
+            )
+        ),
+        timeout=30 if settings.nats_nodes == 1 else 60,
         cause="the JetStream store dir is unusable (disk full, permissions) or the config is bad",
         prepare=prepare,
         binary=bins.nats,
     )
+
+
+def nats_config(settings: Settings, node: int, store: Path) -> str:
+    """One node's configuration; with several nodes, a cluster whose streams can be R3.
+
+    In a cluster every write is fsynced before it is acknowledged (``sync_interval: always``):
+    Jepsen's 2025 analysis of NATS 2.12 lost acknowledged writes when nodes crashed together
+    under the default (an fsync every 2 minutes). A single node keeps the default: it is the
+    quick developer stack, and a lone node cannot keep a write through a disk loss anyway.
+    """
+    client, monitor, route = settings.nats_node_ports(node)
+    lines = [
+        "# Written by canaryflow_stack: NATS with JetStream on file storage, loopback only.",
+        f'server_name: "canaryflow-{node}"',
+        f'listen: "{HOST}:{client}"',
+        f'http: "{HOST}:{monitor}"',
+    ]
+    if settings.nats_nodes == 1:
+        lines.append(f'jetstream {{\n  store_dir: "{store}"\n}}')
+        return "\n".join(lines) + "\n"
+    routes = ", ".join(
+        f'"nats-route://{HOST}:{settings.nats_node_ports(other)[2]}"'
+        for other in range(1, settings.nats_nodes + 1)
+        if other != node
+    )
+    lines += [
+        f'jetstream {{\n  store_dir: "{store}"\n  sync_interval: always\n}}',
+        f'cluster {{\n  name: "canaryflow"\n  listen: "{HOST}:{route}"\n  routes: [{routes}]\n}}',
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _prometheus(settings: Settings, bins: Binaries, local: bool) -> Server:

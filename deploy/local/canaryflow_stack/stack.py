@@ -32,7 +32,7 @@ from typing import TypeVar
 
 from . import build, cluster, netns, pki, procs
 from .cluster import ClusterChoice, choose_cluster
-from .config import DEPLOY_DIR, HOST, Settings
+from .config import DEPLOY_DIR, HOST, NATS_NODES_VARIABLE, Settings
 from .errors import StackError
 from .procs import PidRecord
 from .servers import KUBE_SERVERS, ORDER, Binaries, Server, locate_binaries, plan
@@ -84,7 +84,9 @@ def endpoints(settings: Settings, choice: ClusterChoice) -> dict[str, str]:
     """What clients need to reach the stack; written to .stack/env.json by ``up``."""
     p = settings.ports
     return {
-        "NATS_URL": f"nats://{HOST}:{p.nats}",
+        "NATS_URL": ",".join(settings.nats_urls()),
+        # Streams and KV buckets replicated on every node of a cluster (R3), else R1.
+        "CANARYFLOW_STREAM_REPLICAS": str(settings.nats_nodes),
         "NATS_MONITOR_URL": f"http://{HOST}:{p.nats_monitor}",
         "KUBECONFIG": choice.kubeconfig,
         "PROMETHEUS_URL": f"http://{HOST}:{p.prometheus}",
@@ -332,6 +334,7 @@ def _up(settings: Settings) -> dict[str, str]:
     for name in _recorded_names(settings):
         _clean_stale(settings, name)
     _refuse_servers_outside_namespace(settings)
+    _refuse_another_nats_shape(settings)
     # What runs now, from earlier runs: reported (never stopped) if this run fails.
     before = [name for name in _recorded_names(settings) if _ours(settings, name)]
     started: list[_Started] = []
@@ -429,6 +432,20 @@ def enter(settings: Settings) -> bool:
     except netns.NetnsError as exc:
         raise StackError("netns", settings.log("netns"), str(exc), "see the message") from exc
     return True
+
+
+def _refuse_another_nats_shape(settings: Settings) -> None:
+    """A running NATS of one node cannot become a cluster node (nor the reverse) in place."""
+    running = read_env(settings) or {}
+    nodes = running.get("CANARYFLOW_STREAM_REPLICAS", "1")
+    if _ours(settings, "nats") is not None and nodes != str(settings.nats_nodes):
+        raise StackError(
+            "nats",
+            None,
+            f"the stack runs {nodes} NATS node(s), {NATS_NODES_VARIABLE} asks for "
+            f"{settings.nats_nodes}",
+            "run `make stack-down` first, then `up` again with the setting you want",
+        )
 
 
 def _refuse_servers_outside_namespace(settings: Settings) -> None:

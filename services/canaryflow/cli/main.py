@@ -24,6 +24,7 @@ from nats.js.errors import BucketNotFoundError, NoStreamResponseError, NotFoundE
 from pydantic import ValidationError
 
 from canaryflow.cli import render
+from canaryflow.runtime.settings import nats_servers
 from canaryflow.runtime.store import ReleaseStore
 from canaryflow_contracts import MESSAGE_ID_HEADER, Envelope, EventData, Subjects
 from canaryflow_contracts.events import (
@@ -123,7 +124,7 @@ async def _report_nothing(error: Exception) -> None:
 async def _connect(url: str) -> Client:
     try:
         return await nats.connect(
-            url, connect_timeout=3, max_reconnect_attempts=2, error_cb=_report_nothing
+            nats_servers(url), connect_timeout=3, max_reconnect_attempts=2, error_cb=_report_nothing
         )
     except Exception as error:
         raise CliError(f"cannot reach NATS at {url}: {error!r} (set NATS_URL or --nats)") from error

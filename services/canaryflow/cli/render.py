@@ -23,6 +23,7 @@ from canaryflow_contracts.events import (
     PhaseFailed,
     PhaseReached,
     PromotionCompleted,
+    ReleaseFailed,
     ReleasePlanned,
     ReleaseRejected,
     ReleaseRequested,
@@ -32,6 +33,7 @@ from canaryflow_contracts.events import (
     RequestAnalysis,
     RequestPromotion,
     RollbackCompleted,
+    RollbackFailed,
     RollbackRequested,
     RunHook,
     SetWeight,
@@ -256,6 +258,14 @@ def event_line(envelope: Envelope[Any]) -> list[str]:
                 f"rolled back: stable restored to {data.stable_replicas} pods in "
                 f"{data.seconds_to_restore:.1f}s ({data.reason})"
             )
+        case RollbackFailed():
+            head = (
+                f"rollback {'gave up' if data.final else 'failed'} after {data.attempts} "
+                f"attempt(s): {data.reason}"
+            )
+        case ReleaseFailed():
+            left = "; ".join(data.leftovers) or "nothing found"
+            head = f"FAILED: {data.summary}. Left to clean up: {left}"
         case ReleaseSucceeded() | ReleaseRolledBack():
             head = f"{envelope.type.split('.')[-2].upper().replace('_', ' ')}: {data.summary}"
         case DeadLetter():

@@ -27,6 +27,7 @@ from canaryflow.cli import render
 from canaryflow.cli.main import follow_release, jaeger_ui, print_event
 from canaryflow.demo import shop
 from canaryflow.demo.launcher import LaunchError, ServiceLauncher, StackEndpoints
+from canaryflow.runtime.settings import nats_servers
 from canaryflow_contracts import MESSAGE_ID_HEADER, Envelope, Subjects
 from canaryflow_contracts.events import (
     AnalysisVerdict,
@@ -178,7 +179,7 @@ async def _run(endpoints: StackEndpoints, simulator_url: str, keep_namespace: bo
         launcher.stop()
         return 1
     print(f"   logs in {REPO / '.stack' / 'logs'}")
-    nc = await nats.connect(endpoints.nats_url)
+    nc = await nats.connect(nats_servers(endpoints.nats_url))
     subjects = Subjects("canaryflow")
     outcomes = []
     try:

@@ -41,6 +41,7 @@ class StackEndpoints:
     prometheus_url: str
     otlp_endpoint: str
     prometheus_targets: Path | None = None
+    stream_replicas: int = 1
 
     @classmethod
     def from_env_json(cls, path: Path) -> StackEndpoints:
@@ -51,6 +52,7 @@ class StackEndpoints:
             prometheus_url=env["PROMETHEUS_URL"],
             otlp_endpoint=env["OTEL_EXPORTER_OTLP_ENDPOINT"],
             prometheus_targets=Path(env["PROMETHEUS_TARGETS_DIR"]),
+            stream_replicas=int(env.get("CANARYFLOW_STREAM_REPLICAS", "1")),
         )
 
 
@@ -80,6 +82,7 @@ class ServiceLauncher:
             "KUBECONFIG": self.stack.kubeconfig,
             "PROMETHEUS_URL": self.stack.prometheus_url,
             "CANARYFLOW_PREFIX": self.prefix,
+            "CANARYFLOW_STREAM_REPLICAS": str(self.stack.stream_replicas),
             "CANARYFLOW_METRICS_PORT": str(metrics_port),
             "CANARYFLOW_RECONCILE_SECONDS": "2",
             "OTEL_EXPORTER_OTLP_ENDPOINT": self.stack.otlp_endpoint,

@@ -54,7 +54,7 @@ def build_service(
     progress = KvProgress()
 
     async def open_progress(js: JetStreamContext) -> None:
-        await progress.open(js, settings.subjects.analyses_bucket)
+        await progress.open(js, settings.subjects.analyses_bucket, settings.stream_replicas)
 
     service.when_connected(open_progress)
     analyst = Analyst(
@@ -89,7 +89,9 @@ def build_service(
         if final is not None:
             span.set_attributes(tracing.verdict_decision(final))
 
-    service.subscribe(RequestAnalysis, "analysis", on_analysis_requested)
+    service.subscribe(
+        RequestAnalysis, "analysis", on_analysis_requested, workers=settings.analysis_workers
+    )
     if settings.http_port:
         # Pushed alerts: a firing alert fails the release in flight without waiting a tick.
         service.every(webhook.serve(settings.http_port, lambda: service.store, publish))

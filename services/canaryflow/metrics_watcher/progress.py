@@ -74,7 +74,7 @@ class KvProgress:
     def __init__(self) -> None:
         self._kv: KeyValue | None = None
 
-    async def open(self, js: JetStreamContext, bucket: str) -> None:
+    async def open(self, js: JetStreamContext, bucket: str, replicas: int = 1) -> None:
         try:
             self._kv = await js.key_value(bucket)
         except BucketNotFoundError:
@@ -85,6 +85,7 @@ class KvProgress:
                     history=1,
                     ttl=PROGRESS_TTL_SECONDS,
                     storage=StorageType.FILE,
+                    replicas=replicas,
                 )
             )
 

@@ -37,6 +37,7 @@ from canaryflow_contracts.events import (
     PlannedStep,
     PromoteNow,
     PromotionCompleted,
+    ReleaseFailed,
     ReleasePlanned,
     ReleaseRejected,
     ReleaseRequested,
@@ -48,6 +49,7 @@ from canaryflow_contracts.events import (
     RequestRefused,
     ResumeRelease,
     RollbackCompleted,
+    RollbackFailed,
     RollbackRequested,
     RunHook,
     SetWeight,
@@ -67,6 +69,9 @@ from canaryflow_contracts.state import (
 )
 
 SOURCE = "canaryflow/planner"
+# Rollback attempts (a trigger the rollback service gave up on, or a request nobody answered)
+# before the release ends as failed and a person takes over: a release never hangs.
+ROLLBACK_ATTEMPTS = 3
 REJECTED_EVENT = "rejected"
 # A rejected release never had a plan; one empty step keeps ``current_step`` safe for readers.
 _NO_STEP = PlannedStep(index=0, weight=0, hold_seconds=0)
@@ -377,6 +382,16 @@ def _transition(state: ReleaseState, event: Envelope[Any], now: datetime) -> Rel
         return _log(state, now, "promoted", data.image, event.source).model_copy(
             update={"status": ReleaseStatus.SUCCEEDED, "canary_weight": 100.0}
         )
+    if isinstance(data, RollbackFailed):
+        # Like a completion, it may come before we heard of the trigger it answers.
+        failures = state.rollback_failures + 1
+        detail = f"attempt {failures} of {ROLLBACK_ATTEMPTS}: {data.reason}"
+        failed = _rolling_back(state, now, "rollback-failed", detail, event.source).model_copy(
+            update={"rollback_failures": failures}
+        )
+        if data.final or failures >= ROLLBACK_ATTEMPTS:
+            return failed.model_copy(update={"status": ReleaseStatus.FAILED})
+        return failed
     if isinstance(data, RollbackCompleted):
         # The rollback service acts on its own triggers, possibly before we heard of them.
         detail = f"{data.reason}; stable at {data.stable_replicas} replicas"
@@ -593,6 +608,17 @@ def commands_after(state: ReleaseState, event: Envelope[Any]) -> list[Command]:
         summary = f"{state.version.image} is stable after {len(state.steps)} step(s)"
         succeeded = ReleaseSucceeded(target=state.target, summary=summary, evidence=evidence)
         return [Command(succeeded, f"{rid}.succeeded"), *_final_hooks(state, HookType.POST_ROLLOUT)]
+    if isinstance(data, RollbackFailed):
+        if status is ReleaseStatus.FAILED:
+            return [Command(release_failed(state, data.leftovers), f"{rid}.failed")]
+        retry = f"rollback attempt {state.rollback_failures} failed: {data.reason}; trying again"
+        request = RollbackRequested(
+            target=state.target, reason=state.outcome_reason, requested_by=SOURCE
+        )
+        return [
+            _status(state, event.id, "rolling_back", retry),
+            Command(request, f"{rid}.rollback.f{state.rollback_failures}"),
+        ]
     if isinstance(data, RollbackCompleted) and status is ReleaseStatus.ROLLED_BACK:
         verdict = state.last_verdict
         failing = verdict is not None and verdict.result is VerdictResult.FAIL
@@ -675,6 +701,16 @@ def run_hook(state: ReleaseState, hook: Hook) -> Command:
 def _final_hooks(state: ReleaseState, kind: HookType) -> list[Command]:
     """Post-rollout or rollback hooks: run once the release is over, nothing waits on them."""
     return [run_hook(state, hook) for hook in state.hooks if hook.type is kind]
+
+
+def release_failed(state: ReleaseState, leftovers: list[str]) -> ReleaseFailed:
+    """The end of a release whose rollback could not be completed: a person takes over."""
+    summary = (
+        f"rollback could not be completed after {state.rollback_failures} attempt(s): "
+        f"{state.history[-1].detail if state.history else state.outcome_reason}; "
+        "stable may not be whole: see leftovers"
+    )
+    return ReleaseFailed(target=state.target, summary=summary, leftovers=leftovers)
 
 
 def _status(state: ReleaseState, trigger_id: str, status: str, detail: str) -> Command:

@@ -16,10 +16,12 @@ from datetime import datetime, timedelta
 import canaryflow.planner.waiting as waits
 from canaryflow.planner.machine import (
     NO_CHANGE,
+    ROLLBACK_ATTEMPTS,
     SOURCE,
     Command,
     Decision,
     after_wait,
+    release_failed,
     request_analysis,
     request_promotion,
     with_history,
@@ -81,13 +83,42 @@ def reconcile(
     if state.status is ReleaseStatus.PROMOTING:
         command = request_promotion(state, f"{rid}.promote.r{state.reissued + 1}")
         return _reissue(state, now, command, "promotion not completed")
+    return _unanswered_rollback(state, now, timings)
+
+
+def _unanswered_rollback(state: ReleaseState, now: datetime, timings: ReconcileTimings) -> Decision:
+    """Ask again; after ``ROLLBACK_ATTEMPTS`` unanswered or failed attempts, end as failed.
+
+    Nobody has seen the cluster when the rollback service never answered, so what is left
+    is named by where to look, not listed.
+    """
+    failures = state.rollback_failures + 1
+    silence = f"no rollback completed within {timings.completion_grace_seconds:g}s"
+    if failures >= ROLLBACK_ATTEMPTS:
+        detail = f"attempt {failures} of {ROLLBACK_ATTEMPTS}: {silence}"
+        failed = with_history(state, now, "rollback-failed", detail).model_copy(
+            update={
+                "status": ReleaseStatus.FAILED,
+                "rollback_failures": failures,
+                "last_command_at": now,
+                "updated_at": now,
+            }
+        )
+        unknown = [
+            f"not inspected (the rollback service did not answer): Deployments "
+            f"{state.target.namespace}/{state.target.name}-canary and -baseline, the restore "
+            f"point on {state.target.namespace}/{state.target.name}"
+        ]
+        return Decision(
+            failed, [Command(release_failed(failed, unknown), f"{state.release_id}.failed")]
+        )
     rollback = RollbackRequested(
         target=state.target,
         reason=state.outcome_reason or "rollback not completed",
         requested_by=SOURCE,
     )
-    command = Command(rollback, f"{rid}.rollback.r{state.reissued + 1}")
-    return _reissue(state, now, command, "rollback not completed")
+    command = Command(rollback, f"{state.release_id}.rollback.r{state.reissued + 1}")
+    return _reissue(state, now, command, silence, rollback_failures=failures)
 
 
 def _waited_out(state: ReleaseState, now: datetime) -> Decision:
@@ -106,10 +137,17 @@ def _waited_out(state: ReleaseState, now: datetime) -> Decision:
     return _roll_back(state, now, f"{hook.type.value} hook {hook.name} did not answer in time")
 
 
-def _reissue(state: ReleaseState, now: datetime, command: Command, why: str) -> Decision:
+def _reissue(
+    state: ReleaseState, now: datetime, command: Command, why: str, **updates: object
+) -> Decision:
     detail = f"{why}: re-issued {type(command.data).__name__} as {command.event_id}"
     new = with_history(state, now, "reissued", detail).model_copy(
-        update={"reissued": state.reissued + 1, "last_command_at": now, "updated_at": now}
+        update={
+            "reissued": state.reissued + 1,
+            "last_command_at": now,
+            "updated_at": now,
+            **updates,
+        }
     )
     return Decision(new, [command])
 

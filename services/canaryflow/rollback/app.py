@@ -8,11 +8,13 @@ translate; the decisions are in ``triggers`` and ``restore``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import timedelta
 from typing import TypeVar
 
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from canaryflow.rollback.restorer import Restorer, restore_seconds_of
 from canaryflow.rollback.triggers import abort_refusal, reason_of
@@ -28,7 +30,9 @@ from canaryflow_contracts.events import (
     AnalysisVerdict,
     PhaseFailed,
     RollbackCompleted,
+    RollbackFailed,
     RollbackRequested,
+    TargetRef,
     VerdictAction,
 )
 
@@ -39,6 +43,24 @@ RESTORE_SECONDS = 300.0
 log = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=EventData)
+
+
+# API answers that no retry turns into a success: the writes are forbidden, or refused as
+# invalid. A person must act (fix the RBAC, the object); the release ends as failed.
+_FINAL_STATUSES = frozenset({401, 403, 422})
+
+
+def no_retry_helps(error: Exception) -> bool:
+    if isinstance(error, kube.CorruptRestorePoint):
+        return True
+    return isinstance(error, ApiException) and error.status in _FINAL_STATUSES
+
+
+def _describe(error: Exception) -> str:
+    """One line a person can act on (an ApiException's str is a multi-line HTTP dump)."""
+    if isinstance(error, ApiException):
+        return f"the API answered {error.status} {error.reason}: {error.body or ''}"[:500]
+    return f"{type(error).__name__}: {error}"[:500]
 
 
 def build_service(
@@ -83,8 +105,15 @@ def build_service(
         async with delivery.keep_alive():
             try:
                 restored = await restorer.restore(release_id, target, deadline)
-            except kube.CorruptRestorePoint as error:
-                raise PermanentError(f"{target.key()}: {error}") from error
+            except Exception as error:
+                final = no_retry_helps(error)
+                if final or delivery.attempt >= settings.max_deliver:
+                    await give_up(envelope, target, error, delivery.attempt, final)
+                if isinstance(error, kube.CorruptRestorePoint):
+                    raise PermanentError(f"{target.key()}: {error}") from error
+                if final:
+                    raise PermanentError(f"{target.key()}: {_describe(error)}") from error
+                raise
         seconds = restore_seconds_of(restored, envelope.time, now())
         span.set_attributes(tracing.outcome_attributes(restored))
         span.set_attribute("canaryflow.seconds_to_restore", seconds)
@@ -99,6 +128,31 @@ def build_service(
         )
         await service.publisher.publish(
             completed, release_id, event_id=f"{release_id}.rollback-completed"
+        )
+
+    async def give_up(
+        envelope: Envelope[E], target: TargetRef, error: Exception, attempts: int, final: bool
+    ) -> None:
+        """Say that this trigger's rollback could not be done, and what it leaves behind."""
+        release_id = envelope.subject
+        reason = _describe(error)
+        leftovers = await restorer.leftovers(release_id, target)
+        log.error(
+            "rollback of %s gave up after %d attempt(s)%s: %s; left: %s",
+            target.key(),
+            attempts,
+            " (no retry can help)" if final else "",
+            reason,
+            "; ".join(leftovers) or "nothing",
+            extra={"release_id": release_id},
+        )
+        metrics.rollbacks_failed.labels(target.namespace, "final" if final else "exhausted").inc()
+        failed = RollbackFailed(
+            target=target, reason=reason, attempts=attempts, final=final, leftovers=leftovers
+        )
+        digest = hashlib.sha256(envelope.id.encode()).hexdigest()[:12]
+        await service.publisher.publish(
+            failed, release_id, event_id=f"{release_id}.rollback-failed.{digest}"
         )
 
     def handler(kind: type[E]) -> Handler[E]:

@@ -130,6 +130,48 @@ class Restorer:
         changed = plan.changes_something or bool(restored or deleted)
         return Restored(plan.full_size, note, changed, traffic_back_at)
 
+    async def leftovers(self, release_id: str, target: TargetRef) -> list[str]:
+        """What ``release_id`` still has on the cluster, for the person who takes over.
+
+        Best effort: a read that fails (the same RBAC that stopped the restore, say) is named
+        with its error instead of its result.
+        """
+        ns = target.namespace
+        found: list[str] = []
+
+        def deployment(name: str, ours: bool) -> None:
+            body = kube.read_deployment(self.api, ns, name)
+            if body is None or (ours and kube.release_of(body) not in (None, release_id)):
+                return
+            size = (body.get("spec") or {}).get("replicas")
+            if not ours:
+                point = kube.restore_point_of(body)
+                if point is not None and point.release_id in ("", release_id):
+                    found.append(
+                        f"Deployment {ns}/{name} still carries the restore point "
+                        f"({point.replicas} replicas recorded, {size} now)"
+                    )
+                return
+            found.append(f"Deployment {ns}/{name} ({size} replicas)")
+
+        def inspect() -> None:
+            deployment(kube.canary_name(target), ours=True)
+            deployment(baseline_name(target), ours=True)
+            deployment(target.name, ours=False)
+            bundle = objects.read_bundle(self.api, target)
+            if bundle is not None and bundle.release_id == release_id:
+                found.append(f"the release bundle of {target.key()} (recorded configuration)")
+            found.extend(
+                f"ConfigMap {ns}/{name} (the canary's copy)"
+                for name in objects.release_copies(self.api, ns, release_id)
+            )
+
+        try:
+            await asyncio.to_thread(inspect)
+        except Exception as error:  # reported, never raised: we are giving up anyway
+            found.append(f"not fully inspected: {type(error).__name__}: {error}"[:300])
+        return found
+
     async def _remove_canary(self, target: TargetRef, release_id: str) -> None:
         """The canary and the live baseline together: the analysis is over either way."""
         removal_deadline = self.now() + timedelta(seconds=CANARY_REMOVAL_SECONDS)

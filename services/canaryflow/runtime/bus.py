@@ -26,13 +26,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import nats.errors
 from faststream import AckPolicy
 from faststream.message import StreamMessage
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsRouter, PullSub
 from faststream.nats.annotations import NatsMessage
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    NoStreamResponseError,
+    NotFoundError,
+)
 from opentelemetry.trace import Span
 from pydantic import ValidationError
 
@@ -53,6 +59,7 @@ from canaryflow_contracts.identifiers import RELEASE_ID_PATTERN, is_release_id
 log = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=EventData)
+T = TypeVar("T")
 
 # Delay before the n-th redelivery of a failed message (the last value repeats).
 REDELIVERY_BACKOFF_SECONDS = (0.5, 2.0, 5.0, 15.0)
@@ -61,12 +68,20 @@ KV_HISTORY = 10
 # A dead letter keeps this much of the body, so that it always fits in a NATS message.
 DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
 
+# How long a publish is tried again while JetStream does not answer (a leader election).
+PUBLISH_RETRY_SECONDS = 10.0
+# A consumer's max_ack_pending: no limit from the server (each replica's workers limit it).
+UNLIMITED_IN_FLIGHT = -1
 # The keep-alive never beats more often than this, whatever the ack wait.
 MIN_BEAT_SECONDS = 0.2
 
 
-async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
-    """Create or update the streams and the KV bucket. Safe to call from every replica."""
+async def ensure_streams(js: JetStreamContext, subjects: Subjects, replicas: int = 1) -> None:
+    """Create or update the streams and the KV bucket. Safe to call from every replica.
+
+    ``replicas``: copies JetStream keeps of each (R3 on a cluster). A stream's count is
+    converged on an existing stream; a KV bucket's is only set when it is created.
+    """
     for spec in (subjects.events_stream, subjects.deadletter_stream):
         config = StreamConfig(
             name=spec.name,
@@ -76,6 +91,7 @@ async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
             retention=RetentionPolicy.LIMITS,
             max_age=spec.max_age_seconds,
             duplicate_window=spec.duplicate_window_seconds,
+            num_replicas=replicas,
         )
         try:
             await js.add_stream(config)
@@ -91,6 +107,7 @@ async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
                 description="canaryflow release state, written with compare-and-set",
                 history=KV_HISTORY,
                 storage=StorageType.FILE,
+                replicas=replicas,
             )
         )
 
@@ -131,11 +148,10 @@ class EventPublisher:
             tracing.publishing(data, release_id, envelope.id, subject) as trace_headers,
         ):
             # Straight to JetStream, with the publishing span's context (see tracing).
-            await self._broker.connection.jetstream().publish(
+            await self._store(
                 subject,
                 envelope.model_dump_json().encode(),
-                headers={MESSAGE_ID_HEADER: envelope.id, "ce-type": envelope.type, **trace_headers},
-                stream=self._subjects.events_stream.name,
+                {MESSAGE_ID_HEADER: envelope.id, "ce-type": envelope.type, **trace_headers},
             )
         log.info(
             "published %s",
@@ -143,6 +159,39 @@ class EventPublisher:
             extra={"release_id": release_id, "event_id": envelope.id, "subject": subject},
         )
         return envelope
+
+    async def _store(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
+        """Publish until the stream acknowledges it, through a short loss of its leader.
+
+        Trying again is safe: the message id makes a second copy a duplicate the server drops.
+        """
+        await until_jetstream_answers(
+            f"publish to {subject}",
+            lambda: self._broker.connection.jetstream().publish(
+                subject, body, headers=headers, stream=self._subjects.events_stream.name
+            ),
+            PUBLISH_RETRY_SECONDS,
+        )
+
+
+async def until_jetstream_answers(what: str, call: Callable[[], Awaitable[T]], seconds: float) -> T:
+    """``call()`` again, with growing pauses, while JetStream does not answer, for ``seconds``.
+
+    While a cluster elects a leader (a node was lost, or the cluster has just formed and is
+    placing its first R3 streams) or the client reconnects, JetStream answers nothing for a
+    moment; ``call`` must be safe to repeat.
+    """
+    deadline = time.monotonic() + seconds
+    pause = 0.1
+    while True:
+        try:
+            return await call()
+        except (NoStreamResponseError, nats.errors.TimeoutError) as error:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("%s: JetStream did not answer (%r); again", what, error)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
 
 @dataclass
@@ -239,8 +288,11 @@ def subscribe(
     on_malformed: MalformedHandler | None = None,
     quiet: Callable[[Envelope[E]], bool] | None = None,
     subject_filter: str | None = None,
+    workers: int | None = None,
 ) -> None:
     """Register ``handler`` as a durable, explicitly acknowledged consumer of ``event``.
+
+    ``workers``: messages handled at once by this replica (default ``settings.workers``).
 
     ``quiet`` picks the messages the handler only takes note of: they get no span of their
     own unless their handling fails (see ``tracing.MessageTracing``). ``subject_filter``
@@ -250,6 +302,7 @@ def subscribe(
     subjects = settings.subjects
     durable = subjects.consumer(settings.service, handler_name)
     ack_wait = ack_wait_seconds or settings.ack_wait_seconds
+    concurrency = workers or settings.workers
     envelope_type = envelope_of(event)
     metrics = observability.service_metrics()
     # Exported at 0 from the start, so "no redelivery yet" is a value, not a missing series.
@@ -383,12 +436,18 @@ def subscribe(
         subject_filter or subjects.every(event),
         stream=JStream(name=subjects.events_stream.name, declare=False),
         durable=durable,
-        pull_sub=PullSub(batch_size=settings.workers, timeout=1.0),
-        # The server's own limit sits above ours, so our handler always gets to dead-letter.
-        config=ConsumerConfig(ack_wait=ack_wait, max_deliver=settings.max_deliver + 2),
+        pull_sub=PullSub(batch_size=concurrency, timeout=1.0),
+        config=ConsumerConfig(
+            ack_wait=ack_wait,
+            # The server's own limit sits above ours, so our handler always gets to dead-letter.
+            max_deliver=settings.max_deliver + 2,
+            # Not the server's default of 1,000 in flight for all replicas together: each
+            # replica's own ``workers`` is the limit.
+            max_ack_pending=UNLIMITED_IN_FLIGHT,
+        ),
         ack_policy=AckPolicy.MANUAL,
         decoder=_undecoded,
-        max_workers=settings.workers,
+        max_workers=concurrency,
         title=f"{settings.service}:{handler_name}",
         description=(event.__doc__ or "").strip().splitlines()[0],
     )(on_message)
@@ -401,25 +460,34 @@ async def _undecoded(message: StreamMessage[Any]) -> bytes:
     return body
 
 
-async def converge_ack_wait(
+async def converge_consumer(
     js: JetStreamContext, subjects: Subjects, durable: str, ack_wait: float
 ) -> None:
-    """Give an existing durable consumer our ack wait; a new one is made with it anyway.
+    """Give an existing durable consumer this version's ack wait and in-flight limit.
 
     A consumer keeps the configuration it was created with (FastStream only creates one that
     is missing), so an installation upgraded from the 30 s ack wait would keep waiting that
-    long for a killed replica's messages. The ack wait is one of the fields JetStream lets
-    a consumer change in place.
+    long for a killed replica's messages, and one from before the unlimited in-flight count
+    would keep the server's 1,000. Both are fields JetStream lets a consumer change in place.
     """
     stream = subjects.events_stream.name
     try:
         info = await js.consumer_info(stream, durable)
     except NotFoundError:
         return
-    if info.config.ack_wait is not None and math.isclose(info.config.ack_wait, ack_wait):
+    current = info.config
+    same_wait = current.ack_wait is not None and math.isclose(current.ack_wait, ack_wait)
+    if same_wait and current.max_ack_pending == UNLIMITED_IN_FLIGHT:
         return
-    log.info("consumer %s: ack wait %ss -> %ss", durable, info.config.ack_wait, ack_wait)
-    await js.add_consumer(stream, config=dataclasses.replace(info.config, ack_wait=ack_wait))
+    log.info(
+        "consumer %s: ack wait %ss -> %ss, in flight %s -> unlimited",
+        durable,
+        current.ack_wait,
+        ack_wait,
+        current.max_ack_pending,
+    )
+    changed = dataclasses.replace(current, ack_wait=ack_wait, max_ack_pending=UNLIMITED_IN_FLIGHT)
+    await js.add_consumer(stream, config=changed)
 
 
 def _message_key(raw: Any) -> str:

@@ -305,6 +305,14 @@ def delete_release_copies(
     return deleted
 
 
+def release_copies(api: client.ApiClient, namespace: str, release_id: str) -> list[str]:
+    """Names of the ConfigMap copies made for ``release_id`` that still exist."""
+    selector = f"{kube.RELEASE_LABEL}={release_id},{bundles.CONFIG_BASE_LABEL}"
+    return [
+        str(found["metadata"]["name"]) for found in listed(api, CONFIG_MAPS, namespace, selector)
+    ]
+
+
 def delete_superseded_copies(
     api: client.ApiClient, namespace: str, bases: Iterable[str], template: Body
 ) -> list[str]:

@@ -148,6 +148,7 @@ class ServiceMetrics:
     verdicts: Counter
     phase_seconds: Histogram
     restore_seconds: Histogram
+    rollbacks_failed: Counter
     commands_refused: Counter
 
 
@@ -190,6 +191,12 @@ def service_metrics() -> ServiceMetrics:
             "canaryflow_restore_seconds",
             "Time from a failure being detected to stable serving all traffic.",
             buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60),
+        ),
+        rollbacks_failed=Counter(
+            "canaryflow_rollbacks_failed_total",
+            "Rollback triggers given up on, by namespace and why: 'final' (no retry can help: "
+            "forbidden, invalid) or 'exhausted' (every delivery failed).",
+            ["namespace", "why"],
         ),
         commands_refused=Counter(
             "canaryflow_commands_refused_total",

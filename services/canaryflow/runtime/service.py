@@ -18,10 +18,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from wsgiref.simple_server import WSGIServer
 
+import nats.errors
 from faststream import FastStream
 from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 from nats.js import JetStreamContext
+from nats.js.errors import NoStreamResponseError
 
 from canaryflow.runtime import observability, tracing
 from canaryflow.runtime.authority import Refusal
@@ -29,9 +31,10 @@ from canaryflow.runtime.bus import (
     EventPublisher,
     Handler,
     MalformedHandler,
-    converge_ack_wait,
+    converge_consumer,
     ensure_streams,
     subscribe,
+    until_jetstream_answers,
     watch_exhausted,
 )
 from canaryflow.runtime.settings import Settings
@@ -42,6 +45,9 @@ from canaryflow_contracts.events import CommandRefused
 log = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=EventData)
+
+# How long a starting service waits for JetStream to answer its setup (a new cluster).
+STARTUP_SECONDS = 60.0
 BackgroundLoop = Callable[[], Awaitable[None]]
 # Opens what a service keeps in JetStream besides the shared streams (e.g. a KV bucket).
 ConnectHook = Callable[[JetStreamContext], Awaitable[None]]
@@ -56,7 +62,7 @@ class Service:
         # Each message's consumer span, in its release's trace (see runtime.tracing).
         self.message_tracing = tracing.MessageTracing(settings.subjects, self._stored_trace_parent)
         self.broker = NatsBroker(
-            settings.nats_url,
+            settings.nats_servers,
             # Keep retrying a lost connection: an outage of the bus pauses work, never ends it.
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
@@ -97,6 +103,7 @@ class Service:
         on_malformed: MalformedHandler | None = None,
         quiet: Callable[[Envelope[E]], bool] | None = None,
         subject_filter: str | None = None,
+        workers: int | None = None,
     ) -> None:
         durable = self.settings.subjects.consumer(self.settings.service, handler_name)
         self._durables.add(durable)
@@ -112,6 +119,7 @@ class Service:
             on_malformed=on_malformed,
             quiet=quiet,
             subject_filter=subject_filter,
+            workers=workers,
         )
 
     async def refuse(self, envelope: Envelope[Any], refusals: list[Refusal]) -> None:
@@ -166,8 +174,23 @@ class Service:
         """The release's root ``traceparent`` from its state ("" before the planner stored it)."""
         if self._store is None:
             return ""
-        versioned = await self._store.get(release_id)
+        try:
+            versioned = await self._store.get(release_id)
+        except (nats.errors.TimeoutError, NoStreamResponseError) as error:
+            # The bucket has no leader for a moment (a cluster node was lost): the event
+            # still goes out, in a trace of its own rather than not at all.
+            log.warning("trace of %s unknown for now (%r)", release_id, error)
+            return ""
         return versioned.state.trace_parent if versioned is not None else ""
+
+    async def _set_up_jetstream(self, js: JetStreamContext) -> None:
+        await ensure_streams(js, self.settings.subjects, self.settings.stream_replicas)
+        await watch_exhausted(js, self.broker.connection, self.settings, self._durables)
+        self._store = ReleaseStore(await js.key_value(self.settings.subjects.releases_bucket))
+        for hook in self._connect_hooks:
+            await hook(js)
+        for durable, ack_wait in self._ack_waits.items():
+            await converge_consumer(js, self.settings.subjects, durable, ack_wait)
 
     async def start(self) -> None:
         # Made on the first request, not here: a restarted replica that takes over a killed
@@ -178,13 +201,11 @@ class Service:
         )
         await self.broker.connect()
         js = self.broker.connection.jetstream()
-        await ensure_streams(js, self.settings.subjects)
-        await watch_exhausted(js, self.broker.connection, self.settings, self._durables)
-        self._store = ReleaseStore(await js.key_value(self.settings.subjects.releases_bucket))
-        for hook in self._connect_hooks:
-            await hook(js)
-        for durable, ack_wait in self._ack_waits.items():
-            await converge_ack_wait(js, self.settings.subjects, durable, ack_wait)
+        # A cluster that has just formed places its R3 streams and consumers for a while:
+        # every step here is safe to repeat, so it is tried again rather than exiting.
+        await until_jetstream_answers(
+            "set up streams and consumers", lambda: self._set_up_jetstream(js), STARTUP_SECONDS
+        )
         # What exists by now (modules, schemas, clients) lives as long as the process: move it
         # out of the collector's sight, so each full collection scans only the objects of the
         # work in flight (it was ~100 ms over ~180k objects, and a tenth of a handler's CPU).

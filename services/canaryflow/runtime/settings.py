@@ -29,6 +29,11 @@ def _float(name: str, default: float) -> float:
         raise ValueError(f"environment variable {name}={raw!r} is not a number") from error
 
 
+def nats_servers(nats_url: str) -> list[str]:
+    """``NATS_URL`` may list every node of a cluster, comma-separated (nats-py wants a list)."""
+    return [url.strip() for url in nats_url.split(",") if url.strip()]
+
+
 @dataclass(frozen=True)
 class Settings:
     service: str
@@ -46,10 +51,20 @@ class Settings:
     # that long), not a limit on how long a handler may take.
     ack_wait_seconds: float = 1.0
     workers: int = 16
+    # Analyses are waits (a hold, a query every interval), not work: a replica can carry
+    # many at once, and a cap here is a cap on releases in flight (each held its message).
+    analysis_workers: int = 1000
+    # Copies of each stream and KV bucket JetStream keeps: 3 on a cluster of three nodes
+    # or more (a node can then be lost without losing a release), 1 on a single server.
+    stream_replicas: int = 1
     subjects: Subjects = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "subjects", Subjects(self.prefix))
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return nats_servers(self.nats_url)
 
     @classmethod
     def from_env(cls, service: str) -> Settings:
@@ -83,8 +98,15 @@ class Variable:
 ENVIRONMENT: tuple[Variable, ...] = (
     Variable(
         "NATS_URL",
-        "NATS server with JetStream enabled (streams and the KV bucket are created at start).",
+        "NATS server with JetStream enabled (streams and the KV bucket are created at start); "
+        "a cluster's nodes comma-separated.",
         "nats_url",
+    ),
+    Variable(
+        "CANARYFLOW_STREAM_REPLICAS",
+        "Replicas of the streams and KV buckets when the service creates them: 3 on a "
+        "JetStream cluster (survives the loss of a node), 1 on a single server.",
+        "stream_replicas",
     ),
     Variable(
         "CANARYFLOW_PREFIX",
@@ -143,6 +165,13 @@ ENVIRONMENT: tuple[Variable, ...] = (
         "CANARYFLOW_WORKERS",
         "Messages each consumer of a replica handles at once (and pulls per batch).",
         "workers",
+    ),
+    Variable(
+        "CANARYFLOW_ANALYSIS_WORKERS",
+        "Analyses one metrics-watcher replica judges at once (each holds its message for "
+        "its step's hold): beyond it, releases wait for a free slot.",
+        "analysis_workers",
+        services="metrics-watcher",
     ),
     Variable(
         "CANARYFLOW_NOTIFY_URLS",

@@ -46,3 +46,21 @@ def test_without_a_built_kubectl_the_path_is_left_alone(tmp_path: Path) -> None:
     choice = ClusterChoice("external", "/home/me/.kube/config", "test")
     stack_manager._write_env(settings, stack_manager.endpoints(settings, choice))
     assert "PATH=" not in settings.env_sh.read_text()
+
+
+def test_a_three_node_stack_forwards_every_node_and_names_them_all_in_nats_url(
+    tmp_path: Path,
+) -> None:
+    single = _settings(tmp_path)
+    cluster = Settings(
+        tmp_path, tmp_path, tmp_path, Ports.from_env(), Path(sys.executable), nats_nodes=3
+    )
+    client = cluster.ports.nats
+    shifted = {cluster.nats_node_ports(node)[0] for node in (2, 3)}
+    assert shifted == {client + 10, client + 20}
+    assert "nats-2" not in single.forwarded_ports()
+    forwarded = cluster.forwarded_ports()
+    assert {forwarded["nats-2"], forwarded["nats-3"]} == shifted
+    assert forwarded["nats"] == client
+    urls = cluster.nats_urls()
+    assert [int(url.rsplit(":", 1)[1]) for url in urls] == [client, client + 10, client + 20]

@@ -1,0 +1,48 @@
+"""JetStream calls are tried again while the server does not answer, and only for so long."""
+
+from __future__ import annotations
+
+import nats.errors
+import pytest
+
+from canaryflow.runtime.bus import until_jetstream_answers
+
+
+async def test_a_call_that_times_out_twice_is_tried_until_it_answers() -> None:
+    calls = 0
+
+    async def call() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise nats.errors.TimeoutError
+        return "stored"
+
+    assert await until_jetstream_answers("publish", call, seconds=5) == "stored"
+    assert calls == 3
+
+
+async def test_a_call_that_never_answers_fails_once_the_time_is_up() -> None:
+    calls = 0
+
+    async def call() -> str:
+        nonlocal calls
+        calls += 1
+        raise nats.errors.TimeoutError
+
+    with pytest.raises(nats.errors.TimeoutError):
+        await until_jetstream_answers("publish", call, seconds=0.5)
+    assert 2 <= calls <= 5
+
+
+async def test_other_errors_are_not_tried_again() -> None:
+    calls = 0
+
+    async def call() -> str:
+        nonlocal calls
+        calls += 1
+        raise ValueError("bad subject")
+
+    with pytest.raises(ValueError):
+        await until_jetstream_answers("publish", call, seconds=5)
+    assert calls == 1
