@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK := $(PY) -m canaryflow_stack
 
-.PHONY: venv lint fmt unit test stack-up stack-down stack-status demo bench chaos schemas clean
+.PHONY: venv lint fmt unit test stack-up stack-down stack-status demo bench chaos schemas mutate clean
 
 # The virtualenv is rebuilt whenever a pyproject changes.
 $(VENV)/.installed: pyproject.toml contracts/pyproject.toml
@@ -14,7 +14,13 @@ $(VENV)/.installed: pyproject.toml contracts/pyproject.toml
 	$(PY) -m pip install --quiet -e ./contracts -e '.[dev]'
 	touch $@
 
-venv: $(VENV)/.installed
+# The official AsyncAPI parser (npm), which the contract tests run through node.
+ASYNCAPI_TOOLS := tools/asyncapi/node_modules/.installed
+$(ASYNCAPI_TOOLS): tools/asyncapi/package.json tools/asyncapi/package-lock.json
+	npm ci --prefix tools/asyncapi --no-audit --no-fund --loglevel=error
+	touch $@
+
+venv: $(VENV)/.installed $(ASYNCAPI_TOOLS)
 
 lint: venv
 	$(VENV)/bin/ruff check services contracts tests deploy/local
@@ -68,9 +74,14 @@ chaos: venv
 	$(STACK) up
 	$(STACK) exec -- $(PY) -m canaryflow.demo.chaos $(CHAOS_ARGS)
 
-# The JSON Schemas, the AsyncAPI document and the CRD, generated from the pydantic models.
+# The published contract (JSON Schemas, AsyncAPI document, CRD) regenerated from the code.
 schemas: venv
 	$(PY) -m canaryflow_contracts.generate
 
+# Mutation testing of the pure cores, one module at a time (slow: minutes per module); prints
+# each module's survivors and fails when more survive than the README states.
+mutate: venv
+	$(PY) tools/mutate.py
+
 clean:
-	rm -rf $(VENV) .stack .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .stack .mypy_cache .ruff_cache .pytest_cache .mutate tools/asyncapi/node_modules

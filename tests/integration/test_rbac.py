@@ -1,8 +1,11 @@
 """The RBAC rules in deploy/kubernetes/rbac.yaml are enough for each service, and no more.
 
 Given a ServiceAccount bound (in a test namespace) to exactly the rules of one service's
-ClusterRole, the API server lets that service do its job and refuses what it must not do:
-the planner reads Deployments and ReleasePolicies and cannot write anything.
+ClusterRole, the API server lets that service do its job and refuses what it must not do,
+for each of the four services: the planner reads Deployments and ReleasePolicies and cannot
+write anything; the metrics-watcher reads ReleasePolicies and no workload; the executor makes
+and removes Deployments but cannot touch RBAC; the rollback service changes and removes
+Deployments but cannot make one, nor touch RBAC.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from tests.support import StackEnv, client_with_token, narrow_token
 
 from canaryflow.demo import shop
 from canaryflow.planner.validation import KubeClusterReader
+from canaryflow.runtime.policies import read_policies
 
 pytestmark = pytest.mark.stack
 
@@ -113,6 +117,68 @@ def test_the_executor_may_create_and_delete_deployments_but_not_touch_rbac(
             namespace, {"metadata": {"name": "escalate"}, "rules": []}
         )
     assert refused.value.status == 403
+
+
+def _deployment(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "web", "image": shop.image("v2")}]},
+            },
+        },
+    }
+
+
+def _refused(call: Any) -> int:
+    with pytest.raises(ApiException) as refused:
+        call()
+    return int(refused.value.status)
+
+
+async def test_the_metrics_watcher_reads_policies_and_no_workload(
+    kube: client.ApiClient, shop_with_policy: str
+) -> None:
+    namespace = shop_with_policy
+    token = narrow_token(kube, namespace, "metrics-watcher", _rules("canaryflow-metrics-watcher"))
+    narrow = client_with_token(kube, token)
+
+    policies = await read_policies(narrow, namespace)
+
+    assert [p.name for p in policies] == ["web"]
+    apps, core = client.AppsV1Api(narrow), client.CoreV1Api(narrow)
+    assert _refused(lambda: apps.read_namespaced_deployment("web", namespace)) == 403
+    assert _refused(lambda: core.list_namespaced_secret(namespace)) == 403
+    patch = {"spec": {"replicas": 3}}
+    assert _refused(lambda: apps.patch_namespaced_deployment("web", namespace, patch)) == 403
+
+
+def test_the_rollback_service_restores_deployments_but_cannot_make_one_or_touch_rbac(
+    kube: client.ApiClient, shop_with_policy: str
+) -> None:
+    namespace = shop_with_policy
+    token = narrow_token(kube, namespace, "rollback", _rules("canaryflow-rollback"))
+    narrow = client_with_token(kube, token)
+    admin_apps, apps = client.AppsV1Api(kube), client.AppsV1Api(narrow)
+    admin_apps.create_namespaced_deployment(namespace, _deployment("web-canary"))
+
+    # What a rollback does: stable back to full size, the canary removed.
+    apps.patch_namespaced_deployment("web", namespace, {"spec": {"replicas": 3}})
+    apps.delete_namespaced_deployment("web-canary", namespace)
+
+    assert admin_apps.read_namespaced_deployment("web", namespace).spec.replicas == 3
+    names = [d.metadata.name for d in admin_apps.list_namespaced_deployment(namespace).items]
+    assert names == ["web"]
+    body = _deployment("intruder")
+    assert _refused(lambda: apps.create_namespaced_deployment(namespace, body)) == 403
+    rbac = client.RbacAuthorizationV1Api(narrow)
+    role = {"metadata": {"name": "escalate"}, "rules": []}
+    assert _refused(lambda: rbac.create_namespaced_role(namespace, role)) == 403
 
 
 def test_the_installation_manifests_are_accepted_by_the_api_server(

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from canaryflow.metrics_watcher.stats import (
+    ALTERNATIVES,
     BucketTicks,
     Counts,
+    Estimate,
+    Sequential,
     histogram_test,
     rate_test,
     ratio_interval,
@@ -58,6 +63,81 @@ def test_a_drop_is_tested_in_the_other_direction() -> None:
 def test_no_traffic_is_no_evidence() -> None:
     assert not rate_test([], 0.01).rejected
     assert not rate_test([Counts(0, 0, 0, 0), Counts(3, 0, 0, 10)], 0.01).rejected
+
+
+def test_no_look_yet_is_no_evidence_at_the_corrected_threshold() -> None:
+    # Reported as evidence 0 (log -inf), p-value 1: nothing was measured.
+    assert rate_test([], 0.01, tests=2) == Sequential(0.0, 200.0, 1.0, False)
+
+
+def test_a_tick_where_one_side_served_nothing_carries_no_evidence() -> None:
+    for empty_side in (Counts(5, 0, 0, 10), Counts(0, 10, 5, 0)):
+        assert rate_test([empty_side] * 20, 0.01).evidence == 1.0
+
+
+def test_a_single_trial_on_either_side_counts() -> None:
+    assert rate_test([Counts(1, 1, 0, 1000)] * 10, 0.01).rejected
+    assert rate_test([Counts(0, 1000, 1, 1)] * 10, 0.01, higher_is_worse=False).rejected
+
+
+def test_negative_increments_of_a_reset_counter_count_as_none() -> None:
+    reset = rate_test([Counts(-50, 100, 5, 100), Counts(40, 100, 5, 100)], 0.01)
+    assert reset == rate_test([Counts(0, 100, 5, 100), Counts(40, 100, 5, 100)], 0.01)
+
+
+def mixture_evidence(series: list[Counts], thetas: list[float], null: float = 1.0) -> float:
+    """The mSPRT's evidence from its definition, in plain arithmetic: the largest, over the
+    looks, of the mean over the alternatives (ratios ``null * theta``) of the likelihood ratio
+    of the canary's share of the events (binomial given both tracks' trials) so far."""
+    best, log_lr = 1.0, [0.0] * len(thetas)
+    for tick in series:
+        nc, nb = tick.canary_trials, tick.baseline_trials
+        p0 = null * nc / (null * nc + nb)
+        for k, theta in enumerate(thetas):
+            p1 = null * theta * nc / (null * theta * nc + nb)
+            log_lr[k] += tick.canary_events * math.log(p1 / p0)
+            log_lr[k] += tick.baseline_events * math.log((1 - p1) / (1 - p0))
+        best = max(best, sum(math.exp(value) for value in log_lr) / len(thetas))
+    return best
+
+
+def test_the_evidence_is_the_mixture_likelihood_ratio_at_its_best_look() -> None:
+    # Worse, then a quiet tick that lowers the ratio: the test keeps the best look.
+    series = [Counts(12, 200, 4, 200), Counts(0, 200, 9, 200)]
+    up = [float(theta) for theta in ALTERNATIVES]
+    down = [1 / theta for theta in up]
+    assert rate_test(series, 0.01).evidence == pytest.approx(mixture_evidence(series, up))
+    drop = [Counts(4, 200, 12, 200), Counts(9, 200, 0, 200)]
+    low = rate_test(drop, 0.01, higher_is_worse=False).evidence
+    assert low == pytest.approx(mixture_evidence(drop, down)) and low > 1.0
+    both = rate_test(series, 0.01, two_sided=True).evidence
+    assert both == pytest.approx(mixture_evidence(series, up + down))
+    first_look = rate_test(series[:1], 0.01).evidence
+    assert rate_test(series, 0.01).evidence == first_look > 1.0
+
+
+def test_the_interval_is_every_ratio_the_two_sided_test_has_not_rejected() -> None:
+    series = [Counts(30, 1000, 20, 1000), Counts(25, 1000, 20, 1000)]
+    both = [float(theta) for theta in ALTERNATIVES] + [1 / float(t) for t in ALTERNATIVES]
+    grid = np.geomspace(1 / 50, 50.0, 481)  # the grid the interval is evaluated on
+    kept = [g for g in grid if mixture_evidence(series, both, null=float(g)) < 1 / 0.05]
+    estimate = ratio_interval(series, 0.05)
+    assert estimate.change == pytest.approx(55 / 40 - 1)
+    assert (estimate.lower, estimate.upper) == pytest.approx((min(kept) - 1, max(kept) - 1))
+
+
+def test_with_no_baseline_event_there_is_no_change_and_an_open_interval() -> None:
+    assert ratio_interval([Counts(5, 100, 0, 100)], 0.05).change is None
+    # Too little data to bound the ratio on either side: both ends are the grid's edges.
+    assert ratio_interval([Counts(1, 10, 1, 10)], 0.05) == Estimate(0.0, None, None)
+
+
+def test_a_ratio_beyond_the_grid_leaves_no_interval_but_keeps_the_change() -> None:
+    assert ratio_interval([Counts(1000, 1000, 1, 1000)] * 5, 0.05) == Estimate(999.0, None, None)
+
+
+def test_overwhelming_evidence_is_capped_at_e_to_the_700_and_stays_finite() -> None:
+    assert rate_test([Counts(1000, 1000, 0, 1000)] * 5, 0.01).evidence == math.exp(700)
 
 
 def test_bonferroni_raises_the_threshold() -> None:
@@ -116,3 +196,14 @@ def test_identical_latency_is_not_rejected() -> None:
         histogram_test(buckets(rng, sigma, sigma, 6), 0.01).test.rejected for _ in range(100)
     )
     assert rejected <= 2
+
+
+def test_the_latency_test_pays_for_each_of_its_buckets() -> None:
+    # Eight bounds are tested at once, so each must clear 8/alpha (Bonferroni): evidence that
+    # would clear a single test's 1/alpha (here about 500) is not a regression yet.
+    sigma = np.log(3) / 2.326
+    wider = np.log(4) / 2.326
+    result = histogram_test(buckets(np.random.default_rng(5), wider, sigma, 2), 0.01)
+    assert result.test.threshold == pytest.approx(8 / 0.01)
+    assert 1 / 0.01 < result.test.evidence < 8 / 0.01
+    assert not result.test.rejected
