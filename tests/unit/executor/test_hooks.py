@@ -84,5 +84,5 @@ async def test_a_hook_that_keeps_failing_gives_up_after_its_retries() -> None:
 def test_a_claimed_hook_run_is_given_up_on_only_after_every_attempt_could_have_timed_out() -> None:
     hook = Hook(name="smoke", type=HookType.PRE_ROLLOUT, url="http://x/smoke", retries=2)
 
-    # Three attempts of 10 s (the default timeout), pauses of 0.5 s and 1 s between them, then the publish.
+    # Three attempts of 10 s (the default timeout), pauses of 0.5 s and 1 s, then the publish.
     assert longest_run_seconds(hook) == 30.0 + 1.5 + PUBLISH_MARGIN_SECONDS
