@@ -53,6 +53,8 @@ DOCUMENTS = (
 )
 LANGUAGES = {"yaml", "json", "shell", "python", "mermaid", "promql", "text"}
 FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w-]*)\s*$")
+# A block that shows a file of the repository (pymdownx.snippets): the file is what is checked.
+INCLUDE = re.compile(r'^--8<-- "(?P<path>[^"]+)"\n$')
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,10 @@ def _snippets_of(path: Path) -> list[Snippet]:
         end = index + 1
         while lines[end].strip() != "```":
             end += 1
-        body = "\n".join(line[indent:] for line in lines[index + 1 : end])
-        found.append(Snippet(path, index + 1, opening["lang"], body + "\n"))
+        body = "\n".join(line[indent:] for line in lines[index + 1 : end]) + "\n"
+        if (included := INCLUDE.match(body)) is not None:
+            body = (REPO / included["path"]).read_text()
+        found.append(Snippet(path, index + 1, opening["lang"], body))
         index = end + 1
     return found
 
@@ -213,6 +217,10 @@ def test_json_snippets_are_events_of_the_catalogue_or_log_lines(snippet: Snippet
         assert document["level"] in {"debug", "info", "warning", "error", "critical"}
         if "release_id" in document and "subject" in document:
             assert document["subject"].endswith("." + document["release_id"])
+    elif isinstance(document, list):  # a Prometheus file_sd file: the labels the dashboard uses
+        for group in document:
+            assert set(group) == {"targets", "labels"}, group
+            assert {"service", "canaryflow_prefix"} <= set(group["labels"]), group
     else:
         pytest.fail("unknown kind of JSON snippet: teach this test")
 
@@ -227,8 +235,9 @@ STACK_COMMANDS = set(
     )
 )
 PYTHONS = {"python", "python3", ".venv/bin/python"}
+PYPROJECT = (REPO / "pyproject.toml").read_text()
 # Other people's tools the docs may show, by the name a shell finds them under.
-OUTSIDE_TOOLS = {"nats", "kubectl", "curl", "docker", "source", ".", "export", "kill", "cd"}
+OUTSIDE_TOOLS = {"nats", "curl", "docker", "source", ".", "export", "kill", "cd", ".venv/bin/pip"}
 OPERATORS = {"&&", "||", ";", "|", "&"}
 REDIRECT = re.compile(r"^\d?>>?(?P<target>\S*)$")
 
@@ -284,8 +293,12 @@ def check_command(argv: list[str]) -> None:
                 pytest.fail(f"the CLI refuses {shlex.join(argv)!r}")
     elif program in PYTHONS:
         _check_python(args)
-    elif program.startswith(".venv/bin/"):
-        assert (REPO / "pyproject.toml").read_text().count(program.removeprefix(".venv/bin/"))
+    elif program == "kubectl":  # a file it applies from the repository exists
+        files = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "-f"]
+        assert all((REPO / name).is_file() for name in files if "/" in name), files
+    elif program.startswith(".venv/bin/") and program not in OUTSIDE_TOOLS:
+        tool = program.removeprefix(".venv/bin/")
+        assert re.search(rf'"{tool}[=<>\[]', PYPROJECT), f"{tool} is no dependency"
     else:
         assert program in OUTSIDE_TOOLS, f"unknown command {program!r}: teach this test"
 
@@ -307,6 +320,8 @@ def test_shell_snippets_name_real_targets_commands_and_modules(snippet: Snippet)
         "python -m canaryflow.nothing",
         "python -m canaryflow_stack exec -- python -m canaryflow.nothing",
         "rm -rf /",
+        "kubectl apply -f deploy/crds/nothing.json",
+        ".venv/bin/black .",
     ],
 )
 def test_a_wrong_shell_line_is_caught(line: str) -> None:
