@@ -237,7 +237,8 @@ STACK_COMMANDS = set(
 PYTHONS = {"python", "python3", ".venv/bin/python"}
 PYPROJECT = (REPO / "pyproject.toml").read_text()
 # Other people's tools the docs may show, by the name a shell finds them under.
-OUTSIDE_TOOLS = {"nats", "curl", "docker", "source", ".", "export", "kill", "cd", ".venv/bin/pip"}
+OUTSIDE_TOOLS = {"nats", "curl", "docker", "source", ".", "export", "kill", "cd", "grep"}
+OUTSIDE_TOOLS |= {".venv/bin/pip"}
 OPERATORS = {"&&", "||", ";", "|", "&"}
 REDIRECT = re.compile(r"^\d?>>?(?P<target>\S*)$")
 
