@@ -22,10 +22,10 @@ _BOUNDS = (
     ("exclusiveMinimum", "> {}"),
     ("maximum", "≤ {}"),
     ("exclusiveMaximum", "< {}"),
-    ("minLength", "at least {} characters"),
-    ("maxLength", "at most {} characters"),
-    ("minItems", "at least {} items"),
-    ("maxItems", "at most {} items"),
+    ("minLength", "length ≥ {}"),
+    ("maxLength", "length ≤ {}"),
+    ("minItems", "items ≥ {}"),
+    ("maxItems", "items ≤ {}"),
     ("pattern", "matches `{}`"),
 )
 
@@ -67,9 +67,10 @@ def _bounds(schema: dict[str, Any]) -> str:
 def _default(schema: dict[str, Any], required: bool) -> str:
     if required:
         return "required"
-    if "default" not in schema:
-        return "(computed)"
-    return f"`{json.dumps(schema['default'])}`"
+    if "default" in schema:
+        return f"`{json.dumps(schema['default'])}`"
+    # A default made by a factory is not in the schema: an empty list, or the object's defaults.
+    return "`[]`" if schema.get("type") == "array" else "its fields' defaults"
 
 
 def _section(name: str, schema: dict[str, Any], heading: str) -> list[str]:

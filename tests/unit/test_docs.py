@@ -413,3 +413,10 @@ def test_the_site_builds_in_strict_mode(tmp_path: Path) -> None:
     assert "targetRef" in (site / "policy" / "index.html").read_text()
     assert "io.canaryflow.release.requested.v1" in (site / "concepts" / "index.html").read_text()
     assert "bench/results/judgement.txt" in (site / "benchmarks" / "index.html").read_text()
+
+
+def test_the_readme_s_two_commands_are_the_ones_ci_and_people_run() -> None:
+    (first, *_) = [s for s in SNIPPETS if s.path.name == "README.md" and s.lang == "shell"]
+    assert shell_commands(first.body) == [["make", "demo"], ["make", "test"]]
+    assert "make test" in (REPO / ".ci" / "run").read_text().splitlines()
+    assert len((REPO / "README.md").read_text().splitlines()) <= 200, "keep the README short"
