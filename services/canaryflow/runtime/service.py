@@ -25,7 +25,7 @@ from faststream.specification import AsyncAPI
 from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
-from canaryflow.runtime import observability, tracing
+from canaryflow.runtime import kube, observability, tracing
 from canaryflow.runtime.authority import Refusal
 from canaryflow.runtime.bus import (
     EventPublisher,
@@ -192,6 +192,7 @@ class Service:
             await converge_consumer(js, self.settings.subjects, durable, ack_wait)
 
     async def start(self) -> None:
+        kube.use_call_threads(asyncio.get_running_loop())
         # Made on the first request, not here: a restarted replica that takes over a killed
         # one's work (a rollback) should not spend a tenth of a second on a document first.
         asyncapi = functools.cache(lambda: json.dumps(self.asyncapi(), indent=2).encode())
