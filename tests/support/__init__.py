@@ -6,6 +6,7 @@ Jaeger; make a least-privilege Kubernetes token), and they must behave the same 
 so no test sleeps blindly or invents its own polling loop.
 """
 
+from tests.support import chart
 from tests.support.jaeger import JaegerQuery
 from tests.support.kube import client_with_token, narrow_token
 from tests.support.prom import PrometheusQuery
@@ -17,6 +18,7 @@ __all__ = [
     "PrometheusQuery",
     "StackEnv",
     "async_wait_until",
+    "chart",
     "client_with_token",
     "narrow_token",
     "wait_until",

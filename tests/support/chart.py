@@ -33,7 +33,9 @@ class HelmResult:
     stderr: str
 
 
-def helm(binary: str, *args: str, kubeconfig: str | None = None, timeout: float = 120) -> HelmResult:
+def helm(
+    binary: str, *args: str, kubeconfig: str | None = None, timeout: float = 120
+) -> HelmResult:
     if not binary:
         raise AssertionError("the stack has no helm (run `make stack-up` again to build it)")
     argv = [binary, *args] + ([f"--kubeconfig={kubeconfig}"] if kubeconfig else [])
@@ -43,14 +45,21 @@ def helm(binary: str, *args: str, kubeconfig: str | None = None, timeout: float 
 
 def set_json(values: dict[str, Any]) -> list[str]:
     """``--set-json key=value`` for each top-level value (Helm merges them into values.yaml)."""
-    return [arg for key, value in values.items() for arg in ("--set-json", f"{key}={json.dumps(value)}")]
+    return [
+        arg for key, value in values.items() for arg in ("--set-json", f"{key}={json.dumps(value)}")
+    ]
 
 
 def render(
-    binary: str, values: dict[str, Any] | None = None, release: str = "canaryflow", namespace: str = "canaryflow-system"
+    binary: str,
+    values: dict[str, Any] | None = None,
+    release: str = "canaryflow",
+    namespace: str = "canaryflow-system",
 ) -> list[dict[str, Any]]:
     """The chart's templates as ``helm template`` renders them (CRDs left out)."""
-    result = helm(binary, "template", release, str(CHART), "--namespace", namespace, *set_json(values or {}))
+    result = helm(
+        binary, "template", release, str(CHART), "--namespace", namespace, *set_json(values or {})
+    )
     if result.code != 0:
         raise AssertionError(f"helm template failed: {result.stderr}")
     return [d for d in yaml.safe_load_all(result.stdout) if d]
@@ -63,7 +72,9 @@ def named(documents: Iterable[dict[str, Any]], kind: str, name: str) -> dict[str
     raise AssertionError(f"no {kind} {name} rendered")
 
 
-def rules_of(documents: Iterable[dict[str, Any]], component: str, release: str = "canaryflow") -> list[dict[str, Any]]:
+def rules_of(
+    documents: Iterable[dict[str, Any]], component: str, release: str = "canaryflow"
+) -> list[dict[str, Any]]:
     """The rules the chart gives ``component``'s ServiceAccount (its ClusterRole)."""
     role = named(documents, "ClusterRole", f"{release}-{component}")
     rules: list[dict[str, Any]] = role["rules"]

@@ -28,7 +28,9 @@ KUBERNETES_VERSION = "v1.34.4"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.7.0"
 JAEGER_VERSION = "v1.76.0"  # Go module github.com/jaegertracing/jaeger, i.e. Jaeger v2's cmd/jaeger
-HELM_VERSION = "v4.3.2"  # Go module helm.sh/helm/v4: the chart in deploy/helm is linted and installed with it
+HELM_VERSION = (
+    "v4.3.2"  # Go module helm.sh/helm/v4: the chart in deploy/helm is linted and installed with it
+)
 TRAEFIK_VERSION = "v3.6.12"  # Go module github.com/traefik/traefik/v3 (v3.7 needs refused modules)
 
 # Default loopback ports. Each can be overridden by the environment variable named beside it.

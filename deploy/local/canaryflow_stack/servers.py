@@ -361,6 +361,11 @@ rules:
 """
 
 
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def _kubernetes(settings: Settings, bins: Binaries) -> list[Server]:
     p = settings.ports
     audit_policy = settings.state / "audit-policy.yaml"
@@ -426,7 +431,7 @@ def _kubernetes(settings: Settings, bins: Binaries) -> list[Server]:
             "--audit-log-maxbackup=1",
         ],
         ports={"https": p.apiserver},
-        prepare=lambda: audit_policy.write_text(AUDIT_POLICY),
+        prepare=lambda: _write(audit_policy, AUDIT_POLICY),
         probe=http_probe(_url(p.apiserver, "/readyz", "https"), verify=str(f.ca_crt), token=token),
         timeout=120,
         cause="etcd unreachable or flags/certificates this Kubernetes version rejects",

@@ -22,6 +22,7 @@ import nats.errors
 from faststream import FastStream
 from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
+from kubernetes.client import VersionApi
 from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
@@ -252,7 +253,7 @@ class Service:
             try:
                 if api is None:
                     api = kube.api_client(self.settings.kubeconfig)
-                version = kube.client.VersionApi(api).get_code
+                version = VersionApi(api).get_code
                 await kube.call(version, _request_timeout=timeout)
                 self.health.record("kubernetes", None)
             except Exception as error:
