@@ -113,7 +113,7 @@ def installed(
     if not stack.is_local_cluster:
         pytest.skip("reads the local API server's audit log")
     suffix = uuid.uuid4().hex[:6]
-    release, namespace = f"cf{suffix}", f"{NAMESPACE_PREFIX}-{suffix}"
+    release, namespace = f"canaryflow-{suffix}", f"{NAMESPACE_PREFIX}-{suffix}"
     values = chart_values(stack, e2e_prefix)
     result = chart.helm(
         stack.helm,
@@ -182,12 +182,12 @@ def test_the_chart_passes_helm_lint(stack: StackEnv) -> None:
 @pytest.mark.parametrize(
     ("value", "why"),
     [
-        ({"planner": {"replicas": -1}}, "planner.replicas"),
-        ({"nats": {"urls": ["http://nats:4222"]}}, "nats.urls"),
-        ({"metricsWatcher": {"alerts": {"port": 70000}}}, "metricsWatcher.alerts.port"),
-        ({"nats": {"tls": {"enabled": True}}}, "caSecretName"),
-        ({"rbac": {"namespaces": ["Not_A_Namespace"]}}, "rbac.namespaces"),
-        ({"planner": {"replica": 2}}, "replica"),
+        ({"planner": {"replicas": -1}}, "at '/planner/replicas': minimum: got -1, want 0"),
+        ({"nats": {"urls": ["http://nats:4222"]}}, "at '/nats/urls/0': 'http://nats:4222'"),
+        ({"metricsWatcher": {"alerts": {"port": 70000}}}, "at '/metricsWatcher/alerts/port'"),
+        ({"nats": {"tls": {"enabled": True}}}, "at '/nats/tls/caSecretName': minLength"),
+        ({"rbac": {"namespaces": ["Not_A_Namespace"]}}, "at '/rbac/namespaces/0'"),
+        ({"planner": {"replica": 2}}, "additional properties 'replica' not allowed"),
     ],
 )
 def test_a_wrong_value_is_refused_at_install_and_nothing_is_created(
