@@ -11,6 +11,7 @@ alert Service are real objects the API server accepted; the work is done by the 
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,18 +28,25 @@ from nats.aio.client import Client as NatsClient
 
 from canaryflow.demo import shop
 from canaryflow.demo.launcher import ServiceLauncher, StackEndpoints
+from canaryflow.runtime import bundle as bundles
 from canaryflow_contracts import Subjects
 from canaryflow_contracts.events import (
+    AbortRelease,
     ConfigMapChange,
-    EnvVar,
-    PromotionCompleted,
+    PhaseReached,
+    ReleaseRequested,
     ReleaseRolledBack,
     ReleaseSucceeded,
     RollbackCompleted,
+    TargetRef,
     VersionSpec,
 )
 from tests.e2e.conftest import Releases
-from tests.e2e.test_operations import canaryflow_leftovers, request, use_config_map
+from tests.e2e.test_operations import (
+    canaryflow_leftovers,
+    config_values_seen,
+    wait_rolled_out,
+)
 from tests.support import StackEnv, chart, client_with_token, wait_until
 
 pytestmark = pytest.mark.stack
@@ -257,28 +265,19 @@ def test_every_service_started_from_the_chart_says_it_is_ready(installed: Instal
 
 
 def _target_with_everything(kube: client.ApiClient, namespace: str) -> None:
-    """The shop's web reading a ConfigMap and a Secret, with an autoscaler and a budget: every
-    kind of object a release records and restores (each one a rule of the chart)."""
+    """The shop's web reading two ConfigMaps and two Secrets, with an autoscaler and a
+    budget: every kind of object a release records and restores (each a rule of the chart)."""
     core = client.CoreV1Api(kube)
-    core.create_namespaced_secret(
-        namespace, {"metadata": {"name": "web-secret"}, "stringData": {"TOKEN": "s3cret"}}
-    )
-    client.AppsV1Api(kube).patch_namespaced_deployment(
-        "web",
-        namespace,
-        {
-            "spec": {
-                "template": {
-                    "spec": {
-                        "containers": [
-                            {"name": "web", "envFrom": [{"secretRef": {"name": "web-secret"}}]}
-                        ]
-                    }
-                }
-            }
-        },
-    )
-    use_config_map(kube, namespace, {"LAYOUT": "classic"})
+    for name, data in (("web-config", {"LAYOUT": "classic"}), ("web-flags", {"NEW_CART": "off"})):
+        core.create_namespaced_config_map(namespace, {"metadata": {"name": name}, "data": data})
+    for name, data in (("web-secret", {"TOKEN": "s3cret"}), ("web-keys", {"KEY": "k1"})):
+        core.create_namespaced_secret(namespace, {"metadata": {"name": name}, "stringData": data})
+    sources = [{"configMapRef": {"name": "web-config"}}, {"configMapRef": {"name": "web-flags"}}]
+    sources += [{"secretRef": {"name": "web-secret"}}, {"secretRef": {"name": "web-keys"}}]
+    template = {"spec": {"containers": [{"name": "web", "envFrom": sources}]}}
+    apps = client.AppsV1Api(kube)
+    apps.patch_namespaced_deployment("web", namespace, {"spec": {"template": template}})
+    wait_rolled_out(kube, namespace)
     client.AutoscalingV2Api(kube).create_namespaced_horizontal_pod_autoscaler(
         namespace,
         {
@@ -291,45 +290,103 @@ def _target_with_everything(kube: client.ApiClient, namespace: str) -> None:
         },
     )
     client.PolicyV1Api(kube).create_namespaced_pod_disruption_budget(
-        namespace,
-        {
-            "metadata": {"name": "web"},
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "web"}}},
-        },
+        namespace, {"metadata": {"name": "web"}, "spec": BUDGET}
     )
 
 
-async def test_a_release_is_promoted_and_another_rolled_back_under_the_charts_identities(
+BUDGET = {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "web"}}}
+
+
+def _budget(kube: client.ApiClient, namespace: str) -> Any:
+    return client.PolicyV1Api(kube).read_namespaced_pod_disruption_budget("web", namespace)
+
+
+def _change_budget(kube: client.ApiClient, namespace: str) -> None:
+    """Someone changes the PDB while a release runs: its end puts the recorded one back."""
+    change = {"spec": {"maxUnavailable": 3}}
+    client.PolicyV1Api(kube).patch_namespaced_pod_disruption_budget("web", namespace, change)
+
+
+async def _release(
+    releases: Releases, namespace: str, layout: str, release_id: str | None = None
+) -> str:
+    """A configuration-only release (stable's image, a new LAYOUT); returns its id."""
+    release_id = release_id or f"web-{uuid.uuid4().hex[:8]}"
+    version = VersionSpec(
+        image=shop.image("v1"),
+        config_maps=[ConfigMapChange(name="web-config", data={"LAYOUT": layout})],
+    )
+    data = ReleaseRequested(
+        target=TargetRef(namespace=namespace, name="web"), version=version, requested_by="e2e"
+    )
+    await releases.publish(data, release_id)
+    return release_id
+
+
+async def test_releases_are_promoted_and_rolled_back_under_the_charts_identities(
     installed: Installed,
     kube: client.ApiClient,
     shop_namespace: str,
     nats_client: NatsClient,
     stack: StackEnv,
 ) -> None:
-    _target_with_everything(kube, shop_namespace)
+    """Three releases of one target, each through paths that need a rule of the chart:
+
+    A, promoted: finds a leftover bundle of a release that never started (replaced) and a
+    stale copy of its own configuration (rewritten); someone changes the PDB meanwhile (the
+    promotion puts it back). B, promoted: its promotion deletes A's copy, now superseded.
+    C, aborted: meanwhile someone deletes the live ConfigMap and a Secret and changes the
+    others and the PDB; the rollback puts each back as recorded and deletes C's copy.
+    """
+    ns = shop_namespace
+    _target_with_everything(kube, ns)
+    core = client.CoreV1Api(kube)
     releases = Releases(nats_client, Subjects(installed.launcher.prefix))
-
-    good = VersionSpec(
-        image=shop.image("v2"),
-        config_maps=[ConfigMapChange(name="web-config", data={"LAYOUT": "compact"})],
+    leftover = {"releaseId": "web-gone"}
+    core.create_namespaced_secret(
+        ns,
+        {
+            "metadata": {"name": bundles.bundle_name("web")},
+            "stringData": {bundles.BUNDLE_KEY: json.dumps(leftover)},
+        },
     )
-    promoted = await releases.events(await request(releases, shop_namespace, good))
-    bad = VersionSpec(
-        image=shop.image("v2-bad"), env=[EnvVar(name="CHECKOUT_LAYOUT", value="compact")]
-    )
-    rolled_back = await releases.events(await request(releases, shop_namespace, bad))
+    first = f"web-{uuid.uuid4().hex[:8]}"
+    stale = {"metadata": {"name": bundles.copy_name("web-config", first)}, "data": {"X": "y"}}
+    core.create_namespaced_config_map(ns, stale)
 
+    await _release(releases, ns, "compact", first)
+    await releases.events(first, until=(PhaseReached,), timeout=60)
+    _change_budget(kube, ns)
+    promoted = await releases.events(first)
     assert isinstance(promoted[-1].data, ReleaseSucceeded), [e.type for e in promoted]
-    assert PromotionCompleted in [type(e.data) for e in promoted]
+    assert _budget(kube, ns).spec.max_unavailable == 1
+    second = await _release(releases, ns, "wide")
+    promoted = await releases.events(second)
+    assert isinstance(promoted[-1].data, ReleaseSucceeded), [e.type for e in promoted]
+    assert config_values_seen(kube, ns, "LAYOUT") == {"wide"}
+    live_config = bundles.copy_name("web-config", second)
+    assert canaryflow_leftovers(kube, ns) == [f"ConfigMap {live_config}"]  # A's copy went
+
+    third = await _release(releases, ns, "tall")
+    await releases.events(third, until=(PhaseReached,), timeout=60)
+    core.delete_namespaced_config_map(live_config, ns)
+    core.patch_namespaced_config_map("web-flags", ns, {"data": {"NEW_CART": "on"}})
+    core.delete_namespaced_secret("web-keys", ns)
+    core.patch_namespaced_secret("web-secret", ns, {"stringData": {"TOKEN": "changed"}})
+    _change_budget(kube, ns)
+    await releases.publish(AbortRelease(actor="e2e-test", reason="chart"), third)
+    rolled_back = await releases.events(third, timeout=90)
+
     assert isinstance(rolled_back[-1].data, ReleaseRolledBack), [e.type for e in rolled_back]
     assert RollbackCompleted in [type(e.data) for e in rolled_back]
-    web = client.AppsV1Api(kube).read_namespaced_deployment("web", shop_namespace)
-    assert web.spec.template.spec.containers[0].image == shop.image("v2")
-    configs = client.CoreV1Api(kube).read_namespaced_config_map("web-config", shop_namespace)
-    assert configs.data == {"LAYOUT": "compact"}
-    assert canaryflow_leftovers(kube, shop_namespace) == []
+    assert core.read_namespaced_config_map(live_config, ns).data == {"LAYOUT": "wide"}
+    assert core.read_namespaced_config_map("web-flags", ns).data == {"NEW_CART": "off"}
+    assert core.read_namespaced_secret("web-keys", ns).data == {"KEY": _b64("k1")}
+    assert core.read_namespaced_secret("web-secret", ns).data == {"TOKEN": _b64("s3cret")}
+    assert _budget(kube, ns).spec.max_unavailable == 1
+    assert canaryflow_leftovers(kube, ns) == [f"ConfigMap {live_config}"]
 
-    # Every rule the chart grants was used by its service (the audit log of the API server).
+    # Every rule the chart grants was used by its service (the API server's audit log).
     documents = chart.render(
         stack.helm, chart_values(stack, installed.launcher.prefix), installed.release
     )
@@ -343,6 +400,10 @@ async def test_a_release_is_promoted_and_another_rolled_back_under_the_charts_id
         if missing := chart.granted(rules) - used:
             unused[component] = sorted(missing)
     assert unused == {}, f"rules of the chart no release used: {unused}"
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
 
 
 Call = Callable[[], Any]

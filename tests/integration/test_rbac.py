@@ -21,8 +21,8 @@ from kubernetes.client.exceptions import ApiException
 from tests.support import StackEnv, chart, client_with_token, narrow_token
 
 from canaryflow.demo import shop
+from canaryflow.metrics_watcher.policies import KubePolicySource
 from canaryflow.planner.validation import KubeClusterReader
-from canaryflow.runtime.policies import read_policies
 
 pytestmark = pytest.mark.stack
 
@@ -150,15 +150,28 @@ def _refused(call: Any) -> int:
 
 
 async def test_the_metrics_watcher_reads_policies_and_no_workload(
-    kube: client.ApiClient, shop_with_policy: str, chart_rules: Rules
+    stack: StackEnv,
+    kube: client.ApiClient,
+    shop_with_policy: str,
+    chart_rules: Rules,
+    tmp_path: Path,
 ) -> None:
     namespace = shop_with_policy
     token = narrow_token(kube, namespace, "metrics-watcher", chart_rules["metrics-watcher"])
     narrow = client_with_token(kube, token)
+    source = KubePolicySource(_kubeconfig(stack, token, tmp_path / "kubeconfig"))
 
-    policies = await read_policies(narrow, namespace)
+    policy = await source.get(namespace, "web")  # the release's policy, by name
 
-    assert [p.name for p in policies] == ["web"]
+    assert policy.analysis is not None
+    assert (
+        _refused(
+            lambda: client.CustomObjectsApi(narrow).list_namespaced_custom_object(
+                "canaryflow.io", "v1alpha1", namespace, "releasepolicies"
+            )
+        )
+        == 403
+    )
     apps, core = client.AppsV1Api(narrow), client.CoreV1Api(narrow)
     assert _refused(lambda: apps.read_namespaced_deployment("web", namespace)) == 403
     assert _refused(lambda: core.list_namespaced_secret(namespace)) == 403
@@ -175,8 +188,10 @@ def test_the_rollback_service_restores_deployments_but_cannot_make_one_or_touch_
     admin_apps, apps = client.AppsV1Api(kube), client.AppsV1Api(narrow)
     admin_apps.create_namespaced_deployment(namespace, _deployment("web-canary"))
 
-    # What a rollback does: stable back to full size, the canary removed.
-    apps.patch_namespaced_deployment("web", namespace, {"spec": {"replicas": 3}})
+    # What a rollback does: stable back to full size (a replace), the canary removed.
+    stable = apps.read_namespaced_deployment("web", namespace)
+    stable.spec.replicas = 3
+    apps.replace_namespaced_deployment("web", namespace, stable)
     apps.delete_namespaced_deployment("web-canary", namespace)
 
     assert admin_apps.read_namespaced_deployment("web", namespace).spec.replicas == 3

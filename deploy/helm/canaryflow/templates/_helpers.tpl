@@ -41,51 +41,57 @@ used by a real release through the API server's audit log, and the refusals.
 */}}
 {{- define "canaryflow.rules.planner" -}}
 - apiGroups: ["apps"]
-  resources: ["deployments"]
+  resources: ["deployments"]  # the target, to validate a request against it
   verbs: ["get"]
 - apiGroups: [""]
   resources: ["configmaps"]  # which ConfigMaps a release may change (their base names)
   verbs: ["get"]
 - apiGroups: ["canaryflow.io"]
-  resources: ["releasepolicies"]
-  verbs: ["get", "list"]
+  resources: ["releasepolicies"]  # the policies of the target's namespace
+  verbs: ["list"]
 {{- end -}}
 
 {{- define "canaryflow.rules.metricsWatcher" -}}
 - apiGroups: ["canaryflow.io"]
-  resources: ["releasepolicies"]
-  verbs: ["get", "list"]
+  resources: ["releasepolicies"]  # the release's policy: its analysis
+  verbs: ["get"]
 {{- end -}}
 
 {{- define "canaryflow.rules.executor" -}}
 - apiGroups: ["apps"]
-  resources: ["deployments"]
-  verbs: ["get", "list", "create", "update", "patch", "delete"]
+  resources: ["deployments"]  # the canary made and removed, stable stepped and promoted
+  verbs: ["get", "create", "update", "patch", "delete"]
 - apiGroups: [""]
-  resources: ["configmaps", "secrets"]
-  verbs: ["get", "list", "create", "update", "patch", "delete"]
+  resources: ["configmaps"]  # the canary's copies; the promoted copy's predecessors deleted
+  verbs: ["get", "list", "create", "update", "delete"]
+- apiGroups: [""]
+  resources: ["secrets"]  # those the target references (recorded) and the release's bundle
+  verbs: ["get", "create", "update", "delete"]
 - apiGroups: ["autoscaling"]
-  resources: ["horizontalpodautoscalers"]
-  verbs: ["get", "list", "update", "patch"]
+  resources: ["horizontalpodautoscalers"]  # found, held for the release, restored
+  verbs: ["get", "list", "update"]
 - apiGroups: ["policy"]
-  resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "update", "patch"]
+  resources: ["poddisruptionbudgets"]  # found, recorded, restored
+  verbs: ["get", "list", "update"]
 - apiGroups: ["canaryflow.io"]
-  resources: ["releasepolicies"]
-  verbs: ["get", "list"]
+  resources: ["releasepolicies"]  # the policy's resources and hooks
+  verbs: ["list"]
 {{- end -}}
 
 {{- define "canaryflow.rules.rollback" -}}
 - apiGroups: ["apps"]
-  resources: ["deployments"]
-  verbs: ["get", "list", "update", "patch", "delete"]
+  resources: ["deployments"]  # stable restored, the canary removed; never created
+  verbs: ["get", "update", "delete"]
 - apiGroups: [""]
-  resources: ["configmaps", "secrets"]
-  verbs: ["get", "list", "create", "update", "patch", "delete"]
+  resources: ["configmaps"]  # recorded ones put back, the release's copies deleted
+  verbs: ["get", "list", "create", "update", "delete"]
+- apiGroups: [""]
+  resources: ["secrets"]  # recorded ones put back, the release's bundle read and deleted
+  verbs: ["get", "create", "update", "delete"]
 - apiGroups: ["autoscaling"]
-  resources: ["horizontalpodautoscalers"]
-  verbs: ["get", "list", "update", "patch"]
+  resources: ["horizontalpodautoscalers"]  # the hold ended
+  verbs: ["get", "update"]
 - apiGroups: ["policy"]
-  resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "update", "patch"]
+  resources: ["poddisruptionbudgets"]  # put back as recorded
+  verbs: ["get", "update"]
 {{- end -}}
