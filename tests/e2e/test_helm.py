@@ -495,3 +495,45 @@ def test_each_service_is_refused_what_it_must_not_do(
     # The executor and the rollback service do read Secrets (those the target references,
     # to restore them): RBAC cannot name them in advance, see the README's limits.
     assert seen["executor"]["read secret"] == 404
+
+
+def test_namespaced_mode_grants_roles_in_the_listed_namespaces_only(
+    stack: StackEnv, kube: client.ApiClient, shop_namespace: str
+) -> None:
+    """For teams without cluster-wide rights: Roles in the listed namespaces, no ClusterRole;
+    a target elsewhere is out of reach of every service."""
+    suffix = uuid.uuid4().hex[:6]
+    release, namespace = f"canaryflow-{suffix}", f"{NAMESPACE_PREFIX}-{suffix}"
+    values = {"rbac": {"namespaces": [shop_namespace]}}
+    install = chart.helm(
+        stack.helm,
+        "install",
+        release,
+        str(chart.CHART),
+        "--namespace",
+        namespace,
+        "--create-namespace",
+        *chart.set_json(values),
+        kubeconfig=stack.kubeconfig,
+    )
+    try:
+        assert install.code == 0, install.stderr
+        assert f"acting in the namespaces {shop_namespace} only" in install.stdout
+        rbac = client.RbacAuthorizationV1Api(kube)
+        mine = f"app.kubernetes.io/instance={release}"
+        assert rbac.list_cluster_role(label_selector=mine).items == []
+        roles = rbac.list_namespaced_role(shop_namespace, label_selector=mine).items
+        assert len(roles) == 4
+        token = service_account_token(kube, namespace, f"{release}-executor")
+        apps = client.AppsV1Api(client_with_token(kube, token))
+
+        assert apps.read_namespaced_deployment("web", shop_namespace).metadata.name == "web"
+        elsewhere = _status(lambda: apps.read_namespaced_deployment("web", "default"))
+        assert elsewhere == 403
+        core = client.CoreV1Api(client_with_token(kube, token))
+        assert _status(lambda: core.read_namespaced_secret("any", "kube-system")) == 403
+    finally:
+        chart.helm(
+            stack.helm, "uninstall", release, "--namespace", namespace, kubeconfig=stack.kubeconfig
+        )
+        client.CoreV1Api(kube).delete_namespace(namespace)
