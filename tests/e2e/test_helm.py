@@ -21,13 +21,12 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from nats.aio.client import Client as NatsClient
 
 from canaryflow.demo import shop
-from canaryflow.demo.launcher import ServiceLauncher, StackEndpoints
+from canaryflow.demo.launcher import ServiceLauncher
 from canaryflow.runtime import bundle as bundles
 from canaryflow_contracts import Subjects
 from canaryflow_contracts.events import (
@@ -41,13 +40,13 @@ from canaryflow_contracts.events import (
     TargetRef,
     VersionSpec,
 )
-from tests.e2e.conftest import Releases
+from tests.e2e.conftest import Releases, launcher_for
 from tests.e2e.test_operations import (
     canaryflow_leftovers,
     live_pods,
     wait_rolled_out,
 )
-from tests.support import StackEnv, chart, client_with_token, wait_until
+from tests.support import StackEnv, chart, client_with_token, kubeconfig_with_token, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -82,25 +81,6 @@ def chart_values(stack: StackEnv, prefix: str) -> dict[str, Any]:
     }
 
 
-def kubeconfig_with_token(stack: StackEnv, token: str, path: Path) -> str:
-    """The stack's cluster (address, CA) with ``token`` as the only credential."""
-    admin: dict[str, Any] = yaml.safe_load(Path(stack.kubeconfig).read_text())
-    cluster = admin["clusters"][0]
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [cluster],
-                "users": [{"name": "sa", "user": {"token": token}}],
-                "contexts": [{"name": "sa", "context": {"cluster": cluster["name"], "user": "sa"}}],
-                "current-context": "sa",
-            }
-        )
-    )
-    return str(path)
-
-
 def service_account_token(kube: client.ApiClient, namespace: str, name: str) -> str:
     """A token of the ServiceAccount from the TokenRequest API, as the kubelet would mount."""
     request_body = {"spec": {"expirationSeconds": 3600}}
@@ -123,17 +103,7 @@ def installed(
     suffix = uuid.uuid4().hex[:6]
     release, namespace = f"canaryflow-{suffix}", f"{NAMESPACE_PREFIX}-{suffix}"
     values = chart_values(stack, e2e_prefix)
-    result = chart.helm(
-        stack.helm,
-        "install",
-        release,
-        str(chart.CHART),
-        "--namespace",
-        namespace,
-        "--create-namespace",
-        *chart.set_json(values),
-        kubeconfig=stack.kubeconfig,
-    )
+    result = chart.install(stack.helm, stack.kubeconfig, release, namespace, values)
     assert result.code == 0, result.stderr
     logs = stack.state_dir / "logs" / f"helm-{release}"
     logs.mkdir(parents=True, exist_ok=True)
@@ -152,21 +122,11 @@ def installed(
             **chart.container_env(deployment),
             # In a pod: the mounted token and the in-cluster address; here, the same token.
             "KUBECONFIG": kubeconfig_with_token(
-                stack, tokens[component], workdir / f"{component}.kubeconfig"
+                stack.kubeconfig, tokens[component], workdir / f"{component}.kubeconfig"
             ),
         }
-    launcher = ServiceLauncher(
-        StackEndpoints(
-            nats_url=stack.nats_url,
-            kubeconfig=stack.kubeconfig,
-            prometheus_url=stack.prometheus_url,
-            otlp_endpoint=stack.otlp_http_endpoint,
-            prometheus_targets=stack.prometheus_targets,
-        ),
-        prefix=e2e_prefix,
-        log_dir=logs,
-        exact_env=exact_env,
-    )
+    launcher = launcher_for(stack, e2e_prefix, replicas=1)
+    launcher.exact_env = exact_env
     installation = Installed(release, namespace, result.stdout, deployments, tokens, launcher)
     try:
         for component, module in chart.SERVICES.values():
@@ -203,16 +163,7 @@ def test_a_wrong_value_is_refused_at_install_and_nothing_is_created(
 ) -> None:
     release = f"wrong{uuid.uuid4().hex[:6]}"
 
-    result = chart.helm(
-        stack.helm,
-        "install",
-        release,
-        str(chart.CHART),
-        "--namespace",
-        "default",
-        *chart.set_json(value),
-        kubeconfig=stack.kubeconfig,
-    )
+    result = chart.install(stack.helm, stack.kubeconfig, release, "default", value)
 
     assert result.code != 0
     assert "values don't meet the specifications of the schema" in result.stderr, result.stderr
@@ -505,17 +456,7 @@ def test_namespaced_mode_grants_roles_in_the_listed_namespaces_only(
     suffix = uuid.uuid4().hex[:6]
     release, namespace = f"canaryflow-{suffix}", f"{NAMESPACE_PREFIX}-{suffix}"
     values = {"rbac": {"namespaces": [shop_namespace]}}
-    install = chart.helm(
-        stack.helm,
-        "install",
-        release,
-        str(chart.CHART),
-        "--namespace",
-        namespace,
-        "--create-namespace",
-        *chart.set_json(values),
-        kubeconfig=stack.kubeconfig,
-    )
+    install = chart.install(stack.helm, stack.kubeconfig, release, namespace, values)
     try:
         assert install.code == 0, install.stderr
         assert f"acting in the namespaces {shop_namespace} only" in install.stdout

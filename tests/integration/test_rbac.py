@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from tests.support import StackEnv, chart, client_with_token, narrow_token
+from tests.support import StackEnv, chart, client_with_token, kubeconfig_with_token, narrow_token
 
 from canaryflow.demo import shop
 from canaryflow.metrics_watcher.policies import KubePolicySource
@@ -45,21 +44,6 @@ def chart_rules(stack: StackEnv) -> Rules:
     }
 
 
-def _kubeconfig(stack: StackEnv, token: str, path: Path) -> str:
-    admin: dict[str, Any] = yaml.safe_load(Path(stack.kubeconfig).read_text())
-    cluster = admin["clusters"][0]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [cluster],
-        "users": [{"name": "narrow", "user": {"token": token}}],
-        "contexts": [{"name": "narrow", "context": {"cluster": cluster["name"], "user": "narrow"}}],
-        "current-context": "narrow",
-    }
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
-
-
 @pytest.fixture
 def shop_with_policy(kube: client.ApiClient, namespace: str) -> str:
     shop.install_crd(kube)
@@ -77,7 +61,9 @@ async def test_the_planner_can_read_what_it_validates_and_write_nothing(
 ) -> None:
     namespace = shop_with_policy
     token = narrow_token(kube, namespace, "planner", chart_rules["planner"])
-    reader = KubeClusterReader(_kubeconfig(stack, token, tmp_path / "kubeconfig"))
+    reader = KubeClusterReader(
+        kubeconfig_with_token(stack.kubeconfig, token, tmp_path / "kubeconfig")
+    )
 
     core = client.CoreV1Api(kube)
     core.create_namespaced_config_map(namespace, {"metadata": {"name": "web-config"}})
@@ -159,7 +145,9 @@ async def test_the_metrics_watcher_reads_policies_and_no_workload(
     namespace = shop_with_policy
     token = narrow_token(kube, namespace, "metrics-watcher", chart_rules["metrics-watcher"])
     narrow = client_with_token(kube, token)
-    source = KubePolicySource(_kubeconfig(stack, token, tmp_path / "kubeconfig"))
+    source = KubePolicySource(
+        kubeconfig_with_token(stack.kubeconfig, token, tmp_path / "kubeconfig")
+    )
 
     policy = await source.get(namespace, "web")  # the release's policy, by name
 

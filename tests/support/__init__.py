@@ -8,7 +8,7 @@ so no test sleeps blindly or invents its own polling loop.
 
 from tests.support import chart
 from tests.support.jaeger import JaegerQuery
-from tests.support.kube import client_with_token, narrow_token
+from tests.support.kube import client_with_token, kubeconfig_with_token, narrow_token
 from tests.support.prom import PrometheusQuery
 from tests.support.stackenv import StackEnv
 from tests.support.wait import async_wait_until, wait_until
@@ -20,6 +20,7 @@ __all__ = [
     "async_wait_until",
     "chart",
     "client_with_token",
+    "kubeconfig_with_token",
     "narrow_token",
     "wait_until",
 ]

@@ -50,6 +50,23 @@ def set_json(values: dict[str, Any]) -> list[str]:
     ]
 
 
+def install(
+    binary: str, kubeconfig: str, release: str, namespace: str, values: dict[str, Any]
+) -> HelmResult:
+    """``helm install`` of the chart into ``namespace`` (made if missing)."""
+    return helm(
+        binary,
+        "install",
+        release,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--create-namespace",
+        *set_json(values),
+        kubeconfig=kubeconfig,
+    )
+
+
 def render(
     binary: str,
     values: dict[str, Any] | None = None,
