@@ -179,6 +179,7 @@ def test_the_rollback_service_restores_deployments_but_cannot_make_one_or_touch_
     # What a rollback does: stable back to full size (a replace), the canary removed.
     stable = apps.read_namespaced_deployment("web", namespace)
     stable.spec.replicas = 3
+    stable.metadata.resource_version = None  # unconditional: KWOK writes its status meanwhile
     apps.replace_namespaced_deployment("web", namespace, stable)
     apps.delete_namespaced_deployment("web-canary", namespace)
 
