@@ -147,6 +147,20 @@ def test_the_chart_passes_helm_lint(stack: StackEnv) -> None:
     assert "0 chart(s) failed" in result.stdout
 
 
+def test_the_service_monitor_is_rendered_only_when_asked_for(stack: StackEnv) -> None:
+    """Optional: it needs the Prometheus Operator's CRD, which the stack does not serve."""
+    plain = {d["kind"] for d in chart.render(stack.helm)}
+    monitor = {"metrics": {"port": 9100, "serviceMonitor": {"enabled": True}}}
+    documents = chart.render(stack.helm, monitor)
+
+    assert "ServiceMonitor" not in plain
+    watched = chart.named(documents, "ServiceMonitor", "canaryflow")
+    service = chart.named(documents, "Service", "canaryflow-metrics")
+    labels = service["metadata"]["labels"]
+    assert watched["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert watched["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+
+
 @pytest.mark.parametrize(
     ("value", "why"),
     [
