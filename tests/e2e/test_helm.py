@@ -229,6 +229,34 @@ def test_every_service_started_from_the_chart_says_it_is_ready(installed: Instal
         assert httpx.get(f"{base}/livez", timeout=2).status_code == 200
 
 
+def test_a_service_whose_token_the_api_server_refuses_is_not_ready_but_alive(
+    installed: Installed, stack: StackEnv, stream_prefix: str, tmp_path: Path
+) -> None:
+    """Readiness means something: the chart's planner with a token the API server does not
+    accept (on streams of its own) starts and consumes, yet says it is not ready, and why."""
+    env = chart.container_env(installed.deployments["planner"])
+    env["CANARYFLOW_PREFIX"] = stream_prefix
+    env["KUBECONFIG"] = kubeconfig_with_token(stack.kubeconfig, "not-a-token", tmp_path / "kc")
+    launcher = launcher_for(stack, stream_prefix, replicas=1)
+    launcher.exact_env = {"planner": env}
+    (planner,) = launcher.start(("planner",))
+    base = f"http://127.0.0.1:{planner.metrics_port}"
+    try:
+
+        def checked() -> dict[str, Any] | None:
+            answer = httpx.get(f"{base}/readyz", timeout=2)
+            body: dict[str, Any] = answer.json()
+            done = answer.status_code == 503 and "consumers" not in body["failures"]
+            return body if done and "service" not in body["failures"] else None
+
+        body = wait_until(checked, timeout=30, message="the planner's checks ran")
+        assert list(body["failures"]) == ["kubernetes"], body
+        assert "401" in body["failures"]["kubernetes"], body
+        assert httpx.get(f"{base}/livez", timeout=2).status_code == 200
+    finally:
+        launcher.stop()
+
+
 def _target_with_everything(kube: client.ApiClient, namespace: str) -> None:
     """The shop's web reading two ConfigMaps and two Secrets, with an autoscaler and a
     budget: every kind of object a release records and restores (each a rule of the chart)."""

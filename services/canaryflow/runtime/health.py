@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # Between two rounds of checks; a probe sees a result at most this old (plus one round).
-CHECK_SECONDS = 2.0
+CHECK_SECONDS = 5.0
 # The loop is declared stuck when no round finished for this long (a round waits at most
 # CHECK_TIMEOUT_SECONDS on each of its three checks).
 CHECK_TIMEOUT_SECONDS = 3.0

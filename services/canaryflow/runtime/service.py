@@ -23,6 +23,7 @@ from faststream import FastStream
 from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 from kubernetes.client import VersionApi
+from kubernetes.client.exceptions import ApiException
 from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
@@ -256,6 +257,9 @@ class Service:
                 version = VersionApi(api).get_code
                 await kube.call(version, _request_timeout=timeout)
                 self.health.record("kubernetes", None)
+            except ApiException as error:
+                answer = f"API server answered {error.status} {error.reason}"
+                self.health.record("kubernetes", answer)
             except Exception as error:
                 self.health.record("kubernetes", f"API server unreachable: {error!r}")
             self.health.round_done()
