@@ -297,7 +297,7 @@ async def _send(bus: Bus, batch: list[Spec]) -> list[Sent]:
             spec, earlier, bus.subjects.prefix
         )
         earlier.append((release_id, request_id))
-        # As the README says: the answer names the envelope id if the body has a readable
+        # As docs/requests.md says: the answer names the envelope id if the body has a readable
         # one (a mutation may have replaced it), else the Nats-Msg-Id, else the stream position.
         key = _readable_id(body) or headers.get("Nats-Msg-Id") or ""
         sent.append(Sent(subject, key, release_id))

@@ -46,12 +46,18 @@ from tests.unit.contracts.test_contracts import REQUEST_JSON
 
 TARGET = TargetRef(namespace="shop", name="web")
 
-README = Path(__file__).resolve().parents[3] / "README.md"
+REPO = Path(__file__).resolve().parents[3]
+# Where people read examples of events: the README and the docs site's pages.
+DOCUMENTS = (REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")))
 
 
-def readme_events() -> list[dict[str, Any]]:
-    """Every JSON example in the README that is an event (has a CloudEvents ``type``)."""
-    blocks = re.findall(r"```json\n(.*?)```", README.read_text(), flags=re.DOTALL)
+def docs_events() -> list[dict[str, Any]]:
+    """Every JSON example in the README and the docs that is an event (has ``specversion``)."""
+    blocks = [
+        block
+        for document in DOCUMENTS
+        for block in re.findall(r"```json\n(.*?)```", document.read_text(), flags=re.DOTALL)
+    ]
     events = [json.loads(block) for block in blocks]
     return [event for event in events if isinstance(event, dict) and "specversion" in event]
 
@@ -97,8 +103,8 @@ def run_hook() -> Envelope[RunHook]:
     return envelope_of(RunHook).model_validate(event)
 
 
-def test_the_readme_has_a_request_example() -> None:
-    types = [event["type"] for event in readme_events()]
+def test_the_docs_have_a_request_example() -> None:
+    types = [event["type"] for event in docs_events()]
     assert ReleaseRequested.event_type() in types
 
 
@@ -117,7 +123,7 @@ def wire(envelope: Envelope[Any]) -> dict[str, Any]:
 
 
 def examples() -> list[dict[str, Any]]:
-    return [*readme_events(), REQUEST_JSON, *wire_events()]
+    return [*docs_events(), REQUEST_JSON, *wire_events()]
 
 
 def test_every_catalogue_type_is_checked() -> None:
