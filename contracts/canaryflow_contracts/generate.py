@@ -27,7 +27,9 @@ from canaryflow_contracts.subjects import DEFAULT_PREFIX
 
 PACKAGE_DIR = Path(__file__).parent
 REPO_DIR = PACKAGE_DIR.parent.parent
-CRD_PATH = REPO_DIR / "deploy" / "crds" / "releasepolicies.canaryflow.io.json"
+CRD_PATH = (
+    REPO_DIR / "deploy" / "helm" / "canaryflow" / "crds" / "releasepolicies.canaryflow.io.json"
+)
 CONTRACT_VERSION = "1.0.0"
 # What a channel's last token is, per EventData.subject_key.
 CHANNEL_KEYS = {

@@ -294,6 +294,10 @@ def check_command(argv: list[str]) -> None:
                 pytest.fail(f"the CLI refuses {shlex.join(argv)!r}")
     elif program in PYTHONS:
         _check_python(args)
+    elif program == "helm":  # the chart it installs is the repository's
+        charts = [arg for arg in args if arg.startswith("deploy/")]
+        assert args[0] in {"install", "upgrade", "template", "lint"}, args
+        assert charts and all((REPO / c / "Chart.yaml").is_file() for c in charts), charts
     elif program == "kubectl":  # a file it applies from the repository exists
         files = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "-f"]
         assert all((REPO / name).is_file() for name in files if "/" in name), files
@@ -322,6 +326,7 @@ def test_shell_snippets_name_real_targets_commands_and_modules(snippet: Snippet)
         "python -m canaryflow_stack exec -- python -m canaryflow.nothing",
         "rm -rf /",
         "kubectl apply -f deploy/crds/nothing.json",
+        "helm install canaryflow deploy/helm/nothing",
         ".venv/bin/black .",
     ],
 )

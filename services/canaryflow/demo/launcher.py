@@ -21,6 +21,8 @@ SERVICES = ("planner", "executor", "metrics_watcher", "rollback")
 STARTED_MARK = '"msg": "service started"'
 # Services with an HTTP API of their own: each replica gets a port (CANARYFLOW_HTTP_PORT).
 HTTP_SERVICES = ("metrics_watcher",)
+# What a process needs from its parent whatever its configuration (see ``exact_env``).
+PROCESS_BASICS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "TZ")
 
 
 class LaunchError(RuntimeError):
@@ -72,10 +74,22 @@ class ServiceLauncher:
     log_dir: Path
     replicas: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
+    exact_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Per service (module name): the whole environment it gets, e.g. a Deployment's as a
+    Helm chart rendered it. Only the process basics (PATH, HOME, …) are added, and the
+    launcher's own free ports replace the metrics and HTTP ports: in a pod each replica has
+    its network namespace to itself, here they share one."""
     running: list[RunningService] = field(default_factory=list)
     _launched: int = 0
 
     def _env(self, service: str, metrics_port: int, http_port: int = 0) -> dict[str, str]:
+        if service in self.exact_env:
+            basics = {k: v for k, v in os.environ.items() if k in PROCESS_BASICS}
+            env = {**basics, **self.exact_env[service], "PYTHONUNBUFFERED": "1"}
+            env["CANARYFLOW_METRICS_PORT"] = str(metrics_port)
+            if http_port:
+                env["CANARYFLOW_HTTP_PORT"] = str(http_port)
+            return env
         env = {
             **os.environ,
             "NATS_URL": self.stack.nats_url,
