@@ -60,6 +60,7 @@ from nats.js.api import DeliverPolicy
 from canaryflow.demo import shop
 from canaryflow.demo.launcher import SERVICES, LaunchError, ServiceLauncher, StackEndpoints
 from canaryflow.runtime import bundle
+from canaryflow.runtime.settings import nats_servers
 from canaryflow_contracts import MESSAGE_ID_HEADER, Envelope, EventData, Subjects
 from canaryflow_contracts.events import (
     TERMINAL_EVENTS,
@@ -977,7 +978,7 @@ async def campaign(options: CampaignOptions, stack: StackSettings | None = None)
     api = kube_config.new_client_from_config(config_file=found.kubeconfig)
     shop.install_crd(api)
     nc = await nats.connect(
-        found.nats_url,
+        nats_servers(found.nats_url),
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.2,
         connect_timeout=5,
