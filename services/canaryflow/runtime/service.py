@@ -8,6 +8,7 @@ the JetStream discipline and the telemetry cannot drift from one service to the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import hashlib
@@ -194,6 +195,18 @@ class Service:
         for durable, ack_wait in self._ack_waits.items():
             await converge_consumer(js, self.settings.subjects, durable, ack_wait)
 
+    async def _start_consuming(self) -> None:
+        """The broker's subscribers bound to their consumers, or none of them: on a busy
+        R3 cluster a consumer's creation can outlast the request's timeout (a planner exited
+        on it at the start of a campaign), and a retry must not subscribe twice."""
+        try:
+            await self.broker.start()
+        except BaseException:
+            for subscriber in self.broker.subscribers:  # the broker's stop would drain NATS
+                with contextlib.suppress(Exception):
+                    await subscriber.stop()
+            raise
+
     async def start(self) -> None:
         kube.use_call_threads(asyncio.get_running_loop())
         # Made on the first request, not here: a restarted replica that takes over a killed
@@ -221,7 +234,7 @@ class Service:
         # work in flight (it was ~100 ms over ~180k objects, and a tenth of a handler's CPU).
         gc.collect()
         gc.freeze()
-        await self.broker.start()
+        await until_jetstream_answers("bind the consumers", self._start_consuming, STARTUP_SECONDS)
         for loop in self._loops:
             self._tasks.append(asyncio.create_task(_guarded(loop)))
         self.health.started = True
