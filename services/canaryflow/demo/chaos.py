@@ -60,6 +60,7 @@ from nats.js.api import DeliverPolicy
 from canaryflow.demo import shop
 from canaryflow.demo.launcher import SERVICES, LaunchError, ServiceLauncher, StackEndpoints
 from canaryflow.runtime import bundle
+from canaryflow.runtime.bus import PUBLISH_RETRY_SECONDS, until_jetstream_answers
 from canaryflow.runtime.settings import nats_servers
 from canaryflow_contracts import MESSAGE_ID_HEADER, Envelope, EventData, Subjects
 from canaryflow_contracts.events import (
@@ -454,12 +455,18 @@ class Campaign:
         return Subjects(self.launcher.prefix)
 
     async def publish(self, data: EventData, rid: str) -> None:
+        """Published as the services publish: again while a NATS node is down (same id, so a
+        repeat the stream already stored is dropped)."""
         envelope = Envelope.wrap(data, release_id=rid, source="chaos")
-        await self.nc.jetstream().publish(
-            self.subjects.of(type(data), rid),
-            envelope.model_dump_json().encode(),
-            headers={MESSAGE_ID_HEADER: envelope.id},
-        )
+
+        async def once() -> None:
+            await self.nc.jetstream().publish(
+                self.subjects.of(type(data), rid),
+                envelope.model_dump_json().encode(),
+                headers={MESSAGE_ID_HEADER: envelope.id},
+            )
+
+        await until_jetstream_answers(f"publish {envelope.type}", once, PUBLISH_RETRY_SECONDS)
 
     def _prepare(self, namespace: str, plans: list[Planned]) -> None:
         core = client.CoreV1Api(self.api)
