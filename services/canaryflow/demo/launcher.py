@@ -25,6 +25,9 @@ HTTP_SERVICES = ("metrics_watcher",)
 PROCESS_BASICS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "TZ")
 
 
+PORT_RETRIES = 3
+
+
 class LaunchError(RuntimeError):
     """A service did not come up; the message names it and shows the end of its log."""
 
@@ -116,23 +119,11 @@ class ServiceLauncher:
         """Start ``replicas`` (by default the launcher's number) of each service; returns them
         once each has said it started."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        started: list[RunningService] = []
-        for service in services:
-            for _ in range(self.replicas if replicas is None else replicas):
-                port = free_port()
-                http_port = free_port() if service in HTTP_SERVICES else 0
-                # A replica started again after a kill gets a log of its own.
-                self._launched += 1
-                log_path = self.log_dir / f"{service}-{self._launched}.log"
-                log_file = log_path.open("wb")
-                process = subprocess.Popen(
-                    [sys.executable, "-m", f"canaryflow.{service}"],
-                    env=self._env(service, port, http_port),
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                )
-                log_file.close()
-                started.append(RunningService(service, process, log_path, port, http_port))
+        started = [
+            self._spawn(service)
+            for service in services
+            for _ in range(self.replicas if replicas is None else replicas)
+        ]
         self.running.extend(started)
         self._write_targets()
         try:
@@ -143,6 +134,21 @@ class ServiceLauncher:
             self.stop()
             raise
         return started
+
+    def _spawn(self, service: str) -> RunningService:
+        port = free_port()
+        http_port = free_port() if service in HTTP_SERVICES else 0
+        # A replica started again after a kill gets a log of its own.
+        self._launched += 1
+        log_path = self.log_dir / f"{service}-{self._launched}.log"
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", f"canaryflow.{service}"],
+                env=self._env(service, port, http_port),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        return RunningService(service, process, log_path, port, http_port)
 
     def replicas_of(self, name: str) -> list[RunningService]:
         return [service for service in self.running if service.name == name]
@@ -157,8 +163,19 @@ class ServiceLauncher:
     def _wait_started(self, services: list[RunningService], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         waiting = list(services)
+        port_retries = PORT_RETRIES
         while waiting:
             for service in list(waiting):
+                if service.process.poll() is not None and port_retries and _lost_its_port(service):
+                    # free_port() only found a port free: another process may take it before
+                    # the service binds it (seen with several stacks on one machine).
+                    port_retries -= 1
+                    again = self._spawn(service.name)
+                    self.running[self.running.index(service)] = again
+                    services[services.index(service)] = again
+                    waiting[waiting.index(service)] = again
+                    self._write_targets()
+                    continue
                 if service.process.poll() is not None:
                     raise LaunchError(
                         f"{service.name} exited with {service.process.returncode}; "
@@ -228,3 +245,7 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
         return "(no log)"
+
+
+def _lost_its_port(service: RunningService) -> bool:
+    return "Address already in use" in service.log_path.read_text(errors="replace")
