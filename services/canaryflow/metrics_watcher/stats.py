@@ -103,7 +103,8 @@ def _log_lr(
 ) -> Floats:
     """Per-tick log likelihood ratios, broadcast over trailing axes of ``null``/``alternative``.
 
-    ``xc`` etc. have shape (T,); ``null`` and ``alternative`` broadcast against (T, ...).
+    ``xc`` etc. are flattened to shape (T,) (row by row); ``null`` and ``alternative``
+    broadcast against (T, ...).
     """
     shape = (-1,) + (1,) * max(np.ndim(null), np.ndim(alternative))
     xc, nc, xb, nb = (a.reshape(shape) for a in counts)
@@ -233,11 +234,9 @@ def histogram_test(ticks: Sequence[BucketTicks], alpha: float) -> HistogramResul
     ncb = np.where(usable_tick, nc[:, None], 1.0) * np.ones((1, count))
     nbb = np.where(usable_tick, nb[:, None], 1.0) * np.ones((1, count))
     # Every bucket's mixture at once: (T, B, K) log likelihood ratios, summed over ticks.
-    log_lr = _log_lr(
-        (xc.reshape(-1), ncb.reshape(-1), xb.reshape(-1), nbb.reshape(-1)),
-        np.ones(1),
-        ALTERNATIVES,
-    ).reshape(len(usable), count, len(ALTERNATIVES))
+    log_lr = _log_lr((xc, ncb, xb, nbb), np.ones(1), ALTERNATIVES).reshape(
+        len(usable), count, len(ALTERNATIVES)
+    )
     mixture = logsumexp(np.cumsum(log_lr, axis=0), axis=2) - math.log(len(ALTERNATIVES))
     best = np.max(mixture, axis=0)  # (B,): each bucket's largest evidence so far
     index = int(np.argmax(best))
