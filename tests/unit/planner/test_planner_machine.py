@@ -443,7 +443,7 @@ def test_derived_event_ids_are_the_same_in_every_version() -> None:
 
 def test_an_earlier_request_redelivered_after_another_event_re_issues_nothing() -> None:
     release = Release(accepted())
-    release.on(reached(release.state, 0), "reached-0", at(10))
+    release.on(PauseRelease(actor="alice"), "pause-1", at(5))  # still applying step 0
     first = machine.Request("req-1", RID, ORIGIN.subject)
     again = machine.request_again(release.state, envelope(request(), "req-1", "ci"), first, True)
     assert again == machine.NO_CHANGE
