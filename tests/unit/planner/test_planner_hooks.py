@@ -166,6 +166,8 @@ def test_an_answer_after_the_release_stopped_waiting_changes_nothing() -> None:
 
 
 def test_running_a_hook_or_waiting_for_a_gate_restarts_reconciles_patience() -> None:
+    state, _ = planned(SMOKE)
+    assert state.status is ReleaseStatus.WAITING and state.last_command_at == at(0)
     state, _ = planned(LOAD)
     state, _ = on(state, reached(state, 0), "reached-0", at(10))
     assert state.status is ReleaseStatus.WAITING and state.last_command_at == at(10)
