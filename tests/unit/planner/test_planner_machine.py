@@ -496,21 +496,17 @@ def test_a_step_fact_for_the_current_step_after_it_moved_on_is_ignored() -> None
     assert decide(release.state, envelope(failed, "failed-0"), at(110)) == machine.NO_CHANGE
 
 
-def test_promote_now_ends_a_pause_and_restarts_reconciles_patience() -> None:
-    release = analysing(0)
-    release.on(PauseRelease(actor="alice"), "pause-1", at(110))
-    release.on(PromoteNow(actor="bob"), "promote-1", at(120))
-    assert release.status() is ReleaseStatus.PROMOTING
-    assert not release.state.paused and release.state.paused_at is None
-    assert release.state.last_command_at == at(120)
-
-
-def test_a_rollback_ends_a_pause() -> None:
-    release = analysing(0)
-    release.on(PauseRelease(actor="alice"), "pause-1", at(110))
-    release.on(AbortRelease(actor="bob"), "abort-1", at(120))
-    assert release.status() is ReleaseStatus.ROLLING_BACK
-    assert not release.state.paused and release.state.paused_at is None
+def test_promote_now_or_a_rollback_ends_a_pause_and_restarts_reconciles_patience() -> None:
+    for command, status in (
+        (PromoteNow(actor="bob"), ReleaseStatus.PROMOTING),
+        (AbortRelease(actor="bob"), ReleaseStatus.ROLLING_BACK),
+    ):
+        release = analysing(0)
+        release.on(PauseRelease(actor="alice"), "pause-1", at(110))
+        release.on(command, "command-1", at(120))
+        assert release.status() is status
+        assert not release.state.paused and release.state.paused_at is None
+        assert release.state.last_command_at == at(120)
 
 
 def test_a_rollback_the_planner_never_asked_for_ends_the_release_with_its_reason() -> None:
