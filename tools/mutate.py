@@ -46,8 +46,8 @@ MODULES: dict[str, Module] = {
 # The surviving mutants docs/contributing.md states ("Mutation testing"): a ceiling that may
 # only go down; keep the two in step (tests/unit/test_mutation_ceiling.py checks they agree).
 SURVIVORS_STATED: dict[str, int] = {
-    "machine": 148,
-    "stats": 82,
+    "machine": 9,
+    "stats": 25,
     "decisions": 0,
     "restore": 1,
     "triggers": 0,

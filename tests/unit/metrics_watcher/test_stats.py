@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -207,3 +208,110 @@ def test_the_latency_test_pays_for_each_of_its_buckets() -> None:
     assert result.test.threshold == pytest.approx(8 / 0.01)
     assert 1 / 0.01 < result.test.evidence < 8 / 0.01
     assert not result.test.rejected
+
+
+def test_evidence_that_reaches_the_threshold_exactly_rejects() -> None:
+    # Ville's inequality bounds the chance that the evidence ever *reaches* 1/alpha; the cap
+    # at e^700 makes equality exact here.
+    alpha = 1 / math.exp(700)
+    overwhelming = [Counts(1000, 1000, 0, 1000)] * 5
+    result = rate_test(overwhelming, alpha)
+    assert result.evidence == result.threshold == math.exp(700)
+    assert result.rejected
+    single = histogram_test([BucketTicks((0.1,), (0.0,), 1000, (1000.0,), 1000)] * 5, alpha)
+    assert single.test.evidence == single.test.threshold and single.test.rejected
+
+
+def test_the_change_counts_only_requests_served() -> None:
+    # A tick where the baseline served nothing is no evidence, but the canary's requests in it
+    # were served; and no trial is invented for the side that served none.
+    served = [Counts(10, 10, 10, 100), Counts(4, 40, 0, 0)]
+    assert ratio_interval(served, 0.05).change == pytest.approx((14 / 50) / (10 / 100) - 1)
+    assert ratio_interval([Counts(10, 10, 10, 100)], 0.05).change == pytest.approx(9.0)
+    nothing = [Counts(0, 0, 0, 0), Counts(3, 0, 0, 0)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # quietly: no 0/0 on the way
+        assert ratio_interval(nothing, 0.05) == Estimate(None, None, None)
+
+
+def test_an_interval_end_one_grid_step_inside_the_edge_is_a_bound() -> None:
+    # Only the grid's own ends (1/50 and 50) stand for "unbounded".
+    low = ratio_interval([Counts(3, 100, 12, 100)], 0.05)
+    assert low.lower == pytest.approx(float(np.geomspace(1 / 50, 50.0, 481)[1]) - 1)
+    high = ratio_interval([Counts(12, 100, 3, 100)], 0.05)
+    assert high.upper == pytest.approx(float(np.geomspace(1 / 50, 50.0, 481)[-2]) - 1)
+
+
+def test_no_histogram_is_no_evidence() -> None:
+    nothing = histogram_test([], 0.01)
+    assert nothing == histogram_test([BucketTicks((), (), 10, (), 10)], 0.01)
+    assert nothing.test == Sequential(1.0, 100.0, 1.0, False)
+    assert (nothing.worst_bound, nothing.canary_exceedance, nothing.baseline_exceedance) == (
+        None,
+        None,
+        None,
+    )
+
+
+def one_bucket(ticks: list[tuple[float, float, float, float]]) -> list[BucketTicks]:
+    """Ticks of a histogram with one bound (1 s): (canary at or below it, canary total, the
+    same for the baseline)."""
+    return [BucketTicks((1.0,), (c,), nc, (b,), nb) for c, nc, b, nb in ticks]
+
+
+# (canary at or below the bound, canary total, baseline at or below, baseline total)
+AWKWARD_TICKS = [
+    (50.0, 50.0, 0.0, 1.0),  # one baseline request, and it was slow; no slow canary one
+    (80.0, 100.0, 90.0, 100.0),
+    (101.0, 100.0, 101.0, 100.0),  # the bucket scraped after the total: none slower, not -1
+    (0.0, 0.0, 45.0, 50.0),  # the canary served nothing: no evidence
+    (0.0, 5.0, 0.0, 0.0),  # the baseline served nothing: no evidence either
+    (0.0, 1.0, 100.0, 100.0),  # one canary request, and it was slow; no slow baseline one
+]
+
+
+def test_a_latency_bucket_is_the_rate_test_of_the_requests_slower_than_its_bound() -> None:
+    result = histogram_test(one_bucket(AWKWARD_TICKS), 0.01)
+    slower = [Counts(max(nc - c, 0), nc, max(nb - b, 0), nb) for c, nc, b, nb in AWKWARD_TICKS]
+    expected = rate_test(slower, 0.01)
+    assert expected.evidence > 1.0
+    assert result.test.evidence == pytest.approx(expected.evidence)
+    assert result.test.p_value == pytest.approx(expected.p_value)
+    assert result.worst_bound == 1.0
+
+
+def test_the_shares_slower_than_the_worst_bound_are_over_every_request_served() -> None:
+    result = histogram_test(one_bucket(AWKWARD_TICKS), 0.01)
+    # Canary: 0 + 20 + 0 + 0 + 5 + 1 slower out of 256; baseline: 1 + 10 + 0 + 5 + 0 + 0 of 351.
+    assert result.canary_exceedance == pytest.approx(26 / 256)
+    assert result.baseline_exceedance == pytest.approx(16 / 351)
+    # A side that served nothing at all has no share.
+    idle = histogram_test(one_bucket([(0.0, 0.0, 40.0, 50.0)] * 3), 0.01)
+    assert idle.canary_exceedance is None and idle.baseline_exceedance == pytest.approx(0.2)
+    idle = histogram_test(one_bucket([(40.0, 50.0, 0.0, 0.0)] * 3), 0.01)
+    assert idle.baseline_exceedance is None and idle.canary_exceedance == pytest.approx(0.2)
+    assert idle.test.evidence == 1.0
+
+
+def test_the_worst_bound_is_the_bucket_with_the_most_evidence() -> None:
+    # Three bounds over two ticks: only past 0.5 s is the canary much slower.
+    bounds = (0.1, 0.5, 1.0)
+    tick = BucketTicks(bounds, (10.0, 50.0, 100.0), 100, (10.0, 95.0, 100.0), 100)
+    result = histogram_test([tick, tick], 0.01)
+    assert result.worst_bound == 0.5
+    assert (result.canary_exceedance, result.baseline_exceedance) == (0.5, 0.05)
+    each = [
+        rate_test([Counts(100 - c, 100, 100 - b, 100)] * 2, 0.01).evidence
+        for c, b in zip(tick.canary, tick.baseline, strict=True)
+    ]
+    assert result.test.evidence == pytest.approx(max(each)) and each.index(max(each)) == 1
+    assert result.test.threshold == pytest.approx(3 / 0.01)
+    assert result.test.rejected and result.test.p_value == pytest.approx(1 / result.test.evidence)
+
+
+def test_a_faster_canary_is_no_evidence_in_the_latency_test_and_a_huge_one_is_capped() -> None:
+    faster = histogram_test([BucketTicks((0.1,), (100.0,), 100, (50.0,), 100)] * 3, 0.01)
+    assert faster.test.evidence == 1.0 and faster.test.p_value == 1.0
+    slower = histogram_test([BucketTicks((0.1,), (0.0,), 1000, (1000.0,), 1000)] * 5, 0.01)
+    assert slower.test.evidence == math.exp(700)
+    assert slower.test.p_value == pytest.approx(math.exp(-700))
