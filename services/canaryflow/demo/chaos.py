@@ -106,6 +106,7 @@ WEIGHTS = {
 APISERVER_STOP_SECONDS = (5.0, 30.0)
 PROMETHEUS_STOP_SECONDS = (10.0, 60.0)
 NATS_NODE_DOWN_SECONDS = (2.0, 15.0)
+TABLE_EVERY_RUNS = 5
 
 
 RESTART_DELAY_SECONDS = (0.5, 3.0)
@@ -1014,6 +1015,9 @@ async def campaign(options: CampaignOptions, stack: StackSettings | None = None)
             await asyncio.to_thread(launcher.start)
             for index, seed in enumerate(seeds):
                 await runner.run(index, seed)
+                if (index + 1) % TABLE_EVERY_RUNS == 0 and index + 1 < len(seeds):
+                    # A long campaign cut short still leaves its figures so far.
+                    print(table(runner.reports, options, time.time() - started), flush=True)
     finally:
         launcher.stop()
         receiver.close()

@@ -129,9 +129,10 @@ class ServiceLauncher:
         try:
             self._wait_started(started, timeout)
         except BaseException:
-            # The caller gets no launcher to stop: replicas left running here outlived the test
-            # that failed to start them, and grew for hours on a bus that had gone away.
-            self.stop()
+            # The caller gets none of these to stop: replicas left running here outlived the
+            # test that failed to start them, and grew for hours on a bus that had gone away.
+            # Only these: the replicas already running (a campaign restarting one) carry on.
+            self._stop_replicas(started)
             raise
         return started
 
@@ -157,7 +158,8 @@ class ServiceLauncher:
         """SIGKILL one replica, as a crash or an eviction would end it: no cleanup at all."""
         service.process.kill()
         service.process.wait()
-        self.running.remove(service)
+        if service in self.running:  # a failed start() in another thread may have removed it
+            self.running.remove(service)
         self._write_targets()
 
     def _wait_started(self, services: list[RunningService], timeout: float) -> None:
@@ -166,7 +168,8 @@ class ServiceLauncher:
         port_retries = PORT_RETRIES
         while waiting:
             for service in list(waiting):
-                if service.process.poll() is not None and port_retries and _lost_its_port(service):
+                lost_port = service in self.running and _lost_its_port(service)
+                if service.process.poll() is not None and port_retries and lost_port:
                     # free_port() only found a port free: another process may take it before
                     # the service binds it (seen with several stacks on one machine).
                     port_retries -= 1
@@ -223,7 +226,9 @@ class ServiceLauncher:
 
     def stop(self, name: str | None = None, timeout: float = 10) -> None:
         """Stop every service (or those called ``name``): SIGTERM, then SIGKILL."""
-        chosen = [s for s in self.running if name is None or s.name == name]
+        self._stop_replicas([s for s in self.running if name is None or s.name == name], timeout)
+
+    def _stop_replicas(self, chosen: list[RunningService], timeout: float = 10) -> None:
         for service in chosen:
             if service.process.poll() is None:
                 service.process.send_signal(signal.SIGTERM)
@@ -233,7 +238,8 @@ class ServiceLauncher:
             except subprocess.TimeoutExpired:
                 service.process.kill()
                 service.process.wait()
-            self.running.remove(service)
+            if service in self.running:  # a kill from another thread may have removed it
+                self.running.remove(service)
         if self.running:
             self._write_targets()
         elif (path := self._targets_file()) is not None:
