@@ -7,7 +7,9 @@ decided from those reads is the pure ``check_request``.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -18,7 +20,7 @@ from pydantic import ValidationError
 
 from canaryflow.planner.planning import Plan, Refusal, plan
 from canaryflow.runtime.bundle import base_of, references
-from canaryflow.runtime.kube import api_client, call, is_not_found
+from canaryflow.runtime.kube import api_client, is_not_found
 from canaryflow.runtime.policies import PolicyObject, error_text, governing, read_policies
 from canaryflow_contracts.events import ContainerResources, ReleaseRequested
 from canaryflow_contracts.policy import Hook, Notify, OperatorGrant
@@ -151,17 +153,30 @@ class KubeClusterReader:
     def __init__(self, kubeconfig: str | None) -> None:
         self._kubeconfig = kubeconfig
         self._api: client.ApiClient | None = None
+        self._making = threading.Lock()
 
     def _client(self) -> client.ApiClient:
-        # Made on first use, so a planner starts (and serves its other events) without a cluster.
-        if self._api is None:
-            self._api = api_client(self._kubeconfig)
-        return self._api
+        """The client, made on first use (a planner starts, and serves its other events,
+        without a cluster). Called in a worker thread only: the first use imports the
+        kubernetes client's API modules and models (the package imports them lazily), seconds
+        of CPU on a busy machine, and on the event loop that stopped the consumer's heartbeat,
+        so JetStream handed the request to the other replica again and again (test_observability:
+        one request handled 4-5 times)."""
+        with self._making:
+            if self._api is None:
+                api = api_client(self._kubeconfig)
+                for api_class in (client.AppsV1Api, client.CoreV1Api, client.CustomObjectsApi):
+                    api_class(api)  # the lazy imports, here rather than on the event loop
+                self._api = api
+            return self._api
 
     async def deployment(self, namespace: str, name: str) -> DeploymentFacts | None:
-        apps = client.AppsV1Api(self._client())
+        return await asyncio.to_thread(self._deployment, namespace, name)
+
+    def _deployment(self, namespace: str, name: str) -> DeploymentFacts | None:
+        api = self._client()
         try:
-            found = await call(apps.read_namespaced_deployment, name, namespace)
+            found = client.AppsV1Api(api).read_namespaced_deployment(name, namespace)
         except ApiException as error:
             if is_not_found(error):
                 return None
@@ -170,18 +185,18 @@ class KubeClusterReader:
         return DeploymentFacts(
             replicas=1 if replicas is None else int(replicas),
             containers=tuple((c.name, c.image) for c in found.spec.template.spec.containers),
-            config_maps=await self._config_bases(namespace, found.spec.template),
+            config_maps=self._config_bases(api, namespace, found.spec.template),
         )
 
-    async def _config_bases(self, namespace: str, template: Any) -> tuple[str, ...]:
+    @staticmethod
+    def _config_bases(api: client.ApiClient, namespace: str, template: Any) -> tuple[str, ...]:
         """The base names of the ConfigMaps a pod template reads (absent ones by their name)."""
-        api = self._client()
         names = references(api.sanitize_for_serialization(template)).config_maps
         core = client.CoreV1Api(api)
         bases = []
         for name in sorted(names):
             try:
-                found = await call(core.read_namespaced_config_map, name, namespace)
+                found = core.read_namespaced_config_map(name, namespace)
             except ApiException as error:
                 if not is_not_found(error):
                     raise
@@ -191,4 +206,4 @@ class KubeClusterReader:
         return tuple(bases)
 
     async def release_policies(self, namespace: str) -> list[PolicyObject]:
-        return await read_policies(self._client(), namespace)
+        return await read_policies(await asyncio.to_thread(self._client), namespace)
