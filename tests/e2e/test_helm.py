@@ -11,6 +11,7 @@ alert Service are real objects the API server accepted; the work is done by the 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -28,6 +30,7 @@ from nats.aio.client import Client as NatsClient
 from canaryflow.demo import shop
 from canaryflow.demo.launcher import ServiceLauncher
 from canaryflow.runtime import bundle as bundles
+from canaryflow.runtime.settings import nats_servers
 from canaryflow_contracts import Subjects
 from canaryflow_contracts.events import (
     AbortRelease,
@@ -40,6 +43,7 @@ from canaryflow_contracts.events import (
     TargetRef,
     VersionSpec,
 )
+from tests.conftest import delete_jetstream_state
 from tests.e2e.conftest import Releases, launcher_for
 from tests.e2e.test_operations import (
     canaryflow_leftovers,
@@ -91,18 +95,28 @@ def service_account_token(kube: client.ApiClient, namespace: str, name: str) -> 
     return token
 
 
+async def _delete_streams(nats_url: str, prefix: str) -> None:
+    nc = await nats.connect(nats_servers(nats_url))
+    try:
+        await delete_jetstream_state(nc, prefix)
+    finally:
+        await nc.close()
+
+
 @pytest.fixture(scope="module")
 def installed(
     stack: StackEnv,
     kube: client.ApiClient,
-    e2e_prefix: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Installed]:
     if not stack.is_local_cluster:
         pytest.skip("reads the local API server's audit log")
     suffix = uuid.uuid4().hex[:6]
     release, namespace = f"canaryflow-{suffix}", f"{NAMESPACE_PREFIX}-{suffix}"
-    values = chart_values(stack, e2e_prefix)
+    # Streams of its own: on the session's prefix, the session fleet (admin credentials) took
+    # half the work off the chart's identities, and both fleets wrote the same log files.
+    prefix = f"e2e_{uuid.uuid4().hex[:8]}"
+    values = chart_values(stack, prefix)
     result = chart.install(stack.helm, stack.kubeconfig, release, namespace, values)
     assert result.code == 0, result.stderr
     logs = stack.state_dir / "logs" / f"helm-{release}"
@@ -125,7 +139,7 @@ def installed(
                 stack.kubeconfig, tokens[component], workdir / f"{component}.kubeconfig"
             ),
         }
-    launcher = launcher_for(stack, e2e_prefix, replicas=1)
+    launcher = launcher_for(stack, prefix, replicas=1)
     launcher.exact_env = exact_env
     installation = Installed(release, namespace, result.stdout, deployments, tokens, launcher)
     try:
@@ -134,6 +148,7 @@ def installed(
         yield installation
     finally:
         launcher.stop()
+        asyncio.run(_delete_streams(stack.nats_url, prefix))
         chart.helm(
             stack.helm, "uninstall", release, "--namespace", namespace, kubeconfig=stack.kubeconfig
         )
