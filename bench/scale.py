@@ -51,7 +51,13 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from canaryflow.demo import shop
-from canaryflow.demo.launcher import SERVICES, ServiceLauncher, StackEndpoints, free_port
+from canaryflow.demo.launcher import (
+    SERVICES,
+    ServiceLauncher,
+    StackEndpoints,
+    delete_jetstream_state,
+    free_port,
+)
 from canaryflow.runtime.settings import nats_servers
 from canaryflow_contracts import MESSAGE_ID_HEADER, Envelope, Subjects
 from canaryflow_contracts.events import (
@@ -395,15 +401,8 @@ async def run(
         exporter_file.unlink(missing_ok=True)
         with contextlib.suppress(Exception):
             core.delete_namespace(namespace)
-        js = nc.jetstream()
-        for name in (
-            subjects.events_stream.name,
-            subjects.deadletter_stream.name,
-            f"KV_{subjects.releases_bucket}",
-            f"KV_{subjects.analyses_bucket}",
-        ):
-            with contextlib.suppress(Exception):
-                await js.delete_stream(name)
+        with contextlib.suppress(Exception):
+            await delete_jetstream_state(nc, prefix)
 
 
 # --------------------------------------------------------------------------- the table

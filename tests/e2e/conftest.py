@@ -25,7 +25,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from canaryflow.demo import shop
-from canaryflow.demo.launcher import ServiceLauncher, StackEndpoints
+from canaryflow.demo.launcher import ServiceLauncher, StackEndpoints, delete_jetstream_state
 from canaryflow_contracts import Envelope, EventData, Subjects
 from canaryflow_contracts.events import (
     TERMINAL_EVENTS,
@@ -34,7 +34,6 @@ from canaryflow_contracts.events import (
     VersionSpec,
     parse_event,
 )
-from tests.conftest import delete_jetstream_state
 from tests.support import StackEnv
 from tests.support.contract import contract_problems
 

@@ -28,7 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from nats.aio.client import Client as NatsClient
 
 from canaryflow.demo import shop
-from canaryflow.demo.launcher import ServiceLauncher
+from canaryflow.demo.launcher import ServiceLauncher, delete_jetstream_state
 from canaryflow.runtime import bundle as bundles
 from canaryflow.runtime.settings import nats_servers
 from canaryflow_contracts import Subjects
@@ -43,7 +43,6 @@ from canaryflow_contracts.events import (
     TargetRef,
     VersionSpec,
 )
-from tests.conftest import delete_jetstream_state
 from tests.e2e.conftest import Releases, launcher_for
 from tests.e2e.test_operations import (
     canaryflow_leftovers,

@@ -368,7 +368,7 @@ def bus(stack: StackEnv, planner: ServiceLauncher) -> Iterator[Bus]:
     try:
         yield connection
     finally:
-        from tests.conftest import delete_jetstream_state
+        from canaryflow.demo.launcher import delete_jetstream_state
 
         connection.run(delete_jetstream_state(connection.nc, planner.prefix))
         connection.close()

@@ -58,7 +58,13 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import DeliverPolicy
 
 from canaryflow.demo import shop
-from canaryflow.demo.launcher import SERVICES, LaunchError, ServiceLauncher, StackEndpoints
+from canaryflow.demo.launcher import (
+    SERVICES,
+    LaunchError,
+    ServiceLauncher,
+    StackEndpoints,
+    delete_jetstream_state,
+)
 from canaryflow.runtime import bundle
 from canaryflow.runtime.bus import PUBLISH_RETRY_SECONDS, until_jetstream_answers
 from canaryflow.runtime.settings import nats_servers
@@ -1021,16 +1027,8 @@ async def campaign(options: CampaignOptions, stack: StackSettings | None = None)
     finally:
         launcher.stop()
         receiver.close()
-        js = nc.jetstream()
-        subjects = Subjects(prefix)
-        for name in (
-            subjects.events_stream.name,
-            subjects.deadletter_stream.name,
-            f"KV_{subjects.releases_bucket}",
-            f"KV_{subjects.analyses_bucket}",
-        ):
-            with contextlib.suppress(Exception):
-                await js.delete_stream(name)
+        with contextlib.suppress(Exception):  # NATS may be restarting right now
+            await delete_jetstream_state(nc, prefix)
         await nc.drain()
         api.close()
     print(table(runner.reports, options, time.time() - started), flush=True)

@@ -7,6 +7,7 @@ metrics that Prometheus scrapes (a file_sd target file per launch).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from nats.aio.client import Client as NatsClient
+from nats.js.errors import NotFoundError
+
+from canaryflow_contracts import Subjects
 
 SERVICES = ("planner", "executor", "metrics_watcher", "rollback")
 STARTED_MARK = '"msg": "service started"'
@@ -255,3 +261,18 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 def _lost_its_port(service: RunningService) -> bool:
     return "Address already in use" in service.log_path.read_text(errors="replace")
+
+
+async def delete_jetstream_state(nc: NatsClient, prefix: str) -> None:
+    """Delete the streams and the KV buckets of one canaryflow prefix, if they exist: what
+    the services of a launcher on ``prefix`` created."""
+    subjects = Subjects(prefix)
+    js = nc.jetstream()
+    for stream in (
+        subjects.events_stream.name,
+        subjects.deadletter_stream.name,
+        f"KV_{subjects.releases_bucket}",
+        f"KV_{subjects.analyses_bucket}",
+    ):
+        with contextlib.suppress(NotFoundError):
+            await js.delete_stream(stream)
