@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK := $(PY) -m canaryflow_stack
 
-.PHONY: venv lint fmt unit test stack-up stack-down stack-status demo bench chaos schemas clean
+.PHONY: venv lint fmt unit test docs stack-up stack-down stack-status demo bench chaos schemas mutate clean
 
 # The virtualenv is rebuilt whenever a pyproject changes.
 $(VENV)/.installed: pyproject.toml contracts/pyproject.toml
@@ -14,24 +14,31 @@ $(VENV)/.installed: pyproject.toml contracts/pyproject.toml
 	$(PY) -m pip install --quiet -e ./contracts -e '.[dev]'
 	touch $@
 
-venv: $(VENV)/.installed
+# The official AsyncAPI parser (npm), which the contract tests run through node.
+ASYNCAPI_TOOLS := tools/asyncapi/node_modules/.installed
+$(ASYNCAPI_TOOLS): tools/asyncapi/package.json tools/asyncapi/package-lock.json
+	npm ci --prefix tools/asyncapi --no-audit --no-fund --loglevel=error
+	touch $@
+
+venv: $(VENV)/.installed $(ASYNCAPI_TOOLS)
 
 lint: venv
-	$(VENV)/bin/ruff check services contracts tests deploy/local
-	$(VENV)/bin/ruff format --check services contracts tests deploy/local
-	$(VENV)/bin/mypy services contracts/canaryflow_contracts deploy/local/canaryflow_stack tests
+	$(VENV)/bin/ruff check services contracts tests deploy/local docs/hooks
+	$(VENV)/bin/ruff format --check services contracts tests deploy/local docs/hooks
+	$(VENV)/bin/mypy services contracts/canaryflow_contracts deploy/local/canaryflow_stack tests docs/hooks
 	$(VENV)/bin/lint-imports
 
 fmt: venv
-	$(VENV)/bin/ruff check --fix services contracts tests deploy/local
-	$(VENV)/bin/ruff format services contracts tests deploy/local
+	$(VENV)/bin/ruff check --fix services contracts tests deploy/local docs/hooks
+	$(VENV)/bin/ruff format services contracts tests deploy/local docs/hooks
 
 unit: venv
 	$(PY) -m pytest tests/unit -q
 
-# The published contract (JSON Schemas, AsyncAPI, the ReleasePolicy CRD), from the models.
-schemas: venv
-	$(PY) -m canaryflow_contracts.generate
+# The documentation site (mkdocs.yml, docs/) into site/, in strict mode: a broken link or a
+# missing page fails. `make test` builds it too (tests/unit/test_docs.py).
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 stack-up: venv
 	$(STACK) up
@@ -47,24 +54,24 @@ test: lint
 	$(STACK) up
 	$(PY) -m pytest -q -ra
 
-# The demo and the benches run inside the stack's network namespace (see README, "The local
-# stack"); the tests enter it themselves (tests/conftest.py).
+# The demo and the benches run inside the stack's network namespace (docs/local-stack.md); the
+# tests enter it themselves (tests/conftest.py).
 demo: venv
 	$(STACK) up
 	$(STACK) exec -- $(PY) -m canaryflow.demo
 
-# Every benchmark script in bench/, one after another, each printing its own figures
-# (bench/judgement.py: false-positive rate, power and time to detect of the analysis;
-# bench/restarts.py: restore time with the rollback service killed at a failing verdict, and
-# the delay a metrics-watcher kill adds to a step; bench/tracing_overhead.py: events per
-# second per service with tracing on and off; bench/gateway_split.py: the gateway's share
-# error per weight and stickiness, real users; bench/gateway_rollback.py: from a failing
-# verdict to the last request that reached the canary through Traefik, p50/p99 over 20
-# rollbacks, and the requests that failed at the gateway meanwhile).
+# Every benchmark script in bench/, one after another, each printing its own figures into
+# bench/results/<script>.txt as well (bench/README.md says what each measures: judgement.py,
+# restarts.py, tracing_overhead.py, gateway_split.py, gateway_rollback.py, jetstream_publish.py,
+# scale.py).
 BENCHES := $(sort $(wildcard bench/*.py))
 bench: venv
 	$(STACK) up
-	@set -e; for script in $(BENCHES); do echo "== $$script"; $(STACK) exec -- $(PY) $$script; done
+	@set -eo pipefail; mkdir -p bench/results; for script in $(BENCHES); do \
+		echo "== $$script"; \
+		{ echo "# $$script: make bench, $$(date -u +%Y-%m-%dT%H:%MZ), $$(nproc) CPUs"; \
+		  $(STACK) exec -- $(PY) $$script; } | tee bench/results/$$(basename $$script .py).txt; \
+	done
 
 # The fault campaign (services/canaryflow/demo/chaos.py): releases under random SIGKILLs and
 # outages of NATS, the API server and Prometheus, judged from the outside; prints its table.
@@ -74,5 +81,14 @@ chaos: venv
 	$(STACK) up
 	$(STACK) exec -- $(PY) -m canaryflow.demo.chaos $(CHAOS_ARGS)
 
+# The published contract (JSON Schemas, AsyncAPI document, CRD) regenerated from the code.
+schemas: venv
+	$(PY) -m canaryflow_contracts.generate
+
+# Mutation testing of the pure cores, one module at a time (slow: minutes per module); prints
+# each module's survivors and fails when more survive than docs/contributing.md states.
+mutate: venv
+	$(PY) tools/mutate.py
+
 clean:
-	rm -rf $(VENV) .stack .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) site .stack .mypy_cache .ruff_cache .pytest_cache .mutate tools/asyncapi/node_modules

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import statistics
 import sys
@@ -41,7 +40,12 @@ from nats.js.api import StreamConfig
 
 from canaryflow.cli.main import follow_release
 from canaryflow.demo import faults, shop
-from canaryflow.demo.launcher import SERVICES, ServiceLauncher, StackEndpoints
+from canaryflow.demo.launcher import (
+    SERVICES,
+    ServiceLauncher,
+    StackEndpoints,
+    delete_jetstream_state,
+)
 from canaryflow.runtime.bus import MIN_BEAT_SECONDS
 from canaryflow.runtime.settings import Settings, nats_servers
 from canaryflow_contracts import MESSAGE_ID_HEADER, Envelope, Subjects
@@ -212,16 +216,7 @@ async def with_fleet(
     finally:
         launcher.stop()
         core.delete_namespace(namespace)
-        js = nc.jetstream()
-        subjects = Subjects(prefix)
-        for stream in (
-            subjects.events_stream.name,
-            subjects.deadletter_stream.name,
-            f"KV_{subjects.releases_bucket}",
-            f"KV_{subjects.analyses_bucket}",
-        ):
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await js.delete_stream(stream)
+        await delete_jetstream_state(nc, prefix)
 
 
 async def keep_alive_cost(nc: NatsClient, beats: int = 3000) -> float:

@@ -26,10 +26,9 @@ from kubernetes import client
 from kubernetes import config as kconfig
 from kubernetes.client.rest import ApiException
 from nats.aio.client import Client as NatsClient
-from nats.js.errors import NotFoundError
 
+from canaryflow.demo.launcher import delete_jetstream_state
 from canaryflow.runtime.settings import nats_servers
-from canaryflow_contracts import Subjects
 from canaryflow_stack import stack as stack_manager
 from canaryflow_stack.config import Settings
 from tests.support import JaegerQuery, PrometheusQuery, StackEnv, wait_until
@@ -144,17 +143,3 @@ async def stream_prefix(nats_client: NatsClient) -> AsyncIterator[str]:
     prefix = f"t_{uuid.uuid4().hex[:10]}"
     yield prefix
     await delete_jetstream_state(nats_client, prefix)
-
-
-async def delete_jetstream_state(nc: NatsClient, prefix: str) -> None:
-    """Delete the streams and the KV buckets of one canaryflow prefix, if they exist."""
-    subjects = Subjects(prefix)
-    js = nc.jetstream()
-    for stream in (
-        subjects.events_stream.name,
-        subjects.deadletter_stream.name,
-        f"KV_{subjects.releases_bucket}",
-        f"KV_{subjects.analyses_bucket}",
-    ):
-        with contextlib.suppress(NotFoundError):
-            await js.delete_stream(stream)

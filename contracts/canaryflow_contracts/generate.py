@@ -3,6 +3,11 @@
 Run ``python -m canaryflow_contracts.generate [--check]``. The files are committed so that
 systems in any language can read them; ``--check`` (used by the tests) fails when the
 committed files have drifted from the code.
+
+The schemas describe the bytes the bus carries, so they are made the way the services
+serialise (``model_dump_json``: field names, not the policy's camelCase aliases), and in the
+AsyncAPI document each message's payload is its envelope, named ``<Event>Envelope``, whose
+``data`` is the event's own model (named ``<Event>``): the two must never share a name.
 """
 
 from __future__ import annotations
@@ -14,17 +19,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from canaryflow_contracts import policy
-from canaryflow_contracts.envelope import envelope_of
+from canaryflow_contracts.envelope import EventData, envelope_of
 from canaryflow_contracts.events import CATALOGUE
 from canaryflow_contracts.identifiers import RELEASE_ID_PATTERN
 from canaryflow_contracts.subjects import DEFAULT_PREFIX
 
 PACKAGE_DIR = Path(__file__).parent
 REPO_DIR = PACKAGE_DIR.parent.parent
-CRD_PATH = REPO_DIR / "deploy" / "crds" / "releasepolicies.canaryflow.io.json"
+CRD_PATH = (
+    REPO_DIR / "deploy" / "helm" / "canaryflow" / "crds" / "releasepolicies.canaryflow.io.json"
+)
 CONTRACT_VERSION = "1.0.0"
 # What a channel's last token is, per EventData.subject_key.
 CHANNEL_KEYS = {
@@ -32,13 +37,27 @@ CHANNEL_KEYS = {
     "requestToken": "The refused request's token: its envelope id when that is a valid "
     "release id, else 'r-' and the first 40 hex digits of the SHA-256 of its UTF-8 bytes.",
 }
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
-def envelope_schema(event: type[BaseModel]) -> dict[str, Any]:
-    schema = envelope_of(event).model_json_schema(mode="serialization")  # type: ignore[type-var]
+def envelope_schema(event: type[EventData]) -> dict[str, Any]:
+    """The JSON Schema of one event type as published: envelope and data, field names."""
+    schema = envelope_of(event).model_json_schema(by_alias=False, mode="serialization")
+    schema = {"$schema": JSON_SCHEMA_DIALECT, "$id": event.schema_uri(), **schema}
     schema["title"] = event.__name__
-    schema["properties"]["type"]["const"] = event.event_type()  # type: ignore[attr-defined]
+    schema["properties"]["type"]["const"] = event.event_type()
     return schema
+
+
+def _envelope_name(event: type[EventData]) -> str:
+    return f"{event.__name__}Envelope"
+
+
+def _add_component(schemas: dict[str, Any], name: str, definition: dict[str, Any]) -> None:
+    """Add a schema component, refusing a second, different one of the same name."""
+    known = schemas.setdefault(name, definition)
+    if known != definition:
+        raise ValueError(f"two different schemas are both named {name!r} in the AsyncAPI document")
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
@@ -54,9 +73,12 @@ def asyncapi() -> dict[str, Any]:
         event = entry.event
         name = event.__name__
         schema = envelope_schema(event)
+        # AsyncAPI's default schema format is its own (a JSON Schema draft 7 superset): the
+        # JSON Schema file's dialect and id stay in the file.
+        del schema["$schema"], schema["$id"]
         for def_name, definition in schema.pop("$defs", {}).items():
-            components["schemas"][def_name] = definition
-        components["schemas"][name] = schema
+            _add_component(components["schemas"], def_name, definition)
+        _add_component(components["schemas"], _envelope_name(event), schema)
         components["messages"][name] = {
             "name": name,
             "title": event.event_type(),
@@ -69,7 +91,7 @@ def asyncapi() -> dict[str, Any]:
                     "traceparent": {"type": "string", "description": "W3C trace context."},
                 },
             },
-            "payload": {"$ref": f"#/components/schemas/{name}"},
+            "payload": {"$ref": f"#/components/schemas/{_envelope_name(event)}"},
         }
         key = event.subject_key
         channels[name] = {

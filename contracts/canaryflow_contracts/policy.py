@@ -1,8 +1,8 @@
 """ReleasePolicy: how a platform team wants one Deployment released.
 
 It is a namespaced custom resource (group canaryflow.io, version v1alpha1); its CRD in
-deploy/crds/ is generated from these models, so the API server validates exactly what the
-planner reads. Field names are camelCase on the wire, as Kubernetes users expect.
+deploy/helm/canaryflow/crds/ is generated from these models, so the API server validates
+exactly what the planner reads. Field names are camelCase on the wire, as Kubernetes users expect.
 """
 
 from __future__ import annotations

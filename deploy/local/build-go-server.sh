@@ -3,7 +3,7 @@
 # installs it into the version-keyed cache, e.g.
 #   build-go-server.sh kubernetes v1.34.4 ~/.cache/canaryflow/stack/kubernetes-v1.34.4
 # Components: kubernetes (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl), etcd, kwok, jaeger, traefik (with its CRDs from the module zip). Each build happens in a throwaway wrapper module so
+# kubectl), etcd, kwok, jaeger, traefik (with its CRDs from the module zip), helm. Each build happens in a throwaway wrapper module so
 # versions never mix, and the binaries land in <dest>/bin only when all succeed.
 set -euo pipefail
 
@@ -83,6 +83,13 @@ EOT
   # The CRDs of this very version, from its module zip (applied server-side by the stack).
   moddir=$(go list -m -f '{{.Dir}}' github.com/traefik/traefik/v3)
   cp "$moddir/docs/content/reference/dynamic-configuration/kubernetes-crd-definition-v1.yml" out/traefik-crds.yml
+  ;;
+helm)
+  # Helm 4's go.mod has no replaces, so a plain wrapper module resolves it; the version
+  # ldflag makes `helm version` report the pinned version instead of v4-unknown.
+  go mod init local/helm >/dev/null 2>&1
+  go get "helm.sh/helm/v4/cmd/helm@$version"
+  go build -trimpath -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$version" -o out/helm helm.sh/helm/v4/cmd/helm
   ;;
 *)
   echo "unknown component: $component" >&2

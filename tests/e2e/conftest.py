@@ -7,10 +7,12 @@ consumers and KV bucket), and each test gets a fresh namespace with the sample s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,9 +22,10 @@ import pytest
 from kubernetes import client
 from nats.aio.client import Client as NatsClient
 from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from canaryflow.demo import shop
-from canaryflow.demo.launcher import ServiceLauncher, StackEndpoints
+from canaryflow.demo.launcher import ServiceLauncher, StackEndpoints, delete_jetstream_state
 from canaryflow_contracts import Envelope, EventData, Subjects
 from canaryflow_contracts.events import (
     TERMINAL_EVENTS,
@@ -31,8 +34,8 @@ from canaryflow_contracts.events import (
     VersionSpec,
     parse_event,
 )
-from tests.conftest import delete_jetstream_state
 from tests.support import StackEnv
+from tests.support.contract import contract_problems
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +75,62 @@ def services(stack: StackEnv, kube: client.ApiClient, e2e_prefix: str) -> Iterat
 async def _delete_e2e_streams(nats_client: NatsClient, e2e_prefix: str) -> AsyncIterator[None]:
     yield
     await delete_jetstream_state(nats_client, e2e_prefix)
+
+
+async def stored_bodies(nc: NatsClient, stream: str) -> list[bytes]:
+    """Every message body ``stream`` holds, in order (none if the stream was never made)."""
+    js = nc.jetstream()
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        return []
+    if info.state.messages == 0:
+        return []  # an empty stream reports sequence 0, which get_msg refuses
+    bodies = []
+    for sequence in range(info.state.first_seq, info.state.last_seq + 1):
+        with contextlib.suppress(NotFoundError):  # a gap: a message deleted on purpose
+            bodies.append((await js.get_msg(stream, sequence)).data or b"")
+    return bodies
+
+
+def published_by_services(bodies: list[bytes]) -> list[dict[str, Any]]:
+    """The events the services wrote (source ``canaryflow/...``): the tests' own broken
+    inputs, and the requests they publish as an outside system, are theirs to judge."""
+    events = []
+    for body in bodies:
+        with contextlib.suppress(ValueError, RecursionError):
+            event = json.loads(body)
+            if isinstance(event, dict) and str(event.get("source", "")).startswith("canaryflow/"):
+                events.append(event)
+    return events
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _every_event_on_the_bus_follows_the_contract(
+    nats_client: NatsClient, e2e_prefix: str, stack: StackEnv, _delete_e2e_streams: None
+) -> AsyncIterator[None]:
+    """At the end of the run (before the streams go), every event the services published on
+    the real bus is checked with the standard tools: its JSON Schema, its AsyncAPI payload
+    (the official parser) and the CloudEvents SDK's round trip. A finding fails the run."""
+    yield
+    subjects = Subjects(e2e_prefix)
+    bodies = []
+    for stream in (subjects.events_stream.name, subjects.deadletter_stream.name):
+        bodies += await stored_bodies(nats_client, stream)
+    events = published_by_services(bodies)
+    if not events:
+        return  # no test of this run started the services
+    problems = contract_problems(events)
+    types = Counter(str(event["type"]) for event in events)
+    report = stack.state_dir / "logs" / f"e2e-{e2e_prefix}" / "contract.txt"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(
+        f"{len(events)} events published by the services, {len(types)} types, "
+        f"{len(problems)} problems\n"
+        + "".join(f"  {count:5d} {kind}\n" for kind, count in sorted(types.items()))
+        + "".join(f"problem: {problem}\n" for problem in problems)
+    )
+    assert problems == [], f"{len(problems)} contract problems (see {report})"
 
 
 @dataclass

@@ -26,11 +26,15 @@ from nats.aio.client import Client as NatsClient
 
 from canaryflow.demo import chaos, shop
 from canaryflow.demo.faults import LogWatch
-from canaryflow.demo.launcher import SERVICES, RunningService, ServiceLauncher
+from canaryflow.demo.launcher import (
+    SERVICES,
+    RunningService,
+    ServiceLauncher,
+    delete_jetstream_state,
+)
 from canaryflow_contracts import Subjects
 from canaryflow_contracts.events import ReleaseRolledBack, ReleaseSucceeded
 from canaryflow_stack.config import Settings
-from tests.conftest import delete_jetstream_state
 from tests.e2e.conftest import Releases, launcher_for
 from tests.support import StackEnv
 

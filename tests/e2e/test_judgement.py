@@ -162,9 +162,16 @@ async def test_a_conversion_drop_of_the_declared_effect_is_rolled_back_with_its_
 
     (conversion,) = [c for c in _failing(events) if c.metric == "conversion"]
     assert conversion.method == "msprt-business"
-    assert conversion.estimate is not None and -0.5 < conversion.estimate < -0.1
+    # The true change is 0.14 / 0.2 - 1 = -30 %. The test stops as soon as the evidence is
+    # enough, so the point estimate at that moment is noisy (-70 % was seen once); the
+    # promise is the interval's: it covers the true change (anytime-valid, 99 %).
+    assert conversion.estimate is not None and conversion.estimate < 0
     assert conversion.upper is not None and conversion.upper < 0, "a significant drop"
     assert conversion.lower is not None and conversion.lower < conversion.estimate
+    assert conversion.lower < 0.14 / 0.2 - 1 < conversion.upper, (
+        conversion.lower,
+        conversion.upper,
+    )
     line = render.check_line(conversion)
     assert "lift" in line and "interval" in line and "FAILED" in line, line
     print(f"\nconversion: {line}")

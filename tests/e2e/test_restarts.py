@@ -27,7 +27,7 @@ from nats.aio.client import Client as NatsClient
 
 from canaryflow.demo import shop
 from canaryflow.demo.faults import LogWatch, back_on_stable_since, kill, traffic
-from canaryflow.demo.launcher import SERVICES, ServiceLauncher
+from canaryflow.demo.launcher import SERVICES, ServiceLauncher, delete_jetstream_state
 from canaryflow_contracts import Envelope, EventData, Subjects
 from canaryflow_contracts.events import (
     AnalysisVerdict,
@@ -40,7 +40,6 @@ from canaryflow_contracts.events import (
     VerdictAction,
     VerdictResult,
 )
-from tests.conftest import delete_jetstream_state
 from tests.e2e.conftest import Releases, launcher_for
 from tests.support import StackEnv
 

@@ -83,7 +83,13 @@ async def test_a_failing_handler_is_retried_until_it_succeeds(
     try:
         await _publish(nats_client, service.settings.subjects, _pause(), "m-1")
         await async_wait_until(_has(attempts, 3), timeout=20, message="3 attempts")
-        await asyncio.sleep(1.5)  # a further (wrong) redelivery would arrive within this
+        # Acked: JetStream hands an acked message out no more, so what was handled is final.
+        await service_acked(nats_client, service, "flaky")
+        info = await nats_client.jetstream().consumer_info(
+            service.settings.subjects.events_stream.name,
+            service.settings.subjects.consumer(service.settings.service, "flaky"),
+        )
+        assert info.delivered.consumer_seq == 3  # one message, delivered three times
         assert attempts == [1, 2, 3]
         assert await _dead_letters(nats_client, service.settings.subjects) == []
     finally:
@@ -154,10 +160,17 @@ async def test_a_republished_event_is_stored_and_handled_once(
     service.subscribe(PauseRelease, "once", handler)
     await service.start()
     try:
-        for _ in range(3):
-            await _publish(nats_client, service.settings.subjects, _pause("same"), "same")
+        subject = service.settings.subjects.of(PauseRelease, "rel-1")
+        acks = [
+            await nats_client.jetstream().publish(
+                subject, _pause("same"), headers={"Nats-Msg-Id": "same"}
+            )
+            for _ in range(3)
+        ]
+        assert [ack.duplicate for ack in acks] == [None, True, True]
         await async_wait_until(_has(handled, 1), timeout=10, message="the event handled")
-        await asyncio.sleep(1)
+        # Acked with nothing pending: there is nothing more the consumer could hand out.
+        await service_acked(nats_client, service, "once")
         info = await nats_client.jetstream().stream_info(
             service.settings.subjects.events_stream.name
         )

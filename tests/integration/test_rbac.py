@@ -1,8 +1,12 @@
-"""The RBAC rules in deploy/kubernetes/rbac.yaml are enough for each service, and no more.
+"""The RBAC rules of the Helm chart (deploy/helm/canaryflow) are enough for each service, and
+no more.
 
-Given a ServiceAccount bound (in a test namespace) to exactly the rules of one service's
-ClusterRole, the API server lets that service do its job and refuses what it must not do:
-the planner reads Deployments and ReleasePolicies and cannot write anything.
+Given a ServiceAccount bound (in a test namespace) to exactly the rules the chart renders for
+one service's ClusterRole, the API server lets that service do its job and refuses what it
+must not do, for each of the four services: the planner reads Deployments and
+ReleasePolicies and cannot write anything; the metrics-watcher reads ReleasePolicies and no
+workload; the executor makes and removes Deployments but cannot touch RBAC; the rollback
+service changes and removes Deployments but cannot make one, nor touch RBAC.
 """
 
 from __future__ import annotations
@@ -11,45 +15,33 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from kubernetes import client, utils
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from tests.support import StackEnv, client_with_token, narrow_token
+from tests.support import StackEnv, chart, client_with_token, kubeconfig_with_token, narrow_token
 
 from canaryflow.demo import shop
+from canaryflow.metrics_watcher.policies import KubePolicySource
 from canaryflow.planner.validation import KubeClusterReader
 
 pytestmark = pytest.mark.stack
 
-RBAC = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "rbac.yaml"
 CONFIG_VOLUME = {"name": "conf", "configMap": {"name": "web-config"}}
+Rules = dict[str, list[client.V1PolicyRule]]
 
 
-def _rules(role: str) -> list[client.V1PolicyRule]:
-    for document in yaml.safe_load_all(RBAC.read_text()):
-        if document["kind"] == "ClusterRole" and document["metadata"]["name"] == role:
-            return [
-                client.V1PolicyRule(
-                    api_groups=rule["apiGroups"], resources=rule["resources"], verbs=rule["verbs"]
-                )
-                for rule in document["rules"]
-            ]
-    raise AssertionError(f"no ClusterRole {role} in {RBAC}")
-
-
-def _kubeconfig(stack: StackEnv, token: str, path: Path) -> str:
-    admin: dict[str, Any] = yaml.safe_load(Path(stack.kubeconfig).read_text())
-    cluster = admin["clusters"][0]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [cluster],
-        "users": [{"name": "narrow", "user": {"token": token}}],
-        "contexts": [{"name": "narrow", "context": {"cluster": cluster["name"], "user": "narrow"}}],
-        "current-context": "narrow",
+@pytest.fixture(scope="module")
+def chart_rules(stack: StackEnv) -> Rules:
+    """Each service's rules as the chart renders its ClusterRole, by component name."""
+    documents = chart.render(stack.helm)
+    return {
+        component: [
+            client.V1PolicyRule(
+                api_groups=rule["apiGroups"], resources=rule["resources"], verbs=rule["verbs"]
+            )
+            for rule in chart.rules_of(documents, component)
+        ]
+        for component, _ in chart.SERVICES.values()
     }
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
 
 
 @pytest.fixture
@@ -61,11 +53,17 @@ def shop_with_policy(kube: client.ApiClient, namespace: str) -> str:
 
 
 async def test_the_planner_can_read_what_it_validates_and_write_nothing(
-    stack: StackEnv, kube: client.ApiClient, shop_with_policy: str, tmp_path: Path
+    stack: StackEnv,
+    kube: client.ApiClient,
+    shop_with_policy: str,
+    tmp_path: Path,
+    chart_rules: Rules,
 ) -> None:
     namespace = shop_with_policy
-    token = narrow_token(kube, namespace, "planner", _rules("canaryflow-planner"))
-    reader = KubeClusterReader(_kubeconfig(stack, token, tmp_path / "kubeconfig"))
+    token = narrow_token(kube, namespace, "planner", chart_rules["planner"])
+    reader = KubeClusterReader(
+        kubeconfig_with_token(stack.kubeconfig, token, tmp_path / "kubeconfig")
+    )
 
     core = client.CoreV1Api(kube)
     core.create_namespaced_config_map(namespace, {"metadata": {"name": "web-config"}})
@@ -88,9 +86,9 @@ async def test_the_planner_can_read_what_it_validates_and_write_nothing(
 
 
 def test_the_executor_may_create_and_delete_deployments_but_not_touch_rbac(
-    kube: client.ApiClient, namespace: str
+    kube: client.ApiClient, namespace: str, chart_rules: Rules
 ) -> None:
-    token = narrow_token(kube, namespace, "executor", _rules("canaryflow-executor"))
+    token = narrow_token(kube, namespace, "executor", chart_rules["executor"])
     narrow = client_with_token(kube, token)
     apps = client.AppsV1Api(narrow)
     body = {
@@ -115,21 +113,81 @@ def test_the_executor_may_create_and_delete_deployments_but_not_touch_rbac(
     assert refused.value.status == 403
 
 
-def test_the_installation_manifests_are_accepted_by_the_api_server(
-    kube: client.ApiClient, namespace: str
+def _deployment(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "web", "image": shop.image("v2")}]},
+            },
+        },
+    }
+
+
+def _refused(call: Any) -> int:
+    with pytest.raises(ApiException) as refused:
+        call()
+    return int(refused.value.status)
+
+
+async def test_the_metrics_watcher_reads_policies_and_no_workload(
+    stack: StackEnv,
+    kube: client.ApiClient,
+    shop_with_policy: str,
+    chart_rules: Rules,
+    tmp_path: Path,
 ) -> None:
-    """Server-side dry run of deploy/kubernetes/*.yaml (moved into the test's namespace)."""
-    manifests = sorted(RBAC.parent.glob("*.yaml"))
-    kinds = []
-    for manifest in manifests:
-        for document in yaml.safe_load_all(manifest.read_text()):
-            if document["kind"] == "Namespace":
-                continue
-            if "namespace" in document["metadata"]:
-                document["metadata"]["namespace"] = namespace
-            for subject in document.get("subjects", []):
-                subject["namespace"] = namespace
-            utils.create_from_dict(kube, document, namespace=namespace, dry_run="All")
-            kinds.append(document["kind"])
-    assert kinds.count("Deployment") == 4
-    assert kinds.count("ClusterRole") == 4  # one per service (the simulator and its role are gone)
+    namespace = shop_with_policy
+    token = narrow_token(kube, namespace, "metrics-watcher", chart_rules["metrics-watcher"])
+    narrow = client_with_token(kube, token)
+    source = KubePolicySource(
+        kubeconfig_with_token(stack.kubeconfig, token, tmp_path / "kubeconfig")
+    )
+
+    policy = await source.get(namespace, "web")  # the release's policy, by name
+
+    assert policy.analysis is not None
+    assert (
+        _refused(
+            lambda: client.CustomObjectsApi(narrow).list_namespaced_custom_object(
+                "canaryflow.io", "v1alpha1", namespace, "releasepolicies"
+            )
+        )
+        == 403
+    )
+    apps, core = client.AppsV1Api(narrow), client.CoreV1Api(narrow)
+    assert _refused(lambda: apps.read_namespaced_deployment("web", namespace)) == 403
+    assert _refused(lambda: core.list_namespaced_secret(namespace)) == 403
+    patch = {"spec": {"replicas": 3}}
+    assert _refused(lambda: apps.patch_namespaced_deployment("web", namespace, patch)) == 403
+
+
+def test_the_rollback_service_restores_deployments_but_cannot_make_one_or_touch_rbac(
+    kube: client.ApiClient, shop_with_policy: str, chart_rules: Rules
+) -> None:
+    namespace = shop_with_policy
+    token = narrow_token(kube, namespace, "rollback", chart_rules["rollback"])
+    narrow = client_with_token(kube, token)
+    admin_apps, apps = client.AppsV1Api(kube), client.AppsV1Api(narrow)
+    admin_apps.create_namespaced_deployment(namespace, _deployment("web-canary"))
+
+    # What a rollback does: stable back to full size (a replace), the canary removed.
+    stable = apps.read_namespaced_deployment("web", namespace)
+    stable.spec.replicas = 3
+    stable.metadata.resource_version = None  # unconditional: KWOK writes its status meanwhile
+    apps.replace_namespaced_deployment("web", namespace, stable)
+    apps.delete_namespaced_deployment("web-canary", namespace)
+
+    assert admin_apps.read_namespaced_deployment("web", namespace).spec.replicas == 3
+    names = [d.metadata.name for d in admin_apps.list_namespaced_deployment(namespace).items]
+    assert names == ["web"]
+    body = _deployment("intruder")
+    assert _refused(lambda: apps.create_namespaced_deployment(namespace, body)) == 403
+    rbac = client.RbacAuthorizationV1Api(narrow)
+    role = {"metadata": {"name": "escalate"}, "rules": []}
+    assert _refused(lambda: rbac.create_namespaced_role(namespace, role)) == 403

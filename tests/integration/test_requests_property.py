@@ -297,7 +297,7 @@ async def _send(bus: Bus, batch: list[Spec]) -> list[Sent]:
             spec, earlier, bus.subjects.prefix
         )
         earlier.append((release_id, request_id))
-        # As the README says: the answer names the envelope id if the body has a readable
+        # As docs/requests.md says: the answer names the envelope id if the body has a readable
         # one (a mutation may have replaced it), else the Nats-Msg-Id, else the stream position.
         key = _readable_id(body) or headers.get("Nats-Msg-Id") or ""
         sent.append(Sent(subject, key, release_id))
@@ -368,7 +368,7 @@ def bus(stack: StackEnv, planner: ServiceLauncher) -> Iterator[Bus]:
     try:
         yield connection
     finally:
-        from tests.conftest import delete_jetstream_state
+        from canaryflow.demo.launcher import delete_jetstream_state
 
         connection.run(delete_jetstream_state(connection.nc, planner.prefix))
         connection.close()

@@ -438,10 +438,14 @@ async def test_forward_writes_that_land_after_a_rollback_are_undone_by_the_sweep
         await service.store.create(ended.model_copy(update={"updated_at": datetime.now(UTC)}))
         template = await target_mid_release(kube, namespace, rid)  # the late writes
 
-        async def canary_gone() -> bool | None:
-            return True if read(kube, namespace, CANARY) is None else None
+        async def all_undone() -> bool | None:
+            # The restore point is cleared last, after the canary has gone.
+            stable = read(kube, namespace, NAME) or {}
+            marked = set(stable.get("metadata", {}).get("annotations") or {})
+            late = read(kube, namespace, CANARY) is not None
+            return None if late or marked & set(conventions.RESTORE_ANNOTATIONS) else True
 
-        await async_wait_until(canary_gone, timeout=60, message="the late canary removed")
+        await async_wait_until(all_undone, timeout=60, message="the late writes undone")
         await wait_complete(kube, namespace, NAME, FULL_SIZE)
 
         assert_restored(kube, namespace, template)

@@ -1,6 +1,8 @@
 """Trace context over real JetStream: rooted requests, redeliveries, untraced producers.
 
-Given a service on the stack's NATS whose spans are collected in memory, these check what
+Given a service on the stack's NATS whose spans are collected in memory (the planner reading
+the stack's API server, where each test's namespace has the sample shop and its policy),
+these check what
 FastStream's middleware alone cannot give: a release request becomes the root of its trace
 (or a child of the requester's span), a redelivered message continues the trace of its
 first delivery, and a message from a system that does not trace joins the release's trace
@@ -15,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
+from kubernetes import client
 from nats.aio.client import Client as NatsClient
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -22,13 +25,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 from tests.integration.release_support import running, service_settings
 from tests.support import StackEnv, async_wait_until
-from tests.unit.planner.factory import NEW_IMAGE, FakeCluster
 from tests.unit.support_state import sample_state
 
+from canaryflow.demo import shop
 from canaryflow.planner.app import build_service as build_planner
-from canaryflow.planner.validation import DeploymentFacts
+from canaryflow.planner.validation import ClusterReader, DeploymentFacts, KubeClusterReader
 from canaryflow.runtime import tracing
 from canaryflow.runtime.bus import Delivery
+from canaryflow.runtime.policies import PolicyObject
 from canaryflow.runtime.service import Service
 from canaryflow_contracts import MESSAGE_ID_HEADER, Envelope, EventData, Subjects
 from canaryflow_contracts.events import (
@@ -192,22 +196,37 @@ async def test_a_quiet_message_has_no_span_of_its_own_unless_its_handling_fails(
     assert failed.start_time <= finished["work 1"].start_time  # it covers the whole attempt
 
 
-class FlakyCluster(FakeCluster):
-    """The cluster is unreachable for the first request the planner checks."""
+@pytest.fixture
+def shop_cluster(stack: StackEnv, kube: client.ApiClient, namespace: str) -> KubeClusterReader:
+    """The stack's API server, with the sample shop and its policy in the test's namespace."""
+    shop.install_crd(kube)
+    shop.deploy(kube, namespace, replicas=2)
+    shop.apply_policy(kube, namespace, shop.quick_policy())
+    return KubeClusterReader(stack.kubeconfig)
 
+
+@dataclass
+class FlakyCluster:
+    """The real API server behind one injected failure: the first Deployment read is refused
+    as if the server were away, every later read reaches it."""
+
+    real: KubeClusterReader
     failures: int = 1
 
     async def deployment(self, namespace: str, name: str) -> DeploymentFacts | None:
         if self.failures:
             self.failures -= 1
             raise ConnectionError("API server away")
-        return await super().deployment(namespace, name)
+        return await self.real.deployment(namespace, name)
+
+    async def release_policies(self, namespace: str) -> list[PolicyObject]:
+        return await self.real.release_policies(namespace)
 
 
-def _request() -> ReleaseRequested:
+def _request(namespace: str) -> ReleaseRequested:
     return ReleaseRequested(
-        target=TargetRef(namespace="shop", name="web"),
-        version=VersionSpec(image=NEW_IMAGE),
+        target=TargetRef(namespace=namespace, name="web"),
+        version=VersionSpec(image=shop.image("v2")),
         requested_by="tests",
     )
 
@@ -237,16 +256,17 @@ async def _plan(
     stack: StackEnv,
     nats_client: NatsClient,
     prefix: str,
-    cluster: FakeCluster,
+    cluster: ClusterReader,
     rid: str,
     *,
+    namespace: str,
     traceparent: str = "",
 ) -> Planned:
     planner = build_planner(service_settings(stack, prefix, "planner"), cluster)
     spans = _collect(planner)
     async with running(planner):
         subjects = planner.settings.subjects
-        await _publish(nats_client, subjects, _request(), rid, traceparent)
+        await _publish(nats_client, subjects, _request(namespace), rid, traceparent)
         applied = await _applied_traceparent(nats_client, subjects, rid)
         versioned = await planner.store.get(rid)
     assert versioned is not None
@@ -255,10 +275,16 @@ async def _plan(
 
 
 async def test_an_untraced_request_is_the_root_of_its_release_trace_even_when_redelivered(
-    stack: StackEnv, nats_client: NatsClient, stream_prefix: str
+    stack: StackEnv,
+    nats_client: NatsClient,
+    stream_prefix: str,
+    shop_cluster: KubeClusterReader,
+    namespace: str,
 ) -> None:
     rid = f"web-{uuid.uuid4().hex[:8]}"
-    planned = await _plan(stack, nats_client, stream_prefix, FlakyCluster(), rid)
+    flaky = FlakyCluster(shop_cluster)
+    planned = await _plan(stack, nats_client, stream_prefix, flaky, rid, namespace=namespace)
+    assert flaky.failures == 0
     expected = f"{tracing.release_trace_id(stream_prefix, rid):032x}"
     # The first attempt failed before the state was stored: its retry is a second root of the
     # same trace, never a second trace.
@@ -270,11 +296,21 @@ async def test_an_untraced_request_is_the_root_of_its_release_trace_even_when_re
 
 
 async def test_a_request_carrying_a_trace_context_roots_the_release_under_the_requester(
-    stack: StackEnv, nats_client: NatsClient, stream_prefix: str
+    stack: StackEnv,
+    nats_client: NatsClient,
+    stream_prefix: str,
+    shop_cluster: KubeClusterReader,
+    namespace: str,
 ) -> None:
     rid = f"web-{uuid.uuid4().hex[:8]}"
     planned = await _plan(
-        stack, nats_client, stream_prefix, FakeCluster(), rid, traceparent=REQUESTER
+        stack,
+        nats_client,
+        stream_prefix,
+        shop_cluster,
+        rid,
+        namespace=namespace,
+        traceparent=REQUESTER,
     )
     (root,) = planned.roots
     assert _trace_id(root) == tracing.trace_id_of(REQUESTER)

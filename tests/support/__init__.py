@@ -6,8 +6,9 @@ Jaeger; make a least-privilege Kubernetes token), and they must behave the same 
 so no test sleeps blindly or invents its own polling loop.
 """
 
+from tests.support import chart
 from tests.support.jaeger import JaegerQuery
-from tests.support.kube import client_with_token, narrow_token
+from tests.support.kube import client_with_token, kubeconfig_with_token, narrow_token
 from tests.support.prom import PrometheusQuery
 from tests.support.stackenv import StackEnv
 from tests.support.wait import async_wait_until, wait_until
@@ -17,7 +18,9 @@ __all__ = [
     "PrometheusQuery",
     "StackEnv",
     "async_wait_until",
+    "chart",
     "client_with_token",
+    "kubeconfig_with_token",
     "narrow_token",
     "wait_until",
 ]

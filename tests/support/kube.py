@@ -9,8 +9,10 @@ the TokenRequest API. The returned client talks to the same server with only tha
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client
 
 
@@ -57,3 +59,20 @@ def client_with_token(api: client.ApiClient, token: str) -> client.ApiClient:
     configuration.key_file = None
     configuration.refresh_api_key_hook = None
     return client.ApiClient(configuration)
+
+
+def kubeconfig_with_token(admin_kubeconfig: str, token: str, path: Path) -> str:
+    """A kubeconfig file for the same cluster (address, CA) with ``token`` as its only
+    credential, for code that takes a kubeconfig path (the services)."""
+    admin: dict[str, Any] = yaml.safe_load(Path(admin_kubeconfig).read_text())
+    cluster = admin["clusters"][0]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": "narrow", "user": {"token": token}}],
+        "contexts": [{"name": "narrow", "context": {"cluster": cluster["name"], "user": "narrow"}}],
+        "current-context": "narrow",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return str(path)

@@ -27,6 +27,10 @@ class StackEnv:
     state_dir: Path
     stream_replicas: int = 1
     """3 when the stack runs a JetStream cluster (``CANARYFLOW_NATS_NODES=3``)."""
+    helm: str = ""
+    """The stack's Helm 4 binary (empty when env.json predates it)."""
+    audit_log: str = ""
+    """The local API server's audit log of service accounts' requests (empty: none)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> StackEnv:
@@ -42,6 +46,8 @@ class StackEnv:
             cluster=env["CANARYFLOW_CLUSTER"],
             state_dir=Path(env["CANARYFLOW_STACK_DIR"]),
             stream_replicas=int(env.get("CANARYFLOW_STREAM_REPLICAS", "1")),
+            helm=env.get("HELM", ""),
+            audit_log=env.get("CANARYFLOW_AUDIT_LOG", ""),
         )
 
     @property

@@ -51,6 +51,7 @@ GO_COMPONENTS = {
     "etcd": GoComponent("etcd", config.ETCD_VERSION, ("etcd",), "~1 min"),
     "kwok": GoComponent("kwok", config.KWOK_VERSION, ("kwok",), "~3 min"),
     "jaeger": GoComponent("jaeger", config.JAEGER_VERSION, ("jaeger",), "~6 min"),
+    "helm": GoComponent("helm", config.HELM_VERSION, ("helm",), "~4 min"),
     "traefik": GoComponent(
         "traefik", config.TRAEFIK_VERSION, ("traefik",), "~12 min", files=("traefik-crds.yml",)
     ),

@@ -229,8 +229,8 @@ def ensure_crd(api: KubeApi, manifest: dict[str, Any], timeout: float = 30.0) ->
     """Create or update a CustomResourceDefinition and wait until the API serves it.
 
     Returns what was done ("created" or "updated"). The manifest is the one generated from
-    the policy models (deploy/crds/), so every ``up`` converges the cluster to the code's
-    current ReleasePolicy schema (an unchanged one is a no-op for the API server).
+    the policy models (deploy/helm/canaryflow/crds/), so every ``up`` converges the cluster to
+    the code's current ReleasePolicy schema (an unchanged one is a no-op for the API server).
     """
     path = f"{CRDS}/{manifest['metadata']['name']}"
     found = api.get(path)

@@ -28,6 +28,9 @@ KUBERNETES_VERSION = "v1.34.4"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.7.0"
 JAEGER_VERSION = "v1.76.0"  # Go module github.com/jaegertracing/jaeger, i.e. Jaeger v2's cmd/jaeger
+HELM_VERSION = (
+    "v4.3.2"  # Go module helm.sh/helm/v4: the chart in deploy/helm is linted and installed with it
+)
 TRAEFIK_VERSION = "v3.6.12"  # Go module github.com/traefik/traefik/v3 (v3.7 needs refused modules)
 
 # Default loopback ports. Each can be overridden by the environment variable named beside it.
@@ -218,6 +221,11 @@ class Settings:
 
     def log(self, server: str) -> Path:
         return self.logs / f"{server}.log"
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: requests made by workloads' service accounts."""
+        return self.logs / "kube-apiserver-audit.log"
 
     # The version-keyed build cache ------------------------------------------------------
     @property

@@ -347,8 +347,28 @@ def _jaeger(settings: Settings, bins: Binaries) -> Server:
     )
 
 
+# Metadata (who, verb, resource, namespace, code) of every request by a workload's service
+# account; nothing for people, the control plane's own controllers or KWOK.
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: None
+    userGroups: ["system:serviceaccounts:kube-system"]
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+"""
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def _kubernetes(settings: Settings, bins: Binaries) -> list[Server]:
     p = settings.ports
+    audit_policy = settings.state / "audit-policy.yaml"
     f = pki.files(settings)
     token = pki.admin_token(settings) if f.tokens_csv.exists() else ""
     etcd_url = _url(p.etcd)
@@ -402,8 +422,16 @@ def _kubernetes(settings: Settings, bins: Binaries) -> list[Server]:
             "--endpoint-reconciler-type=none",
             "--profiling=false",
             "--event-ttl=30m",
+            # What each workload's ServiceAccount asked for (tests/integration/test_helm_chart.py
+            # shows every rule of the chart is used): service accounts outside kube-system only.
+            f"--audit-policy-file={audit_policy}",
+            f"--audit-log-path={settings.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-maxsize=50",
+            "--audit-log-maxbackup=1",
         ],
         ports={"https": p.apiserver},
+        prepare=lambda: _write(audit_policy, AUDIT_POLICY),
         probe=http_probe(_url(p.apiserver, "/readyz", "https"), verify=str(f.ca_crt), token=token),
         timeout=120,
         cause="etcd unreachable or flags/certificates this Kubernetes version rejects",

@@ -65,7 +65,7 @@ def _clean_stale(settings: Settings, name: str) -> None:
 
 
 # Generated from the policy models by `python -m canaryflow_contracts.generate`.
-CRD_FILE = DEPLOY_DIR / "crds" / "releasepolicies.canaryflow.io.json"
+CRD_FILE = DEPLOY_DIR / "helm" / "canaryflow" / "crds" / "releasepolicies.canaryflow.io.json"
 # The subject prefix of the demo and of services started without CANARYFLOW_PREFIX (it is
 # canaryflow_contracts.DEFAULT_PREFIX; the stack manager imports no canaryflow code).
 DEFAULT_PREFIX = "canaryflow"
@@ -103,6 +103,10 @@ def endpoints(settings: Settings, choice: ClusterChoice) -> dict[str, str]:
         "CANARYFLOW_CLUSTER_DETAIL": choice.detail,
         "CANARYFLOW_STACK_DIR": str(settings.state),
         "CANARYFLOW_STACK_LOGS": str(settings.logs),
+        # Helm 4, which installs deploy/helm/canaryflow (tests/integration/test_helm_chart.py).
+        "HELM": str(build.go_bin_dir(settings, "helm") / "helm"),
+        # The local API server's audit log of service accounts' requests ("" for yours).
+        "CANARYFLOW_AUDIT_LOG": str(settings.audit_log) if choice.kind == "local" else "",
     }
 
 
@@ -132,6 +136,9 @@ def _write_env(settings: Settings, env: dict[str, str]) -> None:
     kubectl_dir = build.go_bin_dir(settings, "kubernetes")
     if (kubectl_dir / "kubectl").exists():
         lines.append(f'export PATH={shlex.quote(str(kubectl_dir))}:"$PATH"')
+    helm_dir = build.go_bin_dir(settings, "helm")
+    if (helm_dir / "helm").exists():
+        lines.append(f'export PATH={shlex.quote(str(helm_dir))}:"$PATH"')
     settings.env_sh.write_text("\n".join(lines) + "\n")
 
 
@@ -164,7 +171,7 @@ def _ensure_binaries(
     settings: Settings, choice: ClusterChoice
 ) -> tuple[Binaries, dict[str, float]]:
     timings: dict[str, float] = {}
-    names = ["jaeger"] + (
+    names = ["jaeger", "helm"] + (
         ["etcd", "kwok", "kubernetes", "traefik"] if choice.kind == "local" else []
     )
     for name in names:

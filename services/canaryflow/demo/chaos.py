@@ -14,6 +14,8 @@ minute, it breaks something:
 - ``kill-one``/``kill-two``/``kill-all``: SIGKILL one random replica, two at once, or every
   replica of one service; each comes back 0.5-3 s later, as a supervisor would restart it;
 - ``nats-restart``: the stack's NATS server stopped and started again (``stack.restart``);
+- ``nats-node-kill``: on a three-node JetStream cluster (``CANARYFLOW_NATS_NODES=3``), one
+  random node SIGKILLed and started again 2-15 s later; R3 streams keep a quorum throughout;
 - ``apiserver-stop``: the kube-apiserver frozen (SIGSTOP) for 5-30 s, then SIGCONT;
 - ``prometheus-stop``: Prometheus frozen (SIGSTOP) for 10-60 s, then SIGCONT (no scrape, no
   answer to queries, connections hang: harder on the clients than a refused connection).
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -55,8 +58,16 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import DeliverPolicy
 
 from canaryflow.demo import shop
-from canaryflow.demo.launcher import SERVICES, LaunchError, ServiceLauncher, StackEndpoints
+from canaryflow.demo.launcher import (
+    SERVICES,
+    LaunchError,
+    ServiceLauncher,
+    StackEndpoints,
+    delete_jetstream_state,
+)
 from canaryflow.runtime import bundle
+from canaryflow.runtime.bus import PUBLISH_RETRY_SECONDS, until_jetstream_answers
+from canaryflow.runtime.settings import nats_servers
 from canaryflow_contracts import MESSAGE_ID_HEADER, Envelope, EventData, Subjects
 from canaryflow_contracts.events import (
     TERMINAL_EVENTS,
@@ -82,22 +93,28 @@ from canaryflow_contracts.events import (
 from canaryflow_stack import stack as stack_manager
 from canaryflow_stack.config import Settings as StackSettings
 from canaryflow_stack.procs import PidRecord
+from canaryflow_stack.servers import nats_node_name
 
 log = logging.getLogger(__name__)
 
 KILLS = ("kill-one", "kill-two", "kill-all")
-OUTAGES = ("nats-restart", "apiserver-stop", "prometheus-stop")
+OUTAGES = ("nats-restart", "nats-node-kill", "apiserver-stop", "prometheus-stop")
 KINDS = KILLS + OUTAGES
 WEIGHTS = {
     "kill-one": 30,
     "kill-two": 12,
     "kill-all": 10,
     "nats-restart": 14,
+    "nats-node-kill": 14,
     "apiserver-stop": 16,
     "prometheus-stop": 18,
 }
 APISERVER_STOP_SECONDS = (5.0, 30.0)
 PROMETHEUS_STOP_SECONDS = (10.0, 60.0)
+NATS_NODE_DOWN_SECONDS = (2.0, 15.0)
+TABLE_EVERY_RUNS = 5
+
+
 RESTART_DELAY_SECONDS = (0.5, 3.0)
 
 SIZE = 4  # pods of each target: small, so that several releases at once stay cheap
@@ -162,6 +179,18 @@ class CampaignOptions:
     kinds: tuple[str, ...] = KINDS
     script: tuple[str, ...] = ()  # fixed kinds in order for the first faults of every run
     run_seeds: tuple[int, ...] = ()  # replay these runs exactly (overrides runs and seed)
+
+
+def fitted_to(options: CampaignOptions, nats_nodes: int) -> CampaignOptions:
+    """``options`` for a stack with ``nats_nodes`` NATS nodes: a node kill needs a cluster (on
+    one node it is a restart), so it is left out of the default mix and refused by name."""
+    if nats_nodes > 1:
+        return options
+    named = set(options.script) | (set(options.kinds) if options.kinds != KINDS else set())
+    if "nats-node-kill" in named:
+        raise ValueError("nats-node-kill needs a NATS cluster: CANARYFLOW_NATS_NODES=3")
+    kinds = tuple(kind for kind in options.kinds if kind != "nats-node-kill")
+    return dataclasses.replace(options, kinds=kinds)
 
 
 # --------------------------------------------------------------------------- the outside view
@@ -362,6 +391,15 @@ class Injector:
             fault.detail = await self._kill([r for r in running if r.name == name])
         elif kind == "nats-restart":
             await asyncio.to_thread(stack_manager.restart, self.stack, "nats")
+        elif kind == "nats-node-kill":
+            if self.stack.nats_nodes < 2:
+                raise ValueError("nats-node-kill needs a NATS cluster (CANARYFLOW_NATS_NODES=3)")
+            node = nats_node_name(self.rng.randint(1, self.stack.nats_nodes))
+            seconds = self.rng.uniform(*NATS_NODE_DOWN_SECONDS)
+            os.kill(self._pid(node), signal.SIGKILL)
+            fault.detail = f"{node} down {seconds:.1f} s"
+            await asyncio.sleep(seconds)
+            await asyncio.to_thread(stack_manager.restart, self.stack, node)
         elif kind in ("apiserver-stop", "prometheus-stop"):
             server = "kube-apiserver" if kind == "apiserver-stop" else "prometheus"
             bounds = APISERVER_STOP_SECONDS if kind == "apiserver-stop" else PROMETHEUS_STOP_SECONDS
@@ -424,12 +462,18 @@ class Campaign:
         return Subjects(self.launcher.prefix)
 
     async def publish(self, data: EventData, rid: str) -> None:
+        """Published as the services publish: again while a NATS node is down (same id, so a
+        repeat the stream already stored is dropped)."""
         envelope = Envelope.wrap(data, release_id=rid, source="chaos")
-        await self.nc.jetstream().publish(
-            self.subjects.of(type(data), rid),
-            envelope.model_dump_json().encode(),
-            headers={MESSAGE_ID_HEADER: envelope.id},
-        )
+
+        async def once() -> None:
+            await self.nc.jetstream().publish(
+                self.subjects.of(type(data), rid),
+                envelope.model_dump_json().encode(),
+                headers={MESSAGE_ID_HEADER: envelope.id},
+            )
+
+        await until_jetstream_answers(f"publish {envelope.type}", once, PUBLISH_RETRY_SECONDS)
 
     def _prepare(self, namespace: str, plans: list[Planned]) -> None:
         core = client.CoreV1Api(self.api)
@@ -943,11 +987,12 @@ def thawed_on_exit() -> Iterator[None]:
 async def campaign(options: CampaignOptions, stack: StackSettings | None = None) -> list[RunReport]:
     """Run the campaign; prints each run as it goes and the table at the end."""
     stack = stack or StackSettings.from_env()
+    options = fitted_to(options, stack.nats_nodes)
     found = endpoints(stack)
     api = kube_config.new_client_from_config(config_file=found.kubeconfig)
     shop.install_crd(api)
     nc = await nats.connect(
-        found.nats_url,
+        nats_servers(found.nats_url),
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.2,
         connect_timeout=5,
@@ -976,19 +1021,14 @@ async def campaign(options: CampaignOptions, stack: StackSettings | None = None)
             await asyncio.to_thread(launcher.start)
             for index, seed in enumerate(seeds):
                 await runner.run(index, seed)
+                if (index + 1) % TABLE_EVERY_RUNS == 0 and index + 1 < len(seeds):
+                    # A long campaign cut short still leaves its figures so far.
+                    print(table(runner.reports, options, time.time() - started), flush=True)
     finally:
         launcher.stop()
         receiver.close()
-        js = nc.jetstream()
-        subjects = Subjects(prefix)
-        for name in (
-            subjects.events_stream.name,
-            subjects.deadletter_stream.name,
-            f"KV_{subjects.releases_bucket}",
-            f"KV_{subjects.analyses_bucket}",
-        ):
-            with contextlib.suppress(Exception):
-                await js.delete_stream(name)
+        with contextlib.suppress(Exception):  # NATS may be restarting right now
+            await delete_jetstream_state(nc, prefix)
         await nc.drain()
         api.close()
     print(table(runner.reports, options, time.time() - started), flush=True)

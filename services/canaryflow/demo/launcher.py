@@ -7,6 +7,7 @@ metrics that Prometheus scrapes (a file_sd target file per launch).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,10 +18,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nats.aio.client import Client as NatsClient
+from nats.js.errors import NotFoundError
+
+from canaryflow_contracts import Subjects
+
 SERVICES = ("planner", "executor", "metrics_watcher", "rollback")
 STARTED_MARK = '"msg": "service started"'
 # Services with an HTTP API of their own: each replica gets a port (CANARYFLOW_HTTP_PORT).
 HTTP_SERVICES = ("metrics_watcher",)
+# What a process needs from its parent whatever its configuration (see ``exact_env``).
+PROCESS_BASICS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "TZ")
+
+
+PORT_RETRIES = 3
 
 
 class LaunchError(RuntimeError):
@@ -72,10 +83,22 @@ class ServiceLauncher:
     log_dir: Path
     replicas: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
+    exact_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Per service (module name): the whole environment it gets, e.g. a Deployment's as a
+    Helm chart rendered it. Only the process basics (PATH, HOME, …) are added, and the
+    launcher's own free ports replace the metrics and HTTP ports: in a pod each replica has
+    its network namespace to itself, here they share one."""
     running: list[RunningService] = field(default_factory=list)
     _launched: int = 0
 
     def _env(self, service: str, metrics_port: int, http_port: int = 0) -> dict[str, str]:
+        if service in self.exact_env:
+            basics = {k: v for k, v in os.environ.items() if k in PROCESS_BASICS}
+            env = {**basics, **self.exact_env[service], "PYTHONUNBUFFERED": "1"}
+            env["CANARYFLOW_METRICS_PORT"] = str(metrics_port)
+            if http_port:
+                env["CANARYFLOW_HTTP_PORT"] = str(http_port)
+            return env
         env = {
             **os.environ,
             "NATS_URL": self.stack.nats_url,
@@ -102,33 +125,37 @@ class ServiceLauncher:
         """Start ``replicas`` (by default the launcher's number) of each service; returns them
         once each has said it started."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        started: list[RunningService] = []
-        for service in services:
-            for _ in range(self.replicas if replicas is None else replicas):
-                port = free_port()
-                http_port = free_port() if service in HTTP_SERVICES else 0
-                # A replica started again after a kill gets a log of its own.
-                self._launched += 1
-                log_path = self.log_dir / f"{service}-{self._launched}.log"
-                log_file = log_path.open("wb")
-                process = subprocess.Popen(
-                    [sys.executable, "-m", f"canaryflow.{service}"],
-                    env=self._env(service, port, http_port),
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                )
-                log_file.close()
-                started.append(RunningService(service, process, log_path, port, http_port))
+        started = [
+            self._spawn(service)
+            for service in services
+            for _ in range(self.replicas if replicas is None else replicas)
+        ]
         self.running.extend(started)
         self._write_targets()
         try:
             self._wait_started(started, timeout)
         except BaseException:
-            # The caller gets no launcher to stop: replicas left running here outlived the test
-            # that failed to start them, and grew for hours on a bus that had gone away.
-            self.stop()
+            # The caller gets none of these to stop: replicas left running here outlived the
+            # test that failed to start them, and grew for hours on a bus that had gone away.
+            # Only these: the replicas already running (a campaign restarting one) carry on.
+            self._stop_replicas(started)
             raise
         return started
+
+    def _spawn(self, service: str) -> RunningService:
+        port = free_port()
+        http_port = free_port() if service in HTTP_SERVICES else 0
+        # A replica started again after a kill gets a log of its own.
+        self._launched += 1
+        log_path = self.log_dir / f"{service}-{self._launched}.log"
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", f"canaryflow.{service}"],
+                env=self._env(service, port, http_port),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        return RunningService(service, process, log_path, port, http_port)
 
     def replicas_of(self, name: str) -> list[RunningService]:
         return [service for service in self.running if service.name == name]
@@ -137,14 +164,27 @@ class ServiceLauncher:
         """SIGKILL one replica, as a crash or an eviction would end it: no cleanup at all."""
         service.process.kill()
         service.process.wait()
-        self.running.remove(service)
+        if service in self.running:  # a failed start() in another thread may have removed it
+            self.running.remove(service)
         self._write_targets()
 
     def _wait_started(self, services: list[RunningService], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         waiting = list(services)
+        port_retries = PORT_RETRIES
         while waiting:
             for service in list(waiting):
+                lost_port = service in self.running and _lost_its_port(service)
+                if service.process.poll() is not None and port_retries and lost_port:
+                    # free_port() only found a port free: another process may take it before
+                    # the service binds it (seen with several stacks on one machine).
+                    port_retries -= 1
+                    again = self._spawn(service.name)
+                    self.running[self.running.index(service)] = again
+                    services[services.index(service)] = again
+                    waiting[waiting.index(service)] = again
+                    self._write_targets()
+                    continue
                 if service.process.poll() is not None:
                     raise LaunchError(
                         f"{service.name} exited with {service.process.returncode}; "
@@ -192,7 +232,9 @@ class ServiceLauncher:
 
     def stop(self, name: str | None = None, timeout: float = 10) -> None:
         """Stop every service (or those called ``name``): SIGTERM, then SIGKILL."""
-        chosen = [s for s in self.running if name is None or s.name == name]
+        self._stop_replicas([s for s in self.running if name is None or s.name == name], timeout)
+
+    def _stop_replicas(self, chosen: list[RunningService], timeout: float = 10) -> None:
         for service in chosen:
             if service.process.poll() is None:
                 service.process.send_signal(signal.SIGTERM)
@@ -202,7 +244,8 @@ class ServiceLauncher:
             except subprocess.TimeoutExpired:
                 service.process.kill()
                 service.process.wait()
-            self.running.remove(service)
+            if service in self.running:  # a kill from another thread may have removed it
+                self.running.remove(service)
         if self.running:
             self._write_targets()
         elif (path := self._targets_file()) is not None:
@@ -214,3 +257,22 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
         return "(no log)"
+
+
+def _lost_its_port(service: RunningService) -> bool:
+    return "Address already in use" in service.log_path.read_text(errors="replace")
+
+
+async def delete_jetstream_state(nc: NatsClient, prefix: str) -> None:
+    """Delete the streams and the KV buckets of one canaryflow prefix, if they exist: what
+    the services of a launcher on ``prefix`` created."""
+    subjects = Subjects(prefix)
+    js = nc.jetstream()
+    for stream in (
+        subjects.events_stream.name,
+        subjects.deadletter_stream.name,
+        f"KV_{subjects.releases_bucket}",
+        f"KV_{subjects.analyses_bucket}",
+    ):
+        with contextlib.suppress(NotFoundError):
+            await js.delete_stream(stream)

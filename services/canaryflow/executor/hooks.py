@@ -5,6 +5,9 @@ change record to open, a smoke test to run). Calling out belongs with the execut
 already owns canaryflow's side effects; the planner only asks (RunHook) and waits for the
 answer (HookCompleted), so a slow or dead endpoint never blocks the planner. A hook without a
 URL is answered by whichever system subscribes to RunHook on the bus; this module skips it.
+
+A hook is run once per command however often the command is delivered (another replica, a
+redelivery on a busy machine): the run is claimed in the side-effect ledger first.
 """
 
 from __future__ import annotations
@@ -16,18 +19,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from nats.js import JetStreamContext
 
+from canaryflow.executor.ledger import SideEffectLedger, ledger_key
 from canaryflow.runtime import authority
 from canaryflow.runtime.bus import Delivery
 from canaryflow.runtime.service import Service
 from canaryflow_contracts import Envelope
 from canaryflow_contracts.events import HookCompleted, RunHook
+from canaryflow_contracts.policy import Hook
 
 log = logging.getLogger(__name__)
 
 # Pause before retry n (the last repeats): short, a hook's own timeout bounds each attempt.
 RETRY_BACKOFF_SECONDS = (0.5, 1.0, 2.0)
 DETAIL_LIMIT = 300
+PUBLISH_MARGIN_SECONDS = 15.0  # a publish is retried up to 10 s while JetStream elects a leader
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -62,6 +69,14 @@ def judged(status: int, body: str) -> tuple[bool, str]:
 
 def backoff(attempt: int, schedule: Sequence[float] = RETRY_BACKOFF_SECONDS) -> float:
     return schedule[min(attempt, len(schedule) - 1)]
+
+
+def longest_run_seconds(hook: Hook) -> float:
+    """The longest a run of ``hook`` can take (every attempt timing out), plus publishing its
+    outcome: a claim older than that belongs to a replica that died."""
+    attempts = hook.retries + 1
+    pauses = sum(backoff(attempt) for attempt in range(attempts - 1))
+    return attempts * hook.timeout_seconds + pauses + PUBLISH_MARGIN_SECONDS
 
 
 class WebhookCaller:
@@ -100,6 +115,12 @@ class WebhookCaller:
 def register(service: Service, caller: WebhookCaller | None = None) -> None:
     """Subscribe the executor to RunHook: call webhooks, report each outcome once."""
     webhooks = caller or WebhookCaller()
+    ledger = SideEffectLedger(lease_seconds=PUBLISH_MARGIN_SECONDS)  # each run names its own
+
+    async def open_ledger(js: JetStreamContext) -> None:
+        await ledger.open(js, service.settings.subjects.releases_bucket)
+
+    service.when_connected(open_ledger)
 
     async def on_run_hook(envelope: Envelope[RunHook], delivery: Delivery) -> None:
         command, rid = envelope.data, envelope.subject
@@ -111,18 +132,25 @@ def register(service: Service, caller: WebhookCaller | None = None) -> None:
         if refusals:
             await service.refuse(envelope, refusals)
             return
-        async with delivery.keep_alive():
+        url = hook.url
+
+        async def run() -> None:
             outcome = await webhooks.call(rid, command)
-        log.info("hook %s (%s): %s", hook.name, hook.type.value, outcome.detail)
-        completed = HookCompleted(
-            target=command.target,
-            hook=hook.name,
-            step_index=command.step_index,
-            ok=outcome.ok,
-            detail=outcome.detail,
-        )
-        await service.publisher.publish(
-            completed, rid, event_id=f"{rid}.hook-done.{hook.name}.{command.step_index}"
-        )
+            log.info("hook %s (%s): %s", hook.name, hook.type.value, outcome.detail)
+            completed = HookCompleted(
+                target=command.target,
+                hook=hook.name,
+                step_index=command.step_index,
+                ok=outcome.ok,
+                detail=outcome.detail,
+            )
+            await service.publisher.publish(
+                completed, rid, event_id=f"{rid}.hook-done.{hook.name}.{command.step_index}"
+            )
+
+        async with delivery.keep_alive():
+            key = ledger_key("hook", envelope.id, url)
+            if not await ledger.once(key, run, lease_seconds=longest_run_seconds(hook)):
+                log.info("hook %s already run for %s by another delivery", hook.name, envelope.id)
 
     service.subscribe(RunHook, "run-hook", on_run_hook)

@@ -79,15 +79,21 @@ class Sequential:
         return math.log(self.evidence) if self.evidence > 0 else -math.inf
 
 
-def _arrays(ticks: Sequence[Counts]) -> tuple[Floats, Floats, Floats, Floats]:
+def _counts(ticks: Sequence[Counts]) -> tuple[Floats, Floats, Floats, Floats]:
+    """Every tick's counts as whole, non-negative numbers, events never above trials."""
     array = np.array(
         [(t.canary_events, t.canary_trials, t.baseline_events, t.baseline_trials) for t in ticks],
         dtype=np.float64,
     ).reshape(-1, 4)
     array = np.clip(np.round(array), 0, None)  # counts: Prometheus returns floats
     xc, nc, xb, nb = array.T
-    # Events never exceed trials; a tick where one side served nothing carries no information.
-    xc, xb = np.minimum(xc, nc), np.minimum(xb, nb)
+    return np.minimum(xc, nc), nc, np.minimum(xb, nb), nb
+
+
+def _arrays(ticks: Sequence[Counts]) -> tuple[Floats, Floats, Floats, Floats]:
+    """The counts the likelihood is computed on: a tick where one side served nothing carries
+    no information, so it counts as no event out of one trial on each side."""
+    xc, nc, xb, nb = _counts(ticks)
     usable = (nc > 0) & (nb > 0)
     return xc * usable, np.where(usable, nc, 1.0), xb * usable, np.where(usable, nb, 1.0)
 
@@ -97,7 +103,8 @@ def _log_lr(
 ) -> Floats:
     """Per-tick log likelihood ratios, broadcast over trailing axes of ``null``/``alternative``.
 
-    ``xc`` etc. have shape (T,); ``null`` and ``alternative`` broadcast against (T, ...).
+    ``xc`` etc. are flattened to shape (T,) (row by row); ``null`` and ``alternative``
+    broadcast against (T, ...).
     """
     shape = (-1,) + (1,) * max(np.ndim(null), np.ndim(alternative))
     xc, nc, xb, nb = (a.reshape(shape) for a in counts)
@@ -156,10 +163,13 @@ def ratio_interval(ticks: Sequence[Counts], alpha: float) -> Estimate:
     """
     if not ticks:
         return Estimate(None, None, None)
-    xc, nc, xb, nb = _arrays(ticks)
+    # The point estimate is over every tick served (the one trial the likelihood gives a tick
+    # where one side served nothing is no request).
+    xc, nc, xb, nb = _counts(ticks)
     rate_c = xc.sum() / nc.sum() if nc.sum() else math.nan
     rate_b = xb.sum() / nb.sum() if nb.sum() else math.nan
     change = rate_c / rate_b - 1.0 if rate_b > 0 and not math.isnan(rate_c) else None
+    xc, nc, xb, nb = _arrays(ticks)
     alternatives = np.concatenate([ALTERNATIVES, 1.0 / ALTERNATIVES])
     grid = _GRID.reshape(-1, 1)  # (G, 1): each candidate value of the ratio
     log_lr = _log_lr((xc, nc, xb, nb), grid, grid * alternatives)  # (T, G, 2K)
@@ -217,16 +227,16 @@ def histogram_test(ticks: Sequence[BucketTicks], alpha: float) -> HistogramResul
     # Requests slower than each bound: total minus those at or below it.
     xc = np.clip(np.round(nc[:, None] - canary_cum), 0, None)  # (T, B)
     xb = np.clip(np.round(nb[:, None] - baseline_cum), 0, None)
+    # The shares reported are over every request served, the test only over usable ticks.
+    slower_c, slower_b = xc, xb
     usable_tick = ((nc > 0) & (nb > 0))[:, None]
     xc, xb = xc * usable_tick, xb * usable_tick
     ncb = np.where(usable_tick, nc[:, None], 1.0) * np.ones((1, count))
     nbb = np.where(usable_tick, nb[:, None], 1.0) * np.ones((1, count))
     # Every bucket's mixture at once: (T, B, K) log likelihood ratios, summed over ticks.
-    log_lr = _log_lr(
-        (xc.reshape(-1), ncb.reshape(-1), xb.reshape(-1), nbb.reshape(-1)),
-        np.ones(1),
-        ALTERNATIVES,
-    ).reshape(len(usable), count, len(ALTERNATIVES))
+    log_lr = _log_lr((xc, ncb, xb, nbb), np.ones(1), ALTERNATIVES).reshape(
+        len(usable), count, len(ALTERNATIVES)
+    )
     mixture = logsumexp(np.cumsum(log_lr, axis=0), axis=2) - math.log(len(ALTERNATIVES))
     best = np.max(mixture, axis=0)  # (B,): each bucket's largest evidence so far
     index = int(np.argmax(best))
@@ -237,6 +247,6 @@ def histogram_test(ticks: Sequence[BucketTicks], alpha: float) -> HistogramResul
     return HistogramResult(
         worst,
         bounds[index],
-        float(xc[:, index].sum()) / total_c if total_c else None,
-        float(xb[:, index].sum()) / total_b if total_b else None,
+        float(slower_c[:, index].sum()) / total_c if total_c else None,
+        float(slower_b[:, index].sum()) / total_b if total_b else None,
     )

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from canaryflow.runtime.policies import Governing
 from canaryflow_contracts import EventData
 from canaryflow_contracts.events import (
-    AbortRelease,
     AnalysisVerdict,
     ApplyPhase,
     PhaseFailed,
@@ -163,7 +162,7 @@ def rollback_refusals(
     than the release's current one is stale, unless the release is already rolling back
     (then restoring is what it wants anyway).
     """
-    target = None if isinstance(event, AbortRelease) else getattr(event, "target", None)
+    target = getattr(event, "target", None)  # an abort names the release, not a target
     what = event.subject_stem().rsplit(".", 1)[0]
     found = _release(release_id, state, target, what, _LIVE_STATUSES)
     if state is None or not isinstance(event, AnalysisVerdict | PhaseFailed):

@@ -217,10 +217,15 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 Documents = Mapping[str, Callable[[], bytes]]
+# A probe answers (healthy, body): 200 when healthy, else 503 (what Kubernetes' probes read).
+Probes = Mapping[str, Callable[[], tuple[bool, bytes]]]
 
 
-def serve_metrics(port: int, documents: Documents | None = None) -> WSGIServer | None:
-    """Serve ``/metrics`` (and each of ``documents`` by path) on ``port``; 0 serves nothing.
+def serve_metrics(
+    port: int, documents: Documents | None = None, probes: Probes | None = None
+) -> WSGIServer | None:
+    """Serve ``/metrics`` (and each of ``documents`` and ``probes`` by path) on ``port``; 0
+    serves nothing.
 
     Returns the server, running in a daemon thread; ``shutdown()`` stops it.
     """
@@ -228,15 +233,20 @@ def serve_metrics(port: int, documents: Documents | None = None) -> WSGIServer |
         return None
     metrics = make_wsgi_app()
     served = dict(documents or {})
+    checks = dict(probes or {})
 
     def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        document = served.get(environ.get("PATH_INFO", ""))
-        if document is None:
+        path = environ.get("PATH_INFO", "")
+        status = "200 OK"
+        if (probe := checks.get(path)) is not None:
+            healthy, body = probe()
+            status = "200 OK" if healthy else "503 Service Unavailable"
+        elif (document := served.get(path)) is not None:
+            body = document()
+        else:
             return metrics(environ, start_response)  # type: ignore[no-any-return]
-        body = document()
         start_response(
-            "200 OK",
-            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+            status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         )
         return [body]
 

@@ -8,6 +8,7 @@ the JetStream discipline and the telemetry cannot drift from one service to the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import hashlib
@@ -22,10 +23,12 @@ import nats.errors
 from faststream import FastStream
 from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
+from kubernetes.client import VersionApi
+from kubernetes.client.exceptions import ApiException
 from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
-from canaryflow.runtime import observability, tracing
+from canaryflow.runtime import health, kube, observability, tracing
 from canaryflow.runtime.authority import Refusal
 from canaryflow.runtime.bus import (
     EventPublisher,
@@ -86,6 +89,7 @@ class Service:
         self._ack_waits: dict[str, float] = {}  # durable consumer -> its ack wait
         self._tasks: list[asyncio.Task[None]] = []
         self._http: WSGIServer | None = None
+        self.health = health.Health()
 
     @property
     def store(self) -> ReleaseStore:
@@ -191,13 +195,30 @@ class Service:
         for durable, ack_wait in self._ack_waits.items():
             await converge_consumer(js, self.settings.subjects, durable, ack_wait)
 
+    async def _start_consuming(self) -> None:
+        """The broker's subscribers bound to their consumers, or none of them: on a busy
+        R3 cluster a consumer's creation can outlast the request's timeout (a planner exited
+        on it at the start of a campaign), and a retry must not subscribe twice."""
+        try:
+            await self.broker.start()
+        except BaseException:
+            for subscriber in self.broker.subscribers:  # the broker's stop would drain NATS
+                with contextlib.suppress(Exception):
+                    await subscriber.stop()
+            raise
+
     async def start(self) -> None:
+        kube.use_call_threads(asyncio.get_running_loop())
         # Made on the first request, not here: a restarted replica that takes over a killed
         # one's work (a rollback) should not spend a tenth of a second on a document first.
         asyncapi = functools.cache(lambda: json.dumps(self.asyncapi(), indent=2).encode())
         self._http = observability.serve_metrics(
-            self.settings.metrics_port, {"/asyncapi.json": asyncapi}
+            self.settings.metrics_port,
+            {"/asyncapi.json": asyncapi},
+            {"/livez": self.health.live, "/readyz": self.health.ready},
         )
+        if self._http is not None:  # probes to answer: keep their checks fresh
+            self._tasks.append(asyncio.create_task(_guarded(self._check_health)))
         await self.broker.connect()
         js = self.broker.connection.jetstream()
         # A cluster that has just formed places its R3 streams and consumers for a while:
@@ -213,13 +234,50 @@ class Service:
         # work in flight (it was ~100 ms over ~180k objects, and a tenth of a handler's CPU).
         gc.collect()
         gc.freeze()
-        await self.broker.start()
+        await until_jetstream_answers("bind the consumers", self._start_consuming, STARTUP_SECONDS)
         for loop in self._loops:
             self._tasks.append(asyncio.create_task(_guarded(loop)))
+        self.health.started = True
         log.info(
             "service started",
             extra={"nats_url": self.settings.nats_url, "prefix": self.settings.prefix},
         )
+
+    async def _check_health(self) -> None:
+        """Every few seconds: NATS connected, this replica's consumers there, API server up.
+
+        The API server is asked for ``/version``, which every authenticated account may read,
+        so the check needs no rule of its own and fails on a token the server refuses.
+        """
+        api: Any = None
+        timeout = health.CHECK_TIMEOUT_SECONDS
+        while True:
+            connected = self.broker._connection is not None and self.broker.connection.is_connected
+            self.health.record("nats", None if connected else "not connected to NATS")
+            if connected and self.health.started:
+                js = self.broker.connection.jetstream(timeout=timeout)
+                stream = self.settings.subjects.events_stream.name
+                try:
+                    for durable in sorted(self._durables):
+                        await js.consumer_info(stream, durable)
+                    self.health.record("consumers", None)
+                except Exception as error:
+                    self.health.record("consumers", f"consumer info failed: {error!r}")
+            elif not connected:
+                self.health.record("consumers", "not connected to NATS")
+            try:
+                if api is None:
+                    api = kube.api_client(self.settings.kubeconfig)
+                version = VersionApi(api).get_code
+                await kube.call(version, _request_timeout=timeout)
+                self.health.record("kubernetes", None)
+            except ApiException as error:
+                answer = f"API server answered {error.status} {error.reason}"
+                self.health.record("kubernetes", answer)
+            except Exception as error:
+                self.health.record("kubernetes", f"API server unreachable: {error!r}")
+            self.health.round_done()
+            await asyncio.sleep(health.CHECK_SECONDS)
 
     async def stop(self) -> None:
         for task in self._tasks:

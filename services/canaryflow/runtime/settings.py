@@ -2,9 +2,10 @@
 
 The local stack writes the same variables into ``.stack/env``; OTEL_* variables are read by
 OpenTelemetry itself. Each variable is declared once, in ``ENVIRONMENT``, with what it means;
-``from_env`` reads them and the README's table of them is generated from the same list and
-the dataclass defaults (``python -m canaryflow.runtime.settings README.md``; a unit test fails
-when the README and the code disagree), so a changed default is never documented wrong.
+``from_env`` reads them and the docs' table of them (``docs/operations.md``, "Settings") is
+generated from the same list and the dataclass defaults (``python -m canaryflow.runtime.settings
+docs/operations.md``; a unit test fails when the page and the code disagree), so a changed
+default is never documented wrong.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class Variable:
     services: str = "all"
 
 
-# Every CANARYFLOW_* variable a service reads, and the few standard ones; in README order.
+# Every CANARYFLOW_* variable a service reads, and the few standard ones; in the docs' order.
 ENVIRONMENT: tuple[Variable, ...] = (
     Variable(
         "NATS_URL",
@@ -194,7 +195,7 @@ README_END = "<!-- end of settings table -->"
 
 
 def markdown_table() -> str:
-    """The README's table of variables, from ``ENVIRONMENT`` and the defaults in ``Settings``."""
+    """The docs' table of variables, from ``ENVIRONMENT`` and the defaults in ``Settings``."""
     lines = ["| variable | default | read by | meaning |", "|---|---|---|---|"]
     for variable in ENVIRONMENT:
         if variable.field is None:
@@ -215,14 +216,14 @@ def markdown_table() -> str:
 
 
 def with_table(readme: str) -> str:
-    """``readme`` with the text between the table's markers replaced by the current table."""
+    """``readme`` (a page of the docs) with the table between its markers made current."""
     block = re.compile(re.escape(README_BEGIN) + ".*?" + re.escape(README_END), re.DOTALL)
     if not block.search(readme):
-        raise ValueError(f"no settings table in the README (markers {README_BEGIN!r} ...)")
+        raise ValueError(f"no settings table in the page (markers {README_BEGIN!r} ...)")
     return block.sub(lambda _: f"{README_BEGIN}\n{markdown_table()}\n{README_END}", readme)
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/operations.md")
     target.write_text(with_table(target.read_text()))
     print(f"wrote the settings table in {target}")

@@ -45,6 +45,9 @@ def test_the_baseline_is_in_place_when_all_its_pods_are_ready() -> None:
     # None wanted (a target too small to keep a stable pod besides): absent or empty is fine.
     assert baseline_in_place(ready(0, 0, exists=False), 0)
     assert baseline_in_place(ready(0, 0), 0)
+    # Still running, or scaled to none but the controller has not seen it yet: not in place.
+    assert not baseline_in_place(ready(1, 1), 0)
+    assert not baseline_in_place(DeploymentReadiness(True, 0, 0, 0, 0, settled=False), 0)
 
 
 def labelled(name: str, release: str) -> dict[str, object]:

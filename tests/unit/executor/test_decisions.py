@@ -37,6 +37,15 @@ def test_deadline_reason_says_what_was_seen() -> None:
     )
 
 
+def test_a_reason_says_when_a_deployment_is_absent_or_its_spec_not_yet_observed() -> None:
+    absent = kube.readiness_of(None)
+    behind = kube.DeploymentReadiness(True, 2, 2, 2, 2, settled=False)
+    reason = decisions.deadline_reason("baseline", T0, behind, absent)
+    assert reason.endswith("canary absent; stable 2/2 ready, 2/2 updated, spec not yet observed"), (
+        reason
+    )
+
+
 def test_readiness_of_api_json() -> None:
     body = {
         "metadata": {"generation": 4},

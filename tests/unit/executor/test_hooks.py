@@ -6,7 +6,13 @@ import json
 
 import httpx
 
-from canaryflow.executor.hooks import WebhookCaller, judged, payload
+from canaryflow.executor.hooks import (
+    PUBLISH_MARGIN_SECONDS,
+    WebhookCaller,
+    judged,
+    longest_run_seconds,
+    payload,
+)
 from canaryflow_contracts.events import RunHook, TargetRef, VersionSpec
 from canaryflow_contracts.policy import Hook, HookType
 
@@ -73,3 +79,10 @@ async def test_a_hook_that_keeps_failing_gives_up_after_its_retries() -> None:
     assert not outcome.ok and outcome.attempts == 3 == len(seen)
     assert outcome.detail == "after 3 attempt(s): HTTP 500: nope"
     assert slept == [0.5, 1.0]
+
+
+def test_a_claimed_hook_run_is_given_up_on_only_after_every_attempt_could_have_timed_out() -> None:
+    hook = Hook(name="smoke", type=HookType.PRE_ROLLOUT, url="http://x/smoke", retries=2)
+
+    # Three attempts of 10 s (the default timeout), pauses of 0.5 s and 1 s, then the publish.
+    assert longest_run_seconds(hook) == 30.0 + 1.5 + PUBLISH_MARGIN_SECONDS

@@ -152,6 +152,7 @@ def raw_request(
         Envelope[ReleaseRequestPayload]
         .model_validate(
             {
+                "specversion": "1.0",
                 "id": event_id,
                 "source": "ci/shop",
                 "type": "io.canaryflow.release.requested.v1",

@@ -17,6 +17,7 @@ from canaryflow_contracts.events import (
     OperatorCommandRefused,
     PromoteNow,
     PromotionCompleted,
+    ReleasePlanned,
     RequestAnalysis,
     RequestPromotion,
     RollbackCompleted,
@@ -146,3 +147,30 @@ def test_post_rollout_and_rollback_hooks_run_when_the_release_is_over() -> None:
     rolled = RollbackCompleted(target=TARGET, reason="r", stable_replicas=4, seconds_to_restore=1)
     over, commands = on(state, rolled, "rolled", at(9))
     assert [c.data.hook.name for c in commands if isinstance(c.data, RunHook)] == ["undo"]
+
+
+def test_the_release_is_planned_under_its_own_id_before_it_waits() -> None:
+    _, commands = planned(SMOKE)
+    [plan] = [c for c in commands if isinstance(c.data, ReleasePlanned)]
+    assert plan.event_id == f"{RID}.planned"
+
+
+def test_an_answer_after_the_release_stopped_waiting_changes_nothing() -> None:
+    # A failed hook rolls back; what still comes for the wait it left is ignored.
+    state, _ = planned(SMOKE, APPROVE)
+    state, _ = on(state, done("smoke", ok=False), "done-1", at(5))
+    assert state.status is ReleaseStatus.ROLLING_BACK
+    for data in (done("smoke"), OpenGate(actor="ops", gate="approve")):
+        decision = decide(state, envelope(data, f"late-{type(data).__name__}"), at(6))
+        assert decision == machine.NO_CHANGE
+
+
+def test_running_a_hook_or_waiting_for_a_gate_restarts_reconciles_patience() -> None:
+    state, _ = planned(SMOKE)
+    assert state.status is ReleaseStatus.WAITING and state.last_command_at == at(0)
+    state, _ = planned(LOAD)
+    state, _ = on(state, reached(state, 0), "reached-0", at(10))
+    assert state.status is ReleaseStatus.WAITING and state.last_command_at == at(10)
+    state, _ = planned(SIGN_OFF)
+    state, _ = on(state, PromoteNow(actor="ops"), "promote-1", at(20))
+    assert state.status is ReleaseStatus.WAITING and state.last_command_at == at(20)

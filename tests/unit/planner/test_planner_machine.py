@@ -6,6 +6,8 @@ from datetime import datetime, timedelta
 
 from canaryflow.planner import machine
 from canaryflow.planner.machine import Command, decide
+from canaryflow.planner.reconcile import reconcile
+from canaryflow.planner.validation import Admission, check_request
 from canaryflow_contracts import EventData
 from canaryflow_contracts.events import (
     AbortRelease,
@@ -25,11 +27,13 @@ from canaryflow_contracts.events import (
     ResumeRelease,
     RollbackCompleted,
     RollbackRequested,
+    SetWeight,
     VerdictResult,
 )
 from canaryflow_contracts.state import SEEN_EVENTS_LIMIT, ReleaseState, ReleaseStatus
 from tests.unit.planner.factory import (
     CHECK,
+    DEPLOYMENT,
     NEW_IMAGE,
     RID,
     T0,
@@ -38,6 +42,7 @@ from tests.unit.planner.factory import (
     admission,
     at,
     envelope,
+    policy,
     reached,
     request,
     verdict,
@@ -398,3 +403,166 @@ def test_an_unreadable_request_is_refused_once_per_message_and_stores_nothing() 
     again = machine.refuse(machine.Request("msg-1", "web-1", subject), [problem]).commands[0]
     other = machine.refuse(machine.Request("msg-2", "web-1", subject), [problem]).commands[0]
     assert again.event_id == command.event_id != other.event_id
+
+
+def test_a_new_release_keeps_its_plan_limits_and_notifications() -> None:
+    notify = [{"url": "http://hooks.local/notify", "on": ["failed"]}]
+    admitted = check_request(request(), DEPLOYMENT, [policy(notify=notify)], T0)
+    assert isinstance(admitted, Admission), admitted
+    state = machine.accept(RID, envelope(request(), "req-1", "ci"), admitted, T0).state
+    assert state is not None
+    assert state.analysis is not None and state.analysis == admitted.plan.tightened
+    assert state.max_weight == 50
+    assert state.notify == admitted.notify and len(state.notify) == 1
+    # The first command goes out now: reconcile's patience is counted from here.
+    assert state.last_command_at == T0
+    # The analysis requested is the tightened one the release was planned with.
+    release = Release(state)
+    analyse = of(release.on(reached(state, 0), "reached-0", at(10)), RequestAnalysis)
+    assert isinstance(analyse.data, RequestAnalysis)
+    assert analyse.data.analysis == admitted.plan.tightened
+
+
+def test_a_release_with_no_stable_image_on_record_asks_for_no_stable_version() -> None:
+    state = accepted().model_copy(update={"stable_image": ""})
+    command = machine.request_analysis(state)
+    assert isinstance(command.data, RequestAnalysis) and command.data.stable_version == ""
+
+
+def test_a_rejected_release_has_no_policy_and_its_rejection_is_keyed_by_the_request() -> None:
+    decision = machine.reject(RID, envelope(request(), "req-1", "ci"), request(), ["no"], T0)
+    assert decision.state is not None and decision.state.policy == ""
+    [rejection] = decision.commands
+    assert rejection.event_id == f"{RID}.rejected.{machine.short_digest('req-1')}"
+
+
+def test_derived_event_ids_are_the_same_in_every_version() -> None:
+    # A redelivery handled by a newer planner must publish under the same ids to be deduplicated.
+    assert machine.short_digest("req-1") == "9456bdfa12ea"
+
+
+def test_an_earlier_request_redelivered_after_another_event_re_issues_nothing() -> None:
+    release = Release(accepted())
+    release.on(PauseRelease(actor="alice"), "pause-1", at(5))  # still applying step 0
+    first = machine.Request("req-1", RID, ORIGIN.subject)
+    again = machine.request_again(release.state, envelope(request(), "req-1", "ci"), first, True)
+    assert again == machine.NO_CHANGE
+
+
+def test_a_redelivered_event_re_issues_nothing_once_reconcile_rolled_the_release_back() -> None:
+    # Reconcile moves a release on without an event: the last event handled is still the
+    # request (or the step's arrival), and its redelivery must not plan or analyse again.
+    state = accepted()
+    late = reconcile(state, at(200)).state
+    assert late is not None and late.status is ReleaseStatus.ROLLING_BACK
+    origin = machine.Request("req-1", RID, ORIGIN.subject)
+    replay = machine.request_again(late, envelope(request(), "req-1", "ci"), origin, True)
+    assert replay == machine.Decision(None, [])
+
+    release = Release(accepted())
+    release.on(PauseRelease(actor="alice"), "pause-1", at(5))
+    release.on(reached(release.state, 0), "reached-0", at(10))
+    stale = reconcile(release.state, at(1000)).state
+    assert stale is not None and stale.status is ReleaseStatus.ROLLING_BACK
+    assert decide(stale, envelope(reached(state, 0), "reached-0"), at(1001)).commands == []
+
+
+def test_an_operators_weight_is_a_new_step_with_the_first_steps_time_to_be_ready() -> None:
+    release = analysing(0)
+    release.on(SetWeight(actor="bob", weight=30), "weight-1", at(120))
+    assert release.status() is ReleaseStatus.APPLYING
+    assert release.state.phase_started_at == at(120)
+    assert release.state.ready_deadline == at(120) + timedelta(seconds=60)
+    assert release.state.last_command_at == at(120)
+    # Not while nothing is in flight: before the first step is applied, or while promoting.
+    promoting = release.state.model_copy(update={"status": ReleaseStatus.PROMOTING})
+    weight = SetWeight(actor="bob", weight=20)
+    assert decide(promoting, envelope(weight, "weight-2"), at(121)) == machine.NO_CHANGE
+
+
+def test_a_step_in_place_records_the_canarys_weight() -> None:
+    release = analysing(0)
+    assert release.state.canary_weight == 25.0
+    release.on(PromoteNow(actor="bob"), "promote-1", at(110))
+    release.on(PromotionCompleted(target=TARGET, image=NEW_IMAGE), "promoted", at(120))
+    assert release.state.canary_weight == 100.0
+
+
+def test_a_step_fact_for_the_current_step_after_it_moved_on_is_ignored() -> None:
+    release = analysing(0)
+    again = decide(release.state, envelope(reached(release.state, 0), "reached-0-bis"), at(110))
+    assert again == machine.NO_CHANGE
+    failed = PhaseFailed(target=TARGET, step=release.state.steps[0], reason="late")
+    assert decide(release.state, envelope(failed, "failed-0"), at(110)) == machine.NO_CHANGE
+
+
+def test_promote_now_or_a_rollback_ends_a_pause_and_restarts_reconciles_patience() -> None:
+    for command, status in (
+        (PromoteNow(actor="bob"), ReleaseStatus.PROMOTING),
+        (AbortRelease(actor="bob"), ReleaseStatus.ROLLING_BACK),
+    ):
+        release = analysing(0)
+        release.on(PauseRelease(actor="alice"), "pause-1", at(110))
+        release.on(command, "command-1", at(120))
+        assert release.status() is status
+        assert not release.state.paused and release.state.paused_at is None
+        assert release.state.last_command_at == at(120)
+
+
+def test_a_rollback_the_planner_never_asked_for_ends_the_release_with_its_reason() -> None:
+    release = analysing(0)
+    release.on(PauseRelease(actor="alice"), "pause-1", at(110))
+    done = RollbackCompleted(
+        target=TARGET, reason="slo burn", stable_replicas=4, seconds_to_restore=1
+    )
+    [outcome] = release.on(done, "rb-done", at(120))
+    assert release.status() is ReleaseStatus.ROLLED_BACK
+    assert release.state.outcome_reason == "slo burn"
+    assert release.state.canary_weight == 0.0 and not release.state.paused
+    assert isinstance(outcome.data, ReleaseRolledBack)
+    assert outcome.data.summary.startswith("rolled back: slo burn; stable restored to 4")
+
+
+def test_each_step_and_the_promotion_restart_reconciles_patience() -> None:
+    release = analysing(0)
+    release.on(verdict(release.state, 0, VerdictResult.PASS), "v-0", at(110))
+    assert release.state.last_command_at == at(110)
+    release = analysing(2)
+    release.on(verdict(release.state, 2, VerdictResult.PASS), "v-2", at(130))
+    assert release.status() is ReleaseStatus.PROMOTING
+    assert release.state.last_command_at == at(130)
+
+
+def test_resume_during_a_running_analysis_keeps_reconciles_patience() -> None:
+    # The analysis asked for at the step's arrival is still running: its silence is counted
+    # from then, not from the resume.
+    release = analysing(0)
+    asked = release.state.last_command_at
+    release.on(PauseRelease(actor="alice"), "pause-1", at(110))
+    release.on(ResumeRelease(actor="alice"), "resume-1", at(115))
+    assert release.state.last_command_at == asked == at(100)
+
+
+def test_a_success_carries_the_last_verdicts_evidence() -> None:
+    release = analysing(2)
+    passed = CHECK.model_copy(update={"value": 0.01, "passed": True})
+    final = verdict(release.state, 2, VerdictResult.PASS).model_copy(update={"checks": [passed]})
+    release.on(final, "v-2", at(130))
+    [succeeded, *_] = release.on(
+        PromotionCompleted(target=TARGET, image=NEW_IMAGE), "promoted", at(140)
+    )
+    assert isinstance(succeeded.data, ReleaseSucceeded)
+    assert succeeded.data.evidence == [passed]
+    assert succeeded.data.summary == f"{NEW_IMAGE} is stable after 3 step(s)"
+
+
+def test_a_rollback_after_a_verdict_that_did_not_fail_carries_no_evidence() -> None:
+    release = analysing(0)
+    short = verdict(release.state, 0, VerdictResult.INSUFFICIENT_DATA)
+    release.on(short.model_copy(update={"checks": [CHECK]}), "v-0", at(110))
+    release.on(AbortRelease(actor="bob"), "abort-1", at(120))
+    done = RollbackCompleted(
+        target=TARGET, reason="aborted", stable_replicas=4, seconds_to_restore=1
+    )
+    [outcome] = release.on(done, "rb-done", at(125))
+    assert isinstance(outcome.data, ReleaseRolledBack) and outcome.data.evidence == []

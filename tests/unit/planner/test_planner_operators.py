@@ -120,6 +120,16 @@ def test_a_weight_above_the_releases_maximum_is_refused() -> None:
     assert "above this release's maximum of 50%" in command.data.refusal
 
 
+def test_a_weight_at_the_releases_maximum_is_obeyed() -> None:
+    # The maximum is allowed: only a weight above it is refused.
+    state = release(max_weight=50)
+    after, commands = on(state, SetWeight(actor="alice@shop", weight=50), "weight-1")
+    assert [s.weight for s in after.steps] == [10, 50, 25, 50]
+    assert not any(isinstance(c.data, OperatorCommandRefused) for c in commands)
+    [apply] = [c for c in commands if isinstance(c.data, ApplyPhase)]
+    assert isinstance(apply.data, ApplyPhase) and apply.data.step.weight == 50
+
+
 def test_resume_and_promote_without_a_grant_are_refused() -> None:
     state = release(grants=None)
     for data, event_id in (

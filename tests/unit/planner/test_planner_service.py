@@ -159,6 +159,7 @@ async def running(nats_url: str) -> AsyncIterator[Running]:
 
 def _request(release_id: str, msg_id: str, **data: Any) -> dict[str, Any]:
     return {
+        "specversion": "1.0",
         "id": msg_id,
         "source": "ci/shop",
         "type": ReleaseRequested.event_type(),

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from canaryflow.rollback.restore import plan_restore
+from canaryflow.rollback.restore import RestorePlan, plan_restore
 from canaryflow.runtime import kube
 
 TEMPLATE: dict[str, Any] = {
@@ -61,6 +61,7 @@ def test_scaled_down_stable_goes_back_to_its_recorded_size_before_the_canary_goe
     assert (plan.full_size, plan.wait_for_stable, plan.remove_canary) == (4, True, True)
     assert plan.clear_restore_point
     assert plan.note == "restored stable's size"
+    assert plan.canary_present
     assert plan.changes_something
 
 
@@ -78,30 +79,23 @@ def test_changed_template_is_put_back_with_its_env() -> None:
 
 def test_already_restored_writes_nothing_but_still_finishes_the_cleanup() -> None:
     plan = plan_restore("rel-1", stable(4, annotations=recorded()), None)
-    assert plan.stable_body is None
-    assert (plan.wait_for_stable, plan.remove_canary, plan.clear_restore_point) == (
-        True,
-        True,
-        True,
-    )
-    assert plan.note == "stable already restored"
+    assert plan == RestorePlan(None, 4, True, True, True, "stable already restored", False)
     assert not plan.changes_something
 
 
 def test_no_restore_point_only_removes_the_canary() -> None:
     plan = plan_restore("rel-1", stable(4), canary())
-    assert plan.stable_body is None
-    assert not plan.wait_for_stable
-    assert plan.remove_canary
-    assert not plan.clear_restore_point
-    assert plan.full_size == 4
+    note = "nothing recorded on stable; its canary removed"
+    assert plan == RestorePlan(None, 4, False, True, False, note, canary_present=True)
     assert plan.changes_something
 
 
 def test_replay_after_full_restore_has_nothing_to_do() -> None:
     plan = plan_restore("rel-1", stable(4), None)
+    assert plan == RestorePlan(
+        None, 4, False, False, False, "nothing recorded on stable; no canary"
+    )
     assert not plan.changes_something
-    assert plan.full_size == 4
 
 
 def test_unlabelled_canary_is_removed_anothers_is_not() -> None:
@@ -111,16 +105,49 @@ def test_unlabelled_canary_is_removed_anothers_is_not() -> None:
 
 def test_stale_trigger_leaves_a_later_releases_target_alone() -> None:
     plan = plan_restore("rel-1", stable(3, annotations=recorded("rel-2")), canary("rel-2"))
-    assert plan.stable_body is None
-    assert not (plan.wait_for_stable or plan.remove_canary or plan.clear_restore_point)
-    assert "rel-2" in plan.note
+    note = "the target now carries release rel-2's restore point; left alone"
+    assert plan == RestorePlan(None, 3, False, False, False, note)
+    assert not plan.changes_something
 
 
 def test_missing_target_removes_only_our_canary() -> None:
+    gone = "the target Deployment does not exist"
     plan = plan_restore("rel-1", None, canary())
-    assert plan.remove_canary
-    assert not plan.wait_for_stable
-    assert plan.stable_body is None
+    assert plan == RestorePlan(None, 0, False, True, False, gone, canary_present=True)
+    assert plan.changes_something
+    assert plan_restore("rel-1", None, canary("rel-2")) == RestorePlan(
+        None, 0, False, False, False, gone
+    )
+
+
+def test_template_and_size_are_restored_together_without_touching_what_the_api_returned() -> None:
+    promoted: dict[str, Any] = copy.deepcopy(TEMPLATE)
+    promoted["spec"]["containers"][0]["image"] = "registry.local/web:v2"
+    seen = stable(2, promoted, recorded())
+    del seen["status"]  # a Deployment the controller has not reported on yet
+    before = copy.deepcopy(seen)
+    plan = plan_restore("rel-1", seen, None)
+    assert plan.note == "restored stable's pod template and size"
+    assert plan.stable_body is not None
+    assert (plan.stable_body["spec"]["replicas"], plan.stable_body["spec"]["template"]) == (
+        4,
+        TEMPLATE,
+    )
+    assert seen == before, "the body read from the API is not modified"
+
+
+def test_a_restore_point_that_names_no_release_is_restored_by_whoever_rolls_back() -> None:
+    unnamed = {k: v for k, v in recorded().items() if k != kube.RELEASE_ANNOTATION}
+    plan = plan_restore("rel-1", stable(3, annotations=unnamed), None)
+    assert plan.stable_body is not None
+    assert plan.stable_body["spec"]["replicas"] == 4
+
+
+def test_a_stable_without_replicas_counts_as_one_pod() -> None:
+    # The API's default for spec.replicas.
+    unsized = stable(4)
+    del unsized["spec"]["replicas"]
+    assert plan_restore("rel-1", unsized, None).full_size == 1
 
 
 def test_corrupt_annotations_are_refused() -> None:

@@ -369,3 +369,102 @@ def test_an_allowed_prefix_matches_on_a_path_boundary(
     rules = ImageRules(allowed_prefixes=[prefix])
     assert (rules.refusal(image) is None) is allowed
     assert ImageRules().refusal(image) is None
+
+
+# --------------------------------------------------------------------------- the words
+
+
+def refused(check: str, reason: str) -> authority.Refusal:
+    return authority.Refusal(check, reason)
+
+
+def test_a_refusal_names_the_release_the_command_and_what_its_state_asks_for() -> None:
+    # What the refusal event tells the person or system that sent the command, word for word.
+    own = RequestPromotion(target=TARGET, version=state().version)
+    assert authority.promotion_refusals(RID, own, None) == [
+        refused(
+            authority.UNKNOWN_RELEASE,
+            "no release rel-1 is known: promotion.requested is obeyed only for a live release "
+            "whose state asks for it",
+        )
+    ]
+    same_image = state().version.model_copy(update={"env": [EnvVar(name="DEBUG", value="1")]})
+    forged = RequestPromotion(target=OTHER, version=same_image)
+    assert authority.promotion_refusals(RID, forged, state(ReleaseStatus.ANALYSING)) == [
+        refused(authority.TARGET, "release rel-1 releases shop/web, not shop/cart"),
+        refused(
+            authority.STATUS,
+            "release rel-1 is analysing; promotion.requested is obeyed only while it is promoting",
+        ),
+        refused(
+            authority.VERSION,
+            "release rel-1 releases another version: the same image with other env, "
+            "configuration or resources",
+        ),
+    ]
+    other_image = state().version.model_copy(update={"image": "x.example/web:evil"})
+    assert authority.apply_refusals(RID, apply_of(state(), version=other_image), state()) == [
+        refused(
+            authority.VERSION,
+            "release rel-1 releases another version: image 'x.example/web:evil', "
+            "not 'registry.local/shop/web:v2'",
+        )
+    ]
+    trigger = failing(0, OTHER)
+    assert authority.rollback_refusals(RID, trigger, state(ReleaseStatus.SUCCEEDED)) == [
+        refused(authority.TARGET, "release rel-1 releases shop/web, not shop/cart"),
+        refused(
+            authority.STATUS,
+            "release rel-1 is succeeded; analysis.verdict is obeyed only while it is applying "
+            "or analysing or promoting or waiting or rolling_back",
+        ),
+    ]
+
+
+def test_a_hook_refusal_says_which_hook_and_step_the_release_waits_for() -> None:
+    current = waiting_for("smoke")
+    own = RunHook(target=OTHER, version=current.version, hook=SMOKE, step_index=1)
+    evil = current.version.model_copy(update={"image": "x.example/web:evil"})
+    assert authority.hook_refusals(RID, own.model_copy(update={"version": evil}), current) == [
+        refused(authority.TARGET, "release rel-1 releases shop/web, not shop/cart"),
+        refused(
+            authority.VERSION,
+            "release rel-1 releases another version: image 'x.example/web:evil', "
+            "not 'registry.local/shop/web:v2'",
+        ),
+        refused(authority.STEP, "release rel-1 runs its hooks at step 0, not 1"),
+    ]
+    assert authority.hook_refusals(RID, own, state(ReleaseStatus.ANALYSING))[1] == refused(
+        authority.STATUS, "release rel-1 is analysing; hook.run is obeyed only while it is waiting"
+    )
+    hookless = current.model_copy(update={"hooks": []})
+    assert authority.hook_refusals(RID, own.model_copy(update={"target": TARGET}), hookless) == [
+        refused(authority.HOOK, "release rel-1 has no hook 'smoke' (its hooks: none)")
+    ]
+    at_step_0 = own.model_copy(update={"target": TARGET, "step_index": 0})
+    assert authority.hook_refusals(RID, at_step_0, waiting_for("gate")) == [
+        refused(authority.HOOK, "release rel-1 waits for gate, not for hook 'smoke'")
+    ]
+
+
+def test_the_hook_first_in_the_queue_is_the_one_that_runs() -> None:
+    current = waiting_for("smoke")
+    assert current.waiting is not None
+    command = RunHook(target=TARGET, version=current.version, hook=SMOKE, step_index=0)
+    queued = current.model_copy(
+        update={"waiting": current.waiting.model_copy(update={"queue": ["smoke", "gate"]})}
+    )
+    assert authority.hook_refusals(RID, command, queued) == []
+    drained = current.model_copy(
+        update={"waiting": current.waiting.model_copy(update={"queue": []})}
+    )
+    assert authority.hook_refusals(RID, command, drained) == [
+        refused(authority.HOOK, "release rel-1 waits for nothing, not for hook 'smoke'")
+    ]
+
+
+def test_a_hook_runs_at_the_step_the_release_waits_at_not_the_step_it_moved_to() -> None:
+    # The state's own step has moved on (a gate between steps); the wait names the step.
+    current = waiting_for("smoke", step_index=0).model_copy(update={"step_index": 1})
+    command = RunHook(target=TARGET, version=current.version, hook=SMOKE, step_index=0)
+    assert authority.hook_refusals(RID, command, current) == []

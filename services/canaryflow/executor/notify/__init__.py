@@ -4,7 +4,7 @@ The policy's ``notify`` list (recorded in the release's state) says where each t
 goes; ``CANARYFLOW_NOTIFY_URLS`` (comma-separated) adds receivers for every release, rejections
 included. A receiver that fails makes the event come back, a bounded number of times, and then
 it is dead-lettered with the error like any other; a receiver that took it is not sent it again
-by another delivery of the same event (see ``ledger``).
+by another delivery of the same event (see ``canaryflow.executor.ledger``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
+from canaryflow.executor.ledger import SideEffectLedger, ledger_key
 from canaryflow.executor.notify.base import Notification, Notifier, destinations, notification_for
-from canaryflow.executor.notify.ledger import NotificationLedger, ledger_key
 from canaryflow.executor.notify.webhook import TIMEOUT_SECONDS, WebhookNotifier, slack_payload
 from canaryflow.runtime.bus import Delivery
 from canaryflow.runtime.service import Service
@@ -34,7 +34,7 @@ from canaryflow_contracts.events import (
 
 log = logging.getLogger(__name__)
 
-# A send that has not finished by then never will: its replica died (see ``ledger``).
+# A send that has not finished by then never will: its replica died (see executor.ledger).
 LEASE_SECONDS = 3 * TIMEOUT_SECONDS
 
 NOTIFIED: tuple[tuple[type[EventData], str], ...] = (
@@ -60,7 +60,7 @@ def register(
     """Subscribe to the events people hear about and deliver each to its receivers."""
     sender = notifier or WebhookNotifier()
     everywhere = urls_from_env() if always is None else always
-    ledger = NotificationLedger(LEASE_SECONDS)
+    ledger = SideEffectLedger(LEASE_SECONDS)
 
     async def open_ledger(js: JetStreamContext) -> None:
         await ledger.open(js, service.settings.subjects.releases_bucket)
@@ -79,7 +79,7 @@ def register(
             async def send(url: str = url) -> None:
                 await sender.send(url, notification)
 
-            if await ledger.once(ledger_key(envelope.id, url), send):
+            if await ledger.once(ledger_key("notified", envelope.id, url), send):
                 log.info("notified %s: %s", shown, notification.title)
             else:
                 log.info("already notified %s: %s", shown, notification.title)

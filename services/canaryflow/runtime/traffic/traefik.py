@@ -23,7 +23,7 @@ users until the configuration changes, so the rollback calls ``finalize`` first 
 pods after.
 
 No baseline: the Services select by track and the baseline's pods are in neither; a weighted
-router judges the canary against stable (noted in the README as not done).
+router judges the canary against stable (noted in docs/local-stack.md as not done).
 """
 
 from __future__ import annotations

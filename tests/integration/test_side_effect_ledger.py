@@ -1,8 +1,10 @@
-"""One notification per event and receiver, however many deliveries of the event there are.
+"""One notification per event and receiver, one hook run per command, however many deliveries
+there are.
 
 Found by the fault campaign (``make chaos``): two executor replicas both sent "Release ...
 started" for the same event, 0.4 s apart, because JetStream handed the event to the second
-one while the first was still sending. The ledger is a real JetStream KV bucket here.
+one while the first was still sending; and by the suite on a loaded machine: a failing smoke
+hook called by both executor replicas. The ledger is a real JetStream KV bucket here.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig
 
-from canaryflow.executor.notify.ledger import CLAIM, NotificationLedger, ledger_key
+from canaryflow.executor.ledger import CLAIM, SideEffectLedger, ledger_key
 
 pytestmark = pytest.mark.stack
 
@@ -28,8 +30,8 @@ async def bucket(nats_client: NatsClient, stream_prefix: str) -> AsyncIterator[s
     await nats_client.jetstream().delete_key_value(name)
 
 
-async def _ledger(nc: NatsClient, bucket: str, lease: float = 5.0) -> NotificationLedger:
-    ledger = NotificationLedger(lease)
+async def _ledger(nc: NatsClient, bucket: str, lease: float = 5.0) -> SideEffectLedger:
+    ledger = SideEffectLedger(lease)
     await ledger.open(nc.jetstream(), bucket)
     return ledger
 
@@ -41,7 +43,7 @@ async def test_two_deliveries_at_once_send_once(nats_client: NatsClient, bucket:
         await asyncio.sleep(1.0)  # the second delivery arrives while the first is sending
         sent.append("hello")
 
-    key = ledger_key("rel-1.planned", "http://receiver/notify")
+    key = ledger_key("notified", "rel-1.planned", "http://receiver/notify")
     first, second = await _ledger(nats_client, bucket), await _ledger(nats_client, bucket)
     results = await asyncio.gather(first.once(key, slow_send), second.once(key, slow_send))
 
@@ -56,7 +58,7 @@ async def test_a_failed_send_is_tried_again_by_the_next_delivery(
     nats_client: NatsClient, bucket: str
 ) -> None:
     ledger = await _ledger(nats_client, bucket)
-    key = ledger_key("rel-1.succeeded", "http://receiver/notify")
+    key = ledger_key("notified", "rel-1.succeeded", "http://receiver/notify")
 
     async def refused() -> None:
         raise RuntimeError("HTTP 500")
@@ -75,7 +77,7 @@ async def test_a_failed_send_is_tried_again_by_the_next_delivery(
 async def test_a_sender_that_died_mid_send_is_taken_over_after_the_lease(
     nats_client: NatsClient, bucket: str
 ) -> None:
-    key = ledger_key("rel-1.rolled-back", "http://receiver/notify")
+    key = ledger_key("notified", "rel-1.rolled-back", "http://receiver/notify")
     # What a replica killed after claiming leaves behind: a claim nobody will finish.
     kv = await nats_client.jetstream().key_value(bucket)
     loop = asyncio.get_running_loop()
@@ -91,3 +93,24 @@ async def test_a_sender_that_died_mid_send_is_taken_over_after_the_lease(
     waited = loop.time() - started
     assert sent == [1]
     assert 1.0 <= waited <= 4.0, f"took over after {waited:.2f}s for a 1.5 s lease"
+
+
+async def test_a_call_with_a_lease_of_its_own_takes_over_after_that_lease(
+    nats_client: NatsClient, bucket: str
+) -> None:
+    """A hook's run may take far longer than a notification: its lease comes with the call."""
+    key = ledger_key("hook", "rel-1.hook.smoke.0", "http://receiver/smoke")
+    kv = await nats_client.jetstream().key_value(bucket)
+    await kv.create(key, CLAIM + f" {time.time():.3f}".encode())
+    ledger = await _ledger(nats_client, bucket, lease=60.0)
+    ran: list[int] = []
+
+    async def run() -> None:
+        ran.append(1)
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await ledger.once(key, run, lease_seconds=1.0) is True
+    waited = loop.time() - started
+    assert ran == [1]
+    assert 0.6 <= waited <= 4.0, f"took over after {waited:.2f}s for a 1 s lease (default 60 s)"

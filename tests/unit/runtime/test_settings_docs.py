@@ -1,8 +1,8 @@
-"""The README's table of environment variables is the settings model's, and stays so.
+"""The docs' table of environment variables is the settings model's, and stays so.
 
 The table is generated from ``canaryflow.runtime.settings.ENVIRONMENT`` and the ``Settings``
 defaults; these tests fail when someone changes a default, adds a variable or edits the table
-by hand without regenerating it (``python -m canaryflow.runtime.settings README.md``).
+by hand without regenerating it (``python -m canaryflow.runtime.settings docs/operations.md``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from canaryflow.runtime import settings as settings_module
 from canaryflow.runtime.settings import ENVIRONMENT, Settings, markdown_table, with_table
 
 REPO = Path(__file__).resolve().parents[3]
+# The page whose "Settings" section holds the table (the README only points at it).
+PAGE = REPO / "docs" / "operations.md"
 SERVICES = REPO / "services" / "canaryflow"
 # The four services and what they share (the CLI, demo and data plane have their own flags).
 SERVICE_CODE = ("runtime", "planner", "executor", "metrics_watcher", "rollback")
@@ -27,13 +29,13 @@ def _service_sources() -> str:
     )
 
 
-def test_the_readme_table_is_the_generated_one() -> None:
-    readme = (REPO / "README.md").read_text()
-    assert markdown_table() in readme, (
-        "README.md's settings table differs from the settings model: run "
-        "`.venv/bin/python -m canaryflow.runtime.settings README.md`"
+def test_the_docs_table_is_the_generated_one() -> None:
+    page = PAGE.read_text()
+    assert markdown_table() in page, (
+        "docs/operations.md's settings table differs from the settings model: run "
+        "`.venv/bin/python -m canaryflow.runtime.settings docs/operations.md`"
     )
-    assert with_table(readme) == readme
+    assert with_table(page) == page
 
 
 def test_every_variable_a_service_reads_is_in_the_table() -> None:

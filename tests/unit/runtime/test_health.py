@@ -1,0 +1,107 @@
+"""The probes' answers: ready only when every check passed, alive unless the loop stopped."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+from canaryflow.runtime import health, observability
+from canaryflow.runtime.health import Health
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _all_passed(state: Health) -> None:
+    for check in health.CHECKS:
+        state.record(check, None)
+    state.round_done()
+
+
+def test_a_service_is_not_ready_before_it_started_or_checked_anything() -> None:
+    state = Health(Clock())
+
+    ready, body = state.ready()
+
+    assert not ready
+    failures = json.loads(body)["failures"]
+    assert set(failures) == {"service", *health.CHECKS}
+
+
+def test_ready_once_started_and_every_check_passed() -> None:
+    state = Health(Clock())
+    state.started = True
+    _all_passed(state)
+
+    assert state.ready() == (True, b'{"status": "ready"}')
+
+
+def test_one_failed_check_is_enough_to_be_not_ready_and_says_why() -> None:
+    state = Health(Clock())
+    state.started = True
+    _all_passed(state)
+    state.record("kubernetes", "API server unreachable: 401")
+
+    ready, body = state.ready()
+
+    assert not ready
+    assert json.loads(body)["failures"] == {"kubernetes": "API server unreachable: 401"}
+    assert state.live()[0], "an unreachable API server is no reason to restart"
+
+
+def test_a_loop_that_stopped_running_the_checks_is_not_alive() -> None:
+    clock = Clock()
+    state = Health(clock)
+    state.started = True
+    _all_passed(state)
+
+    clock.now += health.STUCK_SECONDS - 1
+    assert state.live()[0]
+    clock.now += 2
+    alive, body = state.live()
+
+    assert not alive and json.loads(body)["status"] == "stuck"
+    assert not state.ready()[0]
+
+
+def test_the_probes_answer_200_or_503_on_the_metrics_port() -> None:
+    state = Health(Clock())
+    server = observability.serve_metrics(0, None, {"/readyz": state.ready})
+    assert server is None  # port 0 serves nothing
+    server = observability.serve_metrics(
+        _free_port(), None, {"/readyz": state.ready, "/livez": state.live}
+    )
+    assert server is not None
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        try:
+            urllib.request.urlopen(f"{base}/readyz", timeout=5)
+            raise AssertionError("a service that has not started answered ready")
+        except urllib.error.HTTPError as refused:
+            assert refused.code == 503
+        with urllib.request.urlopen(f"{base}/livez", timeout=5) as answer:
+            assert answer.status == 200
+        state.started = True
+        _all_passed(state)
+        with urllib.request.urlopen(f"{base}/readyz", timeout=5) as answer:
+            assert json.loads(answer.read()) == {"status": "ready"}
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as answer:
+            assert b"# HELP" in answer.read()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
