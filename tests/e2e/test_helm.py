@@ -175,6 +175,48 @@ def test_the_service_monitor_is_rendered_only_when_asked_for(stack: StackEnv) ->
     assert watched["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
 
 
+def test_each_router_listed_adds_its_rules_and_only_those(stack: StackEnv) -> None:
+    """replica-ratio (the default) needs no rights beyond Deployments; each weighted router
+    adds its objects' rules to the executor's and the rollback's roles, and the services are
+    told which routers they may use (a policy naming another is refused at admission)."""
+
+    def routing_rules(routers: list[str]) -> dict[str, set[tuple[str, str, str]]]:
+        documents = chart.render(stack.helm, {"traffic": {"routers": routers}})
+        plain = chart.render(stack.helm)
+        extra = {}
+        for component, _ in chart.SERVICES.values():
+            rules = chart.granted(chart.rules_of(documents, component, "canaryflow"))
+            extra[component] = rules - chart.granted(chart.rules_of(plain, component, "canaryflow"))
+        env = {
+            component: chart.container_env(
+                chart.named(documents, "Deployment", f"canaryflow-{component}")
+            )
+            for component, _ in chart.SERVICES.values()
+        }
+        assert env["planner"]["CANARYFLOW_TRAFFIC_ROUTERS"] == ",".join(routers)
+        assert env["executor"]["CANARYFLOW_TRAFFIC_ROUTERS"] == ",".join(routers)
+        assert env["rollback"]["CANARYFLOW_TRAFFIC_ROUTERS"] == ",".join(routers)
+        assert "CANARYFLOW_TRAFFIC_ROUTERS" not in env["metrics-watcher"]
+        return extra
+
+    traefik = routing_rules(["replica-ratio", "traefik"])
+    gateway = routing_rules(["gateway-api"])
+
+    assert routing_rules(["replica-ratio"]) == {c: set() for c, _ in chart.SERVICES.values()}
+    assert traefik["planner"] == traefik["metrics-watcher"] == set()
+    assert ("traefik.io", "traefikservices", "patch") in traefik["executor"]
+    assert ("traefik.io", "ingressroutes", "create") in traefik["executor"]
+    assert ("discovery.k8s.io", "endpointslices", "list") in traefik["executor"]
+    assert ("traefik.io", "ingressroutes", "delete") in traefik["rollback"]
+    assert ("", "services", "create") not in traefik["rollback"]  # it only removes them
+    assert {group for group, _, _ in gateway["executor"]} == {
+        "",
+        "discovery.k8s.io",
+        "gateway.networking.k8s.io",
+    }
+    assert not any(group == "traefik.io" for group, _, _ in gateway["rollback"])
+
+
 @pytest.mark.parametrize(
     ("value", "why"),
     [
@@ -184,6 +226,7 @@ def test_the_service_monitor_is_rendered_only_when_asked_for(stack: StackEnv) ->
         ({"nats": {"tls": {"enabled": True}}}, "at '/nats/tls/caSecretName': minLength"),
         ({"rbac": {"namespaces": ["Not_A_Namespace"]}}, "at '/rbac/namespaces/0'"),
         ({"planner": {"replica": 2}}, "additional properties 'replica' not allowed"),
+        ({"traffic": {"routers": ["istio"]}}, "at '/traffic/routers/0': value must be one of"),
     ],
 )
 def test_a_wrong_value_is_refused_at_install_and_nothing_is_created(

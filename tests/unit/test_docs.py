@@ -37,9 +37,9 @@ import yaml
 from kubernetes import client
 
 from canaryflow.cli.main import _parser as cli_parser
+from canaryflow.dataplane.load import USERS_LABEL, wanted
 from canaryflow.metrics_watcher.webhook import PATH as ALERTS_PATH
 from canaryflow.runtime.behaviour import parse_behaviour
-from canaryflow.dataplane.load import USERS_LABEL, wanted
 from canaryflow_contracts.events import CATALOGUE, parse_event
 from canaryflow_contracts.policy import GROUP, KIND, VERSION, ReleasePolicySpec
 from canaryflow_contracts.reference import catalogue_table, policy_reference
@@ -146,9 +146,10 @@ def _check_kubernetes_object(document: dict[str, Any]) -> None:
             assert problems == (), f"behaviour {tag!r}: {problems}"
     if metadata.get("labels", {}).get(USERS_LABEL) is not None:
         assert metadata["labels"][USERS_LABEL] == "true"
-        service = client.ApiClient().deserialize(json.dumps(document), "V1Service", "application/json")
-        _, problems = wanted(service)
-        assert problems == [], problems
+        as_json = json.dumps(document)
+        service = client.ApiClient().deserialize(as_json, "V1Service", "application/json")
+        _, annotation_problems = wanted(service)
+        assert annotation_problems == [], annotation_problems
 
 
 def check_yaml_document(document: Any) -> None:

@@ -82,7 +82,7 @@ def build_service(
             return None
         spec = governing.spec
         try:
-            return router_for(spec.traffic, kube_api, spec.service_name)
+            return router_for(spec.traffic, kube_api, spec.service_name, settings.enabled_routers)
         except ValueError as error:
             return f"ReleasePolicy {target.namespace}/{governing.name}: {error}"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
@@ -42,6 +42,7 @@ from canaryflow.runtime.bus import Delivery, Unreadable
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
 from canaryflow.runtime.store import StaleWrite, Versioned
+from canaryflow.runtime.traffic import ROUTERS
 from canaryflow_contracts import Envelope, EventData
 from canaryflow_contracts.events import (
     AbortRelease,
@@ -116,7 +117,10 @@ class Planner:
         cluster: ClusterReader,
         clock: Clock = utc_now,
         timings: ReconcileTimings = DEFAULT_TIMINGS,
+        *,
+        routers: Collection[str] = ROUTERS.keys(),
     ) -> None:
+        self._routers = routers  # the traffic routers a policy may name here
         self._store = store  # a getter: the service's store exists only once it has started
         self._publisher = publisher
         self._cluster = cluster
@@ -175,7 +179,7 @@ class Planner:
             return True
         request = event.data
         now = self._clock()
-        admitted = await validate(request, self._cluster, now)
+        admitted = await validate(request, self._cluster, now, self._routers)
         if isinstance(admitted, Admission):
             holder = await store.claim_target(request.target, release_id)
             if holder != release_id:
@@ -385,6 +389,7 @@ def build_service(
         cluster_reader or KubeClusterReader(settings.kubeconfig),
         clock,
         timings,
+        routers=settings.enabled_routers,
     )
     # Every subject under the public request prefix, so that none is stored unread.
     for name, subject_filter in zip(

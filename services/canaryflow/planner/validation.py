@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -22,7 +23,7 @@ from canaryflow.planner.planning import Plan, Refusal, plan
 from canaryflow.runtime.bundle import base_of, references
 from canaryflow.runtime.kube import api_client, is_not_found
 from canaryflow.runtime.policies import PolicyObject, error_text, governing, read_policies
-from canaryflow.runtime.traffic import CannotSplit, router_for
+from canaryflow.runtime.traffic import ROUTERS, CannotSplit, router_for
 from canaryflow_contracts.events import ContainerResources, ReleaseRequested
 from canaryflow_contracts.policy import Hook, Notify, OperatorGrant, ReleasePolicySpec
 
@@ -66,6 +67,7 @@ def check_request(
     deployment: DeploymentFacts | None,
     policies: list[PolicyObject],
     now: datetime,
+    routers: Collection[str] = ROUTERS.keys(),
 ) -> Admission | Refusal:
     """Every reason to refuse ``request``, or its admission. Pure: the reads happen before."""
     target = request.target
@@ -87,7 +89,7 @@ def check_request(
     policy_name, spec = policy.name, policy.spec
     reasons.extend(policy.problems)
     if spec is not None:
-        reasons.extend(_routing_problems(spec, deployment, policy_name))
+        reasons.extend(_routing_problems(spec, deployment, policy_name, routers))
     if spec is not None and spec.images is not None:
         image_refusal = spec.images.refusal(request.version.image)
         if image_refusal is not None:
@@ -114,11 +116,15 @@ def check_request(
 
 
 def _routing_problems(
-    spec: ReleasePolicySpec, deployment: DeploymentFacts | None, policy_name: str
+    spec: ReleasePolicySpec,
+    deployment: DeploymentFacts | None,
+    policy_name: str,
+    routers: Collection[str],
 ) -> list[str]:
-    """The policy's router must exist, honour its options, and split the target at every step."""
+    """The policy's router must exist, be enabled here, honour its options, and split the
+    target at every step."""
     try:
-        router = router_for(spec.traffic)
+        router = router_for(spec.traffic, enabled=routers)
     except ValueError as error:
         return [f"traffic: {error} (ReleasePolicy {policy_name})"]
     if deployment is None:
@@ -158,12 +164,15 @@ def describe_validation_error(error: ValidationError) -> list[str]:
 
 
 async def validate(
-    request: ReleaseRequested, reader: ClusterReader, now: datetime
+    request: ReleaseRequested,
+    reader: ClusterReader,
+    now: datetime,
+    routers: Collection[str] = ROUTERS.keys(),
 ) -> Admission | Refusal:
     target = request.target
     deployment = await reader.deployment(target.namespace, target.name)
     policies = await reader.release_policies(target.namespace)
-    return check_request(request, deployment, policies, now)
+    return check_request(request, deployment, policies, now, routers)
 
 
 class KubeClusterReader:

@@ -89,10 +89,13 @@ def build_service(
         governing = policies.governing(target.namespace, target.name, found)
         if governing.spec is not None:
             try:
-                return [router_for(governing.spec.traffic, kube_api, governing.spec.service_name)]
+                spec = governing.spec
+                return [
+                    router_for(spec.traffic, kube_api, spec.service_name, settings.enabled_routers)
+                ]
             except ValueError as error:
                 log.warning("%s: %s; finalizing every router", target.key(), error)
-        return every_router(kube_api)
+        return every_router(kube_api, settings.enabled_routers)
 
     async def roll_back(envelope: Envelope[E], delivery: Delivery) -> None:
         data, release_id = envelope.data, envelope.subject

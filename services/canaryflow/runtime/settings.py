@@ -58,6 +58,9 @@ class Settings:
     # Copies of each stream and KV bucket JetStream keeps: 3 on a cluster of three nodes
     # or more (a node can then be lost without losing a release), 1 on a single server.
     stream_replicas: int = 1
+    # The traffic routers this installation may use, comma-separated: the chart grants each
+    # the rights its objects need, so a policy naming another one is refused at admission.
+    traffic_routers: str = "replica-ratio,traefik,gateway-api"
     subjects: Subjects = field(init=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +69,10 @@ class Settings:
     @property
     def nats_servers(self) -> list[str]:
         return nats_servers(self.nats_url)
+
+    @property
+    def enabled_routers(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.traffic_routers.split(",") if name.strip())
 
     @classmethod
     def from_env(cls, service: str) -> Settings:
@@ -173,6 +180,13 @@ ENVIRONMENT: tuple[Variable, ...] = (
         "its step's hold): beyond it, releases wait for a free slot.",
         "analysis_workers",
         services="metrics-watcher",
+    ),
+    Variable(
+        "CANARYFLOW_TRAFFIC_ROUTERS",
+        "Traffic routers a policy may name, comma-separated (the Helm chart grants exactly "
+        "their rights); a policy naming another is refused with the reason.",
+        "traffic_routers",
+        services="planner, executor, rollback",
     ),
     Variable(
         "CANARYFLOW_NOTIFY_URLS",

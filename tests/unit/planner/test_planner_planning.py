@@ -195,3 +195,17 @@ def test_an_unknown_router_and_sticky_users_it_cannot_keep_are_refused_with_the_
     sticky = policy(traffic={"router": "gateway-api", "sticky": {"cookieName": "v"}})
     (reason,) = refusal(request(), DEPLOYMENT, [sticky], T0)
     assert "no session persistence" in reason and "use the traefik router" in reason
+
+
+def test_a_router_this_installation_has_not_enabled_is_refused_with_the_reason() -> None:
+    traefik = policy(traffic={"router": "traefik"})
+
+    refused = check_request(request(), DEPLOYMENT, [traefik], T0, routers={"replica-ratio"})
+
+    assert isinstance(refused, Refusal)
+    assert refused.reasons == (
+        "traffic: traffic router 'traefik' is not enabled in this installation (enabled: "
+        "replica-ratio; the Helm chart's traffic.routers) (ReleasePolicy web-policy)",
+    )
+    allowed = check_request(request(), DEPLOYMENT, [traefik], T0, routers={"traefik"})
+    assert isinstance(allowed, Admission)

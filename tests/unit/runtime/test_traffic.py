@@ -6,9 +6,16 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from kubernetes.client import ApiClient
 
 from canaryflow.runtime.kube import TRACK_LABEL, DeploymentReadiness
-from canaryflow.runtime.traffic import CannotSplit, ReplicaPlan, router_for, weighted
+from canaryflow.runtime.traffic import (
+    CannotSplit,
+    ReplicaPlan,
+    every_router,
+    router_for,
+    weighted,
+)
 from canaryflow.runtime.traffic.gateway_api import split_rules
 from canaryflow.runtime.traffic.replica_ratio import ReplicaRatioRouter, ready_share
 from canaryflow.runtime.traffic.services import stable_selector, track_service_body
@@ -77,6 +84,15 @@ def test_factory() -> None:
     assert router_for(Traffic(router="gateway-api")).name == "gateway-api"
     with pytest.raises(ValueError, match=r"unknown traffic router 'mesh' \(known: "):
         router_for(Traffic(router="mesh"))
+
+
+def test_only_the_enabled_routers_are_made_and_finalized() -> None:
+    with pytest.raises(ValueError, match=r"'traefik' is not enabled .*\(enabled: replica-ratio;"):
+        router_for(Traffic(router="traefik"), enabled={"replica-ratio"})
+    assert router_for(Traffic(router="traefik"), enabled={"traefik"}).name == "traefik"
+    api = ApiClient()
+    assert [r.name for r in every_router(api, {"replica-ratio"})] == ["replica-ratio"]
+    assert {r.name for r in every_router(api)} == {"replica-ratio", "traefik", "gateway-api"}
 
 
 def test_the_traefik_router_canaries_a_one_pod_target_at_any_weight() -> None:

@@ -76,6 +76,7 @@ used by a real release through the API server's audit log, and the refusals.
 - apiGroups: ["canaryflow.io"]
   resources: ["releasepolicies"]  # the policy's resources and hooks
   verbs: ["list"]
+{{- include "canaryflow.rules.routersForward" . }}
 {{- end -}}
 
 {{- define "canaryflow.rules.rollback" -}}
@@ -94,4 +95,68 @@ used by a real release through the API server's audit log, and the refusals.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]  # put back as recorded
   verbs: ["get", "update"]
+- apiGroups: ["canaryflow.io"]
+  resources: ["releasepolicies"]  # which router the release routed with
+  verbs: ["list"]
+{{- include "canaryflow.rules.routersBack" . }}
+{{- end -}}
+
+
+{{/*
+The traffic routers' rules, only for the routers listed in traffic.routers (the services
+refuse a policy naming another, CANARYFLOW_TRAFFIC_ROUTERS). replica-ratio needs none: it
+scales Deployments. Forward (executor): make the per-track Services and the router's objects,
+wait for a ready endpoint, move the weights. Back (rollback): every user on stable, then the
+per-track Services removed and the router's objects given back.
+*/}}
+{{- define "canaryflow.weightedRouters" -}}
+{{- $routers := .Values.traffic.routers -}}
+{{- if or (has "traefik" $routers) (has "gateway-api" $routers) }}true{{ end -}}
+{{- end -}}
+
+{{- define "canaryflow.rules.routersForward" -}}
+{{- $routers := .Values.traffic.routers -}}
+{{- if include "canaryflow.weightedRouters" . }}
+- apiGroups: [""]
+  resources: ["services"]  # the per-track Services made and removed; the target's own read
+  verbs: ["get", "list", "create", "patch", "delete"]
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]  # a track gets a weight once its Service has a ready endpoint
+  verbs: ["list"]
+{{- end }}
+{{- if has "traefik" $routers }}
+- apiGroups: ["traefik.io"]
+  resources: ["traefikservices"]  # the weighted sticky service: made or taken over, given back
+  verbs: ["get", "create", "update", "patch"]
+- apiGroups: ["traefik.io"]
+  resources: ["ingressroutes"]  # the route of matched requests (header, cookie) to the canary
+  verbs: ["list", "create", "patch", "delete"]
+{{- end }}
+{{- if has "gateway-api" $routers }}
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]  # the target's route: taken over, weighted, given back
+  verbs: ["get", "update", "patch"]
+{{- end }}
+{{- end -}}
+
+{{- define "canaryflow.rules.routersBack" -}}
+{{- $routers := .Values.traffic.routers -}}
+{{- if include "canaryflow.weightedRouters" . }}
+- apiGroups: [""]
+  resources: ["services"]  # the per-track Services removed; the target's own read
+  verbs: ["get", "list", "delete"]
+{{- end }}
+{{- if has "traefik" $routers }}
+- apiGroups: ["traefik.io"]
+  resources: ["traefikservices"]  # the canary's weight to 0, then given back
+  verbs: ["get", "update", "patch"]
+- apiGroups: ["traefik.io"]
+  resources: ["ingressroutes"]  # the match route to the canary deleted first
+  verbs: ["delete"]
+{{- end }}
+{{- if has "gateway-api" $routers }}
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]  # the canary's weight to 0, then the rules given back
+  verbs: ["get", "update", "patch"]
+{{- end }}
 {{- end -}}

@@ -11,7 +11,7 @@ refused with the reason, never defaulted.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from kubernetes.client import ApiClient
 
@@ -41,11 +41,16 @@ ROUTERS: dict[str, Factory] = {
 
 
 def router_for(
-    traffic: Traffic | None = None, api: ApiClient | None = None, service: str | None = None
+    traffic: Traffic | None = None,
+    api: ApiClient | None = None,
+    service: str | None = None,
+    enabled: Collection[str] = ROUTERS.keys(),
 ) -> TrafficRouter:
     """The policy's router, writing through ``api`` (None: only ``replicas``, for checks).
 
-    Raises ValueError, with the reason, for an unknown router or an option it cannot honour.
+    Raises ValueError, with the reason, for an unknown router, one this installation has not
+    enabled (``CANARYFLOW_TRAFFIC_ROUTERS``: it may lack the rights), or an option it cannot
+    honour.
     """
     traffic = traffic or Traffic()
     try:
@@ -53,14 +58,21 @@ def router_for(
     except KeyError:
         known = ", ".join(sorted(ROUTERS))
         raise ValueError(f"unknown traffic router {traffic.router!r} (known: {known})") from None
+    if traffic.router not in enabled:
+        raise ValueError(
+            f"traffic router {traffic.router!r} is not enabled in this installation (enabled: "
+            f"{', '.join(sorted(enabled)) or 'none'}; the Helm chart's traffic.routers)"
+        )
     return make(api, traffic, service)
 
 
-def every_router(api: ApiClient) -> list[TrafficRouter]:
-    """One of each router: what a rollback finalizes when the policy that named the router
-    is gone or unusable (each router's ``finalize`` and ``remove`` do nothing where it made
-    nothing)."""
-    return [make(api, Traffic(router=name), None) for name, make in ROUTERS.items()]
+def every_router(api: ApiClient, enabled: Collection[str] = ROUTERS.keys()) -> list[TrafficRouter]:
+    """One of each enabled router: what a rollback finalizes when the policy that named the
+    router is gone or unusable (each router's ``finalize`` and ``remove`` do nothing where it
+    made nothing)."""
+    return [
+        make(api, Traffic(router=name), None) for name, make in ROUTERS.items() if name in enabled
+    ]
 
 
 __all__ = [
