@@ -103,7 +103,11 @@ class MetricRule(_Spec):
         description="A built-in (error-rate, p99-latency, request-rate) or a named template.",
     )
     query: str | None = Field(default=None, description=f"Raw PromQL. {_PLACEHOLDERS}")
-    max: float | None = Field(default=None, description="Fail when the canary's value is above.")
+    max: float | None = Field(
+        default=None,
+        description="Fail when the canary's value is above (for the error-rate templates: "
+        "beyond chance at the window's requests, a one-sided binomial test at 1 %).",
+    )
     min: float | None = Field(default=None, description="Fail when the canary's value is below.")
 
     @model_validator(mode="after")

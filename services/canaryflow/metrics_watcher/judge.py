@@ -12,6 +12,14 @@ already judged, with ``passed`` None when they are undecided: with enough data o
 tracks that is *inconclusive* (the test could not settle the question yet), with too little
 it is insufficient data, exactly like a threshold check.
 
+A share of requests (the ``error-rate`` templates) above ``max`` fails only when chance
+cannot explain it at the window's sample size: a good version erring on 0.5 % of requests
+shows 2 errors in 34 requests (5.9 %) about once in 80 windows, and a guard at 5 % on the
+point estimate rolled such a version back (test_forgery, on real traffic). The one-sided
+binomial test asks whether that many errors are likely if the true share were ``max``; below
+``GUARD_ALPHA`` the check fails, otherwise it is not settled yet and the next tick, with more
+requests, decides (a version erring on 20 % fails at 34 requests either way).
+
 Actions: a failure is final and asks for a rollback at once (or, for a business metric whose
 policy says so, a pause for a person's decision). A tick that is not final says ``continue``
 whatever its result, because the analysis goes on; at the end of the hold the policy's
@@ -21,17 +29,32 @@ extensions are left, then pause), pause, roll back, or (inconclusive only) conti
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
+from scipy import stats
+
 from canaryflow_contracts.events import MetricCheck, VerdictAction, VerdictResult
-from canaryflow_contracts.policy import MetricRule, OnVerdict, VerdictPolicy
+from canaryflow_contracts.policy import MetricRule, MetricTemplate, OnVerdict, VerdictPolicy
 
 CANARY = "canary"
 STABLE = "stable"
 SAMPLE_SIZE = "sample-size"
 
 Comparison = Literal["<=", ">=", "n/a"]
+
+PROPORTIONS = frozenset({MetricTemplate.ERROR_RATE, MetricTemplate.GATEWAY_ERROR_RATE})
+"""Built-in templates whose value is a share of the window's requests."""
+GUARD_ALPHA = 0.01
+GUARD_METHOD = "binomial-guard"
+
+
+def beyond_chance(share: float, requests: float, bound: float) -> float:
+    """P(at least this many errors | ``requests`` requests, each an error with ``bound``)."""
+    trials = round(requests)
+    events = min(round(share * requests), trials)
+    return float(stats.binom.sf(events - 1, trials, bound))
 
 
 def judge(
@@ -51,6 +74,32 @@ def judge(
     passed: bool | None
     if canary_value is None or sample_size < min_requests:
         passed = None
+    elif (
+        rule.max is not None
+        and canary_value > rule.max
+        and rule.template in PROPORTIONS
+        and math.isfinite(canary_value)
+    ):
+        p_value = beyond_chance(canary_value, sample_size, rule.max)
+        failed = p_value < GUARD_ALPHA
+        return MetricCheck(
+            metric=rule.name,
+            track=CANARY,
+            query=query,
+            value=canary_value,
+            threshold=rule.max,
+            comparison="<=",
+            sample_size=sample_size,
+            passed=False if failed else None,
+            method=GUARD_METHOD,
+            p_value=p_value,
+            decision=(
+                f"above max beyond chance (p={p_value:.2g} < {GUARD_ALPHA:g})"
+                if failed
+                else f"{_number(canary_value)} above max {_number(rule.max)} on "
+                f"{sample_size:.0f} requests, within chance (p={p_value:.2g} >= {GUARD_ALPHA:g})"
+            ),
+        )
     elif rule.max is not None and canary_value > rule.max:
         threshold, comparison, passed = rule.max, "<=", False
     elif rule.min is not None and canary_value < rule.min:
@@ -105,13 +154,11 @@ def evidence(
 
 
 def inconclusive(check: MetricCheck, min_requests: int) -> bool:
-    """An undecided comparison with enough data on both tracks: the test has not settled."""
-    return (
-        check.passed is None
-        and bool(check.method)
-        and check.sample_size >= min_requests
-        and (check.baseline_sample_size or 0.0) >= min_requests
-    )
+    """An undecided test with enough data (on both tracks, for a comparison): it has not
+    settled yet."""
+    if check.passed is not None or not check.method or check.sample_size < min_requests:
+        return False
+    return check.method == GUARD_METHOD or (check.baseline_sample_size or 0.0) >= min_requests
 
 
 def _at_end(policy: OnVerdict, extensions_left: int) -> VerdictAction:
@@ -207,12 +254,13 @@ def _bound(rule: MetricRule) -> tuple[float | None, Comparison]:
 
 
 def _describe_failure(check: MetricCheck) -> str:
-    if check.method:
+    if check.method and check.method != GUARD_METHOD:
         return f"{check.metric} {check.decision}"
     side = "above max" if check.comparison == "<=" else "below min"
+    chance = f", p={check.p_value:.2g}" if check.method == GUARD_METHOD else ""
     return (
         f"{check.metric} {_number(check.value)} {side} {_number(check.threshold)} "
-        f"on the canary ({check.sample_size:.0f} requests)"
+        f"on the canary ({check.sample_size:.0f} requests{chance})"
     )
 
 

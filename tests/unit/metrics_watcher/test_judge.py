@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from canaryflow.metrics_watcher.judge import (
     CANARY,
+    GUARD_METHOD,
     SAMPLE_SIZE,
     STABLE,
+    beyond_chance,
     evidence,
     judge,
     sample_check,
@@ -48,7 +52,43 @@ def test_a_value_above_max_fails_and_asks_for_rollback() -> None:
     assert (check.passed, check.threshold, check.comparison) == (False, 0.05, "<=")
     result, action, reason = verdict(checks(check), min_requests=50)
     assert (result, action) == (VerdictResult.FAIL, VerdictAction.ROLLBACK)
-    assert reason == "error-rate 0.3 above max 0.05 on the canary (400 requests)"
+    assert reason == "error-rate 0.3 above max 0.05 on the canary (400 requests, p=2.8e-58)"
+
+
+def test_a_share_of_errors_above_max_that_chance_explains_is_not_settled_yet() -> None:
+    """2 errors in 34 requests (5.9 %) from a version erring on 0.5 %: seen on real traffic,
+    it rolled a good version back. At max 5 % such a count is likely (p = 0.51)."""
+    check = judge(ERRORS, 2 / 34, 34, 20, query=Q)
+
+    assert check.passed is None
+    assert check.method == GUARD_METHOD and check.p_value == pytest.approx(0.5123, abs=1e-3)
+    assert "within chance (p=0.51 >= 0.01)" in check.decision
+    result, action, reason = verdict(checks(check, size=34, min_requests=20), min_requests=20)
+    assert (result, action) == (VerdictResult.INCONCLUSIVE, VerdictAction.CONTINUE)
+    assert reason.startswith("not settled: error-rate 0.05882 above max 0.05 on 34 requests")
+    final = verdict(
+        checks(check, size=34, min_requests=20),
+        min_requests=20,
+        final=True,
+        extensions_left=1,
+    )
+    assert final[:2] == (VerdictResult.INCONCLUSIVE, VerdictAction.EXTEND)
+
+
+def test_a_share_of_errors_chance_cannot_explain_fails_on_few_requests() -> None:
+    # A version erring on 20 %: 7 errors in 34 requests (p = 0.0045 at 5 %).
+    assert judge(ERRORS, 7 / 34, 34, 20, query=Q).passed is False
+    # The same share over ten times the requests, and the bound's own edge.
+    assert judge(ERRORS, 0.0588, 340, 20, query=Q).passed is None
+    assert judge(ERRORS, 0.09, 340, 20, query=Q).passed is False
+    assert beyond_chance(0.05, 100, 0.05) > 0.5
+
+
+def test_values_that_are_not_shares_of_requests_are_judged_on_the_value() -> None:
+    latency = MetricRule(name="p99", template="p99-latency", max=0.5)
+    raw = MetricRule(name="errors", query="some promql", max=0.05)
+    assert judge(latency, 0.51, 34, 20, query=Q).passed is False
+    assert judge(raw, 2 / 34, 34, 20, query=Q).passed is False
 
 
 def test_a_value_below_min_fails() -> None:
