@@ -91,7 +91,7 @@ def _shop(kube: client.ApiClient, namespace: str, replicas: int, router: str, **
     # The target's own Service, every track's pods: the replica ratio routes through it, the
     # weighted routers copy its ports.
     core.create_namespaced_service(namespace, track_service("web", "web", None))
-    spec = shop.quick_policy(**{"compare": False, "min_requests": 20, **policy})
+    spec = shop.quick_policy(**{"min_requests": 20, **policy})
     spec["traffic"] = {"router": router}
     if router == "traefik":
         # As a person sets it up: the route goes through a TraefikService named like the

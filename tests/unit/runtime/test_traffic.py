@@ -98,26 +98,53 @@ def test_only_the_enabled_routers_are_made_and_finalized() -> None:
 def test_the_traefik_router_canaries_a_one_pod_target_at_any_weight() -> None:
     router = TraefikRouter.__new__(TraefikRouter)  # replicas() is pure: no client needed
 
-    assert router.replicas(1, 5) == ReplicaPlan(stable=1, canary=1, baseline=0)
-    assert router.replicas(10, 25) == ReplicaPlan(stable=10, canary=3, baseline=0)
+    # A baseline beside the canary, on pods of its own, at the same share.
+    assert router.replicas(1, 5) == ReplicaPlan(stable=1, canary=1, baseline=1)
+    assert router.replicas(10, 25) == ReplicaPlan(stable=10, canary=3, baseline=3)
+    assert router.replicas(10, 50) == ReplicaPlan(stable=10, canary=5, baseline=3)
+    assert router.replicas(10, 100) == ReplicaPlan(stable=10, canary=10, baseline=0)
     with pytest.raises(CannotSplit):
         router.replicas(0, 5)
+
+
+@pytest.mark.parametrize(
+    ("canary", "expected"),
+    [
+        (0, {"stable": 100, "baseline": 0, "canary": 0}),
+        (5, {"stable": 90, "baseline": 5, "canary": 5}),
+        (33, {"stable": 34, "baseline": 33, "canary": 33}),
+        (34, {"stable": 33, "baseline": 33, "canary": 34}),
+        (50, {"stable": 25, "baseline": 25, "canary": 50}),
+        (99, {"stable": 1, "baseline": 0, "canary": 99}),
+        (100, {"stable": 0, "baseline": 0, "canary": 100}),
+    ],
+)
+def test_the_baseline_gets_the_canarys_share_unless_stable_would_get_less(
+    canary: int, expected: dict[str, int]
+) -> None:
+    shares = weighted.track_weights(canary)
+
+    assert shares == expected
+    assert sum(shares.values()) == 100
+    assert shares["baseline"] <= shares["stable"] or canary == 100
 
 
 def test_traefik_weights_name_the_per_track_services_and_keep_the_rest() -> None:
     target = TargetRef(namespace="shop", name="web")
     listed = [
         {"name": "web-stable", "port": 80, "weight": 100},
+        {"name": "web-baseline", "port": 80, "weight": 0},
         {"name": "web-canary", "port": 80, "weight": 0, "sticky": {"cookie": {}}},
     ]
 
     result = reweighted(listed, weights(target, 5))
 
     assert result == [
-        {"name": "web-stable", "port": 80, "weight": 95},
+        {"name": "web-stable", "port": 80, "weight": 90},
+        {"name": "web-baseline", "port": 80, "weight": 5},
         {"name": "web-canary", "port": 80, "weight": 5, "sticky": {"cookie": {}}},
     ]
-    with pytest.raises(LookupError, match="does not list web-canary"):
+    with pytest.raises(LookupError, match="does not list web-baseline, web-canary"):
         reweighted(listed[:1], weights(target, 5))
     with pytest.raises(ValueError, match="percentage"):
         weights(target, 101)
@@ -154,6 +181,7 @@ def test_the_traefik_split_starts_on_stable_with_the_policys_cookie() -> None:
         "weighted": {
             "services": [
                 {"name": "web-stable", "port": 80, "weight": 100},
+                {"name": "web-baseline", "port": 80, "weight": 0},
                 {"name": "web-canary", "port": 80, "weight": 0},
             ],
             "sticky": {"cookie": {"name": "shop_v", "httpOnly": True, "maxAge": 3600}},
@@ -228,7 +256,8 @@ def test_gateway_api_rules_weight_every_rule_and_put_header_matches_first() -> N
         {
             "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
             "backendRefs": [
-                {"name": "web-stable", "port": 80, "weight": 70},
+                {"name": "web-stable", "port": 80, "weight": 40},
+                {"name": "web-baseline", "port": 80, "weight": 30},
                 {"name": "web-canary", "port": 80, "weight": 30},
             ],
         },
@@ -236,7 +265,8 @@ def test_gateway_api_rules_weight_every_rule_and_put_header_matches_first() -> N
     # At weight 0 (before the canary is Ready, and at finalize) nothing reaches the canary.
     at_zero = split_rules(original, target, 80, 0, [CANARY_HEADER])
     assert len(at_zero) == 1
-    assert at_zero[0]["backendRefs"][1] == {"name": "web-canary", "port": 80, "weight": 0}
+    assert at_zero[0]["backendRefs"][0] == {"name": "web-stable", "port": 80, "weight": 100}
+    assert {ref["weight"] for ref in at_zero[0]["backendRefs"][1:]} == {0}
     assert original[0]["backendRefs"] == [{"name": "web", "port": 80}], "input left as it was"
 
 
@@ -260,8 +290,8 @@ def test_per_track_services_select_the_targets_pods_by_track() -> None:
 def test_a_weighted_router_gives_a_track_traffic_only_once_its_service_is_reachable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Stable before the take-over, the canary before a positive weight; weight 0 (finalize,
-    the rollback's first write) waits for nothing."""
+    """Stable before the take-over, the baseline and the canary before a positive weight;
+    weight 0 (finalize, the rollback's first write) waits for nothing."""
     calls: list[str] = []
 
     async def reachable(api: object, target: TargetRef, track: str) -> None:
@@ -294,6 +324,7 @@ def test_a_weighted_router_gives_a_track_traffic_only_once_its_service_is_reacha
         "services",
         "reachable stable",
         "take over on 80",
+        "reachable baseline",
         "reachable canary",
         "weight 10",
         "weight 0",

@@ -3,7 +3,8 @@
 Why: it is the routing API every gateway implements, so one router serves many data planes.
 The HTTPRoute named like the target (a person's: parents, hostnames, paths) is taken over
 for the release: its rules are kept in an annotation, and while the release runs every rule
-sends ``100 - w`` to ``<target>-stable`` and ``w`` to ``<target>-canary``; each header match
+sends ``w`` to ``<target>-canary``, as much to ``<target>-baseline`` (less above 33 %, see
+weighted.py) and the rest to ``<target>-stable``; each header match
 adds a copy of every rule with the headers added to its matches, sent to the canary alone
 (the Gateway API's precedence puts a match with more headers first). ``remove`` gives the
 original rules back.
@@ -23,7 +24,7 @@ from typing import Any
 from kubernetes import client
 
 from canaryflow.runtime.traffic.services import delete_track_services, track_service_name
-from canaryflow.runtime.traffic.weighted import WeightedRouter
+from canaryflow.runtime.traffic.weighted import WeightedRouter, track_weights
 from canaryflow_contracts.events import TargetRef
 from canaryflow_contracts.policy import RouteMatch, Traffic
 
@@ -54,9 +55,8 @@ def split_rules(
     matches: list[RouteMatch],
 ) -> list[dict[str, Any]]:
     """The HTTPRoute's rules at a canary weight, header matches first. Pure."""
-    if not 0 <= canary_weight_percent <= 100:
-        raise ValueError(f"a weight is a percentage, got {canary_weight_percent}")
-    stable, canary = track_service_name(target, "stable"), track_service_name(target, "canary")
+    shares = track_weights(canary_weight_percent)
+    canary = track_service_name(target, "canary")
     rules: list[dict[str, Any]] = []
     for rule in original:
         if canary_weight_percent > 0:
@@ -76,8 +76,8 @@ def split_rules(
             {
                 **copy.deepcopy(rule),
                 "backendRefs": [
-                    {"name": stable, "port": port, "weight": 100 - canary_weight_percent},
-                    {"name": canary, "port": port, "weight": canary_weight_percent},
+                    {"name": track_service_name(target, track), "port": port, "weight": share}
+                    for track, share in shares.items()
                 ],
             }
         )

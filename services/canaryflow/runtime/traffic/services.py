@@ -1,11 +1,11 @@
 """The per-track Services a weighted router routes to, made and removed by the executor.
 
-Why per-track Services: a gateway weights Services, not pods, so stable and the canary each
-need one of their own (Flagger's ``-primary`` and ``-canary``). Each copies the ports of the
-target's own Service and selects the target's pods plus the track label; stable's pods must
-therefore carry ``canaryflow.io/track: stable`` (the canary's and baseline's get theirs from
-the executor), and a target whose pods do not is refused with that reason rather than routed
-to a Service with no endpoints.
+Why per-track Services: a gateway weights Services, not pods, so stable, the baseline and the
+canary each need one of their own (Flagger's ``-primary`` and ``-canary``). Each copies the
+ports of the target's own Service and selects the target's pods plus the track label; stable's
+pods must therefore carry ``canaryflow.io/track: stable`` (the canary's and baseline's get
+theirs from the executor), and a target whose pods do not is refused with that reason rather
+than routed to a Service with no endpoints.
 """
 
 from __future__ import annotations

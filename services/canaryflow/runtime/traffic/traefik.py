@@ -2,8 +2,9 @@
 
 Why a weighted router: with the replica ratio a 5 % step needs 20 pods and a 1-pod target
 cannot be split at all. Here the target's TraefikService (named like the target, the one
-its IngressRoutes route to) lists the per-track Services ``<target>-stable`` and
-``<target>-canary`` with weights while a release runs; with ``sticky`` a cookie keeps each
+its IngressRoutes route to) lists the per-track Services ``<target>-stable``,
+``<target>-baseline`` and ``<target>-canary`` with weights while a release runs (weighted.py
+says why the baseline gets the canary's weight); with ``sticky`` a cookie keeps each
 user on the version they were first sent to, so the weight is the share of **new sessions**.
 Stable keeps its full size; the canary runs the pods its share needs at stable's load per
 pod (at least one), whatever the weight.
@@ -21,9 +22,6 @@ canary no longer match their cookie and go to stable at once (0.19 s measured, n
 Removing the canary's pods while the TraefikService still lists it would answer 503 to those
 users until the configuration changes, so the rollback calls ``finalize`` first and removes
 pods after.
-
-No baseline: the Services select by track and the baseline's pods are in neither; a weighted
-router judges the canary against stable (noted in docs/local-stack.md as not done).
 """
 
 from __future__ import annotations
@@ -39,7 +37,7 @@ from canaryflow.runtime.traffic.services import (
     delete_track_services,
     track_service_name,
 )
-from canaryflow.runtime.traffic.weighted import WeightedRouter
+from canaryflow.runtime.traffic.weighted import WeightedRouter, track_weights
 from canaryflow_contracts.events import TargetRef
 from canaryflow_contracts.policy import HeaderMatch, RouteMatch, Sticky
 
@@ -61,11 +59,9 @@ def match_route_name(target: TargetRef) -> str:
 
 def weights(target: TargetRef, canary_weight_percent: int) -> dict[str, int]:
     """The weight of each per-track Service for a canary share."""
-    if not 0 <= canary_weight_percent <= 100:
-        raise ValueError(f"a weight is a percentage, got {canary_weight_percent}")
     return {
-        track_service(target, "stable"): 100 - canary_weight_percent,
-        track_service(target, "canary"): canary_weight_percent,
+        track_service(target, track): share
+        for track, share in track_weights(canary_weight_percent).items()
     }
 
 

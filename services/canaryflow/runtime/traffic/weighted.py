@@ -5,6 +5,13 @@ With a weight on a route, the canary's share no longer comes from pod counts: st
 its full size and the canary runs the pods its share needs at stable's load per pod (at
 least one), so a 1-pod target can be canaried at 5 %.
 
+Why a baseline here too: the judgement compares the canary with the stable version on fresh
+pods receiving the same kind of traffic (new sessions, at the same weight), not with stable,
+whose pods are old and whose users are mostly returning ones (Kayenta's reasoning). So the
+baseline gets its own Service and the canary's weight, taken from stable's share; it gets
+less only when stable would be left with less than it (at 50 % the split is 50/25/25), and
+none at 100 %. Its pods follow its weight as the canary's follow the canary's.
+
 Why a track gets traffic only once its Service lists a ready endpoint: a gateway routes by
 EndpointSlices, which the EndpointSlice controller fills some time after the pods are Ready
 (seconds on a loaded machine). A canary weight written before that answered 503 to the new
@@ -27,11 +34,28 @@ from canaryflow_contracts.events import TargetRef
 from canaryflow_contracts.policy import Traffic
 
 
+def track_weights(canary_weight_percent: int) -> dict[str, int]:
+    """The share of new sessions of each track at a canary weight (summing to 100). Pure."""
+    if not 0 <= canary_weight_percent <= 100:
+        raise ValueError(f"a weight is a percentage, got {canary_weight_percent}")
+    baseline = min(canary_weight_percent, (100 - canary_weight_percent) // 2)
+    return {
+        "stable": 100 - canary_weight_percent - baseline,
+        "baseline": baseline,
+        "canary": canary_weight_percent,
+    }
+
+
+def _pods_for(full_size: int, weight_percent: int) -> int:
+    """Pods for a share at stable's load per pod: at least one for any positive share."""
+    return max(1, math.ceil(full_size * weight_percent / 100)) if weight_percent > 0 else 0
+
+
 class WeightedRouter:
     name = "weighted"
     group = version = plural = ""
     """The routing object the router reads and writes, named like the target."""
-    tracks = ("stable", "canary")
+    tracks = ("stable", "baseline", "canary")
 
     def __init__(
         self, api: client.ApiClient | None, traffic: Traffic, service: str | None = None
@@ -60,9 +84,10 @@ class WeightedRouter:
         await asyncio.to_thread(self._take_over, target, port)
 
     async def set_routes(self, target: TargetRef, canary_weight_percent: int) -> None:
-        """The step's weights, once the canary's Service has an endpoint when it gets any."""
-        if canary_weight_percent > 0:
-            await reachable(self.api, target, "canary")
+        """The step's weights, once each track that gets a share has a ready endpoint."""
+        for track, share in track_weights(canary_weight_percent).items():
+            if track != "stable" and share > 0:
+                await reachable(self.api, target, track)
         await asyncio.to_thread(self._write, target, canary_weight_percent)
 
     def _check(self, target: TargetRef) -> None:
@@ -78,8 +103,12 @@ class WeightedRouter:
     def replicas(self, full_size: int, weight_percent: int) -> ReplicaPlan:
         if full_size < 1:
             raise CannotSplit(f"the target has {full_size} replicas: nothing serves stable")
-        canary = max(1, math.ceil(full_size * weight_percent / 100))
-        return ReplicaPlan(stable=full_size, canary=canary, baseline=0)
+        shares = track_weights(weight_percent)
+        return ReplicaPlan(
+            stable=full_size,
+            canary=max(1, _pods_for(full_size, shares["canary"])),
+            baseline=_pods_for(full_size, shares["baseline"]),
+        )
 
     def _read(self, target: TargetRef) -> dict[str, Any] | None:
         """The routing object named like the target, or None."""
