@@ -151,7 +151,10 @@ def _split_setup(
     *,
     stable_pods: int = 2,
     split: str = "web-split",
+    baseline: bool = False,
 ) -> None:
+    """Stable and a 1-pod canary (and, as a weighted router runs one, a 1-pod baseline of the
+    stable version) behind their track Services, weighted by a sticky TraefikService."""
     apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
     healthy = {"error_rate": 0.0, "latency_ms": FAST}
     core.create_namespaced_config_map(
@@ -166,13 +169,16 @@ def _split_setup(
     core.create_namespaced_service(namespace, track_service("web-stable", "web", "stable"))
     core.create_namespaced_service(namespace, track_service("web-canary", "web", "canary"))
     stable, canary = weights
-    create_traefik(
-        kube,
-        namespace,
-        weighted_sticky(split, {"web-stable": stable, "web-canary": canary}, "web_v"),
-    )
+    services = {"web-stable": stable, "web-canary": canary}
+    if baseline:
+        apps.create_namespaced_deployment(
+            namespace, shop_deployment("web-baseline", "web", "v1", 1, "baseline")
+        )
+        core.create_namespaced_service(namespace, track_service("web-baseline", "web", "baseline"))
+        services["web-baseline"] = 0
+    create_traefik(kube, namespace, weighted_sticky(split, services, "web_v"))
     create_traefik(kube, namespace, ingress_route("web", host, split))
-    _wait_ready(kube, namespace, "app=web", stable_pods + 1)
+    _wait_ready(kube, namespace, "app=web", stable_pods + (2 if baseline else 1))
 
 
 def _versions_of_new_sessions(gateway: str, host: str, count: int) -> set[str | None]:
@@ -246,14 +252,14 @@ async def test_traefik_splits_new_sessions_by_weight_and_no_user_sees_two_versio
 async def test_the_traefik_router_canaries_one_pod_at_5_percent_and_takes_pinned_users_back(
     kube: client.ApiClient, namespace: str, stack: StackEnv
 ) -> None:
-    """Given a 1-pod target, the router's weight gives its 1-pod canary 5 % of new sessions;
-    on finalize (canary weight 0) users pinned to the canary move to stable, and then the
-    canary's pods go, without a single failed request."""
+    """Given a 1-pod target, the router's weight gives its 1-pod canary 5 % of new sessions
+    (and its baseline as many); on finalize (weights 0) users pinned to the canary move to
+    stable, and then the canary's pods go, without a single failed request."""
     host = f"web.{namespace}.test"
-    _split_setup(kube, namespace, (100, 0), host, stable_pods=1, split="web")
+    _split_setup(kube, namespace, (100, 0), host, stable_pods=1, split="web", baseline=True)
     target = TargetRef(namespace=namespace, name="web")
     router = router_for(Traffic(router="traefik"), kube)
-    assert router.replicas(1, 5).canary == 1
+    assert (router.replicas(1, 5).canary, router.replicas(1, 5).baseline) == (1, 1)
 
     await router.set_routes(target, 5)
     wait_until(

@@ -29,7 +29,10 @@ deletes a pod at once, while the endpoint takes the EndpointSlice controller and
 gateway's reload to leave (up to a second on two busy cores): closing the listener at once
 answered 502 to users at every scale-down. A real pod keeps serving while it terminates (a
 preStop sleep, the grace period), so a pod that leaves keeps its listener for ``--grace``
-seconds (``due``), unless a new pod needs its address.
+seconds (``due``), unless a new pod needs its address. Then only its listening socket closes
+(the new pod binds the address at once); the connections it has, the gateway's keep-alive
+ones included, are served out for the grace before they close: closing them with the
+listener answered 502 to a request on a reused connection at a promotion (test_traffic).
 
 Why a readiness gate: binding from the watch event still raced the gateway, since KWOK had
 already made the pod Ready and its endpoint was on its way (502s just after a canary
@@ -302,6 +305,8 @@ class PodServer:
         self._runners: dict[str, web.AppRunner] = {}
         self._marking: set[str] = set()
         """Gated pods whose Ready is being written now."""
+        self._closing: set[asyncio.Task[None]] = set()
+        """Runners of pods whose address was handed on, serving out their connections."""
         self.registry = CollectorRegistry()
         self.pods_gauge = Gauge(
             "dataplane_served_pods", "Pods answering HTTP now.", registry=self.registry
@@ -375,14 +380,26 @@ class PodServer:
         self.behaviours.replace(namespace, behaviours)
 
     async def apply(self, step: Plan) -> None:
+        needed = {(pod.ip, port) for pod in step.start for port in pod.ports}
         for uid in step.stop:
             pod = self.served.pop(uid)
             runner = self._runners.pop(uid)
-            await runner.cleanup()
+            if any((pod.ip, port) in needed for port in pod.ports) and self._grace_s > 0:
+                for site in list(runner.sites):
+                    await site.stop()  # the address is free; its connections are served out
+                task = asyncio.create_task(self._close_later(runner))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+            else:
+                await runner.cleanup()
             log.info("stopped %s/%s (%s) at %s", pod.namespace, pod.name, uid, pod.ip)
         for pod in step.start:
             await self._start(pod)
         self.pods_gauge.set(len(self.served))
+
+    async def _close_later(self, runner: web.AppRunner) -> None:
+        await asyncio.sleep(self._grace_s)
+        await runner.cleanup()
 
     async def _start(self, pod: ServedPod) -> None:
         shop = Shop(
@@ -442,6 +459,8 @@ class PodServer:
 
     async def close(self) -> None:
         await self.apply(Plan(stop=tuple(self.served), start=()))
+        for task in list(self._closing):
+            task.cancel()
 
 
 def _own_app(server: PodServer) -> web.Application:
