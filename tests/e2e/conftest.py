@@ -26,6 +26,7 @@ from nats.js.errors import NotFoundError
 
 from canaryflow.demo import shop
 from canaryflow.demo.launcher import ServiceLauncher, StackEndpoints, delete_jetstream_state
+from canaryflow.runtime.signing import verify
 from canaryflow_contracts import Envelope, EventData, Subjects
 from canaryflow_contracts.events import (
     TERMINAL_EVENTS,
@@ -43,6 +44,10 @@ def e2e_prefix() -> str:
     return f"e2e_{uuid.uuid4().hex[:8]}"
 
 
+SIGNING_KEY = "e2e-signing-key"
+"""The executor signs its hook calls and notifications with it; ``endpoint`` verifies them."""
+
+
 def launcher_for(stack: StackEnv, prefix: str, replicas: int) -> ServiceLauncher:
     """The four services on the stack, on the streams of ``prefix``, logging under the stack."""
     return ServiceLauncher(
@@ -57,6 +62,7 @@ def launcher_for(stack: StackEnv, prefix: str, replicas: int) -> ServiceLauncher
         prefix=prefix,
         log_dir=stack.state_dir / "logs" / f"e2e-{prefix}",
         replicas=replicas,
+        extra_env={"CANARYFLOW_SIGNING_KEY": SIGNING_KEY},
     )
 
 
@@ -234,6 +240,9 @@ class Endpoint:
     status: int = 200
     calls: list[dict[str, Any]] = field(default_factory=list)  # hook calls (POST /hook)
     notes: list[dict[str, Any]] = field(default_factory=list)  # notifications (POST /notify)
+    unverified: list[str] = field(default_factory=list)
+    """Why a call's signature (SIGNING_KEY) did not verify, per call that failed: as a
+    receiver would check it."""
     base: str = ""
 
     @property
@@ -248,7 +257,11 @@ def endpoint() -> Iterator[Endpoint]:
     class Receiver(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length) or b"{}")
+            raw = self.rfile.read(length)
+            refusal = verify(SIGNING_KEY, raw, dict(self.headers.items()))
+            if refusal is not None:
+                found.unverified.append(f"{self.path}: {refusal}")
+            body = json.loads(raw or b"{}")
             if self.path == "/notify":
                 found.notes.append(body)
                 self.send_response(200)

@@ -223,16 +223,20 @@ async def test_a_firing_alert_rolls_back_at_once(
     async def all_on_stable() -> bool:
         return serving() == (10, 0)
 
+    auth = {"Authorization": f"Bearer {services.alerts_token}"}
     async with httpx.AsyncClient(timeout=5) as http:
+        anonymous = await http.post(f"{url}/alerts", json=alert)
+        assert anonymous.status_code == 401, anonymous.text
+        assert serving()[1] > 0, "an alert without the token changed nothing"
         started = time.monotonic()
-        answer = await http.post(f"{url}/alerts", json=alert)
+        answer = await http.post(f"{url}/alerts", json=alert, headers=auth)
         assert answer.status_code == 200, answer.text
         await async_wait_until(
             all_on_stable, timeout=30, message="100 % of traffic on stable", interval=0.02
         )
         restored = time.monotonic() - started
         refused = await http.post(
-            f"{url}/alerts", json={"alerts": [{"status": "firing", "labels": {}}]}
+            f"{url}/alerts", json={"alerts": [{"status": "firing", "labels": {}}]}, headers=auth
         )
     record_property("alert_to_stable_seconds", round(restored, 3))
     print(f"\nalert to 100 % traffic on stable: {restored:.2f}s")

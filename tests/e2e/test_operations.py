@@ -528,6 +528,8 @@ async def test_a_failing_pre_rollout_hook_stops_the_release_before_any_traffic_m
     assert heard["text"].startswith(":rotating_light: Release") and heard["blocks"]
     assert "smoke" in heard["metadata"]["event_payload"]["text"]
     assert await notes_of(endpoint, release_id, "started")
+    # Every hook call and notification was signed with the executor's key, over its bytes.
+    assert endpoint.unverified == []
 
 
 async def notes_of(endpoint: Endpoint, release_id: str, kind: str) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -88,6 +89,8 @@ class ServiceLauncher:
     Helm chart rendered it. Only the process basics (PATH, HOME, …) are added, and the
     launcher's own free ports replace the metrics and HTTP ports: in a pod each replica has
     its network namespace to itself, here they share one."""
+    alerts_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    """The metrics-watcher's webhook token (CANARYFLOW_ALERTS_TOKEN) for callers to send."""
     running: list[RunningService] = field(default_factory=list)
     _launched: int = 0
 
@@ -108,6 +111,7 @@ class ServiceLauncher:
             "CANARYFLOW_STREAM_REPLICAS": str(self.stack.stream_replicas),
             "CANARYFLOW_METRICS_PORT": str(metrics_port),
             "CANARYFLOW_RECONCILE_SECONDS": "2",
+            "CANARYFLOW_ALERTS_TOKEN": self.alerts_token,
             "OTEL_EXPORTER_OTLP_ENDPOINT": self.stack.otlp_endpoint,
             "OTEL_SERVICE_NAME": f"canaryflow-{service.replace('_', '-')}",
             # Spans in Jaeger within a second of ending, for people and tests following live.

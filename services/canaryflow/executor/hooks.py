@@ -25,6 +25,7 @@ from canaryflow.executor.ledger import SideEffectLedger, ledger_key
 from canaryflow.runtime import authority
 from canaryflow.runtime.bus import Delivery
 from canaryflow.runtime.service import Service
+from canaryflow.runtime.signing import post_json
 from canaryflow_contracts import Envelope
 from canaryflow_contracts.events import HookCompleted, RunHook
 from canaryflow_contracts.policy import Hook
@@ -81,10 +82,14 @@ def longest_run_seconds(hook: Hook) -> float:
 
 class WebhookCaller:
     def __init__(
-        self, client: httpx.AsyncClient | None = None, sleep: Sleep = asyncio.sleep
+        self,
+        client: httpx.AsyncClient | None = None,
+        sleep: Sleep = asyncio.sleep,
+        signing_key: str = "",
     ) -> None:
         self._client = client
         self._sleep = sleep
+        self._signing_key = signing_key
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -99,8 +104,8 @@ class WebhookCaller:
         attempts = hook.retries + 1
         for attempt in range(attempts):
             try:
-                response = await self._http().post(
-                    hook.url, json=body, timeout=hook.timeout_seconds
+                response = await post_json(
+                    self._http(), hook.url, body, self._signing_key, hook.timeout_seconds
                 )
                 ok, detail = judged(response.status_code, response.text)
                 if ok:
@@ -114,7 +119,7 @@ class WebhookCaller:
 
 def register(service: Service, caller: WebhookCaller | None = None) -> None:
     """Subscribe the executor to RunHook: call webhooks, report each outcome once."""
-    webhooks = caller or WebhookCaller()
+    webhooks = caller or WebhookCaller(signing_key=service.settings.signing_key)
     ledger = SideEffectLedger(lease_seconds=PUBLISH_MARGIN_SECONDS)  # each run names its own
 
     async def open_ledger(js: JetStreamContext) -> None:

@@ -94,5 +94,7 @@ def build_service(
     )
     if settings.http_port:
         # Pushed alerts: a firing alert fails the release in flight without waiting a tick.
-        service.every(webhook.serve(settings.http_port, lambda: service.store, publish))
+        service.every(
+            webhook.serve(settings.http_port, lambda: service.store, publish, settings.alerts_token)
+        )
     return service

@@ -3,6 +3,8 @@
 Handlers only translate: parse (``alerts``), find the release holding the target's lock in
 the store, publish the failed verdict the rollback service acts on. Every refusal is logged
 with its reason and answered 4xx, so Alertmanager's own logs show why nothing happened.
+A call without this receiver's bearer token is refused (401) before its body is read: a
+firing alert rolls a release back (runtime/signing.py says why).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from canaryflow.metrics_watcher.alerts import AlertRefused, alert_verdict, in_flight, parse_alerts
+from canaryflow.runtime.signing import bearer_refusal
 from canaryflow.runtime.store import Versioned
 from canaryflow_contracts.events import AnalysisVerdict, TargetRef
 
@@ -61,10 +64,13 @@ async def receive(body: Any, releases: Releases, publish: Publish) -> dict[str, 
     return {"status": "ok", "rolled_back": acted, "ignored": unknown}
 
 
-def application(releases: Callable[[], Releases], publish: Publish) -> web.Application:
+def application(releases: Callable[[], Releases], publish: Publish, token: str) -> web.Application:
     async def on_alerts(request: web.Request) -> web.Response:
-        raw = await request.read()
         try:
+            refusal = bearer_refusal(request.headers.get("Authorization"), token)
+            if refusal is not None:
+                raise AlertRefused(401, refusal)
+            raw = await request.read()
             if len(raw) > MAX_BODY_BYTES:
                 raise AlertRefused(413, f"body of {len(raw)} bytes; at most {MAX_BODY_BYTES}")
             try:
@@ -90,12 +96,18 @@ def application(releases: Callable[[], Releases], publish: Publish) -> web.Appli
 
 
 def serve(
-    port: int, releases: Callable[[], Releases], publish: Publish, host: str = "0.0.0.0"
+    port: int,
+    releases: Callable[[], Releases],
+    publish: Publish,
+    token: str,
+    host: str = "0.0.0.0",
 ) -> Callable[[], Awaitable[None]]:
     """A background loop for ``Service.every``: serves until cancelled."""
 
     async def loop() -> None:
-        runner = web.AppRunner(application(releases, publish), access_log=None)
+        if not token:
+            log.error("the alert webhook has no CANARYFLOW_ALERTS_TOKEN: it refuses every call")
+        runner = web.AppRunner(application(releases, publish, token), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()

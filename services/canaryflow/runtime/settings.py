@@ -55,6 +55,10 @@ class Settings:
     # Analyses are waits (a hold, a query every interval), not work: a replica can carry
     # many at once, and a cap here is a cap on releases in flight (each held its message).
     analysis_workers: int = 1000
+    # The bearer token the alert webhook requires ("": it refuses every call), and the key
+    # outgoing hook calls and notifications are signed with ("": unsigned).
+    alerts_token: str = field(default="", repr=False)
+    signing_key: str = field(default="", repr=False)
     # Copies of each stream and KV bucket JetStream keeps: 3 on a cluster of three nodes
     # or more (a node can then be lost without losing a release), 1 on a single server.
     stream_replicas: int = 1
@@ -187,6 +191,20 @@ ENVIRONMENT: tuple[Variable, ...] = (
         "their rights); a policy naming another is refused with the reason.",
         "traffic_routers",
         services="planner, executor, rollback",
+    ),
+    Variable(
+        "CANARYFLOW_ALERTS_TOKEN",
+        "Bearer token the alert webhook requires (`Authorization: Bearer …`); unset: the "
+        "webhook refuses every call.",
+        "alerts_token",
+        services="metrics-watcher",
+    ),
+    Variable(
+        "CANARYFLOW_SIGNING_KEY",
+        "Key of the HMAC-SHA256 signature on every hook call and notification "
+        "(`X-Canaryflow-Signature`, `X-Canaryflow-Timestamp`); unset: calls are unsigned.",
+        "signing_key",
+        services="executor",
     ),
     Variable(
         "CANARYFLOW_NOTIFY_URLS",

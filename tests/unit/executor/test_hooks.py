@@ -13,6 +13,7 @@ from canaryflow.executor.hooks import (
     longest_run_seconds,
     payload,
 )
+from canaryflow.runtime.signing import verify
 from canaryflow_contracts.events import RunHook, TargetRef, VersionSpec
 from canaryflow_contracts.policy import Hook, HookType
 
@@ -86,3 +87,20 @@ def test_a_claimed_hook_run_is_given_up_on_only_after_every_attempt_could_have_t
 
     # Three attempts of 10 s (the default timeout), pauses of 0.5 s and 1 s, then the publish.
     assert longest_run_seconds(hook) == 30.0 + 1.5 + PUBLISH_MARGIN_SECONDS
+
+
+async def test_each_call_is_signed_over_the_exact_bytes_sent() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    outcome = await WebhookCaller(client, signing_key="hook-key").call("web-1", COMMAND)
+
+    assert outcome.ok
+    (request,) = seen
+    assert verify("hook-key", request.content, request.headers) is None
+    assert json.loads(request.content)["releaseId"] == "web-1"
+    assert request.headers["Content-Type"] == "application/json"

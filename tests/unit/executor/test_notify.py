@@ -11,6 +11,7 @@ import pytest
 from canaryflow.executor.notify import slack_payload
 from canaryflow.executor.notify.base import destinations, notification_for
 from canaryflow.executor.notify.webhook import NotificationFailed, WebhookNotifier
+from canaryflow.runtime.signing import verify
 from canaryflow_contracts import Envelope, EventData
 from canaryflow_contracts.events import (
     CommandRefused,
@@ -140,3 +141,20 @@ async def test_a_receiver_that_refuses_makes_the_delivery_fail() -> None:
     with pytest.raises(NotificationFailed, match="HTTP 404: no_service"):
         await notifier.send("http://chat/hook", found)
     assert received[0]["text"] == slack_payload(found)["text"]
+
+
+async def test_a_notification_is_signed_when_the_executor_has_a_key() -> None:
+    found = notification_for(envelope(ROLLED_BACK))
+    assert found is not None
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    await WebhookNotifier(client, signing_key="chat-key").send("http://chat/hook", found)
+
+    (request,) = seen
+    assert verify("chat-key", request.content, request.headers) is None
+    assert "does not match" in str(verify("guess", request.content, request.headers))

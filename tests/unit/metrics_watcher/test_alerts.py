@@ -128,20 +128,47 @@ async def test_an_alert_for_no_release_in_flight_is_refused(state: ReleaseState 
     assert sent.events == []
 
 
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
 async def test_the_http_endpoint_answers_with_status_and_reason() -> None:
     sent = Sent()
     store = Store(analysing())
-    async with TestClient(TestServer(application(lambda: store, sent))) as client:
-        ok = await client.post("/alerts", json=FIRING)
+    async with TestClient(TestServer(application(lambda: store, sent, TOKEN))) as client:
+        ok = await client.post("/alerts", json=FIRING, headers=AUTH)
         assert ok.status == 200 and (await ok.json())["rolled_back"][0]["release_id"] == "web-1"
-        bad = await client.post("/alerts", data=b"{not json")
+        bad = await client.post("/alerts", data=b"{not json", headers=AUTH)
         assert bad.status == 400 and "not JSON" in (await bad.json())["reason"]
         unknown = await client.post(
             "/alerts",
             json={"alerts": [{"status": "firing", "labels": {"namespace": "x", "target": "y"}}]},
+            headers=AUTH,
         )
         assert (
             unknown.status == 404
             and "no release in flight for x/y" in (await unknown.json())["reason"]
         )
     assert len(sent.events) == 1
+
+
+@pytest.mark.parametrize(
+    ("token", "headers", "words"),
+    [
+        (TOKEN, {}, "no Authorization header"),
+        (TOKEN, {"Authorization": "Bearer guessed"}, "not this receiver's"),
+        (TOKEN, {"Authorization": f"Basic {TOKEN}"}, "not this receiver's"),
+        ("", AUTH, "has no token (CANARYFLOW_ALERTS_TOKEN)"),
+    ],
+)
+async def test_a_call_without_the_receivers_token_is_refused_and_changes_nothing(
+    token: str, headers: dict[str, str], words: str
+) -> None:
+    sent = Sent()
+    store = Store(analysing())
+    async with TestClient(TestServer(application(lambda: store, sent, token))) as client:
+        refused = await client.post("/alerts", json=FIRING, headers=headers)
+        assert refused.status == 401 and words in (await refused.json())["reason"]
+        health = await client.get("/healthz")
+        assert health.status == 200  # probes need no token
+    assert sent.events == []

@@ -58,7 +58,7 @@ def register(
     service: Service, notifier: Notifier | None = None, always: list[str] | None = None
 ) -> None:
     """Subscribe to the events people hear about and deliver each to its receivers."""
-    sender = notifier or WebhookNotifier()
+    sender = notifier or WebhookNotifier(signing_key=service.settings.signing_key)
     everywhere = urls_from_env() if always is None else always
     ledger = SideEffectLedger(LEASE_SECONDS)
 

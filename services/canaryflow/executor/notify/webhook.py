@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from canaryflow.executor.notify.base import Notification
+from canaryflow.runtime.signing import post_json
 
 TIMEOUT_SECONDS = 5.0
 SECTION_LIMIT = 2900  # Slack refuses a section text over 3000 characters
@@ -56,15 +57,16 @@ def slack_payload(notification: Notification) -> dict[str, Any]:
 
 
 class WebhookNotifier:
-    def __init__(self, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, client: httpx.AsyncClient | None = None, signing_key: str = "") -> None:
         self._client = client
+        self._signing_key = signing_key
 
     async def send(self, url: str, notification: Notification) -> None:
         if self._client is None:
             self._client = httpx.AsyncClient(follow_redirects=False)
         try:
-            response = await self._client.post(
-                url, json=slack_payload(notification), timeout=TIMEOUT_SECONDS
+            response = await post_json(
+                self._client, url, slack_payload(notification), self._signing_key, TIMEOUT_SECONDS
             )
         except httpx.HTTPError as error:
             raise NotificationFailed(f"{type(error).__name__}: {error}") from error
