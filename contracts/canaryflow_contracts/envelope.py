@@ -177,7 +177,11 @@ def _decoded_base64(value: dict[str, Any]) -> dict[str, Any]:
     rest = {key: item for key, item in value.items() if key != "data_base64"}
     try:
         rest["data"] = json.loads(base64.b64decode(value["data_base64"], validate=True))
-    except (binascii.Error, TypeError, ValueError) as error:
+    # RecursionError: the decoded payload may nest deeper than json's recursion allows. The
+    # services' depth limit (runtime.decoding) sees only the base64 text, never brackets, so
+    # a nested payload reached json.loads and parse_event raised RecursionError instead of a
+    # ValidationError (found by tests/unit/test_input_properties.py).
+    except (binascii.Error, TypeError, ValueError, RecursionError) as error:
         raise ValueError(f"data_base64 is not base64 of a JSON payload: {error}") from error
     return rest
 

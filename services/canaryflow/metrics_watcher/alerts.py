@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,8 @@ from canaryflow_contracts.state import ReleaseState, ReleaseStatus
 
 TARGET_LABELS = ("deployment", "target", "canaryflow_target")
 MAX_ALERTS = 100
+# A fingerprint kept as it is: ends an event id, so short and of a subject token's letters.
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 class AlertRefused(Exception):
@@ -63,6 +66,22 @@ def _target(labels: dict[str, str], name: str) -> TargetRef:
         raise AlertRefused(422, f"alert {name!r}: invalid target labels: {error}") from error
 
 
+def _fingerprint(given: Any, labels: dict[str, str]) -> str:
+    """The alert's fingerprint when it is a short token (Alertmanager's are 16 hex digits),
+    else 16 hex digits of a hash of it (or of the labels, when there is none).
+
+    It ends the verdict's event id, which is also the Nats-Msg-Id header: a fingerprint of
+    300 characters made the id longer than an envelope allows (ValidationError, answered
+    500), and one with a space or a line break was sent as a header value (found by
+    tests/unit/test_input_properties.py).
+    """
+    text = str(given or "")
+    if _TOKEN.fullmatch(text):
+        return text
+    seed = text or json.dumps(labels, sort_keys=True)
+    return hashlib.sha256(seed.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 def parse_alerts(body: Any) -> list[FiringAlert]:
     """The firing alerts of an Alertmanager webhook payload; resolved ones are dropped."""
     if not isinstance(body, dict) or not isinstance(body.get("alerts"), list):
@@ -92,10 +111,7 @@ def parse_alerts(body: Any) -> list[FiringAlert]:
         if not isinstance(annotations, dict):
             annotations = {}
         summary = str(annotations.get("summary") or annotations.get("description") or "")
-        fingerprint = (
-            str(raw.get("fingerprint") or "")
-            or hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).hexdigest()[:16]
-        )
+        fingerprint = _fingerprint(raw.get("fingerprint"), labels)
         firing.append(FiringAlert(name, _target(labels, name), labels, summary, fingerprint))
     return firing
 

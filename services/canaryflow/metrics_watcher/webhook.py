@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from canaryflow.metrics_watcher.alerts import AlertRefused, alert_verdict, in_flight, parse_alerts
+from canaryflow.runtime.decoding import BodyOverLimit, check_limits
 from canaryflow.runtime.signing import bearer_refusal
 from canaryflow.runtime.store import Versioned
 from canaryflow_contracts.events import AnalysisVerdict, TargetRef
@@ -64,26 +65,39 @@ async def receive(body: Any, releases: Releases, publish: Publish) -> dict[str, 
     return {"status": "ok", "rolled_back": acted, "ignored": unknown}
 
 
+async def respond(raw: bytes, releases: Releases, publish: Publish) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and JSON answer to one request body (no I/O but ``releases`` and
+    ``publish``): a refusal is a 4xx with its reason, never an exception."""
+    try:
+        if len(raw) > MAX_BODY_BYTES:
+            raise AlertRefused(413, f"body of {len(raw)} bytes; at most {MAX_BODY_BYTES}")
+        try:
+            # The depth limit first: json.loads recurses once per level, and a body nested
+            # 100,000 deep (well under the size limit) raised RecursionError, answered 500
+            # (found by tests/unit/test_input_properties.py).
+            check_limits(raw, MAX_BODY_BYTES)
+        except BodyOverLimit as error:
+            raise AlertRefused(400, str(error)) from error
+        try:
+            body = json.loads(raw)
+        except ValueError as error:
+            raise AlertRefused(400, f"body is not JSON: {error}") from error
+        answer = await receive(body, releases, publish)
+    except AlertRefused as refused:
+        log.warning("alert notification refused (%d): %s", refused.status, refused.reason)
+        return refused.status, {"status": "refused", "reason": refused.reason}
+    return 200, answer
+
+
 def application(releases: Callable[[], Releases], publish: Publish, token: str) -> web.Application:
     async def on_alerts(request: web.Request) -> web.Response:
-        try:
-            refusal = bearer_refusal(request.headers.get("Authorization"), token)
-            if refusal is not None:
-                raise AlertRefused(401, refusal)
-            raw = await request.read()
-            if len(raw) > MAX_BODY_BYTES:
-                raise AlertRefused(413, f"body of {len(raw)} bytes; at most {MAX_BODY_BYTES}")
-            try:
-                body = json.loads(raw)
-            except ValueError as error:
-                raise AlertRefused(400, f"body is not JSON: {error}") from error
-            answer = await receive(body, releases(), publish)
-        except AlertRefused as refused:
-            log.warning("alert notification refused (%d): %s", refused.status, refused.reason)
-            return web.json_response(
-                {"status": "refused", "reason": refused.reason}, status=refused.status
-            )
-        return web.json_response(answer)
+        # The token before the body: a stranger's call is not even read.
+        refusal = bearer_refusal(request.headers.get("Authorization"), token)
+        if refusal is not None:
+            log.warning("alert notification refused (401): %s", refusal)
+            return web.json_response({"status": "refused", "reason": refusal}, status=401)
+        status, answer = await respond(await request.read(), releases(), publish)
+        return web.json_response(answer, status=status)
 
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

@@ -276,6 +276,32 @@ class HandedOver(Exception):
     """
 
 
+def decode(subjects: Subjects, event: type[E], subject: str, body: bytes) -> Envelope[E]:
+    """The ``event`` a message on ``subject`` carries, or ValueError (pydantic's
+    ValidationError is one) naming the rule of the contract the message breaks.
+
+    Pure and outside ``subscribe``, so that tests/unit/test_input_properties.py runs exactly
+    what a consumer runs on generated and mutated messages.
+    """
+    release_id = subjects.release_in(event, subject)
+    if release_id is None:
+        grammar = subjects.of(event, "<release id>")
+        raise ValueError(f"subject {subject!r} is not of the form {grammar!r}")
+    if not is_release_id(release_id):
+        raise ValueError(
+            f"release id {release_id!r} in the subject is not a valid release id "
+            f"(lower-case ASCII letters, digits and '-', at most 63: {RELEASE_ID_PATTERN})"
+        )
+    check_limits(body)
+    envelope = envelope_of(event).model_validate_json(body).check_type()
+    if envelope.subject != release_id:
+        raise ValueError(
+            f"the envelope's subject {envelope.subject!r} differs from the release id "
+            f"{release_id!r} the NATS subject names"
+        )
+    return envelope
+
+
 def subscribe(
     router: NatsRouter | NatsBroker,
     settings: Settings,
@@ -303,31 +329,13 @@ def subscribe(
     durable = subjects.consumer(settings.service, handler_name)
     ack_wait = ack_wait_seconds or settings.ack_wait_seconds
     concurrency = workers or settings.workers
-    envelope_type = envelope_of(event)
     metrics = observability.service_metrics()
     # Exported at 0 from the start, so "no redelivery yet" is a value, not a missing series.
     metrics.redeliveries.labels(settings.service, handler_name)
     metrics.dead_letters.labels(settings.service, handler_name)
 
     def read(subject: str, body: bytes) -> Envelope[E]:
-        """The event, or ValueError naming the rule of the contract the message breaks."""
-        release_id = subjects.release_in(event, subject)
-        if release_id is None:
-            grammar = subjects.of(event, "<release id>")
-            raise ValueError(f"subject {subject!r} is not of the form {grammar!r}")
-        if not is_release_id(release_id):
-            raise ValueError(
-                f"release id {release_id!r} in the subject is not a valid release id "
-                f"(lower-case ASCII letters, digits and '-', at most 63: {RELEASE_ID_PATTERN})"
-            )
-        check_limits(body)
-        envelope = envelope_type.model_validate_json(body).check_type()
-        if envelope.subject != release_id:
-            raise ValueError(
-                f"the envelope's subject {envelope.subject!r} differs from the release id "
-                f"{release_id!r} the NATS subject names"
-            )
-        return envelope
+        return decode(subjects, event, subject, body)
 
     async def on_message(msg: NatsMessage) -> None:
         raw = msg.raw_message

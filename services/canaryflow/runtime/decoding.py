@@ -35,15 +35,18 @@ def _outside_strings(body: bytes) -> bytes:
 def nesting_depth(body: bytes, stop_above: int = MAX_NESTING_DEPTH) -> int:
     """How deeply the JSON ``body`` nests arrays and objects, counted up to ``stop_above + 1``.
 
-    Brackets inside strings do not count. An unbalanced body is measured as far as it
-    balances; the parser refuses it afterwards.
+    Brackets inside strings do not count. In an unbalanced body every opening bracket that
+    never closes counts as one more level: a recursive parser descends into each before it
+    finds the body cut (``[`` 100,000 times, no ``]``, measured 0 and raised RecursionError
+    in json.loads; found by tests/unit/test_input_properties.py).
     """
     brackets = _outside_strings(body).translate(None, _NOT_BRACKETS)
     depth = 0
     while brackets and depth <= stop_above:
         peeled = _INNERMOST.sub(b"", brackets)
         if len(peeled) == len(brackets):
-            break
+            unclosed = brackets.count(b"[") + brackets.count(b"{")
+            return min(depth + unclosed, stop_above + 1)
         brackets = peeled
         depth += 1
     return depth
