@@ -234,6 +234,11 @@ class _Collector(Collector):
             "Users who found no Ready endpoint.",
             labels=["namespace", "service"],
         )
+        mixed = CounterMetricFamily(
+            "canaryflow_users_mixed_sessions",
+            "Sessions that saw two versions or more (sticky routing broken for them).",
+            labels=["namespace", "service"],
+        )
         active = GaugeMetricFamily(
             "canaryflow_users_active", "Users in flight.", labels=["namespace", "service"]
         )
@@ -247,8 +252,9 @@ class _Collector(Collector):
             for (version, code), count in sorted(tally.requests.items()):
                 requests.add_metric([namespace, name, version, str(code)], count)
             unrouted.add_metric([namespace, name], tally.unrouted)
+            mixed.add_metric([namespace, name], tally.mixed)
             active.add_metric([namespace, name], crowd.users.active)
-        return [sessions, requests, unrouted, active]
+        return [sessions, requests, unrouted, mixed, active]
 
 
 def _own_app(load: Load, registry: CollectorRegistry) -> web.Application:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from types import SimpleNamespace as NS
 from typing import Any
+
+from prometheus_client import CollectorRegistry
 
 from canaryflow.dataplane.load import (
     DEFAULT_RATE,
     PAGES_ANNOTATION,
     RATE_ANNOTATION,
     Wanted,
+    _Collector,
     ready_endpoints,
     wanted,
 )
+from canaryflow.dataplane.users import Tally
 
 
 def _service(annotations: dict[str, str] | None) -> Any:
@@ -56,3 +61,21 @@ def test_ready_endpoints_are_those_kube_proxy_would_send_to() -> None:
         NS(ports=[NS(port=8080, protocol="TCP")], endpoints=None),
     ]
     assert ready_endpoints(slices) == ["http://10.244.0.5:8080", "http://10.244.0.7:8080"]
+
+
+def test_what_users_saw_is_exported_per_service_with_the_sessions_on_two_versions() -> None:
+    tally = Tally(sessions=Counter({"v1": 9, "v2": 1}), mixed=2, unrouted=1)
+    tally.requests[("v2", 200)] = 4
+    crowd = NS(users=NS(tally=tally, active=3))
+    registry = CollectorRegistry()
+    registry.register(_Collector(NS(crowds={"shop/web": crowd})))  # type: ignore[arg-type]
+    where = {"namespace": "shop", "service": "web"}
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {**where, **labels})
+
+    assert value("canaryflow_users_sessions_total", version="v2") == 1
+    assert value("canaryflow_users_requests_total", version="v2", code="200") == 4
+    assert value("canaryflow_users_mixed_sessions_total") == 2
+    assert value("canaryflow_users_unrouted_total") == 1
+    assert value("canaryflow_users_active") == 3
