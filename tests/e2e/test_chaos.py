@@ -101,6 +101,9 @@ def _logged_after(replica: RunningService, release_id: str, moment: float) -> bo
     return False
 
 
+FIRST_HOLD_SECONDS = 20
+
+
 @pytest.mark.usefixtures("_pairs_streams")
 async def test_one_replica_of_each_service_killed_mid_release_the_others_finish_it(
     kube: client.ApiClient,
@@ -110,6 +113,12 @@ async def test_one_replica_of_each_service_killed_mid_release_the_others_finish_
 ) -> None:
     releases = Releases(nats_client, Subjects(pairs.prefix))
     watch = LogWatch(pairs)
+    # A first hold long enough for a passing tick before its last: a new canary's requests
+    # reach Prometheus seconds after its pods are up (discovery, scrapes), and with the quick
+    # policy's 8 s the first step's only pass was its final one once (load 4).
+    policy = shop.quick_policy()
+    policy["steps"][0]["holdSeconds"] = FIRST_HOLD_SECONDS
+    shop.apply_policy(kube, shop_namespace, policy)
     release_id = await releases.request(shop_namespace, shop.image("v2"))
     # Mid-release: the first step is in place and being judged (a passing tick, not the last).
     await watch.first("metrics_watcher", release_id, "verdict pass for step 0:")
