@@ -332,6 +332,11 @@ class VerdictAction(StrEnum):
     ROLLBACK = "rollback"
 
 
+BINOMIAL_GUARD = "binomial-guard"
+"""``MetricCheck.method`` of an error-rate guard above its max, judged against chance (a
+one-sided binomial test): failed beyond chance, or not settled yet."""
+
+
 class MetricCheck(_Part):
     """One measured fact behind a verdict, with everything needed to re-check it by hand.
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from canaryflow_contracts import Envelope
 from canaryflow_contracts.events import (
+    BINOMIAL_GUARD,
     AnalysisVerdict,
     ApplyPhase,
     CommandRefused,
@@ -105,8 +106,15 @@ def comparison_line(check: MetricCheck) -> str:
 
 def check_line(check: MetricCheck) -> str:
     """E.g. ``error-rate (canary): 0.21 must be <= 0.05 — FAILED, 412 requests``."""
-    if check.method:
+    if check.method and check.method != BINOMIAL_GUARD:
         return comparison_line(check)
+    if check.method == BINOMIAL_GUARD:  # above max: failed, or not settled by chance yet
+        outcome = "FAILED" if check.passed is False else "not settled"
+        return (
+            f"{check.metric} ({check.track}): {_number(check.value)} must be <= "
+            f"{_number(check.threshold)} — {outcome}, {check.sample_size:.0f} requests: "
+            f"{check.decision}"
+        )
     outcome = {None: "not judged", True: "ok", False: "FAILED"}[check.passed]
     limit = (
         f" must be {check.comparison} {_number(check.threshold)}"

@@ -35,7 +35,7 @@ from typing import Literal
 
 from scipy import stats
 
-from canaryflow_contracts.events import MetricCheck, VerdictAction, VerdictResult
+from canaryflow_contracts.events import BINOMIAL_GUARD, MetricCheck, VerdictAction, VerdictResult
 from canaryflow_contracts.policy import MetricRule, MetricTemplate, OnVerdict, VerdictPolicy
 
 CANARY = "canary"
@@ -47,7 +47,6 @@ Comparison = Literal["<=", ">=", "n/a"]
 PROPORTIONS = frozenset({MetricTemplate.ERROR_RATE, MetricTemplate.GATEWAY_ERROR_RATE})
 """Built-in templates whose value is a share of the window's requests."""
 GUARD_ALPHA = 0.01
-GUARD_METHOD = "binomial-guard"
 
 
 def beyond_chance(share: float, requests: float, bound: float) -> float:
@@ -91,7 +90,7 @@ def judge(
             comparison="<=",
             sample_size=sample_size,
             passed=False if failed else None,
-            method=GUARD_METHOD,
+            method=BINOMIAL_GUARD,
             p_value=p_value,
             decision=(
                 f"above max beyond chance (p={p_value:.2g} < {GUARD_ALPHA:g})"
@@ -158,7 +157,7 @@ def inconclusive(check: MetricCheck, min_requests: int) -> bool:
     settled yet."""
     if check.passed is not None or not check.method or check.sample_size < min_requests:
         return False
-    return check.method == GUARD_METHOD or (check.baseline_sample_size or 0.0) >= min_requests
+    return check.method == BINOMIAL_GUARD or (check.baseline_sample_size or 0.0) >= min_requests
 
 
 def _at_end(policy: OnVerdict, extensions_left: int) -> VerdictAction:
@@ -254,10 +253,10 @@ def _bound(rule: MetricRule) -> tuple[float | None, Comparison]:
 
 
 def _describe_failure(check: MetricCheck) -> str:
-    if check.method and check.method != GUARD_METHOD:
+    if check.method and check.method != BINOMIAL_GUARD:
         return f"{check.metric} {check.decision}"
     side = "above max" if check.comparison == "<=" else "below min"
-    chance = f", p={check.p_value:.2g}" if check.method == GUARD_METHOD else ""
+    chance = f", p={check.p_value:.2g}" if check.method == BINOMIAL_GUARD else ""
     return (
         f"{check.metric} {_number(check.value)} {side} {_number(check.threshold)} "
         f"on the canary ({check.sample_size:.0f} requests{chance})"

@@ -38,6 +38,26 @@ def test_a_failed_check_says_value_limit_and_sample() -> None:
     )
 
 
+def test_an_error_rate_guard_judged_against_chance_says_so() -> None:
+    guard = ERRORS.model_copy(
+        update={
+            "method": "binomial-guard",
+            "p_value": 4.1e-8,
+            "decision": "above max beyond chance (p=4.1e-08 < 0.01)",
+        }
+    )
+    unsettled = guard.model_copy(
+        update={"value": 2 / 34, "sample_size": 34, "passed": None, "decision": "within chance"}
+    )
+    assert render.check_line(guard) == (
+        "error-rate (canary): 0.213 must be <= 0.05 — FAILED, 412 requests: "
+        "above max beyond chance (p=4.1e-08 < 0.01)"
+    )
+    assert render.check_line(unsettled) == (
+        "error-rate (canary): 0.0588 must be <= 0.05 — not settled, 34 requests: within chance"
+    )
+
+
 def test_a_check_without_data_says_so() -> None:
     check = ERRORS.model_copy(update={"value": None, "passed": None, "sample_size": 3})
     assert render.check_line(check) == (

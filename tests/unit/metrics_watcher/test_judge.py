@@ -6,7 +6,6 @@ import pytest
 
 from canaryflow.metrics_watcher.judge import (
     CANARY,
-    GUARD_METHOD,
     SAMPLE_SIZE,
     STABLE,
     beyond_chance,
@@ -15,7 +14,7 @@ from canaryflow.metrics_watcher.judge import (
     sample_check,
     verdict,
 )
-from canaryflow_contracts.events import MetricCheck, VerdictAction, VerdictResult
+from canaryflow_contracts.events import BINOMIAL_GUARD, MetricCheck, VerdictAction, VerdictResult
 from canaryflow_contracts.policy import MetricRule
 
 ERRORS = MetricRule(name="error-rate", template="error-rate", max=0.05)
@@ -61,7 +60,7 @@ def test_a_share_of_errors_above_max_that_chance_explains_is_not_settled_yet() -
     check = judge(ERRORS, 2 / 34, 34, 20, query=Q)
 
     assert check.passed is None
-    assert check.method == GUARD_METHOD and check.p_value == pytest.approx(0.5123, abs=1e-3)
+    assert check.method == BINOMIAL_GUARD and check.p_value == pytest.approx(0.5123, abs=1e-3)
     assert "within chance (p=0.51 >= 0.01)" in check.decision
     result, action, reason = verdict(checks(check, size=34, min_requests=20), min_requests=20)
     assert (result, action) == (VerdictResult.INCONCLUSIVE, VerdictAction.CONTINUE)
