@@ -232,6 +232,11 @@ def plan(current: Mapping[str, ServedPod], desired: Sequence[ServedPod]) -> Plan
     return Plan(stop=stop, start=tuple(start))
 
 
+def starting_addresses(step: Plan) -> set[tuple[str, int]]:
+    """Every (address, port) a pod the step starts will bind."""
+    return {(pod.ip, port) for pod in step.start for port in pod.ports}
+
+
 def due(
     step: Plan,
     current: Mapping[str, ServedPod],
@@ -242,7 +247,7 @@ def due(
     """The part of ``step`` done now: every start, and the stops of pods that left (at
     ``left_at``) ``grace`` seconds ago or more, or whose address a starting pod needs (KWOK
     hands it on at once)."""
-    needed = {(pod.ip, port) for pod in step.start for port in pod.ports}
+    needed = starting_addresses(step)
     stop = tuple(
         uid
         for uid in step.stop
@@ -380,7 +385,7 @@ class PodServer:
         self.behaviours.replace(namespace, behaviours)
 
     async def apply(self, step: Plan) -> None:
-        needed = {(pod.ip, port) for pod in step.start for port in pod.ports}
+        needed = starting_addresses(step)
         for uid in step.stop:
             pod = self.served.pop(uid)
             runner = self._runners.pop(uid)
