@@ -16,7 +16,13 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from tests.support import StackEnv, async_wait_until
 from tests.unit.support_state import sample_state
 
-from canaryflow.runtime.bus import UNLIMITED_IN_FLIGHT, Delivery, ensure_streams
+from canaryflow.runtime.bus import (
+    UNLIMITED_IN_FLIGHT,
+    Delivery,
+    ensure_streams,
+    server_max_deliver,
+    unsettled_backoff,
+)
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
 from canaryflow.runtime.store import StaleWrite
@@ -324,6 +330,13 @@ async def test_an_existing_consumer_takes_the_ack_wait_of_the_new_version(
         assert info.config.ack_wait == service.settings.ack_wait_seconds
         # ... and the server no longer caps the messages in flight (its default was 1,000)
         assert info.config.max_ack_pending == UNLIMITED_IN_FLIGHT
+        # ... and spreads the redeliveries of a message nobody settled over minutes
+        settings = service.settings
+        assert info.config.backoff == unsettled_backoff(
+            settings.ack_wait_seconds, settings.max_deliver
+        )
+        assert info.config.backoff[-1] > info.config.ack_wait, info.config.backoff
+        assert info.config.max_deliver == server_max_deliver(settings.max_deliver)
     finally:
         await service.stop()
 

@@ -63,6 +63,17 @@ T = TypeVar("T")
 
 # Delay before the n-th redelivery of a failed message (the last value repeats).
 REDELIVERY_BACKOFF_SECONDS = (0.5, 2.0, 5.0, 15.0)
+# The server delivers a message this many times more than our handler's own limit, so that
+# our handler always gets to dead-letter a failing one (``watch_exhausted`` takes the rest).
+SERVER_EXTRA_DELIVERIES = 2
+# Waits before the second and later redeliveries of a message no handler settled (its replica
+# was killed or hung while handling it); the first comes after the ack wait. Why growing: with
+# a 1 s ack wait, replicas killed one after another (the fault campaign kills one every few
+# seconds, a crash-looping Deployment does the same) spent all seven deliveries of a release
+# request in 25 s and dead-lettered it, although the release had been planned (issue 13).
+# Spread like this, a message is given up only after about two minutes that no replica
+# could finish it.
+UNSETTLED_BACKOFF_SECONDS = (2.0, 5.0, 10.0, 20.0, 40.0)
 # Consumers keep this many KV revisions of each release: enough to audit recent transitions.
 KV_HISTORY = 10
 # A dead letter keeps this much of the body, so that it always fits in a NATS message.
@@ -74,6 +85,18 @@ PUBLISH_RETRY_SECONDS = 10.0
 UNLIMITED_IN_FLIGHT = -1
 # The keep-alive never beats more often than this, whatever the ack wait.
 MIN_BEAT_SECONDS = 0.2
+
+
+def server_max_deliver(max_deliver: int) -> int:
+    return max_deliver + SERVER_EXTRA_DELIVERIES
+
+
+def unsettled_backoff(ack_wait: float, max_deliver: int) -> list[float]:
+    """The consumer's ``backoff``: the wait after each unsettled delivery but the last (the
+    server refuses more values than deliveries minus one); never shorter than the ack wait,
+    which the heartbeat keeps a live handler's message inside. Pure."""
+    steps = [ack_wait, *(max(ack_wait, step) for step in UNSETTLED_BACKOFF_SECONDS)]
+    return [steps[min(i, len(steps) - 1)] for i in range(server_max_deliver(max_deliver) - 1)]
 
 
 async def ensure_streams(js: JetStreamContext, subjects: Subjects, replicas: int = 1) -> None:
@@ -447,8 +470,8 @@ def subscribe(
         pull_sub=PullSub(batch_size=concurrency, timeout=1.0),
         config=ConsumerConfig(
             ack_wait=ack_wait,
-            # The server's own limit sits above ours, so our handler always gets to dead-letter.
-            max_deliver=settings.max_deliver + 2,
+            max_deliver=server_max_deliver(settings.max_deliver),
+            backoff=unsettled_backoff(ack_wait, settings.max_deliver),
             # Not the server's default of 1,000 in flight for all replicas together: each
             # replica's own ``workers`` is the limit.
             max_ack_pending=UNLIMITED_IN_FLIGHT,
@@ -469,14 +492,16 @@ async def _undecoded(message: StreamMessage[Any]) -> bytes:
 
 
 async def converge_consumer(
-    js: JetStreamContext, subjects: Subjects, durable: str, ack_wait: float
+    js: JetStreamContext, subjects: Subjects, durable: str, ack_wait: float, max_deliver: int
 ) -> None:
-    """Give an existing durable consumer this version's ack wait and in-flight limit.
+    """Give an existing durable consumer this version's ack wait, redelivery backoff and
+    in-flight limit.
 
     A consumer keeps the configuration it was created with (FastStream only creates one that
     is missing), so an installation upgraded from the 30 s ack wait would keep waiting that
-    long for a killed replica's messages, and one from before the unlimited in-flight count
-    would keep the server's 1,000. Both are fields JetStream lets a consumer change in place.
+    long for a killed replica's messages, one from before the backoff would spend its
+    deliveries in seconds, and one from before the unlimited in-flight count would keep the
+    server's 1,000. All are fields JetStream lets a consumer change in place.
     """
     stream = subjects.events_stream.name
     try:
@@ -484,17 +509,29 @@ async def converge_consumer(
     except NotFoundError:
         return
     current = info.config
+    backoff = unsettled_backoff(ack_wait, max_deliver)
     same_wait = current.ack_wait is not None and math.isclose(current.ack_wait, ack_wait)
-    if same_wait and current.max_ack_pending == UNLIMITED_IN_FLIGHT:
+    same_backoff = len(current.backoff or []) == len(backoff) and all(
+        math.isclose(a, b) for a, b in zip(current.backoff or [], backoff, strict=True)
+    )
+    if same_wait and same_backoff and current.max_ack_pending == UNLIMITED_IN_FLIGHT:
         return
     log.info(
-        "consumer %s: ack wait %ss -> %ss, in flight %s -> unlimited",
+        "consumer %s: ack wait %ss -> %ss, backoff %s -> %s, in flight %s -> unlimited",
         durable,
         current.ack_wait,
         ack_wait,
+        current.backoff,
+        backoff,
         current.max_ack_pending,
     )
-    changed = dataclasses.replace(current, ack_wait=ack_wait, max_ack_pending=UNLIMITED_IN_FLIGHT)
+    changed = dataclasses.replace(
+        current,
+        ack_wait=ack_wait,
+        backoff=backoff,
+        max_deliver=server_max_deliver(max_deliver),
+        max_ack_pending=UNLIMITED_IN_FLIGHT,
+    )
     await js.add_consumer(stream, config=changed)
 
 
@@ -574,8 +611,9 @@ async def watch_exhausted(
     """Dead-letter what JetStream stops delivering because no handler ever settled it.
 
     Our handler dead-letters a message at its ``max_deliver``-th failure; the server's own
-    limit is two deliveries more. A message whose handling never ends (the process is killed
-    by it each time, say) would still reach that limit and be dropped in silence. JetStream
+    limit is two deliveries more, spread over minutes (``unsettled_backoff``). A message
+    whose handling never ends (the process is killed by it each time, say) would still reach
+    that limit and be dropped in silence. JetStream
     announces it with an advisory naming the stream position: every replica hears it, reads
     the message from the stream and dead-letters it (the dead letter's id makes it one).
     Returns the subscription.

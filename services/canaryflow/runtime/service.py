@@ -193,7 +193,9 @@ class Service:
         for hook in self._connect_hooks:
             await hook(js)
         for durable, ack_wait in self._ack_waits.items():
-            await converge_consumer(js, self.settings.subjects, durable, ack_wait)
+            await converge_consumer(
+                js, self.settings.subjects, durable, ack_wait, self.settings.max_deliver
+            )
 
     async def _start_consuming(self) -> None:
         """The broker's subscribers bound to their consumers, or none of them: on a busy

@@ -6,7 +6,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from kubernetes.client import ApiClient
+from kubernetes.client import (
+    ApiClient,
+    V1Endpoint,
+    V1EndpointConditions,
+    V1EndpointSlice,
+    V1ObjectMeta,
+    V1ObjectReference,
+    V1Pod,
+)
 
 from canaryflow.runtime.kube import TRACK_LABEL, DeploymentReadiness
 from canaryflow.runtime.traffic import (
@@ -18,7 +26,11 @@ from canaryflow.runtime.traffic import (
 )
 from canaryflow.runtime.traffic.gateway_api import split_rules
 from canaryflow.runtime.traffic.replica_ratio import ReplicaRatioRouter, ready_share
-from canaryflow.runtime.traffic.services import stable_selector, track_service_body
+from canaryflow.runtime.traffic.services import (
+    leaving_endpoints,
+    stable_selector,
+    track_service_body,
+)
 from canaryflow.runtime.traffic.traefik import (
     TraefikRouter,
     match_routes,
@@ -329,3 +341,85 @@ def test_a_weighted_router_gives_a_track_traffic_only_once_its_service_is_reacha
         "weight 10",
         "weight 0",
     ]
+
+
+def _pod(name: str, track: str, terminating: bool = False) -> V1Pod:
+    return V1Pod(
+        metadata=V1ObjectMeta(
+            name=name,
+            labels={"app": "web", TRACK_LABEL: track},
+            deletion_timestamp="2026-12-07T03:00:00Z" if terminating else None,
+        )
+    )
+
+
+def _endpoint(pod: str, ready: bool | None = True) -> V1Endpoint:
+    return V1Endpoint(
+        addresses=[f"10.244.0.{len(pod)}"],
+        conditions=V1EndpointConditions(ready=ready),
+        target_ref=V1ObjectReference(kind="Pod", name=pod),
+    )
+
+
+def test_a_route_given_back_waits_out_every_endpoint_of_a_pod_that_goes() -> None:
+    """The target's own Service selects the canary's and baseline's pods too: their
+    endpoints, and those of pods gone or terminating, keep the route on the track Services;
+    an endpoint the API already marks not ready is no gateway's to route to."""
+    pods = [
+        _pod("web-1", "stable"),
+        _pod("web-2", "stable"),
+        _pod("web-canary-1", "canary"),
+        _pod("web-baseline-1", "baseline"),
+        _pod("web-3", "stable", terminating=True),
+    ]
+    endpoints = [
+        _endpoint("web-1"),
+        _endpoint("web-2", ready=None),  # unset means ready
+        _endpoint("web-canary-1"),
+        _endpoint("web-baseline-1"),
+        _endpoint("web-3"),
+        _endpoint("web-gone"),  # deleted, the controller has not caught up
+        _endpoint("web-4", ready=False),
+    ]
+    slices = [
+        V1EndpointSlice(address_type="IPv4", endpoints=endpoints[:3]),
+        V1EndpointSlice(address_type="IPv4", endpoints=endpoints[3:]),
+    ]
+    assert leaving_endpoints(slices, pods) == (
+        6,
+        ["web-canary-1", "web-baseline-1", "web-3", "web-gone"],
+    )
+    assert leaving_endpoints(
+        [V1EndpointSlice(address_type="IPv4", endpoints=endpoints[:2])], pods
+    ) == (2, [])
+    assert leaving_endpoints([V1EndpointSlice(address_type="IPv4", endpoints=None)], pods) == (
+        0,
+        [],
+    )
+
+
+def test_a_weighted_router_gives_its_routes_back_only_once_the_service_has_settled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``remove`` waits for the own Service to list only pods that stay before the routes go
+    back, and waits for nothing when it took nothing over."""
+    calls: list[str] = []
+
+    async def settled(api: object, target: TargetRef, service: str) -> None:
+        calls.append(f"settled {service}")
+
+    monkeypatch.setattr(weighted, "settled", settled)
+    taken = [True, False]
+
+    class Recording(weighted.WeightedRouter):
+        def _taken_over(self, target: TargetRef) -> bool:
+            return taken.pop(0)
+
+        def _remove(self, target: TargetRef) -> None:
+            calls.append("give back")
+
+    router = Recording(object(), Traffic(router="traefik"), service="shop")
+    target = TargetRef(namespace="shop", name="web")
+    asyncio.run(router.remove(target))
+    asyncio.run(router.remove(target))
+    assert calls == ["settled shop", "give back", "give back"]

@@ -87,6 +87,7 @@ def split_rules(
 class GatewayApiRouter(WeightedRouter):
     name = "gateway-api"
     group, version, plural = GROUP, VERSION, PLURAL
+    original = ORIGINAL
 
     def __init__(
         self, api: client.ApiClient | None, traffic: Traffic, service: str | None = None
@@ -134,12 +135,8 @@ class GatewayApiRouter(WeightedRouter):
 
     async def finalize(self, target: TargetRef) -> None:
         """Every request on stable, matched ones included."""
-        route = await asyncio.to_thread(self._read, target)
-        if route is not None and ORIGINAL in (route["metadata"].get("annotations") or {}):
+        if await asyncio.to_thread(self._taken_over, target):
             await self.set_routes(target, 0)
-
-    async def remove(self, target: TargetRef) -> None:
-        await asyncio.to_thread(self._remove, target)
 
     def _remove(self, target: TargetRef) -> None:
         route = self._read(target)

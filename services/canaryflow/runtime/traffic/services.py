@@ -25,6 +25,8 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 """The label an EndpointSlice names its Service by."""
 REACHABLE_SECONDS = 30.0
 """How long a track's Ready pods may take to show up as ready endpoints of its Service."""
+LEAVING_TRACKS = frozenset({"canary", "baseline"})
+"""The tracks whose pods go with the release: a route given back must not reach them."""
 
 
 def track_service_name(target: TargetRef, track: str) -> str:
@@ -131,6 +133,74 @@ async def reachable(api: client.ApiClient, target: TargetRef, track: str) -> Non
         raise LookupError(
             f"Service {target.namespace}/{name} has no ready endpoint after "
             f"{REACHABLE_SECONDS:g} s: the gateway could not send its users anywhere"
+        )
+
+
+def leaving_endpoints(slices: list[Any], pods: list[Any]) -> tuple[int, list[str]]:
+    """The Service's ready endpoints, and those of them a gateway must not be sent to: a pod
+    that is gone, terminating, or of a track that goes with the release. Pure."""
+    by_name = {pod.metadata.name: pod for pod in pods}
+    ready, leaving = 0, []
+    for endpoint in (e for s in slices for e in s.endpoints or [] if endpoint_ready(e)):
+        ready += 1
+        name = endpoint.target_ref.name if endpoint.target_ref else None
+        pod = by_name.get(name)
+        if (
+            pod is None
+            or pod.metadata.deletion_timestamp is not None
+            or (pod.metadata.labels or {}).get(TRACK_LABEL) in LEAVING_TRACKS
+        ):
+            leaving.append(name or ",".join(endpoint.addresses or []))
+    return ready, leaving
+
+
+def _endpoints_of(
+    api: client.ApiClient, namespace: str, service: str
+) -> tuple[int, list[str]] | None:
+    """``leaving_endpoints`` of a Service as the API has it now; None when it has no
+    selector or is gone (nothing to wait for)."""
+    core = client.CoreV1Api(api)
+    try:
+        selector = core.read_namespaced_service(service, namespace).spec.selector or {}
+    except client.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    if not selector:
+        return None
+    pods = core.list_namespaced_pod(
+        namespace, label_selector=",".join(f"{k}={v}" for k, v in selector.items())
+    ).items
+    slices = (
+        client.DiscoveryV1Api(api)
+        .list_namespaced_endpoint_slice(namespace, label_selector=f"{SERVICE_NAME_LABEL}={service}")
+        .items
+    )
+    return leaving_endpoints(slices, pods)
+
+
+async def settled(api: client.ApiClient, target: TargetRef, service: str) -> None:
+    """Wait until ``service`` (the target's own, which a route given back sends users to)
+    lists only pods that stay. It selects the canary's and baseline's pods too, and the
+    EndpointSlice controller drops them some time after they are deleted (over 2 s on a
+    loaded machine); a route given back before answered 502 to a user sent to a pod already
+    gone (test_traffic), or would send users to the canary's version after a rollback.
+    LookupError after ``REACHABLE_SECONDS``, the route left on stable's own Service."""
+    name = target.namespace + "/" + service
+
+    async def read() -> tuple[int, list[str]] | None:
+        return await asyncio.to_thread(_endpoints_of, api, target.namespace, service)
+
+    deadline = utc_now() + timedelta(seconds=REACHABLE_SECONDS)
+    found, ok = await poll_until(
+        read, lambda found: found is None or (found[0] > 0 and not found[1]), deadline=deadline
+    )
+    if not ok and found is not None:
+        ready, leaving = found
+        raise LookupError(
+            f"Service {name} still lists {', '.join(leaving[:5]) or 'no ready endpoint'} "
+            f"({ready} ready) after {REACHABLE_SECONDS:g} s: its route is not given back "
+            "while it would send users to pods that are gone or going"
         )
 
 

@@ -158,6 +158,7 @@ def match_routes(
 class TraefikRouter(WeightedRouter):
     name = "traefik"
     group, version, plural = GROUP, VERSION, PLURAL
+    original = ORIGINAL
 
     def _take_over(self, target: TargetRef, port: int) -> None:
         custom = self._custom()
@@ -252,9 +253,6 @@ class TraefikRouter(WeightedRouter):
         service = self._service or target.name
         own = client.CoreV1Api(self.api).read_namespaced_service(service, target.namespace)
         return neutral_spec(service, int(own.spec.ports[0].port))
-
-    async def remove(self, target: TargetRef) -> None:
-        await asyncio.to_thread(self._remove, target)
 
     def _remove(self, target: TargetRef) -> None:
         self._delete_match_route(target)

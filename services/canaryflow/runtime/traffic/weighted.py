@@ -29,7 +29,7 @@ from kubernetes import client
 
 from canaryflow.runtime.kube import DeploymentReadiness
 from canaryflow.runtime.traffic.base import CannotSplit, ReplicaPlan
-from canaryflow.runtime.traffic.services import ensure_track_services, reachable
+from canaryflow.runtime.traffic.services import ensure_track_services, reachable, settled
 from canaryflow_contracts.events import TargetRef
 from canaryflow_contracts.policy import Traffic
 
@@ -56,6 +56,8 @@ class WeightedRouter:
     group = version = plural = ""
     """The routing object the router reads and writes, named like the target."""
     tracks = ("stable", "baseline", "canary")
+    original = ""
+    """The annotation a taken-over routing object keeps its own routes in."""
 
     def __init__(
         self, api: client.ApiClient | None, traffic: Traffic, service: str | None = None
@@ -89,6 +91,20 @@ class WeightedRouter:
             if track != "stable" and share > 0:
                 await reachable(self.api, target, track)
         await asyncio.to_thread(self._write, target, canary_weight_percent)
+
+    async def remove(self, target: TargetRef) -> None:
+        """Give the routing object its own routes back, once the Service they send users to
+        lists only pods that stay (``settled``); then delete the per-track Services."""
+        if await asyncio.to_thread(self._taken_over, target):
+            await settled(self.api, target, self._service or target.name)
+        await asyncio.to_thread(self._remove, target)
+
+    def _taken_over(self, target: TargetRef) -> bool:
+        found = self._read(target)
+        return found is not None and self.original in (found["metadata"].get("annotations") or {})
+
+    def _remove(self, target: TargetRef) -> None:
+        raise NotImplementedError
 
     def _check(self, target: TargetRef) -> None:
         """Raise LookupError when the target cannot be routed by this router (before any
