@@ -8,9 +8,9 @@ exactly what the planner reads. Field names are camelCase on the wire, as Kubern
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Self
+from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
 
 from canaryflow_contracts.identifiers import DNS_SUBDOMAIN_PATTERN
@@ -348,6 +348,15 @@ class OperatorAction(StrEnum):
     OPEN_GATE = "open-gate"
 
 
+OpensshEd25519Key = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^ssh-ed25519 AAAAC3NzaC1lZDI1NTE5[A-Za-z0-9+/]+={0,2}( [^\n]*)?$", max_length=1024
+    ),
+]
+"""An OpenSSH public key line of type ssh-ed25519 (the blob starts with its type's name)."""
+
+
 class OperatorGrant(_Spec):
     subject: str = Field(
         min_length=1,
@@ -356,6 +365,14 @@ class OperatorGrant(_Spec):
         "(*@sre.example.com; * alone is anyone).",
     )
     actions: list[OperatorAction] = Field(min_length=1)
+    keys: list[OpensshEd25519Key] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=32,
+        description="OpenSSH ed25519 public keys (ssh-ed25519 AAAA... comment) of this "
+        "subject: when given, a command is honoured only if one of them signed it (the CLI's "
+        "--key); without, the command's declared actor is trusted.",
+    )
 
 
 class HookType(StrEnum):

@@ -12,12 +12,21 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 from kubernetes import client
 from nats.js.api import DeliverPolicy
 
+from canaryflow.cli import main as cli
 from canaryflow.demo import shop
 from canaryflow.runtime import bundle as bundles
 from canaryflow_contracts import Envelope, EventData
@@ -37,6 +46,7 @@ from canaryflow_contracts.events import (
     ReleaseRolledBack,
     ReleaseStatusChanged,
     ReleaseSucceeded,
+    RequestPromotion,
     ResumeRelease,
     RollbackCompleted,
     SetWeight,
@@ -45,7 +55,7 @@ from canaryflow_contracts.events import (
     parse_event,
 )
 from tests.e2e.conftest import Endpoint, Releases
-from tests.support import async_wait_until, wait_until
+from tests.support import StackEnv, async_wait_until, wait_until
 from tests.support.pods import PodHistory, handover
 
 pytestmark = pytest.mark.stack
@@ -410,6 +420,61 @@ async def test_an_unauthorised_abort_is_refused_and_the_release_carries_on(
     assert isinstance(events[-1].data, ReleaseRolledBack), names(events)
     assert count(OperatorCommandRefused)(events) == 1  # planner and rollback: one refusal
     assert canaryflow_leftovers(kube, shop_namespace) == []
+
+
+def _key_file(directory: Path, name: str) -> tuple[Path, str]:
+    """A fresh OpenSSH ed25519 key written as ssh-keygen writes it; (its file, its public line)."""
+    key = Ed25519PrivateKey.generate()
+    path = directory / name
+    path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()))
+    public = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    return path, f"{public} {name}"
+
+
+async def test_a_grant_with_keys_obeys_only_commands_its_key_signed_through_the_cli(
+    kube: client.ApiClient,
+    shop_namespace: str,
+    releases: Releases,
+    stack: StackEnv,
+    tmp_path: Path,
+) -> None:
+    # Given a policy whose operator ops@shop must prove it with their key
+    ops_key, ops_public = _key_file(tmp_path, "ops")
+    other_key, _ = _key_file(tmp_path, "mallory")
+    grants = [{"subject": "ops@shop", "actions": ["promote", "abort"], "keys": [ops_public]}]
+    policy = shop.quick_policy(**{**STEADY, "hold_seconds": 60})
+    shop.apply_policy(kube, shop_namespace, {**policy, "operators": grants})
+    release_id = await request(releases, shop_namespace, VersionSpec(image=shop.image("v2")))
+    await history_until(releases, release_id, lambda e: count(PhaseReached)(e) >= 1, 60)
+
+    async def promote(*signing: str) -> int:
+        return await cli.run(
+            [
+                "--nats", stack.nats_url, "--prefix", releases.subjects.prefix,
+                "promote", release_id, "--by", "ops@shop", "--reason", "hotfix", *signing,
+            ]
+        )  # fmt: skip
+
+    # When someone sends promote in ops@shop's name unsigned, then signed with another key
+    assert await promote() == 0
+    assert await promote("--key", str(other_key)) == 0
+    seen = await history_until(
+        releases, release_id, lambda e: count(OperatorCommandRefused)(e) >= 2, 30
+    )
+    # Then both are refused with the reason, and the release is still at its first step
+    refusals = [e.data.refusal for e in seen if isinstance(e.data, OperatorCommandRefused)]
+    assert "it is not signed" in refusals[0], refusals
+    assert "signed by a key not listed for them" in refusals[1], refusals
+    assert not [e for e in seen if isinstance(e.data, RequestPromotion)]
+    # When ops@shop signs it with their own key, it is obeyed
+    assert await promote("--key", str(ops_key)) == 0
+    events = await releases.events(release_id, timeout=120)
+    assert isinstance(events[-1].data, ReleaseSucceeded), names(events)
+    assert [e.data.step.weight for e in events if isinstance(e.data, PhaseReached)] == [10]
+    # A key file that is no key is refused by the CLI with the reason, before anything is sent
+    (tmp_path / "junk").write_text("not a key")
+    with pytest.raises(cli.CliError, match="not an OpenSSH private key"):
+        cli.signing_key(str(tmp_path / "junk"))
 
 
 async def test_set_weight_moves_the_canary_and_a_lower_weight_grows_stable_first(

@@ -361,7 +361,7 @@ def test_an_operator_command_is_obeyed_or_refused_with_a_reason(
         assert ReleaseState.model_validate_json(after.model_dump_json()) == after  # storable
         for command in decision.commands:
             publishable(command.data, command.subject_key or RID, command.event_id)
-        why = operator_refusal(state, read.data)
+        why = operator_refusal(state, read, at(20))
         live = not state.status.terminal and read.id not in state.seen_event_ids
         if why is not None:
             assert why.strip()
@@ -372,7 +372,7 @@ def test_an_operator_command_is_obeyed_or_refused_with_a_reason(
                     state.model_dump(exclude={"history", "seen_event_ids", "updated_at"})
                 )
         if isinstance(read.data, AbortRelease):  # the rollback service judges it alike
-            assert (abort_refusal(read.data, state) is None) == (why is None)
+            assert (abort_refusal(read, state, at(20)) is None) == (why is None)
 
 
 # --------------------------------------------------------------------------- 2. alerts

@@ -15,15 +15,20 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import nats
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
 from nats.js.errors import BucketNotFoundError, NoStreamResponseError, NotFoundError
 from pydantic import ValidationError
 
 from canaryflow.cli import render
+from canaryflow.runtime import operators
 from canaryflow.runtime.settings import nats_servers
 from canaryflow.runtime.store import ReleaseStore
 from canaryflow_contracts import MESSAGE_ID_HEADER, Envelope, EventData, Subjects
@@ -114,7 +119,33 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("gate", help="the gate's name in the policy")
         command.add_argument("--by", default=_default_actor(), help="who asks (recorded)")
         command.add_argument("--reason", default="", help="why (recorded)")
+        command.add_argument(
+            "--key",
+            default=os.environ.get("CANARYFLOW_OPERATOR_KEY"),
+            help="an OpenSSH ed25519 private key to sign the command with, for policies whose "
+            "operators list keys (env CANARYFLOW_OPERATOR_KEY; a passphrase in "
+            "CANARYFLOW_OPERATOR_KEY_PASSPHRASE)",
+        )
     return parser
+
+
+def signing_key(path: str) -> Ed25519PrivateKey:
+    """The operator's private key from an OpenSSH key file; CliError with what is wrong."""
+    passphrase = os.environ.get("CANARYFLOW_OPERATOR_KEY_PASSPHRASE")
+    try:
+        key = load_ssh_private_key(
+            Path(path).read_bytes(), passphrase.encode() if passphrase else None
+        )
+    except OSError as error:
+        raise CliError(f"cannot read the key {path}: {error.strerror}") from error
+    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
+        raise CliError(
+            f"{path} is not an OpenSSH private key this CLI can use ({error}); a key with a "
+            "passphrase needs CANARYFLOW_OPERATOR_KEY_PASSPHRASE"
+        ) from error
+    if not isinstance(key, Ed25519PrivateKey):
+        raise CliError(f"{path} is a {type(key).__name__}: commands are signed with ed25519 keys")
+    return key
 
 
 async def _report_nothing(error: Exception) -> None:
@@ -130,8 +161,16 @@ async def _connect(url: str) -> Client:
         raise CliError(f"cannot reach NATS at {url}: {error!r} (set NATS_URL or --nats)") from error
 
 
-async def _publish(nc: Client, subjects: Subjects, data: EventData, release_id: str) -> str:
+async def _publish(
+    nc: Client,
+    subjects: Subjects,
+    data: EventData,
+    release_id: str,
+    key: Ed25519PrivateKey | None = None,
+) -> str:
     envelope = Envelope.wrap(data, release_id=release_id, source="canaryflow/cli")
+    if key is not None:
+        envelope = operators.sign(envelope, key)
     js = nc.jetstream()
     try:
         await js.publish(
@@ -415,8 +454,10 @@ async def run(argv: Sequence[str] | None = None) -> int:
         if args.command == "watch":
             return await _watch(nc, subjects, args.release_id, args.timeout)
         event = operator_command(args)
-        await _publish(nc, subjects, event, args.release_id)
-        print(f"{args.command} sent for {args.release_id} (by {args.by})")
+        key = signing_key(args.key) if args.key else None
+        await _publish(nc, subjects, event, args.release_id, key)
+        signed = " signed" if key is not None else ""
+        print(f"{args.command} sent{signed} for {args.release_id} (by {args.by})")
         return 0
     finally:
         await nc.drain()

@@ -256,7 +256,7 @@ def decide(state: ReleaseState, event: Envelope[Any], now: datetime) -> Decision
     if event.id in state.seen_event_ids:
         if state.seen_event_ids[-1] == event.id:
             # The last thing we handled: its commands may not have gone out before a crash.
-            return Decision(None, commands_after(state, event))
+            return Decision(None, commands_after(state, event, operator_refusal(state, event, now)))
         return NO_CHANGE
     if state.status.terminal:
         return NO_CHANGE
@@ -265,7 +265,7 @@ def decide(state: ReleaseState, event: Envelope[Any], now: datetime) -> Decision
         # A fact or command about another target in this release's name is forged or
         # mistaken: it moves nothing (the executor and the rollback service refuse it too).
         return NO_CHANGE
-    refused = operator_refusal(state, data)
+    refused = operator_refusal(state, event, now)
     new: ReleaseState | None
     if refused is not None:
         # Refused: the release goes on untouched; the refusal is recorded and announced.
@@ -280,14 +280,16 @@ def decide(state: ReleaseState, event: Envelope[Any], now: datetime) -> Decision
             "seen_event_ids": [*state.seen_event_ids, event.id][-SEEN_EVENTS_LIMIT:],
         }
     )
-    return Decision(new, commands_after(new, event))
+    return Decision(new, commands_after(new, event, refused))
 
 
-def operator_refusal(state: ReleaseState, data: EventData) -> str | None:
-    """Why an operator command may not act on this release; None when it may (or is none)."""
+def operator_refusal(state: ReleaseState, event: Envelope[Any], now: datetime) -> str | None:
+    """Why an operator command may not act on this release (its actor, action, signature and
+    weight); None when it may, or when the event is no operator command."""
+    data = event.data
     if not isinstance(data, OperatorCommand):
         return None
-    why = operators.refusal(state.operators, data.actor, action_of(data))
+    why = operators.command_refusal(state.operators, event, now)
     if why is None and isinstance(data, SetWeight) and data.weight > state.max_weight:
         why = f"weight {data.weight}% is above this release's maximum of {state.max_weight}%"
     return why
@@ -537,12 +539,14 @@ def with_history(
 # --------------------------------------------------------------------------- commands
 
 
-def commands_after(state: ReleaseState, event: Envelope[Any]) -> list[Command]:
-    """What to publish once ``event`` has brought the release to ``state``."""
+def commands_after(
+    state: ReleaseState, event: Envelope[Any], refused: str | None = None
+) -> list[Command]:
+    """What to publish once ``event`` has brought the release to ``state``; ``refused``: why
+    the operator command ``event`` was refused, if it was."""
     data = event.data
     status = state.status
     rid = state.release_id
-    refused = operator_refusal(state, data)
     if refused is not None and isinstance(data, OperatorCommand):
         notice = operators.refusal_notice(state.target, data, refused)
         return [Command(notice, operators.refused_id(rid, event.id))]

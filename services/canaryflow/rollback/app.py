@@ -108,7 +108,7 @@ def build_service(
             await service.refuse(envelope, refusals)
             return
         if isinstance(data, AbortRelease):
-            why = abort_refusal(data, state)
+            why = abort_refusal(envelope, state, now())
             if why is not None:
                 log.warning("abort by %s refused: %s", data.actor, why)
                 notice = refusal_notice(state.target, data, why)

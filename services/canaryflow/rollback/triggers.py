@@ -5,15 +5,17 @@ Whether a trigger is obeyed at all (a live release of that target) is ``runtime.
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from canaryflow.runtime import operators
-from canaryflow_contracts import EventData
+from canaryflow_contracts import Envelope, EventData
 from canaryflow_contracts.events import (
     AbortRelease,
     AnalysisVerdict,
     PhaseFailed,
     RollbackRequested,
 )
-from canaryflow_contracts.policy import OperatorAction
 from canaryflow_contracts.state import ReleaseState
 
 
@@ -31,10 +33,10 @@ def reason_of(event: EventData) -> str:
     raise TypeError(f"{event.event_type()} is not a reason to roll back")
 
 
-def abort_refusal(event: AbortRelease, state: ReleaseState) -> str | None:
-    """Why this abort may not act (the policy's operators); None when it may.
+def abort_refusal(abort: Envelope[Any], state: ReleaseState, now: datetime) -> str | None:
+    """Why this abort may not act (the policy's operators, its signature); None when it may.
 
     The planner refuses the same abort for the same reason; the rollback service checks too
     because it acts on an abort without waiting for the planner.
     """
-    return operators.refusal(state.operators, event.actor, OperatorAction.ABORT)
+    return operators.command_refusal(state.operators, abort, now)

@@ -170,7 +170,9 @@ ENVIRONMENT: tuple[Variable, ...] = (
     Variable(
         "CANARYFLOW_ACK_WAIT_SECONDS",
         "How long JetStream waits for a replica's ack (or heartbeat) before it redelivers a "
-        "message to another: the longest a crashed replica's work waits.",
+        "message to another: the longest a crashed replica's work waits. Later redeliveries "
+        "of a message no replica settled wait 2, 5, 10, 20 and 40 s (never less than this), "
+        "so replicas killed one after another do not spend its deliveries in seconds.",
         "ack_wait_seconds",
     ),
     Variable(

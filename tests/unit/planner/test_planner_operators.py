@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from canaryflow.planner.machine import Command, decide
 from canaryflow.rollback.triggers import abort_refusal
 from canaryflow.runtime import operators
-from canaryflow_contracts import EventData
+from canaryflow_contracts import Envelope, EventData
 from canaryflow_contracts.events import (
     AbortRelease,
     ApplyPhase,
@@ -19,6 +21,7 @@ from canaryflow_contracts.events import (
     ReleaseStatusChanged,
     ResumeRelease,
     SetWeight,
+    parse_event,
 )
 from canaryflow_contracts.policy import OperatorAction, OperatorGrant
 from canaryflow_contracts.state import ReleaseState, ReleaseStatus
@@ -84,8 +87,9 @@ def test_the_rollback_service_refuses_the_same_abort_for_the_same_reason() -> No
     mallory = AbortRelease(actor="mallory")
     planner_reason = decide(state, envelope(mallory, "abort-1"), at(20)).commands[0].data
     assert isinstance(planner_reason, OperatorCommandRefused)
-    assert abort_refusal(mallory, state) == planner_reason.refusal
-    assert abort_refusal(AbortRelease(actor="eve@sre.example"), state) is None
+    assert abort_refusal(envelope(mallory, "abort-1"), state, at(20)) == planner_reason.refusal
+    eve = envelope(AbortRelease(actor="eve@sre.example"), "abort-2")
+    assert abort_refusal(eve, state, at(20)) is None
 
 
 def test_an_allowed_pause_is_recorded_with_who_and_why() -> None:
@@ -139,3 +143,75 @@ def test_resume_and_promote_without_a_grant_are_refused() -> None:
         after, commands = on(state, data, event_id)
         assert after.status is ReleaseStatus.ANALYSING
         assert [type(c.data) for c in commands] == [OperatorCommandRefused]
+
+
+# --------------------------------------------------------------------------- proven identity
+
+ALICE_KEY, MALLORY_KEY = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+
+
+def openssh(key: Ed25519PrivateKey) -> str:
+    line = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    return f"{line} someone@laptop"
+
+
+KEYED = [
+    OperatorGrant(subject="alice@shop", actions=list(OperatorAction), keys=[openssh(ALICE_KEY)])
+]
+
+
+def signed(data: EventData, event_id: str, key: Ed25519PrivateKey, seconds: float = 19) -> Any:
+    """The command as the CLI sends it with ``--key``, dated ``seconds`` after T0, through
+    JSON and back (the extensions must survive the wire)."""
+    command = Envelope.wrap(data, release_id=RID, source="canaryflow/cli", id=event_id)
+    command = operators.sign(command.model_copy(update={"time": at(seconds)}), key)
+    return parse_event(command.model_dump_json().encode())
+
+
+def test_a_grant_with_keys_obeys_only_a_command_its_own_key_signed() -> None:
+    state = release(KEYED)
+    pause = PauseRelease(actor="alice@shop", reason="look")
+    obeyed = decide(state, signed(pause, "p-1", ALICE_KEY), at(20))
+    assert obeyed.state is not None and obeyed.state.paused
+
+    forged = {
+        "unsigned": (envelope(pause, "p-2"), "and it is not signed"),
+        "another key": (signed(pause, "p-3", MALLORY_KEY), "signed by a key not listed"),
+        "replayed late": (signed(pause, "p-4", ALICE_KEY, seconds=-400), "signed 420 s ago"),
+    }
+    for name, (command, why) in forged.items():
+        decision = decide(state, command, at(20))
+        [notice] = [c.data for c in decision.commands]
+        assert isinstance(notice, OperatorCommandRefused), name
+        assert why in notice.refusal, (name, notice.refusal)
+        assert "only with a signature by one of their keys" in notice.refusal
+        assert decision.state is not None and not decision.state.paused, name
+
+
+def test_a_signed_command_altered_on_the_way_is_refused() -> None:
+    state = release(KEYED)
+    good = signed(PromoteNow(actor="alice@shop", reason="ship"), "pr-1", ALICE_KEY)
+    altered = good.model_copy(update={"data": PromoteNow(actor="alice@shop", reason="other")})
+    decision = decide(state, altered, at(20))
+    [notice] = [c.data for c in decision.commands]
+    assert isinstance(notice, OperatorCommandRefused)
+    assert "does not match the command" in notice.refusal
+    assert decision.state is not None and decision.state.status is ReleaseStatus.ANALYSING
+    # ... and a command for another release cannot borrow the signature either
+    moved = good.model_copy(update={"subject": "other-release"})
+    _, why = operators.proven_key(moved, at(20))
+    assert why is not None and "does not match" in why
+
+
+def test_the_rollback_service_checks_an_aborts_signature_as_the_planner_does() -> None:
+    state = release(KEYED)
+    abort = AbortRelease(actor="alice@shop")
+    assert abort_refusal(signed(abort, "a-1", ALICE_KEY), state, at(20)) is None
+    why = abort_refusal(signed(abort, "a-2", MALLORY_KEY), state, at(20))
+    planner = decide(state, signed(abort, "a-2", MALLORY_KEY), at(20)).commands[0].data
+    assert isinstance(planner, OperatorCommandRefused) and why == planner.refusal
+
+
+def test_a_policy_refuses_a_key_that_is_not_an_openssh_ed25519_key() -> None:
+    with pytest.raises(ValueError, match="ssh-ed25519"):
+        OperatorGrant(subject="a", actions=[OperatorAction.PAUSE], keys=["ssh-rsa AAAAB3Nza"])

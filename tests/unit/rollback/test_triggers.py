@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from canaryflow.rollback.triggers import abort_refusal, reason_of
+from canaryflow_contracts import Envelope
 from canaryflow_contracts.events import (
     AbortRelease,
     AnalysisVerdict,
@@ -57,6 +60,11 @@ def test_an_event_that_is_no_trigger_has_no_reason() -> None:
 def test_abort_follows_the_policy_operators() -> None:
     grants = [OperatorGrant(subject="*@sre.example", actions=[OperatorAction.ABORT])]
     state = sample_state().model_copy(update={"operators": grants})
-    assert abort_refusal(AbortRelease(actor="alice@sre.example"), state) is None
-    refusal = abort_refusal(AbortRelease(actor="mallory@example"), state)
+    now = datetime.now(UTC)
+
+    def abort(actor: str) -> Envelope[AbortRelease]:
+        return Envelope.wrap(AbortRelease(actor=actor), release_id=state.release_id, source="t")
+
+    assert abort_refusal(abort("alice@sre.example"), state, now) is None
+    refusal = abort_refusal(abort("mallory@example"), state, now)
     assert refusal is not None and "mallory@example may not abort" in refusal
