@@ -38,7 +38,9 @@ from canaryflow.dataplane.objects import (
 )
 from canaryflow.dataplane.users import Behaviour, Users
 from canaryflow.demo import shop
+from canaryflow.demo.chaos import freeze, thaw
 from canaryflow.metrics_watcher.app import SERVICE_NAME, build_service
+from canaryflow.metrics_watcher.providers.prometheus import PrometheusProvider
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
 from canaryflow_contracts import Envelope
@@ -52,6 +54,9 @@ from canaryflow_contracts.events import (
     VersionSpec,
 )
 from canaryflow_contracts.state import ReleaseState, ReleaseStatus
+from canaryflow_stack import stack as stack_manager
+from canaryflow_stack.config import Settings as StackSettings
+from canaryflow_stack.procs import PidRecord
 
 pytestmark = pytest.mark.stack
 
@@ -406,3 +411,27 @@ async def test_a_canary_judged_at_the_gateway_fails_on_the_errors_traefik_answer
         f"gateway: canary error-rate {errors.value:.3f} over {size.value:.0f} requests, "
         f"baseline {baseline.value:.3f}; canary p99 {latency.value:.3f} s; users saw {failed}"
     )
+
+
+async def test_prometheus_says_how_long_it_collected_nothing_within_a_window(
+    stack: StackEnv, stack_settings: StackSettings
+) -> None:
+    """The hole a frozen Prometheus leaves in a window, as the metrics-watcher asks for it
+    (``collection_gap``): about one scrape interval when healthy, the freeze when it was
+    frozen (SIGSTOP, as the fault campaign does; the stack scrapes every second)."""
+    prometheus = PrometheusProvider(stack.prometheus_url, timeout_seconds=10)
+    try:
+        healthy = await prometheus.collection_gap(10)
+        assert healthy is not None and healthy < 3, healthy
+        pid = PidRecord.load(stack_manager.pidfile(stack_settings, "prometheus"))
+        assert pid is not None
+        await freeze(pid.pid, 6)
+
+        after = await prometheus.collection_gap(10)
+        assert after is not None and 5 <= after <= 10, after
+        # A window that no longer reaches back to the freeze has no hole in it.
+        await asyncio.sleep(3)
+        assert (await prometheus.collection_gap(2) or 0) < 3
+    finally:
+        thaw()
+        await prometheus.aclose()

@@ -31,7 +31,7 @@ from canaryflow.metrics_watcher.measure import (
 )
 from canaryflow.metrics_watcher.policies import PolicyProblem, PolicySource
 from canaryflow.metrics_watcher.progress import AnalysisProgress, ProgressStore, Saved
-from canaryflow.metrics_watcher.providers import MetricProvider, ProviderPool
+from canaryflow.metrics_watcher.providers import MetricProvider, ProviderError, ProviderPool
 from canaryflow.metrics_watcher.schedule import extended_offsets, first_due_tick, still_analysing
 from canaryflow.metrics_watcher.templates import (
     QueryContext,
@@ -82,6 +82,13 @@ TAKE_OVER_ATTEMPTS = 5
 # the fault campaign (make chaos): canaries passed 4-8 s after Prometheus came back from a
 # 15 s freeze, on windows that reached back into it.
 SLOW_ANSWER_SECONDS = 5.0
+# A window in which the metrics source collected nothing for longer than this share of it is
+# not judged. Why: an outage this service never saw (it began and ended before the analysis
+# did, or between two ticks of a replica that was then killed) still leaves the window with a
+# hole; the fault campaign saw canaries pass 6 s after a 17 s Prometheus freeze on windows that
+# reached back into it. Half: a healthy scrape interval is far below half a window (rate()
+# needs several samples in it), so only an outage trips it.
+MAX_GAP_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -202,6 +209,9 @@ class Analyst:
                         f"the metrics source was unavailable {max(since, 0):.1f}s ago, within "
                         f"the {analysis.window_seconds:g}s window the queries cover"
                     )
+            # An outage it never saw; not one that starts a window of blindness (it is measured).
+            if not errors and (gap := await _collection_gap(provider, analysis.window_seconds)):
+                errors.append(gap)
             last = tick == len(offsets) - 1
             result, action, reason = verdict(
                 checks,
@@ -361,6 +371,21 @@ class Analyst:
 
     def _elapsed(self, job: AnalysisJob) -> float:
         return (self._clock.now() - job.anchor).total_seconds()
+
+
+async def _collection_gap(provider: MetricProvider, window_seconds: float) -> str | None:
+    """Why the window cannot be judged when its source collected nothing for over
+    ``MAX_GAP_SHARE`` of it; None when it collected all along (or cannot tell)."""
+    try:
+        gap = await provider.collection_gap(window_seconds)
+    except ProviderError as error:
+        return str(error)
+    if gap is None or gap <= window_seconds * MAX_GAP_SHARE:
+        return None
+    return (
+        f"{provider.name} collected no sample for {gap:.0f}s of the {window_seconds:g}s window "
+        "the queries cover (stopped or frozen)"
+    )
 
 
 def _verdict(

@@ -95,9 +95,13 @@ class FakeProvider:
     queries: list[str] = field(default_factory=list)
     ticks: int = 0
     name: str = "fake"
+    gap: float | None = None  # what collection_gap answers
 
     def _scene(self, scenes: list[Scene | str]) -> Scene | str:
         return scenes[min(self.ticks - 1, len(scenes) - 1)]
+
+    async def collection_gap(self, window_seconds: float) -> float | None:
+        return self.gap
 
     async def is_online(self) -> bool:
         self.ticks += 1

@@ -225,6 +225,27 @@ async def test_no_pass_while_the_window_reaches_back_into_an_outage() -> None:
     assert final is not None and final.result is VerdictResult.PASS
 
 
+async def test_no_pass_on_a_window_with_a_hole_this_service_never_saw() -> None:
+    """Found by make chaos: a 17 s Prometheus freeze ended before the step's analysis began,
+    and canaries passed 6 s later on 10 s windows that reached back into it. The source says
+    how long it collected nothing: more than half the window is not judged."""
+
+    class Holed(FakeProvider):
+        async def collection_gap(self, window_seconds: float) -> float | None:
+            assert window_seconds == 30  # the policy's window
+            return [17.0, 15.1, 15.0, 2.0][min(self.ticks - 1, 3)]
+
+    rig = Rig(Holed([HEALTHY]))
+    final = await rig.run(hold=15)  # ticks at 0, 5, 10, 15
+
+    results = [v.result for v in rig.published.verdicts]
+    reasons = [v.reason for v in rig.published.verdicts]
+    # 17 s and 15.1 s of 30 s are holes; exactly half is judged (a long scrape interval).
+    assert results == [VerdictResult.INSUFFICIENT_DATA] * 2 + [VerdictResult.PASS] * 2, reasons
+    assert "fake collected no sample for 17s of the 30s window" in reasons[0], reasons
+    assert final is not None and final.result is VerdictResult.PASS
+
+
 async def test_a_late_answer_counts_as_an_outage_of_the_metrics_source() -> None:
     clock = FakeClock()
 

@@ -60,6 +60,10 @@ class Counters:
     ticks: int = 0
     queries: list[str] = field(default_factory=list)
     name: str = "counters"
+    gap: float | None = None  # what collection_gap answers
+
+    async def collection_gap(self, window_seconds: float) -> float | None:
+        return self.gap
 
     async def is_online(self) -> bool:
         self.ticks += 1

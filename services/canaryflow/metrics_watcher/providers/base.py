@@ -1,9 +1,10 @@
 """The interface every metrics backend implements, kept tiny on purpose.
 
-The analysis needs three things: "evaluate this query to one number", "evaluate it to one
-number per value of a label" (histogram buckets by ``le``, for the latency comparison) and
-"can I reach you at all". Nothing richer (ranges, raw samples) is asked of a backend: the
-statistics are built on cumulative counts read at each tick.
+The analysis needs four things: "evaluate this query to one number", "evaluate it to one
+number per value of a label" (histogram buckets by ``le``, for the latency comparison), "can
+I reach you at all" and "did you collect all along the window". Nothing richer (ranges, raw
+samples) is asked of a backend: the statistics are built on cumulative counts read at each
+tick.
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ class MetricProvider(Protocol):
 
     async def is_online(self) -> bool:
         """Whether the backend answers a trivial query right now."""
+        ...
+
+    async def collection_gap(self, window_seconds: float) -> float | None:
+        """The longest stretch within the last ``window_seconds`` in which the backend
+        collected no sample at all (it was stopped or frozen); None when it cannot tell.
+
+        Raises ProviderError when the backend cannot answer.
+        """
         ...
 
     async def aclose(self) -> None: ...

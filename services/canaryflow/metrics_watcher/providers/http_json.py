@@ -123,5 +123,9 @@ class HttpJsonProvider:
             return False
         return True
 
+    async def collection_gap(self, window_seconds: float) -> float | None:
+        """Unknown: an HTTP JSON source says nothing about how it collects."""
+        return None
+
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -16,6 +16,9 @@ import httpx
 from canaryflow.metrics_watcher.providers.base import ProviderError
 
 DEFAULT_TIMEOUT_SECONDS = 2.0
+# At each instant of the window (a subquery), how old the freshest scrape of any target was;
+# its maximum is the longest time Prometheus collected nothing. Every Prometheus has ``up``.
+COLLECTION_GAP_QUERY = "max_over_time((time() - max(timestamp(up)))[{window}s:{step}s])"
 
 
 class PrometheusProvider:
@@ -58,6 +61,11 @@ class PrometheusProvider:
             return await self.query("vector(1)") == 1.0
         except ProviderError:
             return False
+
+    async def collection_gap(self, window_seconds: float) -> float | None:
+        window = max(1, math.ceil(window_seconds))
+        step = max(1, math.ceil(window / 300))  # at most 300 points, whatever the window
+        return await self.query(COLLECTION_GAP_QUERY.format(window=window, step=step))
 
     async def aclose(self) -> None:
         await self._client.aclose()
