@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from canaryflow_contracts.envelope import Envelope, EventData, envelope_of
 from canaryflow_contracts.identifiers import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, IMAGE_PATTERN
-from canaryflow_contracts.policy import Analysis, Hook
+from canaryflow_contracts.policy import Analysis, Hook, OperatorAction
 
 
 class _Part(BaseModel):
@@ -264,6 +264,18 @@ class ReleaseFailed(_ReleaseOutcome):
     )
 
 
+class StatusChange(StrEnum):
+    """What a ``ReleaseStatusChanged`` announces."""
+
+    APPLYING = "applying"  # the next step is being put in place
+    PAUSED = "paused"  # held for a person (or by one), until resumed
+    RESUMED = "resumed"
+    WAITING = "waiting"  # on a gate or a hook
+    EXTENDED = "extended"  # the step's hold goes on, on the same data
+    PROMOTING = "promoting"
+    ROLLING_BACK = "rolling_back"
+
+
 class ReleaseStatusChanged(EventData):
     """Owner: planner. A non-terminal change a person should see: paused, resumed, waiting."""
 
@@ -271,7 +283,7 @@ class ReleaseStatusChanged(EventData):
     event_name = "status"
 
     target: TargetRef
-    status: str
+    status: StatusChange
     detail: str
 
 
@@ -496,7 +508,7 @@ class OperatorCommandRefused(EventData):
     event_name = "refused"
 
     target: TargetRef
-    action: str = Field(description="What was asked: pause, resume, abort, promote, set-weight.")
+    action: OperatorAction = Field(description="What was asked.")
     actor: str
     reason: str = Field(default="", description="Why the person asked.")
     refusal: str = Field(description="Why it was refused.")

@@ -421,6 +421,7 @@ async def test_prometheus_says_how_long_it_collected_nothing_within_a_window(
     frozen (SIGSTOP, as the fault campaign does; the stack scrapes every second)."""
     prometheus = PrometheusProvider(stack.prometheus_url, timeout_seconds=10)
     try:
+
         async def healthy() -> float | None:
             gap = await prometheus.collection_gap(10)
             return gap if gap is not None and gap < 3 else None

@@ -53,6 +53,7 @@ from canaryflow_contracts.events import (
     RollbackRequested,
     RunHook,
     SetWeight,
+    StatusChange,
     TargetRef,
     VerdictAction,
     VerdictResult,
@@ -576,20 +577,20 @@ def commands_after(
                 target=state.target, reason=state.outcome_reason, requested_by=SOURCE
             )
             return [
-                _status(state, event.id, "rolling_back", state.outcome_reason),
+                _status(state, event.id, StatusChange.ROLLING_BACK, state.outcome_reason),
                 Command(rollback, f"{rid}.rollback.{short_digest(event.id)}"),
             ]
         return after_wait(state, event.id)
     if isinstance(data, AnalysisVerdict):
         if data.action is VerdictAction.EXTEND and status is ReleaseStatus.ANALYSING:
             detail = f"step {state.step_index + 1} hold extended: {data.reason}"
-            return [_status(state, event.id, "extended", detail)]
+            return [_status(state, event.id, StatusChange.EXTENDED, detail)]
         if not (data.final or _rolls_back(data)):
             return []
         return _entry_commands(state, event.id)
     if isinstance(data, ResumeRelease) and status is ReleaseStatus.ANALYSING and not state.paused:
         verdict = state.last_verdict
-        status_change = _status(state, event.id, "resumed", "analysis continues")
+        status_change = _status(state, event.id, StatusChange.RESUMED, "analysis continues")
         if verdict is not None and verdict.final and verdict.step_index == state.step_index:
             again = request_analysis(
                 state, f"{rid}.analyse.{state.step_index}.{short_digest(event.id)}"
@@ -620,7 +621,7 @@ def commands_after(
             target=state.target, reason=state.outcome_reason, requested_by=SOURCE
         )
         return [
-            _status(state, event.id, "rolling_back", retry),
+            _status(state, event.id, StatusChange.ROLLING_BACK, retry),
             Command(request, f"{rid}.rollback.f{state.rollback_failures}"),
         ]
     if isinstance(data, RollbackCompleted) and status is ReleaseStatus.ROLLED_BACK:
@@ -643,7 +644,7 @@ def _entry_commands(state: ReleaseState, trigger_id: str) -> list[Command]:
     """The commands for the status a (non-terminal) transition just entered."""
     if state.status is ReleaseStatus.ROLLING_BACK:
         # The rollback service consumes the trigger itself; we only tell people.
-        return [_status(state, trigger_id, "rolling_back", state.outcome_reason)]
+        return [_status(state, trigger_id, StatusChange.ROLLING_BACK, state.outcome_reason)]
     if state.paused:
         verdict = state.last_verdict
         waiting = (
@@ -651,7 +652,7 @@ def _entry_commands(state: ReleaseState, trigger_id: str) -> list[Command]:
             if verdict is not None and verdict.final and verdict.step_index == state.step_index
             else "held by an operator"
         )
-        return [_status(state, trigger_id, "paused", f"{waiting}; waiting for resume")]
+        return [_status(state, trigger_id, StatusChange.PAUSED, f"{waiting}; waiting for resume")]
     if state.status is ReleaseStatus.WAITING:
         return _waiting_commands(state, trigger_id)
     if state.status is ReleaseStatus.APPLYING:
@@ -659,14 +660,14 @@ def _entry_commands(state: ReleaseState, trigger_id: str) -> list[Command]:
             _status(
                 state,
                 trigger_id,
-                "applying",
+                StatusChange.APPLYING,
                 f"step {state.step_index + 1} of {len(state.steps)}",
             ),
             apply_phase(state),
         ]
     if state.status is ReleaseStatus.PROMOTING:
         return [
-            _status(state, trigger_id, "promoting", state.version.image),
+            _status(state, trigger_id, StatusChange.PROMOTING, state.version.image),
             request_promotion(state),
         ]
     return []
@@ -690,10 +691,10 @@ def _waiting_commands(state: ReleaseState, trigger_id: str) -> list[Command]:
             f"gate {hook.name} ({hook.type.value}) waits to be opened until {until} UTC: "
             f"canaryflow open-gate {state.release_id} {hook.name}"
         )
-        return [_status(state, trigger_id, "waiting", detail)]
+        return [_status(state, trigger_id, StatusChange.WAITING, detail)]
     where = hook.url or "the bus"
     detail = f"{hook.type.value} hook {hook.name} runs ({where}), until {until} UTC"
-    return [_status(state, trigger_id, "waiting", detail), run_hook(state, hook)]
+    return [_status(state, trigger_id, StatusChange.WAITING, detail), run_hook(state, hook)]
 
 
 def run_hook(state: ReleaseState, hook: Hook) -> Command:
@@ -717,7 +718,7 @@ def release_failed(state: ReleaseState, leftovers: list[str]) -> ReleaseFailed:
     return ReleaseFailed(target=state.target, summary=summary, leftovers=leftovers)
 
 
-def _status(state: ReleaseState, trigger_id: str, status: str, detail: str) -> Command:
+def _status(state: ReleaseState, trigger_id: str, status: StatusChange, detail: str) -> Command:
     changed = ReleaseStatusChanged(target=state.target, status=status, detail=detail)
     return Command(changed, f"{state.release_id}.status.{short_digest(trigger_id)}")
 

@@ -183,7 +183,7 @@ def proven_key(command: Envelope[Any], now: datetime) -> tuple[str | None, str |
 def refusal_notice(target: TargetRef, command: OperatorCommand, why: str) -> OperatorCommandRefused:
     return OperatorCommandRefused(
         target=target,
-        action=action_of(command).value,
+        action=action_of(command),
         actor=command.actor,
         reason=command.reason,
         refusal=why,

@@ -21,14 +21,15 @@ from canaryflow_contracts.events import (
     ReleaseRolledBack,
     ReleaseStatusChanged,
     ReleaseSucceeded,
+    StatusChange,
 )
 from canaryflow_contracts.policy import Notify, NotifyOn
 
 # ReleaseStatusChanged statuses worth interrupting someone for.
 STATUS_KINDS = {
-    "paused": NotifyOn.PAUSED,
-    "waiting": NotifyOn.WAITING,
-    "rolling_back": NotifyOn.ROLLING_BACK,
+    StatusChange.PAUSED: NotifyOn.PAUSED,
+    StatusChange.WAITING: NotifyOn.WAITING,
+    StatusChange.ROLLING_BACK: NotifyOn.ROLLING_BACK,
 }
 
 
