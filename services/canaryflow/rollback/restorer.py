@@ -139,10 +139,12 @@ class Restorer:
             )
         if plan.remove_canary:
             await self._remove_canary(target, release_id)
+        # Every user is on stable by now (finalized routes, no canary pod): giving the routes
+        # back may still wait for the target's Service to settle, which users do not see.
+        traffic_back_at = self.now() if plan.changes_something else None
         if ours:
             for router in routers:
                 await router.remove(target)
-        traffic_back_at = self.now() if plan.changes_something else None
         # The canary's configuration goes with it, unless stable names it (a promoted release).
         stable = await kube.call(kube.read_deployment, self.api, namespace, target.name)
         keep = bundles.references(stable["spec"]["template"]).config_maps if stable else set()
