@@ -97,6 +97,11 @@ class ReleaseState(BaseModel):
     step_index: int = 0
     paused: bool = False
     paused_at: datetime | None = None
+    held_or_resumed_at: datetime | None = Field(
+        default=None,
+        description="When the latest pause or resume command obeyed or seen was sent (its "
+        "time): an older one arriving later is stale.",
+    )
     canary_weight: float = 0.0
     phase_started_at: datetime
     ready_deadline: datetime

@@ -275,6 +275,11 @@ def decide(state: ReleaseState, event: Envelope[Any], now: datetime) -> Decision
         new = _transition(state, event, now)
     if new is None:
         return NO_CHANGE
+    inert = isinstance(data, PauseRelease | ResumeRelease) and new.paused == state.paused
+    if refused is None and inert:
+        # Recorded only (sent before the latest, or nothing to change): nothing to publish,
+        # and not marked seen, so that a redelivery is judged the same way again.
+        return Decision(new.model_copy(update={"updated_at": now}), [])
     new = new.model_copy(
         update={
             "updated_at": now,
@@ -355,16 +360,8 @@ def _transition(state: ReleaseState, event: Envelope[Any], now: datetime) -> Rel
         actor = data.requested_by if isinstance(data, RollbackRequested) else data.actor
         name = "rollback-requested" if isinstance(data, RollbackRequested) else "aborted"
         return _rolling_back(state, now, name, data.reason or name, actor)
-    if isinstance(data, PauseRelease):
-        if not in_flight or state.paused:
-            return None
-        return _log(state, now, "paused", data.reason, data.actor).model_copy(
-            update={"paused": True, "paused_at": now}
-        )
-    if isinstance(data, ResumeRelease):
-        if not in_flight or not state.paused:
-            return None
-        return _on_resume(state, now, data)
+    if isinstance(data, PauseRelease | ResumeRelease):
+        return _pause_or_resume(state, event, now) if in_flight else None
     if isinstance(data, SetWeight):
         return _set_weight(state, now, data) if in_flight else None
     if isinstance(data, PromoteNow):
@@ -473,6 +470,35 @@ def _passed(verdict: VerdictSummary) -> bool:
     if verdict.result is VerdictResult.PASS:
         return True
     return verdict.result is VerdictResult.INCONCLUSIVE and verdict.action is VerdictAction.CONTINUE
+
+
+def _pause_or_resume(
+    state: ReleaseState, event: Envelope[Any], now: datetime
+) -> ReleaseState | None:
+    """Pause and resume in the order they were sent, not the order they arrive.
+
+    Why: the planner handles several messages at once and a redelivery comes late, so a pause
+    sent before a resume can be handled after it and hold the release until its pause deadline
+    rolls it back. Each one's send time is kept (a resume of a release not paused included), and
+    one sent before the latest is ignored, with a line in the history.
+    """
+    data = event.data
+    sent = event.time
+    latest = state.held_or_resumed_at
+    if latest is not None and sent < latest:
+        what = "pause" if isinstance(data, PauseRelease) else "resume"
+        detail = f"{what} sent {sent.isoformat()} ignored: one sent {latest.isoformat()} came first"
+        return _log(state, now, "stale-command", detail, data.actor)
+    stamped = state.model_copy(update={"held_or_resumed_at": sent})
+    if isinstance(data, PauseRelease):
+        if state.paused:
+            return stamped
+        return _log(stamped, now, "paused", data.reason, data.actor).model_copy(
+            update={"paused": True, "paused_at": now}
+        )
+    if not state.paused:
+        return stamped
+    return _on_resume(stamped, now, data)
 
 
 def _on_resume(state: ReleaseState, now: datetime, resume: ResumeRelease) -> ReleaseState:

@@ -336,7 +336,12 @@ def test_events_after_a_terminal_state_change_nothing() -> None:
 
 def test_operator_commands_that_do_not_apply_are_ignored() -> None:
     state = accepted()
-    assert decide(state, envelope(ResumeRelease(actor="a"), "r"), at(1)).state is None
+    # A resume of a release not paused changes nothing and publishes nothing; only its send
+    # time is kept, so that a pause sent before it and handled after it is known as stale.
+    resumed = decide(state, envelope(ResumeRelease(actor="a"), "r"), at(1))
+    assert resumed.commands == [] and resumed.state is not None
+    unchanged = {"held_or_resumed_at", "updated_at"}
+    assert resumed.state.model_dump(exclude=unchanged) == state.model_dump(exclude=unchanged)
     promoting = state.model_copy(update={"status": ReleaseStatus.PROMOTING})
     assert decide(promoting, envelope(PauseRelease(actor="a"), "p"), at(1)).state is None
     assert decide(promoting, envelope(PromoteNow(actor="a"), "n"), at(1)).state is None

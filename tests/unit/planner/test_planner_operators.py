@@ -215,3 +215,41 @@ def test_the_rollback_service_checks_an_aborts_signature_as_the_planner_does() -
 def test_a_policy_refuses_a_key_that_is_not_an_openssh_ed25519_key() -> None:
     with pytest.raises(ValueError, match="ssh-ed25519"):
         OperatorGrant(subject="a", actions=[OperatorAction.PAUSE], keys=["ssh-rsa AAAAB3Nza"])
+
+
+# --------------------------------------------------------------------------- command order
+
+
+def sent_at(data: EventData, event_id: str, seconds: float) -> Envelope[Any]:
+    command = envelope(data, event_id)
+    return command.model_copy(update={"time": at(seconds)})
+
+
+def test_a_pause_sent_before_a_resume_but_handled_after_it_does_not_hold_the_release() -> None:
+    """Found by reading the handler: the planner handles several messages at once and a
+    redelivery comes late, so "pause, then resume" can arrive as "resume, then pause"; obeyed
+    as it arrives, the release would stay paused until its pause deadline rolled it back."""
+    state = release()
+    resume = decide(state, sent_at(ResumeRelease(actor="alice@shop"), "r-1", 12), at(20))
+    assert resume.commands == [] and resume.state is not None  # nothing to resume: recorded
+    assert not resume.state.paused and resume.state.held_or_resumed_at == at(12)
+
+    late_pause = decide(resume.state, sent_at(PauseRelease(actor="alice@shop"), "p-1", 11), at(21))
+    assert late_pause.commands == []
+    assert late_pause.state is not None and not late_pause.state.paused
+    assert late_pause.state.history[-1].event == "stale-command"
+    assert "came first" in late_pause.state.history[-1].detail
+
+
+def test_pause_and_resume_in_their_order_are_obeyed_and_a_later_pause_holds_again() -> None:
+    state = release()
+    paused = decide(state, sent_at(PauseRelease(actor="alice@shop"), "p-1", 11), at(20)).state
+    assert paused is not None and paused.paused
+    resumed = decide(paused, sent_at(ResumeRelease(actor="alice@shop"), "r-1", 12), at(21))
+    assert resumed.state is not None and not resumed.state.paused
+    assert any(isinstance(c.data, ReleaseStatusChanged) for c in resumed.commands)
+    again = decide(resumed.state, sent_at(PauseRelease(actor="alice@shop"), "p-2", 13), at(22))
+    assert again.state is not None and again.state.paused
+    # A second pause while paused changes nothing and publishes nothing.
+    twice = decide(again.state, sent_at(PauseRelease(actor="alice@shop"), "p-3", 14), at(23))
+    assert twice.commands == [] and twice.state is not None and twice.state.paused
