@@ -7,10 +7,12 @@ it, always with compare-and-set on the KV revision.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from canaryflow_contracts.events import (
     ContainerResources,
@@ -137,3 +139,32 @@ class ReleaseState(BaseModel):
     @property
     def current_step(self) -> PlannedStep:
         return self.steps[min(self.step_index, len(self.steps) - 1)]
+
+
+def read_state(raw: bytes | str) -> ReleaseState:
+    """A stored release state, written by this version or a newer one.
+
+    Why: during a rolling upgrade a newer planner writes fields this version does not know, and
+    the models forbid unknown fields (so that a typo in a policy is refused). Read strictly,
+    every handler that reads the state fails: in the fault campaign the rollback services, one
+    commit older than the planner, dead-lettered every rollback of a run and left canaries
+    behind. So a reader keeps what it understands: fields it does not know are dropped, at any
+    depth; anything else invalid still raises.
+    """
+    data = json.loads(raw)
+    try:
+        return ReleaseState.model_validate(data)
+    except ValidationError as error:
+        unknown = [e["loc"] for e in error.errors() if e["type"] == "extra_forbidden"]
+        if not unknown:
+            raise
+        for location in unknown:
+            _drop(data, location)
+        return ReleaseState.model_validate(data)
+
+
+def _drop(data: Any, location: tuple[int | str, ...]) -> None:
+    *path, last = location
+    for step in path:
+        data = data[step]
+    del data[last]

@@ -15,7 +15,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysEr
 from nats.js.kv import KeyValue
 
 from canaryflow_contracts.events import TargetRef
-from canaryflow_contracts.state import ReleaseState
+from canaryflow_contracts.state import ReleaseState, read_state
 
 
 class StaleWrite(Exception):
@@ -47,7 +47,7 @@ class ReleaseStore:
             return None
         if entry.value is None or entry.revision is None:
             return None
-        return Versioned(ReleaseState.model_validate_json(entry.value), entry.revision)
+        return Versioned(read_state(entry.value), entry.revision)
 
     async def create(self, state: ReleaseState) -> int:
         try:
