@@ -21,6 +21,7 @@ and the overhead reported is the median of the rounds' paired on/off differences
     .venv/bin/python bench/tracing_overhead.py [--events 300] [--rounds 11] [--service planner]
 """
 
+from canaryflow.runtime import conventions
 from __future__ import annotations
 
 import argparse
@@ -562,11 +563,11 @@ async def _rollback(settings: Any, store: Any, releases: list[str], publish: Pub
     for rid in releases:
         # Stable one pod short with its restore point, and a canary: a step 1 to undo.
         stable = _deployment(rid, "web", 9, {"app": "web"})
-        point = kube.RestorePoint(rid, 10, copy.deepcopy(stable["spec"]["template"]))
+        point = conventions.RestorePoint(rid, 10, copy.deepcopy(stable["spec"]["template"]))
         stable["metadata"]["annotations"] = point.annotations()
         kube.create_deployment(api, stable)
-        canary = _deployment(rid, "web-canary", 1, {"app": "web", kube.TRACK_LABEL: "canary"})
-        canary["metadata"]["labels"] = {kube.RELEASE_LABEL: rid}
+        canary = _deployment(rid, "web-canary", 1, {"app": "web", conventions.TRACK_LABEL: "canary"})
+        canary["metadata"]["labels"] = {conventions.RELEASE_LABEL: rid}
         kube.create_deployment(api, canary)
 
     def command(state: Any) -> RollbackRequested:

@@ -20,7 +20,7 @@ from tests.support import StackEnv, async_wait_until
 from tests.unit.support_state import sample_state
 
 from canaryflow.demo import shop
-from canaryflow.runtime.kube import readiness_of
+from canaryflow.runtime.conventions import readiness_of
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
 from canaryflow.runtime.store import ReleaseStore

@@ -38,7 +38,7 @@ from tests.support import StackEnv, async_wait_until
 
 from canaryflow.demo.faults import ready_pods_by_track
 from canaryflow.executor.app import SERVICE_NAME, build_service
-from canaryflow.runtime import kube as kube_conventions
+from canaryflow.runtime import conventions
 from canaryflow.runtime.service import Service
 from canaryflow_contracts import Envelope
 from canaryflow_contracts.events import (
@@ -162,11 +162,11 @@ async def test_steps_are_reported_in_place_then_promoted(
     assert canary is not None
     assert container_of(canary)["image"] == V2.image
     assert env_of(canary) == {"CHECKOUT_LAYOUT": "new"}
-    assert canary["metadata"]["labels"][kube_conventions.TRACK_LABEL] == "canary"
-    assert canary["metadata"]["labels"][kube_conventions.RELEASE_LABEL] == rid
+    assert canary["metadata"]["labels"][conventions.TRACK_LABEL] == "canary"
+    assert canary["metadata"]["labels"][conventions.RELEASE_LABEL] == rid
     assert canary["spec"]["selector"]["matchLabels"] == {
         "app": NAME,
-        kube_conventions.TRACK_LABEL: "canary",
+        conventions.TRACK_LABEL: "canary",
     }
     assert (canary["status"]["readyReplicas"], canary["spec"]["replicas"]) == (1, 1)
     stable = read(kube, namespace, NAME)
@@ -175,11 +175,11 @@ async def test_steps_are_reported_in_place_then_promoted(
     assert container_of(stable)["image"] == image("v1")
     baseline = read(kube, namespace, f"{NAME}-baseline")
     assert baseline is not None and container_of(baseline)["image"] == image("v1")
-    assert baseline["metadata"]["labels"][kube_conventions.TRACK_LABEL] == "baseline"
+    assert baseline["metadata"]["labels"][conventions.TRACK_LABEL] == "baseline"
     annotations = stable["metadata"]["annotations"]
-    assert annotations[kube_conventions.STABLE_REPLICAS_ANNOTATION] == str(FULL_SIZE)
-    assert annotations[kube_conventions.RELEASE_ANNOTATION] == rid
-    recorded = json.loads(annotations[kube_conventions.RESTORE_TEMPLATE_ANNOTATION])
+    assert annotations[conventions.STABLE_REPLICAS_ANNOTATION] == str(FULL_SIZE)
+    assert annotations[conventions.RELEASE_ANNOTATION] == rid
+    recorded = json.loads(annotations[conventions.RESTORE_TEMPLATE_ANNOTATION])
     assert recorded == original["spec"]["template"]
     # The target's Service (selector app=web) spreads traffic over both tracks.
     assert ready_pods_by_track(kube, namespace, f"app={NAME}") == {
@@ -224,7 +224,7 @@ async def test_steps_are_reported_in_place_then_promoted(
     assert env_of(stable) == {"CHECKOUT_LAYOUT": "new"}
     assert (stable["spec"]["replicas"], stable["status"]["readyReplicas"]) == (4, 4)
     assert stable["status"]["updatedReplicas"] == 4
-    for key in kube_conventions.RESTORE_ANNOTATIONS:
+    for key in conventions.RESTORE_ANNOTATIONS:
         assert key not in (stable["metadata"].get("annotations") or {})
     assert read(kube, namespace, f"{NAME}-canary") is None
     assert read(kube, namespace, f"{NAME}-baseline") is None
@@ -264,7 +264,7 @@ async def test_a_canary_that_never_becomes_ready_fails_at_its_deadline(
     stable = read(kube, namespace, NAME)
     assert stable is not None
     assert (stable["spec"]["replicas"], stable["status"]["readyReplicas"]) == (4, 4)
-    assert stable["metadata"]["annotations"][kube_conventions.RELEASE_ANNOTATION] == rid
+    assert stable["metadata"]["annotations"][conventions.RELEASE_ANNOTATION] == rid
     assert await events.count(PhaseReached, rid) == 0
 
 
@@ -282,7 +282,7 @@ async def test_a_single_replica_target_cannot_be_split(
     assert read(kube, namespace, f"{NAME}-canary") is None
     stable = read(kube, namespace, NAME)
     assert stable is not None
-    assert kube_conventions.STABLE_REPLICAS_ANNOTATION not in (
+    assert conventions.STABLE_REPLICAS_ANNOTATION not in (
         stable["metadata"].get("annotations") or {}
     )
 
@@ -337,7 +337,7 @@ async def test_a_command_for_a_target_without_a_policy_is_refused(
     assert read(kube, namespace, f"{NAME}-canary") is None
     stable = read(kube, namespace, NAME)
     assert stable is not None
-    assert kube_conventions.RELEASE_ANNOTATION not in (stable["metadata"].get("annotations") or {})
+    assert conventions.RELEASE_ANNOTATION not in (stable["metadata"].get("annotations") or {})
 
 
 async def test_a_step_stops_when_the_target_is_restored_under_it(
@@ -359,7 +359,7 @@ async def test_a_step_stops_when_the_target_is_restored_under_it(
     # restore point removed)
     apps = client.AppsV1Api(kube)
     await asyncio.to_thread(apps.delete_namespaced_deployment, f"{NAME}-canary", namespace)
-    clear = {"metadata": {"annotations": dict.fromkeys(kube_conventions.RESTORE_ANNOTATIONS)}}
+    clear = {"metadata": {"annotations": dict.fromkeys(conventions.RESTORE_ANNOTATIONS)}}
     await asyncio.to_thread(apps.patch_namespaced_deployment, NAME, namespace, clear)
 
     # Then the executor gives the step up long before its deadline, reporting nothing and
@@ -373,6 +373,6 @@ async def test_a_step_stops_when_the_target_is_restored_under_it(
     stable = read(kube, namespace, NAME)
     assert stable is not None
     assert stable["spec"]["replicas"] == FULL_SIZE
-    assert kube_conventions.RELEASE_ANNOTATION not in (stable["metadata"].get("annotations") or {})
+    assert conventions.RELEASE_ANNOTATION not in (stable["metadata"].get("annotations") or {})
     assert await events.count(PhaseFailed, rid) == 0
     assert await events.count(PhaseReached, rid) == 0

@@ -39,8 +39,8 @@ from tests.support import StackEnv, async_wait_until, client_with_token, narrow_
 from canaryflow.demo.faults import ready_pods_by_track
 from canaryflow.planner.app import build_service as build_planner
 from canaryflow.rollback.app import SERVICE_NAME, build_service
-from canaryflow.runtime import kube as conventions
-from canaryflow.runtime.kube import readiness_of
+from canaryflow.runtime import conventions
+from canaryflow.runtime.conventions import readiness_of
 from canaryflow.runtime.service import Service
 from canaryflow_contracts.events import (
     AbortRelease,

@@ -42,8 +42,8 @@ from canaryflow.metrics_watcher.policies import PolicyProblem, parse_policy
 from canaryflow.metrics_watcher.webhook import MAX_BODY_BYTES, receive, respond
 from canaryflow.planner import machine
 from canaryflow.planner.machine import decide, operator_refusal
-from canaryflow.planner.planning import Refusal
-from canaryflow.planner.validation import Admission, check_request
+from canaryflow.planner.planning import Admission, Refusal
+from canaryflow.planner.validation import check_request
 from canaryflow.rollback.triggers import abort_refusal
 from canaryflow.runtime.bus import decode
 from canaryflow.runtime.decoding import BodyOverLimit, check_limits

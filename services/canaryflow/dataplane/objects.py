@@ -15,7 +15,7 @@ from kubernetes import client
 
 from canaryflow.dataplane.load import PAGES_ANNOTATION, RATE_ANNOTATION, USERS_LABEL
 from canaryflow.runtime.behaviour import CONFIGMAP_NAME
-from canaryflow.runtime.kube import TRACK_LABEL
+from canaryflow.runtime.conventions import TRACK_LABEL
 
 SERVING_GATE = "canaryflow.io/serving"
 """The readiness gate of a pod that is Ready only once its listener answers. KWOK leaves such

@@ -21,7 +21,7 @@ from pathlib import Path
 from kubernetes import client
 
 from canaryflow.demo.launcher import RunningService, ServiceLauncher
-from canaryflow.runtime.kube import TRACK_LABEL
+from canaryflow.runtime.conventions import TRACK_LABEL
 
 LOG_POLL_SECONDS = 0.02
 TRAFFIC_POLL_SECONDS = 0.05

@@ -72,7 +72,7 @@ def build_service(
         release fails on, not a refusal: the command is the release's own).
         """
         target = envelope.data.target
-        found = await policies.read_policies(kube_api, target.namespace)
+        found = await kube.read_policies(kube_api, target.namespace)
         governing = policies.governing(target.namespace, target.name, found)
         refusals = refusals + authority.policy_refusals(
             target, envelope.data.version.image, governing

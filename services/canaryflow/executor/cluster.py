@@ -15,9 +15,10 @@ from kubernetes import client
 
 from canaryflow.executor import workload
 from canaryflow.executor.workload import Body, Recording
-from canaryflow.runtime import kube, objects
-from canaryflow.runtime.baseline import baseline_name, remove_baseline
+from canaryflow.runtime import conventions, kube, objects
+from canaryflow.runtime.baseline import remove_baseline
 from canaryflow.runtime.bundle import Bundle
+from canaryflow.runtime.conventions import baseline_name
 from canaryflow_contracts.events import TargetRef, VersionSpec
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class Cluster:
         return await self.read(target.namespace, target.name)
 
     async def canary(self, target: TargetRef) -> Body | None:
-        return await self.read(target.namespace, kube.canary_name(target))
+        return await self.read(target.namespace, conventions.canary_name(target))
 
     async def baseline(self, target: TargetRef) -> Body | None:
         return await self.read(target.namespace, baseline_name(target))
@@ -134,17 +135,19 @@ class Cluster:
             desired = workload.canary_body(
                 stable, target, version, release_id, replicas, renames=renames
             )
-            existing = kube.read_deployment(self.api, target.namespace, kube.canary_name(target))
+            existing = kube.read_deployment(
+                self.api, target.namespace, conventions.canary_name(target)
+            )
             _converge(self.api, desired, existing, f"canary of {target.key()}")
 
-        await kube.with_conflict_retry(write, f"{kube.canary_name(target)} canary")
+        await kube.with_conflict_retry(write, f"{conventions.canary_name(target)} canary")
 
     async def apply_baseline(self, target: TargetRef, release_id: str, replicas: int) -> None:
         """Run the recorded stable version on ``replicas`` fresh pods (none: leave it absent)."""
 
         def write() -> None:
             stable = kube.read_target(self.api, target)
-            point = kube.restore_point_of(stable)
+            point = conventions.restore_point_of(stable)
             template = point.template if point is not None else stable["spec"]["template"]
             existing = kube.read_deployment(self.api, target.namespace, baseline_name(target))
             if existing is None and replicas == 0:
@@ -164,7 +167,7 @@ class Cluster:
 
         def write() -> bool:
             stable = kube.read_target(self.api, target)
-            point = kube.restore_point_of(stable)
+            point = conventions.restore_point_of(stable)
             if point is None or point.release_id != release_id:
                 return False
             if workload.full_size(stable) != replicas:

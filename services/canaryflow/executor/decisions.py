@@ -5,7 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from canaryflow.runtime.kube import CorruptRestorePoint, DeploymentReadiness, restore_point_of
+from canaryflow.runtime.conventions import (
+    CorruptRestorePoint,
+    DeploymentReadiness,
+    restore_point_of,
+)
 
 
 def describe(readiness: DeploymentReadiness) -> str:

@@ -20,8 +20,8 @@ from kubernetes.client.exceptions import ApiException
 from canaryflow.executor import decisions
 from canaryflow.executor.cluster import Cluster, image_of
 from canaryflow.executor.workload import WorkloadError, full_size, record_restore_point
-from canaryflow.runtime import kube
-from canaryflow.runtime.kube import DeploymentReadiness
+from canaryflow.runtime import conventions, kube
+from canaryflow.runtime.conventions import DeploymentReadiness
 from canaryflow.runtime.traffic import CannotSplit, ReplicaPlan, TrafficRouter
 from canaryflow_contracts.events import ApplyPhase, RequestPromotion, TargetRef, VersionSpec
 
@@ -70,7 +70,7 @@ class Snapshot:
     stable_image: str
     canary_image: str
     wanted: bool
-    baseline: DeploymentReadiness = field(default_factory=lambda: kube.readiness_of(None))
+    baseline: DeploymentReadiness = field(default_factory=lambda: conventions.readiness_of(None))
 
 
 class PhaseRunner:
@@ -90,12 +90,12 @@ class PhaseRunner:
             # another release's) is how we learn that the rollback service took over.
             still_wanted = still_wanted and decisions.restore_owner(stable) == owner
         return Snapshot(
-            stable=kube.readiness_of(stable),
-            canary=kube.readiness_of(canary),
+            stable=conventions.readiness_of(stable),
+            canary=conventions.readiness_of(canary),
             stable_image=image_of(stable, version.container),
             canary_image=image_of(canary, version.container),
             wanted=still_wanted,
-            baseline=kube.readiness_of(baseline),
+            baseline=conventions.readiness_of(baseline),
         )
 
     async def _wait(
@@ -162,7 +162,7 @@ class PhaseRunner:
                 target, _as_canary(version, command), release_id, plan.canary, renames
             )
             await self.cluster.apply_baseline(target, release_id, plan.baseline)
-        except (LookupError, CannotSplit, WorkloadError, kube.CorruptRestorePoint) as error:
+        except (LookupError, CannotSplit, WorkloadError, conventions.CorruptRestorePoint) as error:
             return Failed(str(error))
         except ApiException as error:
             return Failed(
@@ -243,8 +243,8 @@ class PhaseRunner:
         if stable is None:
             return Failed(f"Deployment {target.key()} not found")
         try:
-            point = kube.restore_point_of(stable)
-        except kube.CorruptRestorePoint as error:
+            point = conventions.restore_point_of(stable)
+        except conventions.CorruptRestorePoint as error:
             return Failed(str(error))
         if point is not None and point.release_id != release_id:
             return Superseded(f"stable carries the restore point of release {point.release_id}")

@@ -12,13 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from canaryflow.runtime.baseline import BASELINE_TRACK, baseline_name
 from canaryflow.runtime.bundle import with_config_maps_renamed
-from canaryflow.runtime.kube import (
+from canaryflow.runtime.conventions import (
+    BASELINE_TRACK,
     MANAGED_BY,
     RELEASE_LABEL,
     TRACK_LABEL,
     RestorePoint,
+    baseline_name,
     canary_name,
     restore_point_of,
 )

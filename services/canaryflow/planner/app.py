@@ -28,10 +28,9 @@ from canaryflow.planner.machine import (
     reject,
     request_again,
 )
-from canaryflow.planner.planning import Refusal
+from canaryflow.planner.planning import Admission, Refusal
 from canaryflow.planner.reconcile import DEFAULT_TIMINGS, ReconcileTimings, reconcile
 from canaryflow.planner.validation import (
-    Admission,
     ClusterReader,
     KubeClusterReader,
     describe_validation_error,

@@ -19,8 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import canaryflow.planner.waiting as waits
-from canaryflow.planner.planning import EffectiveAnalysis
-from canaryflow.planner.validation import Admission
+from canaryflow.planner.planning import Admission, EffectiveAnalysis
 from canaryflow.runtime import operators
 from canaryflow.runtime.operators import action_of
 from canaryflow_contracts import Envelope, EventData

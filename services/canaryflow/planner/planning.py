@@ -7,11 +7,25 @@ clamped, and the requester learns what they asked for was not allowed.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from canaryflow_contracts.events import PlannedStep, PolicyOverrides, ReleaseRequested
-from canaryflow_contracts.policy import Analysis, MetricRule, MetricTemplate, ReleasePolicySpec
+from canaryflow_contracts.events import (
+    ContainerResources,
+    PlannedStep,
+    PolicyOverrides,
+    ReleaseRequested,
+)
+from canaryflow_contracts.policy import (
+    Analysis,
+    Hook,
+    MetricRule,
+    MetricTemplate,
+    Notify,
+    OperatorGrant,
+    ReleasePolicySpec,
+)
 
 
 @dataclass(frozen=True)
@@ -152,3 +166,17 @@ def _stricter(policy_limit: float | None, override: float | None) -> float | Non
     if policy_limit is None or override is None:
         return override if policy_limit is None else policy_limit
     return min(policy_limit, override)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """An accepted request: the plan and what it was made from."""
+
+    plan: Plan
+    policy_name: str
+    stable_image: str
+    canary_resources: ContainerResources | None = None
+    operators: list[OperatorGrant] | None = None
+    max_weight: int = 100
+    hooks: list[Hook] = dataclasses.field(default_factory=list)
+    notify: list[Notify] = dataclasses.field(default_factory=list)

@@ -11,7 +11,7 @@ import asyncio
 import re
 import threading
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -19,13 +19,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from canaryflow.planner.planning import Plan, Refusal, plan
+from canaryflow.planner.planning import Admission, Refusal, plan
 from canaryflow.runtime.bundle import base_of, references
-from canaryflow.runtime.kube import api_client, is_not_found
-from canaryflow.runtime.policies import PolicyObject, error_text, governing, read_policies
+from canaryflow.runtime.kube import api_client, is_not_found, read_policies
+from canaryflow.runtime.policies import PolicyObject, error_text, governing
 from canaryflow.runtime.traffic import ROUTERS, CannotSplit, router_for
 from canaryflow_contracts.events import ContainerResources, ReleaseRequested
-from canaryflow_contracts.policy import Hook, Notify, OperatorGrant, ReleasePolicySpec
+from canaryflow_contracts.policy import ReleasePolicySpec
 
 _CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 
@@ -46,20 +46,6 @@ class ClusterReader(Protocol):
         ...
 
     async def release_policies(self, namespace: str) -> list[PolicyObject]: ...
-
-
-@dataclass(frozen=True)
-class Admission:
-    """An accepted request: the plan and what it was made from."""
-
-    plan: Plan
-    policy_name: str
-    stable_image: str
-    canary_resources: ContainerResources | None = None
-    operators: list[OperatorGrant] | None = None
-    max_weight: int = 100
-    hooks: list[Hook] = field(default_factory=list)
-    notify: list[Notify] = field(default_factory=list)
 
 
 def check_request(

@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from canaryflow.rollback.restorer import Restorer, restore_seconds_of
 from canaryflow.rollback.triggers import abort_refusal, reason_of
-from canaryflow.runtime import kube, observability, policies, tracing
+from canaryflow.runtime import conventions, kube, observability, policies, tracing
 from canaryflow.runtime.authority import rollback_refusals
 from canaryflow.runtime.bus import Delivery, Handler, PermanentError
 from canaryflow.runtime.operators import refusal_notice, refused_id
@@ -58,7 +58,7 @@ _FINAL_STATUSES = frozenset({401, 403, 422})
 
 
 def no_retry_helps(error: Exception) -> bool:
-    if isinstance(error, kube.CorruptRestorePoint):
+    if isinstance(error, conventions.CorruptRestorePoint):
         return True
     return isinstance(error, ApiException) and error.status in _FINAL_STATUSES
 
@@ -85,7 +85,7 @@ def build_service(
 
     async def routers_of(target: TargetRef) -> list[TrafficRouter]:
         """The router the target's policy names; every router if the policy cannot say."""
-        found = await policies.read_policies(kube_api, target.namespace)
+        found = await kube.read_policies(kube_api, target.namespace)
         governing = policies.governing(target.namespace, target.name, found)
         if governing.spec is not None:
             try:
@@ -133,7 +133,7 @@ def build_service(
                 final = no_retry_helps(error)
                 if final or delivery.attempt >= settings.max_deliver:
                     await give_up(envelope, target, error, delivery.attempt, final)
-                if isinstance(error, kube.CorruptRestorePoint):
+                if isinstance(error, conventions.CorruptRestorePoint):
                     raise PermanentError(f"{target.key()}: {error}") from error
                 if final:
                     raise PermanentError(f"{target.key()}: {_describe(error)}") from error

@@ -11,7 +11,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from canaryflow.runtime.kube import release_of, restore_point_of
+from canaryflow.runtime.conventions import release_of, restore_point_of
 
 Body = dict[str, Any]
 

@@ -25,9 +25,10 @@ from kubernetes import client
 
 from canaryflow.rollback.restore import RestorePlan, plan_restore
 from canaryflow.runtime import bundle as bundles
-from canaryflow.runtime import kube, objects
-from canaryflow.runtime.baseline import baseline_name, remove_baseline
+from canaryflow.runtime import conventions, kube, objects
+from canaryflow.runtime.baseline import remove_baseline
 from canaryflow.runtime.bundle import Bundle
+from canaryflow.runtime.conventions import baseline_name
 from canaryflow.runtime.traffic import TrafficRouter
 from canaryflow_contracts.events import TargetRef
 
@@ -62,13 +63,13 @@ class Restorer:
     async def _owns_target(self, target: TargetRef, release_id: str) -> bool:
         """No other release's restore point on stable: this release's routes may be undone."""
         stable = await kube.call(kube.read_deployment, self.api, target.namespace, target.name)
-        point = kube.restore_point_of(stable) if stable is not None else None
+        point = conventions.restore_point_of(stable) if stable is not None else None
         return point is None or point.release_id in ("", release_id)
 
     async def _bundle(self, target: TargetRef, release_id: str) -> Bundle | None:
         """This release's bundle, if stable still carries this release's restore point."""
         stable = await kube.call(kube.read_deployment, self.api, target.namespace, target.name)
-        point = kube.restore_point_of(stable) if stable is not None else None
+        point = conventions.restore_point_of(stable) if stable is not None else None
         if point is None or point.release_id not in ("", release_id):
             return None
         found = await kube.call(objects.read_bundle, self.api, target)
@@ -100,7 +101,9 @@ class Restorer:
 
         def write() -> RestorePlan:
             stable = kube.read_deployment(self.api, target.namespace, target.name)
-            canary = kube.read_deployment(self.api, target.namespace, kube.canary_name(target))
+            canary = kube.read_deployment(
+                self.api, target.namespace, conventions.canary_name(target)
+            )
             baseline = kube.read_deployment(self.api, target.namespace, baseline_name(target))
             plan = plan_restore(release_id, stable, canary, baseline)
             if plan.stable_body is not None:
@@ -113,11 +116,11 @@ class Restorer:
             await self._remove_canary(target, release_id)
         if plan.wait_for_stable:
 
-            async def read() -> kube.DeploymentReadiness:
+            async def read() -> conventions.DeploymentReadiness:
                 body = await kube.call(
                     kube.read_deployment, self.api, target.namespace, target.name
                 )
-                return kube.readiness_of(body)
+                return conventions.readiness_of(body)
 
             readiness, whole = await kube.poll_until(
                 read,
@@ -171,11 +174,11 @@ class Restorer:
 
         def deployment(name: str, ours: bool) -> None:
             body = kube.read_deployment(self.api, ns, name)
-            if body is None or (ours and kube.release_of(body) not in (None, release_id)):
+            if body is None or (ours and conventions.release_of(body) not in (None, release_id)):
                 return
             size = (body.get("spec") or {}).get("replicas")
             if not ours:
-                point = kube.restore_point_of(body)
+                point = conventions.restore_point_of(body)
                 if point is not None and point.release_id in ("", release_id):
                     found.append(
                         f"Deployment {ns}/{name} still carries the restore point "
@@ -185,7 +188,7 @@ class Restorer:
             found.append(f"Deployment {ns}/{name} ({size} replicas)")
 
         def inspect() -> None:
-            deployment(kube.canary_name(target), ours=True)
+            deployment(conventions.canary_name(target), ours=True)
             deployment(baseline_name(target), ours=True)
             deployment(target.name, ours=False)
             bundle = objects.read_bundle(self.api, target)

@@ -13,14 +13,9 @@ from datetime import datetime
 
 from kubernetes import client
 
-from canaryflow.runtime import kube
+from canaryflow.runtime import conventions, kube
+from canaryflow.runtime.conventions import baseline_name
 from canaryflow_contracts.events import TargetRef
-
-BASELINE_TRACK = "baseline"
-
-
-def baseline_name(target: TargetRef) -> str:
-    return f"{target.name}-baseline"
 
 
 async def remove_baseline(
@@ -35,7 +30,7 @@ async def remove_baseline(
     baseline = await kube.call(kube.read_deployment, api, target.namespace, baseline_name(target))
     if baseline is None:
         return True
-    owner = kube.release_of(baseline)
+    owner = conventions.release_of(baseline)
     if owner not in (None, release_id):
         return True  # another release's baseline: a stale trigger must not touch it
     return await kube.remove_deployment(api, baseline, deadline=deadline, now=now)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from canaryflow.runtime.kube import MANAGED_BY, RELEASE_LABEL, CorruptRestorePoint
+from canaryflow.runtime.conventions import MANAGED_BY, RELEASE_LABEL, CorruptRestorePoint
 
 Body = dict[str, Any]
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import copy
 import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
@@ -23,20 +21,20 @@ from kubernetes.client.exceptions import ApiException
 from opentelemetry.trace import SpanKind
 
 from canaryflow.runtime import tracing
+from canaryflow.runtime.conventions import (
+    canary_name,
+    release_of,
+    restore_point_of,
+    without_restore_point,
+)
+from canaryflow.runtime.policies import PolicyObject
 from canaryflow_contracts.events import TargetRef
+from canaryflow_contracts.policy import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Labels and annotations canaryflow puts on the objects it manages.
-TRACK_LABEL = "canaryflow.io/track"  # stable | canary | baseline, on pods (Prometheus labels by it)
-RELEASE_LABEL = "canaryflow.io/release-id"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "canaryflow"}
-# On the stable Deployment while a release is in flight: what to restore on rollback.
-STABLE_REPLICAS_ANNOTATION = "canaryflow.io/stable-replicas"
-RESTORE_TEMPLATE_ANNOTATION = "canaryflow.io/restore-template"
-RELEASE_ANNOTATION = "canaryflow.io/release-id"
 
 CONFLICT_RETRIES = 8
 # Kubernetes calls one service process makes at once. The client is synchronous, so each call
@@ -44,10 +42,6 @@ CONFLICT_RETRIES = 8
 # 2 cores) and the client's 10 connections, 200 releases at once waited 15 s (median) for
 # their admission, the planner idle (bench/scale.py).
 CALLS_AT_ONCE = 64
-
-
-def canary_name(target: TargetRef) -> str:
-    return f"{target.name}-canary"
 
 
 def api_client(kubeconfig: str | None) -> client.ApiClient:
@@ -91,59 +85,6 @@ async def with_conflict_retry(write: Callable[[], Any], what: str) -> Any:
 
 def is_not_found(error: BaseException) -> bool:
     return isinstance(error, ApiException) and error.status == 404
-
-
-@dataclass(frozen=True)
-class DeploymentReadiness:
-    """What the API says about a Deployment's rollout, reduced to what we decide on."""
-
-    exists: bool
-    desired: int
-    ready: int
-    updated: int
-    available: int
-    settled: bool  # the controller has seen the latest spec
-
-    @property
-    def complete(self) -> bool:
-        return (
-            self.exists
-            and self.settled
-            and self.ready == self.desired
-            and self.updated == self.desired
-        )
-
-
-def readiness(deployment: Any | None) -> DeploymentReadiness:
-    """Read a V1Deployment (or None when absent) into a ``DeploymentReadiness``."""
-    if deployment is None:
-        return DeploymentReadiness(False, 0, 0, 0, 0, True)
-    status = deployment.status
-    generation = deployment.metadata.generation or 0
-    observed = (status.observed_generation or 0) if status else 0
-    return DeploymentReadiness(
-        exists=True,
-        desired=deployment.spec.replicas if deployment.spec.replicas is not None else 1,
-        ready=(status.ready_replicas or 0) if status else 0,
-        updated=(status.updated_replicas or 0) if status else 0,
-        available=(status.available_replicas or 0) if status else 0,
-        settled=observed >= generation,
-    )
-
-
-def split_replicas(total: int, weight_percent: int) -> tuple[int, int]:
-    """(stable, canary) replica counts giving the canary about ``weight_percent`` of traffic.
-
-    The total stays the stable Deployment's original size, so the canary never costs more pods
-    than the service already had; the canary gets at least one pod and stable keeps at least
-    one until promotion.
-    """
-    if total < 2:
-        raise ValueError(
-            f"the replica-ratio strategy needs at least 2 replicas to split, the target has {total}"
-        )
-    canary = max(1, min(total - 1, round(total * weight_percent / 100)))
-    return total - canary, canary
 
 
 # --------------------------------------------------------------------------- raw JSON access
@@ -313,86 +254,7 @@ def delete_deployment(api: client.ApiClient, namespace: str, name: str, uid: str
     return True
 
 
-def readiness_of(deployment: dict[str, Any] | None) -> DeploymentReadiness:
-    """``readiness`` for a Deployment read as JSON (or None when absent)."""
-    if deployment is None:
-        return DeploymentReadiness(False, 0, 0, 0, 0, True)
-    spec = deployment.get("spec") or {}
-    status = deployment.get("status") or {}
-    generation = (deployment.get("metadata") or {}).get("generation") or 0
-    replicas = spec.get("replicas")
-    return DeploymentReadiness(
-        exists=True,
-        desired=replicas if replicas is not None else 1,
-        ready=status.get("readyReplicas") or 0,
-        updated=status.get("updatedReplicas") or 0,
-        available=status.get("availableReplicas") or 0,
-        settled=(status.get("observedGeneration") or 0) >= generation,
-    )
-
-
 # --------------------------------------------------------------------------- restore point
-
-
-@dataclass(frozen=True)
-class RestorePoint:
-    """What the stable Deployment looked like before a release touched it.
-
-    Kept on the stable Deployment itself (annotations), so the rollback service needs nothing
-    but the cluster to restore it, even if every other service is down.
-    """
-
-    release_id: str
-    replicas: int
-    template: dict[str, Any]
-
-    def annotations(self) -> dict[str, str]:
-        return {
-            RELEASE_ANNOTATION: self.release_id,
-            STABLE_REPLICAS_ANNOTATION: str(self.replicas),
-            RESTORE_TEMPLATE_ANNOTATION: json.dumps(self.template, sort_keys=True),
-        }
-
-
-RESTORE_ANNOTATIONS = (RELEASE_ANNOTATION, STABLE_REPLICAS_ANNOTATION, RESTORE_TEMPLATE_ANNOTATION)
-
-
-class CorruptRestorePoint(ValueError):
-    """The annotations are there but cannot be read back: a person must look."""
-
-
-def restore_point_of(deployment: dict[str, Any]) -> RestorePoint | None:
-    """The restore point recorded on a stable Deployment, or None when nothing is recorded."""
-    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
-    if STABLE_REPLICAS_ANNOTATION not in annotations:
-        return None
-    try:
-        replicas = int(annotations[STABLE_REPLICAS_ANNOTATION])
-        template = json.loads(annotations[RESTORE_TEMPLATE_ANNOTATION])
-    except (KeyError, ValueError) as error:
-        raise CorruptRestorePoint(f"unreadable restore annotations: {error}") from error
-    if not isinstance(template, dict) or replicas < 0:
-        raise CorruptRestorePoint("restore annotations hold no pod template or a negative size")
-    return RestorePoint(annotations.get(RELEASE_ANNOTATION, ""), replicas, template)
-
-
-def without_restore_point(deployment: dict[str, Any]) -> dict[str, Any] | None:
-    """A copy of the Deployment with the restore annotations removed; None if it has none."""
-    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
-    if not any(key in annotations for key in RESTORE_ANNOTATIONS):
-        return None
-    body = copy.deepcopy(deployment)
-    body["metadata"]["annotations"] = {
-        key: value for key, value in annotations.items() if key not in RESTORE_ANNOTATIONS
-    }
-    return body
-
-
-def release_of(deployment: dict[str, Any]) -> str | None:
-    """The release id a canary Deployment was made for (its label), if any."""
-    labels = (deployment.get("metadata") or {}).get("labels") or {}
-    value = labels.get(RELEASE_LABEL)
-    return str(value) if value else None
 
 
 # --------------------------------------------------------------------------- waiting
@@ -494,3 +356,18 @@ async def clear_restore_point(api: client.ApiClient, target: TargetRef, release_
             replace_deployment(api, body)
 
     await with_conflict_retry(write, f"{target.key()} restore point")
+
+
+async def read_policies(api: client.ApiClient, namespace: str) -> list[PolicyObject]:
+    """Every ReleasePolicy in ``namespace`` (none when the CRD is not installed)."""
+    custom = client.CustomObjectsApi(api)
+    try:
+        listed = await call(custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
+    except ApiException as error:
+        if is_not_found(error):  # the CRD is not installed: no policy governs anything
+            return []
+        raise
+    return [
+        PolicyObject(name=item["metadata"]["name"], spec=item.get("spec") or {})
+        for item in listed.get("items", [])
+    ]

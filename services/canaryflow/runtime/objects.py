@@ -16,7 +16,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from canaryflow.runtime import bundle as bundles
-from canaryflow.runtime import kube
+from canaryflow.runtime import conventions, kube
 from canaryflow.runtime.bundle import Body, Bundle
 from canaryflow_contracts.events import ConfigMapChange, TargetRef
 
@@ -151,7 +151,7 @@ def record_bundle(api: client.ApiClient, target: TargetRef, release_id: str) -> 
     the leftover of a release that never started) is replaced by a fresh snapshot.
     """
     stable = kube.read_target(api, target)
-    point = kube.restore_point_of(stable)
+    point = conventions.restore_point_of(stable)
     secret = read(api, SECRETS, target.namespace, bundles.bundle_name(target.name))
     existing = bundles.bundle_of(secret) if secret is not None else None
     if point is not None and existing is not None:
@@ -236,7 +236,7 @@ def clear_bundle(api: client.ApiClient, target: TargetRef, release_id: str) -> b
     if secret is None:
         return False
     labels = (secret.get("metadata") or {}).get("labels") or {}
-    if labels.get(kube.RELEASE_LABEL) != release_id:
+    if labels.get(conventions.RELEASE_LABEL) != release_id:
         return False
     return delete(api, SECRETS, target.namespace, secret["metadata"]["name"])
 
@@ -294,7 +294,7 @@ def delete_release_copies(
     ``keep``: names stable references; a stale rollback of a promoted release must not
     take its live configuration away.
     """
-    selector = f"{kube.RELEASE_LABEL}={release_id},{bundles.CONFIG_BASE_LABEL}"
+    selector = f"{conventions.RELEASE_LABEL}={release_id},{bundles.CONFIG_BASE_LABEL}"
     kept = set(keep)
     deleted = []
     for found in listed(api, CONFIG_MAPS, namespace, selector):
@@ -307,7 +307,7 @@ def delete_release_copies(
 
 def release_copies(api: client.ApiClient, namespace: str, release_id: str) -> list[str]:
     """Names of the ConfigMap copies made for ``release_id`` that still exist."""
-    selector = f"{kube.RELEASE_LABEL}={release_id},{bundles.CONFIG_BASE_LABEL}"
+    selector = f"{conventions.RELEASE_LABEL}={release_id},{bundles.CONFIG_BASE_LABEL}"
     return [
         str(found["metadata"]["name"]) for found in listed(api, CONFIG_MAPS, namespace, selector)
     ]

@@ -1,4 +1,4 @@
-"""Which ReleasePolicy governs a Deployment, read from the API server.
+"""Which ReleasePolicy governs a Deployment (pure: ``kube.read_policies`` reads them).
 
 The planner reads it to plan a release; the executor reads it again before every write,
 because a policy is what makes a target canaryflow's to change: a target no policy governs
@@ -11,12 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from canaryflow.runtime.kube import call, is_not_found
-from canaryflow_contracts.policy import GROUP, PLURAL, VERSION, ReleasePolicySpec
+from canaryflow_contracts.policy import ReleasePolicySpec
 
 
 @dataclass(frozen=True)
@@ -71,18 +68,3 @@ def error_text(error: Any) -> str:
         what = "a well-formed image reference" if location.endswith("image") else "well formed"
         return f"{location}: {error.get('input')!r} is not {what}"
     return f"{location}: {error.get('msg', 'invalid')}"
-
-
-async def read_policies(api: client.ApiClient, namespace: str) -> list[PolicyObject]:
-    """Every ReleasePolicy in ``namespace`` (none when the CRD is not installed)."""
-    custom = client.CustomObjectsApi(api)
-    try:
-        listed = await call(custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
-    except ApiException as error:
-        if is_not_found(error):  # the CRD is not installed: no policy governs anything
-            return []
-        raise
-    return [
-        PolicyObject(name=item["metadata"]["name"], spec=item.get("spec") or {})
-        for item in listed.get("items", [])
-    ]

@@ -7,7 +7,7 @@ import copy
 from canaryflow.executor import workload
 from canaryflow.executor.decisions import baseline_in_place
 from canaryflow.rollback.restore import plan_restore
-from canaryflow.runtime.kube import RELEASE_LABEL, TRACK_LABEL, DeploymentReadiness
+from canaryflow.runtime.conventions import RELEASE_LABEL, TRACK_LABEL, DeploymentReadiness
 from tests.unit.executor.test_workload import TARGET, V2, container, stable_deployment
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from canaryflow.executor import decisions
-from canaryflow.runtime import kube
+from canaryflow.runtime import conventions
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
 def ready(
     desired: int, ready: int, updated: int | None = None, settled: bool = True
-) -> kube.DeploymentReadiness:
+) -> conventions.DeploymentReadiness:
     upd = desired if updated is None else updated
-    return kube.DeploymentReadiness(True, desired, ready, upd, ready, settled)
+    return conventions.DeploymentReadiness(True, desired, ready, upd, ready, settled)
 
 
 def test_in_place_needs_size_readiness_rollout_and_image() -> None:
@@ -29,7 +29,7 @@ def test_in_place_needs_size_readiness_rollout_and_image() -> None:
 
 def test_deadline_reason_says_what_was_seen() -> None:
     reason = decisions.deadline_reason(
-        "canary pods", T0, ready(4, 4), kube.DeploymentReadiness(True, 1, 0, 1, 0, True)
+        "canary pods", T0, ready(4, 4), conventions.DeploymentReadiness(True, 1, 0, 1, 0, True)
     )
     assert reason == (
         "canary pods not in place by the deadline 2026-11-27T12:00:00+00:00: "
@@ -38,8 +38,8 @@ def test_deadline_reason_says_what_was_seen() -> None:
 
 
 def test_a_reason_says_when_a_deployment_is_absent_or_its_spec_not_yet_observed() -> None:
-    absent = kube.readiness_of(None)
-    behind = kube.DeploymentReadiness(True, 2, 2, 2, 2, settled=False)
+    absent = conventions.readiness_of(None)
+    behind = conventions.DeploymentReadiness(True, 2, 2, 2, 2, settled=False)
     reason = decisions.deadline_reason("baseline", T0, behind, absent)
     assert reason.endswith("canary absent; stable 2/2 ready, 2/2 updated, spec not yet observed"), (
         reason
@@ -52,16 +52,16 @@ def test_readiness_of_api_json() -> None:
         "spec": {"replicas": 3},
         "status": {"observedGeneration": 3, "readyReplicas": 3, "updatedReplicas": 3},
     }
-    seen = kube.readiness_of(body)
+    seen = conventions.readiness_of(body)
     assert (seen.desired, seen.ready, seen.updated, seen.settled) == (3, 3, 3, False)
     assert not seen.complete
-    assert not kube.readiness_of(None).exists
+    assert not conventions.readiness_of(None).exists
 
 
 def test_restore_owner() -> None:
-    point = kube.RestorePoint("rel-1", 4, {"spec": {"containers": []}})
+    point = conventions.RestorePoint("rel-1", 4, {"spec": {"containers": []}})
     assert decisions.restore_owner({"metadata": {"annotations": point.annotations()}}) == "rel-1"
     assert decisions.restore_owner({"metadata": {}}) is None
     assert decisions.restore_owner(None) is None
-    corrupt = {"metadata": {"annotations": {kube.STABLE_REPLICAS_ANNOTATION: "x"}}}
+    corrupt = {"metadata": {"annotations": {conventions.STABLE_REPLICAS_ANNOTATION: "x"}}}
     assert decisions.restore_owner(corrupt) is None

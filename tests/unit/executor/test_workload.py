@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from canaryflow.executor import workload
-from canaryflow.runtime import kube
+from canaryflow.runtime import conventions
 from canaryflow_contracts.events import EnvVar, TargetRef, VersionSpec
 
 TARGET = TargetRef(namespace="shop", name="web")
@@ -85,10 +85,10 @@ class TestCanaryBody:
         canary = workload.canary_body(stable_deployment(), TARGET, V2, "rel-1", replicas=1)
         selector = canary["spec"]["selector"]["matchLabels"]
         pod_labels = canary["spec"]["template"]["metadata"]["labels"]
-        assert selector == {"app": "web", kube.TRACK_LABEL: "canary"}
+        assert selector == {"app": "web", conventions.TRACK_LABEL: "canary"}
         assert pod_labels["app"] == "web"
-        assert pod_labels[kube.TRACK_LABEL] == "canary"
-        assert pod_labels[kube.RELEASE_LABEL] == "rel-1"
+        assert pod_labels[conventions.TRACK_LABEL] == "canary"
+        assert pod_labels[conventions.RELEASE_LABEL] == "rel-1"
         # Every selector label is on the pods, or the API refuses the Deployment.
         assert selector.items() <= pod_labels.items()
 
@@ -99,14 +99,14 @@ class TestCanaryBody:
         assert labels == {
             "app": "web",
             "team": "checkout",
-            kube.TRACK_LABEL: "canary",
-            kube.RELEASE_LABEL: "rel-1",
+            conventions.TRACK_LABEL: "canary",
+            conventions.RELEASE_LABEL: "rel-1",
             "app.kubernetes.io/managed-by": "canaryflow",
         }
 
     def test_drops_server_fields_status_and_stables_annotations(self) -> None:
         stable = stable_deployment()
-        stable["metadata"]["annotations"][kube.STABLE_REPLICAS_ANNOTATION] = "4"
+        stable["metadata"]["annotations"][conventions.STABLE_REPLICAS_ANNOTATION] = "4"
         canary = workload.canary_body(stable, TARGET, V2, "rel-1", 1)
         for field in (
             "resourceVersion",
@@ -194,7 +194,7 @@ class TestCanaryWrite:
         )
         assert write.body is not None
         assert write.body["metadata"]["labels"]["cost-center"] == "42"
-        assert write.body["metadata"]["labels"][kube.RELEASE_LABEL] == "rel-1"
+        assert write.body["metadata"]["labels"][conventions.RELEASE_LABEL] == "rel-1"
 
     def test_recreate_when_selector_differs(self) -> None:
         desired = workload.canary_body(stable_deployment(), TARGET, V2, "rel-1", 1)
@@ -224,19 +224,20 @@ class TestRestorePoint:
     def test_first_apply_records_size_and_template(self) -> None:
         stable = stable_deployment(replicas=5)
         recording = workload.record_restore_point(stable, "rel-1")
-        assert recording.point == kube.RestorePoint("rel-1", 5, stable["spec"]["template"])
+        assert recording.point == conventions.RestorePoint("rel-1", 5, stable["spec"]["template"])
         assert recording.body is not None
         annotations = recording.body["metadata"]["annotations"]
-        assert annotations[kube.STABLE_REPLICAS_ANNOTATION] == "5"
-        assert annotations[kube.RELEASE_ANNOTATION] == "rel-1"
+        assert annotations[conventions.STABLE_REPLICAS_ANNOTATION] == "5"
+        assert annotations[conventions.RELEASE_ANNOTATION] == "rel-1"
         assert (
-            json.loads(annotations[kube.RESTORE_TEMPLATE_ANNOTATION]) == stable["spec"]["template"]
+            json.loads(annotations[conventions.RESTORE_TEMPLATE_ANNOTATION])
+            == stable["spec"]["template"]
         )
         # The write is a compare-and-set on what was read, and keeps other annotations.
         assert recording.body["metadata"]["resourceVersion"] == "812"
         assert annotations["deployment.kubernetes.io/revision"] == "3"
         assert "status" not in recording.body
-        assert kube.restore_point_of(recording.body) == recording.point
+        assert conventions.restore_point_of(recording.body) == recording.point
 
     def test_recorded_once_later_steps_keep_the_original_size(self) -> None:
         first = workload.record_restore_point(stable_deployment(replicas=4), "rel-1")

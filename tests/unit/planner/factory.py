@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from canaryflow.planner import machine
-from canaryflow.planner.validation import Admission, DeploymentFacts, check_request
+from canaryflow.planner.planning import Admission
+from canaryflow.planner.validation import DeploymentFacts, check_request
 from canaryflow.runtime.policies import PolicyObject
 from canaryflow_contracts import Envelope, EventData
 from canaryflow_contracts.events import (

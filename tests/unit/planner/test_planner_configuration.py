@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from canaryflow.planner import machine
-from canaryflow.planner.validation import Admission, DeploymentFacts, check_request
+from canaryflow.planner.planning import Admission
+from canaryflow.planner.validation import DeploymentFacts, check_request
 from canaryflow_contracts.events import (
     ApplyPhase,
     ConfigMapChange,

@@ -6,8 +6,9 @@ from datetime import datetime, timedelta
 
 from canaryflow.planner import machine
 from canaryflow.planner.machine import Command, decide
+from canaryflow.planner.planning import Admission
 from canaryflow.planner.reconcile import reconcile
-from canaryflow.planner.validation import Admission, check_request
+from canaryflow.planner.validation import check_request
 from canaryflow_contracts import EventData
 from canaryflow_contracts.events import (
     AbortRelease,

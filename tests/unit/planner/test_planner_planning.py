@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from canaryflow.planner.planning import Plan, Refusal, plan
-from canaryflow.planner.validation import Admission, DeploymentFacts, check_request
+from canaryflow.planner.planning import Admission, Plan, Refusal, plan
+from canaryflow.planner.validation import DeploymentFacts, check_request
 from canaryflow_contracts.events import AnalysisOverrides, PolicyOverrides, VersionSpec
 from canaryflow_contracts.policy import MetricTemplate, ReleasePolicySpec
 from tests.unit.planner.factory import DEPLOYMENT, OLD_IMAGE, POLICY_SPEC, T0, at, policy, request

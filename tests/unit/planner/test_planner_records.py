@@ -4,7 +4,8 @@ the status notices people and notification hooks read. Each transition names its
 from __future__ import annotations
 
 from canaryflow.planner import machine
-from canaryflow.planner.validation import Admission, check_request
+from canaryflow.planner.planning import Admission
+from canaryflow.planner.validation import check_request
 from canaryflow_contracts.events import (
     AbortRelease,
     AnalysisVerdict,

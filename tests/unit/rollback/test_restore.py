@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from canaryflow.rollback.restore import RestorePlan, plan_restore
-from canaryflow.runtime import kube
+from canaryflow.runtime import conventions
 
 TEMPLATE: dict[str, Any] = {
     "metadata": {"labels": {"app": "web"}},
@@ -40,14 +40,14 @@ def stable(
 
 
 def recorded(release_id: str = "rel-1", replicas: int = 4) -> dict[str, str]:
-    point = kube.RestorePoint(release_id, replicas, TEMPLATE)
+    point = conventions.RestorePoint(release_id, replicas, TEMPLATE)
     return point.annotations()
 
 
 def canary(release_id: str | None = "rel-1") -> dict[str, Any]:
-    labels = {kube.TRACK_LABEL: "canary"}
+    labels = {conventions.TRACK_LABEL: "canary"}
     if release_id:
-        labels[kube.RELEASE_LABEL] = release_id
+        labels[conventions.RELEASE_LABEL] = release_id
     return {"metadata": {"name": "web-canary", "namespace": "shop", "uid": "c", "labels": labels}}
 
 
@@ -74,7 +74,7 @@ def test_changed_template_is_put_back_with_its_env() -> None:
     assert plan.stable_body["spec"]["template"] == TEMPLATE
     assert plan.note == "restored stable's pod template"
     # Annotations stay until the canary is gone: a crash in between must still find them.
-    assert kube.STABLE_REPLICAS_ANNOTATION in plan.stable_body["metadata"]["annotations"]
+    assert conventions.STABLE_REPLICAS_ANNOTATION in plan.stable_body["metadata"]["annotations"]
 
 
 def test_already_restored_writes_nothing_but_still_finishes_the_cleanup() -> None:
@@ -137,7 +137,7 @@ def test_template_and_size_are_restored_together_without_touching_what_the_api_r
 
 
 def test_a_restore_point_that_names_no_release_is_restored_by_whoever_rolls_back() -> None:
-    unnamed = {k: v for k, v in recorded().items() if k != kube.RELEASE_ANNOTATION}
+    unnamed = {k: v for k, v in recorded().items() if k != conventions.RELEASE_ANNOTATION}
     plan = plan_restore("rel-1", stable(3, annotations=unnamed), None)
     assert plan.stable_body is not None
     assert plan.stable_body["spec"]["replicas"] == 4
@@ -154,19 +154,19 @@ def test_corrupt_annotations_are_refused() -> None:
     broken = stable(
         3,
         annotations={
-            kube.STABLE_REPLICAS_ANNOTATION: "four",
-            kube.RESTORE_TEMPLATE_ANNOTATION: json.dumps(TEMPLATE),
+            conventions.STABLE_REPLICAS_ANNOTATION: "four",
+            conventions.RESTORE_TEMPLATE_ANNOTATION: json.dumps(TEMPLATE),
         },
     )
-    with pytest.raises(kube.CorruptRestorePoint):
+    with pytest.raises(conventions.CorruptRestorePoint):
         plan_restore("rel-1", broken, None)
 
 
 def test_restore_point_round_trip_and_removal() -> None:
     body = stable(3, annotations=recorded(replicas=5))
-    assert kube.restore_point_of(body) == kube.RestorePoint("rel-1", 5, TEMPLATE)
-    cleaned = kube.without_restore_point(body)
+    assert conventions.restore_point_of(body) == conventions.RestorePoint("rel-1", 5, TEMPLATE)
+    cleaned = conventions.without_restore_point(body)
     assert cleaned is not None
     assert cleaned["metadata"]["annotations"] == {"deployment.kubernetes.io/revision": "2"}
-    assert kube.restore_point_of(cleaned) is None
-    assert kube.without_restore_point(cleaned) is None
+    assert conventions.restore_point_of(cleaned) is None
+    assert conventions.without_restore_point(cleaned) is None

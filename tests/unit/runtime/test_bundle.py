@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from canaryflow.runtime import bundle as bundles
-from canaryflow.runtime.kube import RELEASE_LABEL, CorruptRestorePoint
+from canaryflow.runtime.conventions import RELEASE_LABEL, CorruptRestorePoint
 
 TEMPLATE: dict[str, Any] = {
     "metadata": {"labels": {"app": "web"}},

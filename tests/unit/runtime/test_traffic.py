@@ -16,7 +16,7 @@ from kubernetes.client import (
     V1Pod,
 )
 
-from canaryflow.runtime.kube import TRACK_LABEL, DeploymentReadiness
+from canaryflow.runtime.conventions import TRACK_LABEL, DeploymentReadiness
 from canaryflow.runtime.traffic import (
     CannotSplit,
     ReplicaPlan,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from canaryflow.runtime.kube import DeploymentReadiness
+from canaryflow.runtime.conventions import DeploymentReadiness
 from canaryflow_contracts.events import TargetRef
 
 

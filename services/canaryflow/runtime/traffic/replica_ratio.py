@@ -17,7 +17,7 @@ requests each side actually served, so unequal sizes cost power, not validity.
 
 from __future__ import annotations
 
-from canaryflow.runtime.kube import DeploymentReadiness, split_replicas
+from canaryflow.runtime.conventions import DeploymentReadiness, split_replicas
 from canaryflow.runtime.traffic.base import CannotSplit, ReplicaPlan
 from canaryflow_contracts.events import TargetRef
 

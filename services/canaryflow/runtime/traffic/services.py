@@ -16,7 +16,8 @@ from typing import Any
 
 from kubernetes import client
 
-from canaryflow.runtime.kube import TRACK_LABEL, poll_until, read_target, utc_now
+from canaryflow.runtime.conventions import TRACK_LABEL
+from canaryflow.runtime.kube import poll_until, read_target, utc_now
 from canaryflow_contracts.events import TargetRef
 
 MANAGED_BY = "canaryflow.io/routing-for"

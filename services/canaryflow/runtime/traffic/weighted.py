@@ -27,7 +27,7 @@ from typing import Any
 
 from kubernetes import client
 
-from canaryflow.runtime.kube import DeploymentReadiness
+from canaryflow.runtime.conventions import DeploymentReadiness
 from canaryflow.runtime.traffic.base import CannotSplit, ReplicaPlan
 from canaryflow.runtime.traffic.services import ensure_track_services, reachable, settled
 from canaryflow_contracts.events import TargetRef
