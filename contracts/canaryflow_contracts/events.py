@@ -604,7 +604,9 @@ for _model in (ReleaseSucceeded, ReleaseRolledBack, ReleaseFailed):
 
 @dataclass(frozen=True)
 class CatalogueEntry:
-    """Who publishes an event and who consumes it: the ownership the brief assigns."""
+    """Who publishes an event and who consumes it: the ownership the brief assigns, and the
+    one place it is written (each service's consumers are checked against it; the executor
+    consumes what people are notified of)."""
 
     event: type[EventData]
     publisher: str
@@ -615,12 +617,12 @@ class CatalogueEntry:
 CATALOGUE: tuple[CatalogueEntry, ...] = (
     CatalogueEntry(ReleaseRequested, "any requester", ("planner",)),
     CatalogueEntry(RequestRefused, "planner", ("the requester",)),
-    CatalogueEntry(ReleasePlanned, "planner", ()),
-    CatalogueEntry(ReleaseRejected, "planner", ()),
-    CatalogueEntry(ReleaseStatusChanged, "planner", ()),
-    CatalogueEntry(ReleaseSucceeded, "planner", ()),
-    CatalogueEntry(ReleaseRolledBack, "planner", ()),
-    CatalogueEntry(ReleaseFailed, "planner", ()),
+    CatalogueEntry(ReleasePlanned, "planner", ("executor",)),
+    CatalogueEntry(ReleaseRejected, "planner", ("executor",)),
+    CatalogueEntry(ReleaseStatusChanged, "planner", ("executor",)),
+    CatalogueEntry(ReleaseSucceeded, "planner", ("executor",)),
+    CatalogueEntry(ReleaseRolledBack, "planner", ("executor",)),
+    CatalogueEntry(ReleaseFailed, "planner", ("executor",)),
     CatalogueEntry(ApplyPhase, "planner", ("executor",)),
     CatalogueEntry(PhaseReached, "executor", ("planner",)),
     CatalogueEntry(PhaseFailed, "executor", ("planner", "rollback")),
@@ -636,11 +638,11 @@ CATALOGUE: tuple[CatalogueEntry, ...] = (
     CatalogueEntry(AbortRelease, "operator (CLI)", ("rollback", "planner")),
     CatalogueEntry(PromoteNow, "operator (CLI)", ("planner",)),
     CatalogueEntry(SetWeight, "operator (CLI)", ("planner",)),
-    CatalogueEntry(OperatorCommandRefused, "planner, rollback", ()),
+    CatalogueEntry(OperatorCommandRefused, "planner, rollback", ("executor",)),
     CatalogueEntry(OpenGate, "operator (CLI) or any system", ("planner",)),
     CatalogueEntry(RunHook, "planner", ("executor", "systems answering bus hooks")),
     CatalogueEntry(HookCompleted, "executor or a system answering a bus hook", ("planner",)),
-    CatalogueEntry(CommandRefused, "executor, rollback", ()),
+    CatalogueEntry(CommandRefused, "executor, rollback", ("executor",)),
     CatalogueEntry(DeadLetter, "any service", ("operator",)),
 )
 

@@ -84,6 +84,8 @@ class Service:
         self._store: ReleaseStore | None = None
         # This service's durable consumers: a message JetStream gives up on is dead-lettered.
         self._durables: set[str] = set()
+        # The events it consumes, to be checked against the contract's catalogue (a test).
+        self.consumes: set[type[EventData]] = set()
         self._loops: list[BackgroundLoop] = []
         self._connect_hooks: list[ConnectHook] = []
         self._ack_waits: dict[str, float] = {}  # durable consumer -> its ack wait
@@ -111,6 +113,7 @@ class Service:
     ) -> None:
         durable = self.settings.subjects.consumer(self.settings.service, handler_name)
         self._durables.add(durable)
+        self.consumes.add(event)
         self._ack_waits[durable] = ack_wait_seconds or self.settings.ack_wait_seconds
         subscribe(
             self.broker,

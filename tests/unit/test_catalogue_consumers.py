@@ -1,0 +1,45 @@
+"""The contract's catalogue is the one statement of who consumes what: each service's durable
+consumers are checked against it (issue 18: it was written in three places)."""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes.client import ApiClient
+
+from canaryflow.executor.app import build_service as executor
+from canaryflow.metrics_watcher.app import build_service as metrics_watcher
+from canaryflow.planner.app import ReleaseRequestPayload
+from canaryflow.planner.app import build_service as planner
+from canaryflow.rollback.app import build_service as rollback
+from canaryflow.runtime.service import Service
+from canaryflow.runtime.settings import Settings
+from canaryflow_contracts import EventData
+from canaryflow_contracts.events import CATALOGUE, ReleaseRequested
+
+
+def _settings(service: str) -> Settings:
+    return Settings(service=service, nats_url="nats://127.0.0.1:1", prefix="catalogue")
+
+
+def _built(name: str) -> Service:
+    """The service as its entry point composes it (nothing connects before ``start``)."""
+    settings = _settings(name)
+    if name == "planner":
+        return planner(settings)
+    if name == "executor":
+        return executor(settings, api=ApiClient())
+    if name == "rollback":
+        return rollback(settings, api=ApiClient())
+    return metrics_watcher(settings)
+
+
+@pytest.mark.parametrize("name", ["planner", "executor", "metrics-watcher", "rollback"])
+def test_each_service_consumes_exactly_what_the_catalogue_says(name: str) -> None:
+    consumed: set[type[EventData]] = {
+        ReleaseRequested if event is ReleaseRequestPayload else event
+        for event in _built(name).consumes
+    }
+    catalogued = {entry.event for entry in CATALOGUE if name in entry.consumers}
+    assert sorted(e.event_type() for e in consumed) == sorted(
+        e.event_type() for e in catalogued
+    )
