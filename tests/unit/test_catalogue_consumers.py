@@ -3,13 +3,16 @@ consumers are checked against it (issue 18: it was written in three places)."""
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 from kubernetes.client import ApiClient
 
 from canaryflow.executor.app import build_service as executor
 from canaryflow.metrics_watcher.app import build_service as metrics_watcher
-from canaryflow.planner.app import ReleaseRequestPayload
+from canaryflow.planner.app import FOLLOWED, ReleaseRequestPayload
 from canaryflow.planner.app import build_service as planner
+from canaryflow.planner.machine import FollowedEvent
 from canaryflow.rollback.app import build_service as rollback
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
@@ -40,6 +43,11 @@ def test_each_service_consumes_exactly_what_the_catalogue_says(name: str) -> Non
         for event in _built(name).consumes
     }
     catalogued = {entry.event for entry in CATALOGUE if name in entry.consumers}
-    assert sorted(e.event_type() for e in consumed) == sorted(
-        e.event_type() for e in catalogued
-    )
+    assert sorted(e.event_type() for e in consumed) == sorted(e.event_type() for e in catalogued)
+
+
+def test_the_planner_follows_exactly_the_events_its_state_machine_handles() -> None:
+    """``FOLLOWED`` (its consumers) and ``FollowedEvent`` (what ``_transition`` must handle,
+    exhaustively: mypy's ``assert_never``) name the same events."""
+    followed = {event.event_type() for event, _ in FOLLOWED}
+    assert followed == {event.event_type() for event in get_args(FollowedEvent)}

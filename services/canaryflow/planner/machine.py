@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, assert_never
 
 import canaryflow.planner.waiting as waits
 from canaryflow.planner.planning import Admission, EffectiveAnalysis
@@ -327,82 +327,109 @@ def _set_weight(state: ReleaseState, now: datetime, command: SetWeight) -> Relea
     )
 
 
+FollowedEvent = (
+    PhaseReached
+    | PhaseFailed
+    | AnalysisVerdict
+    | PromotionCompleted
+    | RollbackRequested
+    | RollbackCompleted
+    | RollbackFailed
+    | PauseRelease
+    | ResumeRelease
+    | AbortRelease
+    | PromoteNow
+    | SetWeight
+    | HookCompleted
+    | OpenGate
+)
+"""What moves a planned release on: the events the planner follows (``app.FOLLOWED``, checked
+against the catalogue). ``_transition`` handles each one, and mypy proves it (``assert_never``)."""
+
+
 def _transition(state: ReleaseState, event: Envelope[Any], now: datetime) -> ReleaseState | None:
     data = event.data
+    if not isinstance(data, FollowedEvent):
+        return None  # nothing the planner follows (a request is admitted, not decided)
     status = state.status
     in_flight = status in (ReleaseStatus.APPLYING, ReleaseStatus.ANALYSING)
-    if isinstance(data, PhaseReached):
-        if status is not ReleaseStatus.APPLYING or data.step.index != state.step_index:
-            return None
-        detail = f"step {data.step.index}: canary at {data.canary_weight:g}%"
-        in_place = _log(state, now, "phase-reached", detail, event.source).model_copy(
-            update={
-                "status": ReleaseStatus.ANALYSING,
-                "canary_weight": data.canary_weight,
-                "last_command_at": now,
-            }
-        )
-        return waits.enter(in_place, waits.ROLLOUT, ReleaseStatus.ANALYSING, now)
-    if isinstance(data, HookCompleted | OpenGate):
-        return _on_hook_or_gate(state, data, now, event.source)
-    if isinstance(data, AnalysisVerdict):
-        if status is not ReleaseStatus.ANALYSING or data.step.index != state.step_index:
-            return None
-        return _on_verdict(state, data, now, event.source)
-    if isinstance(data, PhaseFailed):
-        if status is not ReleaseStatus.APPLYING or data.step.index != state.step_index:
-            return None
-        return _rolling_back(state, now, "phase-failed", data.reason, event.source)
-    if isinstance(data, RollbackRequested | AbortRelease):
-        if status is ReleaseStatus.ROLLING_BACK:
-            return None
-        actor = data.requested_by if isinstance(data, RollbackRequested) else data.actor
-        name = "rollback-requested" if isinstance(data, RollbackRequested) else "aborted"
-        return _rolling_back(state, now, name, data.reason or name, actor)
-    if isinstance(data, PauseRelease | ResumeRelease):
-        return _pause_or_resume(state, event, now) if in_flight else None
-    if isinstance(data, SetWeight):
-        return _set_weight(state, now, data) if in_flight else None
-    if isinstance(data, PromoteNow):
-        if not in_flight:
-            return None
-        promoting = _log(state, now, "promote-now", data.reason, data.actor).model_copy(
-            update={
-                "status": ReleaseStatus.PROMOTING,
-                "paused": False,
-                "paused_at": None,
-                "last_command_at": now,
-            }
-        )
-        return waits.enter(promoting, waits.PROMOTION, ReleaseStatus.PROMOTING, now)
-    if isinstance(data, PromotionCompleted):
-        if status is not ReleaseStatus.PROMOTING:
-            return None
-        return _log(state, now, "promoted", data.image, event.source).model_copy(
-            update={"status": ReleaseStatus.SUCCEEDED, "canary_weight": 100.0}
-        )
-    if isinstance(data, RollbackFailed):
-        # Like a completion, it may come before we heard of the trigger it answers.
-        failures = state.rollback_failures + 1
-        detail = f"attempt {failures} of {ROLLBACK_ATTEMPTS}: {data.reason}"
-        failed = _rolling_back(state, now, "rollback-failed", detail, event.source).model_copy(
-            update={"rollback_failures": failures}
-        )
-        if data.final or failures >= ROLLBACK_ATTEMPTS:
-            return failed.model_copy(update={"status": ReleaseStatus.FAILED})
-        return failed
-    if isinstance(data, RollbackCompleted):
-        # The rollback service acts on its own triggers, possibly before we heard of them.
-        detail = f"{data.reason}; stable at {data.stable_replicas} replicas"
-        return _log(state, now, "rolled-back", detail, event.source).model_copy(
-            update={
-                "status": ReleaseStatus.ROLLED_BACK,
-                "canary_weight": 0.0,
-                "paused": False,
-                "outcome_reason": state.outcome_reason or data.reason,
-            }
-        )
-    return None
+    match data:
+        case PhaseReached():
+            if status is not ReleaseStatus.APPLYING or data.step.index != state.step_index:
+                return None
+            detail = f"step {data.step.index}: canary at {data.canary_weight:g}%"
+            in_place = _log(state, now, "phase-reached", detail, event.source).model_copy(
+                update={
+                    "status": ReleaseStatus.ANALYSING,
+                    "canary_weight": data.canary_weight,
+                    "last_command_at": now,
+                }
+            )
+            return waits.enter(in_place, waits.ROLLOUT, ReleaseStatus.ANALYSING, now)
+        case HookCompleted() | OpenGate():
+            return _on_hook_or_gate(state, data, now, event.source)
+        case AnalysisVerdict():
+            if status is not ReleaseStatus.ANALYSING or data.step.index != state.step_index:
+                return None
+            return _on_verdict(state, data, now, event.source)
+        case PhaseFailed():
+            if status is not ReleaseStatus.APPLYING or data.step.index != state.step_index:
+                return None
+            return _rolling_back(state, now, "phase-failed", data.reason, event.source)
+        case RollbackRequested():
+            if status is ReleaseStatus.ROLLING_BACK:
+                return None
+            reason = data.reason or "rollback-requested"
+            return _rolling_back(state, now, "rollback-requested", reason, data.requested_by)
+        case AbortRelease():
+            if status is ReleaseStatus.ROLLING_BACK:
+                return None
+            return _rolling_back(state, now, "aborted", data.reason or "aborted", data.actor)
+        case PauseRelease() | ResumeRelease():
+            return _pause_or_resume(state, event, now) if in_flight else None
+        case SetWeight():
+            return _set_weight(state, now, data) if in_flight else None
+        case PromoteNow():
+            if not in_flight:
+                return None
+            promoting = _log(state, now, "promote-now", data.reason, data.actor).model_copy(
+                update={
+                    "status": ReleaseStatus.PROMOTING,
+                    "paused": False,
+                    "paused_at": None,
+                    "last_command_at": now,
+                }
+            )
+            return waits.enter(promoting, waits.PROMOTION, ReleaseStatus.PROMOTING, now)
+        case PromotionCompleted():
+            if status is not ReleaseStatus.PROMOTING:
+                return None
+            return _log(state, now, "promoted", data.image, event.source).model_copy(
+                update={"status": ReleaseStatus.SUCCEEDED, "canary_weight": 100.0}
+            )
+        case RollbackFailed():
+            # Like a completion, it may come before we heard of the trigger it answers.
+            failures = state.rollback_failures + 1
+            detail = f"attempt {failures} of {ROLLBACK_ATTEMPTS}: {data.reason}"
+            failed = _rolling_back(state, now, "rollback-failed", detail, event.source).model_copy(
+                update={"rollback_failures": failures}
+            )
+            if data.final or failures >= ROLLBACK_ATTEMPTS:
+                return failed.model_copy(update={"status": ReleaseStatus.FAILED})
+            return failed
+        case RollbackCompleted():
+            # The rollback service acts on its own triggers, possibly before we heard of them.
+            detail = f"{data.reason}; stable at {data.stable_replicas} replicas"
+            return _log(state, now, "rolled-back", detail, event.source).model_copy(
+                update={
+                    "status": ReleaseStatus.ROLLED_BACK,
+                    "canary_weight": 0.0,
+                    "paused": False,
+                    "outcome_reason": state.outcome_reason or data.reason,
+                }
+            )
+        case _:
+            assert_never(data)
 
 
 def _on_verdict(
