@@ -21,9 +21,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from canaryflow_contracts.identifiers import RELEASE_ID_PATTERN
+from canaryflow_contracts.text import TextModel
 
 TYPE_PREFIX = "io.canaryflow."
 # The NATS header carrying the envelope id: JetStream drops a second message with the same one.
@@ -38,7 +39,7 @@ EXTENSION_NAME_PATTERN = r"^[a-z0-9]+$"
 ExtensionValue = str | int | bool
 
 
-class EventData(BaseModel):
+class EventData(TextModel):
     """Base of every event payload. Subclasses declare their CloudEvents type and subject name."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -87,7 +88,7 @@ def _extension_schema(schema: dict[str, Any]) -> None:
     schema["additionalProperties"] = False
 
 
-class Envelope(BaseModel, Generic[DataT]):
+class Envelope(TextModel, Generic[DataT]):
     """A CloudEvents 1.0 structured-mode event whose ``data`` is a typed canaryflow payload.
 
     Extension attributes are kept in ``model_extra`` and serialised back as they came.

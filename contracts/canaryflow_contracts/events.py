@@ -17,9 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from canaryflow_contracts.envelope import Envelope, EventData, envelope_of
 from canaryflow_contracts.identifiers import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, IMAGE_PATTERN
 from canaryflow_contracts.policy import Analysis, Hook, OperatorAction
+from canaryflow_contracts.text import TextModel
 
 
-class _Part(BaseModel):
+class _Part(TextModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
 
 from canaryflow_contracts.identifiers import DNS_SUBDOMAIN_PATTERN
+from canaryflow_contracts.text import TextModel
 
 GROUP = "canaryflow.io"
 VERSION = "v1alpha1"
@@ -21,7 +22,7 @@ KIND = "ReleasePolicy"
 PLURAL = "releasepolicies"
 
 
-class _Spec(BaseModel):
+class _Spec(TextModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
     )

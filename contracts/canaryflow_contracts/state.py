@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from canaryflow_contracts.events import (
     ContainerResources,
@@ -24,6 +24,7 @@ from canaryflow_contracts.events import (
     VersionSpec,
 )
 from canaryflow_contracts.policy import Analysis, Hook, Notify, OperatorGrant
+from canaryflow_contracts.text import TextModel
 
 HISTORY_LIMIT = 100
 SEEN_EVENTS_LIMIT = 200
@@ -50,7 +51,7 @@ class ReleaseStatus(StrEnum):
         )
 
 
-class Waiting(BaseModel):
+class Waiting(TextModel):
     """What a WAITING release waits for: hooks and gates, in order, then ``then``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -62,7 +63,7 @@ class Waiting(BaseModel):
     deadline: datetime = Field(description="When the current hook or gate runs out of time.")
 
 
-class HistoryEntry(BaseModel):
+class HistoryEntry(TextModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     time: datetime
@@ -71,7 +72,7 @@ class HistoryEntry(BaseModel):
     actor: str = ""
 
 
-class VerdictSummary(BaseModel):
+class VerdictSummary(TextModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     step_index: int
@@ -82,7 +83,7 @@ class VerdictSummary(BaseModel):
     action: VerdictAction | None = Field(default=None, description="What the policy said.")
 
 
-class ReleaseState(BaseModel):
+class ReleaseState(TextModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     release_id: str

@@ -30,6 +30,7 @@ from tests.support.pods import Handover, PodHistory, WarmUp, handover
 
 from canaryflow.rollback.restorer import Restorer
 from canaryflow.runtime import conventions
+from canaryflow.runtime.kube import utc_now
 from canaryflow_contracts.events import TargetRef
 
 pytestmark = pytest.mark.stack
@@ -74,7 +75,7 @@ async def measure(kube: client.ApiClient, namespace: str, name: str, prescale: b
     started = time.monotonic()
     try:
         restorer = Restorer(kube, prescale=prescale)
-        deadline = kube.utc_now() + timedelta(seconds=120)
+        deadline = utc_now() + timedelta(seconds=120)
         await restorer.restore(rid, TargetRef(namespace=namespace, name=name), deadline)
         restored = time.monotonic() - started
     finally:
