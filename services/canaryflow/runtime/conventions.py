@@ -59,23 +59,6 @@ class DeploymentReadiness:
         )
 
 
-def readiness(deployment: Any | None) -> DeploymentReadiness:
-    """Read a V1Deployment (or None when absent) into a ``DeploymentReadiness``."""
-    if deployment is None:
-        return DeploymentReadiness(False, 0, 0, 0, 0, True)
-    status = deployment.status
-    generation = deployment.metadata.generation or 0
-    observed = (status.observed_generation or 0) if status else 0
-    return DeploymentReadiness(
-        exists=True,
-        desired=deployment.spec.replicas if deployment.spec.replicas is not None else 1,
-        ready=(status.ready_replicas or 0) if status else 0,
-        updated=(status.updated_replicas or 0) if status else 0,
-        available=(status.available_replicas or 0) if status else 0,
-        settled=observed >= generation,
-    )
-
-
 def split_replicas(total: int, weight_percent: int) -> tuple[int, int]:
     """(stable, canary) replica counts giving the canary about ``weight_percent`` of traffic.
 

@@ -137,17 +137,12 @@ def signed_bytes(command: Envelope[Any]) -> bytes:
 
 def sign(command: Envelope[Any], private_key: Ed25519PrivateKey) -> Envelope[Any]:
     """The command with its signature in the ``operatorkey``/``operatorsig`` extensions."""
-    public = private_key.public_key()
-    blob = base64.b64encode(_openssh_blob(public)).decode()
+    public = private_key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH)
     signature = base64.b64encode(private_key.sign(signed_bytes(command))).decode()
-    attributes = {**command.model_dump(exclude={"data"}), **command.extensions}
-    attributes.update({KEY_EXTENSION: blob, SIGNATURE_EXTENSION: signature})
+    # model_dump keeps the extensions the command already carries (e.g. traceparent).
+    attributes = command.model_dump(exclude={"data"})
+    attributes.update({KEY_EXTENSION: key_id(public.decode()), SIGNATURE_EXTENSION: signature})
     return type(command)(data=command.data, **attributes)
-
-
-def _openssh_blob(public: Ed25519PublicKey) -> bytes:
-    line = public.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH)
-    return base64.b64decode(line.split()[1])
 
 
 def proven_key(command: Envelope[Any], now: datetime) -> tuple[str | None, str | None]:

@@ -110,12 +110,18 @@ def endpoint_ready(endpoint: Any) -> bool:
     return conditions is None or conditions.ready is not False
 
 
-def ready_endpoints(api: client.ApiClient, namespace: str, service: str) -> int:
-    """How many ready endpoints the Service's EndpointSlices list."""
-    slices = client.DiscoveryV1Api(api).list_namespaced_endpoint_slice(
+def endpoint_slices(api: client.ApiClient, namespace: str, service: str) -> list[Any]:
+    """The Service's EndpointSlices, as the API has them now."""
+    listed = client.DiscoveryV1Api(api).list_namespaced_endpoint_slice(
         namespace, label_selector=f"{SERVICE_NAME_LABEL}={service}"
     )
-    return sum(endpoint_ready(e) for s in slices.items for e in s.endpoints or [])
+    return list(listed.items)
+
+
+def ready_endpoints(api: client.ApiClient, namespace: str, service: str) -> int:
+    """How many ready endpoints the Service's EndpointSlices list."""
+    slices = endpoint_slices(api, namespace, service)
+    return sum(endpoint_ready(e) for s in slices for e in s.endpoints or [])
 
 
 async def reachable(api: client.ApiClient, target: TargetRef, track: str) -> None:
@@ -172,12 +178,7 @@ def _endpoints_of(
     pods = core.list_namespaced_pod(
         namespace, label_selector=",".join(f"{k}={v}" for k, v in selector.items())
     ).items
-    slices = (
-        client.DiscoveryV1Api(api)
-        .list_namespaced_endpoint_slice(namespace, label_selector=f"{SERVICE_NAME_LABEL}={service}")
-        .items
-    )
-    return leaving_endpoints(slices, pods)
+    return leaving_endpoints(endpoint_slices(api, namespace, service), pods)
 
 
 async def settled(api: client.ApiClient, target: TargetRef, service: str) -> None:
