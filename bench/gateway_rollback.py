@@ -86,7 +86,9 @@ async def main(args: argparse.Namespace) -> int:
     gateway = gateway_url(env_json)
     api = config.new_client_from_config(config_file=endpoints.kubeconfig)
     shop.install_crd(api)
-    nc = await nats.connect(nats_servers(endpoints.nats_url))
+    nc = await nats.connect(
+        nats_servers(endpoints.nats_url), **endpoints.nats_access().client_options()
+    )
     lags: list[float] = []
     failures: list[int] = []
 

@@ -20,11 +20,15 @@ import time
 import nats
 from nats.js.api import StreamConfig
 
+from canaryflow.runtime.nats_access import NatsAccess
+
 STREAM = "BENCH_PUBLISH"
 
 
 async def measure(urls: list[str], replicas: int, count: int) -> list[float]:
-    connection = await nats.connect(servers=urls)
+    # TLS and the admin identity from the stack's environment (NATS_TLS_CA, NATS_NKEY_SEED).
+    access = NatsAccess.from_env(None, dict(os.environ))
+    connection = await nats.connect(servers=urls, **access.client_options())
     js = connection.jetstream()
     try:
         await js.add_stream(
@@ -49,7 +53,7 @@ def main() -> None:
         "--replicas", type=int, default=int(os.environ.get("CANARYFLOW_STREAM_REPLICAS", "1"))
     )
     args = parser.parse_args()
-    urls = os.environ.get("NATS_URL", "nats://127.0.0.1:14222").split(",")
+    urls = os.environ.get("NATS_URL", "tls://127.0.0.1:14222").split(",")
     millis = asyncio.run(measure(urls, args.replicas, args.count))
     p50, p99 = millis[len(millis) // 2], millis[int(len(millis) * 0.99) - 1]
     print(

@@ -259,7 +259,9 @@ async def main(args: argparse.Namespace) -> int:
     endpoints = StackEndpoints.from_env_json(env_json)
     api = config.new_client_from_config(config_file=endpoints.kubeconfig)
     shop.install_crd(api)
-    nc = await nats.connect(nats_servers(endpoints.nats_url))
+    nc = await nats.connect(
+        nats_servers(endpoints.nats_url), **endpoints.nats_access().client_options()
+    )
     lines: list[str] = []
     try:
         ack_wait = Settings("bench").ack_wait_seconds

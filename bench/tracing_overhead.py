@@ -100,6 +100,8 @@ def _measure(workload: str, tracing: bool, events: int, stack: dict[str, str]) -
     env = {
         **os.environ,
         "NATS_URL": stack["NATS_URL"],
+        "NATS_TLS_CA": stack.get("NATS_TLS_CA", ""),
+        "NATS_NKEY_SEED": stack.get("NATS_NKEY_SEED", ""),
         "PROMETHEUS_URL": stack["PROMETHEUS_URL"],
         "OTEL_SERVICE_NAME": f"canaryflow-bench-{service}",
         "CANARYFLOW_LOG_LEVEL": "INFO",
@@ -229,6 +231,8 @@ async def child(name: str, events: int) -> None:
         settings = Settings(
             service=WORKLOADS[name].service,
             nats_url=os.environ["NATS_URL"],
+            nats_tls_ca=os.environ.get("NATS_TLS_CA"),
+            nats_nkey_seed=os.environ.get("NATS_NKEY_SEED"),
             prefix=f"bench_{uuid.uuid4().hex[:10]}",
             kubeconfig=kubeconfig,
             prometheus_url=os.environ["PROMETHEUS_URL"],

@@ -63,11 +63,19 @@ def stack(stack_settings: Settings) -> StackEnv:
     return StackEnv.from_env(env)
 
 
+@pytest.fixture
+def as_operator(stack: StackEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI, run in this process, connects as the stack's operator identity."""
+    for name, value in stack.nats_env("operator").items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.fixture(scope="session")
 async def nats_client(stack: StackEnv) -> AsyncIterator[NatsClient]:
     """One nats-py connection for the session; it reconnects by itself after a NATS restart."""
     nc = await nats.connect(
         nats_servers(stack.nats_url),
+        **stack.nats_access().client_options(),
         name="canaryflow-tests",
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.2,

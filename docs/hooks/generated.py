@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from canaryflow_contracts.identities import identities_table
 from canaryflow_contracts.reference import catalogue_table, policy_reference
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +38,7 @@ def bench_results() -> str:
 GENERATED: dict[str, Callable[[], str]] = {
     "policy reference": policy_reference,
     "event catalogue": catalogue_table,
+    "nats identities": identities_table,
     "bench/README.md": bench_readme,
     "bench results": bench_results,
 }

@@ -25,7 +25,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from canaryflow.demo import shop
-from canaryflow.demo.launcher import ServiceLauncher, StackEndpoints, delete_jetstream_state
+from canaryflow.demo.launcher import ServiceLauncher, delete_jetstream_state
 from canaryflow.runtime.signing import verify
 from canaryflow_contracts import Envelope, EventData, Subjects
 from canaryflow_contracts.events import (
@@ -51,14 +51,7 @@ SIGNING_KEY = "e2e-signing-key"
 def launcher_for(stack: StackEnv, prefix: str, replicas: int) -> ServiceLauncher:
     """The four services on the stack, on the streams of ``prefix``, logging under the stack."""
     return ServiceLauncher(
-        StackEndpoints(
-            nats_url=stack.nats_url,
-            kubeconfig=stack.kubeconfig,
-            prometheus_url=stack.prometheus_url,
-            otlp_endpoint=stack.otlp_http_endpoint,
-            prometheus_targets=stack.prometheus_targets,
-            stream_replicas=stack.stream_replicas,
-        ),
+        stack.endpoints,
         prefix=prefix,
         log_dir=stack.state_dir / "logs" / f"e2e-{prefix}",
         replicas=replicas,

@@ -54,6 +54,8 @@ from tests.support import StackEnv, chart, client_with_token, kubeconfig_with_to
 pytestmark = pytest.mark.stack
 
 NAMESPACE_PREFIX = "canaryflow-helm"
+NATS_CA_SECRET = "nats-ca"
+NKEYS_SECRET = "canaryflow-nats-nkeys"
 
 
 @dataclass
@@ -74,7 +76,15 @@ def chart_values(stack: StackEnv, prefix: str) -> dict[str, Any]:
     collector are, this run's subject prefix, and one replica each (two cores here)."""
     return {
         "prefix": prefix,
-        "nats": {"urls": stack.nats_url.split(","), "streamReplicas": stack.stream_replicas},
+        "nats": {
+            "urls": stack.nats_url.split(","),
+            "streamReplicas": stack.stream_replicas,
+            # The defaults: TLS verified with the CA in NATS_CA_SECRET, each service's own NKey
+            # from NKEYS_SECRET (nats_secrets makes both from the stack's).
+            "tls": {"enabled": True, "caSecretName": NATS_CA_SECRET},
+            "auth": "nkey",
+            "nkeys": {"secretName": NKEYS_SECRET},
+        },
         "prometheus": {"url": stack.prometheus_url},
         "otel": {"endpoint": stack.otlp_http_endpoint},
         "planner": {"replicas": 1, "reconcileSeconds": 2},
@@ -94,8 +104,25 @@ def service_account_token(kube: client.ApiClient, namespace: str, name: str) -> 
     return token
 
 
-async def _delete_streams(nats_url: str, prefix: str) -> None:
-    nc = await nats.connect(nats_servers(nats_url))
+def nats_secrets(kube: client.ApiClient, namespace: str, stack: StackEnv) -> None:
+    """What a platform team creates before installing: the NATS CA and one NKey seed per
+    service (here the stack's; its NATS server lists their public keys)."""
+    core = client.CoreV1Api(kube)
+    core.create_namespace({"metadata": {"name": namespace}})
+    identities = stack.endpoints.nats_identities
+    assert identities is not None, "the stack's env.json names no NATS identities"
+    seeds = {
+        f"{component}.nk": (identities / f"{component}.nk").read_bytes()
+        for component, _ in chart.SERVICES.values()
+    }
+    ca = Path(stack.nats_access().tls_ca or "").read_bytes()
+    for name, data in ((NATS_CA_SECRET, {"ca.crt": ca}), (NKEYS_SECRET, seeds)):
+        encoded = {key: base64.b64encode(value).decode() for key, value in data.items()}
+        core.create_namespaced_secret(namespace, {"metadata": {"name": name}, "data": encoded})
+
+
+async def _delete_streams(stack: StackEnv, prefix: str) -> None:
+    nc = await nats.connect(nats_servers(stack.nats_url), **stack.nats_access().client_options())
     try:
         await delete_jetstream_state(nc, prefix)
     finally:
@@ -116,12 +143,13 @@ def installed(
     # half the work off the chart's identities, and both fleets wrote the same log files.
     prefix = f"e2e_{uuid.uuid4().hex[:8]}"
     values = chart_values(stack, prefix)
+    nats_secrets(kube, namespace, stack)
     result = chart.install(stack.helm, stack.kubeconfig, release, namespace, values)
     assert result.code == 0, result.stderr
     logs = stack.state_dir / "logs" / f"helm-{release}"
     logs.mkdir(parents=True, exist_ok=True)
     (logs / "helm-install.txt").write_text(result.stdout)
-    apps = client.AppsV1Api(kube)
+    apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
     deployments, tokens, exact_env = {}, {}, {}
     workdir = tmp_path_factory.mktemp("helm")
     for component, module in chart.SERVICES.values():
@@ -131,8 +159,14 @@ def installed(
         deployments[component] = deployment
         account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
         tokens[component] = service_account_token(kube, namespace, account)
+        # The Secrets it mounts (its NATS identity, the CA), where its environment names them.
+        mounted = chart.mount_secrets(
+            deployment,
+            lambda secret: dict(core.read_namespaced_secret(secret, namespace).data),
+            workdir / component,
+        )
         exact_env[module] = {
-            **chart.container_env(deployment),
+            **chart.localized(chart.container_env(deployment), mounted),
             # In a pod: the mounted token and the in-cluster address; here, the same token.
             "KUBECONFIG": kubeconfig_with_token(
                 stack.kubeconfig, tokens[component], workdir / f"{component}.kubeconfig"
@@ -147,7 +181,7 @@ def installed(
         yield installation
     finally:
         launcher.stop()
-        asyncio.run(_delete_streams(stack.nats_url, prefix))
+        asyncio.run(_delete_streams(stack, prefix))
         chart.helm(
             stack.helm, "uninstall", release, "--namespace", namespace, kubeconfig=stack.kubeconfig
         )
@@ -223,7 +257,12 @@ def test_each_router_listed_adds_its_rules_and_only_those(stack: StackEnv) -> No
         ({"planner": {"replicas": -1}}, "at '/planner/replicas': minimum: got -1, want 0"),
         ({"nats": {"urls": ["http://nats:4222"]}}, "at '/nats/urls/0': 'http://nats:4222'"),
         ({"metricsWatcher": {"alerts": {"port": 70000}}}, "at '/metricsWatcher/alerts/port'"),
-        ({"nats": {"tls": {"enabled": True}}}, "at '/nats/tls/caSecretName': minLength"),
+        (
+            {"nats": {"tls": {"enabled": True, "caSecretName": ""}}},
+            "at '/nats/tls/caSecretName': minLength",
+        ),
+        ({"nats": {"nkeys": {"secretName": ""}}}, "at '/nats/nkeys/secretName': minLength"),
+        ({"nats": {"auth": "password"}}, "at '/nats/auth': value must be one of"),
         ({"rbac": {"namespaces": ["Not_A_Namespace"]}}, "at '/rbac/namespaces/0'"),
         ({"planner": {"replica": 2}}, "additional properties 'replica' not allowed"),
         ({"traffic": {"routers": ["istio"]}}, "at '/traffic/routers/0': value must be one of"),

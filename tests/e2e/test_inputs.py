@@ -195,6 +195,8 @@ async def test_a_reused_release_id_is_refused_and_the_release_ends_once_with_its
 
 
 async def test_the_cli_reports_a_refused_request_instead_of_another_requests_outcome(
+    as_operator: None,
+    *,
     kube: client.ApiClient,
     shop_namespace: str,
     releases: Releases,

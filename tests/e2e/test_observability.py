@@ -99,6 +99,7 @@ def _log_lines(services: ServiceLauncher, release_id: str) -> list[dict[str, obj
 
 
 async def test_each_release_is_one_connected_trace_across_the_four_services(
+    as_operator: None,
     *,
     kube: client.ApiClient,
     shop_namespace: str,

@@ -432,6 +432,8 @@ def _key_file(directory: Path, name: str) -> tuple[Path, str]:
 
 
 async def test_a_grant_with_keys_obeys_only_commands_its_key_signed_through_the_cli(
+    as_operator: None,
+    *,
     kube: client.ApiClient,
     shop_namespace: str,
     releases: Releases,

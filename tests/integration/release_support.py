@@ -26,6 +26,7 @@ from canaryflow.runtime.settings import Settings
 from canaryflow.runtime.store import ReleaseStore
 from canaryflow_contracts import Envelope, EventData, Subjects
 from canaryflow_contracts.events import PlannedStep, TargetRef, VersionSpec
+from canaryflow_contracts.identities import IDENTITIES
 from canaryflow_contracts.state import ReleaseState, ReleaseStatus
 
 E = TypeVar("E", bound=EventData)
@@ -38,6 +39,8 @@ def service_settings(stack: StackEnv, prefix: str, service: str) -> Settings:
     return Settings(
         service=service,
         nats_url=stack.nats_url,
+        # A service as its own NATS identity; a test's own (e.g. "tracetest") as admin.
+        **stack.nats_settings(service if service in IDENTITIES else "admin"),
         prefix=prefix,
         kubeconfig=None if ":" in stack.kubeconfig else stack.kubeconfig,
         ack_wait_seconds=10,

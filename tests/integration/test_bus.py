@@ -34,7 +34,9 @@ pytestmark = pytest.mark.stack
 
 def _settings(stack: StackEnv, prefix: str, **changes: Any) -> Settings:
     given: dict[str, Any] = {"max_deliver": 3, "workers": 2, **changes}
-    return Settings(service="bustest", nats_url=stack.nats_url, prefix=prefix, **given)
+    return Settings(
+        service="bustest", nats_url=stack.nats_url, prefix=prefix, **stack.nats_settings(), **given
+    )
 
 
 @pytest.fixture

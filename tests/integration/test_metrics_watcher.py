@@ -137,6 +137,7 @@ def _settings(stack: StackEnv, prefix: str, prometheus_url: str) -> Settings:
     return Settings(
         service=SERVICE_NAME,
         nats_url=stack.nats_url,
+        **stack.nats_settings(SERVICE_NAME),
         prefix=prefix,
         kubeconfig=None if ":" in stack.kubeconfig else stack.kubeconfig,
         prometheus_url=prometheus_url,

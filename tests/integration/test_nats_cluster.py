@@ -28,10 +28,12 @@ from tests.support import StackEnv, async_wait_until, wait_until
 from tests.unit.support_state import sample_state
 
 from canaryflow.runtime.bus import Delivery
+from canaryflow.runtime.nats_access import NatsAccess
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings as ServiceSettings
 from canaryflow_contracts import Envelope
 from canaryflow_contracts.events import PauseRelease
+from canaryflow_stack import natsauth
 from canaryflow_stack.config import HOST
 from canaryflow_stack.config import Settings as StackSettings
 from canaryflow_stack.servers import locate_binaries, nats_config
@@ -50,6 +52,7 @@ class Node:
     monitor_url: str
     conf: Path
     log: Path
+    access: NatsAccess  # TLS and the admin NKey of this cluster's own state folder
     process: subprocess.Popen[bytes] | None = None
 
     def start(self, binary: Path) -> None:
@@ -95,6 +98,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, stack: StackEnv) -> Iterat
             f"http://{HOST}:{monitor}",
             conf,
             state / f"node-{number}.log",
+            NatsAccess.from_env(None, natsauth.client_env(settings)),
         )
         node.start(binary)
         nodes.append(node)
@@ -111,6 +115,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, stack: StackEnv) -> Iterat
 async def cluster_client(cluster: list[Node]) -> AsyncIterator[NatsClient]:
     nc = await nats.connect(
         [node.client_url for node in cluster],
+        **cluster[0].access.client_options(),
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.2,
     )
@@ -122,6 +127,8 @@ def _settings(cluster: list[Node], prefix: str) -> ServiceSettings:
     return ServiceSettings(
         service="clustertest",
         nats_url=",".join(node.client_url for node in cluster),
+        nats_tls_ca=cluster[0].access.tls_ca,
+        nats_nkey_seed=cluster[0].access.nkey_seed,
         prefix=prefix,
         stream_replicas=NODES,
         ack_wait_seconds=1,

@@ -33,8 +33,9 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from tests.support import StackEnv
 
-from canaryflow.demo.launcher import ServiceLauncher, StackEndpoints
+from canaryflow.demo.launcher import ServiceLauncher
 from canaryflow.runtime.decoding import check_limits
+from canaryflow.runtime.nats_access import NatsAccess
 from canaryflow.runtime.settings import nats_servers
 from canaryflow_contracts import Subjects
 from canaryflow_contracts.events import ReleaseRequested
@@ -172,13 +173,13 @@ class Answers:
 class Bus:
     """A NATS connection on an event loop of its own, for Hypothesis's synchronous examples."""
 
-    def __init__(self, url: str, subjects: Subjects) -> None:
+    def __init__(self, url: str, subjects: Subjects, access: NatsAccess) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.subjects = subjects
         self.answers = Answers()
-        self.nc: NatsClient = self.run(nats.connect(nats_servers(url)))
+        self.nc: NatsClient = self.run(nats.connect(nats_servers(url), **access.client_options()))
         self.run(self.nc.subscribe(f"{subjects.prefix}.>", cb=self.answers.on_message))
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 120) -> T:
@@ -349,7 +350,7 @@ async def _consumer_state(bus: Bus) -> str:
 def planner(stack: StackEnv) -> Iterator[ServiceLauncher]:
     prefix = f"pbt_{uuid.uuid4().hex[:8]}"
     launcher = ServiceLauncher(
-        StackEndpoints.from_env_json(stack.state_dir / "env.json"),
+        stack.endpoints,
         prefix=prefix,
         log_dir=stack.state_dir / "logs" / f"property-{prefix}",
         # Thousands of refused requests would be thousands of traces in the shared Jaeger.
@@ -364,7 +365,7 @@ def planner(stack: StackEnv) -> Iterator[ServiceLauncher]:
 
 @pytest.fixture(scope="module")
 def bus(stack: StackEnv, planner: ServiceLauncher) -> Iterator[Bus]:
-    connection = Bus(stack.nats_url, Subjects(planner.prefix))
+    connection = Bus(stack.nats_url, Subjects(planner.prefix), stack.nats_access())
     try:
         yield connection
     finally:

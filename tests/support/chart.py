@@ -7,9 +7,10 @@ renders or installs, never from a copy of the rules.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,39 @@ def audited_requests(audit_log: Path, username: str) -> dict[tuple[str, str, str
         key = (ref.get("apiGroup", ""), ref["resource"], event["verb"])
         seen.setdefault(key, set()).add(int(event.get("responseStatus", {}).get("code", 0)))
     return seen
+
+
+def mount_secrets(
+    deployment: dict[str, Any], secret_data: Callable[[str], dict[str, str]], root: Path
+) -> dict[str, Path]:
+    """Write each Secret volume the container mounts into a folder under ``root``, with the
+    items (key -> path) the volume names, as the kubelet would; ``secret_data`` reads a
+    Secret's ``data`` (base64 values). Returns each mount path's local folder."""
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    volumes = {volume["name"]: volume for volume in spec.get("volumes") or []}
+    folders: dict[str, Path] = {}
+    for mount in container.get("volumeMounts") or []:
+        secret = volumes[mount["name"]].get("secret")
+        if secret is None:
+            continue
+        data = secret_data(secret["secretName"])
+        folder = root / mount["name"]
+        folder.mkdir(parents=True, exist_ok=True)
+        items = secret.get("items") or [{"key": key, "path": key} for key in data]
+        for item in items:
+            target = folder / item["path"]
+            target.write_bytes(base64.b64decode(data[item["key"]]))
+            target.chmod(0o600)
+        folders[mount["mountPath"]] = folder
+    return folders
+
+
+def localized(env: dict[str, str], folders: dict[str, Path]) -> dict[str, str]:
+    """``env`` with every path under a mounted folder pointing at its local copy."""
+    local = dict(env)
+    for name, value in env.items():
+        for mount_path, folder in folders.items():
+            if value.startswith(mount_path + "/"):
+                local[name] = str(folder / value[len(mount_path) + 1 :])
+    return local

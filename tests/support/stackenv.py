@@ -6,8 +6,12 @@ string keys, and a missing key should fail loudly in one place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from canaryflow.demo.launcher import StackEndpoints
+from canaryflow.runtime.nats_access import NatsAccess
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class StackEnv:
     """The stack's Helm 4 binary (empty when env.json predates it)."""
     audit_log: str = ""
     """The local API server's audit log of service accounts' requests (empty: none)."""
+    endpoints: StackEndpoints = field(default=None, repr=False)  # type: ignore[assignment]
+    """The same, as the demo's launcher takes them (with the NATS identities)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> StackEnv:
@@ -48,7 +54,22 @@ class StackEnv:
             stream_replicas=int(env.get("CANARYFLOW_STREAM_REPLICAS", "1")),
             helm=env.get("HELM", ""),
             audit_log=env.get("CANARYFLOW_AUDIT_LOG", ""),
+            endpoints=StackEndpoints.from_env(env),
         )
+
+    def nats_access(self, identity: str = "admin") -> NatsAccess:
+        """TLS and ``identity``'s NKey (``admin``: allowed everything, for setting up and
+        observing); ``nats.connect(..., **stack.nats_access().client_options())``."""
+        return self.endpoints.nats_access(identity)
+
+    def nats_env(self, identity: str = "admin") -> dict[str, str]:
+        """``NATS_TLS_CA`` and ``NATS_NKEY_SEED`` for a process connecting as ``identity``."""
+        return self.endpoints.nats_env(identity)
+
+    def nats_settings(self, identity: str = "admin") -> dict[str, Any]:
+        """The same as ``Settings`` fields, for a service run inside the test process."""
+        access = self.nats_access(identity)
+        return {"nats_tls_ca": access.tls_ca, "nats_nkey_seed": access.nkey_seed}
 
     @property
     def is_local_cluster(self) -> bool:

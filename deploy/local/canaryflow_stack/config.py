@@ -169,8 +169,9 @@ class Settings:
         return ports
 
     def nats_urls(self) -> list[str]:
+        """Every node's client URL: TLS, verified against the stack's NATS CA."""
         return [
-            f"nats://{HOST}:{self.nats_node_ports(node)[0]}"
+            f"tls://{HOST}:{self.nats_node_ports(node)[0]}"
             for node in range(1, self.nats_nodes + 1)
         ]
 

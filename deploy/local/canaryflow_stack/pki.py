@@ -64,13 +64,14 @@ def files(settings: Settings) -> ClusterFiles:
     )
 
 
-def _openssl(args: list[str], cwd: Path) -> None:
+def openssl(args: list[str], cwd: Path, server: str = "kube-apiserver") -> None:
+    """Run ``openssl``; a failure is the named server's (its credentials cannot be made)."""
     result = subprocess.run(
         ["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         raise StackError(
-            "kube-apiserver",
+            server,
             None,
             f"openssl {args[0]} failed: {result.stderr.strip()[-400:]}",
             "openssl missing or too old (OpenSSL 1.1+ is needed)",
@@ -84,7 +85,7 @@ def ensure_credentials(settings: Settings) -> ClusterFiles:
     d.mkdir(parents=True, exist_ok=True)
     d.chmod(0o700)
     if not (f.ca_crt.exists() and f.ca_key.exists()):
-        _openssl(
+        openssl(
             ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f.ca_key.name,
              "-out", f.ca_crt.name, "-days", "3650", "-subj", "/CN=canaryflow-local-ca"],
             d,
@@ -101,20 +102,20 @@ def ensure_credentials(settings: Settings) -> ClusterFiles:
             f"subjectAltName={sans}\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
             "extendedKeyUsage=serverAuth\n"
         )
-        _openssl(
+        openssl(
             ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", f.server_key.name,
              "-out", "apiserver.csr", "-subj", "/CN=kube-apiserver"],
             d,
         )  # fmt: skip
-        _openssl(
+        openssl(
             ["x509", "-req", "-in", "apiserver.csr", "-CA", f.ca_crt.name, "-CAkey",
              f.ca_key.name, "-CAcreateserial", "-out", f.server_crt.name, "-days", "3650",
              "-extfile", ext.name],
             d,
         )  # fmt: skip
     if not (f.sa_key.exists() and f.sa_pub.exists()):
-        _openssl(["genrsa", "-out", f.sa_key.name, "2048"], d)
-        _openssl(["rsa", "-in", f.sa_key.name, "-pubout", "-out", f.sa_pub.name], d)
+        openssl(["genrsa", "-out", f.sa_key.name, "2048"], d)
+        openssl(["rsa", "-in", f.sa_key.name, "-pubout", "-out", f.sa_pub.name], d)
     tokens = _ensure_tokens(f.tokens_csv)
     server = server_url(settings)
     for identity, token in tokens.items():

@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from string import Template
 
-from . import build, cluster, config, netns, pki
+from . import build, cluster, config, natsauth, netns, pki
 from .cluster import ClusterChoice
 from .config import HOST, Settings
 from .health import Probe, all_of, etcd_check, http_probe
@@ -248,10 +248,12 @@ def nats_config(settings: Settings, node: int, store: Path) -> str:
     """
     client, monitor, route = settings.nats_node_ports(node)
     lines = [
-        "# Written by canaryflow_stack: NATS with JetStream on file storage, loopback only.",
+        "# Written by canaryflow_stack: NATS with JetStream on file storage, loopback only;",
+        "# clients over TLS, each an NKey identity with its permissions (natsauth.py).",
         f'server_name: "canaryflow-{node}"',
         f'listen: "{HOST}:{client}"',
         f'http: "{HOST}:{monitor}"',
+        natsauth.server_block(settings),
     ]
     if settings.nats_nodes == 1:
         lines.append(f'jetstream {{\n  store_dir: "{store}"\n}}')
@@ -263,7 +265,8 @@ def nats_config(settings: Settings, node: int, store: Path) -> str:
     )
     lines += [
         f'jetstream {{\n  store_dir: "{store}"\n  sync_interval: always\n}}',
-        f'cluster {{\n  name: "canaryflow"\n  listen: "{HOST}:{route}"\n  routes: [{routes}]\n}}',
+        f'cluster {{\n  name: "canaryflow"\n  listen: "{HOST}:{route}"\n  routes: [{routes}]\n'
+        f"{natsauth.route_tls(settings)}}}",
     ]
     return "\n".join(lines) + "\n"
 

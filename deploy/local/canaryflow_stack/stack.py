@@ -30,7 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from . import build, cluster, netns, pki, procs
+from . import build, cluster, natsauth, netns, pki, procs
 from .cluster import ClusterChoice, choose_cluster
 from .config import DEPLOY_DIR, HOST, NATS_NODES_VARIABLE, Settings
 from .errors import StackError
@@ -85,6 +85,9 @@ def endpoints(settings: Settings, choice: ClusterChoice) -> dict[str, str]:
     p = settings.ports
     return {
         "NATS_URL": ",".join(settings.nats_urls()),
+        # TLS and the admin identity (natsauth.py); every identity's seed is in the folder.
+        **natsauth.client_env(settings),
+        "CANARYFLOW_NATS_IDENTITIES": str(natsauth.files(settings).identities),
         # Streams and KV buckets replicated on every node of a cluster (R3), else R1.
         "CANARYFLOW_STREAM_REPLICAS": str(settings.nats_nodes),
         "NATS_MONITOR_URL": f"http://{HOST}:{p.nats_monitor}",

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import os
+import re
 import secrets
 import socket
 import sys
@@ -29,6 +31,7 @@ from pydantic import ValidationError
 
 from canaryflow.cli import render
 from canaryflow.runtime import operators
+from canaryflow.runtime.nats_access import NatsAccess, NatsAccessError
 from canaryflow.runtime.settings import nats_servers
 from canaryflow.runtime.store import ReleaseStore
 from canaryflow_contracts import MESSAGE_ID_HEADER, Envelope, EventData, Subjects
@@ -53,6 +56,7 @@ from canaryflow_contracts.events import (
     VersionSpec,
     parse_event,
 )
+from canaryflow_contracts.identities import IDENTITIES, authorization
 
 OPERATOR_COMMANDS: dict[str, type[OperatorCommand]] = {
     "pause": PauseRelease,
@@ -110,6 +114,19 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("release_id")
     watch.add_argument("--timeout", type=float, default=0, help="give up after N seconds")
 
+    authorization = commands.add_parser(
+        "nats-authorization",
+        help="print the NATS server's authorization block: each identity's NKey with the "
+        "permissions it needs on this prefix (connects to nothing)",
+    )
+    authorization.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="IDENTITY=PUBLIC_NKEY",
+        help=f"one of {', '.join(IDENTITIES)} and its public NKey (U...); repeat for each",
+    )
+
     for name, event in OPERATOR_COMMANDS.items():
         command = commands.add_parser(name, help=(event.__doc__ or "").strip().splitlines()[0])
         command.add_argument("release_id")
@@ -154,9 +171,17 @@ async def _report_nothing(error: Exception) -> None:
 
 async def _connect(url: str) -> Client:
     try:
+        # TLS and the operator's NKey from NATS_TLS_CA / NATS_NKEY_SEED (runtime/nats_access).
+        access = NatsAccess.from_env("operator", dict(os.environ))
         return await nats.connect(
-            nats_servers(url), connect_timeout=3, max_reconnect_attempts=2, error_cb=_report_nothing
+            nats_servers(url),
+            connect_timeout=3,
+            max_reconnect_attempts=2,
+            error_cb=_report_nothing,
+            **access.client_options(),
         )
+    except NatsAccessError as error:
+        raise CliError(str(error)) from error
     except Exception as error:
         raise CliError(f"cannot reach NATS at {url}: {error!r} (set NATS_URL or --nats)") from error
 
@@ -434,9 +459,28 @@ async def _deadletters(nc: Client, subjects: Subjects, last: int) -> int:
     return 0
 
 
+def nats_authorization(subjects: Subjects, keys: Sequence[str]) -> str:
+    """The ``authorization`` block for a NATS server configuration (NATS reads JSON)."""
+    users: dict[str, str] = {}
+    for given in keys:
+        identity, _, key = given.partition("=")
+        if identity not in IDENTITIES:
+            raise CliError(f"--key {given!r}: no identity {identity!r}; one of {IDENTITIES}")
+        if not re.fullmatch(r"U[A-Z2-7]{55}", key):
+            raise CliError(f"--key {given!r}: a public user NKey is U and 55 base32 characters")
+        users[identity] = key
+    if not users:
+        raise CliError("name at least one identity's public NKey with --key IDENTITY=U...")
+    block = authorization(users, subjects)
+    return f"authorization: {json.dumps(block, indent=2)}"
+
+
 async def run(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     subjects = Subjects(args.prefix)
+    if args.command == "nats-authorization":
+        print(nats_authorization(subjects, args.key))
+        return 0
     nc = await _connect(args.nats)
     try:
         if args.command == "release":

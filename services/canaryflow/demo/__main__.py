@@ -195,7 +195,11 @@ async def _run(endpoints: StackEndpoints, gateway_url: str, keep_namespace: bool
         launcher.stop()
         return 1
     print(f"   logs in {REPO / '.stack' / 'logs'}")
-    nc = await nats.connect(nats_servers(endpoints.nats_url))
+    # The demo asks for releases as another system would: the requester identity, which may
+    # publish release requests and read events, nothing else.
+    nc = await nats.connect(
+        nats_servers(endpoints.nats_url), **endpoints.nats_access("requester").client_options()
+    )
     subjects = Subjects("canaryflow")
     outcomes = []
     view.start()

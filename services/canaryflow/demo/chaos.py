@@ -997,6 +997,7 @@ async def campaign(options: CampaignOptions, stack: StackSettings | None = None)
     shop.install_crd(api)
     nc = await nats.connect(
         nats_servers(found.nats_url),
+        **found.nats_access().client_options(),
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.2,
         connect_timeout=5,

@@ -22,6 +22,7 @@ from pathlib import Path
 from nats.aio.client import Client as NatsClient
 from nats.js.errors import NotFoundError
 
+from canaryflow.runtime.nats_access import NatsAccess
 from canaryflow_contracts import Subjects
 
 SERVICES = ("planner", "executor", "metrics_watcher", "rollback")
@@ -54,10 +55,19 @@ class StackEndpoints:
     otlp_endpoint: str
     prometheus_targets: Path | None = None
     stream_replicas: int = 1
+    nats_tls_ca: str = ""
+    """The CA of the stack's NATS (its clients connect over TLS)."""
+    nats_identities: Path | None = None
+    """Seed files of the stack's NATS identities: ``<identity>.nk``, ``admin.nk`` for tools."""
 
     @classmethod
     def from_env_json(cls, path: Path) -> StackEndpoints:
-        env = json.loads(path.read_text())
+        return cls.from_env(json.loads(path.read_text()))
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> StackEndpoints:
+        """From the stack's ``env.json`` (``canaryflow_stack up`` writes it)."""
+        identities = env.get("CANARYFLOW_NATS_IDENTITIES")
         return cls(
             nats_url=env["NATS_URL"],
             kubeconfig=env["KUBECONFIG"],
@@ -65,6 +75,21 @@ class StackEndpoints:
             otlp_endpoint=env["OTEL_EXPORTER_OTLP_ENDPOINT"],
             prometheus_targets=Path(env["PROMETHEUS_TARGETS_DIR"]),
             stream_replicas=int(env.get("CANARYFLOW_STREAM_REPLICAS", "1")),
+            nats_tls_ca=env.get("NATS_TLS_CA", ""),
+            nats_identities=Path(identities) if identities else None,
+        )
+
+    def nats_env(self, identity: str = "admin") -> dict[str, str]:
+        """``NATS_TLS_CA`` and ``NATS_NKEY_SEED`` of one identity (``admin``: everything)."""
+        env = {"NATS_TLS_CA": self.nats_tls_ca} if self.nats_tls_ca else {}
+        if self.nats_identities is not None:
+            env["NATS_NKEY_SEED"] = str(self.nats_identities / f"{identity}.nk")
+        return env
+
+    def nats_access(self, identity: str = "admin") -> NatsAccess:
+        """How a tool connects as ``identity``: ``nats.connect(…, **access.client_options())``."""
+        return NatsAccess.from_env(
+            None if identity == "admin" else identity, self.nats_env(identity)
         )
 
 
@@ -105,6 +130,8 @@ class ServiceLauncher:
         env = {
             **os.environ,
             "NATS_URL": self.stack.nats_url,
+            # Each service as its own NATS identity, with that identity's permissions only.
+            **self.stack.nats_env(service.replace("_", "-")),
             "KUBECONFIG": self.stack.kubeconfig,
             "PROMETHEUS_URL": self.stack.prometheus_url,
             "CANARYFLOW_PREFIX": self.prefix,

@@ -66,6 +66,9 @@ class Service:
         self.message_tracing = tracing.MessageTracing(settings.subjects, self._stored_trace_parent)
         self.broker = NatsBroker(
             settings.nats_servers,
+            # TLS, this service's NKey and its own inbox (runtime/nats_access).
+            **settings.nats_access.broker_options(),
+            name=f"canaryflow-{settings.service}",  # what NATS's monitoring lists it as
             # Keep retrying a lost connection: an outage of the bus pauses work, never ends it.
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,

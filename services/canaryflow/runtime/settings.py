@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from canaryflow.runtime.nats_access import NatsAccess
 from canaryflow_contracts import DEFAULT_PREFIX, Subjects
 
 
@@ -39,6 +40,11 @@ def nats_servers(nats_url: str) -> list[str]:
 class Settings:
     service: str
     nats_url: str = "nats://127.0.0.1:4222"
+    # How this service proves its NATS identity and checks the server's (runtime/nats_access).
+    nats_tls_ca: str | None = None
+    nats_tls_cert: str | None = None
+    nats_tls_key: str | None = field(default=None, repr=False)
+    nats_nkey_seed: str | None = field(default=None, repr=False)
     prefix: str = DEFAULT_PREFIX
     kubeconfig: str | None = None
     prometheus_url: str = "http://127.0.0.1:9090"
@@ -73,6 +79,17 @@ class Settings:
     @property
     def nats_servers(self) -> list[str]:
         return nats_servers(self.nats_url)
+
+    @property
+    def nats_access(self) -> NatsAccess:
+        """Checked when the service starts: a named file that is missing stops it there."""
+        return NatsAccess(
+            identity=self.service,
+            tls_ca=self.nats_tls_ca,
+            tls_cert=self.nats_tls_cert,
+            tls_key=self.nats_tls_key,
+            nkey_seed=self.nats_nkey_seed,
+        )
 
     @property
     def enabled_routers(self) -> frozenset[str]:
@@ -113,6 +130,24 @@ ENVIRONMENT: tuple[Variable, ...] = (
         "NATS server with JetStream enabled (streams and the KV bucket are created at start); "
         "a cluster's nodes comma-separated.",
         "nats_url",
+    ),
+    Variable(
+        "NATS_TLS_CA",
+        "CA certificate that signed the NATS servers' certificates: the connection is TLS and "
+        "the server is verified (use `tls://` URLs).",
+        "nats_tls_ca",
+    ),
+    Variable(
+        "NATS_TLS_CERT",
+        "Client certificate for NATS servers that require mutual TLS (with `NATS_TLS_KEY`).",
+        "nats_tls_cert",
+    ),
+    Variable("NATS_TLS_KEY", "Private key of `NATS_TLS_CERT`.", "nats_tls_key"),
+    Variable(
+        "NATS_NKEY_SEED",
+        "File holding this service's NKey seed (`SU…`): its NATS identity, whose permissions "
+        "allow exactly what it publishes and consumes (docs: Operations, NATS identities).",
+        "nats_nkey_seed",
     ),
     Variable(
         "CANARYFLOW_STREAM_REPLICAS",
