@@ -8,6 +8,7 @@ the trace context crosses NATS in message headers (``tracing.MessageTracing``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import json
@@ -207,9 +208,11 @@ def service_metrics() -> ServiceMetrics:
     )
 
 
-Documents = Mapping[str, Callable[[], bytes]]
+Document = Callable[[], bytes]
+Documents = Mapping[str, Document]
 # A probe answers (healthy, body): 200 when healthy, else 503 (what Kubernetes' probes read).
-Probes = Mapping[str, Callable[[], tuple[bool, bytes]]]
+Probe = Callable[[], tuple[bool, bytes]]
+Probes = Mapping[str, Probe]
 
 
 def http_application(
@@ -219,7 +222,8 @@ def http_application(
 ) -> web.Application:
     """Each of ``documents`` and ``probes`` by path (JSON, to any method), and the Prometheus
     metrics of ``registry`` to a GET of any other path (``/metrics``), as prometheus_client's
-    own servers do."""
+    own servers do. A probe only reads a state, on the loop; a document is made in a thread
+    (the AsyncAPI one takes a quarter of a second the first time)."""
     app = web.Application()
 
     def answer(status: int, body: bytes) -> web.Response:
@@ -227,15 +231,15 @@ def http_application(
 
     for path, probe in (probes or {}).items():
 
-        async def on_probe(request: web.Request, probe: Any = probe) -> web.Response:
+        async def on_probe(request: web.Request, probe: Probe = probe) -> web.Response:
             healthy, body = probe()
             return answer(200 if healthy else 503, body)
 
         app.router.add_route("*", path, on_probe)
     for path, document in (documents or {}).items():
 
-        async def on_document(request: web.Request, document: Any = document) -> web.Response:
-            return answer(200, document())
+        async def on_document(request: web.Request, document: Document = document) -> web.Response:
+            return answer(200, await asyncio.to_thread(document))
 
         app.router.add_route("*", path, on_document)
     app.router.add_get("/{path:.*}", make_aiohttp_handler(registry), allow_head=False)
