@@ -62,8 +62,8 @@ demo: venv
 
 # Every benchmark script in bench/, one after another, each printing its own figures into
 # bench/results/<script>.txt as well (bench/README.md says what each measures: judgement.py,
-# restarts.py, tracing_overhead.py, gateway_split.py, gateway_rollback.py, jetstream_publish.py,
-# scale.py).
+# restarts.py, tracing_overhead.py, otlp_encoding.py, gateway_split.py, gateway_rollback.py,
+# jetstream_publish.py, scale.py).
 BENCHES := $(sort $(wildcard bench/*.py))
 bench: venv
 	$(STACK) up

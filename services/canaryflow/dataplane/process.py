@@ -23,6 +23,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from canaryflow.runtime import observability
+
 
 def own_app(synced: Callable[[], bool], registry: CollectorRegistry, what: str) -> web.Application:
     """The process's own port: /healthz (after the first good list of ``what``), /metrics."""
@@ -92,9 +94,7 @@ async def serve(
     if (events is None) != (on_event is None):
         raise ValueError("give both events and on_event, or neither")
     host, _, port = args.listen.rpartition(":")
-    runner = web.AppRunner(own, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, int(port)).start()
+    runner = await observability.start_http(own, host, int(port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

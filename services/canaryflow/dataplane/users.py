@@ -29,10 +29,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as PromCounter
 
 from canaryflow.dataplane.shop import VERSION_HEADER
+from canaryflow.runtime import observability
 
 log = logging.getLogger("canaryflow.dataplane.users")
 NO_VERSION = "none"
@@ -265,7 +266,8 @@ class Users:
 async def _main(args: argparse.Namespace) -> int:
     registry = CollectorRegistry()
     host, _, port = args.listen.rpartition(":")
-    start_http_server(int(port), addr=host, registry=registry)
+    metrics = observability.http_application(registry=registry)
+    server = await observability.start_http(metrics, host, int(port))
     users = Users(
         args.url,
         args.host,
@@ -284,6 +286,7 @@ async def _main(args: argparse.Namespace) -> int:
     waiter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await run
+    await server.cleanup()
     t = users.tally
     print(
         f"sessions {dict(t.sessions)} mixed {t.mixed} failed {t.failed_sessions} "

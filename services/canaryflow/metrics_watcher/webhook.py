@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from canaryflow.metrics_watcher.alerts import AlertRefused, alert_verdict, in_flight, parse_alerts
+from canaryflow.runtime import observability
 from canaryflow.runtime.decoding import BodyOverLimit, check_limits
 from canaryflow.runtime.signing import bearer_refusal
 from canaryflow.runtime.store import Versioned
@@ -121,10 +122,7 @@ def serve(
     async def loop() -> None:
         if not token:
             log.error("the alert webhook has no CANARYFLOW_ALERTS_TOKEN: it refuses every call")
-        runner = web.AppRunner(application(releases, publish, token), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        runner = await observability.start_http(application(releases, publish, token), host, port)
         log.info("alert webhook listening on %s:%d%s", host, port, PATH)
         try:
             await asyncio.Event().wait()

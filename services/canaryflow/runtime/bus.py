@@ -30,7 +30,7 @@ import nats.errors
 from faststream import AckPolicy
 from faststream.message import StreamMessage
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsRouter, PullSub
-from faststream.nats.annotations import NatsMessage
+from faststream.nats.annotations import JsClient, NatsMessage
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import (
@@ -360,7 +360,9 @@ def subscribe(
     def read(subject: str, body: bytes) -> Envelope[E]:
         return decode(subjects, event, subject, body)
 
-    async def on_message(msg: NatsMessage) -> None:
+    async def on_message(msg: NatsMessage, js: JsClient) -> None:
+        # ``js``: the broker's JetStream context, given by FastStream (its public annotation)
+        # for the dead letters.
         raw = msg.raw_message
         started, started_ns = time.perf_counter(), time.time_ns()
         try:
@@ -372,7 +374,7 @@ def subscribe(
         mute = quiet is not None and isinstance(envelope, Envelope) and quiet(envelope)
         try:
             async with message_tracing.consuming(raw.subject, raw.headers, quiet=mute) as span:
-                await handle(msg, envelope, span, started, started_ns)
+                await handle(msg, js, envelope, span, started=started, started_ns=started_ns)
         except Exception:
             # Settling itself failed (the dead letter or the ack could not be sent): the message
             # stays unacknowledged and JetStream redelivers it after ack_wait. Said here, with
@@ -385,8 +387,10 @@ def subscribe(
 
     async def handle(
         msg: NatsMessage,
+        js: JetStreamContext,
         envelope: Envelope[E] | ValueError,
         span: Span,
+        *,
         started: float,
         started_ns: int,
     ) -> None:
@@ -439,7 +443,9 @@ def subscribe(
                     error,
                     extra={"release_id": release_id},
                 )
-                await _dead_letter(msg, settings, durable, attempt, error)
+                stored = Stored(raw.subject, raw.data, raw.metadata.sequence.stream)
+                problem = f"{type(error).__name__}: {error}"
+                await dead_letter(js, settings, durable, stored, deliveries=attempt, error=problem)
                 metrics.dead_letters.labels(settings.service, handler_name).inc()
                 await raw.term()
             else:
@@ -545,16 +551,6 @@ def _message_key(raw: Any) -> str:
             return found
     msg_id = (raw.headers or {}).get(MESSAGE_ID_HEADER)
     return str(msg_id) if msg_id else f"{raw.metadata.stream}:{raw.metadata.sequence.stream}"
-
-
-async def _dead_letter(
-    msg: NatsMessage, settings: Settings, consumer: str, attempt: int, error: BaseException
-) -> None:
-    raw = msg.raw_message
-    stored = Stored(raw.subject, raw.data, raw.metadata.sequence.stream)
-    problem = f"{type(error).__name__}: {error}"
-    js = raw._client.jetstream()
-    await dead_letter(js, settings, consumer, stored, deliveries=attempt, error=problem)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ by a restart (``/livez``): every check runs on the loop, so a loop that stopped 
 refreshing them.
 
 The checks run in a background loop of the service and leave their result here; the probes
-only read it, from the HTTP thread, so a slow API server never makes a probe time out.
+only read it (served on the same loop, they wait for no check), so a slow API server never
+makes a probe time out.
 """
 
 from __future__ import annotations

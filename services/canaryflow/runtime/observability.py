@@ -8,27 +8,28 @@ the trace context crosses NATS in message headers (``tracing.MessageTracing``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import json
 import logging
 import os
 import sys
-import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.registry import Collector
 
 from canaryflow.runtime import otlp, tracing
 
@@ -207,52 +208,68 @@ def service_metrics() -> ServiceMetrics:
     )
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Prometheus scrapes every second: one access log line each would drown the rest."""
-
-
-Documents = Mapping[str, Callable[[], bytes]]
+Document = Callable[[], bytes]
+Documents = Mapping[str, Document]
 # A probe answers (healthy, body): 200 when healthy, else 503 (what Kubernetes' probes read).
-Probes = Mapping[str, Callable[[], tuple[bool, bytes]]]
+Probe = Callable[[], tuple[bool, bytes]]
+Probes = Mapping[str, Probe]
 
 
-def serve_metrics(
+def http_application(
+    documents: Documents | None = None,
+    probes: Probes | None = None,
+    registry: Collector = REGISTRY,
+) -> web.Application:
+    """Each of ``documents`` and ``probes`` by path (JSON, to any method), and the Prometheus
+    metrics of ``registry`` to a GET of any other path (``/metrics``), as prometheus_client's
+    own servers do. A probe only reads a state, on the loop; a document is made in a thread
+    (the AsyncAPI one takes a quarter of a second the first time)."""
+    app = web.Application()
+
+    def answer(status: int, body: bytes) -> web.Response:
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    for path, probe in (probes or {}).items():
+
+        async def on_probe(request: web.Request, probe: Probe = probe) -> web.Response:
+            healthy, body = probe()
+            return answer(200 if healthy else 503, body)
+
+        app.router.add_route("*", path, on_probe)
+    for path, document in (documents or {}).items():
+
+        async def on_document(request: web.Request, document: Document = document) -> web.Response:
+            return answer(200, await asyncio.to_thread(document))
+
+        app.router.add_route("*", path, on_document)
+    app.router.add_get("/{path:.*}", make_aiohttp_handler(registry), allow_head=False)
+    return app
+
+
+async def start_http(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve ``app`` on the running event loop until the runner's ``cleanup()``. No access
+    log: Prometheus scrapes every second, and a line each would drown the rest."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+async def serve_metrics(
     port: int, documents: Documents | None = None, probes: Probes | None = None
-) -> WSGIServer | None:
-    """Serve ``/metrics`` (and each of ``documents`` and ``probes`` by path) on ``port``; 0
-    serves nothing.
+) -> web.AppRunner | None:
+    """Serve ``/metrics`` (and each of ``documents`` and ``probes`` by path) on ``port``, on
+    the service's event loop; 0 serves nothing. ``cleanup()`` on the runner stops it.
 
-    Returns the server, running in a daemon thread; ``shutdown()`` stops it.
+    The probes only read what the health checks left (runtime/health.py), so they answer at
+    once; a loop stuck for longer than a probe's timeout is not answered at all, which
+    Kubernetes counts as a failed probe, like the 503 of a loop whose checks stopped.
     """
     if not port:
         return None
-    metrics = make_wsgi_app()
-    served = dict(documents or {})
-    checks = dict(probes or {})
-
-    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        status = "200 OK"
-        if (probe := checks.get(path)) is not None:
-            healthy, body = probe()
-            status = "200 OK" if healthy else "503 Service Unavailable"
-        elif (document := served.get(path)) is not None:
-            body = document()
-        else:
-            return metrics(environ, start_response)  # type: ignore[no-any-return]
-        start_response(
-            status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-        )
-        return [body]
-
     addr = os.environ.get("CANARYFLOW_METRICS_ADDR", "127.0.0.1")
-    server = make_server(
-        addr, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
-    )
-    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
-    return server
+    return await start_http(http_application(documents, probes), addr, port)

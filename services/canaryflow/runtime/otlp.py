@@ -8,6 +8,20 @@ span; a unit test checks that the SDK decodes it to exactly the message its own 
 builds. Everything else stays the SDK's: the OTEL_EXPORTER_OTLP_* settings, TLS, compression,
 timeouts and retries.
 
+Why it is kept, and what it leans on: the SDK has no hook for the encoding, so ``export``
+replaces the SDK exporter's own and hands the bytes to its sender, the private ``_client``
+(and reads its private ``_shutdown``). That is worth its upkeep only as long as the SDK
+stays the one it was written against: ``opentelemetry-sdk`` and
+``opentelemetry-exporter-otlp-proto-http`` are pinned exactly in pyproject.toml (the exporter
+pins the packages its sender lives in), an exporter without them refuses to be built (a
+service then fails at start, rather than exporting slower unnoticed), and
+tests/unit/runtime/test_otlp.py fails when the installed SDK is not the pinned one or its
+exporter no longer has them. What the SDK's own ``export`` does besides encoding and sending
+(in 1.45: a ``max_request_size`` check, of 64 MiB, and the exporter's metrics of itself when
+OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED) is not done here. bench/otlp_encoding.py measures
+the two encoders alone, without the stack: re-run it after an upgrade of the SDK or protobuf,
+and drop this module the day the SDK's encoder is as fast.
+
 Wire format (https://protobuf.dev/programming-guides/encoding/): a field is a tag byte
 (``field_number << 3 | wire_type``) then its value: a varint (type 0), 8 little-endian bytes
 (type 1), a varint length and that many bytes (type 2: strings, bytes, nested messages), or 4
@@ -40,20 +54,34 @@ _KIND = {value: bytes((0x30, value + 1)) for value in range(5)}
 _EMPTY_STATUS = b"\x7a\x00"
 
 
+# What of the SDK exporter's private state ``export`` uses (see the module's docstring).
+SDK_PRIVATE_ATTRIBUTES = ("_client", "_shutdown")
+
+
 class OTLPSpanExporter(sdk_exporter.OTLPSpanExporter):
     """Configured and sending exactly as the SDK's exporter; only the encoding is ours."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        missing = [name for name in SDK_PRIVATE_ATTRIBUTES if not hasattr(self, name)]
+        if not missing and not callable(getattr(self._client, "export", None)):
+            missing = ["_client.export"]
+        if missing:
+            raise RuntimeError(
+                f"the OpenTelemetry SDK's OTLP exporter has no {', '.join(missing)}, which "
+                "canaryflow.runtime.otlp sends its encoding through: install the versions "
+                "pyproject.toml pins, or re-check otlp.py against this SDK"
+            )
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        client = getattr(self, "_client", None)  # the SDK's sender (endpoint, retries, TLS)
-        if client is None or self._shutdown:
-            # An SDK whose exporter is built differently: its own (slower) export still works.
+        if self._shutdown:  # the SDK's answer: a warning and FAILURE
             return super().export(spans)
         try:
             payload = encode_spans(spans)
         except Exception:  # a span we cannot encode must not lose the batch: the SDK's way
             log.exception("could not encode %d span(s); using the SDK's encoder", len(spans))
             return super().export(spans)
-        result = client.export(payload)
+        result = self._client.export(payload)  # the SDK's sender (endpoint, retries, TLS)
         return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
 
 

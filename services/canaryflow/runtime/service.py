@@ -17,9 +17,9 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from wsgiref.simple_server import WSGIServer
 
 import nats.errors
+from aiohttp import web
 from faststream import FastStream
 from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
@@ -93,7 +93,7 @@ class Service:
         self._connect_hooks: list[ConnectHook] = []
         self._ack_waits: dict[str, float] = {}  # durable consumer -> its ack wait
         self._tasks: list[asyncio.Task[None]] = []
-        self._http: WSGIServer | None = None
+        self._http: web.AppRunner | None = None
         self.health = health.Health()
 
     @property
@@ -220,7 +220,7 @@ class Service:
         # Made on the first request, not here: a restarted replica that takes over a killed
         # one's work (a rollback) should not spend a tenth of a second on a document first.
         asyncapi = functools.cache(lambda: json.dumps(self.asyncapi(), indent=2).encode())
-        self._http = observability.serve_metrics(
+        self._http = await observability.serve_metrics(
             self.settings.metrics_port,
             {"/asyncapi.json": asyncapi},
             {"/livez": self.health.live, "/readyz": self.health.ready},
@@ -292,8 +292,7 @@ class Service:
             await stop_task(task)
         await self.broker.stop()
         if self._http is not None:
-            await asyncio.to_thread(self._http.shutdown)
-            self._http.server_close()
+            await self._http.cleanup()
         log.info("service stopped")
 
 

@@ -6,6 +6,12 @@ OpenTelemetry itself. Each variable is declared once, in ``ENVIRONMENT``, with w
 generated from the same list and the dataclass defaults (``python -m canaryflow.runtime.settings
 docs/operations.md``; a unit test fails when the page and the code disagree), so a changed
 default is never documented wrong.
+
+Read by hand rather than with pydantic-settings, on purpose (issue 18): ``from_env`` is one
+loop over ``ENVIRONMENT`` that leans on no library's internals; a BaseSettings would read the
+environment in every ``Settings(...)`` (the tests build them freely, beside a stack's
+variables), and parse differently what it reads today (an empty variable is the default; an
+integer is read as a number and cut, ``2.5`` as 2; an unreadable number names its variable).
 """
 
 from __future__ import annotations

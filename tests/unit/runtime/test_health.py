@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.error
 import urllib.request
@@ -70,32 +71,36 @@ def test_a_loop_that_stopped_running_the_checks_is_not_alive() -> None:
     assert not state.ready()[0]
 
 
-def test_the_probes_answer_200_or_503_on_the_metrics_port() -> None:
+async def test_the_probes_answer_200_or_503_on_the_metrics_port() -> None:
     state = Health(Clock())
-    server = observability.serve_metrics(0, None, {"/readyz": state.ready})
+    server = await observability.serve_metrics(0, None, {"/readyz": state.ready})
     assert server is None  # port 0 serves nothing
-    server = observability.serve_metrics(
+    server = await observability.serve_metrics(
         _free_port(), None, {"/readyz": state.ready, "/livez": state.live}
     )
     assert server is not None
-    base = f"http://127.0.0.1:{server.server_port}"
+    base = f"http://127.0.0.1:{server.addresses[0][1]}"
+
+    def get(path: str) -> tuple[int, bytes]:  # in a thread: the server runs on this loop
+        with urllib.request.urlopen(f"{base}{path}", timeout=5) as answer:
+            return answer.status, answer.read()
+
     try:
         try:
-            urllib.request.urlopen(f"{base}/readyz", timeout=5)
+            await asyncio.to_thread(get, "/readyz")
             raise AssertionError("a service that has not started answered ready")
         except urllib.error.HTTPError as refused:
             assert refused.code == 503
-        with urllib.request.urlopen(f"{base}/livez", timeout=5) as answer:
-            assert answer.status == 200
+        status, _ = await asyncio.to_thread(get, "/livez")
+        assert status == 200
         state.started = True
         _all_passed(state)
-        with urllib.request.urlopen(f"{base}/readyz", timeout=5) as answer:
-            assert json.loads(answer.read()) == {"status": "ready"}
-        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as answer:
-            assert b"# HELP" in answer.read()
+        _, body = await asyncio.to_thread(get, "/readyz")
+        assert json.loads(body) == {"status": "ready"}
+        _, body = await asyncio.to_thread(get, "/metrics")
+        assert b"# HELP" in body
     finally:
-        server.shutdown()
-        server.server_close()
+        await server.cleanup()
 
 
 def _free_port() -> int:

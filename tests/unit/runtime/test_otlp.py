@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
 import threading
+import tomllib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
+from opentelemetry.exporter.otlp.proto.http import trace_exporter as sdk_exporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
@@ -27,6 +32,17 @@ from opentelemetry.trace import (
 from opentelemetry.util.types import AttributeValue
 
 from canaryflow.runtime import otlp
+
+PYPROJECT = Path(__file__).resolve().parents[3] / "pyproject.toml"
+# The packages otlp.py leans on the private parts of (its docstring says which and why).
+PINNED = ("opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http")
+UPGRADE = (
+    "runtime/otlp.py sends its own encoding through the SDK exporter's private _client and "
+    "reads its _shutdown: before changing the pin, check that the new SDK's "
+    "OTLPSpanExporter.export still only encodes and hands the bytes to self._client.export "
+    "(anything more it does, otlp.py must do too or say it does not), run this file and "
+    "bench/otlp_encoding.py, then pin the new version in pyproject.toml"
+)
 
 REMOTE_PARENT = SpanContext(
     trace_id=0x0AF7651916CD43DD8448EB211C80319C,
@@ -175,3 +191,41 @@ def test_the_exporter_reports_a_refused_batch_as_failed(
     exporter = otlp.OTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces", timeout=0.5)
     assert exporter.export(every_kind_of_span) is SpanExportResult.FAILURE
     exporter.shutdown()  # type: ignore[no-untyped-call]
+
+
+def _pins() -> dict[str, str]:
+    dependencies = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    found = (re.fullmatch(r"([A-Za-z0-9_.-]+)==([^,;\s]+)", spec) for spec in dependencies)
+    return {match[1]: match[2] for match in found if match}
+
+
+def test_the_sdk_is_the_exact_version_the_encoder_was_checked_against() -> None:
+    pins = _pins()
+    for package in PINNED:
+        assert package in pins, f"{package} must be pinned exactly (==) in pyproject.toml"
+        installed = importlib.metadata.version(package)
+        assert installed == pins[package], (
+            f"{package} {installed} is installed, {pins[package]} pinned. {UPGRADE}"
+        )
+
+
+def test_the_sdk_exporter_still_has_what_the_encoder_uses() -> None:
+    exporter = sdk_exporter.OTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces")
+    for name in otlp.SDK_PRIVATE_ATTRIBUTES:
+        assert hasattr(exporter, name), f"the SDK exporter has no {name}. {UPGRADE}"
+    assert callable(exporter._client.export), f"no _client.export. {UPGRADE}"
+    assert exporter._shutdown is False, f"_shutdown is no longer a flag. {UPGRADE}"
+    exporter.shutdown()  # type: ignore[no-untyped-call]
+
+
+def test_an_sdk_without_them_is_refused_when_the_exporter_is_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Loudly, at a service's start: no longer a silent fall back to the slower encoder."""
+
+    def built_differently(self: sdk_exporter.OTLPSpanExporter, **_: object) -> None:
+        self._shutdown = False  # and no _client
+
+    monkeypatch.setattr(sdk_exporter.OTLPSpanExporter, "__init__", built_differently)
+    with pytest.raises(RuntimeError, match="_client"):
+        otlp.OTLPSpanExporter()
