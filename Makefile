@@ -23,14 +23,14 @@ $(ASYNCAPI_TOOLS): tools/asyncapi/package.json tools/asyncapi/package-lock.json
 venv: $(VENV)/.installed $(ASYNCAPI_TOOLS)
 
 lint: venv
-	$(VENV)/bin/ruff check services contracts tests deploy/local docs/hooks
-	$(VENV)/bin/ruff format --check services contracts tests deploy/local docs/hooks
+	$(VENV)/bin/ruff check services contracts tests deploy/local docs/hooks bench
+	$(VENV)/bin/ruff format --check services contracts tests deploy/local docs/hooks bench
 	$(VENV)/bin/mypy services contracts/canaryflow_contracts deploy/local/canaryflow_stack tests docs/hooks
 	$(VENV)/bin/lint-imports
 
 fmt: venv
-	$(VENV)/bin/ruff check --fix services contracts tests deploy/local docs/hooks
-	$(VENV)/bin/ruff format services contracts tests deploy/local docs/hooks
+	$(VENV)/bin/ruff check --fix services contracts tests deploy/local docs/hooks bench
+	$(VENV)/bin/ruff format services contracts tests deploy/local docs/hooks bench
 
 unit: venv
 	$(PY) -m pytest tests/unit -q

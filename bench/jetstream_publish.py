@@ -3,9 +3,9 @@
 canaryflow publishes every event and writes every state change through JetStream and waits
 for the acknowledgement; on a three-node stack (``CANARYFLOW_NATS_NODES=3``) each is fsynced
 on a majority before it is acknowledged (``sync_interval: always``, docs/operations.md
-"JetStream for production"). This prints p50 and p99 of ``--count`` sequential publishes of 512 bytes to a
-scratch stream, on the stack's ``NATS_URL`` (all nodes). Replicas default to the stack's
-``CANARYFLOW_STREAM_REPLICAS``.
+"JetStream for production"). This prints p50 and p99 of ``--count`` sequential publishes of
+512 bytes to a scratch stream, on the stack's ``NATS_URL`` (all nodes). Replicas default to
+the stack's ``CANARYFLOW_STREAM_REPLICAS``.
 
     .venv/bin/python bench/jetstream_publish.py [--count 500] [--replicas 3]
 """

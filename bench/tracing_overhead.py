@@ -21,7 +21,6 @@ and the overhead reported is the median of the rounds' paired on/off differences
     .venv/bin/python bench/tracing_overhead.py [--events 300] [--rounds 11] [--service planner]
 """
 
-from canaryflow.runtime import conventions
 from __future__ import annotations
 
 import argparse
@@ -559,7 +558,7 @@ async def _metrics_watcher(settings: Any, store: Any, releases: list[str], publi
 
 async def _rollback(settings: Any, store: Any, releases: list[str], publish: Publish) -> Run:
     from canaryflow.rollback.app import build_service
-    from canaryflow.runtime import kube
+    from canaryflow.runtime import conventions, kube
     from canaryflow_contracts.events import RollbackRequested
     from canaryflow_contracts.state import ReleaseStatus
 
@@ -570,7 +569,9 @@ async def _rollback(settings: Any, store: Any, releases: list[str], publish: Pub
         point = conventions.RestorePoint(rid, 10, copy.deepcopy(stable["spec"]["template"]))
         stable["metadata"]["annotations"] = point.annotations()
         kube.create_deployment(api, stable)
-        canary = _deployment(rid, "web-canary", 1, {"app": "web", conventions.TRACK_LABEL: "canary"})
+        canary = _deployment(
+            rid, "web-canary", 1, {"app": "web", conventions.TRACK_LABEL: "canary"}
+        )
         canary["metadata"]["labels"] = {conventions.RELEASE_LABEL: rid}
         kube.create_deployment(api, canary)
 
