@@ -7,8 +7,6 @@ clock that jumps.
 
 from __future__ import annotations
 
-import logging
-
 from nats.js import JetStreamContext
 
 from canaryflow.metrics_watcher import webhook
@@ -44,9 +42,6 @@ def build_service(
     policies: PolicySource | None = None,
 ) -> Service:
     service = Service(settings)
-    # httpx logs every request at INFO: several lines per tick that say nothing a verdict
-    # does not say better.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     async def publish(release_id: str, verdict: AnalysisVerdict, event_id: str) -> None:
         await service.publisher.publish(verdict, release_id, event_id=event_id)

@@ -1,7 +1,8 @@
 """The shape every canaryflow service has: connect, converge streams, subscribe, run, stop.
 
 A service module builds a ``Service``, registers its handlers with ``service.subscribe`` (and
-optional background loops), then calls ``run_service``. Nothing else differs between them, so
+optional background loops); its ``__main__`` hands that composition to ``main``, which sets up
+the process's logging and tracing and runs it. Nothing else differs between them, so
 the JetStream discipline and the telemetry cannot drift from one service to the next.
 """
 
@@ -58,10 +59,8 @@ ConnectHook = Callable[[JetStreamContext], Awaitable[None]]
 
 class Service:
     def __init__(self, settings: Settings) -> None:
+        # The process's logging and tracing are its entry point's (``main``), not set up here.
         self.settings = settings
-        observability.configure_logging(settings.service)
-        tracer_provider = observability.configure_tracing(settings.service)
-        self.tracer_provider = tracer_provider
         # Each message's consumer span, in its release's trace (see runtime.tracing).
         self.message_tracing = tracing.MessageTracing(settings.subjects, self._stored_trace_parent)
         self.broker = NatsBroker(
@@ -320,6 +319,23 @@ async def _guarded(loop: BackgroundLoop) -> None:
         except Exception:
             log.exception("background loop %s failed; restarting in 2s", loop.__name__)
             await asyncio.sleep(2)
+
+
+def main(
+    service_name: str, build: Callable[[Settings], Service], *, quiet: tuple[str, ...] = ()
+) -> None:
+    """A service's process: its settings from the environment, the process's logging and
+    tracing set up (here, once, before anything logs), then the service ``build`` composes, run
+    until stopped. ``quiet``: libraries' loggers kept to warnings."""
+    settings = Settings.from_env(service_name)
+    observability.configure_process(settings.service)
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    async def serve() -> None:
+        await run_service(build(settings))
+
+    asyncio.run(serve())
 
 
 async def run_service(service: Service) -> None:
