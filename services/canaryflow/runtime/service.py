@@ -17,7 +17,8 @@ import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 import nats.errors
@@ -57,6 +58,21 @@ BackgroundLoop = Callable[[], Awaitable[None]]
 ConnectHook = Callable[[JetStreamContext], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class Route(Generic[E]):
+    """One row of a service's handler table: the event, its durable consumer's name (which
+    must never change: JetStream keeps the consumer's position under it), the handler, and how
+    it is consumed (see ``Service.subscribe``). mypy checks the handler takes the event."""
+
+    event: type[E]
+    name: str
+    handler: Handler[E]
+    quiet: Callable[[Envelope[E]], bool] | None = None
+    on_malformed: MalformedHandler | None = None
+    subject_filter: str | None = None
+    workers: int | None = None
+
+
 class Service:
     def __init__(self, settings: Settings) -> None:
         # The process's logging and tracing are its entry point's (``main``), not set up here.
@@ -85,6 +101,8 @@ class Service:
         self._durables: set[str] = set()
         # The events it consumes, to be checked against the contract's catalogue (a test).
         self.consumes: set[type[EventData]] = set()
+        # Its handler table, as routed (``route``): also checked against the catalogue.
+        self.routes: list[Route[Any]] = []
         self._loops: list[BackgroundLoop] = []
         self._connect_hooks: list[ConnectHook] = []
         self._ack_waits: dict[str, float] = {}  # durable consumer -> its ack wait
@@ -127,6 +145,20 @@ class Service:
             subject_filter=subject_filter,
             workers=workers,
         )
+
+    def route(self, table: tuple[Route[Any], ...]) -> None:
+        """Subscribe every row of a service's handler table, in its order."""
+        self.routes.extend(table)
+        for row in table:
+            self.subscribe(
+                row.event,
+                row.name,
+                row.handler,
+                on_malformed=row.on_malformed,
+                quiet=row.quiet,
+                subject_filter=row.subject_filter,
+                workers=row.workers,
+            )
 
     async def refuse(self, envelope: Envelope[Any], refusals: list[Refusal]) -> None:
         """Say why a command is not obeyed: a warning, a metric per check, a CommandRefused.
