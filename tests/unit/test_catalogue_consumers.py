@@ -8,7 +8,10 @@ from typing import Any, get_args
 import pytest
 from kubernetes.client import ApiClient
 
+from canaryflow.executor.app import ConsumedEvent as ExecutorEvent
 from canaryflow.executor.app import build_service as executor
+from canaryflow.executor.notify import NOTIFIED
+from canaryflow.executor.notify.base import NotifiedEvent
 from canaryflow.metrics_watcher.app import ConsumedEvent as MetricsWatcherEvent
 from canaryflow.metrics_watcher.app import build_service as metrics_watcher
 from canaryflow.planner.app import FOLLOWED, ReleaseRequestPayload
@@ -60,6 +63,7 @@ def test_the_planner_follows_exactly_the_events_its_state_machine_handles() -> N
 # match with assert_never where one handler takes several).
 HANDLED: dict[str, Any] = {
     "planner": DecidedEvent,
+    "executor": ExecutorEvent,
     "metrics-watcher": MetricsWatcherEvent,
     "rollback": RollbackTrigger,
 }
@@ -88,3 +92,9 @@ def test_the_rollback_consumes_exactly_its_triggers() -> None:
     """``TRIGGERS`` (its consumers) and ``RollbackTrigger`` (what ``reason_of`` must word,
     exhaustively) name the same events."""
     assert sorted(event.event_type() for event, _ in TRIGGERS) == _types(RollbackTrigger)
+
+
+def test_the_executor_notifies_of_exactly_the_events_notification_for_handles() -> None:
+    """``NOTIFIED`` (its notification consumers) and ``NotifiedEvent`` (what
+    ``notification_for`` must handle, exhaustively) name the same events."""
+    assert sorted(event.event_type() for event, _ in NOTIFIED) == _types(NotifiedEvent)
