@@ -258,6 +258,10 @@ async def _run(name: str, settings: Any, events: int) -> None:
     from nats.aio.client import Client as NatsClient
     from prometheus_client import REGISTRY
 
+    from canaryflow.runtime import observability
+
+    # What the service's entry point sets up: JSON logs and the tracer provider.
+    tracer_provider = observability.configure_process(settings.service)
     nc = NatsClient()
     await nc.connect(settings.nats_servers)
     run = await _prepare(name, settings, nc, events)
@@ -278,7 +282,7 @@ async def _run(name: str, settings: Any, events: int) -> None:
         cpu = _cpu_seconds() - cpu_started
     finally:
         await run.service.stop()
-        run.service.tracer_provider.shutdown()  # flushes the spans (not timed)
+        tracer_provider.shutdown()  # flushes the spans (not timed)
         await _cleanup(nc, settings)
         await nc.close()
     handled_events = events - first

@@ -30,7 +30,7 @@ from tests.unit.support_state import sample_state
 from canaryflow.demo import shop
 from canaryflow.planner.app import build_service as build_planner
 from canaryflow.planner.validation import ClusterReader, DeploymentFacts, KubeClusterReader
-from canaryflow.runtime import tracing
+from canaryflow.runtime import observability, tracing
 from canaryflow.runtime.bus import Delivery
 from canaryflow.runtime.policies import PolicyObject
 from canaryflow.runtime.service import Service
@@ -50,8 +50,10 @@ REQUESTER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 def _collect(service: Service) -> InMemorySpanExporter:
+    """The spans from now on, as the service's entry point would export them (it sets up the
+    process's tracer provider; a service built in-process leaves that to its test)."""
     exporter = InMemorySpanExporter()
-    provider = service.tracer_provider
+    provider = observability.configure_tracing(service.settings.service)
     assert isinstance(provider, TracerProvider)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return exporter

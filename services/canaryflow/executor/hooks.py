@@ -16,15 +16,15 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
-from nats.js import JetStreamContext
 
-from canaryflow.executor.ledger import SideEffectLedger, ledger_key
+from canaryflow.executor.ledger import ledger_key
 from canaryflow.runtime import authority
 from canaryflow.runtime.bus import Delivery
-from canaryflow.runtime.service import Service
+from canaryflow.runtime.ports import Publisher, Refuser, ReleaseReader
+from canaryflow.runtime.service import Route
 from canaryflow.runtime.signing import post_json
 from canaryflow_contracts import Envelope
 from canaryflow_contracts.events import HookCompleted, RunHook
@@ -117,30 +117,52 @@ class WebhookCaller:
         return HookOutcome(False, f"after {attempts} attempt(s): {detail}", attempts)
 
 
-def register(service: Service, caller: WebhookCaller | None = None) -> None:
-    """Subscribe the executor to RunHook: call webhooks, report each outcome once."""
-    webhooks = caller or WebhookCaller(signing_key=service.settings.signing_key)
-    ledger = SideEffectLedger(lease_seconds=PUBLISH_MARGIN_SECONDS)  # each run names its own
+class Caller(Protocol):
+    async def call(self, release_id: str, command: RunHook) -> HookOutcome: ...
 
-    async def open_ledger(js: JetStreamContext) -> None:
-        await ledger.open(js, service.settings.subjects.releases_bucket)
 
-    service.when_connected(open_ledger)
+class Ledger(Protocol):
+    """Runs a side effect once however often its command is delivered (``SideEffectLedger``)."""
 
-    async def on_run_hook(envelope: Envelope[RunHook], delivery: Delivery) -> None:
+    async def once(
+        self, key: str, send: Callable[[], Awaitable[None]], lease_seconds: float | None = None
+    ) -> bool: ...
+
+
+class Hooks:
+    """The executor's RunHook handler: call the webhook, report each outcome once."""
+
+    def __init__(
+        self,
+        releases: Callable[[], ReleaseReader],
+        publisher: Publisher,
+        refuser: Refuser,
+        webhooks: Caller,
+        ledger: Ledger,  # each run names its own lease (``longest_run_seconds``)
+    ) -> None:
+        self._releases = releases  # a getter: the service's store exists once it has started
+        self._publisher = publisher
+        self._refuser = refuser
+        self._webhooks = webhooks
+        self._ledger = ledger
+
+    def routes(self) -> tuple[Route[Any], ...]:
+        return (Route(RunHook, "run-hook", self.on_run_hook),)
+
+    async def on_run_hook(self, envelope: Envelope[RunHook], delivery: Delivery) -> None:
         command, rid = envelope.data, envelope.subject
         hook = command.hook
         if hook.url is None:
             return  # a bus hook: another system answers it
-        versioned = await service.store.get(rid)
+        versioned = await self._releases().get(rid)
         refusals = authority.hook_refusals(rid, command, versioned.state if versioned else None)
         if refusals:
-            await service.refuse(envelope, refusals)
+            await self._refuser.refuse(envelope, refusals)
             return
         url = hook.url
 
         async def run() -> None:
-            outcome = await webhooks.call(rid, command)
+            outcome = await self._webhooks.call(rid, command)
             log.info("hook %s (%s): %s", hook.name, hook.type.value, outcome.detail)
             completed = HookCompleted(
                 target=command.target,
@@ -149,13 +171,11 @@ def register(service: Service, caller: WebhookCaller | None = None) -> None:
                 ok=outcome.ok,
                 detail=outcome.detail,
             )
-            await service.publisher.publish(
+            await self._publisher.publish(
                 completed, rid, event_id=f"{rid}.hook-done.{hook.name}.{command.step_index}"
             )
 
         async with delivery.keep_alive():
             key = ledger_key("hook", envelope.id, url)
-            if not await ledger.once(key, run, lease_seconds=longest_run_seconds(hook)):
+            if not await self._ledger.once(key, run, lease_seconds=longest_run_seconds(hook)):
                 log.info("hook %s already run for %s by another delivery", hook.name, envelope.id)
-
-    service.subscribe(RunHook, "run-hook", on_run_hook)

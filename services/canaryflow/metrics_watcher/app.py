@@ -1,4 +1,7 @@
-"""The metrics-watcher service: wiring only, so tests can run it in-process with fakes.
+"""The metrics-watcher as a service: analysis requests in, verdicts out.
+
+``MetricsWatcher`` holds the handler, with its analysis injected; ``build_service`` composes
+it with the real adapters, as every service does.
 
 ``build_service`` takes the provider and the clock as arguments: an integration test passes a
 real Prometheus provider and the system clock, a service test can pass a fake provider and a
@@ -7,7 +10,7 @@ clock that jumps.
 
 from __future__ import annotations
 
-import logging
+from typing import Any, Protocol
 
 from nats.js import JetStreamContext
 
@@ -18,7 +21,7 @@ from canaryflow.metrics_watcher.progress import KvProgress
 from canaryflow.metrics_watcher.providers import MetricProvider, create_provider
 from canaryflow.runtime import tracing
 from canaryflow.runtime.bus import Delivery
-from canaryflow.runtime.service import Service
+from canaryflow.runtime.service import Route, Service
 from canaryflow.runtime.settings import Settings
 from canaryflow.runtime.store import Versioned
 from canaryflow_contracts import Envelope
@@ -37,16 +40,61 @@ class _StoreReader:
         return await self._service.store.get(release_id)
 
 
+class Analysis(Protocol):
+    """Analyses a step to its final verdict (``Analyst``; tests pass fakes)."""
+
+    async def run(self, job: AnalysisJob) -> AnalysisVerdict | None: ...
+
+
+class MetricsWatcher:
+    """The metrics-watcher's handler, with its analysis injected."""
+
+    def __init__(self, analyst: Analysis, *, workers: int | None = None) -> None:
+        self._analyst = analyst
+        self._workers = workers  # analyses held at once by this replica
+
+    def routes(self) -> tuple[Route[Any], ...]:
+        """The handler table: what it consumes (the catalogue's ``metrics-watcher`` rows)."""
+        return (
+            Route(RequestAnalysis, "analysis", self.on_analysis_requested, workers=self._workers),
+        )
+
+    async def on_analysis_requested(
+        self, envelope: Envelope[RequestAnalysis], delivery: Delivery
+    ) -> None:
+        job = AnalysisJob(
+            delivery.release_id,
+            envelope.id,
+            envelope.data,
+            anchor=envelope.time,
+            attempt=delivery.attempt,
+        )
+        # The message stays unacknowledged for the whole hold, kept alive every third of the
+        # ack wait: if this replica dies, the next delivery (here after a restart, or on
+        # another replica) continues from the progress it left, about one ack wait later.
+        step = envelope.data.step
+        span = tracing.handling(
+            f"analyse step {step.index + 1} ({step.weight}%)",
+            {tracing.STEP: step.index, tracing.WEIGHT: step.weight},
+        )
+        async with delivery.keep_alive():
+            final = await self._analyst.run(job)
+        if final is not None:
+            span.set_attributes(tracing.verdict_decision(final))
+
+
+ConsumedEvent = RequestAnalysis
+"""What the metrics-watcher consumes (``MetricsWatcher.routes``, checked against the catalogue)."""
+
+
 def build_service(
     settings: Settings,
     provider: MetricProvider | None = None,
     clock: Clock | None = None,
     policies: PolicySource | None = None,
 ) -> Service:
+    """The composition: the real adapters (or the test's), the handler, its routes and loops."""
     service = Service(settings)
-    # httpx logs every request at INFO: several lines per tick that say nothing a verdict
-    # does not say better.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     async def publish(release_id: str, verdict: AnalysisVerdict, event_id: str) -> None:
         await service.publisher.publish(verdict, release_id, event_id=event_id)
@@ -65,33 +113,7 @@ def build_service(
         publish=publish,
         progress=progress,
     )
-
-    async def on_analysis_requested(
-        envelope: Envelope[RequestAnalysis], delivery: Delivery
-    ) -> None:
-        job = AnalysisJob(
-            delivery.release_id,
-            envelope.id,
-            envelope.data,
-            anchor=envelope.time,
-            attempt=delivery.attempt,
-        )
-        # The message stays unacknowledged for the whole hold, kept alive every third of the
-        # ack wait: if this replica dies, the next delivery (here after a restart, or on
-        # another replica) continues from the progress it left, about one ack wait later.
-        step = envelope.data.step
-        span = tracing.handling(
-            f"analyse step {step.index + 1} ({step.weight}%)",
-            {tracing.STEP: step.index, tracing.WEIGHT: step.weight},
-        )
-        async with delivery.keep_alive():
-            final = await analyst.run(job)
-        if final is not None:
-            span.set_attributes(tracing.verdict_decision(final))
-
-    service.subscribe(
-        RequestAnalysis, "analysis", on_analysis_requested, workers=settings.analysis_workers
-    )
+    service.route(MetricsWatcher(analyst, workers=settings.analysis_workers).routes())
     if settings.http_port:
         # Pushed alerts: a firing alert fails the release in flight without waiting a tick.
         service.every(

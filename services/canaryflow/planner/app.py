@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
@@ -38,7 +38,8 @@ from canaryflow.planner.validation import (
 )
 from canaryflow.runtime import observability, tracing
 from canaryflow.runtime.bus import Delivery, Unreadable
-from canaryflow.runtime.service import Service
+from canaryflow.runtime.ports import Publisher
+from canaryflow.runtime.service import Route, Service
 from canaryflow.runtime.settings import Settings
 from canaryflow.runtime.store import StaleWrite, Versioned
 from canaryflow.runtime.traffic import ROUTERS
@@ -93,12 +94,6 @@ class StateStore(Protocol):
     async def all(self) -> list[Versioned]: ...
 
 
-class Publisher(Protocol):
-    async def publish(
-        self, data: EventData, release_id: str, *, event_id: str | None = None
-    ) -> Envelope[Any]: ...
-
-
 Clock = Callable[[], datetime]
 
 
@@ -125,6 +120,32 @@ class Planner:
         self._cluster = cluster
         self._clock = clock
         self._timings = timings
+
+    def routes(self, request_subjects: Sequence[str]) -> tuple[Route[Any], ...]:
+        """The handler table: the requests, on every subject under the public request prefix
+        (so that none is stored unread), then the events it follows (``FOLLOWED``)."""
+        requests = tuple(
+            Route(
+                ReleaseRequestPayload,
+                name,
+                self.on_request,
+                on_malformed=self.on_unreadable_request,
+                subject_filter=subject_filter,
+            )
+            for name, subject_filter in zip(
+                ("requested", "requested-bare"), request_subjects, strict=True
+            )
+        )
+        followed = tuple(
+            Route(
+                event,
+                name,
+                self.on_event,
+                quiet=_routine_verdict if event is AnalysisVerdict else None,
+            )
+            for event, name in FOLLOWED
+        )
+        return requests + followed
 
     async def on_request(
         self, event: Envelope[ReleaseRequestPayload], delivery: Delivery | None = None
@@ -381,6 +402,7 @@ def build_service(
     clock: Clock = utc_now,
     timings: ReconcileTimings = DEFAULT_TIMINGS,
 ) -> Service:
+    """The composition: the real adapters (or the test's), the handlers, routes and loop."""
     service = Service(settings)
     planner = Planner(
         lambda: service.store,
@@ -390,20 +412,7 @@ def build_service(
         timings,
         routers=settings.enabled_routers,
     )
-    # Every subject under the public request prefix, so that none is stored unread.
-    for name, subject_filter in zip(
-        ("requested", "requested-bare"), settings.subjects.requests(), strict=True
-    ):
-        service.subscribe(
-            ReleaseRequestPayload,
-            name,
-            planner.on_request,
-            on_malformed=planner.on_unreadable_request,
-            subject_filter=subject_filter,
-        )
-    for event, name in FOLLOWED:
-        quiet = _routine_verdict if event is AnalysisVerdict else None
-        service.subscribe(event, name, planner.on_event, quiet=quiet)
+    service.route(planner.routes(settings.subjects.requests()))
 
     async def reconcile_loop() -> None:
         await planner.reconcile_forever(settings.reconcile_seconds)

@@ -346,6 +346,10 @@ FollowedEvent = (
 """What moves a planned release on: the events the planner follows (``app.FOLLOWED``, checked
 against the catalogue). ``_transition`` handles each one, and mypy proves it (``assert_never``)."""
 
+DecidedEvent = ReleaseRequested | FollowedEvent
+"""What the planner publishes commands after: an admitted request and every event it follows.
+``commands_after`` handles each one, and mypy proves it (``assert_never``)."""
+
 
 def _transition(state: ReleaseState, event: Envelope[Any], now: datetime) -> ReleaseState | None:
     data = event.data
@@ -603,93 +607,108 @@ def commands_after(
     if refused is not None and isinstance(data, OperatorCommand):
         notice = operators.refusal_notice(state.target, data, refused)
         return [Command(notice, operators.refused_id(rid, event.id))]
-    if isinstance(data, ReleaseRequested):
-        if status is ReleaseStatus.REJECTED:
-            reasons = [h.detail for h in state.history if h.event == REJECTED_EVENT]
-            return [_rejection(rid, event.id, state.target, reasons)]
-        planned = ReleasePlanned(
-            target=state.target,
-            version=state.version,
-            policy=state.policy,
-            steps=state.steps,
-            request_id=event.id,
-        )
-        if status is ReleaseStatus.APPLYING and state.step_index == 0:
-            return [Command(planned, f"{rid}.planned"), apply_phase(state)]
-        if status is ReleaseStatus.WAITING and state.step_index == 0:
-            return [Command(planned, f"{rid}.planned"), *_waiting_commands(state, event.id)]
+    if not isinstance(data, DecidedEvent):
         return []
-    if isinstance(data, PhaseReached):
-        if status is ReleaseStatus.WAITING:
-            return _waiting_commands(state, event.id)
-        return [request_analysis(state)] if status is ReleaseStatus.ANALYSING else []
-    if isinstance(data, HookCompleted | OpenGate):
-        if status is ReleaseStatus.ROLLING_BACK:
-            rollback = RollbackRequested(
+    match data:
+        case ReleaseRequested():
+            if status is ReleaseStatus.REJECTED:
+                reasons = [h.detail for h in state.history if h.event == REJECTED_EVENT]
+                return [_rejection(rid, event.id, state.target, reasons)]
+            planned = ReleasePlanned(
+                target=state.target,
+                version=state.version,
+                policy=state.policy,
+                steps=state.steps,
+                request_id=event.id,
+            )
+            if status is ReleaseStatus.APPLYING and state.step_index == 0:
+                return [Command(planned, f"{rid}.planned"), apply_phase(state)]
+            if status is ReleaseStatus.WAITING and state.step_index == 0:
+                return [Command(planned, f"{rid}.planned"), *_waiting_commands(state, event.id)]
+            return []
+        case PhaseReached():
+            if status is ReleaseStatus.WAITING:
+                return _waiting_commands(state, event.id)
+            return [request_analysis(state)] if status is ReleaseStatus.ANALYSING else []
+        case HookCompleted() | OpenGate():
+            if status is ReleaseStatus.ROLLING_BACK:
+                rollback = RollbackRequested(
+                    target=state.target, reason=state.outcome_reason, requested_by=SOURCE
+                )
+                return [
+                    _status(state, event.id, StatusChange.ROLLING_BACK, state.outcome_reason),
+                    Command(rollback, f"{rid}.rollback.{short_digest(event.id)}"),
+                ]
+            return after_wait(state, event.id)
+        case AnalysisVerdict():
+            if data.action is VerdictAction.EXTEND and status is ReleaseStatus.ANALYSING:
+                detail = f"step {state.step_index + 1} hold extended: {data.reason}"
+                return [_status(state, event.id, StatusChange.EXTENDED, detail)]
+            if not (data.final or _rolls_back(data)):
+                return []
+            return _entry_commands(state, event.id)
+        case ResumeRelease() if status is ReleaseStatus.ANALYSING and not state.paused:
+            verdict = state.last_verdict
+            status_change = _status(state, event.id, StatusChange.RESUMED, "analysis continues")
+            if verdict is not None and verdict.final and verdict.step_index == state.step_index:
+                again = request_analysis(
+                    state, f"{rid}.analyse.{state.step_index}.{short_digest(event.id)}"
+                )
+                return [status_change, again]
+            return [status_change]
+        case (
+            PhaseFailed()
+            | RollbackRequested()
+            | AbortRelease()
+            | PauseRelease()
+            | ResumeRelease()
+            | PromoteNow()
+            | SetWeight()
+        ):
+            return _entry_commands(state, event.id)
+        case PromotionCompleted():
+            if status is not ReleaseStatus.SUCCEEDED:
+                return []
+            evidence = state.last_verdict.checks if state.last_verdict else []
+            summary = f"{state.version.image} is stable after {len(state.steps)} step(s)"
+            succeeded = ReleaseSucceeded(target=state.target, summary=summary, evidence=evidence)
+            return [
+                Command(succeeded, f"{rid}.succeeded"),
+                *_final_hooks(state, HookType.POST_ROLLOUT),
+            ]
+        case RollbackFailed():
+            if status is ReleaseStatus.FAILED:
+                return [Command(release_failed(state, data.leftovers), f"{rid}.failed")]
+            retry = (
+                f"rollback attempt {state.rollback_failures} failed: {data.reason}; trying again"
+            )
+            request = RollbackRequested(
                 target=state.target, reason=state.outcome_reason, requested_by=SOURCE
             )
             return [
-                _status(state, event.id, StatusChange.ROLLING_BACK, state.outcome_reason),
-                Command(rollback, f"{rid}.rollback.{short_digest(event.id)}"),
+                _status(state, event.id, StatusChange.ROLLING_BACK, retry),
+                Command(request, f"{rid}.rollback.f{state.rollback_failures}"),
             ]
-        return after_wait(state, event.id)
-    if isinstance(data, AnalysisVerdict):
-        if data.action is VerdictAction.EXTEND and status is ReleaseStatus.ANALYSING:
-            detail = f"step {state.step_index + 1} hold extended: {data.reason}"
-            return [_status(state, event.id, StatusChange.EXTENDED, detail)]
-        if not (data.final or _rolls_back(data)):
-            return []
-        return _entry_commands(state, event.id)
-    if isinstance(data, ResumeRelease) and status is ReleaseStatus.ANALYSING and not state.paused:
-        verdict = state.last_verdict
-        status_change = _status(state, event.id, StatusChange.RESUMED, "analysis continues")
-        if verdict is not None and verdict.final and verdict.step_index == state.step_index:
-            again = request_analysis(
-                state, f"{rid}.analyse.{state.step_index}.{short_digest(event.id)}"
+        case RollbackCompleted():
+            if status is not ReleaseStatus.ROLLED_BACK:
+                return []
+            verdict = state.last_verdict
+            failing = verdict is not None and verdict.result is VerdictResult.FAIL
+            summary = (
+                f"rolled back: {state.outcome_reason}; stable restored to "
+                f"{data.stable_replicas} replica(s) in {data.seconds_to_restore:.1f}s"
             )
-            return [status_change, again]
-        return [status_change]
-    if isinstance(
-        data,
-        PhaseFailed
-        | RollbackRequested
-        | AbortRelease
-        | PauseRelease
-        | ResumeRelease
-        | PromoteNow
-        | SetWeight,
-    ):
-        return _entry_commands(state, event.id)
-    if isinstance(data, PromotionCompleted) and status is ReleaseStatus.SUCCEEDED:
-        evidence = state.last_verdict.checks if state.last_verdict else []
-        summary = f"{state.version.image} is stable after {len(state.steps)} step(s)"
-        succeeded = ReleaseSucceeded(target=state.target, summary=summary, evidence=evidence)
-        return [Command(succeeded, f"{rid}.succeeded"), *_final_hooks(state, HookType.POST_ROLLOUT)]
-    if isinstance(data, RollbackFailed):
-        if status is ReleaseStatus.FAILED:
-            return [Command(release_failed(state, data.leftovers), f"{rid}.failed")]
-        retry = f"rollback attempt {state.rollback_failures} failed: {data.reason}; trying again"
-        request = RollbackRequested(
-            target=state.target, reason=state.outcome_reason, requested_by=SOURCE
-        )
-        return [
-            _status(state, event.id, StatusChange.ROLLING_BACK, retry),
-            Command(request, f"{rid}.rollback.f{state.rollback_failures}"),
-        ]
-    if isinstance(data, RollbackCompleted) and status is ReleaseStatus.ROLLED_BACK:
-        verdict = state.last_verdict
-        failing = verdict is not None and verdict.result is VerdictResult.FAIL
-        summary = (
-            f"rolled back: {state.outcome_reason}; stable restored to {data.stable_replicas} "
-            f"replica(s) in {data.seconds_to_restore:.1f}s"
-        )
-        outcome = ReleaseRolledBack(
-            target=state.target,
-            summary=summary,
-            evidence=verdict.checks if failing and verdict is not None else [],
-        )
-        return [Command(outcome, f"{rid}.rolled-back"), *_final_hooks(state, HookType.ROLLBACK)]
-    return []
+            outcome = ReleaseRolledBack(
+                target=state.target,
+                summary=summary,
+                evidence=verdict.checks if failing and verdict is not None else [],
+            )
+            return [
+                Command(outcome, f"{rid}.rolled-back"),
+                *_final_hooks(state, HookType.ROLLBACK),
+            ]
+        case _:
+            assert_never(data)
 
 
 def _entry_commands(state: ReleaseState, trigger_id: str) -> list[Command]:

@@ -68,6 +68,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def configure_process(service: str) -> TracerProvider:
+    """The process's telemetry: JSON logs on stderr and the tracer provider (see below).
+
+    Both are global to the process, so they are set up once, by its entry point (a service's
+    ``__main__`` through ``service.main``, a bench), never by a constructor: a test that builds
+    services keeps its own log capture, and picks its own tracer provider.
+    """
+    configure_logging(service)
+    return configure_tracing(service)
+
+
 def configure_logging(service: str, level: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))

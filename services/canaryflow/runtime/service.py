@@ -1,7 +1,8 @@
 """The shape every canaryflow service has: connect, converge streams, subscribe, run, stop.
 
 A service module builds a ``Service``, registers its handlers with ``service.subscribe`` (and
-optional background loops), then calls ``run_service``. Nothing else differs between them, so
+optional background loops); its ``__main__`` hands that composition to ``main``, which sets up
+the process's logging and tracing and runs it. Nothing else differs between them, so
 the JetStream discipline and the telemetry cannot drift from one service to the next.
 """
 
@@ -16,7 +17,8 @@ import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import nats.errors
 from aiohttp import web
@@ -56,12 +58,25 @@ BackgroundLoop = Callable[[], Awaitable[None]]
 ConnectHook = Callable[[JetStreamContext], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class Route(Generic[E]):
+    """One row of a service's handler table: the event, its durable consumer's name (which
+    must never change: JetStream keeps the consumer's position under it), the handler, and how
+    it is consumed (see ``Service.subscribe``). mypy checks the handler takes the event."""
+
+    event: type[E]
+    name: str
+    handler: Handler[E]
+    quiet: Callable[[Envelope[E]], bool] | None = None
+    on_malformed: MalformedHandler | None = None
+    subject_filter: str | None = None
+    workers: int | None = None
+
+
 class Service:
     def __init__(self, settings: Settings) -> None:
+        # The process's logging and tracing are its entry point's (``main``), not set up here.
         self.settings = settings
-        observability.configure_logging(settings.service)
-        tracer_provider = observability.configure_tracing(settings.service)
-        self.tracer_provider = tracer_provider
         # Each message's consumer span, in its release's trace (see runtime.tracing).
         self.message_tracing = tracing.MessageTracing(settings.subjects, self._stored_trace_parent)
         self.broker = NatsBroker(
@@ -89,6 +104,8 @@ class Service:
         self._durables: set[str] = set()
         # The events it consumes, to be checked against the contract's catalogue (a test).
         self.consumes: set[type[EventData]] = set()
+        # Its handler table, as routed (``route``): also checked against the catalogue.
+        self.routes: list[Route[Any]] = []
         self._loops: list[BackgroundLoop] = []
         self._connect_hooks: list[ConnectHook] = []
         self._ack_waits: dict[str, float] = {}  # durable consumer -> its ack wait
@@ -131,6 +148,20 @@ class Service:
             subject_filter=subject_filter,
             workers=workers,
         )
+
+    def route(self, table: tuple[Route[Any], ...]) -> None:
+        """Subscribe every row of a service's handler table, in its order."""
+        self.routes.extend(table)
+        for row in table:
+            self.subscribe(
+                row.event,
+                row.name,
+                row.handler,
+                on_malformed=row.on_malformed,
+                quiet=row.quiet,
+                subject_filter=row.subject_filter,
+                workers=row.workers,
+            )
 
     async def refuse(self, envelope: Envelope[Any], refusals: list[Refusal]) -> None:
         """Say why a command is not obeyed: a warning, a metric per check, a CommandRefused.
@@ -322,6 +353,23 @@ async def _guarded(loop: BackgroundLoop) -> None:
         except Exception:
             log.exception("background loop %s failed; restarting in 2s", loop.__name__)
             await asyncio.sleep(2)
+
+
+def main(
+    service_name: str, build: Callable[[Settings], Service], *, quiet: tuple[str, ...] = ()
+) -> None:
+    """A service's process: its settings from the environment, the process's logging and
+    tracing set up (here, once, before anything logs), then the service ``build`` composes, run
+    until stopped. ``quiet``: libraries' loggers kept to warnings."""
+    settings = Settings.from_env(service_name)
+    observability.configure_process(settings.service)
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    async def serve() -> None:
+        await run_service(build(settings))
+
+    asyncio.run(serve())
 
 
 async def run_service(service: Service) -> None:

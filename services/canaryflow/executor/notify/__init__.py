@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
-from nats.js import JetStreamContext
-
-from canaryflow.executor.ledger import SideEffectLedger, ledger_key
-from canaryflow.executor.notify.base import Notification, Notifier, destinations, notification_for
+from canaryflow.executor.ledger import ledger_key
+from canaryflow.executor.notify.base import (
+    Notification,
+    NotifiedEvent,
+    Notifier,
+    destinations,
+    notification_for,
+)
 from canaryflow.executor.notify.webhook import TIMEOUT_SECONDS, WebhookNotifier, slack_payload
 from canaryflow.runtime.bus import Delivery
-from canaryflow.runtime.service import Service
+from canaryflow.runtime.ports import ReleaseReader
+from canaryflow.runtime.service import Route
 from canaryflow_contracts import Envelope, EventData
 from canaryflow_contracts.events import (
     CommandRefused,
@@ -37,6 +43,7 @@ log = logging.getLogger(__name__)
 # A send that has not finished by then never will: its replica died (see executor.ledger).
 LEASE_SECONDS = 3 * TIMEOUT_SECONDS
 
+# The events people are notified of (``NotifiedEvent``), each with its own durable consumer.
 NOTIFIED: tuple[tuple[type[EventData], str], ...] = (
     (ReleasePlanned, "notify-planned"),
     (ReleaseStatusChanged, "notify-status"),
@@ -54,38 +61,56 @@ def urls_from_env() -> list[str]:
     return [url.strip() for url in raw.split(",") if url.strip()]
 
 
-def register(
-    service: Service, notifier: Notifier | None = None, always: list[str] | None = None
-) -> None:
-    """Subscribe to the events people hear about and deliver each to its receivers."""
-    sender = notifier or WebhookNotifier(signing_key=service.settings.signing_key)
-    everywhere = urls_from_env() if always is None else always
-    ledger = SideEffectLedger(LEASE_SECONDS)
+class Ledger(Protocol):
+    """Runs a side effect once however often its event is delivered (``SideEffectLedger``)."""
 
-    async def open_ledger(js: JetStreamContext) -> None:
-        await ledger.open(js, service.settings.subjects.releases_bucket)
+    async def once(self, key: str, send: Callable[[], Awaitable[None]]) -> bool: ...
 
-    service.when_connected(open_ledger)
 
-    async def on_event(envelope: Envelope[Any], delivery: Delivery) -> None:
+class Notifications:
+    """The executor's notification handler: each event people hear about, to its receivers."""
+
+    def __init__(
+        self,
+        releases: Callable[[], ReleaseReader],
+        sender: Notifier,
+        ledger: Ledger,
+        everywhere: list[str],  # receivers of every release's news (CANARYFLOW_NOTIFY_URLS)
+    ) -> None:
+        self._releases = releases  # a getter: the service's store exists once it has started
+        self._sender = sender
+        self._ledger = ledger
+        self._everywhere = everywhere
+
+    def routes(self) -> tuple[Route[Any], ...]:
+        """The handler table: every event in ``NOTIFIED`` to ``on_event``."""
+        return tuple(Route(event, name, self.on_event) for event, name in NOTIFIED)
+
+    async def on_event(self, envelope: Envelope[NotifiedEvent], delivery: Delivery) -> None:
         notification = notification_for(envelope)
         if notification is None:
             return
-        versioned = await service.store.get(envelope.subject)
+        versioned = await self._releases().get(envelope.subject)
         targets = versioned.state.notify if versioned is not None else []
-        for url in destinations(notification, targets, everywhere):
+        for url in destinations(notification, targets, self._everywhere):
             shown = url.split("?")[0]
 
             async def send(url: str = url) -> None:
-                await sender.send(url, notification)
+                await self._sender.send(url, notification)
 
-            if await ledger.once(ledger_key("notified", envelope.id, url), send):
+            if await self._ledger.once(ledger_key("notified", envelope.id, url), send):
                 log.info("notified %s: %s", shown, notification.title)
             else:
                 log.info("already notified %s: %s", shown, notification.title)
 
-    for event, name in NOTIFIED:
-        service.subscribe(event, name, on_event)
 
-
-__all__ = ["Notification", "Notifier", "WebhookNotifier", "register", "slack_payload"]
+__all__ = [
+    "LEASE_SECONDS",
+    "NOTIFIED",
+    "Notification",
+    "Notifications",
+    "Notifier",
+    "WebhookNotifier",
+    "slack_payload",
+    "urls_from_env",
+]

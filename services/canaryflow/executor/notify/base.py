@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, assert_never
 
 from canaryflow_contracts import Envelope
 from canaryflow_contracts.events import (
@@ -60,6 +60,20 @@ class Notification:
         }
 
 
+NotifiedEvent = (
+    ReleasePlanned
+    | ReleaseStatusChanged
+    | ReleaseSucceeded
+    | ReleaseRolledBack
+    | ReleaseFailed
+    | ReleaseRejected
+    | OperatorCommandRefused
+    | CommandRefused
+)
+"""The events people are notified of (``NOTIFIED``, checked against the catalogue).
+``notification_for`` handles each one, and mypy proves it (``assert_never``)."""
+
+
 class Notifier(Protocol):
     async def send(self, url: str, notification: Notification) -> None:
         """Deliver or raise (the event is then redelivered, a bounded number of times)."""
@@ -70,7 +84,7 @@ def notification_for(envelope: Envelope[Any]) -> Notification | None:
     """The notification an event makes, or None for the events nobody needs to hear about."""
     data = envelope.data
     target = getattr(data, "target", None)
-    if target is None:
+    if target is None or not isinstance(data, NotifiedEvent):
         return None
     rid = envelope.subject
 
@@ -99,7 +113,9 @@ def notification_for(envelope: Envelope[Any]) -> Notification | None:
                 f"{data.version.image}, steps {steps} (policy {data.policy})",
                 image=data.version.image,
             )
-        case ReleaseStatusChanged() if data.status in STATUS_KINDS:
+        case ReleaseStatusChanged():
+            if data.status not in STATUS_KINDS:
+                return None  # not worth interrupting anyone for
             kind = STATUS_KINDS[data.status]
             severity = "danger" if kind is NotifyOn.ROLLING_BACK else "warning"
             words = data.status.replace("_", " ")
@@ -141,7 +157,8 @@ def notification_for(envelope: Envelope[Any]) -> Notification | None:
                 data.refusal,
                 actor=data.actor,
             )
-    return None
+        case _:
+            assert_never(data)
 
 
 def destinations(notification: Notification, targets: list[Notify], always: list[str]) -> list[str]:
