@@ -263,7 +263,7 @@ async def _run(name: str, settings: Any, events: int) -> None:
     # What the service's entry point sets up: JSON logs and the tracer provider.
     tracer_provider = observability.configure_process(settings.service)
     nc = NatsClient()
-    await nc.connect(settings.nats_servers)
+    await nc.connect(settings.nats_servers, **settings.nats_access.client_options())
     run = await _prepare(name, settings, nc, events)
     # The backlog is in the stream before the service starts: what is measured is handling.
     await run.publish_backlog()

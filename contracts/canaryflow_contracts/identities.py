@@ -27,7 +27,9 @@ cannot publish what it may not). Per-consumer isolation needs one NATS account p
 with stream exports; not done.
 
 ``prefix=None`` writes permissions for any installation prefix (every stream and bucket name
-becomes ``*``): the local stack serves one prefix per test. An installation names its prefix.
+becomes ``*``): the local stack serves one prefix per test. That form is wider (e.g. the
+requester's server-named consumer may be of any stream, the release bucket's too); an
+installation names its prefix.
 """
 
 from __future__ import annotations
@@ -160,6 +162,11 @@ class _Names:
             subjects.analyses_bucket,
         )
 
+    def kv(self, bucket: str) -> str:
+        """A bucket's stream: ``KV_<bucket>``, or ``*`` for any (a wildcard is a whole token:
+        ``KV_*`` would name a stream called that)."""
+        return "*" if bucket == "*" else f"KV_{bucket}"
+
     def event(self, event: type[EventData]) -> str:
         """Every release's subject of one event: ``<prefix>.<domain>.<name>.v<N>.*``."""
         return f"{self.prefix}.{event.subject_stem()}.*"
@@ -177,16 +184,21 @@ class _Names:
         return (f"{self.prefix}.release.requested.>", f"{self.prefix}.release.requested")
 
 
-def _kv_read(bucket: str) -> list[str]:
-    stream = f"KV_{bucket}"
+def _kv_get(stream: str) -> list[str]:
+    """Reading keys of a bucket (its stream ``KV_<bucket>``): direct gets, for buckets made
+    beforehand with ``allow_direct``, as well as the stream's message get ours use."""
     return [
         f"$JS.API.STREAM.INFO.{stream}",
-        f"$JS.API.DIRECT.GET.{stream}.>",
         f"$JS.API.STREAM.MSG.GET.{stream}",
-        # Listing keys and watching: a server-named consumer, deleted when done.
+        f"$JS.API.DIRECT.GET.{stream}.>",
+    ]
+
+
+def _kv_list(stream: str) -> list[str]:
+    """Listing a bucket's keys: a server-named consumer nats-py asks about, then lets expire."""
+    return [
         f"$JS.API.CONSUMER.CREATE.{stream}",
-        f"$JS.API.CONSUMER.CREATE.{stream}.>",
-        f"$JS.API.CONSUMER.DELETE.{stream}.*",
+        f"$JS.API.CONSUMER.INFO.{stream}.*",
         f"$JS.FC.{stream}.>",
     ]
 
@@ -197,41 +209,42 @@ def _events_read(names: _Names) -> list[str]:
     return [
         f"$JS.API.STREAM.INFO.{names.events}",
         f"$JS.API.CONSUMER.CREATE.{names.events}",
+        f"$JS.API.CONSUMER.INFO.{names.events}.*",
         f"$JS.FC.{names.events}.>",
     ]
 
 
 def _service(identity: str, names: _Names) -> tuple[list[str], list[str]]:
-    events = names.events
+    events, releases = names.events, names.kv(names.releases)
     publish = [
         *(names.event(event) for event in PUBLISHES[identity]),
         f"{names.prefix}.deadletter.>",
-        "$JS.API.INFO",
-        "$JS.API.STREAM.NAMES",
+        # Every replica converges the streams and the release bucket at start.
         *(
             f"$JS.API.STREAM.{action}.{stream}"
-            for stream in (events, names.deadletter, f"KV_{names.releases}")
+            for stream in (events, names.deadletter)
             for action in ("INFO", "CREATE", "UPDATE")
         ),
-        # Its durable consumers: bound, converged, pulled from and acknowledged.
+        f"$JS.API.STREAM.CREATE.{releases}",
+        # Its durable consumers (named, with a filter): bound, converged, pulled, acknowledged.
         f"$JS.API.CONSUMER.INFO.{events}.*",
-        f"$JS.API.CONSUMER.CREATE.{events}.*",
         f"$JS.API.CONSUMER.CREATE.{events}.*.>",
-        f"$JS.API.CONSUMER.DURABLE.CREATE.{events}.*",
         f"$JS.API.CONSUMER.MSG.NEXT.{events}.*",
         f"$JS.ACK.{events}.>",
         f"$JS.API.STREAM.MSG.GET.{events}",
-        *_kv_read(names.releases),
+        *_kv_get(releases),
     ]
+    if identity in ("planner", "rollback"):  # their safety nets go over every release
+        publish += _kv_list(releases)
     if identity == "planner":
         publish.append(f"$KV.{names.releases}.>")
     if identity == "executor":
         publish += [f"$KV.{names.releases}.{kind}.*" for kind in LEDGER_KEY_KINDS]
     if identity == "metrics-watcher":
-        stream = f"KV_{names.analyses}"
+        analyses = names.kv(names.analyses)
         publish += [
-            *(f"$JS.API.STREAM.{action}.{stream}" for action in ("INFO", "CREATE", "UPDATE")),
-            *_kv_read(names.analyses),
+            f"$JS.API.STREAM.CREATE.{analyses}",
+            *_kv_get(analyses),
             f"$KV.{names.analyses}.>",
         ]
     subscribe = [
@@ -259,14 +272,14 @@ def permissions(identity: str, subjects: Subjects | None = None) -> Permissions:
                     names.request() if event is ReleaseRequested else (names.event(event),)
                 )
             ),
-            "$JS.API.INFO",
             *_events_read(names),
         ]
         subscribe = [f"{inbox_prefix(identity)}.>", *names.live_events()]
         if identity == "operator":
             # `canaryflow status` reads the release state; `canaryflow deadletters` the letters.
             publish += [
-                *_kv_read(names.releases),
+                *_kv_get(names.kv(names.releases)),
+                *_kv_list(names.kv(names.releases)),
                 f"$JS.API.STREAM.INFO.{names.deadletter}",
                 f"$JS.API.STREAM.MSG.GET.{names.deadletter}",
             ]

@@ -474,6 +474,9 @@ def subscribe(
         stream=JStream(name=subjects.events_stream.name, declare=False),
         durable=durable,
         pull_sub=PullSub(batch_size=concurrency, timeout=1.0),
+        # The pulled messages come to this identity's own inbox (FastStream's subscriber has
+        # its own default, "_INBOX.", which the service's NATS permissions do not allow).
+        inbox_prefix=f"{settings.nats_access.inbox}.".encode(),
         config=ConsumerConfig(
             ack_wait=ack_wait,
             max_deliver=server_max_deliver(settings.max_deliver),

@@ -64,8 +64,13 @@ class NatsAccess:
             context.load_cert_chain(self.tls_cert, self.tls_key)
         return context
 
+    @property
+    def inbox(self) -> str:
+        """Where replies to this connection come: NATS's default for an identity-less one."""
+        return inbox_prefix(self.identity) if self.identity else "_INBOX"
+
     def _inbox(self) -> dict[str, str]:
-        return {"inbox_prefix": inbox_prefix(self.identity)} if self.identity else {}
+        return {"inbox_prefix": self.inbox} if self.identity else {}
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments for ``nats.connect``."""

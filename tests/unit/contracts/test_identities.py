@@ -157,3 +157,24 @@ def test_rollback_requests_come_from_services_and_operators_only() -> None:
     may = {i for i in IDENTITIES if _may_publish(i, SUBJECTS.of(RollbackRequested, "rel-1"))}
     assert may == {"planner", "executor", "operator"}
     assert all(re.match(r"^[_A-Za-z]+$", inbox_prefix(i)) for i in IDENTITIES)
+
+
+@pytest.mark.parametrize("subjects", [SUBJECTS, None], ids=["one prefix", "any prefix"])
+def test_the_services_that_go_over_every_release_may_list_the_bucket(
+    subjects: Subjects | None,
+) -> None:
+    """Listing keys is a server-named consumer of the bucket's stream, which nats-py then
+    asks about; for any prefix the stream is ``*`` (``KV_*`` would be a literal name)."""
+    for identity in ("planner", "rollback", "operator"):
+        for subject in (
+            "$JS.API.CONSUMER.CREATE.KV_SHOP_RELEASES",
+            "$JS.API.CONSUMER.INFO.KV_SHOP_RELEASES.abc",
+            "$JS.FC.KV_SHOP_RELEASES.abc.1",
+            "$JS.API.STREAM.MSG.GET.KV_SHOP_RELEASES",
+        ):
+            assert _may_publish(identity, subject, subjects), (identity, subject)
+    # (For any prefix the requester's consumer of "the events stream" is of any stream.)
+    readers = ("executor", "metrics-watcher") + (("requester",) if subjects else ())
+    for identity in readers:
+        subject = "$JS.API.CONSUMER.CREATE.KV_SHOP_RELEASES"
+        assert not _may_publish(identity, subject, subjects), (identity, subject)
