@@ -119,6 +119,11 @@ _DOMAINS = tuple(subject.split(".")[1] for subject in Subjects().events_stream.s
 # Keys of the release bucket the executor's side-effect ledger writes (executor/ledger.py).
 LEDGER_KEY_KINDS = ("notified", "hook")
 
+# The first token of every key the metrics-watcher writes in its analyses bucket
+# (metrics_watcher/analysis.py). Granted by that token, so that written for any prefix
+# (``$KV.*.analysis.>``) it still cannot reach a release bucket's ``release.<id>`` keys.
+ANALYSIS_KEY_KIND = "analysis"
+
 
 def inbox_prefix(identity: str) -> str:
     """Where an identity's replies come: ``_INBOX_<identity>``, readable by it alone."""
@@ -245,7 +250,7 @@ def _service(identity: str, names: _Names) -> tuple[list[str], list[str]]:
         publish += [
             f"$JS.API.STREAM.CREATE.{analyses}",
             *_kv_get(analyses),
-            f"$KV.{names.analyses}.>",
+            f"$KV.{names.analyses}.{ANALYSIS_KEY_KIND}.>",
         ]
     subscribe = [
         f"{inbox_prefix(identity)}.>",

@@ -15,6 +15,7 @@ import nkeys
 import pytest
 
 from canaryflow.demo.launcher import ServiceLauncher
+from canaryflow_contracts.identities import SERVICES
 from tests.support import StackEnv
 
 pytestmark = pytest.mark.stack
@@ -42,5 +43,23 @@ def test_each_service_connects_over_tls_as_its_own_identity(
                 connection.get("authorized_user", "")
             )
             assert connection.get("tls_version"), f"{name} is not on TLS: {connection}"
-    for identity in ("planner", "executor", "metrics-watcher", "rollback"):
+    for identity in SERVICES:
         assert seen.get(identity) == {_public_key(stack, identity)}, (identity, seen)
+
+
+def test_no_service_was_refused_anything_by_nats(
+    services: ServiceLauncher, stack: StackEnv
+) -> None:
+    """A permission the code needs and the identity lacks shows only at runtime, as a
+    violation in the server's log (and a request that times out): none so far this session,
+    for any service's key (tests/integration/test_nats_identities.py provokes others')."""
+    keys = {_public_key(stack, identity): identity for identity in SERVICES}
+    logs = sorted((stack.state_dir / "logs").glob("nats*.log"))
+    assert logs, "no NATS log in the stack's logs"
+    refused = [
+        line
+        for log in logs
+        for line in log.read_text(errors="replace").splitlines()
+        if "violation" in line.lower() and any(key in line for key in keys)
+    ]
+    assert not refused, refused[:5]

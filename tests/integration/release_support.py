@@ -71,9 +71,12 @@ def release_state(
     )
 
 
-async def put_state(store: ReleaseStore, state: ReleaseState) -> ReleaseState:
+async def put_state(events: StreamEvents, state: ReleaseState) -> ReleaseState:
     """Write ``state`` as the planner does (create, or compare-and-set over the last one), so
-    that the executor and the rollback service find a live release asking for the command."""
+    that the executor and the rollback service find a live release asking for the command.
+    Written over the tests' own connection: only the planner's identity may write the bucket
+    (canaryflow_contracts.identities), and the services under test only read it."""
+    store = await events.release_store()
     current = await store.get(state.release_id)
     if current is None:
         await store.create(state)
@@ -93,6 +96,10 @@ class StreamEvents:
         self.js = nc.jetstream()
         self.subjects = subjects
         self.stream = subjects.events_stream.name
+
+    async def release_store(self) -> ReleaseStore:
+        """The release bucket over the tests' connection, which may write it as the planner."""
+        return ReleaseStore(await self.js.key_value(self.subjects.releases_bucket))
 
     async def publish(
         self, data: EventData, release_id: str, event_id: str | None = None

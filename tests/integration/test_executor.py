@@ -86,7 +86,7 @@ async def stable_web(kube: client.ApiClient, namespace: str, replicas: int = FUL
 
 
 async def applying(
-    executor: Service,
+    events: StreamEvents,
     namespace: str,
     rid: str,
     step: PlannedStep,
@@ -103,14 +103,14 @@ async def applying(
     state = release_state(rid, target, version, steps, status).model_copy(
         update={"step_index": step.index, "ready_deadline": deadline}
     )
-    await put_state(executor.store, state)
+    await put_state(events, state)
     return ApplyPhase(target=target, version=version, step=step, ready_deadline=deadline)
 
 
-async def promoting(executor: Service, namespace: str, rid: str) -> RequestPromotion:
+async def promoting(events: StreamEvents, namespace: str, rid: str) -> RequestPromotion:
     target = TargetRef(namespace=namespace, name=NAME)
     state = release_state(rid, target, V2, [STEP0, STEP1], ReleaseStatus.PROMOTING)
-    await put_state(executor.store, state.model_copy(update={"step_index": 1}))
+    await put_state(events, state.model_copy(update={"step_index": 1}))
     return RequestPromotion(target=target, version=V2)
 
 
@@ -119,7 +119,7 @@ async def apply_step(
 ) -> tuple[ApplyPhase, Envelope[PhaseReached], float]:
     """Publish the step's ApplyPhase as the planner does; its PhaseReached and how long."""
     started = time.monotonic()
-    command = await applying(executor, namespace, rid, step, V2, seconds=60)
+    command = await applying(events, namespace, rid, step, V2, seconds=60)
     await events.publish(command, rid, f"{rid}.apply.{step.index}")
     reached = await events.wait_for(
         PhaseReached, rid, timeout=60, event_id=f"{rid}.reached.{step.index}"
@@ -210,7 +210,7 @@ async def test_steps_are_reported_in_place_then_promoted(
 
     # When the release is promoted
     started = time.monotonic()
-    promotion = await promoting(executor, namespace, rid)
+    promotion = await promoting(events, namespace, rid)
     await events.publish(promotion, rid, f"{rid}.promote")
     completed = await events.wait_for(PromotionCompleted, rid, timeout=60)
     promotion_seconds = time.monotonic() - started
@@ -251,7 +251,7 @@ async def test_a_canary_that_never_becomes_ready_fails_at_its_deadline(
     deadline_seconds = 3.0
     broken = VersionSpec(image=image("v2-never-ready"))
 
-    command = await applying(executor, namespace, rid, STEP0, broken, seconds=3)
+    command = await applying(events, namespace, rid, STEP0, broken, seconds=3)
     await events.publish(command, rid, f"{rid}.apply.0")
     failed = await events.wait_for(PhaseFailed, rid, timeout=30)
 
@@ -275,7 +275,7 @@ async def test_a_single_replica_target_cannot_be_split(
     rid = release_id()
 
     step = PlannedStep(index=0, weight=10, hold_seconds=30)
-    await events.publish(await applying(executor, namespace, rid, step, V2, seconds=30), rid)
+    await events.publish(await applying(events, namespace, rid, step, V2, seconds=30), rid)
     failed = await events.wait_for(PhaseFailed, rid, timeout=30)
 
     assert "at least 2 replicas" in failed.data.reason
@@ -293,7 +293,7 @@ async def test_a_command_for_a_release_that_is_rolling_back_is_refused(
     await stable_web(kube, namespace)
     rid = release_id()
     command = await applying(
-        executor, namespace, rid, STEP0, V2, seconds=30, status=ReleaseStatus.ROLLING_BACK
+        events, namespace, rid, STEP0, V2, seconds=30, status=ReleaseStatus.ROLLING_BACK
     )
 
     await events.publish(command, rid, f"{rid}.apply.0")
@@ -322,7 +322,7 @@ async def test_a_command_for_a_target_without_a_policy_is_refused(
         NAME,
     )
     rid = release_id()
-    command = await applying(executor, namespace, rid, STEP0, V2, seconds=30)
+    command = await applying(events, namespace, rid, STEP0, V2, seconds=30)
 
     # When the planner's own command for it arrives
     await events.publish(command, rid, f"{rid}.apply.0")
@@ -347,7 +347,7 @@ async def test_a_step_stops_when_the_target_is_restored_under_it(
     await stable_web(kube, namespace)
     rid = release_id()
     broken = VersionSpec(image=image("v2-never-ready"))
-    command = await applying(executor, namespace, rid, STEP0, broken, seconds=60)
+    command = await applying(events, namespace, rid, STEP0, broken, seconds=60)
     await events.publish(command, rid, f"{rid}.apply.0")
 
     async def canary_made() -> bool:

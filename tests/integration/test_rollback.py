@@ -28,6 +28,7 @@ from tests.integration.release_support import (
     deployment_body,
     env_of,
     image,
+    put_state,
     read,
     release_state,
     running,
@@ -217,7 +218,7 @@ async def test_a_failed_verdict_restores_stable_then_removes_the_canary(
     # Given a target in the middle of a release the planner stored, and no planner running
     rid = release_id()
     template = await target_mid_release(kube, namespace, rid)
-    await rollback.store.create(state_of(namespace, rid, ReleaseStatus.ANALYSING))
+    await put_state(events, state_of(namespace, rid, ReleaseStatus.ANALYSING))
 
     # When the metrics-watcher's failing verdict is published
     async with timeline(kube, namespace) as samples:
@@ -271,7 +272,7 @@ async def test_an_abort_takes_the_target_from_the_state_and_restores_configurati
     # Given a promotion cut short: stable's env already changed
     rid = release_id()
     template = await target_mid_release(kube, namespace, rid, change_env=True)
-    await rollback.store.create(state_of(namespace, rid, ReleaseStatus.PROMOTING))
+    await put_state(events, state_of(namespace, rid, ReleaseStatus.PROMOTING))
 
     started = time.monotonic()
     await events.publish(AbortRelease(actor="alice@example", reason="wrong build"), rid)
@@ -303,7 +304,7 @@ async def test_a_succeeded_release_is_left_alone(
 ) -> None:
     rid = release_id()
     await target_mid_release(kube, namespace, rid)
-    await rollback.store.create(state_of(namespace, rid, ReleaseStatus.SUCCEEDED))
+    await put_state(events, state_of(namespace, rid, ReleaseStatus.SUCCEEDED))
     before = read(kube, namespace, NAME)
     assert before is not None
 
@@ -331,8 +332,9 @@ async def test_a_rollback_for_a_target_its_release_does_not_change_is_refused(
     rid = release_id()
     await target_mid_release(kube, namespace, rid)
     cart = TargetRef(namespace=namespace, name="cart")
-    await rollback.store.create(
-        state_of(namespace, rid, ReleaseStatus.ANALYSING).model_copy(update={"target": cart})
+    await put_state(
+        events,
+        state_of(namespace, rid, ReleaseStatus.ANALYSING).model_copy(update={"target": cart}),
     )
     before = read(kube, namespace, NAME)
     assert before is not None
@@ -356,7 +358,7 @@ async def test_a_failed_phase_with_nothing_recorded_only_removes_the_canary(
     # Given a canary whose pods never became Ready, and a stable nobody changed
     rid = release_id()
     await target_mid_release(kube, namespace, rid, record=False, tag="v2-never-ready")
-    await rollback.store.create(state_of(namespace, rid, ReleaseStatus.APPLYING))
+    await put_state(events, state_of(namespace, rid, ReleaseStatus.APPLYING))
     stable_before = read(kube, namespace, NAME)
     assert stable_before is not None
 
@@ -398,7 +400,7 @@ async def test_a_rollback_the_api_forbids_ends_the_release_as_failed_with_what_i
     planner = build_planner(service_settings(stack, stream_prefix, "planner"))
     events = StreamEvents(nats_client, forbidden.settings.subjects)
     async with running(forbidden), running(planner):
-        await forbidden.store.create(state_of(namespace, rid, ReleaseStatus.ANALYSING))
+        await put_state(events, state_of(namespace, rid, ReleaseStatus.ANALYSING))
 
         # When a failing verdict asks for the rollback
         await events.publish(failed_verdict(namespace), rid, f"{rid}.verdict.0.final")
@@ -425,7 +427,11 @@ async def test_a_rollback_the_api_forbids_ends_the_release_as_failed_with_what_i
 
 
 async def test_forward_writes_that_land_after_a_rollback_are_undone_by_the_sweep(
-    stack: StackEnv, stream_prefix: str, kube: client.ApiClient, namespace: str
+    stack: StackEnv,
+    stream_prefix: str,
+    nats_client: NatsClient,
+    kube: client.ApiClient,
+    namespace: str,
 ) -> None:
     """Found by ``make chaos``: an abort while the executor put step 0 in place; the rollback
     found nothing yet and completed, then the executor's restore point, canary and baseline
@@ -435,7 +441,8 @@ async def test_forward_writes_that_land_after_a_rollback_are_undone_by_the_sweep
     async with running(build_service(settings, sweep_seconds=1.0)) as service:
         # Rolled back just now: the late writes come within the sweep's window.
         ended = state_of(namespace, rid, ReleaseStatus.ROLLED_BACK)
-        await service.store.create(ended.model_copy(update={"updated_at": datetime.now(UTC)}))
+        events = StreamEvents(nats_client, service.settings.subjects)
+        await put_state(events, ended.model_copy(update={"updated_at": datetime.now(UTC)}))
         template = await target_mid_release(kube, namespace, rid)  # the late writes
 
         async def all_undone() -> bool | None:

@@ -45,6 +45,9 @@ class Server:
     """The executable that must exist; None when it is a module run by the venv's python."""
     side: str = "stack"
     """``stack`` (in the stack's network namespace) or ``host`` (the machine's own)."""
+    outdated: Callable[[], bool] | None = None
+    """True when the running process was started from a config this code would write
+    differently (e.g. NATS permissions changed by a pull): ``up`` restarts it then."""
 
     def endpoint_summary(self) -> str:
         return ",".join(str(p) for p in self.ports.values())
@@ -218,6 +221,9 @@ def _nats(settings: Settings, bins: Binaries, node: int = 1) -> Server:
         conf.parent.mkdir(parents=True, exist_ok=True)
         conf.write_text(nats_config(settings, node, store))
 
+    def outdated() -> bool:
+        return not conf.exists() or conf.read_text() != nats_config(settings, node, store)
+
     return Server(
         name=name,
         phase=0,
@@ -235,6 +241,7 @@ def _nats(settings: Settings, bins: Binaries, node: int = 1) -> Server:
         cause="the JetStream store dir is unusable (disk full, permissions) or the config is bad",
         prepare=prepare,
         binary=bins.nats,
+        outdated=outdated,
     )
 
 

@@ -366,8 +366,11 @@ def _up(settings: Settings) -> dict[str, str]:
             waiting: list[tuple[Server, PidRecord, bool]] = []
             for server in in_phase:
                 record = _ours(settings, server.name)
-                if record is not None and record.argv != server.argv:
-                    # Another port, binary version, kubeconfig or cluster choice than now.
+                if record is not None and (
+                    record.argv != server.argv
+                    or (server.outdated is not None and server.outdated())
+                ):
+                    # Another port, binary version, kubeconfig, cluster choice or config.
                     say(
                         f"{server.name}: running with other settings (pid {record.pid}), restarting"
                     )

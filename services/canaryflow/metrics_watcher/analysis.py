@@ -49,6 +49,7 @@ from canaryflow_contracts.events import (
     VerdictAction,
     VerdictResult,
 )
+from canaryflow_contracts.identities import ANALYSIS_KEY_KIND
 from canaryflow_contracts.policy import Analysis, BusinessMetric, DropAction, ReleasePolicySpec
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,9 @@ class AnalysisJob:
 
     @property
     def progress_key(self) -> str:
-        return f"{self.release_id}.{self.request.step.index}.{self.run}"
+        """``analysis.<rid>.<step>.<run>``: the first token is what the metrics-watcher's NATS
+        identity may write (canaryflow_contracts.identities.ANALYSIS_KEY_KIND)."""
+        return f"{ANALYSIS_KEY_KIND}.{self.release_id}.{self.request.step.index}.{self.run}"
 
     def event_id(self, tick: int | None) -> str:
         """``<rid>.verdict.<step>.<run>.<tick>``, or ``.final`` for the verdict ending a run.

@@ -100,9 +100,18 @@ def test_only_the_planner_writes_release_state_and_the_executor_only_its_ledger(
     assert [i for i in IDENTITIES if _may_publish(i, state)] == ["planner"]
     assert _may_publish("executor", "$KV.SHOP_RELEASES.notified.abc123")
     assert _may_publish("executor", "$KV.SHOP_RELEASES.hook.abc123")
-    assert [i for i in IDENTITIES if _may_publish(i, "$KV.SHOP_ANALYSES.rel-1.0")] == [
-        "metrics-watcher"
-    ]
+    progress = "$KV.SHOP_ANALYSES.analysis.rel-1.0.abcd1234"
+    assert [i for i in IDENTITIES if _may_publish(i, progress)] == ["metrics-watcher"]
+
+
+def test_written_for_any_prefix_no_one_but_the_planner_writes_a_release_key() -> None:
+    """For any prefix every bucket is ``*``: the key's first token keeps the metrics-watcher's
+    analyses and the executor's ledger away from release state."""
+    for prefix in ("SHOP", "T_12AB"):
+        state = f"$KV.{prefix}_RELEASES.release.rel-1"
+        assert [i for i in IDENTITIES if _may_publish(i, state, None)] == ["planner"]
+        progress = f"$KV.{prefix}_ANALYSES.analysis.rel-1.0.abcd1234"
+        assert _may_publish("metrics-watcher", progress, None)
 
 
 def test_no_identity_may_delete_or_purge_a_stream() -> None:

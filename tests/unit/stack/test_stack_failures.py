@@ -6,6 +6,7 @@ it was reported healthy), one keeps running.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Iterator
@@ -13,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from canaryflow_stack import procs
+from canaryflow_stack import natsauth, procs, servers
 from canaryflow_stack import stack as stack_manager
 from canaryflow_stack.config import Ports, Settings
 from canaryflow_stack.errors import StackError
 from canaryflow_stack.procs import PidRecord
-from canaryflow_stack.servers import Server
+from canaryflow_stack.servers import Binaries, Server
 from tests.support import wait_until
 
 
@@ -83,3 +84,20 @@ def test_a_server_is_its_own_from_the_moment_it_is_spawned(
     assert procs.proc_cmdline(running.pid) == running.argv
     assert procs.is_ours(running)
     assert stack_manager._wait_healthy(settings, _server("nats", 0, "cause"), running) >= 0
+
+
+def test_a_nats_started_from_a_config_this_code_would_write_differently_is_outdated(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """``up`` restarts such a NATS: after a pull that changed an identity's permissions, the
+    running server would otherwise go on enforcing the old ones."""
+    natsauth.ensure(settings)
+    bins = Binaries(**{f.name: tmp_path / f.name for f in dataclasses.fields(Binaries)})
+    server = servers._nats(settings, bins)
+    assert server.outdated is not None and server.prepare is not None
+    assert server.outdated(), "no config written yet"
+    server.prepare()
+    assert not server.outdated()
+    conf = settings.state / "nats" / f"{server.name}.conf"
+    conf.write_text(conf.read_text().replace("analysis.>", ">"))  # an older grant
+    assert server.outdated()
