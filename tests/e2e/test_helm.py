@@ -330,7 +330,8 @@ def test_a_service_whose_token_the_api_server_refuses_is_not_ready_but_alive(
 ) -> None:
     """Readiness means something: the chart's planner with a token the API server does not
     accept (on streams of its own) starts and consumes, yet says it is not ready, and why."""
-    env = chart.container_env(installed.deployments["planner"])
+    # The chart's environment, its mounted Secrets (NATS identity, CA) made local files.
+    env = dict(installed.launcher.exact_env["planner"])
     env["CANARYFLOW_PREFIX"] = stream_prefix
     env["KUBECONFIG"] = kubeconfig_with_token(stack.kubeconfig, "not-a-token", tmp_path / "kc")
     launcher = launcher_for(stack, stream_prefix, replicas=1)

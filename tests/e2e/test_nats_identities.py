@@ -9,14 +9,17 @@ that handed every service the stack's admin key would pass every other test).
 from __future__ import annotations
 
 import json
+import uuid
 
 import httpx
+import nats
 import nkeys
 import pytest
 
 from canaryflow.demo.launcher import ServiceLauncher
+from canaryflow.runtime.settings import nats_servers
 from canaryflow_contracts.identities import SERVICES
-from tests.support import StackEnv
+from tests.support import StackEnv, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -47,19 +50,42 @@ def test_each_service_connects_over_tls_as_its_own_identity(
         assert seen.get(identity) == {_public_key(stack, identity)}, (identity, seen)
 
 
-def test_no_service_was_refused_anything_by_nats(
+async def test_no_service_was_refused_anything_by_nats(
     services: ServiceLauncher, stack: StackEnv
 ) -> None:
     """A permission the code needs and the identity lacks shows only at runtime, as a
-    violation in the server's log (and a request that times out): none so far this session,
-    for any service's key (tests/integration/test_nats_identities.py provokes others')."""
-    keys = {_public_key(stack, identity): identity for identity in SERVICES}
+    violation in the server's log (and a request that times out): none so far, from any
+    service's connection. The server names a connection ``"<version>:<lang>:<name>"``; the
+    services' are ``canaryflow-<service>`` (tests/integration/test_nats_identities.py
+    provokes violations under the same keys on connections without those names)."""
     logs = sorted((stack.state_dir / "logs").glob("nats*.log"))
     assert logs, "no NATS log in the stack's logs"
-    refused = [
-        line
-        for log in logs
-        for line in log.read_text(errors="replace").splitlines()
-        if "violation" in line.lower() and any(key in line for key in keys)
-    ]
+
+    def violations() -> list[str]:
+        return [
+            line
+            for log in logs
+            for line in log.read_text(errors="replace").splitlines()
+            if "violation" in line.lower()
+        ]
+
+    # A control: a refusal of a connection named like the services' is found by this scan.
+    control = f"canaryflow-check-{uuid.uuid4().hex[:6]}"
+    nc = await nats.connect(
+        nats_servers(stack.nats_url),
+        **stack.nats_access("requester").client_options(),
+        name=control,
+    )
+    try:
+        await nc.publish(f"{control}.not.allowed", b"")
+        await nc.flush()
+    finally:
+        await nc.close()
+    wait_until(
+        lambda: any(f':{control}"' in line for line in violations()),
+        timeout=10,
+        message="the control's violation in the NATS log",
+    )
+    names = tuple(f':canaryflow-{identity}"' for identity in SERVICES)
+    refused = [line for line in violations() if any(name in line for name in names)]
     assert not refused, refused[:5]
