@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from nats.aio.client import Client as NatsClient
+from tests.integration.release_support import StreamEvents, put_state
 from tests.support import PrometheusQuery, StackEnv, async_wait_until, wait_until
 
 from canaryflow.dataplane.objects import (
@@ -176,7 +177,9 @@ async def _analyse(
     target = TargetRef(namespace=namespace, name=APP)
     step = PlannedStep(index=0, weight=25, hold_seconds=hold_seconds)
     now = datetime.now(UTC)
-    await watcher.store.create(
+    # Written as the planner does: the metrics-watcher's identity may only read release state.
+    await put_state(
+        StreamEvents(nats_client, subjects),
         ReleaseState(
             release_id=release_id,
             target=target,
@@ -190,7 +193,7 @@ async def _analyse(
             ready_deadline=now + timedelta(minutes=2),
             created_at=now,
             updated_at=now,
-        )
+        ),
     )
     verdicts: asyncio.Queue[AnalysisVerdict] = asyncio.Queue()
 
