@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from kubernetes import client
 from nats.aio.client import Client as NatsClient
+from prometheus_client import REGISTRY
 from tests.integration.release_support import (
     StreamEvents,
     container_of,
@@ -308,8 +310,18 @@ async def test_a_command_for_a_release_that_is_rolling_back_is_refused(
     assert await events.count(PhaseFailed, rid) == 0
 
 
+def _refusals_counted(command: str, check: str) -> float:
+    """canaryflow_commands_refused_total of the executor for one command and check."""
+    labels = {"service": SERVICE_NAME, "command": command, "check": check}
+    return REGISTRY.get_sample_value("canaryflow_commands_refused_total", labels) or 0.0
+
+
 async def test_a_command_for_a_target_without_a_policy_is_refused(
-    executor: Service, events: StreamEvents, kube: client.ApiClient, namespace: str
+    executor: Service,
+    events: StreamEvents,
+    kube: client.ApiClient,
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Given a live release of web whose ReleasePolicy has been deleted
     await stable_web(kube, namespace)
@@ -324,12 +336,19 @@ async def test_a_command_for_a_target_without_a_policy_is_refused(
     rid = release_id()
     command = await applying(events, namespace, rid, STEP0, V2, seconds=30)
 
+    counted = _refusals_counted(ApplyPhase.event_type(), "policy")
+
     # When the planner's own command for it arrives
-    await events.publish(command, rid, f"{rid}.apply.0")
-    refused = await events.wait_for(CommandRefused, rid, timeout=30)
+    with caplog.at_level(logging.WARNING, logger="canaryflow"):
+        await events.publish(command, rid, f"{rid}.apply.0")
+        refused = await events.wait_for(CommandRefused, rid, timeout=30)
 
     # Then the cluster's word wins: nothing is written to a target no policy governs
     assert refused.data.checks == ["policy"]
+    # ... and the refusal is counted and logged as a warning naming the command
+    assert _refusals_counted(ApplyPhase.event_type(), "policy") == counted + 1
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"{rid}.apply.0" in m and "no ReleasePolicy" in m for m in warned), warned
     assert (
         f"no ReleasePolicy in namespace {namespace} has targetRef 'web'"
         in (refused.data.reasons[0])
