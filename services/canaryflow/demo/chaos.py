@@ -68,6 +68,7 @@ from canaryflow.demo.launcher import (
 from canaryflow.runtime import bundle
 from canaryflow.runtime.bus import PUBLISH_RETRY_SECONDS, until_jetstream_answers
 from canaryflow.runtime.settings import nats_servers
+from canaryflow.runtime.signing import IDEMPOTENCY_HEADER
 from canaryflow_contracts import MESSAGE_ID_HEADER, Envelope, EventData, Subjects
 from canaryflow_contracts.events import (
     TERMINAL_EVENTS,
@@ -165,6 +166,7 @@ class RunReport:
     violations: list[str]
     seconds: float
     notes: int = 0  # notifications the receiver got
+    repeats: int = 0  # of which repeats it dropped by their Idempotency-Key
 
 
 @dataclass
@@ -201,17 +203,27 @@ def fitted_to(options: CampaignOptions, nats_nodes: int) -> CampaignOptions:
 
 
 class Receiver:
-    """A notification webhook on 127.0.0.1 (in the stack's namespace): every POST counted."""
+    """A notification webhook on 127.0.0.1 (in the stack's namespace), as a careful receiver
+    is written: a repeat of a call it has seen (the same ``Idempotency-Key``) is counted in
+    ``repeats`` and dropped; every other POST is kept in ``notes``, to be checked."""
 
     def __init__(self) -> None:
         self.notes: list[dict[str, Any]] = []
-        notes = self.notes
+        self.repeats: list[dict[str, Any]] = []
+        notes, repeats, seen = self.notes, self.repeats, set[str]()
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
-                notes.append(body.get("metadata", {}).get("event_payload", {}))
+                note = body.get("metadata", {}).get("event_payload", {})
+                key = self.headers.get(IDEMPOTENCY_HEADER)
+                if key is not None and key in seen:
+                    repeats.append(note)
+                else:
+                    notes.append(note)
+                    if key is not None:
+                        seen.add(key)
                 self.send_response(200)
                 self.end_headers()
 
@@ -564,6 +576,7 @@ class Campaign:
         await asyncio.to_thread(self._prepare, namespace, plans)
         objects = ObjectWatch(self.api, namespace)
         notes_before = len(self.receiver.notes)
+        repeats_before = len(self.receiver.repeats)
         injector = Injector(self.launcher, self.stack, rng)
         faults: list[Fault] = []
         run_start = time.time()
@@ -585,6 +598,7 @@ class Campaign:
                 namespace=namespace,
                 objects=objects,
                 notes_before=notes_before,
+                repeats_before=repeats_before,
             )
         finally:
             thaw()
@@ -658,6 +672,7 @@ class Campaign:
         namespace: str,
         objects: ObjectWatch,
         notes_before: int,
+        repeats_before: int,
     ) -> RunReport:
         violations: list[str] = []
         outcomes: dict[str, str] = {}
@@ -683,9 +698,16 @@ class Campaign:
         measure_recovery(faults, events)
         if objects.gaps:
             print(f"   (the object watch lost history {objects.gaps} time(s))", flush=True)
-        report = RunReport(index, seed, plans, faults, outcomes, violations, 0.0, len(notes))
+        repeats = len(self.receiver.repeats) - repeats_before
+        report = RunReport(
+            index, seed, plans, faults, outcomes, violations, 0.0, len(notes), repeats
+        )
         summary = ", ".join(f"{p.target}:{p.tag}={outcomes[p.release_id]}" for p in plans)
-        print(f"   outcomes: {summary}; {len(notes)} notification(s)", flush=True)
+        print(
+            f"   outcomes: {summary}; {len(notes)} notification(s)"
+            + (f", {repeats} repeat(s) dropped by their Idempotency-Key" if repeats else ""),
+            flush=True,
+        )
         for violation in violations:
             print(f"   VIOLATION (run seed {seed}): {violation}", flush=True)
         return report
@@ -866,7 +888,8 @@ def prometheus_problems(events: list[Envelope[Any]], outages: list[Fault]) -> li
 
 
 def duplicate_notes(notes: list[dict[str, Any]]) -> list[str]:
-    """A notification for one event sent twice (same release, kind, event type and time)."""
+    """A notification for one event sent twice (same release, kind, event type and time)
+    under different Idempotency-Keys, or without one: a repeat no receiver could drop."""
     counts: dict[tuple[str, ...], int] = {}
     for note in notes:
         key = tuple(str(note.get(k)) for k in ("releaseId", "kind", "eventType", "time"))
@@ -937,6 +960,9 @@ def table(reports: list[RunReport], options: CampaignOptions, seconds: float) ->
         + (", ".join(f"{k} {v}" for k, v in sorted(commands.items())) or "0")
     )
     lines.append(f"{'notifications received':<34}{sum(r.notes for r in reports)}")
+    # At least once: an executor killed between a receiver's answer and recording it sends
+    # again (executor/ledger.py); the receiver drops the repeat by its Idempotency-Key.
+    lines.append(f"{'  repeats dropped by their key':<34}{sum(r.repeats for r in reports)}")
     lines.append(f"{'faults':<34}{len(faults)}")
     lines.append(
         f"  {'kind':<20}{'count':>6}  {'outage p50/max':>16}  "

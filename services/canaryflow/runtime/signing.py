@@ -25,6 +25,7 @@ import httpx
 
 SIGNATURE_HEADER = "X-Canaryflow-Signature"
 TIMESTAMP_HEADER = "X-Canaryflow-Timestamp"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 SCHEME = "v1"
 TOLERANCE_SECONDS = 300
 """How old a signed call a receiver should still accept (clock skew and retries)."""
@@ -82,9 +83,21 @@ def bearer_refusal(authorization: str | None, token: str) -> str | None:
 
 
 async def post_json(
-    client: httpx.AsyncClient, url: str, payload: Any, key: str, timeout: float
+    client: httpx.AsyncClient,
+    url: str,
+    payload: Any,
+    key: str,
+    timeout: float,
+    *,
+    idempotency_key: str | None = None,
 ) -> httpx.Response:
-    """POST ``payload`` as JSON, signed with ``key`` (the signature covers these exact bytes)."""
+    """POST ``payload`` as JSON, signed with ``key`` (the signature covers these exact bytes).
+
+    ``idempotency_key``: sent as ``Idempotency-Key`` (the IETF httpapi draft's header), the
+    same on every repeat of one call, so that a receiver can drop a repeat it has seen.
+    """
     body = json.dumps(payload).encode()
     headers = {"Content-Type": "application/json", **signed_headers(key, body)}
+    if idempotency_key is not None:
+        headers[IDEMPOTENCY_HEADER] = idempotency_key
     return await client.post(url, content=body, headers=headers, timeout=timeout)

@@ -11,7 +11,7 @@ import pytest
 from canaryflow.executor.notify import slack_payload
 from canaryflow.executor.notify.base import destinations, notification_for
 from canaryflow.executor.notify.webhook import NotificationFailed, WebhookNotifier
-from canaryflow.runtime.signing import verify
+from canaryflow.runtime.signing import IDEMPOTENCY_HEADER, verify
 from canaryflow_contracts import Envelope, EventData
 from canaryflow_contracts.events import (
     CommandRefused,
@@ -158,3 +158,24 @@ async def test_a_notification_is_signed_when_the_executor_has_a_key() -> None:
     (request,) = seen
     assert verify("chat-key", request.content, request.headers) is None
     assert "does not match" in str(verify("guess", request.content, request.headers))
+
+
+async def test_every_repeat_of_a_notification_carries_its_events_id_as_idempotency_key() -> None:
+    """The ledger cannot stop a repeat when the executor dies between the receiver's answer
+    and recording it; the receiver can, by this key (and the payload says it too)."""
+    event = envelope(ROLLED_BACK)
+    found = notification_for(event)
+    assert found is not None
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    notifier = WebhookNotifier(httpx.AsyncClient(transport=httpx.MockTransport(answer)))
+    await notifier.send("http://chat/hook", found)
+    await notifier.send("http://chat/hook", found)  # the repeat after a kill
+
+    assert [r.headers[IDEMPOTENCY_HEADER] for r in seen] == [event.id, event.id]
+    metadata = json.loads(seen[0].content)["metadata"]["event_payload"]
+    assert metadata["eventId"] == event.id

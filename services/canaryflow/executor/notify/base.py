@@ -44,6 +44,7 @@ class Notification:
     text: str
     event_type: str
     time: datetime
+    event_id: str  # the event's id: the same on every delivery of it (Idempotency-Key)
     facts: dict[str, str] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
@@ -55,6 +56,7 @@ class Notification:
             "title": self.title,
             "text": self.text,
             "eventType": self.event_type,
+            "eventId": self.event_id,
             "time": self.time.isoformat(),
             "facts": dict(self.facts),
         }
@@ -99,6 +101,7 @@ def notification_for(envelope: Envelope[Any]) -> Notification | None:
             text,
             envelope.type,
             envelope.time,
+            envelope.id,
             facts,
         )
 

@@ -66,7 +66,14 @@ class WebhookNotifier:
             self._client = httpx.AsyncClient(follow_redirects=False)
         try:
             response = await post_json(
-                self._client, url, slack_payload(notification), self._signing_key, TIMEOUT_SECONDS
+                self._client,
+                url,
+                slack_payload(notification),
+                self._signing_key,
+                TIMEOUT_SECONDS,
+                # A delivery killed after the receiver's answer sends it again (executor/ledger):
+                # the event's id lets the receiver drop that repeat.
+                idempotency_key=notification.event_id,
             )
         except httpx.HTTPError as error:
             raise NotificationFailed(f"{type(error).__name__}: {error}") from error
