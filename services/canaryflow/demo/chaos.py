@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import statistics
 import sys
@@ -167,6 +168,7 @@ class RunReport:
     seconds: float
     notes: int = 0  # notifications the receiver got
     repeats: int = 0  # of which repeats it dropped by their Idempotency-Key
+    causes: dict[str, str] = field(default_factory=dict)  # release id -> why it rolled back
 
 
 @dataclass
@@ -676,6 +678,7 @@ class Campaign:
     ) -> RunReport:
         violations: list[str] = []
         outcomes: dict[str, str] = {}
+        causes: dict[str, str] = {}
         events = {
             p.release_id: await release_events(self.nc, self.subjects, p.release_id) for p in plans
         }
@@ -691,6 +694,8 @@ class Campaign:
             violations += [f"{plan.release_id} ({plan.tag}): {p}" for p in problems]
             terminal = next((e for e in seen if isinstance(e.data, TERMINAL_EVENTS)), None)
             outcomes[plan.release_id] = outcome_name(terminal)
+            if terminal is not None and isinstance(terminal.data, ReleaseRolledBack):
+                causes[plan.release_id] = rollback_cause(terminal.data.summary)
         violations += objects.created_twice()
         notes = self.receiver.notes[notes_before:]
         violations += duplicate_notes(notes)
@@ -700,7 +705,7 @@ class Campaign:
             print(f"   (the object watch lost history {objects.gaps} time(s))", flush=True)
         repeats = len(self.receiver.repeats) - repeats_before
         report = RunReport(
-            index, seed, plans, faults, outcomes, violations, 0.0, len(notes), repeats
+            index, seed, plans, faults, outcomes, violations, 0.0, len(notes), repeats, causes
         )
         summary = ", ".join(f"{p.target}:{p.tag}={outcomes[p.release_id]}" for p in plans)
         print(
@@ -734,6 +739,21 @@ class Campaign:
 
 
 # --------------------------------------------------------------------------- invariants
+
+
+def rollback_cause(summary: str) -> str:
+    """The kind of reason a ReleaseRolledBack's summary gives (``rolled back: <why>; ...``):
+    a good version rolled back must be explained by the faults or the commands of its run."""
+    why = summary.removeprefix("rolled back: ")
+    for pattern, cause in (
+        (r"aborted by", "operator abort"),
+        (r"paused for longer than", "paused past its deadline"),
+        (r"step \d+: fail:", "analysis failed"),
+        (r"step \d+ failed:", "step failed"),
+    ):
+        if re.match(pattern, why):
+            return cause
+    return why.split(";")[0][:60]
 
 
 def outcome_name(terminal: Envelope[Any] | None) -> str:
@@ -951,6 +971,15 @@ def table(reports: list[RunReport], options: CampaignOptions, seconds: float) ->
                 ended[outcome] = ended.get(outcome, 0) + 1
         shown = ", ".join(f"{k} {v}" for k, v in sorted(ended.items())) or "-"
         lines.append(f"{'  ' + label + ' versions':<34}{sum(ended.values())} ({shown})")
+        causes: dict[str, int] = {}
+        for report in reports:
+            for plan in report.releases:
+                cause = report.causes.get(plan.release_id)
+                if plan.tag == tag and cause is not None:
+                    causes[cause] = causes.get(cause, 0) + 1
+        if causes:
+            why = ", ".join(f"{k} {v}" for k, v in sorted(causes.items()))
+            lines.append(f"{'    rolled back because':<34}{why}")
     commands: dict[str, int] = {}
     for plan, _ in releases:
         if plan.command:

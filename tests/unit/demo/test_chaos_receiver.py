@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from canaryflow.demo.chaos import Receiver, duplicate_notes
+from canaryflow.demo.chaos import Receiver, duplicate_notes, rollback_cause
 from canaryflow.runtime.signing import IDEMPOTENCY_HEADER
 
 STARTED = {"releaseId": "r1", "kind": "started", "eventType": "planned", "time": "t"}
@@ -48,3 +48,19 @@ def test_the_same_news_under_two_keys_or_none_is_a_violation(
     assert duplicate_notes(receiver.notes) == [
         "notification ('r1', 'started', 'planned', 't') sent 2 times"
     ]
+
+
+@pytest.mark.parametrize(
+    ("summary", "cause"),
+    [
+        ("rolled back: aborted by alice@example: wrong build; stable restored", "operator abort"),
+        ("rolled back: paused for longer than 90s; stable back", "paused past its deadline"),
+        ("rolled back: step 0: fail: error-rate 0.2 above max 0.05", "analysis failed"),
+        ("rolled back: step 1 failed: pods not Ready by the deadline; stable", "step failed"),
+        ("rolled back: something new; stable restored", "something new"),
+    ],
+)
+def test_a_rollback_is_put_down_to_the_kind_of_reason_its_summary_gives(
+    summary: str, cause: str
+) -> None:
+    assert rollback_cause(summary) == cause
