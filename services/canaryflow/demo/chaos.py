@@ -75,12 +75,14 @@ from canaryflow_contracts.events import (
     TERMINAL_EVENTS,
     AbortRelease,
     AnalysisVerdict,
+    CommandRefused,
     ConfigMapChange,
     PauseRelease,
     PhaseFailed,
     PhaseReached,
     PromotionCompleted,
     ReleaseFailed,
+    ReleasePlanned,
     ReleaseRequested,
     ReleaseRolledBack,
     ReleaseSucceeded,
@@ -808,6 +810,22 @@ def wait_whole(
         raise TimeoutError(f"targets in {namespace} not rolled out within {timeout:.0f} s")
 
 
+def abort_came_too_early(events: list[Envelope[Any]]) -> bool:
+    """Every abort was refused as for an unknown release, sent before the planner had planned
+    it (a planner killed or slowed right after the request): the operator was told so, and
+    the release went on, as a command is obeyed only for a live release that asks for it."""
+    planned = next((e for e in events if isinstance(e.data, ReleasePlanned)), None)
+    aborts = [e for e in events if isinstance(e.data, AbortRelease)]
+    refused = {
+        e.data.command_id
+        for e in events
+        if isinstance(e.data, CommandRefused) and e.data.checks == ["unknown-release"]
+    }
+    return bool(aborts) and all(
+        abort.id in refused and (planned is None or abort.time < planned.time) for abort in aborts
+    )
+
+
 def check_release(
     api: client.ApiClient, namespace: str, plan: Planned, events: list[Envelope[Any]]
 ) -> list[str]:
@@ -827,7 +845,7 @@ def check_release(
         problems.append(f"ended {kinds[0]}")
     if succeeded and plan.tag == BAD:
         problems.append("a bad version was promoted")
-    if succeeded and plan.command == "abort":
+    if succeeded and plan.command == "abort" and not abort_came_too_early(events):
         promoting = next((e for e in events if isinstance(e.data, RequestPromotion)), None)
         if promoting is None or plan.commanded_at < promoting.time.timestamp():
             problems.append("succeeded although aborted before any promotion")

@@ -1,16 +1,31 @@
-"""make chaos's notification receiver drops what a careful receiver drops, and no more."""
+"""make chaos judges from the outside: what its receiver drops, and what it calls a violation."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
-from canaryflow.demo.chaos import Receiver, duplicate_notes, rollback_cause
+from canaryflow.demo.chaos import (
+    Receiver,
+    abort_came_too_early,
+    duplicate_notes,
+    rollback_cause,
+)
 from canaryflow.runtime.signing import IDEMPOTENCY_HEADER
+from canaryflow_contracts import Envelope
+from canaryflow_contracts.events import (
+    AbortRelease,
+    CommandRefused,
+    PlannedStep,
+    ReleasePlanned,
+    TargetRef,
+    VersionSpec,
+)
 
 STARTED = {"releaseId": "r1", "kind": "started", "eventType": "planned", "time": "t"}
 
@@ -64,3 +79,45 @@ def test_a_rollback_is_put_down_to_the_kind_of_reason_its_summary_gives(
     summary: str, cause: str
 ) -> None:
     assert rollback_cause(summary) == cause
+
+
+def _events(abort_before_planned: bool, refused_as: list[str]) -> list[Envelope[Any]]:
+    target = TargetRef(namespace="chaos", name="t2")
+    t0 = datetime(2026, 12, 7, 13, 44, tzinfo=UTC)
+    abort = Envelope.wrap(
+        AbortRelease(actor="chaos@campaign"), release_id="t2-1", source="chaos", time=t0
+    )
+    planned = Envelope.wrap(
+        ReleasePlanned(
+            target=target,
+            version=VersionSpec(image="registry.local/shop/t2:v2"),
+            policy="p",
+            steps=[PlannedStep(index=0, weight=25, hold_seconds=8)],
+        ),
+        release_id="t2-1",
+        source="canaryflow/planner",
+        time=t0 + timedelta(seconds=30 if abort_before_planned else -30),
+    )
+    refused = Envelope.wrap(
+        CommandRefused(
+            command=AbortRelease.event_type(),
+            command_id=abort.id,
+            source="chaos",
+            reasons=["no release t2-1 is known"],
+            checks=refused_as,
+        ),
+        release_id="t2-1",
+        source="canaryflow/rollback",
+        time=t0,
+    )
+    return [abort, refused, planned]
+
+
+def test_an_abort_refused_before_the_release_was_planned_is_no_abort() -> None:
+    assert abort_came_too_early(_events(abort_before_planned=True, refused_as=["unknown-release"]))
+
+
+@pytest.mark.parametrize(("before", "checks"), [(False, ["unknown-release"]), (True, ["status"])])
+def test_an_abort_of_a_live_release_still_counts(before: bool, checks: list[str]) -> None:
+    """Refused once the release was planned, or for another reason: the check stands."""
+    assert not abort_came_too_early(_events(abort_before_planned=before, refused_as=checks))
