@@ -481,6 +481,10 @@ class AbortRelease(OperatorCommand):
 
     event_name = "abort"
 
+    def described(self) -> str:
+        """Why the release rolls back, the same in the planner's summary and the rollback's."""
+        return f"aborted by {self.actor}" + (f": {self.reason}" if self.reason else "")
+
 
 class PromoteNow(OperatorCommand):
     """Skip the remaining steps and promote the canary."""

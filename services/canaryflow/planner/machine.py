@@ -388,7 +388,7 @@ def _transition(state: ReleaseState, event: Envelope[Any], now: datetime) -> Rel
         case AbortRelease():
             if status is ReleaseStatus.ROLLING_BACK:
                 return None
-            return _rolling_back(state, now, "aborted", data.reason or "aborted", data.actor)
+            return _rolling_back(state, now, "aborted", data.described(), data.actor)
         case PauseRelease() | ResumeRelease():
             return _pause_or_resume(state, event, now) if in_flight else None
         case SetWeight():

@@ -35,8 +35,7 @@ def reason_of(event: EventData) -> str:
         case RollbackRequested():
             return event.reason or f"requested by {event.requested_by}"
         case AbortRelease():
-            detail = f": {event.reason}" if event.reason else ""
-            return f"aborted by {event.actor}{detail}"
+            return event.described()
         case _:
             assert_never(event)
 

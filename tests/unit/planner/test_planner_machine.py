@@ -258,7 +258,7 @@ def test_abort_leaves_the_rollback_to_the_rollback_service() -> None:
     release = analysing(0)
     commands = release.on(AbortRelease(actor="bob", reason="wrong build"), "abort-1", at(120))
     assert release.status() is ReleaseStatus.ROLLING_BACK
-    assert release.state.outcome_reason == "wrong build"
+    assert release.state.outcome_reason == "aborted by bob: wrong build"  # as the rollback says
     assert kinds(commands) == (ReleaseStatusChanged,)
     # Our own or anyone's rollback request after that changes nothing more.
     again = RollbackRequested(target=TARGET, reason="again", requested_by="x")
