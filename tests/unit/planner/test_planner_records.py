@@ -126,7 +126,7 @@ def test_operator_commands_are_recorded_with_the_operator_and_their_reason() -> 
     release.on(SetWeight(actor="bob", weight=40), "weight-2", at(125))
     assert last(release.state) == ("weight-set", "canary to 40%", "bob")
     release.on(AbortRelease(actor="bob"), "abort-1", at(130))
-    assert last(release.state) == ("aborted", "aborted", "bob")
+    assert last(release.state) == ("aborted", "aborted by bob", "bob")
 
 
 def test_an_extended_hold_is_announced_with_the_step_people_count() -> None:
@@ -184,7 +184,7 @@ def test_a_release_that_could_not_be_rolled_back_says_what_failed_last() -> None
     )
     # A state that has no history (written before it was kept) names its outcome instead.
     bare = release.state.model_copy(update={"history": []})
-    assert "attempt(s): wrong build; stable" in machine.release_failed(bare, []).summary
+    assert "attempt(s): aborted by bob: wrong build; stable" in machine.release_failed(bare, []).summary
 
 
 def test_a_success_is_recorded_with_the_image_promoted() -> None:

@@ -49,7 +49,7 @@ def test_a_failed_rollback_is_asked_again_and_people_are_told() -> None:
     assert isinstance(status.data, ReleaseStatusChanged)
     assert "attempt 1 failed: stable not whole" in status.data.detail
     assert isinstance(again.data, RollbackRequested)
-    assert again.data.reason == "aborted"  # the release's reason, not the failure's
+    assert again.data.reason == "aborted by bob"  # the release's reason, not the failure's
     assert again.event_id == f"{RID}.rollback.f1"
 
 
