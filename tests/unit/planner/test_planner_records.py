@@ -184,7 +184,8 @@ def test_a_release_that_could_not_be_rolled_back_says_what_failed_last() -> None
     )
     # A state that has no history (written before it was kept) names its outcome instead.
     bare = release.state.model_copy(update={"history": []})
-    assert "attempt(s): aborted by bob: wrong build; stable" in machine.release_failed(bare, []).summary
+    summary = machine.release_failed(bare, []).summary
+    assert "attempt(s): aborted by bob: wrong build; stable" in summary
 
 
 def test_a_success_is_recorded_with_the_image_promoted() -> None:
