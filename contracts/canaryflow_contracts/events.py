@@ -217,6 +217,19 @@ class RequestAnalysis(EventData):
         description="The policy's analysis after the request's tightenings; "
         "None: use the policy's as it is.",
     )
+    continues: str = Field(
+        default="",
+        description="The id of the request this one asks again (the planner heard no final "
+        "verdict in time): the analysis goes on from that request's progress and schedule, "
+        "and takes it over from whoever still holds it, instead of starting over beside it. "
+        "Empty: a new analysis.",
+    )
+    reissue: int = Field(
+        default=0,
+        ge=0,
+        description="How many times the planner has asked again for this analysis; a later "
+        "ask takes the analysis over from an earlier one.",
+    )
 
 
 class RequestPromotion(EventData):

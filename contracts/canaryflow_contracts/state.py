@@ -115,6 +115,12 @@ class ReleaseState(TextModel):
         default=None, description="When the planner last issued a command; drives reconcile."
     )
     reissued: int = Field(default=0, description="Commands re-issued by reconcile so far.")
+    analysis_request: str = Field(
+        default="",
+        description="The id of the RequestAnalysis judging the current step (the first one, or "
+        "the one sent after a resume); a re-issue continues it. Empty: written before it was "
+        "kept, the step's first request.",
+    )
     rollback_failures: int = Field(
         default=0,
         description="Rollback attempts that failed or went unanswered; bounded, then failed.",

@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -102,8 +102,15 @@ class AnalysisJob:
 
     @property
     def run(self) -> str:
-        """A short token of the request's id: one per request, the same on every delivery."""
-        return hashlib.sha256(self.request_id.encode()).hexdigest()[:8]
+        """A short token of the analysis: the same on every delivery of the request and on
+        every re-issue that continues it (``RequestAnalysis.continues``)."""
+        first = self.request.continues or self.request_id
+        return hashlib.sha256(first.encode()).hexdigest()[:8]
+
+    @property
+    def claim(self) -> tuple[int, int]:
+        """Who may carry the analysis on: the planner's latest ask, then the latest delivery."""
+        return (self.request.reissue, self.attempt)
 
     @property
     def progress_key(self) -> str:
@@ -114,10 +121,10 @@ class AnalysisJob:
     def event_id(self, tick: int | None) -> str:
         """``<rid>.verdict.<step>.<run>.<tick>``, or ``.final`` for the verdict ending a run.
 
-        ``run`` is derived from the request's id: a redelivered request publishes the same ids
-        (JetStream drops the repeats), while a new request for the same step (the planner
-        analysing again after a resume, or its reconcile) gets ids of its own, which the
-        duplicate window would otherwise swallow.
+        ``run`` is derived from the request's id: a redelivered or re-issued request publishes
+        the same ids (JetStream drops the repeats), while a new analysis of the same step (the
+        planner analysing again after a resume) gets ids of its own, which the duplicate window
+        would otherwise swallow.
         """
         suffix = "final" if tick is None else str(tick)
         return f"{self.release_id}.verdict.{self.request.step.index}.{self.run}.{suffix}"
@@ -168,6 +175,9 @@ class Analyst:
             return await self._cannot_analyse(job, problem)
         saved = await self._take_over(job)
         revision = saved.revision
+        if saved.progress.anchor is not None:
+            # A re-issue goes on with the schedule of the request it continues.
+            job = replace(job, anchor=saved.progress.anchor)
         if saved.progress.final is not None:
             # Decided by an earlier delivery, which may have died before publishing it.
             if not await self._wanted(job):
@@ -236,6 +246,8 @@ class Analyst:
             # Built from our own typed values: no need to validate them again at every tick.
             progress = AnalysisProgress.model_construct(
                 owner=job.attempt,
+                reissue=job.request.reissue,
+                anchor=job.anchor,
                 next_tick=tick + 1,
                 extensions=extensions,
                 readings=histories,
@@ -290,13 +302,17 @@ class Analyst:
         """
         for _ in range(TAKE_OVER_ATTEMPTS):
             saved = await self._progress.load(job.progress_key)
-            if saved is not None and saved.progress.owner > job.attempt:
-                raise HandedOver(f"delivery {saved.progress.owner} continues {job.progress_key}")
+            if saved is not None and (saved.progress.reissue, saved.progress.owner) > job.claim:
+                raise HandedOver(
+                    f"delivery {saved.progress.owner} of ask {saved.progress.reissue} continues "
+                    f"{job.progress_key}"
+                )
             progress = (
                 saved.progress
                 if saved is not None
                 else AnalysisProgress(
                     owner=job.attempt,
+                    anchor=job.anchor,
                     next_tick=0,
                     extensions=0,
                     readings={},
@@ -305,14 +321,21 @@ class Analyst:
             )
             if saved is not None:
                 log.info(
-                    "continuing analysis %s from tick %d (%d extension(s)), left by delivery %d",
+                    "continuing analysis %s from tick %d (%d extension(s)), left by delivery %d "
+                    "of ask %d",
                     job.progress_key,
                     progress.next_tick,
                     progress.extensions,
                     progress.owner,
+                    progress.reissue,
                 )
             progress = progress.model_copy(
-                update={"owner": job.attempt, "updated_at": self._clock.now()}
+                update={
+                    "owner": job.attempt,
+                    "reissue": job.request.reissue,
+                    "anchor": progress.anchor or job.anchor,
+                    "updated_at": self._clock.now(),
+                }
             )
             try:
                 revision = await self._progress.save(

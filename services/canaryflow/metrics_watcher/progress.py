@@ -14,7 +14,8 @@ pause deadline then rolled back. So after every tick the analysis writes what it
 
 Ownership: each delivery of the request writes under the revision it last wrote
 (compare-and-set). A delivery that finds a write it did not make was overtaken by a later
-delivery of the same request (JetStream handed it on while this one was stalled) and stops.
+delivery of the same request (JetStream handed it on while this one was stalled), or by the
+planner asking again (``RequestAnalysis.continues``: same progress, later claim), and stops.
 """
 
 from __future__ import annotations
@@ -43,6 +44,16 @@ class AnalysisProgress(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     owner: int = Field(description="The delivery attempt of the request that wrote this.")
+    reissue: int = Field(
+        default=0,
+        description="Which ask of the planner wrote this (RequestAnalysis.reissue): a later "
+        "ask outranks every delivery of an earlier one.",
+    )
+    anchor: datetime | None = Field(
+        default=None,
+        description="When the analysis was first requested, the schedule's origin; a re-issue "
+        "keeps it. None: written before it was kept (the request's own time).",
+    )
     next_tick: int = Field(description="The first tick not yet measured.")
     extensions: int = Field(description="Extra holds granted so far.")
     readings: dict[str, list[Reading]] = Field(

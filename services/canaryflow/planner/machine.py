@@ -367,6 +367,7 @@ def _transition(state: ReleaseState, event: Envelope[Any], now: datetime) -> Rel
                     "status": ReleaseStatus.ANALYSING,
                     "canary_weight": data.canary_weight,
                     "last_command_at": now,
+                    "analysis_request": f"{state.release_id}.analyse.{state.step_index}",
                 }
             )
             return waits.enter(in_place, waits.ROLLOUT, ReleaseStatus.ANALYSING, now)
@@ -528,10 +529,12 @@ def _pause_or_resume(
         )
     if not state.paused:
         return stamped
-    return _on_resume(stamped, now, data)
+    return _on_resume(stamped, now, data, event.id)
 
 
-def _on_resume(state: ReleaseState, now: datetime, resume: ResumeRelease) -> ReleaseState:
+def _on_resume(
+    state: ReleaseState, now: datetime, resume: ResumeRelease, resume_id: str
+) -> ReleaseState:
     state = _log(state, now, "resumed", resume.reason, resume.actor).model_copy(
         update={"paused": False, "paused_at": None}
     )
@@ -544,8 +547,11 @@ def _on_resume(state: ReleaseState, now: datetime, resume: ResumeRelease) -> Rel
     )
     if final_here and verdict is not None and _passed(verdict):
         return _advance(state, now)
-    if final_here or state.status is ReleaseStatus.APPLYING:
-        return state.model_copy(update={"last_command_at": now})  # analyse or apply again
+    if final_here:  # analyse again, under a request of its own
+        again = f"{state.release_id}.analyse.{state.step_index}.{short_digest(resume_id)}"
+        return state.model_copy(update={"last_command_at": now, "analysis_request": again})
+    if state.status is ReleaseStatus.APPLYING:
+        return state.model_copy(update={"last_command_at": now})  # apply again
     return state  # an analysis is still running: its final verdict will come
 
 
@@ -651,10 +657,7 @@ def commands_after(
             verdict = state.last_verdict
             status_change = _status(state, event.id, StatusChange.RESUMED, "analysis continues")
             if verdict is not None and verdict.final and verdict.step_index == state.step_index:
-                again = request_analysis(
-                    state, f"{rid}.analyse.{state.step_index}.{short_digest(event.id)}"
-                )
-                return [status_change, again]
+                return [status_change, request_analysis(state)]
             return [status_change]
         case (
             PhaseFailed()
@@ -806,8 +809,15 @@ def apply_phase(state: ReleaseState, event_id: str = "") -> Command:
     return Command(command, event_id or f"{state.release_id}.apply.{step.index}")
 
 
-def request_analysis(state: ReleaseState, event_id: str = "") -> Command:
+def request_analysis(state: ReleaseState, reissue: int = 0) -> Command:
+    """The request judging the current step, or (``reissue`` > 0) the ask again that continues it.
+
+    A re-issue gets an id of its own (the first may still sit in JetStream's duplicate window)
+    but names the request it continues, so the metrics-watcher goes on with that analysis
+    instead of starting a second one beside it.
+    """
     step = state.current_step
+    current = state.analysis_request or f"{state.release_id}.analyse.{step.index}"
     command = RequestAnalysis(
         target=state.target,
         step=step,
@@ -815,8 +825,10 @@ def request_analysis(state: ReleaseState, event_id: str = "") -> Command:
         stable_version=version_of(state.stable_image) if state.stable_image else "",
         policy=state.policy,
         analysis=state.analysis,
+        continues=current if reissue else "",
+        reissue=reissue,
     )
-    return Command(command, event_id or f"{state.release_id}.analyse.{step.index}")
+    return Command(command, f"{current}.r{reissue}" if reissue else current)
 
 
 def request_promotion(state: ReleaseState, event_id: str = "") -> Command:

@@ -75,8 +75,7 @@ def reconcile(
         )
         if state.paused or waited <= timedelta(seconds=limit):
             return NO_CHANGE
-        count = state.reissued + 1
-        command = request_analysis(state, f"{rid}.analyse.{state.step_index}.r{count}")
+        command = request_analysis(state, reissue=state.reissued + 1)
         return _reissue(state, now, command, "no final verdict")
     if waited <= timedelta(seconds=timings.completion_grace_seconds):
         return NO_CHANGE

@@ -65,6 +65,15 @@ class Replica:
         job = AnalysisJob("rel-1", "rel-1.analyse.0", request(hold=10), anchor=T0, attempt=attempt)
         return await self.analyst.run(job)
 
+    async def run_reissue(self, reissue: int, sent_at: float) -> AnalysisVerdict | None:
+        """The planner's ask again (reconcile), sent ``sent_at`` seconds after the first."""
+        asked = request(hold=10).model_copy(
+            update={"continues": "rel-1.analyse.0", "reissue": reissue}
+        )
+        anchor = T0 + timedelta(seconds=sent_at)
+        job = AnalysisJob("rel-1", f"rel-1.analyse.0.r{reissue}", asked, anchor=anchor)
+        return await self.analyst.run(job)
+
 
 def alike() -> Counters:
     return Counters({"canary": side(500, 5, 450), "baseline": side(500, 5, 450)})
@@ -187,3 +196,31 @@ async def test_the_progress_of_a_run_survives_its_json_form_in_the_bucket() -> N
 
     assert again == saved.progress
     assert type(again.readings["latency"][1].canary) is type(readings["latency"][1].canary)
+
+
+async def test_a_re_issued_request_continues_the_analysis_instead_of_starting_one_beside_it() -> (
+    None
+):
+    provider, progress = alike(), MemoryProgress()
+    first = Replica(provider, policy(), progress, kill_at_sleep(2))  # stuck before the last tick
+    with pytest.raises(Killed):
+        await first.run(attempt=1)
+    # The planner heard nothing and asks again, 12 s after the first request.
+    reissue = Replica(provider, policy(), progress, FakeClock(T0 + timedelta(seconds=12)))
+    final = await reissue.run_reissue(reissue=1, sent_at=12)
+
+    assert final is not None and final.result is VerdictResult.PASS
+    assert reissue.clock.sleeps == [], "the first request's schedule: its last tick is overdue"
+    (saved,) = progress.saved.values()  # one analysis, not two
+    assert (saved.progress.reissue, saved.progress.anchor) == (1, T0)
+    compared = {c.metric: c.sample_size for c in final.checks if c.method}
+    assert compared == {"errors": 1000, "latency": 1000}, "the first run's readings count"
+    # Its verdicts carry the first request's ids: JetStream drops what was already published.
+    first_ids = {i.rsplit(".", 1)[0] for i in first.published.ids}
+    assert {i.rsplit(".", 1)[0] for i in reissue.published.ids} == first_ids
+
+    # A late redelivery of the first request leaves it to the planner's later ask.
+    late = Replica(provider, policy(), progress)
+    with pytest.raises(HandedOver):
+        await late.run(attempt=5)
+    assert late.published.ids == []

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from canaryflow.planner.machine import NO_CHANGE
 from canaryflow.planner.reconcile import ReconcileTimings, reconcile
-from canaryflow_contracts.events import RequestAnalysis, RequestPromotion, RollbackRequested
+from canaryflow_contracts.events import (
+    RequestAnalysis,
+    RequestPromotion,
+    ResumeRelease,
+    RollbackRequested,
+    VerdictResult,
+)
 from canaryflow_contracts.state import ReleaseState, ReleaseStatus
-from tests.unit.planner.factory import RID, accepted, at
+from tests.unit.planner.factory import RID, accepted, at, verdict
+from tests.unit.planner.test_planner_machine import analysing, of
 
 TIMINGS = ReconcileTimings(
     grace_seconds=10, analysis_interval_seconds=5, completion_grace_seconds=60
@@ -44,10 +51,28 @@ def test_an_analysis_without_a_final_verdict_is_requested_again() -> None:
     [command] = decision.commands
     assert isinstance(command.data, RequestAnalysis)
     assert command.event_id == f"{RID}.analyse.0.r1"
+    # It continues the step's request (one analysis, taken over), not a second one beside it.
+    assert (command.data.continues, command.data.reissue) == (f"{RID}.analyse.0", 1)
     # The clock restarts from the re-issue, and the next one gets another fresh id.
     assert reconcile(decision.state, at(200), TIMINGS) == NO_CHANGE
     second = reconcile(decision.state, at(212), TIMINGS)
-    assert second.commands[0].event_id == f"{RID}.analyse.0.r2"
+    [again] = second.commands
+    assert again.event_id == f"{RID}.analyse.0.r2"
+    assert isinstance(again.data, RequestAnalysis)
+    assert (again.data.continues, again.data.reissue) == (f"{RID}.analyse.0", 2)
+
+
+def test_a_re_issue_after_a_resume_continues_the_analysis_the_resume_asked_for() -> None:
+    release = analysing(0)
+    release.on(verdict(release.state, 0, VerdictResult.INSUFFICIENT_DATA), "v-0", at(140))
+    resumed = of(release.on(ResumeRelease(actor="alice"), "resume-1", at(150)), RequestAnalysis)
+    assert release.state.analysis_request == resumed.event_id != f"{RID}.analyse.0"
+    decision = reconcile(release.state, at(150 + 30 + 15 + 10 + 1), TIMINGS)
+    [command] = decision.commands
+    assert isinstance(command.data, RequestAnalysis)
+    assert command.data.continues == resumed.event_id
+    assert command.event_id == f"{resumed.event_id}.r1"
+    assert isinstance(resumed.data, RequestAnalysis) and resumed.data.continues == ""
 
 
 def test_a_paused_analysis_is_not_re_requested_but_rolled_back_past_its_limit() -> None:
