@@ -90,8 +90,28 @@ def kube(stack: StackEnv) -> Iterator[client.ApiClient]:
     """A kubernetes ApiClient for the cluster in use, with the stack's kubeconfig."""
     config_file = None if ":" in stack.kubeconfig else stack.kubeconfig
     api = kconfig.new_client_from_config(config_file=config_file)
+    _delete_leftover_namespaces(api)
     yield api
     api.close()
+
+
+TEST_NAMESPACE_LABEL = "canaryflow.io/test"
+
+
+def _delete_leftover_namespaces(api: client.ApiClient) -> None:
+    """Delete the test namespaces an interrupted earlier run left behind.
+
+    Why: their shops keep drawing the stack's simulated users, and a later run on the same
+    stack was slowed until its waits for canary traffic timed out (three of five tests of
+    test_metrics_watcher after one killed run). One test run per stack at a time.
+    """
+    core = client.CoreV1Api(api)
+    for leftover in core.list_namespace(label_selector=f"{TEST_NAMESPACE_LABEL}=true").items:
+        if leftover.status.phase == "Terminating":
+            continue
+        print(f"deleting namespace {leftover.metadata.name}, left by an interrupted test run")
+        with contextlib.suppress(ApiException):
+            core.delete_namespace(leftover.metadata.name, propagation_policy="Background")
 
 
 @pytest.fixture(scope="session")
@@ -127,7 +147,7 @@ def namespace(kube: client.ApiClient, request: pytest.FixtureRequest) -> Iterato
     name = f"t-{_dns_label(request.node.name, 40)}-{uuid.uuid4().hex[:6]}"
     core.create_namespace(
         client.V1Namespace(
-            metadata=client.V1ObjectMeta(name=name, labels={"canaryflow.io/test": "true"})
+            metadata=client.V1ObjectMeta(name=name, labels={TEST_NAMESPACE_LABEL: "true"})
         )
     )
     # Pods are refused until the controller manager has made the default ServiceAccount.
