@@ -359,6 +359,39 @@ async def test_a_command_for_a_target_without_a_policy_is_refused(
     assert conventions.RELEASE_ANNOTATION not in (stable["metadata"].get("annotations") or {})
 
 
+async def test_a_step_writes_nothing_once_the_rollback_service_has_taken_stable_over(
+    executor: Service, events: StreamEvents, kube: client.ApiClient, namespace: str
+) -> None:
+    """Found by ``make chaos``: an abort during step 0; the rollback found stable whole and
+    cleared its restore point, and the executor, still putting the step in place, scaled
+    stable down in between: 2 of 3 pods, and nothing left to say so. The rollback now marks
+    stable first (under its resourceVersion), and the executor writes nothing to it after."""
+    # Given a release whose restore point stable carries, marked by the rollback service
+    await stable_web(kube, namespace)
+    rid = release_id()
+    stable = read(kube, namespace, NAME)
+    assert stable is not None
+    point = conventions.RestorePoint(rid, FULL_SIZE, stable["spec"]["template"])
+    marked = {**point.annotations(), conventions.ROLLING_BACK_ANNOTATION: rid}
+    apps = client.AppsV1Api(kube)
+    patch = {"metadata": {"annotations": marked}}
+    await asyncio.to_thread(apps.patch_namespaced_deployment, NAME, namespace, patch)
+
+    # When the step's command is handled (the planner's state still says "applying")
+    command = await applying(
+        events, namespace, rid, STEP0, VersionSpec(image=image("v2")), seconds=60
+    )
+    await events.publish(command, rid, f"{rid}.apply.0")
+    await events.handled_everything(executor, "apply", timeout=60)
+
+    # Then stable is left as the rollback put it, and no canary or baseline is made
+    after = read(kube, namespace, NAME)
+    assert after is not None and after["spec"]["replicas"] == FULL_SIZE
+    assert read(kube, namespace, f"{NAME}-canary") is None
+    assert read(kube, namespace, f"{NAME}-baseline") is None
+    assert await events.count(PhaseReached, rid) == 0
+
+
 async def test_a_step_stops_when_the_target_is_restored_under_it(
     executor: Service, events: StreamEvents, kube: client.ApiClient, namespace: str
 ) -> None:

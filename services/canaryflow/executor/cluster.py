@@ -160,15 +160,16 @@ class Cluster:
     async def scale_stable(self, target: TargetRef, release_id: str, replicas: int) -> bool:
         """Scale stable for a step, only while it carries this release's restore point.
 
-        False (and no write) once the point is gone: a rollback restored stable meanwhile,
-        and scaling it down again would undo that. The patch names the resourceVersion it
+        False (and no write) once the point is gone or the rollback service has marked stable
+        as its own: a rollback restored stable meanwhile, and scaling it down again would undo
+        that. The patch names the resourceVersion it
         checked, so a rollback writing in between turns it into a 409 and a fresh check.
         """
 
         def write() -> bool:
             stable = kube.read_target(self.api, target)
             point = conventions.restore_point_of(stable)
-            if point is None or point.release_id != release_id:
+            if point is None or point.release_id != release_id or conventions.rolling_back(stable):
                 return False
             if workload.full_size(stable) != replicas:
                 patch = {

@@ -9,6 +9,7 @@ from canaryflow.runtime.conventions import (
     CorruptRestorePoint,
     DeploymentReadiness,
     restore_point_of,
+    rolling_back,
 )
 
 
@@ -43,8 +44,9 @@ def baseline_in_place(readiness: DeploymentReadiness, replicas: int) -> bool:
 
 
 def restore_owner(stable: dict[str, Any] | None) -> str | None:
-    """The release whose restore point stable carries (None: none, or unreadable)."""
-    if stable is None:
+    """The release whose restore point stable carries (None: none, unreadable, or the
+    rollback service has taken stable over)."""
+    if stable is None or rolling_back(stable):
         return None
     try:
         point = restore_point_of(stable)

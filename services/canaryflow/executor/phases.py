@@ -139,6 +139,8 @@ class PhaseRunner:
             stable = await self.cluster.stable(target)
             if stable is None:
                 return Failed(f"Deployment {target.key()} not found")
+            if conventions.rolling_back(stable):
+                return Superseded("the rollback service has taken stable over")
             # Decide the split before writing anything: a target that cannot be split is
             # refused without a restore point or a canary to clean up.
             planned = record_restore_point(stable, release_id).point

@@ -11,7 +11,12 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from canaryflow.runtime.conventions import release_of, restore_point_of
+from canaryflow.runtime.conventions import (
+    ROLLING_BACK_ANNOTATION,
+    release_of,
+    restore_point_of,
+    rolling_back,
+)
 
 Body = dict[str, Any]
 
@@ -28,10 +33,13 @@ class RestorePlan:
     note: str
     canary_present: bool = False
 
+    restores_stable: bool = False
+    """Stable's template or size differed from its restore point."""
+
     @property
     def changes_something(self) -> bool:
         """Whether this attempt finds work to do (a replay after a full restore does not)."""
-        return self.stable_body is not None or (self.remove_canary and self.canary_present)
+        return self.restores_stable or (self.remove_canary and self.canary_present)
 
 
 def _size(deployment: Body) -> int:
@@ -50,7 +58,9 @@ def plan_restore(
     - No stable Deployment: only this release's canary can be removed.
     - A restore point of another release: a stale trigger; that release owns the target now.
     - No restore point: nothing was changed on stable; only the canary is removed.
-    - Our restore point: put back its pod template (if it differs) and its size, wait for
+    - Our restore point: put back its pod template (if it differs) and its size, and mark
+      stable as the rollback's (``ROLLING_BACK_ANNOTATION``) in the same write, so that an
+      executor still putting a step in place writes nothing to it after this read; wait for
       stable to be complete, then remove the canary and the restore point.
     Raises ``CorruptRestorePoint`` when the annotations cannot be read back.
     """
@@ -77,15 +87,19 @@ def plan_restore(
     template_differs = stable["spec"].get("template") != point.template
     size_differs = _size(stable) != point.replicas
     body: Body | None = None
-    if template_differs or size_differs:
+    if template_differs or size_differs or not rolling_back(stable):
         body = copy.deepcopy(stable)
         body.pop("status", None)
         body["spec"]["template"] = copy.deepcopy(point.template)
         body["spec"]["replicas"] = point.replicas
+        annotations = body["metadata"].setdefault("annotations", {})
+        annotations[ROLLING_BACK_ANNOTATION] = release_id
     changes = [
         what
         for what, changed in (("pod template", template_differs), ("size", size_differs))
         if changed
     ]
     note = f"restored stable's {' and '.join(changes)}" if changes else "stable already restored"
-    return RestorePlan(body, point.replicas, True, True, True, note, ours)
+    return RestorePlan(
+        body, point.replicas, True, True, True, note, ours, template_differs or size_differs
+    )

@@ -112,7 +112,25 @@ class RestorePoint:
         }
 
 
-RESTORE_ANNOTATIONS = (RELEASE_ANNOTATION, STABLE_REPLICAS_ANNOTATION, RESTORE_TEMPLATE_ANNOTATION)
+# Set by the rollback service on stable (with its restore point) in the same compare-and-set
+# write that restores it: from then on the executor writes nothing to stable for that release.
+# Without it, an executor still putting a step in place could scale stable down after the
+# rollback had checked it and before it cleared the restore point (make chaos, seed 11 run 6:
+# an abort during step 0 left stable at 2 of 3 replicas, with nothing left to show why).
+ROLLING_BACK_ANNOTATION = "canaryflow.io/rolling-back"
+
+RESTORE_ANNOTATIONS = (
+    RELEASE_ANNOTATION,
+    STABLE_REPLICAS_ANNOTATION,
+    RESTORE_TEMPLATE_ANNOTATION,
+    ROLLING_BACK_ANNOTATION,
+)
+
+
+def rolling_back(deployment: dict[str, Any]) -> bool:
+    """Whether the rollback service has taken stable over (``ROLLING_BACK_ANNOTATION``)."""
+    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+    return ROLLING_BACK_ANNOTATION in annotations
 
 
 class CorruptRestorePoint(ValueError):

@@ -65,3 +65,6 @@ def test_restore_owner() -> None:
     assert decisions.restore_owner(None) is None
     corrupt = {"metadata": {"annotations": {conventions.STABLE_REPLICAS_ANNOTATION: "x"}}}
     assert decisions.restore_owner(corrupt) is None
+    # Taken over by the rollback service: the step in progress is superseded.
+    marked = {**point.annotations(), conventions.ROLLING_BACK_ANNOTATION: "rel-1"}
+    assert decisions.restore_owner({"metadata": {"annotations": marked}}) is None

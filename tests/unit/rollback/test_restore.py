@@ -78,9 +78,28 @@ def test_changed_template_is_put_back_with_its_env() -> None:
 
 
 def test_already_restored_writes_nothing_but_still_finishes_the_cleanup() -> None:
-    plan = plan_restore("rel-1", stable(4, annotations=recorded()), None)
+    marked = {**recorded(), conventions.ROLLING_BACK_ANNOTATION: "rel-1"}
+    plan = plan_restore("rel-1", stable(4, annotations=marked), None)
     assert plan == RestorePlan(None, 4, True, True, True, "stable already restored", False)
     assert not plan.changes_something
+
+
+def test_the_first_attempt_marks_stable_as_the_rollbacks_even_when_nothing_else_differs() -> None:
+    # Found by make chaos: an executor still putting step 0 in place scaled stable down after
+    # the rollback had found it whole; the mark, written under stable's resourceVersion, makes
+    # that write either come first (and the rollback's write a 409 and a fresh plan) or refused.
+    plan = plan_restore("rel-1", stable(4, annotations=recorded()), canary())
+    assert plan.stable_body is not None
+    annotations = plan.stable_body["metadata"]["annotations"]
+    assert annotations[conventions.ROLLING_BACK_ANNOTATION] == "rel-1"
+    assert plan.stable_body["metadata"]["resourceVersion"] == "77"  # compare-and-set
+    assert plan.stable_body["spec"]["replicas"] == 4
+    assert plan.note == "stable already restored"
+    assert not plan.restores_stable
+    # The mark is a restore annotation: it goes with the restore point at the end.
+    assert conventions.without_restore_point(plan.stable_body) is not None
+    cleared = conventions.without_restore_point(plan.stable_body) or {}
+    assert not conventions.rolling_back(cleared)
 
 
 def test_no_restore_point_only_removes_the_canary() -> None:
