@@ -162,8 +162,8 @@ class Cluster:
 
         False (and no write) once the point is gone or the rollback service has marked stable
         as its own: a rollback restored stable meanwhile, and scaling it down again would undo
-        that. The patch names the resourceVersion it
-        checked, so a rollback writing in between turns it into a 409 and a fresh check.
+        that. The patch names the resourceVersion it checked, so a rollback writing in between
+        turns it into a 409 and a fresh check.
         """
 
         def write() -> bool:

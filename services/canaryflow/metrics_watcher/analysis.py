@@ -302,7 +302,7 @@ class Analyst:
         """
         for _ in range(TAKE_OVER_ATTEMPTS):
             saved = await self._progress.load(job.progress_key)
-            if saved is not None and (saved.progress.reissue, saved.progress.owner) > job.claim:
+            if saved is not None and saved.progress.claim > job.claim:
                 raise HandedOver(
                     f"delivery {saved.progress.owner} of ask {saved.progress.reissue} continues "
                     f"{job.progress_key}"

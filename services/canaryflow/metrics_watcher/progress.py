@@ -69,6 +69,11 @@ class AnalysisProgress(BaseModel):
         "tick whose query window reaches back before it may pass.",
     )
 
+    @property
+    def claim(self) -> tuple[int, int]:
+        """Whose write this is, as ``AnalysisJob.claim`` orders them."""
+        return (self.reissue, self.owner)
+
 
 @dataclass(frozen=True)
 class Saved:

@@ -367,7 +367,7 @@ def _transition(state: ReleaseState, event: Envelope[Any], now: datetime) -> Rel
                     "status": ReleaseStatus.ANALYSING,
                     "canary_weight": data.canary_weight,
                     "last_command_at": now,
-                    "analysis_request": f"{state.release_id}.analyse.{state.step_index}",
+                    "analysis_request": "",  # the step's first request (request_analysis)
                 }
             )
             return waits.enter(in_place, waits.ROLLOUT, ReleaseStatus.ANALYSING, now)
