@@ -16,6 +16,12 @@ and requests N releases at once: a share of them (``--bad-share``) of a version 
   KWOK's controller manager and scheduler handle every pod), p50 and p99;
 - each service's peak RSS (the largest replica) and CPU (seconds, and cores on average).
 
+- peak in flight: the most releases between their request and their end at any moment
+  (requests are sent at ``--request-rate`` per second, as a fleet's deploys arrive, not in
+  one instant: a thousand requests in the same millisecond measure the admission queue);
+- the API server's requests per second by verb and resource over the run (its own metrics):
+  where the control plane's time goes, ours and its controllers'.
+
 Traffic: the judgement needs requests per version and track. This is a bench of the control
 loop, not of traffic, so the requests are counted, not made: an exporter here serves
 ``http_requests_total`` for every target's stable, baseline and canary at 20 requests per
@@ -24,6 +30,7 @@ second like any registered target. The metrics-watcher's queries, Prometheus and
 event flow are real.
 
     .venv/bin/python bench/scale.py [--releases 200 1000] [--replicas 1 2] [--pods 2]
+        [--request-rate 20] [--hold 6]
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +56,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import DeliverPolicy
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from canaryflow.demo import shop
@@ -77,7 +86,6 @@ REPO = Path(__file__).resolve().parents[1]
 PLANNER = "canaryflow/planner"
 RATE = 20.0  # requests per second per track and target
 BAD_ERROR_RATE = 0.2
-HOLD_SECONDS = 6.0
 WEIGHT = 50
 CREATE_CONCURRENCY = 16
 SAMPLE_SECONDS = 1.0
@@ -122,22 +130,26 @@ def register_exporter(endpoints: StackEndpoints, name: str, port: int) -> Path:
 # --------------------------------------------------------------------------- targets
 
 
-def policy(target: str) -> dict[str, Any]:
+def policy(target: str, hold_seconds: float) -> dict[str, Any]:
     """One step at 50 %, judged by the canary's error rate alone (no baseline comparison)."""
     spec = shop.quick_policy(
-        target, weights=(WEIGHT,), hold_seconds=HOLD_SECONDS, compare=False, min_requests=20
+        target, weights=(WEIGHT,), hold_seconds=hold_seconds, compare=False, min_requests=20
     )
     spec["analysis"]["metrics"] = [
         {"name": "error-rate", "template": "error-rate", "max": 0.05},
     ]
-    spec["analysis"]["intervalSeconds"] = 3
+    # A tick every tenth of the hold (3 s at least): a thousand analyses at once are a
+    # thousand queries per tick on one Prometheus.
+    spec["analysis"]["intervalSeconds"] = max(3, round(hold_seconds / 10))
     # Pods are the control plane's work: it may take minutes for a thousand targets, and
     # what is measured here is ours. The step's own time is reported separately.
     spec["deadlines"] = {"podReadySeconds": 900, "pauseSeconds": 60}
     return spec
 
 
-def create_target(api: client.ApiClient, namespace: str, name: str, pods: int) -> None:
+def create_target(
+    api: client.ApiClient, namespace: str, name: str, pods: int, hold_seconds: float
+) -> None:
     labels = {"app": name}
     apps = client.AppsV1Api(api)
     apps.create_namespaced_deployment(
@@ -156,7 +168,7 @@ def create_target(api: client.ApiClient, namespace: str, name: str, pods: int) -
             ),
         ),
     )
-    shop.apply_policy(api, namespace, policy(name), name=name)
+    shop.apply_policy(api, namespace, policy(name, hold_seconds), name=name)
 
 
 async def in_batches(count: int, work: Any) -> None:
@@ -208,6 +220,54 @@ async def watch_usage(launcher: ServiceLauncher, usage: Usage) -> None:
         await asyncio.sleep(SAMPLE_SECONDS)
 
 
+# --------------------------------------------------------------------------- the API server
+
+
+def apiserver_requests(api: client.ApiClient) -> Counter[tuple[str, str]]:
+    """The API server's ``apiserver_request_total`` so far, by (verb, resource)."""
+    response = api.call_api(*api.param_serialize("GET", "/metrics", auth_settings=["BearerToken"]))
+    response.read()
+    counts: Counter[tuple[str, str]] = Counter()
+    for family in text_string_to_metric_families(response.data.decode()):
+        if family.name != "apiserver_request":
+            continue
+        for sample in family.samples:
+            if sample.name == "apiserver_request_total":
+                labels = sample.labels
+                counts[(labels.get("verb", ""), labels.get("resource", ""))] += sample.value
+    return counts
+
+
+def busiest(
+    before: Counter[tuple[str, str]], after: Counter[tuple[str, str]], seconds: float
+) -> str:
+    made = after - before
+    total = sum(made.values())
+    top = ", ".join(
+        f"{verb} {resource} {n / seconds:.0f}" for (verb, resource), n in made.most_common(6)
+    )
+    return f"{total / seconds:.0f} requests/s ({top})"
+
+
+def peak_in_flight(seen: dict[str, list[Seen]]) -> int:
+    """The most releases between their request and their terminal event at any moment."""
+    changes: list[tuple[float, int]] = []
+    for events in seen.values():
+        times = [s.envelope.time.timestamp() for s in events]
+        ends = [
+            s.envelope.time.timestamp()
+            for s in events
+            if isinstance(s.envelope.data, TERMINAL_EVENTS)
+        ]
+        if times and ends:
+            changes += [(min(times), 1), (min(ends), -1)]
+    peak = current = 0
+    for _, change in sorted(changes):
+        current += change
+        peak = max(peak, current)
+    return peak
+
+
 # --------------------------------------------------------------------------- one run
 
 
@@ -231,6 +291,8 @@ class RunResult:
     rss_mib: dict[str, float]
     cpu_seconds: dict[str, float]
     pods_ready_seconds: float
+    peak_in_flight: int
+    apiserver: str
 
 
 async def collect(
@@ -295,6 +357,8 @@ async def run(
     pods: int,
     bad_share: float,
     timeout: float,
+    request_rate: float,
+    hold_seconds: float,
 ) -> RunResult:
     tag = uuid.uuid4().hex[:8]
     namespace = f"scale-{tag}"
@@ -319,7 +383,9 @@ async def run(
     tasks: list[asyncio.Task[None]] = []
     try:
         print(f"   creating {count} targets of {pods} pod(s) in {namespace}", flush=True)
-        await in_batches(count, lambda i: create_target(api, namespace, targets[i], pods))
+        await in_batches(
+            count, lambda i: create_target(api, namespace, targets[i], pods, hold_seconds)
+        )
         pods_ready = await all_ready(api, namespace, count, pods)
         print(f"   every target Ready in {pods_ready:.1f} s; starting the services", flush=True)
         await asyncio.to_thread(launcher.start)
@@ -329,8 +395,11 @@ async def run(
         tasks.append(asyncio.create_task(watch_usage(launcher, usage)))
         expected: dict[str, type[Any]] = {}
         js = nc.jetstream()
+        requests_before = await asyncio.to_thread(apiserver_requests, api)
         started = time.monotonic()
-        for target in targets:
+        for index, target in enumerate(targets):
+            if request_rate > 0:  # the fleet's deploys arrive over time, at the rate asked
+                await asyncio.sleep(max(0.0, started + index / request_rate - time.monotonic()))
             release_id = f"{target}-{tag}"
             expected[release_id] = ReleaseRolledBack if target in bad else ReleaseSucceeded
             envelope = Envelope.wrap(
@@ -357,6 +426,9 @@ async def run(
                 print(f"   {elapsed:5.0f} s: {len(ended)} of {count} ended", flush=True)
         seconds = time.monotonic() - started
         sample_usage(launcher, usage)
+        apiserver = busiest(
+            requests_before, await asyncio.to_thread(apiserver_requests, api), seconds
+        )
         wrong: list[str] = []
         for release_id, wanted in expected.items():
             terminals = [
@@ -392,6 +464,8 @@ async def run(
             rss,
             cpu,
             pods_ready,
+            peak_in_flight(seen),
+            apiserver,
         )
     finally:
         for task in tasks:
@@ -419,17 +493,19 @@ def quantiles(values: list[float]) -> str:
 
 def table(results: list[RunResult]) -> str:
     lines = [
-        "| releases | replicas | all ended in | wrong | transition lag p50/p99 s "
+        "| releases | peak in flight | replicas | all ended in | wrong "
+        "| transition lag p50/p99 s "
         "| delivery lag p50/p99 s | failing verdict -> stable p50/p99 s "
         "| step in place p50/p99 s | peak RSS MiB (largest replica) | CPU s (cores) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         rss = ", ".join(f"{name} {r.rss_mib.get(name, 0):.0f}" for name in SERVICES)
         used = {name: r.cpu_seconds.get(name, 0.0) for name in SERVICES}
         cpu = ", ".join(f"{n} {s:.0f} ({s / r.seconds:.2f})" for n, s in used.items())
         lines.append(
-            f"| {r.releases} | {r.replicas} | {r.seconds:.0f} s | {len(r.wrong)} "
+            f"| {r.releases} | {r.peak_in_flight} | {r.replicas} | {r.seconds:.0f} s "
+            f"| {len(r.wrong)} "
             f"| {quantiles(r.transition)} | {quantiles(r.delivery)} | {quantiles(r.restore)} "
             f"| {quantiles(r.step)} | {rss} | {cpu} |"
         )
@@ -462,11 +538,14 @@ async def main(args: argparse.Namespace) -> int:
                     pods=args.pods,
                     bad_share=args.bad_share,
                     timeout=args.timeout,
+                    request_rate=args.request_rate,
+                    hold_seconds=args.hold,
                 )
                 results.append(result)
                 for problem in result.wrong[:10]:
                     print(f"   WRONG {problem}", flush=True)
                 print(table([result]), flush=True)
+                print(f"   API server: {result.apiserver}", flush=True)
                 for kind, values in sorted(result.transition_by_input.items()):
                     print(
                         f"   planner answering {kind}: p50/p99 {quantiles(values)} s, "
@@ -488,6 +567,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--pods", type=int, default=2, help="stable pods per target")
     parser.add_argument("--bad-share", type=float, default=0.25, help="share of bad versions")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds for a run to end")
+    parser.add_argument(
+        "--request-rate",
+        type=float,
+        default=20.0,
+        help="release requests per second (0: every request at once)",
+    )
+    parser.add_argument(
+        "--hold", type=float, default=6.0, help="seconds the one step is judged for"
+    )
     return parser
 
 

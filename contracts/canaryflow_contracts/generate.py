@@ -193,6 +193,9 @@ def crd() -> dict[str, Any]:
                             "properties": {"spec": structural},
                         }
                     },
+                    # The services list a Deployment's policies by this field, not the
+                    # namespace's all (Kubernetes 1.32+).
+                    "selectableFields": [{"jsonPath": ".spec.targetRef"}],
                     "additionalPrinterColumns": [
                         {"name": "Target", "type": "string", "jsonPath": ".spec.targetRef"},
                         {"name": "Max weight", "type": "integer", "jsonPath": ".spec.maxWeight"},

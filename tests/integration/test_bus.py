@@ -205,6 +205,31 @@ async def test_release_state_writes_are_compare_and_set(service: Service) -> Non
         await service.stop()
 
 
+async def test_every_release_is_listed_at_its_latest_revision_and_nothing_else(
+    service: Service, nats_client: NatsClient, stream_prefix: str
+) -> None:
+    await service.start()
+    try:
+        store = service.store
+        assert await store.all() == []  # an empty bucket ends the listing too
+        first = await store.create(sample_state("rel-a"))
+        latest = await store.update(
+            sample_state("rel-a").model_copy(update={"step_index": 1}), first
+        )
+        await store.create(sample_state("rel-b"))
+        await store.claim_target(sample_state("rel-b").target, "rel-b")  # a lock, not a release
+        await store.create(sample_state("rel-gone"))
+        kv = await nats_client.jetstream().key_value(Subjects(stream_prefix).releases_bucket)
+        await kv.delete("release.rel-gone")
+
+        listed = {v.state.release_id: v for v in await store.all()}
+
+        assert set(listed) == {"rel-a", "rel-b"}
+        assert listed["rel-a"].revision == latest and listed["rel-a"].state.step_index == 1
+    finally:
+        await service.stop()
+
+
 async def test_a_body_nested_ten_thousand_deep_is_dead_lettered_at_once_not_lost(
     service: Service, nats_client: NatsClient
 ) -> None:

@@ -221,8 +221,10 @@ class FlakyCluster:
             raise ConnectionError("API server away")
         return await self.real.deployment(namespace, name)
 
-    async def release_policies(self, namespace: str) -> list[PolicyObject]:
-        return await self.real.release_policies(namespace)
+    async def release_policies(
+        self, namespace: str, targeting: str | None = None
+    ) -> list[PolicyObject]:
+        return await self.real.release_policies(namespace, targeting)
 
 
 def _request(namespace: str) -> ReleaseRequested:

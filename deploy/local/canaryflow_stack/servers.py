@@ -480,6 +480,12 @@ def _kubernetes(settings: Settings, bins: Binaries) -> list[Server]:
             "--use-service-account-credentials=true",
             f"--cluster-signing-cert-file={f.ca_crt}",
             f"--cluster-signing-key-file={f.ca_key}",
+            # Its client's default is 20 requests/s (burst 30): a thousand targets' pods then
+            # queue in the controller manager for minutes (bench/scale.py's "step in place").
+            "--kube-api-qps=300",
+            "--kube-api-burst=600",
+            "--concurrent-deployment-syncs=20",
+            "--concurrent-replicaset-syncs=20",
         ],
     )
     scheduler = component("kube-scheduler", "scheduler", p.scheduler, [])

@@ -90,7 +90,7 @@ class ClusterGovernance:
         self._enabled = enabled_routers
 
     async def governing(self, target: TargetRef) -> policies.Governing:
-        found = await kube.read_policies(self._api, target.namespace)
+        found = await kube.read_policies(self._api, target.namespace, target.name)
         return policies.governing(target.namespace, target.name, found)
 
     def router(self, spec: ReleasePolicySpec) -> TrafficRouter:
@@ -110,6 +110,7 @@ class Executor:
         *,
         now: kube.Clock = kube.utc_now,
         promotion_seconds: float = PROMOTION_SECONDS,
+        workers: int = 16,
     ) -> None:
         self._releases = releases  # a getter: the service's store exists once it has started
         self._publisher = publisher
@@ -118,13 +119,14 @@ class Executor:
         self._governance = governance
         self._now = now
         self._promotion_seconds = promotion_seconds
+        self._workers = workers  # each step or promotion holds its message while it waits
         self._metrics = observability.service_metrics()
 
     def routes(self) -> tuple[Route[Any], ...]:
         """The handler table for the commands it carries out (``COMMANDS``)."""
         return (
-            Route(ApplyPhase, "apply", self.on_apply),
-            Route(RequestPromotion, "promote", self.on_promote),
+            Route(ApplyPhase, "apply", self.on_apply, workers=self._workers),
+            Route(RequestPromotion, "promote", self.on_promote, workers=self._workers),
         )
 
     async def _state_of(self, release_id: str) -> ReleaseState | None:
@@ -181,7 +183,7 @@ class Executor:
         target = command.target
         match outcome:
             case Reached():
-                self._metrics.phase_seconds.labels(target.namespace, target.name).observe(
+                self._metrics.phase_seconds.labels(target.namespace).observe(
                     (self._now() - envelope.time).total_seconds()
                 )
                 reached = PhaseReached(
@@ -265,6 +267,7 @@ def build_service(
         ClusterGovernance(kube_api, settings.enabled_routers),
         now=now,
         promotion_seconds=promotion_seconds,
+        workers=settings.wait_workers,
     )
     service.route(executor.routes())
     hook_ledger = SideEffectLedger(lease_seconds=hooks.PUBLISH_MARGIN_SECONDS)  # per run

@@ -45,7 +45,11 @@ class ClusterReader(Protocol):
         """The Deployment, or None when it does not exist."""
         ...
 
-    async def release_policies(self, namespace: str) -> list[PolicyObject]: ...
+    async def release_policies(
+        self, namespace: str, targeting: str | None = None
+    ) -> list[PolicyObject]:
+        """The namespace's policies: at least those whose targetRef is ``targeting``."""
+        ...
 
 
 def check_request(
@@ -157,7 +161,7 @@ async def validate(
 ) -> Admission | Refusal:
     target = request.target
     deployment = await reader.deployment(target.namespace, target.name)
-    policies = await reader.release_policies(target.namespace)
+    policies = await reader.release_policies(target.namespace, target.name)
     return check_request(request, deployment, policies, now, routers)
 
 
@@ -219,5 +223,7 @@ class KubeClusterReader:
             bases.append(base_of(api.sanitize_for_serialization(found)))
         return tuple(bases)
 
-    async def release_policies(self, namespace: str) -> list[PolicyObject]:
-        return await read_policies(await asyncio.to_thread(self._client), namespace)
+    async def release_policies(
+        self, namespace: str, targeting: str | None = None
+    ) -> list[PolicyObject]:
+        return await read_policies(await asyncio.to_thread(self._client), namespace, targeting)

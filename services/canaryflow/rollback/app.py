@@ -96,7 +96,7 @@ class PolicyRouters:
         self._enabled = enabled
 
     async def of(self, target: TargetRef) -> list[TrafficRouter]:
-        found = await kube.read_policies(self._api, target.namespace)
+        found = await kube.read_policies(self._api, target.namespace, target.name)
         governing = policies.governing(target.namespace, target.name, found)
         if governing.spec is not None:
             try:
@@ -122,6 +122,7 @@ class Rollback:
         max_deliver: int,
         restore_seconds: float = RESTORE_SECONDS,
         sweep_seconds: float = SWEEP_SECONDS,
+        workers: int = 16,
     ) -> None:
         self._releases = releases  # a getter: the service's store exists once it has started
         self._publisher = publisher
@@ -132,11 +133,14 @@ class Rollback:
         self._max_deliver = max_deliver
         self._restore_seconds = restore_seconds
         self._sweep_seconds = sweep_seconds
+        self._workers = workers  # each rollback holds its message until stable is whole
         self._metrics = observability.service_metrics()
 
     def routes(self) -> tuple[Route[Any], ...]:
         """The handler table: every trigger (``TRIGGERS``) to ``on_trigger``."""
-        return tuple(Route(event, name, self.on_trigger) for event, name in TRIGGERS)
+        return tuple(
+            Route(event, name, self.on_trigger, workers=self._workers) for event, name in TRIGGERS
+        )
 
     async def on_trigger(self, envelope: Envelope[RollbackTrigger], delivery: Delivery) -> None:
         data, release_id = envelope.data, envelope.subject
@@ -294,6 +298,7 @@ def build_service(
         now=now,
         max_deliver=settings.max_deliver,
         restore_seconds=restore_seconds,
+        workers=settings.wait_workers,
         sweep_seconds=sweep_seconds,
     )
     service.every(rollback.sweep)

@@ -368,11 +368,33 @@ async def clear_restore_point(api: client.ApiClient, target: TargetRef, release_
     await with_conflict_retry(write, f"{target.key()} restore point")
 
 
-async def read_policies(api: client.ApiClient, namespace: str) -> list[PolicyObject]:
-    """Every ReleasePolicy in ``namespace`` (none when the CRD is not installed)."""
+# The CRD declares spec.targetRef a selectable field (Kubernetes 1.32+; beta in 1.31), so
+# the API server returns only the policies of one Deployment: listing all of a namespace's
+# for each of 1,000 requests in it was 1,000 x 1,000 objects (bench/scale.py).
+TARGET_FIELD = "spec.targetRef"
+
+
+async def read_policies(
+    api: client.ApiClient, namespace: str, targeting: str | None = None
+) -> list[PolicyObject]:
+    """The ReleasePolicies in ``namespace`` (only those whose targetRef is ``targeting``, when
+    given); none when the CRD is not installed."""
     custom = client.CustomObjectsApi(api)
+    selector = {"field_selector": f"{TARGET_FIELD}={targeting}"} if targeting else {}
     try:
-        listed = await call(custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
+        try:
+            listed = await call(
+                custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, **selector
+            )
+        except ApiException as error:
+            if error.status != 400 or not selector:
+                raise
+            # An older API server, or our CRD installed without its selectable field: the
+            # whole namespace, filtered here (governing() filters by targetRef anyway).
+            log.debug("field selector %s refused (%s); listing every policy", selector, error)
+            listed = await call(
+                custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL
+            )
     except ApiException as error:
         if is_not_found(error):  # the CRD is not installed: no policy governs anything
             return []

@@ -67,6 +67,11 @@ class Settings:
     # Analyses are waits (a hold, a query every interval), not work: a replica can carry
     # many at once, and a cap here is a cap on releases in flight (each held its message).
     analysis_workers: int = 1000
+    # The same for the executor's steps and promotions and the rollback service's rollbacks:
+    # each holds its message while the cluster gets there (pods Ready, stable whole). At 16,
+    # 200 steps at once waited for each other's pods (bench/scale.py); Kubernetes calls stay
+    # bounded by kube.CALLS_AT_ONCE.
+    wait_workers: int = 1000
     # The bearer token the alert webhook requires ("": it refuses every call), and the key
     # outgoing hook calls and notifications are signed with ("": unsigned).
     alerts_token: str = field(default="", repr=False)
@@ -227,6 +232,14 @@ ENVIRONMENT: tuple[Variable, ...] = (
         "its step's hold): beyond it, releases wait for a free slot.",
         "analysis_workers",
         services="metrics-watcher",
+    ),
+    Variable(
+        "CANARYFLOW_WAIT_WORKERS",
+        "Steps and promotions one executor replica, and rollbacks one rollback replica, "
+        "carry out at once (each holds its message until the cluster is there): beyond it, "
+        "releases wait for a free slot.",
+        "wait_workers",
+        services="executor, rollback",
     ),
     Variable(
         "CANARYFLOW_TRAFFIC_ROUTERS",

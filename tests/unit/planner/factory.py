@@ -148,5 +148,7 @@ class FakeCluster:
     async def deployment(self, namespace: str, name: str) -> DeploymentFacts | None:
         return self.deployments.get(f"{namespace}/{name}")
 
-    async def release_policies(self, namespace: str) -> list[PolicyObject]:
+    async def release_policies(
+        self, namespace: str, targeting: str | None = None
+    ) -> list[PolicyObject]:
         return self.policies if namespace == "shop" else []

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import threading
 import urllib.error
 import urllib.request
+from unittest import mock
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, exposition
 
 from canaryflow.runtime import health, observability
 from canaryflow.runtime.health import Health
@@ -110,3 +116,42 @@ def _free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+async def test_the_metrics_are_rendered_off_the_loop_in_the_format_and_encoding_asked_for() -> None:
+    registry = CollectorRegistry()
+    Counter("canaryflow_test_renders", "A counter of this test", registry=registry).inc(3)
+    app = observability.http_application(registry=registry)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", _free_port())
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    rendered_on: list[str] = []
+    real = exposition.generate_latest
+
+    def spying(collector: CollectorRegistry) -> bytes:
+        rendered_on.append(threading.current_thread().name)
+        return real(collector)
+
+    def get(headers: dict[str, str]) -> tuple[dict[str, str], bytes]:
+        request = urllib.request.Request(f"{base}/metrics", headers=headers)
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return dict(answer.headers), answer.read()
+
+    try:
+        with mock.patch.object(exposition, "generate_latest", spying):
+            headers, body = await asyncio.to_thread(get, {})
+        assert b"canaryflow_test_renders_total 3.0" in body
+        assert headers["Content-Type"].startswith("text/plain")
+        assert rendered_on and threading.main_thread().name not in rendered_on
+        headers, body = await asyncio.to_thread(
+            get, {"Accept": "application/openmetrics-text; version=1.0.0"}
+        )
+        assert headers["Content-Type"].startswith("application/openmetrics-text")
+        assert body.endswith(b"# EOF\n")
+        headers, body = await asyncio.to_thread(get, {"Accept-Encoding": "gzip"})
+        assert headers.get("Content-Encoding") == "gzip"
+        assert b"canaryflow_test_renders_total 3.0" in gzip.decompress(body)
+    finally:
+        await runner.cleanup()

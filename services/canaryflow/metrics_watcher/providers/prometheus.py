@@ -8,7 +8,10 @@ silently picking one, since that would judge the wrong version.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -16,6 +19,16 @@ import httpx
 from canaryflow.metrics_watcher.providers.base import ProviderError
 
 DEFAULT_TIMEOUT_SECONDS = 2.0
+# Queries one replica has at Prometheus at once; the rest wait here, where the wait is not
+# counted as Prometheus' slowness (Prometheus runs 20 at once by default and queues the rest,
+# inside our read timeout). At 200 analyses at once, an unbounded pool timed out queries by
+# the hundred (ConnectTimeout, PoolTimeout) and paused good releases (bench/scale.py).
+CONCURRENT_QUERIES = 16
+# How long a query may wait for its turn here before the tick counts it unanswered.
+TURN_WAIT_SECONDS = 10.0
+# Answers that do not depend on the release (is Prometheus up, how long it collected
+# nothing) are asked once per this many seconds for every analysis of the replica.
+SHARED_SECONDS = 1.0
 # At each instant of the window (a subquery), how old the freshest scrape of any target was;
 # its maximum is the longest time Prometheus collected nothing. Every Prometheus has ``up``.
 COLLECTION_GAP_QUERY = "max_over_time((time() - max(timestamp(up)))[{window}s:{step}s])"
@@ -28,11 +41,17 @@ class PrometheusProvider:
         *,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
         self.base_url = base_url.rstrip("/")
         self._client = httpx.AsyncClient(
-            base_url=self.base_url, timeout=timeout_seconds, transport=transport
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout_seconds, pool=TURN_WAIT_SECONDS),
+            limits=httpx.Limits(max_connections=CONCURRENT_QUERIES),
+            transport=transport,
         )
+        self._shared: dict[str, tuple[float, asyncio.Future[float | None]]] = {}
 
     @property
     def name(self) -> str:
@@ -58,14 +77,25 @@ class PrometheusProvider:
 
     async def is_online(self) -> bool:
         try:
-            return await self.query("vector(1)") == 1.0
+            return await self._shared_query("vector(1)") == 1.0
         except ProviderError:
             return False
 
     async def collection_gap(self, window_seconds: float) -> float | None:
         window = max(1, math.ceil(window_seconds))
         step = max(1, math.ceil(window / 300))  # at most 300 points, whatever the window
-        return await self.query(COLLECTION_GAP_QUERY.format(window=window, step=step))
+        return await self._shared_query(COLLECTION_GAP_QUERY.format(window=window, step=step))
+
+    async def _shared_query(self, query: str) -> float | None:
+        """``query``'s answer, asked at most once per ``SHARED_SECONDS`` by this replica: the
+        analyses asking within it share the one answer (or the one error)."""
+        now = self._clock()
+        asked = self._shared.get(query)
+        if asked is None or now - asked[0] >= SHARED_SECONDS:
+            asked = (now, asyncio.ensure_future(self.query(query)))
+            self._shared[query] = asked
+        # Shielded: one waiter cancelled (its analysis ended) must not cancel the others'.
+        return await asyncio.shield(asked[1])
 
     async def aclose(self) -> None:
         await self._client.aclose()
