@@ -81,6 +81,11 @@ DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
 
 # How long a publish is tried again while JetStream does not answer (a leader election).
 PUBLISH_RETRY_SECONDS = 10.0
+# Messages one pull asks for; the subscriber pulls again while it has free workers. Not the
+# workers (1,000 for analyses and steps): a pull of 1,000 messages left the last ones of the
+# batch waiting for their handler, with no heartbeat, past the 1 s ack wait, so JetStream
+# handed them out again and again: 72 of 200 steps were dead-lettered (bench/scale.py).
+PULL_BATCH = 16
 # A consumer's max_ack_pending: no limit from the server (each replica's workers limit it).
 UNLIMITED_IN_FLIGHT = -1
 # The keep-alive never beats more often than this, whatever the ack wait.
@@ -473,7 +478,7 @@ def subscribe(
         subject_filter or subjects.every(event),
         stream=JStream(name=subjects.events_stream.name, declare=False),
         durable=durable,
-        pull_sub=PullSub(batch_size=concurrency, timeout=1.0),
+        pull_sub=PullSub(batch_size=min(concurrency, PULL_BATCH), timeout=1.0),
         # The pulled messages come to this identity's own inbox (FastStream's subscriber has
         # its own default, "_INBOX.", which the service's NATS permissions do not allow).
         inbox_prefix=f"{settings.nats_access.inbox}.".encode(),
