@@ -7,6 +7,7 @@ these tests publish real messages and watch what the server and the handler do.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -282,6 +283,39 @@ async def test_a_handler_slower_than_the_ack_wait_keeps_its_message(
         await service_acked(nats_client, service, "slow")
         # Then the message was never handed out again while it worked
         assert attempts == [1]
+    finally:
+        await service.stop()
+
+
+async def test_a_message_handed_out_again_while_its_handler_runs_is_left_to_that_handler(
+    service: Service, nats_client: NatsClient
+) -> None:
+    # Given a handler whose replica's loop stalls past the ack wait (a starved machine): no
+    # heartbeat goes out, so JetStream hands the message out again while the handler runs
+    attempts: list[int] = []
+    done = asyncio.Event()
+
+    async def stalled(envelope: Envelope[PauseRelease], delivery: Delivery) -> None:
+        attempts.append(delivery.attempt)
+        time.sleep(2.5 * service.settings.ack_wait_seconds)  # the whole loop stops
+        await asyncio.sleep(2.0)  # the redelivery arrives while this handler still runs
+        done.set()
+
+    service.subscribe(PauseRelease, "stalled", stalled)
+    await service.start()
+    try:
+        await _publish(nats_client, service.settings.subjects, _pause("stall"), "m-stall")
+        await asyncio.wait_for(done.wait(), timeout=15)
+        await service_acked(nats_client, service, "stalled")
+        info = await nats_client.jetstream().consumer_info(
+            service.settings.subjects.events_stream.name,
+            service.settings.subjects.consumer(service.settings.service, "stalled"),
+        )
+        # Then it was delivered again, but handled once, and settled by that handler's ack
+        deliveries = info.delivered.consumer_seq if info.delivered else 0
+        assert deliveries >= 2, "the stall did not make JetStream hand the message out again"
+        assert attempts == [1]
+        assert info.num_ack_pending == 0
     finally:
         await service.stop()
 
