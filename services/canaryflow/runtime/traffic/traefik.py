@@ -32,11 +32,7 @@ from typing import Any
 
 from kubernetes import client
 
-from canaryflow.runtime.traffic.services import (
-    MANAGED_BY,
-    delete_track_services,
-    track_service_name,
-)
+from canaryflow.runtime.traffic.services import MANAGED_BY, track_service_name
 from canaryflow.runtime.traffic.weighted import WeightedRouter, track_weights
 from canaryflow_contracts.events import TargetRef
 from canaryflow_contracts.policy import HeaderMatch, RouteMatch, Sticky
@@ -185,32 +181,36 @@ class TraefikRouter(WeightedRouter):
             self._replace(target, current)
 
     def _write(self, target: TargetRef, canary_weight_percent: int) -> None:
-        self._weigh(target, weights(target, canary_weight_percent))
+        self._weigh(target, canary_weight_percent)
         if canary_weight_percent > 0:
             self._ensure_match_route(target)
         else:
             self._delete_match_route(target)
 
-    def _weigh(self, target: TargetRef, wanted: dict[str, int]) -> None:
-        current = self._read(target)
-        if current is None:
-            raise LookupError(
-                f"TraefikService {target.key()} not found: the traefik router routes "
-                "through a TraefikService named like the target"
-            )
-        weighted = current.get("spec", {}).get("weighted")
-        if not isinstance(weighted, dict):
-            raise LookupError(f"TraefikService {target.key()} is not of type weighted")
-        services = reweighted(list(weighted.get("services") or []), wanted)
-        # A merge patch replaces the list whole: the rest of each entry is kept as read.
-        self._custom().patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            target.namespace,
-            PLURAL,
-            target.name,
-            {"spec": {"weighted": {"services": services}}},
-        )
+    def _weigh(self, target: TargetRef, canary_weight_percent: int) -> None:
+        wanted = weights(target, canary_weight_percent)
+
+        def reweigh(current: dict[str, Any] | None) -> dict[str, Any] | None:
+            if current is None:
+                raise LookupError(
+                    f"TraefikService {target.key()} not found: the traefik router routes "
+                    "through a TraefikService named like the target"
+                )
+            if not self.is_taken_over(current):
+                if canary_weight_percent == 0:
+                    return None  # given back: every user is on the target's own routes
+                raise LookupError(
+                    f"TraefikService {target.key()} is not taken over for a release (its "
+                    "routes were given back): no canary weight is written to it"
+                )
+            weighted = current.get("spec", {}).get("weighted")
+            if not isinstance(weighted, dict):
+                raise LookupError(f"TraefikService {target.key()} is not of type weighted")
+            # The rest of each entry is kept as read.
+            weighted["services"] = reweighted(list(weighted.get("services") or []), wanted)
+            return current
+
+        self._update(target, reweigh)
 
     def _ensure_match_route(self, target: TargetRef) -> None:
         if not self._traffic.match:
@@ -244,7 +244,7 @@ class TraefikRouter(WeightedRouter):
 
     async def finalize(self, target: TargetRef) -> None:
         """Every user on stable, pinned and matched ones included: the canary's weight to 0."""
-        if await asyncio.to_thread(self._read, target) is not None:
+        if await asyncio.to_thread(self._taken_over, target):
             await self.set_routes(target, 0)
         else:
             await asyncio.to_thread(self._delete_match_route, target)
@@ -254,15 +254,16 @@ class TraefikRouter(WeightedRouter):
         own = client.CoreV1Api(self.api).read_namespaced_service(service, target.namespace)
         return neutral_spec(service, int(own.spec.ports[0].port))
 
-    def _remove(self, target: TargetRef) -> None:
+    def _give_back(self, target: TargetRef) -> bool:
         self._delete_match_route(target)
-        current = self._read(target)
-        annotations = (current or {}).get("metadata", {}).get("annotations") or {}
-        if current is not None and ORIGINAL in annotations:
-            original = annotations[ORIGINAL]
-            del current["metadata"]["annotations"][ORIGINAL]
+
+        def given_back(current: dict[str, Any] | None) -> dict[str, Any] | None:
+            if current is None or not self.is_taken_over(current):
+                return None
+            original = current["metadata"]["annotations"].pop(ORIGINAL)
             # Kept even when we made it: IngressRoutes may route to it by now, and a route to
             # a missing TraefikService answers 404.
             current["spec"] = json.loads(original) if original else self._neutral(target)
-            self._replace(target, current)
-        delete_track_services(self.api, target, self.tracks)
+            return current
+
+        return self._update(target, given_back)
