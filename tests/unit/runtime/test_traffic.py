@@ -547,3 +547,24 @@ def test_the_per_track_services_are_kept_while_a_route_still_names_them(
     router._delete_track_services(target)  # would raise: the router has no client
     assert "still routes to web-baseline, web-canary, web-stable" in caplog.text
     assert router.names_tracks(target, {"spec": neutral_spec("web", 80)}) == []
+
+
+def test_two_take_overs_of_one_step_at_once_both_succeed_and_keep_the_persons_spec() -> None:
+    """A redelivered ApplyPhase takes the TraefikService over beside the first delivery: the
+    later write is refused (409), reads it taken over, and writes nothing more."""
+    target = TargetRef(namespace="shop", name="web")
+    own = {"weighted": {"services": [{"name": "web", "port": 80}]}}
+    router = StoredTraefikService({"metadata": {"name": "web"}, "spec": own})
+    other = StoredTraefikService(None)
+
+    def took_over() -> None:
+        other.body, other.revision = router.body, router.revision
+        other._take_over(target, 80)
+        router.body, router.revision = other.body, other.revision
+
+    router.before_write.append(took_over)
+    router._take_over(target, 80)
+    assert router.writes == []  # the other delivery's write stands
+    assert router.body is not None
+    assert json.loads(router.body["metadata"]["annotations"]["canaryflow.io/original-spec"]) == own
+    assert router.names_tracks(target, router.body) == ["web-baseline", "web-canary", "web-stable"]

@@ -104,18 +104,20 @@ class GatewayApiRouter(WeightedRouter):
             )
 
     def _take_over(self, target: TargetRef, port: int) -> None:
-        route = self._read(target)
-        if route is None:
-            self._check(target)
-            return
-        annotations = route["metadata"].setdefault("annotations", {})
-        if ORIGINAL in annotations:
-            return
-        original = route["spec"].get("rules") or []
-        annotations[ORIGINAL] = json.dumps(original)
-        annotations[PORT] = str(port)
-        route["spec"]["rules"] = split_rules(original, target, port, 0, self._traffic.match)
-        self._replace(target, route)
+        def taken_over(route: dict[str, Any] | None) -> dict[str, Any] | None:
+            if route is None:
+                self._check(target)  # raises: the HTTPRoute is gone
+                return None
+            if self.is_taken_over(route):
+                return None
+            annotations = route["metadata"].setdefault("annotations", {})
+            original = route["spec"].get("rules") or []
+            annotations[ORIGINAL] = json.dumps(original)
+            annotations[PORT] = str(port)
+            route["spec"]["rules"] = split_rules(original, target, port, 0, self._traffic.match)
+            return route
+
+        self._update(target, taken_over)
 
     def _write(self, target: TargetRef, canary_weight_percent: int) -> None:
         def split(route: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -157,10 +157,8 @@ class TraefikRouter(WeightedRouter):
     original = ORIGINAL
 
     def _take_over(self, target: TargetRef, port: int) -> None:
-        custom = self._custom()
         spec = split_spec(target, port, self._traffic.sticky)
-        current = self._read(target)
-        if current is None:
+        if self._read(target) is None:
             body = {
                 "apiVersion": f"{GROUP}/{VERSION}",
                 "kind": "TraefikService",
@@ -171,14 +169,28 @@ class TraefikRouter(WeightedRouter):
                 },
                 "spec": spec,
             }
-            custom.create_namespaced_custom_object(GROUP, VERSION, target.namespace, PLURAL, body)
-        elif ORIGINAL not in (current["metadata"].get("annotations") or {}):
+            try:
+                self._custom().create_namespaced_custom_object(
+                    GROUP, VERSION, target.namespace, PLURAL, body
+                )
+                return
+            except client.ApiException as error:
+                if error.status != 409:  # made in between: taken over below, or already ours
+                    raise
+
+        def taken_over(current: dict[str, Any] | None) -> dict[str, Any] | None:
+            if current is None:
+                raise LookupError(f"TraefikService {target.key()} was deleted while taken over")
+            if self.is_taken_over(current):
+                return None
             # Taken over: the release's weights replace the spec, kept to be given back.
             current["metadata"].setdefault("annotations", {})[ORIGINAL] = json.dumps(
                 current.get("spec") or {}
             )
             current["spec"] = spec
-            self._replace(target, current)
+            return current
+
+        self._update(target, taken_over)
 
     def _write(self, target: TargetRef, canary_weight_percent: int) -> None:
         self._weigh(target, canary_weight_percent)

@@ -23,8 +23,9 @@ beside the first delivery on a busy machine (the heartbeat came late, JetStream 
 promotion out again). One promotion gave the route back; the other, which had read it just
 before, wrote the weights back over it, and the first then deleted the per-track Services
 those weights named: the gateway answered 404 to every user of the target (82 requests in
-test_traffic before the run ended). A write is therefore a replace carrying the
-resourceVersion it was read at, read and decided again on a conflict; a weight 0 on a route
+test_traffic before the run ended); two take-overs of one step failed the step on a 409. A
+write is therefore a replace carrying the resourceVersion it was read at, read and decided
+again on a conflict: a take-over finds the object already taken over, a weight 0 on a route
 already given back writes nothing, any other weight refuses.
 
 Why the per-track Services go only ``GIVE_BACK_SETTLE_SECONDS`` after the route is given
