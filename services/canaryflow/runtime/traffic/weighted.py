@@ -130,9 +130,11 @@ class WeightedRouter:
         """Give the routing object its own routes back, once the Service they send users to
         lists only pods that stay (``settled``); then, once the gateway has had the time to
         see that, delete the per-track Services, unless the routing object still names one."""
-        if await asyncio.to_thread(self._taken_over, target):
+        taken_over = await asyncio.to_thread(self._taken_over, target)
+        if taken_over:
             await settled(self.api, target, self._service or target.name)
-        if await asyncio.to_thread(self._give_back, target):
+        # Also when another delivery gave it back in between: that was just now too.
+        if await asyncio.to_thread(self._give_back, target) or taken_over:
             await asyncio.sleep(GIVE_BACK_SETTLE_SECONDS)
         await asyncio.to_thread(self._delete_track_services, target)
 
