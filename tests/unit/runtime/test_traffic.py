@@ -521,7 +521,7 @@ def test_a_weight_written_from_an_older_read_never_undoes_the_routes_given_back(
     assert "canaryflow.io/original-spec" not in router.body["metadata"]["annotations"]
     assert router.names_tracks(target, router.body) == []
     # A positive weight on a route given back is refused, not written.
-    with pytest.raises(LookupError, match="not taken over"):
+    with pytest.raises(LookupError, match="does not list web-baseline, web-canary, web-stable"):
         router._weigh(target, 10)
 
 

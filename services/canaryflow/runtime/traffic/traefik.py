@@ -208,14 +208,9 @@ class TraefikRouter(WeightedRouter):
                     f"TraefikService {target.key()} not found: the traefik router routes "
                     "through a TraefikService named like the target"
                 )
-            if not self.is_taken_over(current):
-                if canary_weight_percent == 0:
-                    return None  # given back: every user is on the target's own routes
-                raise LookupError(
-                    f"TraefikService {target.key()} is not taken over for a release (its "
-                    "routes were given back): no canary weight is written to it"
-                )
             weighted = current.get("spec", {}).get("weighted")
+            if canary_weight_percent == 0 and not self.names_tracks(target, current):
+                return None  # given back (or never split): no user is on a track through it
             if not isinstance(weighted, dict):
                 raise LookupError(f"TraefikService {target.key()} is not of type weighted")
             # The rest of each entry is kept as read.
@@ -256,7 +251,7 @@ class TraefikRouter(WeightedRouter):
 
     async def finalize(self, target: TargetRef) -> None:
         """Every user on stable, pinned and matched ones included: the canary's weight to 0."""
-        if await asyncio.to_thread(self._taken_over, target):
+        if await asyncio.to_thread(self._read, target) is not None:
             await self.set_routes(target, 0)
         else:
             await asyncio.to_thread(self._delete_match_route, target)

@@ -26,7 +26,7 @@ those weights named: the gateway answered 404 to every user of the target (82 re
 test_traffic before the run ended); two take-overs of one step failed the step on a 409. A
 write is therefore a replace carrying the resourceVersion it was read at, read and decided
 again on a conflict: a take-over finds the object already taken over, a weight 0 on a route
-already given back writes nothing, any other weight refuses.
+already given back writes nothing, any other weight is refused.
 
 Why the per-track Services go only ``GIVE_BACK_SETTLE_SECONDS`` after the route is given
 back: the gateway watches its routing objects and Services with separate watches, in no
