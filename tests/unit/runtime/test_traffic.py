@@ -4,10 +4,15 @@ and their factory."""
 from __future__ import annotations
 
 import asyncio
+import copy
+import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from kubernetes.client import (
     ApiClient,
+    ApiException,
     V1Endpoint,
     V1EndpointConditions,
     V1EndpointSlice,
@@ -402,24 +407,164 @@ def test_a_weighted_router_gives_its_routes_back_only_once_the_service_has_settl
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``remove`` waits for the own Service to list only pods that stay before the routes go
-    back, and waits for nothing when it took nothing over."""
+    back, and waits for nothing when it took nothing over; the per-track Services go after,
+    and only once the gateway has had the time to see the routes given back."""
     calls: list[str] = []
 
     async def settled(api: object, target: TargetRef, service: str) -> None:
         calls.append(f"settled {service}")
 
+    async def sleep(seconds: float) -> None:
+        calls.append(f"sleep {seconds:g}")
+
     monkeypatch.setattr(weighted, "settled", settled)
+    monkeypatch.setattr(asyncio, "sleep", sleep)
     taken = [True, False]
 
     class Recording(weighted.WeightedRouter):
         def _taken_over(self, target: TargetRef) -> bool:
+            return taken[0]
+
+        def _give_back(self, target: TargetRef) -> bool:
+            calls.append("give back")
             return taken.pop(0)
 
-        def _remove(self, target: TargetRef) -> None:
-            calls.append("give back")
+        def _delete_track_services(self, target: TargetRef) -> None:
+            calls.append("delete services")
 
     router = Recording(object(), Traffic(router="traefik"), service="shop")
     target = TargetRef(namespace="shop", name="web")
     asyncio.run(router.remove(target))
     asyncio.run(router.remove(target))
-    assert calls == ["settled shop", "give back", "give back"]
+    settle = f"sleep {weighted.GIVE_BACK_SETTLE_SECONDS:g}"
+    assert calls == [
+        "settled shop",
+        "give back",
+        settle,
+        "delete services",
+        "give back",
+        "delete services",
+    ]
+
+
+class StoredTraefikService(TraefikRouter):
+    """The traefik router over one TraefikService kept in memory with a resourceVersion, as
+    the API server keeps it: a replace carrying an older version is refused with 409."""
+
+    def __init__(self, body: dict[str, Any] | None, traffic: Traffic | None = None) -> None:
+        super().__init__(None, traffic or Traffic(router="traefik"))
+        self.body = body
+        self.revision = 1
+        self.writes: list[dict[str, Any]] = []
+        self.before_write: list[Callable[[], None]] = []
+        self.deleted: list[str] = []
+
+    def store(self, body: dict[str, Any]) -> None:
+        self.revision += 1
+        self.body = copy.deepcopy(body)
+        self.body["metadata"]["resourceVersion"] = str(self.revision)
+
+    def _read(self, target: TargetRef) -> dict[str, Any] | None:
+        if self.body is None:
+            return None
+        found = copy.deepcopy(self.body)
+        found["metadata"]["resourceVersion"] = str(self.revision)
+        return found
+
+    def _replace(self, target: TargetRef, body: dict[str, Any]) -> None:
+        while self.before_write:
+            self.before_write.pop(0)()  # another writer, between this one's read and write
+        if body["metadata"].get("resourceVersion") != str(self.revision):
+            raise ApiException(status=409, reason="Conflict")
+        self.writes.append(copy.deepcopy(body))
+        self.store(body)
+
+    def _delete_match_route(self, target: TargetRef) -> None:
+        self.deleted.append("match route")
+
+    def _neutral(self, target: TargetRef) -> dict[str, Any]:
+        return neutral_spec(target.name, 80)
+
+
+def _taken_over_service(target: TargetRef, canary: int) -> dict[str, Any]:
+    spec = split_spec(target, 80, None)
+    spec["weighted"]["services"] = [
+        {"name": name, "port": 80, "weight": weight}
+        for name, weight in weights(target, canary).items()
+    ]
+    original = json.dumps({"weighted": {"services": [{"name": "web", "port": 80}]}})
+    return {
+        "metadata": {"name": target.name, "annotations": {"canaryflow.io/original-spec": original}},
+        "spec": spec,
+    }
+
+
+def test_a_weight_written_from_an_older_read_never_undoes_the_routes_given_back() -> None:
+    """A redelivered promotion finalizes (weight 0) while the first delivery gives the route
+    back: the finalize read the weighted spec before, its write comes after. It is refused
+    (409), read again, and writes nothing; the route keeps the original services."""
+    target = TargetRef(namespace="shop", name="web")
+    router = StoredTraefikService(_taken_over_service(target, 50))
+    first = StoredTraefikService(None)
+    first.body, first.revision = router.body, router.revision
+
+    def gave_back() -> None:
+        first.body, first.revision = router.body, router.revision
+        assert first._give_back(target)
+        router.body, router.revision = first.body, first.revision
+
+    router.before_write.append(gave_back)
+    asyncio.run(router.finalize(target))
+    assert router.writes == []  # its own write was refused and not made again
+    assert router.body is not None
+    assert router.body["spec"] == {"weighted": {"services": [{"name": "web", "port": 80}]}}
+    assert "canaryflow.io/original-spec" not in router.body["metadata"]["annotations"]
+    assert router.names_tracks(target, router.body) == []
+    # A positive weight on a route given back is refused, not written.
+    with pytest.raises(LookupError, match="does not list web-baseline, web-canary, web-stable"):
+        router._weigh(target, 10)
+
+
+def test_a_weight_is_written_again_over_a_newer_version_of_a_route_still_taken_over() -> None:
+    target = TargetRef(namespace="shop", name="web")
+    router = StoredTraefikService(_taken_over_service(target, 10))
+    router.before_write.append(lambda: router.store(router.body or {}))  # e.g. a label added
+    router._weigh(target, 30)
+    assert len(router.writes) == 1
+    assert router.body is not None
+    assert {s["name"]: s["weight"] for s in router.body["spec"]["weighted"]["services"]} == (
+        weights(target, 30)
+    )
+
+
+def test_the_per_track_services_are_kept_while_a_route_still_names_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    target = TargetRef(namespace="shop", name="web")
+    broken = _taken_over_service(target, 0)
+    del broken["metadata"]["annotations"]["canaryflow.io/original-spec"]
+    router = StoredTraefikService(broken)
+    router._delete_track_services(target)  # would raise: the router has no client
+    assert "still routes to web-baseline, web-canary, web-stable" in caplog.text
+    assert router.names_tracks(target, {"spec": neutral_spec("web", 80)}) == []
+
+
+def test_two_take_overs_of_one_step_at_once_both_succeed_and_keep_the_persons_spec() -> None:
+    """A redelivered ApplyPhase takes the TraefikService over beside the first delivery: the
+    later write is refused (409), reads it taken over, and writes nothing more."""
+    target = TargetRef(namespace="shop", name="web")
+    own = {"weighted": {"services": [{"name": "web", "port": 80}]}}
+    router = StoredTraefikService({"metadata": {"name": "web"}, "spec": own})
+    other = StoredTraefikService(None)
+
+    def took_over() -> None:
+        other.body, other.revision = router.body, router.revision
+        other._take_over(target, 80)
+        router.body, router.revision = other.body, other.revision
+
+    router.before_write.append(took_over)
+    router._take_over(target, 80)
+    assert router.writes == []  # the other delivery's write stands
+    assert router.body is not None
+    assert json.loads(router.body["metadata"]["annotations"]["canaryflow.io/original-spec"]) == own
+    assert router.names_tracks(target, router.body) == ["web-baseline", "web-canary", "web-stable"]

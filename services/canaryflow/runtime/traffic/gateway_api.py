@@ -23,7 +23,7 @@ from typing import Any
 
 from kubernetes import client
 
-from canaryflow.runtime.traffic.services import delete_track_services, track_service_name
+from canaryflow.runtime.traffic.services import track_service_name
 from canaryflow.runtime.traffic.weighted import WeightedRouter, track_weights
 from canaryflow_contracts.events import TargetRef
 from canaryflow_contracts.policy import RouteMatch, Traffic
@@ -104,45 +104,51 @@ class GatewayApiRouter(WeightedRouter):
             )
 
     def _take_over(self, target: TargetRef, port: int) -> None:
-        route = self._read(target)
-        if route is None:
-            self._check(target)
-            return
-        annotations = route["metadata"].setdefault("annotations", {})
-        if ORIGINAL in annotations:
-            return
-        original = route["spec"].get("rules") or []
-        annotations[ORIGINAL] = json.dumps(original)
-        annotations[PORT] = str(port)
-        route["spec"]["rules"] = split_rules(original, target, port, 0, self._traffic.match)
-        self._replace(target, route)
+        def taken_over(route: dict[str, Any] | None) -> dict[str, Any] | None:
+            if route is None:
+                self._check(target)  # raises: the HTTPRoute is gone
+                return None
+            if self.is_taken_over(route):
+                return None
+            annotations = route["metadata"].setdefault("annotations", {})
+            original = route["spec"].get("rules") or []
+            annotations[ORIGINAL] = json.dumps(original)
+            annotations[PORT] = str(port)
+            route["spec"]["rules"] = split_rules(original, target, port, 0, self._traffic.match)
+            return route
+
+        self._update(target, taken_over)
 
     def _write(self, target: TargetRef, canary_weight_percent: int) -> None:
-        route = self._read(target)
-        annotations = (route or {}).get("metadata", {}).get("annotations") or {}
-        if route is None or ORIGINAL not in annotations:
-            raise LookupError(f"HTTPRoute {target.key()} is not taken over for a release")
-        rules = split_rules(
-            json.loads(annotations[ORIGINAL]),
-            target,
-            int(annotations[PORT]),
-            canary_weight_percent,
-            self._traffic.match,
-        )
-        self._custom().patch_namespaced_custom_object(
-            GROUP, VERSION, target.namespace, PLURAL, target.name, {"spec": {"rules": rules}}
-        )
+        def split(route: dict[str, Any] | None) -> dict[str, Any] | None:
+            if route is None or not self.is_taken_over(route):
+                if route is not None and canary_weight_percent == 0:
+                    return None  # given back: every request is on the route's own backends
+                raise LookupError(f"HTTPRoute {target.key()} is not taken over for a release")
+            annotations = route["metadata"]["annotations"]
+            route["spec"]["rules"] = split_rules(
+                json.loads(annotations[ORIGINAL]),
+                target,
+                int(annotations[PORT]),
+                canary_weight_percent,
+                self._traffic.match,
+            )
+            return route
+
+        self._update(target, split)
 
     async def finalize(self, target: TargetRef) -> None:
         """Every request on stable, matched ones included."""
         if await asyncio.to_thread(self._taken_over, target):
             await self.set_routes(target, 0)
 
-    def _remove(self, target: TargetRef) -> None:
-        route = self._read(target)
-        annotations = (route or {}).get("metadata", {}).get("annotations") or {}
-        if route is not None and ORIGINAL in annotations:
+    def _give_back(self, target: TargetRef) -> bool:
+        def given_back(route: dict[str, Any] | None) -> dict[str, Any] | None:
+            if route is None or not self.is_taken_over(route):
+                return None
+            annotations = route["metadata"]["annotations"]
             route["spec"]["rules"] = json.loads(annotations.pop(ORIGINAL))
             annotations.pop(PORT, None)
-            self._replace(target, route)
-        delete_track_services(self.api, target, self.tracks)
+            return route
+
+        return self._update(target, given_back)

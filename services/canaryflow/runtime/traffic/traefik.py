@@ -32,11 +32,7 @@ from typing import Any
 
 from kubernetes import client
 
-from canaryflow.runtime.traffic.services import (
-    MANAGED_BY,
-    delete_track_services,
-    track_service_name,
-)
+from canaryflow.runtime.traffic.services import MANAGED_BY, track_service_name
 from canaryflow.runtime.traffic.weighted import WeightedRouter, track_weights
 from canaryflow_contracts.events import TargetRef
 from canaryflow_contracts.policy import HeaderMatch, RouteMatch, Sticky
@@ -161,10 +157,8 @@ class TraefikRouter(WeightedRouter):
     original = ORIGINAL
 
     def _take_over(self, target: TargetRef, port: int) -> None:
-        custom = self._custom()
         spec = split_spec(target, port, self._traffic.sticky)
-        current = self._read(target)
-        if current is None:
+        if self._read(target) is None:
             body = {
                 "apiVersion": f"{GROUP}/{VERSION}",
                 "kind": "TraefikService",
@@ -175,42 +169,55 @@ class TraefikRouter(WeightedRouter):
                 },
                 "spec": spec,
             }
-            custom.create_namespaced_custom_object(GROUP, VERSION, target.namespace, PLURAL, body)
-        elif ORIGINAL not in (current["metadata"].get("annotations") or {}):
+            try:
+                self._custom().create_namespaced_custom_object(
+                    GROUP, VERSION, target.namespace, PLURAL, body
+                )
+                return
+            except client.ApiException as error:
+                if error.status != 409:  # made in between: taken over below, or already ours
+                    raise
+
+        def taken_over(current: dict[str, Any] | None) -> dict[str, Any] | None:
+            if current is None:
+                raise LookupError(f"TraefikService {target.key()} was deleted while taken over")
+            if self.is_taken_over(current):
+                return None
             # Taken over: the release's weights replace the spec, kept to be given back.
             current["metadata"].setdefault("annotations", {})[ORIGINAL] = json.dumps(
                 current.get("spec") or {}
             )
             current["spec"] = spec
-            self._replace(target, current)
+            return current
+
+        self._update(target, taken_over)
 
     def _write(self, target: TargetRef, canary_weight_percent: int) -> None:
-        self._weigh(target, weights(target, canary_weight_percent))
+        self._weigh(target, canary_weight_percent)
         if canary_weight_percent > 0:
             self._ensure_match_route(target)
         else:
             self._delete_match_route(target)
 
-    def _weigh(self, target: TargetRef, wanted: dict[str, int]) -> None:
-        current = self._read(target)
-        if current is None:
-            raise LookupError(
-                f"TraefikService {target.key()} not found: the traefik router routes "
-                "through a TraefikService named like the target"
-            )
-        weighted = current.get("spec", {}).get("weighted")
-        if not isinstance(weighted, dict):
-            raise LookupError(f"TraefikService {target.key()} is not of type weighted")
-        services = reweighted(list(weighted.get("services") or []), wanted)
-        # A merge patch replaces the list whole: the rest of each entry is kept as read.
-        self._custom().patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            target.namespace,
-            PLURAL,
-            target.name,
-            {"spec": {"weighted": {"services": services}}},
-        )
+    def _weigh(self, target: TargetRef, canary_weight_percent: int) -> None:
+        wanted = weights(target, canary_weight_percent)
+
+        def reweigh(current: dict[str, Any] | None) -> dict[str, Any] | None:
+            if current is None:
+                raise LookupError(
+                    f"TraefikService {target.key()} not found: the traefik router routes "
+                    "through a TraefikService named like the target"
+                )
+            weighted = current.get("spec", {}).get("weighted")
+            if canary_weight_percent == 0 and not self.names_tracks(target, current):
+                return None  # given back (or never split): no user is on a track through it
+            if not isinstance(weighted, dict):
+                raise LookupError(f"TraefikService {target.key()} is not of type weighted")
+            # The rest of each entry is kept as read.
+            weighted["services"] = reweighted(list(weighted.get("services") or []), wanted)
+            return current
+
+        self._update(target, reweigh)
 
     def _ensure_match_route(self, target: TargetRef) -> None:
         if not self._traffic.match:
@@ -254,15 +261,16 @@ class TraefikRouter(WeightedRouter):
         own = client.CoreV1Api(self.api).read_namespaced_service(service, target.namespace)
         return neutral_spec(service, int(own.spec.ports[0].port))
 
-    def _remove(self, target: TargetRef) -> None:
+    def _give_back(self, target: TargetRef) -> bool:
         self._delete_match_route(target)
-        current = self._read(target)
-        annotations = (current or {}).get("metadata", {}).get("annotations") or {}
-        if current is not None and ORIGINAL in annotations:
-            original = annotations[ORIGINAL]
-            del current["metadata"]["annotations"][ORIGINAL]
+
+        def given_back(current: dict[str, Any] | None) -> dict[str, Any] | None:
+            if current is None or not self.is_taken_over(current):
+                return None
+            original = current["metadata"]["annotations"].pop(ORIGINAL)
             # Kept even when we made it: IngressRoutes may route to it by now, and a route to
             # a missing TraefikService answers 404.
             current["spec"] = json.loads(original) if original else self._neutral(target)
-            self._replace(target, current)
-        delete_track_services(self.api, target, self.tracks)
+            return current
+
+        return self._update(target, given_back)
