@@ -32,6 +32,7 @@ from canaryflow.metrics_watcher.measure import (
 from canaryflow.metrics_watcher.policies import PolicyProblem, PolicySource
 from canaryflow.metrics_watcher.progress import AnalysisProgress, ProgressStore, Saved
 from canaryflow.metrics_watcher.providers import MetricProvider, ProviderError, ProviderPool
+from canaryflow.metrics_watcher.providers.base import ANSWER_SECONDS
 from canaryflow.metrics_watcher.schedule import extended_offsets, first_due_tick, still_analysing
 from canaryflow.metrics_watcher.templates import (
     QueryContext,
@@ -203,15 +204,23 @@ class Analyst:
             if not await self._wanted(job):
                 return None
             tick_started = self._clock.now()
-            measurement = await measure(provider, analysis, canary, baseline, templates)
-            checks = list(measurement.checks)
-            errors = [measurement.provider_error] if measurement.provider_error else []
-            if sets:
-                compared, problems = await self._compare(provider, analysis, sets, histories)
-                checks += compared
-                errors += [p for p in problems if p not in errors]
+            answers: list[float] = []  # how long the source took, for each query it answered
+            timing = ANSWER_SECONDS.set(answers)
+            try:
+                measurement = await measure(provider, analysis, canary, baseline, templates)
+                checks = list(measurement.checks)
+                errors = [measurement.provider_error] if measurement.provider_error else []
+                if sets:
+                    compared, problems = await self._compare(provider, analysis, sets, histories)
+                    checks += compared
+                    errors += [p for p in problems if p not in errors]
+            finally:
+                ANSWER_SECONDS.reset(timing)
             measured_at = self._clock.now()
-            took = (measured_at - tick_started).total_seconds()
+            # The source's slowest answer, not the tick's length: the tick also waited for
+            # this replica's own turns at the source (a provider that does not time its
+            # answers: the tick's length).
+            took = max(answers, default=(measured_at - tick_started).total_seconds())
             if errors or took > max(interval, SLOW_ANSWER_SECONDS):
                 # Unavailable, or frozen and answering only now: its data has a gap up to here.
                 blind_at = measured_at

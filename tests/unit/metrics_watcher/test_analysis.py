@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from canaryflow.metrics_watcher.analysis import AnalysisJob, Analyst
 from canaryflow.metrics_watcher.progress import MemoryProgress
+from canaryflow.metrics_watcher.providers.base import ANSWER_SECONDS
 from canaryflow_contracts.events import AnalysisVerdict, VerdictAction, VerdictResult
 from canaryflow_contracts.state import ReleaseStatus
 from tests.unit.metrics_watcher.fakes import (
@@ -263,3 +264,26 @@ async def test_a_late_answer_counts_as_an_outage_of_the_metrics_source() -> None
     assert passed, [v.reason for v in rig.published.verdicts]
     first = rig.published.verdicts[0]
     assert first.result is VerdictResult.INSUFFICIENT_DATA, first.reason
+
+
+async def test_a_tick_slowed_by_this_replicas_own_queue_is_not_an_outage() -> None:
+    clock = FakeClock()
+
+    class Queued(FakeProvider):
+        async def is_online(self) -> bool:
+            online = await super().is_online()
+            if self.ticks == 1:  # the first tick's queries waited 20 s for their turns here
+                clock.now_value += timedelta(seconds=20)
+            return online
+
+        async def query(self, query: str) -> float | None:
+            answered = ANSWER_SECONDS.get()
+            if answered is not None:
+                answered.append(0.05)  # once asked, the source answered at once
+            return await super().query(query)
+
+    rig = Rig(Queued([HEALTHY]), clock=clock)
+    await rig.run(hold=60)
+
+    first = rig.published.verdicts[0]
+    assert first.result is VerdictResult.PASS, first.reason

@@ -9,7 +9,14 @@ tick.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Protocol
+
+# How long the backend took to answer each query of the current tick, appended by providers
+# that measure it (the analysis sets a list here for each tick). The time a query waited for
+# its turn in this replica is not in it: a tick slowed by this replica's own queue must not
+# be read as a frozen backend (at 200 analyses at once, it paused every good release).
+ANSWER_SECONDS: ContextVar[list[float] | None] = ContextVar("answer_seconds", default=None)
 
 
 class ProviderError(Exception):

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from canaryflow.metrics_watcher.providers.base import ProviderError
+from canaryflow.metrics_watcher.providers.base import ANSWER_SECONDS, ProviderError
 
 DEFAULT_TIMEOUT_SECONDS = 2.0
 # Queries one replica has at Prometheus at once; the rest wait here, where the wait is not
@@ -47,10 +47,11 @@ class PrometheusProvider:
         self.base_url = base_url.rstrip("/")
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
-            timeout=httpx.Timeout(timeout_seconds, pool=TURN_WAIT_SECONDS),
+            timeout=timeout_seconds,
             limits=httpx.Limits(max_connections=CONCURRENT_QUERIES),
             transport=transport,
         )
+        self._turns = asyncio.Semaphore(CONCURRENT_QUERIES)
         self._shared: dict[str, tuple[float, asyncio.Future[float | None]]] = {}
 
     @property
@@ -58,22 +59,35 @@ class PrometheusProvider:
         return "prometheus"
 
     async def query(self, query: str) -> float | None:
-        try:
-            response = await self._client.get("/api/v1/query", params={"query": query})
-        except httpx.HTTPError as error:
-            raise ProviderError(
-                f"prometheus at {self.base_url} unreachable: {type(error).__name__}: {error}"
-            ) from error
+        response = await self._ask(query)
         return parse_instant_result(query, response.status_code, _json(response))
 
     async def query_vector(self, query: str, label: str) -> dict[str, float]:
+        response = await self._ask(query)
+        return parse_vector_result(query, label, response.status_code, _json(response))
+
+    async def _ask(self, query: str) -> httpx.Response:
+        """The instant query's response, once it is this query's turn (``CONCURRENT_QUERIES``);
+        the time Prometheus took goes to ``ANSWER_SECONDS``, the wait for the turn does not."""
         try:
-            response = await self._client.get("/api/v1/query", params={"query": query})
+            await asyncio.wait_for(self._turns.acquire(), TURN_WAIT_SECONDS)
+        except TimeoutError as error:
+            raise ProviderError(
+                f"no turn at prometheus within {TURN_WAIT_SECONDS:g}s: this replica has "
+                f"{CONCURRENT_QUERIES} queries there and more waiting"
+            ) from error
+        started = time.monotonic()
+        try:
+            return await self._client.get("/api/v1/query", params={"query": query})
         except httpx.HTTPError as error:
             raise ProviderError(
                 f"prometheus at {self.base_url} unreachable: {type(error).__name__}: {error}"
             ) from error
-        return parse_vector_result(query, label, response.status_code, _json(response))
+        finally:
+            self._turns.release()
+            answered = ANSWER_SECONDS.get()
+            if answered is not None:
+                answered.append(time.monotonic() - started)
 
     async def is_online(self) -> bool:
         try:
