@@ -138,9 +138,10 @@ def policy(target: str, hold_seconds: float) -> dict[str, Any]:
     spec["analysis"]["metrics"] = [
         {"name": "error-rate", "template": "error-rate", "max": 0.05},
     ]
-    # A tick every tenth of the hold (3 s at least): a thousand analyses at once are a
-    # thousand queries per tick on one Prometheus.
-    spec["analysis"]["intervalSeconds"] = max(3, round(hold_seconds / 10))
+    # Four ticks per hold (5 s apart at least; Flagger's default interval is a minute): each
+    # tick of each analysis is four queries, and one Prometheus on the bench's 2 cores
+    # answers a few hundred a second at most.
+    spec["analysis"]["intervalSeconds"] = max(5, round(hold_seconds / 4))
     # Pods are the control plane's work: it may take minutes for a thousand targets, and
     # what is measured here is ours. The step's own time is reported separately.
     spec["deadlines"] = {"podReadySeconds": 900, "pauseSeconds": 60}
