@@ -276,17 +276,19 @@ async def poll_until(
     *,
     deadline: datetime,
     now: Clock = utc_now,
-    interval: float = POLL_SECONDS,
+    interval: float | Callable[[], float] = POLL_SECONDS,
 ) -> tuple[T, bool]:
     """Re-read until ``done(value)`` or ``deadline``: (last value, done?).
 
     The first re-reads come quickly (0.1 s, doubling up to ``interval``): most waits end
     within a second on a healthy cluster, and a rollback should not lose half a second to
-    one sleep; a long wait settles at one read per ``interval``.
+    one sleep; a long wait settles at one read per ``interval`` (a callable: asked again at
+    each read, for waits that share a budget of reads).
     The read always happens at least once, even when the deadline has already passed, so a
     replayed command whose work is finished still sees that it is finished.
     """
-    pause = min(FIRST_POLL_SECONDS, interval)
+    longest = interval if callable(interval) else (lambda: interval)
+    pause = min(FIRST_POLL_SECONDS, longest())
     while True:
         value = await read()
         if done(value):
@@ -294,7 +296,7 @@ async def poll_until(
         if now() >= deadline:
             return value, False
         await asyncio.sleep(pause)
-        pause = min(pause * 2, interval)
+        pause = min(pause * 2, longest())
 
 
 async def remove_deployment(
