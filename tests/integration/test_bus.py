@@ -297,7 +297,7 @@ async def test_a_message_handed_out_again_while_its_handler_runs_is_left_to_that
 
     async def stalled(envelope: Envelope[PauseRelease], delivery: Delivery) -> None:
         attempts.append(delivery.attempt)
-        time.sleep(2.5 * service.settings.ack_wait_seconds)  # the whole loop stops
+        time.sleep(2.5 * service.settings.ack_wait_seconds)  # noqa: ASYNC251  # the loop stops, on purpose
         await asyncio.sleep(2.0)  # the redelivery arrives while this handler still runs
         done.set()
 

@@ -75,6 +75,7 @@ def step_poll_seconds(waiting: int) -> float:
     """How long a step's wait sleeps between reads when ``waiting`` waits share the budget."""
     return max(STEP_POLL_SECONDS, waiting * READS_PER_POLL / READS_PER_SECOND)
 
+
 PhaseOutcome = Reached | Failed | Superseded
 PromotionOutcome = Promoted | Failed | Superseded
 
