@@ -76,6 +76,10 @@ executor reports a step once the routing objects (or the pods) are in place, and
 applies them at its next reload (100 ms throttle; about a second seen on a loaded machine)."""
 BROWSING = Behaviour(arrivals_per_s=25, pages=5, think_s=0.1, timeout_s=5)
 """Users who keep browsing while a release runs: sessions of ~7 clicks over ~1 s."""
+LINGERING = Behaviour(arrivals_per_s=25, pages=30, think_s=0.2, timeout_s=5)
+"""Users on the site for ~6 s each: at a 10 % canary share about 15 of them are on the canary
+at any moment, so a rollback surely finds some mid-session (with ~1 s sessions it found
+none in about one run of five)."""
 ARRIVING = Behaviour(arrivals_per_s=100, pages=0, timeout_s=5)
 """New sessions all along: the landing page (and a cart and purchase for some)."""
 
@@ -400,7 +404,7 @@ async def test_a_bad_version_is_rolled_back_through_traefik_with_no_request_lost
         kube, namespace, releases, url, tag="v2-bad", replicas=4, router="traefik", hold_seconds=20
     )
 
-    async with _crowd(url, host, BROWSING, seed=2) as browsing:
+    async with _crowd(url, host, LINGERING, seed=2) as browsing:
         events = await releases.events(release_id, timeout=120)
         # Users keep coming until the canary's pods are gone for sure.
         await async_wait_until(
