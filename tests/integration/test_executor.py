@@ -17,6 +17,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
+from unittest import mock
 
 import pytest
 from kubernetes import client
@@ -40,6 +42,8 @@ from tests.support import StackEnv, async_wait_until
 
 from canaryflow.demo.faults import ready_pods_by_track
 from canaryflow.executor.app import SERVICE_NAME, build_service
+from canaryflow.executor.cluster import Cluster
+from canaryflow.runtime.deployment_watch import DeploymentWatch
 from canaryflow.runtime import conventions
 from canaryflow.runtime.service import Service
 from canaryflow_contracts import Envelope
@@ -268,6 +272,42 @@ async def test_a_canary_that_never_becomes_ready_fails_at_its_deadline(
     assert (stable["spec"]["replicas"], stable["status"]["readyReplicas"]) == (4, 4)
     assert stable["metadata"]["annotations"][conventions.RELEASE_ANNOTATION] == rid
     assert await events.count(PhaseReached, rid) == 0
+
+
+async def test_a_steps_waits_read_the_watched_copy_not_the_api(
+    executor: Service, events: StreamEvents, kube: client.ApiClient, namespace: str
+) -> None:
+    """The waits of a step that takes seconds cost the API server no read (deployment_watch):
+    polled, they read three Deployments at 0.1, 0.2, 0.4, 0.8, 1.6 s and every 2 s after."""
+    await stable_web(kube, namespace)
+    rid = release_id()
+    from_api: list[str] = []
+    from_copy: list[str] = []
+    read, get = Cluster.read, DeploymentWatch.get
+
+    async def reading(cluster: Cluster, namespace: str, name: str) -> Any:
+        from_api.append(name)
+        return await read(cluster, namespace, name)
+
+    def getting(watch: DeploymentWatch, namespace: str, name: str) -> Any:
+        from_copy.append(name)
+        return get(watch, namespace, name)
+
+    with (
+        mock.patch.object(Cluster, "read", reading),
+        mock.patch.object(DeploymentWatch, "get", getting),
+    ):
+        # A canary that never becomes Ready: its step waits the whole 4 s to its deadline.
+        broken = VersionSpec(image=image("v2-never-ready"))
+        command = await applying(events, namespace, rid, STEP0, broken, seconds=4)
+        await events.publish(command, rid, f"{rid}.apply.0")
+        failed = await events.wait_for(PhaseFailed, rid, timeout=30)
+
+    assert "canary 0/1 ready" in failed.data.reason
+    # The copy answered every look (three Deployments each); the API was read only where a
+    # write is decided (stable, before the step's writes).
+    assert len(from_copy) >= 3 * 3, from_copy
+    assert len(from_api) < 3, from_api
 
 
 async def test_a_single_replica_target_cannot_be_split(

@@ -32,6 +32,7 @@ from canaryflow.executor.phases import (
 )
 from canaryflow.runtime import authority, kube, observability, policies, tracing
 from canaryflow.runtime.bus import Delivery
+from canaryflow.runtime.deployment_watch import DeploymentWatch
 from canaryflow.runtime.ports import Publisher, Refuser, ReleaseReader
 from canaryflow.runtime.service import ConnectHook, Route, Service
 from canaryflow.runtime.settings import Settings
@@ -259,11 +260,14 @@ def build_service(
     """The composition: the real adapters (or the test's), the handlers and their routes."""
     service = Service(settings)
     kube_api = api or kube.api_client(settings.kubeconfig)
+    # Every step's wait reads this copy of the Deployments, not the API (deployment_watch).
+    watch = DeploymentWatch(kube_api, settings.watched_namespaces)
+    service.every(watch.run)
     executor = Executor(
         lambda: service.store,
         service.publisher,
         service,
-        PhaseRunner(Cluster(kube_api, now), now),
+        PhaseRunner(Cluster(kube_api, now, watch), now),
         ClusterGovernance(kube_api, settings.enabled_routers),
         now=now,
         promotion_seconds=promotion_seconds,

@@ -19,6 +19,7 @@ from canaryflow.runtime import conventions, kube, objects
 from canaryflow.runtime.baseline import remove_baseline
 from canaryflow.runtime.bundle import Bundle
 from canaryflow.runtime.conventions import baseline_name
+from canaryflow.runtime.deployment_watch import DeploymentWatch, NotWatched
 from canaryflow_contracts.events import TargetRef, VersionSpec
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,28 @@ class CanaryRecreating(RuntimeError):
 
 
 class Cluster:
-    def __init__(self, api: client.ApiClient, now: kube.Clock = kube.utc_now) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        now: kube.Clock = kube.utc_now,
+        watch: DeploymentWatch | None = None,
+    ) -> None:
         self.api = api
         self.now = now
+        self.watch = watch
 
     async def read(self, namespace: str, name: str) -> Body | None:
         return await kube.call(kube.read_deployment, self.api, namespace, name)
+
+    async def seen(self, namespace: str, name: str) -> Body | None:
+        """For waits only: the watched copy when there is one, else the API (never for a
+        read that a write is decided on: the copy may trail the API)."""
+        if self.watch is not None:
+            try:
+                return self.watch.get(namespace, name)
+            except NotWatched:
+                pass
+        return await self.read(namespace, name)
 
     async def stable(self, target: TargetRef) -> Body | None:
         return await self.read(target.namespace, target.name)

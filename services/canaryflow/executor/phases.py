@@ -21,7 +21,7 @@ from canaryflow.executor import decisions
 from canaryflow.executor.cluster import Cluster, image_of
 from canaryflow.executor.workload import WorkloadError, full_size, record_restore_point
 from canaryflow.runtime import conventions, kube
-from canaryflow.runtime.conventions import DeploymentReadiness
+from canaryflow.runtime.conventions import DeploymentReadiness, baseline_name
 from canaryflow.runtime.traffic import CannotSplit, ReplicaPlan, TrafficRouter
 from canaryflow_contracts.events import ApplyPhase, RequestPromotion, TargetRef, VersionSpec
 
@@ -99,9 +99,10 @@ class PhaseRunner:
     async def _snapshot(
         self, target: TargetRef, version: VersionSpec, wanted: Wanted, owner: str | None
     ) -> Snapshot:
-        stable = await self.cluster.stable(target)
-        canary = await self.cluster.canary(target)
-        baseline = await self.cluster.baseline(target)
+        namespace = target.namespace
+        stable = await self.cluster.seen(namespace, target.name)
+        canary = await self.cluster.seen(namespace, conventions.canary_name(target))
+        baseline = await self.cluster.seen(namespace, baseline_name(target))
         still_wanted = await wanted()
         if owner is not None:
             # Without a planner to say "rolling back", a restore point that is gone (or now
@@ -132,8 +133,23 @@ class PhaseRunner:
         release's restore point.
         """
 
+        namespace, watch = command.target.namespace, self.cluster.watch
+        mark = 0
+
         async def read() -> Snapshot:
+            nonlocal mark
+            if watch is not None:  # taken before the read: a change during it is not missed
+                mark = watch.mark(namespace)
             return await self._snapshot(command.target, command.version, wanted, owner)
+
+        def watched() -> bool:
+            return watch is not None and watch.watching(namespace)
+
+        async def sleep(seconds: float) -> None:
+            if watch is not None and watched():
+                await watch.changed_since(namespace, mark, seconds)
+            else:
+                await asyncio.sleep(seconds)
 
         self.waiting += 1
         try:
@@ -142,7 +158,12 @@ class PhaseRunner:
                 lambda s: not s.wanted or done(s),
                 deadline=deadline,
                 now=self.now,
-                interval=lambda: step_poll_seconds(self.waiting),
+                # Watched, a read costs the API nothing and a change ends the sleep; the
+                # interval is then only how soon a release that moved on is noticed.
+                interval=lambda: (
+                    STEP_POLL_SECONDS if watched() else step_poll_seconds(self.waiting)
+                ),
+                sleep=sleep,
             )
         finally:
             self.waiting -= 1

@@ -277,13 +277,15 @@ async def poll_until(
     deadline: datetime,
     now: Clock = utc_now,
     interval: float | Callable[[], float] = POLL_SECONDS,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> tuple[T, bool]:
     """Re-read until ``done(value)`` or ``deadline``: (last value, done?).
 
     The first re-reads come quickly (0.1 s, doubling up to ``interval``): most waits end
     within a second on a healthy cluster, and a rollback should not lose half a second to
     one sleep; a long wait settles at one read per ``interval`` (a callable: asked again at
-    each read, for waits that share a budget of reads).
+    each read, for waits that share a budget of reads). ``sleep`` may end early: a wait on
+    a watched copy sleeps until something changed (deployment_watch.DeploymentWatch).
     The read always happens at least once, even when the deadline has already passed, so a
     replayed command whose work is finished still sees that it is finished.
     """
@@ -295,7 +297,7 @@ async def poll_until(
             return value, True
         if now() >= deadline:
             return value, False
-        await asyncio.sleep(pause)
+        await (sleep or asyncio.sleep)(pause)
         pause = min(pause * 2, longest())
 
 

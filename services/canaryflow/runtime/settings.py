@@ -82,6 +82,9 @@ class Settings:
     # The traffic routers this installation may use, comma-separated: the chart grants each
     # the rights its objects need, so a policy naming another one is refused at admission.
     traffic_routers: str = "replica-ratio,traefik,gateway-api"
+    # The namespaces an installation limited to some (Helm rbac.namespaces) follows the
+    # Deployments of, comma-separated; empty: the whole cluster (deployment_watch).
+    watch_namespaces: str = ""
     subjects: Subjects = field(init=False)
 
     def __post_init__(self) -> None:
@@ -105,6 +108,10 @@ class Settings:
     @property
     def enabled_routers(self) -> frozenset[str]:
         return frozenset(name.strip() for name in self.traffic_routers.split(",") if name.strip())
+
+    @property
+    def watched_namespaces(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.watch_namespaces.split(",") if name.strip())
 
     @classmethod
     def from_env(cls, service: str) -> Settings:
@@ -247,6 +254,14 @@ ENVIRONMENT: tuple[Variable, ...] = (
         "their rights); a policy naming another is refused with the reason.",
         "traffic_routers",
         services="planner, executor, rollback",
+    ),
+    Variable(
+        "CANARYFLOW_WATCH_NAMESPACES",
+        "Namespaces whose Deployments the executor follows with one watch each, "
+        "comma-separated, for an installation limited to them (Helm `rbac.namespaces`); "
+        "unset: one watch of the whole cluster. Steps wait on that copy, not on reads.",
+        "watch_namespaces",
+        services="executor",
     ),
     Variable(
         "CANARYFLOW_ALERTS_TOKEN",

@@ -59,8 +59,8 @@ used by a real release through the API server's audit log, and the refusals.
 
 {{- define "canaryflow.rules.executor" -}}
 - apiGroups: ["apps"]
-  resources: ["deployments"]  # the canary made and removed, stable stepped and promoted
-  verbs: ["get", "create", "update", "patch", "delete"]
+  resources: ["deployments"]  # the canary made and removed, stable stepped and promoted; watched by the waits
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 - apiGroups: [""]
   resources: ["configmaps"]  # the canary's copies; the promoted copy's predecessors deleted
   verbs: ["get", "list", "create", "update", "delete"]
