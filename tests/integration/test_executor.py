@@ -43,8 +43,8 @@ from tests.support import StackEnv, async_wait_until
 from canaryflow.demo.faults import ready_pods_by_track
 from canaryflow.executor.app import SERVICE_NAME, build_service
 from canaryflow.executor.cluster import Cluster
-from canaryflow.runtime.deployment_watch import DeploymentWatch
 from canaryflow.runtime import conventions
+from canaryflow.runtime.deployment_watch import DeploymentWatch
 from canaryflow.runtime.service import Service
 from canaryflow_contracts import Envelope
 from canaryflow_contracts.events import (
