@@ -15,11 +15,11 @@ from kubernetes import client
 
 from canaryflow.executor import workload
 from canaryflow.executor.workload import Body, Recording
-from canaryflow.runtime import conventions, kube, objects
+from canaryflow.runtime import conventions, deployment_watch, kube, objects
 from canaryflow.runtime.baseline import remove_baseline
 from canaryflow.runtime.bundle import Bundle
 from canaryflow.runtime.conventions import baseline_name
-from canaryflow.runtime.deployment_watch import DeploymentWatch, NotWatched
+from canaryflow.runtime.deployment_watch import DeploymentWatch
 from canaryflow_contracts.events import TargetRef, VersionSpec
 
 log = logging.getLogger(__name__)
@@ -44,14 +44,7 @@ class Cluster:
         return await kube.call(kube.read_deployment, self.api, namespace, name)
 
     async def seen(self, namespace: str, name: str) -> Body | None:
-        """For waits only: the watched copy when there is one, else the API (never for a
-        read that a write is decided on: the copy may trail the API)."""
-        if self.watch is not None:
-            try:
-                return self.watch.get(namespace, name)
-            except NotWatched:
-                pass
-        return await self.read(namespace, name)
+        return await deployment_watch.seen(self.watch, self.api, namespace, name)
 
     async def stable(self, target: TargetRef) -> Body | None:
         return await self.read(target.namespace, target.name)

@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from canaryflow.executor import decisions
 from canaryflow.executor.cluster import Cluster, image_of
 from canaryflow.executor.workload import WorkloadError, full_size, record_restore_point
-from canaryflow.runtime import conventions, kube
+from canaryflow.runtime import conventions, deployment_watch, kube
 from canaryflow.runtime.conventions import DeploymentReadiness, baseline_name
 from canaryflow.runtime.traffic import CannotSplit, ReplicaPlan, TrafficRouter
 from canaryflow_contracts.events import ApplyPhase, RequestPromotion, TargetRef, VersionSpec
@@ -133,37 +133,20 @@ class PhaseRunner:
         release's restore point.
         """
 
-        namespace, watch = command.target.namespace, self.cluster.watch
-        mark = 0
-
         async def read() -> Snapshot:
-            nonlocal mark
-            if watch is not None:  # taken before the read: a change during it is not missed
-                mark = watch.mark(namespace)
             return await self._snapshot(command.target, command.version, wanted, owner)
-
-        def watched() -> bool:
-            return watch is not None and watch.watching(namespace)
-
-        async def sleep(seconds: float) -> None:
-            if watch is not None and watched():
-                await watch.changed_since(namespace, mark, seconds)
-            else:
-                await asyncio.sleep(seconds)
 
         self.waiting += 1
         try:
-            snapshot, ok = await kube.poll_until(
+            snapshot, ok = await deployment_watch.poll_until(
+                self.cluster.watch,
+                command.target.namespace,
                 read,
                 lambda s: not s.wanted or done(s),
                 deadline=deadline,
                 now=self.now,
-                # Watched, a read costs the API nothing and a change ends the sleep; the
-                # interval is then only how soon a release that moved on is noticed.
-                interval=lambda: (
-                    STEP_POLL_SECONDS if watched() else step_poll_seconds(self.waiting)
-                ),
-                sleep=sleep,
+                interval=lambda: step_poll_seconds(self.waiting),
+                watched_interval=STEP_POLL_SECONDS,
             )
         finally:
             self.waiting -= 1

@@ -23,6 +23,7 @@ from canaryflow.rollback.triggers import RollbackTrigger, abort_refusal, reason_
 from canaryflow.runtime import conventions, kube, observability, policies, tracing
 from canaryflow.runtime.authority import rollback_refusals
 from canaryflow.runtime.bus import Delivery, PermanentError
+from canaryflow.runtime.deployment_watch import DeploymentWatch
 from canaryflow.runtime.operators import refusal_notice, refused_id
 from canaryflow.runtime.ports import Publisher, Refuser, ReleaseReader
 from canaryflow.runtime.service import Route, Service
@@ -289,11 +290,13 @@ def build_service(
     """The composition: the real adapters (or the test's), the handler, its routes and sweep."""
     service = Service(settings)
     kube_api = api or kube.api_client(settings.kubeconfig)
+    watch = DeploymentWatch(kube_api, settings.watched_namespaces)
+    service.every(watch.run)
     rollback = Rollback(
         lambda: service.store,
         service.publisher,
         service,
-        Restorer(kube_api, now),
+        Restorer(kube_api, now, watch=watch),
         PolicyRouters(kube_api, settings.enabled_routers),
         now=now,
         max_deliver=settings.max_deliver,

@@ -34,13 +34,19 @@ import contextlib
 import json
 import logging
 import threading
-from typing import Any
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
+from canaryflow.runtime import kube
+
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # The API server ends a watch after this long; it is then resumed from the last version seen.
 WATCH_SECONDS = 240
@@ -276,3 +282,58 @@ def _trimmed(item: dict[str, Any]) -> dict[str, Any]:
     metadata = dict(item.get("metadata") or {})
     metadata.pop("managedFields", None)
     return {**item, "metadata": metadata}
+
+
+async def seen(
+    watch: DeploymentWatch | None, api: client.ApiClient, namespace: str, name: str
+) -> dict[str, Any] | None:
+    """For waits only: the watched copy when there is one, else the API. Never for a read a
+    write is decided on: the copy may trail the API."""
+    if watch is not None:
+        try:
+            return watch.get(namespace, name)
+        except NotWatched:
+            pass
+    return await kube.call(kube.read_deployment, api, namespace, name)
+
+
+async def poll_until(
+    watch: DeploymentWatch | None,
+    namespace: str,
+    read: Callable[[], Awaitable[T]],
+    done: Callable[[T], bool],
+    *,
+    deadline: datetime,
+    now: kube.Clock,
+    interval: Callable[[], float],
+    watched_interval: float,
+) -> tuple[T, bool]:
+    """``kube.poll_until`` for a wait on ``namespace``'s Deployments: while the namespace is
+    watched, each sleep ends as soon as it changed, and lasts at most ``watched_interval``
+    (how soon a change elsewhere, a release that moved on, is noticed); while it is not,
+    the reads go to the API every ``interval()``."""
+    mark = 0
+
+    def watched() -> bool:
+        return watch is not None and watch.watching(namespace)
+
+    async def marked_read() -> T:
+        nonlocal mark
+        if watch is not None:  # taken before the read: a change during it is not missed
+            mark = watch.mark(namespace)
+        return await read()
+
+    async def sleep(seconds: float) -> None:
+        if watch is not None and watched():
+            await watch.changed_since(namespace, mark, seconds)
+        else:
+            await asyncio.sleep(seconds)
+
+    return await kube.poll_until(
+        marked_read,
+        done,
+        deadline=deadline,
+        now=now,
+        interval=lambda: watched_interval if watched() else interval(),
+        sleep=sleep,
+    )

@@ -257,11 +257,12 @@ ENVIRONMENT: tuple[Variable, ...] = (
     ),
     Variable(
         "CANARYFLOW_WATCH_NAMESPACES",
-        "Namespaces whose Deployments the executor follows with one watch each, "
-        "comma-separated, for an installation limited to them (Helm `rbac.namespaces`); "
-        "unset: one watch of the whole cluster. Steps wait on that copy, not on reads.",
+        "Namespaces whose Deployments the executor and the rollback service follow with one "
+        "watch each, comma-separated, for an installation limited to them (Helm "
+        "`rbac.namespaces`); unset: one watch of the whole cluster. Steps and restores wait "
+        "on that copy, not on reads.",
         "watch_namespaces",
-        services="executor",
+        services="executor, rollback",
     ),
     Variable(
         "CANARYFLOW_ALERTS_TOKEN",

@@ -81,8 +81,8 @@ used by a real release through the API server's audit log, and the refusals.
 
 {{- define "canaryflow.rules.rollback" -}}
 - apiGroups: ["apps"]
-  resources: ["deployments"]  # stable restored, the canary removed; never created
-  verbs: ["get", "update", "delete"]
+  resources: ["deployments"]  # stable restored, the canary removed; never created; watched by the waits
+  verbs: ["get", "list", "watch", "update", "delete"]
 - apiGroups: [""]
   resources: ["configmaps"]  # recorded ones put back, the release's copies deleted
   verbs: ["get", "list", "create", "update", "delete"]
