@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from unittest import mock
 
 from kubernetes import client
 from nats.aio.client import Client as NatsClient
@@ -20,7 +23,9 @@ from tests.support import StackEnv, async_wait_until
 from tests.unit.support_state import sample_state
 
 from canaryflow.demo import shop
+from canaryflow.runtime import kube as kube_access
 from canaryflow.runtime.conventions import readiness_of
+from canaryflow.runtime.deployment_watch import DeploymentWatch
 from canaryflow.runtime.service import Service
 from canaryflow.runtime.settings import Settings
 from canaryflow.runtime.store import ReleaseStore
@@ -233,3 +238,33 @@ def container_of(deployment: dict[str, Any]) -> dict[str, Any]:
 
 def env_of(deployment: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in container_of(deployment).get("env") or []}
+
+
+@dataclass
+class DeploymentReads:
+    """Deployments read, by name: from the API server, and from the watched copy."""
+
+    from_api: Counter[str] = field(default_factory=Counter)
+    from_copy: Counter[str] = field(default_factory=Counter)
+
+
+@contextlib.contextmanager
+def counting_deployment_reads() -> Iterator[DeploymentReads]:
+    """Count this process's Deployment reads while the block runs (the services under test
+    run in it): a wait on the watched copy reads the copy, a polling one the API."""
+    reads = DeploymentReads()
+    read, get = kube_access.read_deployment, DeploymentWatch.get
+
+    def reading(api: client.ApiClient, namespace: str, name: str) -> Any:
+        reads.from_api[name] += 1
+        return read(api, namespace, name)
+
+    def getting(watch: DeploymentWatch, namespace: str, name: str) -> Any:
+        reads.from_copy[name] += 1
+        return get(watch, namespace, name)
+
+    with (
+        mock.patch.object(kube_access, "read_deployment", reading),
+        mock.patch.object(DeploymentWatch, "get", getting),
+    ):
+        yield reads

@@ -15,11 +15,8 @@ import json
 import logging
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
-from unittest import mock
 
 import pytest
 from kubernetes import client
@@ -28,6 +25,7 @@ from prometheus_client import REGISTRY
 from tests.integration.release_support import (
     StreamEvents,
     container_of,
+    counting_deployment_reads,
     create_and_wait,
     deployment_body,
     env_of,
@@ -44,8 +42,6 @@ from tests.support import StackEnv, async_wait_until
 from canaryflow.demo.faults import ready_pods_by_track
 from canaryflow.executor.app import SERVICE_NAME, build_service
 from canaryflow.runtime import conventions
-from canaryflow.runtime import kube as kube_access
-from canaryflow.runtime.deployment_watch import DeploymentWatch
 from canaryflow.runtime.service import Service
 from canaryflow_contracts import Envelope
 from canaryflow_contracts.events import (
@@ -282,22 +278,7 @@ async def test_a_steps_waits_read_the_watched_copy_not_the_api(
     polled, they read three Deployments at 0.1, 0.2, 0.4, 0.8, 1.6 s and every 2 s after."""
     await stable_web(kube, namespace)
     rid = release_id()
-    from_api: list[str] = []
-    from_copy: list[str] = []
-    read, get = kube_access.read_deployment, DeploymentWatch.get
-
-    def reading(api: client.ApiClient, namespace: str, name: str) -> Any:
-        from_api.append(name)
-        return read(api, namespace, name)
-
-    def getting(watch: DeploymentWatch, namespace: str, name: str) -> Any:
-        from_copy.append(name)
-        return get(watch, namespace, name)
-
-    with (
-        mock.patch.object(kube_access, "read_deployment", reading),
-        mock.patch.object(DeploymentWatch, "get", getting),
-    ):
+    with counting_deployment_reads() as reads:
         # A canary that never becomes Ready: its step waits the whole 4 s to its deadline.
         broken = VersionSpec(image=image("v2-never-ready"))
         command = await applying(events, namespace, rid, STEP0, broken, seconds=4)
@@ -307,9 +288,8 @@ async def test_a_steps_waits_read_the_watched_copy_not_the_api(
     assert "canary 0/1 ready" in failed.data.reason
     # The copy answered every look (three Deployments each); the API was read only where a
     # write is decided (the step's writes, before the wait).
-    print(f"read from the copy: {Counter(from_copy)}; from the API: {Counter(from_api)}")
-    assert len(from_copy) >= 3 * 3, from_copy
-    assert Counter(from_api)[f"{NAME}-canary"] <= 1, from_api
+    assert reads.from_copy.total() >= 3 * 3, reads
+    assert reads.from_api[f"{NAME}-canary"] <= 1, reads
 
 
 async def test_a_single_replica_target_cannot_be_split(

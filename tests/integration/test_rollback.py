@@ -24,6 +24,7 @@ from nats.aio.client import Client as NatsClient
 from tests.integration.release_support import (
     StreamEvents,
     container_of,
+    counting_deployment_reads,
     create_and_wait,
     deployment_body,
     env_of,
@@ -222,10 +223,11 @@ async def test_a_failed_verdict_restores_stable_then_removes_the_canary(
 
     # When the metrics-watcher's failing verdict is published
     async with timeline(kube, namespace) as samples:
-        started = time.monotonic()
-        await events.publish(failed_verdict(namespace), rid, f"{rid}.verdict.0.final")
-        completed = await events.wait_for(RollbackCompleted, rid, timeout=60)
-        reported = time.monotonic() - started
+        with counting_deployment_reads() as reads:
+            started = time.monotonic()
+            await events.publish(failed_verdict(namespace), rid, f"{rid}.verdict.0.final")
+            completed = await events.wait_for(RollbackCompleted, rid, timeout=60)
+            reported = time.monotonic() - started
 
     # Then stable is whole with its original configuration, the canary and restore point gone
     assert_restored(kube, namespace, template)
@@ -242,6 +244,10 @@ async def test_a_failed_verdict_restores_stable_then_removes_the_canary(
     assert any(s.stable_complete for s in samples[:first_gone]), samples
     assert all(s.stable_ready + (1 if s.canary_exists else 0) >= FULL_SIZE for s in samples)
     stable_whole = next(s.at for s in samples if s.stable_complete) - started
+    # Stable's wait looked at the watched copy, not at the API every 0.1 s: stable was read
+    # from the API only where a write is decided on it.
+    assert reads.from_copy[NAME] >= 1, reads
+    assert reads.from_api[NAME] <= 5, reads
     canary_gone = next(s.at for s in samples if not s.canary_exists) - started
 
     # When the same release is asked to roll back again (the planner's request, a replay)
