@@ -217,7 +217,7 @@ async def test_the_web_view_lists_plots_follows_and_steers_releases(
     assert await ops.locator("#trace-link").get_attribute("href") or ""
     before = await ops.locator("#verdicts tr[data-event-id]").count()
     await ops.wait_for_function(
-        f"document.querySelectorAll('#verdicts tr[data-event-id]').length >= {before + 3}",
+        f"document.querySelectorAll('#verdicts tr[data-event-id]').length >= {before + 6}",
         timeout=60_000,
     )
     with contextlib.suppress(TimeoutError):

@@ -214,16 +214,18 @@ def verdicts(events: Sequence[Envelope[Any]]) -> list[Json]:
 
 
 def series(events: Sequence[Envelope[Any]]) -> list[Json]:
-    """Per check (a comparison or a guard), its values over time, one point per verdict.
+    """Per metric (a comparison or a guard), its values over time, one point per verdict.
 
     A comparison (``method`` set, a baseline value) gives canary and baseline side by side and
-    the estimated relative change with its interval (the lift of a business metric); a guard
-    gives the canary's value and its threshold."""
+    the estimated relative change with its interval (the lift of a business metric). A guard
+    gives the canary's value against its limit, beside the same guard measured on the baseline
+    (the verdict carries one check per track)."""
     by_metric: dict[str, Json] = {}
     for envelope in events:
         data = envelope.data
         if not isinstance(data, AnalysisVerdict):
             continue
+        points: dict[str, Json] = {}
         for check in data.checks:
             if check.method == "alert":
                 continue  # an alert is a fact, not a number over time
@@ -237,20 +239,35 @@ def series(events: Sequence[Envelope[Any]]) -> list[Json]:
                     "points": [],
                 },
             )
-            entry["points"].append(
-                {
+            point = points.get(check.metric)
+            if point is None:
+                point = points[check.metric] = {
                     "t": _time(envelope.time),
                     "step": data.step.index,
-                    "canary": check.value,
-                    "baseline": check.baseline_value,
-                    "threshold": None if comparison else check.threshold,
-                    "estimate": check.estimate,
-                    "lower": check.lower,
-                    "upper": check.upper,
-                    "statistic": check.statistic,
-                    "passed": check.passed,
+                    "canary": None,
+                    "baseline": None,
+                    "threshold": None,
+                    "estimate": None,
+                    "lower": None,
+                    "upper": None,
+                    "statistic": None,
+                    "passed": None,
                 }
+                entry["points"].append(point)
+            if check.track != "canary":
+                point["baseline"] = check.value
+                continue
+            point.update(
+                canary=check.value,
+                threshold=None if comparison else check.threshold,
+                estimate=check.estimate,
+                lower=check.lower,
+                upper=check.upper,
+                statistic=check.statistic,
+                passed=check.passed,
             )
+            if comparison:
+                point["baseline"] = check.baseline_value
     return list(by_metric.values())
 
 

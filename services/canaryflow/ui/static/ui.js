@@ -138,8 +138,9 @@ window.canaryflow = (function () {
       } else {
         chart("plot-" + safe, container, s.metric + ": canary against its limit", [
           { label: "canary", stroke: "#d9480f", width: 2 },
+          { label: "baseline", stroke: "#1c7ed6", width: 2 },
           { label: "limit", stroke: "#868e96", dash: [6, 4] },
-        ], [t, s.points.map((p) => p.canary), s.points.map((p) => p.threshold)], "value");
+        ], [t, s.points.map((p) => p.canary), s.points.map((p) => p.baseline), s.points.map((p) => p.threshold)], "value");
       }
     }
   }
@@ -149,7 +150,7 @@ window.canaryflow = (function () {
       const base = c.baseline_value !== null && c.baseline_value !== undefined ? " vs baseline " + fmt(c.baseline_value) : "";
       const limit = c.threshold !== null && !c.method ? " (limit " + c.comparison + " " + fmt(c.threshold) + ")" : "";
       const verdict = c.passed === true ? "ok" : c.passed === false ? "FAILED" : "undecided";
-      return c.metric + ": canary " + fmt(c.value) + base + limit + " n=" + Math.round(c.sample_size) + " → " + verdict + (c.decision ? " — " + c.decision : "");
+      return c.metric + ": " + c.track + " " + fmt(c.value) + base + limit + " n=" + Math.round(c.sample_size) + " → " + verdict + (c.decision ? " — " + c.decision : "");
     }).join("\n");
   }
 
