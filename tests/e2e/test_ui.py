@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.serialization import (
 from kubernetes import client
 from nats.js.api import DeliverPolicy
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from canaryflow.demo import shop
 from canaryflow.demo.launcher import PROCESS_BASICS, ServiceLauncher, free_port
@@ -137,12 +138,18 @@ async def browser() -> AsyncIterator[Browser]:
         await launched.close()
 
 
+PAGE_ERRORS: list[str] = []
+
+
 async def as_person(browser: Browser, name: str | None) -> BrowserContext:
-    """A browser context as the proxy would pass it on: ``name`` vouched for, or nobody."""
+    """A browser context as the proxy would pass it on: ``name`` vouched for, or nobody.
+    Every script error of its pages is kept in ``PAGE_ERRORS``."""
     headers = {IDENTITY_HEADER: name, PROXY_SECRET_HEADER: PROXY_SECRET} if name else {}
-    return await browser.new_context(
+    context = await browser.new_context(
         extra_http_headers=headers, viewport={"width": 1280, "height": 900}
     )
+    context.on("weberror", lambda error: PAGE_ERRORS.append(str(error.error)))
+    return context
 
 
 def save(page_png: Path, name: str) -> None:
@@ -185,9 +192,13 @@ async def test_the_web_view_lists_plots_follows_and_steers_releases(
             "keys": [ui.ops_public_key],
         }
     ]
-    shop.apply_policy(kube, namespace, {**shop.quick_policy(hold_seconds=20), "operators": grants})
+    # Pods get 90 s to be ready: on a loaded 2-core machine 30 s rolled a release back
+    # before its first verdict (the page showed it faithfully; the plots were never drawn).
+    web_policy = shop.quick_policy(hold_seconds=20, pod_ready_seconds=90)
+    shop.apply_policy(kube, namespace, {**web_policy, "operators": grants})
     shop.deploy(kube, namespace, name="api")
-    shop.apply_policy(kube, namespace, shop.quick_policy("api"), name="api")
+    api_policy = shop.quick_policy("api", pod_ready_seconds=90)
+    shop.apply_policy(kube, namespace, api_policy, name="api")
     web = await releases.request(namespace, shop.image("v2"))
     api = await releases.request(namespace, shop.image("v2-bad", "api"), target="api")
 
@@ -211,7 +222,11 @@ async def test_the_web_view_lists_plots_follows_and_steers_releases(
     )
     await ops.goto(f"{ui.url}/releases/{web}")
     await watch_rows(ops, "#verdicts")
-    await ops.wait_for_selector('#plots [data-metric^="errors"] canvas', timeout=90_000)
+    try:
+        await ops.wait_for_selector('#plots [data-metric^="errors"] canvas', timeout=120_000)
+    except PlaywrightTimeout:
+        await ops.screenshot(path=tmp_path / "no-plots.png", full_page=True)
+        raise AssertionError(f"no plot; page errors {PAGE_ERRORS}; {tmp_path}") from None
     await ops.wait_for_selector("#weights canvas")
     live_from = time.time()  # verdicts published from now on arrive live, not with the load
     assert await ops.locator("#trace-link").get_attribute("href") or ""
@@ -292,6 +307,7 @@ async def test_the_web_view_lists_plots_follows_and_steers_releases(
     await ops.click('button[data-action="abort"]')
     await releases.events(web, until=(ReleaseRolledBack,), timeout=120)
     await ops.wait_for_selector("#title .status.rolled_back", timeout=30_000)
+    assert PAGE_ERRORS == []
 
 
 def _paused(data: Any) -> bool:
