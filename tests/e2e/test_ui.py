@@ -307,6 +307,11 @@ async def test_the_web_view_lists_plots_follows_and_steers_releases(
     await ops.click('button[data-action="abort"]')
     await releases.events(web, until=(ReleaseRolledBack,), timeout=120)
     await ops.wait_for_selector("#title .status.rolled_back", timeout=30_000)
+    await ops.wait_for_function(
+        "document.querySelectorAll('#commands tr[data-command-id]').length >= 3"
+    )
+    await ops.screenshot(path=tmp_path / "ui-aborted.png", full_page=True)
+    save(tmp_path / "ui-aborted.png", "ui-aborted.png")
     assert PAGE_ERRORS == []
 
 
