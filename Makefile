@@ -20,7 +20,20 @@ $(ASYNCAPI_TOOLS): tools/asyncapi/package.json tools/asyncapi/package-lock.json
 	npm ci --prefix tools/asyncapi --no-audit --no-fund --loglevel=error
 	touch $@
 
-venv: $(VENV)/.installed $(ASYNCAPI_TOOLS)
+# The web view's charting library (uPlot, npm), which `python -m canaryflow.ui` serves itself.
+UI_ASSETS := tools/ui/node_modules/.installed
+$(UI_ASSETS): tools/ui/package.json tools/ui/package-lock.json
+	npm ci --prefix tools/ui --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Debian's chromium, for the web view's browser tests (tests/e2e/test_ui.py, driven by
+# Playwright's Python package): a test tool's own browser download cannot be used here.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+venv: $(VENV)/.installed $(ASYNCAPI_TOOLS) $(UI_ASSETS) $(CHROMIUM)
 
 lint: venv
 	$(VENV)/bin/ruff check services contracts tests deploy/local docs/hooks bench
@@ -91,4 +104,4 @@ mutate: venv
 	$(PY) tools/mutate.py
 
 clean:
-	rm -rf $(VENV) site .stack .mypy_cache .ruff_cache .pytest_cache .mutate tools/asyncapi/node_modules
+	rm -rf $(VENV) site .stack .mypy_cache .ruff_cache .pytest_cache .mutate tools/asyncapi/node_modules tools/ui/node_modules

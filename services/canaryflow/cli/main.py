@@ -17,55 +17,40 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import nats
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
-from nats.js.errors import BucketNotFoundError, NoStreamResponseError, NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError
 from pydantic import ValidationError
 
 from canaryflow.cli import render
-from canaryflow.runtime import operators
+from canaryflow.runtime import commands
+from canaryflow.runtime.commands import OPERATOR_COMMANDS
 from canaryflow.runtime.nats_access import NatsAccess, NatsAccessError
 from canaryflow.runtime.settings import nats_servers
 from canaryflow.runtime.store import ReleaseStore
-from canaryflow_contracts import MESSAGE_ID_HEADER, Envelope, EventData, Subjects
+from canaryflow_contracts import Envelope, EventData, Subjects
 from canaryflow_contracts.events import (
     TERMINAL_EVENTS,
-    AbortRelease,
     ConfigMapChange,
     EnvVar,
     OpenGate,
     OperatorCommand,
-    PauseRelease,
     PolicyOverrides,
-    PromoteNow,
     ReleasePlanned,
     ReleaseRejected,
     ReleaseRequested,
     ReleaseSucceeded,
     RequestRefused,
-    ResumeRelease,
     SetWeight,
     TargetRef,
     VersionSpec,
     parse_event,
 )
 from canaryflow_contracts.identities import IDENTITIES, authorization
-
-OPERATOR_COMMANDS: dict[str, type[OperatorCommand]] = {
-    "pause": PauseRelease,
-    "resume": ResumeRelease,
-    "abort": AbortRelease,
-    "promote": PromoteNow,
-    "set-weight": SetWeight,
-    "open-gate": OpenGate,
-}
 
 
 class CliError(Exception):
@@ -148,21 +133,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def signing_key(path: str) -> Ed25519PrivateKey:
     """The operator's private key from an OpenSSH key file; CliError with what is wrong."""
-    passphrase = os.environ.get("CANARYFLOW_OPERATOR_KEY_PASSPHRASE")
     try:
-        key = load_ssh_private_key(
-            Path(path).read_bytes(), passphrase.encode() if passphrase else None
-        )
-    except OSError as error:
-        raise CliError(f"cannot read the key {path}: {error.strerror}") from error
-    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
-        raise CliError(
-            f"{path} is not an OpenSSH private key this CLI can use ({error}); a key with a "
-            "passphrase needs CANARYFLOW_OPERATOR_KEY_PASSPHRASE"
-        ) from error
-    if not isinstance(key, Ed25519PrivateKey):
-        raise CliError(f"{path} is a {type(key).__name__}: commands are signed with ed25519 keys")
-    return key
+        return commands.signing_key(path, os.environ.get("CANARYFLOW_OPERATOR_KEY_PASSPHRASE"))
+    except commands.CommandError as error:
+        raise CliError(str(error)) from error
 
 
 async def _report_nothing(error: Exception) -> None:
@@ -193,33 +167,22 @@ async def _publish(
     release_id: str,
     key: Ed25519PrivateKey | None = None,
 ) -> str:
-    envelope = Envelope.wrap(data, release_id=release_id, source="canaryflow/cli")
-    if key is not None:
-        envelope = operators.sign(envelope, key)
-    js = nc.jetstream()
+    envelope = commands.envelope_for(data, release_id, "canaryflow/cli", key)
     try:
-        await js.publish(
-            subjects.of(type(data), release_id),
-            envelope.model_dump_json().encode(),
-            headers={MESSAGE_ID_HEADER: envelope.id},
-            stream=subjects.events_stream.name,
-        )
-    except (NoStreamResponseError, NotFoundError) as error:
-        raise CliError(
-            f"no stream {subjects.events_stream.name} on this NATS: are canaryflow's services "
-            f"running with prefix {subjects.prefix!r}? ({error!r})"
-        ) from error
-    return envelope.id
+        return await commands.publish(nc, subjects, envelope)
+    except commands.CommandError as error:
+        raise CliError(str(error)) from error
 
 
 def operator_command(args: argparse.Namespace) -> OperatorCommand:
     """The command an operator subcommand asks for, with who asks and why."""
-    kind = OPERATOR_COMMANDS[args.command]
-    if kind is SetWeight:
-        return SetWeight(actor=args.by, reason=args.reason, weight=args.weight)
-    if kind is OpenGate:
-        return OpenGate(actor=args.by, reason=args.reason, gate=args.gate)
-    return kind(actor=args.by, reason=args.reason)
+    return commands.operator_command(
+        args.command,
+        args.by,
+        args.reason,
+        weight=getattr(args, "weight", None),
+        gate=getattr(args, "gate", None),
+    )
 
 
 def _config_changes(items: list[str]) -> list[ConfigMapChange]:
