@@ -11,17 +11,27 @@ service changes and removes Deployments but cannot make one, nor touch RBAC.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from tests.support import StackEnv, chart, client_with_token, kubeconfig_with_token, narrow_token
+from tests.support import (
+    StackEnv,
+    async_wait_until,
+    chart,
+    client_with_token,
+    kubeconfig_with_token,
+    narrow_token,
+)
 
 from canaryflow.demo import shop
 from canaryflow.metrics_watcher.policies import KubePolicySource
 from canaryflow.planner.validation import KubeClusterReader
+from canaryflow.runtime.deployment_watch import DeploymentWatch
+from canaryflow.runtime.service import stop_task
 
 pytestmark = pytest.mark.stack
 
@@ -191,3 +201,27 @@ def test_the_rollback_service_restores_deployments_but_cannot_make_one_or_touch_
     rbac = client.RbacAuthorizationV1Api(narrow)
     role = {"metadata": {"name": "escalate"}, "rules": []}
     assert _refused(lambda: rbac.create_namespaced_role(namespace, role)) == 403
+
+
+@pytest.mark.parametrize("component", ["executor", "rollback"])
+async def test_the_services_that_wait_on_deployments_may_watch_them(
+    kube: client.ApiClient, namespace: str, chart_rules: Rules, component: str
+) -> None:
+    """The executor's and the rollback service's waits follow one watch (deployment_watch):
+    their rules let it list and follow the namespace's Deployments."""
+    client.AppsV1Api(kube).create_namespaced_deployment(namespace, _deployment("web"))
+    narrow = client_with_token(
+        kube, narrow_token(kube, namespace, component, chart_rules[component])
+    )
+    watch = DeploymentWatch(narrow, (namespace,))
+    following = asyncio.create_task(watch.run())
+    try:
+
+        async def following_it() -> bool | None:
+            return watch.watching(namespace) or None
+
+        await async_wait_until(following_it, timeout=20, message=f"{component}'s watch")
+        found = watch.get(namespace, "web")
+        assert found is not None and found["metadata"]["name"] == "web"
+    finally:
+        await stop_task(following)
