@@ -101,6 +101,7 @@ class Subjects:
                     "hook",
                     "command",
                     "request",
+                    "group",
                 )
             ),
             max_age_seconds=EVENT_RETENTION_SECONDS,

@@ -20,6 +20,16 @@ from canaryflow_contracts.events import (
     ContainerResources,
     DeadLetter,
     EnvVar,
+    GroupMember,
+    GroupMemberRef,
+    GroupPlanned,
+    GroupPromoteMember,
+    GroupRejected,
+    GroupRequested,
+    GroupRolledBack,
+    GroupStatusChanged,
+    GroupSucceeded,
+    GroupTransition,
     HookCompleted,
     MetricCheck,
     OpenGate,
@@ -210,4 +220,32 @@ def one_of_each() -> list[EventData]:
             payload_bytes=1,
             payload_truncated=False,
         ),
+        GroupRequested(
+            members=[
+                GroupMember(target=TargetRef(namespace="shop", name="api"), version=VERSION),
+                GroupMember(target=TARGET, version=VERSION),
+            ],
+            requested_by="ci@example",
+            reason="checkout needs the new cart API",
+        ),
+        GroupPlanned(members=[GROUP_MEMBER], request_id="g-1"),
+        GroupRejected(reasons=["member 1 (shop/web): no ReleasePolicy"], request_id="g-1"),
+        GroupStatusChanged(
+            status=GroupTransition.MEMBER_WAITING,
+            member="checkout-1-m1",
+            target=TARGET,
+            detail="checkout-1-m1 passed its canary and waits for the group",
+        ),
+        GroupPromoteMember(group="checkout-1", target=TARGET),
+        GroupSucceeded(summary="2 member(s) promoted in order", members=[GROUP_MEMBER]),
+        GroupRolledBack(
+            summary="rolled back",
+            members=[GROUP_MEMBER],
+            failed_member="checkout-1-m2",
+            reason="member checkout-1-m2 rolled_back: error rate",
+            rolled_back_order=["checkout-1-m2", "checkout-1-m1"],
+        ),
     ]
+
+
+GROUP_MEMBER = GroupMemberRef(release_id="checkout-1-m1", target=TARGET)
