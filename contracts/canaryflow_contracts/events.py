@@ -124,6 +124,13 @@ class ReleaseRequested(EventData):
         "at the group's gate before promotion until every member passed. A request naming a "
         "group that does not list it is rejected.",
     )
+    pipeline: str = Field(
+        default="",
+        max_length=63,
+        description="The release pipeline this release is an environment of ('' for none). "
+        "Set by the planner on the requests it publishes for a PipelineRequested; a request "
+        "naming a pipeline that did not start it is rejected.",
+    )
 
 
 class RequestRefused(EventData):
@@ -691,6 +698,111 @@ class GroupRolledBack(_GroupOutcome):
     )
 
 
+# --------------------------------------------------------------------------- release pipelines
+
+
+class PipelineEnvironment(_Part):
+    """One environment of a pipeline: a namespace whose ReleasePolicy for the target says how
+    the version is released there (test: one step, no analysis; production: the full canary)."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$", max_length=32)
+    namespace: str = Field(pattern=DNS_LABEL_PATTERN, max_length=63)
+    gate: bool = Field(
+        default=False,
+        description="Wait, before this environment starts, for OpenPipelineGate naming it.",
+    )
+
+
+class PipelineRequested(EventData):
+    """Public API. Published by any system to move one version through environments in order.
+
+    The envelope's ``subject`` is the pipeline id the requester chose. Environment ``i`` (from
+    1) is the release ``<pipeline id>-e<i>`` of Deployment ``target`` in its namespace, with
+    exactly ``version``; it starts only when the one before it succeeded (and its gate, if any,
+    was opened). A failure stops the pipeline there: that environment is rolled back, the
+    ones before it keep the version, the ones after it are never touched.
+    """
+
+    event_domain = "pipeline"
+    event_name = "requested"
+    subject_key = "pipelineId"
+
+    target: str = Field(
+        pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="The Deployment's name."
+    )
+    version: VersionSpec
+    environments: list[PipelineEnvironment] = Field(min_length=1, max_length=9)
+    requested_by: str = Field(min_length=1, max_length=256)
+    reason: str = Field(default="", max_length=2048)
+
+
+class PipelinePlanned(EventData):
+    """Owner: planner. The pipeline's request is valid: its environments, as releases."""
+
+    event_domain = "pipeline"
+    event_name = "planned"
+    subject_key = "pipelineId"
+
+    version: VersionSpec
+    releases: list[str] = Field(description="Each environment's release id, in order.")
+    request_id: str
+
+
+class PipelineTransition(StrEnum):
+    ENVIRONMENT_STARTED = "environment_started"
+    ENVIRONMENT_SUCCEEDED = "environment_succeeded"
+    GATE_WAITING = "gate_waiting"
+    GATE_OPENED = "gate_opened"
+
+
+class PipelineStatusChanged(EventData):
+    """Owner: planner. A non-terminal transition of a pipeline, naming its environment."""
+
+    event_domain = "pipeline"
+    event_name = "status"
+    subject_key = "pipelineId"
+
+    status: PipelineTransition
+    environment: str
+    release_id: str
+    detail: str
+
+
+class OpenPipelineGate(OperatorCommand):
+    """Open the gate before a pipeline's environment (on the pipeline's id). Allowed to whom
+    the ReleasePolicy of that environment grants ``open-gate``."""
+
+    event_name = "open_pipeline_gate"
+    subject_key = "pipelineId"
+    environment: str = Field(min_length=1, max_length=32)
+
+
+class PipelineSucceeded(EventData):
+    """Owner: planner. Terminal: the version succeeded in every environment, in order."""
+
+    event_domain = "pipeline"
+    event_name = "succeeded"
+    subject_key = "pipelineId"
+
+    summary: str
+    version: VersionSpec
+
+
+class PipelineStopped(EventData):
+    """Owner: planner. Terminal: an environment failed (or the request was rejected); that
+    environment was rolled back, the later ones never started."""
+
+    event_domain = "pipeline"
+    event_name = "stopped"
+    subject_key = "pipelineId"
+
+    environment: str = Field(description="Where it stopped ('' when rejected).")
+    release_id: str = ""
+    reasons: list[str] = Field(min_length=1)
+    evidence: list[MetricCheck] = Field(default_factory=list)
+    request_id: str = ""
+
+
 # --------------------------------------------------------------------------- trust
 
 
@@ -743,7 +855,7 @@ class DeadLetter(EventData):
     )
 
 
-for _model in (ReleaseSucceeded, ReleaseRolledBack, ReleaseFailed):
+for _model in (ReleaseSucceeded, ReleaseRolledBack, ReleaseFailed, PipelineStopped):
     _model.model_rebuild()
 
 
@@ -799,6 +911,12 @@ CATALOGUE: tuple[CatalogueEntry, ...] = (
     CatalogueEntry(GroupPromoteMember, "planner", ("planner",)),
     CatalogueEntry(GroupSucceeded, "planner", ("the requester",)),
     CatalogueEntry(GroupRolledBack, "planner", ("the requester",)),
+    CatalogueEntry(PipelineRequested, "any requester", ("planner",)),
+    CatalogueEntry(PipelinePlanned, "planner", ("the requester",)),
+    CatalogueEntry(PipelineStatusChanged, "planner", ("the requester",)),
+    CatalogueEntry(OpenPipelineGate, "operator (CLI) or any system", ("planner",)),
+    CatalogueEntry(PipelineSucceeded, "planner", ("the requester",)),
+    CatalogueEntry(PipelineStopped, "planner", ("the requester",)),
 )
 
 EVENT_TYPES: dict[str, type[EventData]] = {

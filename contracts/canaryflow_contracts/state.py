@@ -141,6 +141,7 @@ class ReleaseState(TextModel):
     notify: list[Notify] = Field(default_factory=list, description="The policy's notifications.")
     waiting: Waiting | None = None
     group: str = Field(default="", description="The release group it is a member of, if any.")
+    pipeline: str = Field(default="", description="The pipeline it is an environment of, if any.")
     history: list[HistoryEntry] = Field(default_factory=list)
     seen_event_ids: list[str] = Field(default_factory=list)
 
@@ -193,6 +194,53 @@ class GroupState(TextModel):
     outcome_reason: str = ""
     failed_member: str = ""
     rolled_back_order: list[str] = Field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime
+    trace_parent: str = ""
+    history: list[HistoryEntry] = Field(default_factory=list)
+
+
+class PipelineStatus(StrEnum):
+    RUNNING = "running"  # an environment's release is under way (or about to start)
+    WAITING = "waiting"  # at the gate before the next environment
+    SUCCEEDED = "succeeded"
+    STOPPED = "stopped"  # an environment failed: the later ones never start
+    REJECTED = "rejected"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (PipelineStatus.SUCCEEDED, PipelineStatus.STOPPED, PipelineStatus.REJECTED)
+
+
+class PipelineStage(TextModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    namespace: str
+    gate: bool = False
+    release_id: str
+    gate_opened_at: datetime | None = None
+    gate_opened_by: str = ""
+    started_at: datetime | None = None
+    outcome: str = ""
+
+
+class PipelineState(TextModel):
+    """A release pipeline as the planner keeps it (key ``pipeline.<id>``), compare-and-set.
+    ``version`` is the one artefact every environment gets, exactly as requested."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pipeline_id: str
+    target: str
+    version: VersionSpec
+    stages: list[PipelineStage]
+    status: PipelineStatus
+    requested_by: str
+    reason: str = ""
+    request_id: str
+    stopped_at_stage: str = ""
+    outcome_reason: str = ""
     created_at: datetime
     updated_at: datetime
     trace_parent: str = ""

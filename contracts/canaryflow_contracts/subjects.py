@@ -102,6 +102,7 @@ class Subjects:
                     "command",
                     "request",
                     "group",
+                    "pipeline",
                 )
             ),
             max_age_seconds=EVENT_RETENTION_SECONDS,

@@ -24,8 +24,10 @@ from canaryflow_contracts.events import (
     PromotionCompleted,
     ReleasePlanned,
     ReleaseRolledBack,
+    ReleaseStatusChanged,
     ReleaseSucceeded,
     RollbackCompleted,
+    StatusChange,
 )
 from tests.e2e.conftest import Releases
 
@@ -77,9 +79,15 @@ async def test_a_group_whose_members_pass_is_promoted_together_in_dependency_ord
     # and nothing was promoted before every member had passed; the API first.
     api_promoted = _first(api_events, PromotionCompleted).time
     web_promoted = _first(web_events, PromotionCompleted).time
-    web_waiting = [e for e in web_events if e.data.__class__.__name__ == "ReleaseStatusChanged"]
+    web_waiting = [
+        e
+        for e in web_events
+        if isinstance(e.data, ReleaseStatusChanged)
+        and e.data.status is StatusChange.WAITING
+        and f"group {group_id}" in e.data.detail
+    ]
     assert web_waiting, "the web member never waited at the group's gate"
-    assert web_waiting[-1].time <= api_promoted <= web_promoted
+    assert web_waiting[0].time <= api_promoted <= web_promoted
     assert _images(kube, two_services) == {
         "api": shop.image("v2", "api"),
         "web": shop.image("v2"),

@@ -17,7 +17,7 @@ from typing import Any, Protocol, cast
 from opentelemetry import trace
 from pydantic import ConfigDict, ValidationError
 
-from canaryflow.planner import groups
+from canaryflow.planner import groups, pipelines
 from canaryflow.planner.gauges import canary_weights, release_counts
 from canaryflow.planner.group_app import GroupCoordinator
 from canaryflow.planner.machine import (
@@ -30,6 +30,7 @@ from canaryflow.planner.machine import (
     reject,
     request_again,
 )
+from canaryflow.planner.pipeline_app import PipelineCoordinator
 from canaryflow.planner.planning import Admission, Refusal
 from canaryflow.planner.reconcile import DEFAULT_TIMINGS, ReconcileTimings, reconcile
 from canaryflow.planner.validation import (
@@ -43,7 +44,7 @@ from canaryflow.runtime.bus import Delivery, Unreadable
 from canaryflow.runtime.ports import Publisher
 from canaryflow.runtime.service import Route, Service
 from canaryflow.runtime.settings import Settings
-from canaryflow.runtime.store import StaleWrite, Versioned, VersionedGroup
+from canaryflow.runtime.store import StaleWrite, Versioned, VersionedGroup, VersionedPipeline
 from canaryflow.runtime.traffic import ROUTERS
 from canaryflow_contracts import Envelope, EventData
 from canaryflow_contracts.events import (
@@ -99,6 +100,7 @@ class StateStore(Protocol):
 
 class GroupReader(Protocol):
     async def get_group(self, group_id: str) -> VersionedGroup | None: ...
+    async def get_pipeline(self, pipeline_id: str) -> VersionedPipeline | None: ...
 
 
 Clock = Callable[[], datetime]
@@ -209,7 +211,7 @@ class Planner:
         request = event.data
         now = self._clock()
         admitted = await validate(request, self._cluster, now, self._routers)
-        if isinstance(admitted, Admission) and request.group:
+        if isinstance(admitted, Admission) and (request.group or request.pipeline):
             why = await self._group_refusal(release_id, request)
             if why is not None:
                 admitted = Refusal((why,))
@@ -249,9 +251,15 @@ class Planner:
         return True
 
     async def _group_refusal(self, release_id: str, request: ReleaseRequested) -> str | None:
-        """Why a request naming a group may not be that group's member (None: it may)."""
+        """Why a request naming a group (or a pipeline) may not be its member (None: it may)."""
         if self._groups is None:
-            return "release groups are not served by this planner"
+            return "release groups and pipelines are not served by this planner"
+        if request.group and request.pipeline:
+            return "a release is a group's member or a pipeline's environment, not both"
+        if request.pipeline:
+            pipeline = await self._groups().get_pipeline(request.pipeline)
+            state = pipeline.state if pipeline is not None else None
+            return pipelines.listed(state, release_id, request)
         group = await self._groups().get_group(request.group)
         return groups.listed(group.state if group is not None else None, release_id, request)
 
@@ -435,10 +443,22 @@ def build_service(
         routers=settings.enabled_routers,
         groups=lambda: service.store,
     )
-    coordinator = GroupCoordinator(
+    pipeline_coordinator = PipelineCoordinator(
         lambda: service.store, service.publisher, cluster, clock, routers=settings.enabled_routers
     )
-    service.route(planner.routes(settings.subjects.requests()) + coordinator.routes())
+    coordinator = GroupCoordinator(
+        lambda: service.store,
+        service.publisher,
+        cluster,
+        clock,
+        routers=settings.enabled_routers,
+        pipelines=pipeline_coordinator.advance,
+    )
+    service.route(
+        planner.routes(settings.subjects.requests())
+        + coordinator.routes()
+        + pipeline_coordinator.routes()
+    )
 
     async def reconcile_loop() -> None:
         await planner.reconcile_forever(settings.reconcile_seconds)
@@ -448,6 +468,7 @@ def build_service(
             await asyncio.sleep(settings.reconcile_seconds)
             try:
                 await coordinator.reconcile_once()
+                await pipeline_coordinator.reconcile_once()
             except Exception:
                 log.exception("group reconcile pass failed")
 

@@ -1,5 +1,5 @@
-"""Release groups as part of the planner service: requests in, group state written with
-compare-and-set, member commands out.
+"""Release groups (and pipelines' member events) as part of the planner service: requests
+in, group state written with compare-and-set, member commands out.
 
 The handlers only translate. A group request is checked (``groups.check``, and each member
 against its policy as a release would be), stored, and advanced. Every outcome or status
@@ -10,7 +10,7 @@ the members' states, not the event, so any of them (or the reconcile pass) does 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -70,7 +70,9 @@ class GroupCoordinator:
         clock: Callable[[], datetime],
         *,
         routers: Collection[str],
+        pipelines: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
+        self._pipelines = pipelines  # advances the pipeline a release is an environment of
         self._store = store
         self._publisher = publisher
         self._cluster = cluster
@@ -139,6 +141,10 @@ class GroupCoordinator:
 
     async def on_member_event(self, event: Envelope[Any], delivery: Delivery | None = None) -> None:
         member = await self._store().get(event.subject)
+        if member is not None and member.state.pipeline and self._pipelines is not None:
+            tracing.handling(f"pipeline {member.state.pipeline}: environment {event.subject}")
+            await self._pipelines(member.state.pipeline)
+            return
         if member is None or not member.state.group:
             return  # not a group's member: nothing for a group to do
         tracing.handling(f"group {member.state.group}: member {event.subject}")

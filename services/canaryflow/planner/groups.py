@@ -38,6 +38,8 @@ from canaryflow_contracts.events import (
     GroupStatusChanged,
     GroupSucceeded,
     GroupTransition,
+    OpenPipelineGate,
+    PipelineRequested,
     ReleaseFailed,
     ReleaseRejected,
     ReleaseRequested,
@@ -69,8 +71,9 @@ MemberEvent = (
 """What may move a group: a member at the group's gate (a status change) or ended. Each only
 makes the group read its members again (``advance``)."""
 
-GroupEvent = GroupRequested | MemberEvent
-"""Every event the planner handles for groups (``group_app``), besides ``DecidedEvent``."""
+GroupEvent = GroupRequested | PipelineRequested | OpenPipelineGate | MemberEvent
+"""Every event the planner handles for groups and pipelines (``group_app``, ``pipeline_app``),
+besides ``DecidedEvent``."""
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,7 @@ def accept(
         # A group's member waits at the group's gate after the policy's own gates.
         hooks=[*admission.hooks, waits.group_gate()] if request.group else admission.hooks,
         group=request.group,
+        pipeline=request.pipeline,
         notify=admission.notify,
         last_command_at=now,
         created_at=now,

@@ -15,6 +15,7 @@ from canaryflow_contracts.events import (
     ApplyPhase,
     DeadLetter,
     GroupRequested,
+    PipelineRequested,
     ReleaseRequested,
     RollbackRequested,
 )
@@ -82,7 +83,7 @@ def test_a_requester_may_request_releases_and_groups_and_nothing_else() -> None:
     assert _may_publish("requester", SUBJECTS.of(GroupRequested, "group-1"))
     assert _may_publish("requester", "shop.release.requested.anything.else")
     for entry in CATALOGUE:
-        if entry.event not in (ReleaseRequested, GroupRequested):
+        if entry.event not in (ReleaseRequested, GroupRequested, PipelineRequested):
             subject = SUBJECTS.of(entry.event, "rel-1")
             assert not _may_publish("requester", subject), subject
     # Nor write release state, nor acknowledge a service's messages, nor bind its consumer.
