@@ -8,6 +8,8 @@ fails its canary, both end on v1, the second rolled back before the first.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from kubernetes import client
 
@@ -36,10 +38,16 @@ pytestmark = pytest.mark.stack
 GROUP_END = (GroupSucceeded, GroupRolledBack, GroupRejected)
 
 
+# What a group does, not judgement: on a loaded 2-core machine a good version measured a p99
+# of 1.85 s, over the quick policy's 1 s; v2-bad's 20 % errors still fail the 5 % guard.
+STEADY: dict[str, Any] = {"max_p99_seconds": 5.0, "compare": False}
+
+
 @pytest.fixture
 def two_services(kube: client.ApiClient, shop_namespace: str) -> str:
     shop.deploy(kube, shop_namespace, name="api")
-    shop.apply_policy(kube, shop_namespace, shop.quick_policy("api"), name="api")
+    shop.apply_policy(kube, shop_namespace, shop.quick_policy("api", **STEADY), name="api")
+    shop.apply_policy(kube, shop_namespace, shop.quick_policy(**STEADY))
     return shop_namespace
 
 
