@@ -25,6 +25,7 @@ from canaryflow_contracts.events import (
     GroupTransition,
     PromotionCompleted,
     ReleasePlanned,
+    ReleaseRejected,
     ReleaseRolledBack,
     ReleaseStatusChanged,
     ReleaseSucceeded,
@@ -146,5 +147,24 @@ async def test_a_group_naming_a_deployment_already_in_flight_is_rejected_with_a_
     assert isinstance(rejected, GroupRejected), [e.type for e in group_events]
     assert rejected.reasons == [
         f"member 2 ({two_services}/web): Deployment already has a release in flight: {busy}"
+    ]
+    await releases.events(busy, timeout=300)
+
+
+async def test_a_release_beyond_the_namespace_limit_is_rejected_with_the_count(
+    kube: client.ApiClient, two_services: str, releases: Releases
+) -> None:
+    limited = {**shop.quick_policy("api", **STEADY), "limits": {"namespace": 1}}
+    shop.apply_policy(kube, two_services, limited, name="api")
+    busy = await releases.request(two_services, shop.image("v2"))
+    await releases.events(busy, until=(ReleasePlanned,), timeout=60)
+
+    refused = await releases.request(two_services, shop.image("v2", "api"), target="api")
+    events = await releases.events(refused, timeout=60)
+
+    rejected = events[-1].data
+    assert isinstance(rejected, ReleaseRejected), [e.type for e in events]
+    assert rejected.reasons == [
+        f"namespace {two_services} has 1 release(s) in flight ({busy}); its policy allows 1"
     ]
     await releases.events(busy, timeout=300)

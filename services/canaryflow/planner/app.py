@@ -31,7 +31,7 @@ from canaryflow.planner.machine import (
     request_again,
 )
 from canaryflow.planner.pipeline_app import PipelineCoordinator
-from canaryflow.planner.planning import Admission, Refusal
+from canaryflow.planner.planning import Admission, Refusal, limit_refusal
 from canaryflow.planner.reconcile import DEFAULT_TIMINGS, ReconcileTimings, reconcile
 from canaryflow.planner.validation import (
     ClusterReader,
@@ -213,6 +213,15 @@ class Planner:
         admitted = await validate(request, self._cluster, now, self._routers)
         if isinstance(admitted, Admission) and (request.group or request.pipeline):
             why = await self._group_refusal(release_id, request)
+            if why is not None:
+                admitted = Refusal((why,))
+        if isinstance(admitted, Admission) and admitted.limits is not None:
+            in_flight = [
+                (v.state.target.namespace, v.state.release_id)
+                for v in await store.all()
+                if not v.state.status.terminal
+            ]
+            why = limit_refusal(admitted.limits, request.target.namespace, in_flight)
             if why is not None:
                 admitted = Refusal((why,))
         if isinstance(admitted, Admission):
