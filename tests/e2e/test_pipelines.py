@@ -36,11 +36,12 @@ from canaryflow_contracts.events import (
 )
 from tests.conftest import TEST_NAMESPACE_LABEL
 from tests.e2e.conftest import Releases
-from tests.support import wait_until
+from tests.support import JaegerQuery, wait_until
 
 pytestmark = pytest.mark.stack
 
 PIPELINE_END = (PipelineSucceeded, PipelineStopped)
+SERVICES = ("canaryflow-planner", "canaryflow-executor", "canaryflow-metrics-watcher")
 GOOD = {"error_rate": 0.005, "latency_ms": {"median": 40, "p99": 120}}
 BAD = {"error_rate": 0.2, "latency_ms": {"median": 40, "p99": 120}}
 
@@ -163,8 +164,20 @@ async def test_a_version_walks_three_environments_through_a_gate_and_a_restart(
     assert _image(kube, environments["production"]) == shop.image("v2")
 
 
+def _trace_ids(jaeger: JaegerQuery, subject: str) -> set[str]:
+    """Every trace in which any service tagged a span with this release (or pipeline) id."""
+    return {
+        str(trace["traceID"])
+        for service in SERVICES
+        for trace in jaeger.find_traces(service, {"canaryflow.release.id": subject})
+    }
+
+
 async def test_a_version_failing_in_staging_never_touches_production(
-    kube: client.ApiClient, environments: dict[str, str], releases: Releases
+    kube: client.ApiClient,
+    environments: dict[str, str],
+    releases: Releases,
+    jaeger: JaegerQuery,
 ) -> None:
     pipeline_id = f"pipe-{uuid.uuid4().hex[:8]}"
     await releases.publish(_request(environments, shop.image("v2-bad")), pipeline_id)
@@ -186,3 +199,16 @@ async def test_a_version_failing_in_staging_never_touches_production(
     assert production == []
     deployments = client.AppsV1Api(kube).list_namespaced_deployment(environments["production"])
     assert [d.metadata.name for d in deployments.items] == ["web"]
+
+    # One trace for the pipeline, with each environment's release beneath it.
+    def one_trace() -> set[str] | None:
+        by_subject = [
+            _trace_ids(jaeger, subject)
+            for subject in (pipeline_id, stage_id(pipeline_id, 0), stage_id(pipeline_id, 1))
+        ]
+        if not all(by_subject):
+            return None  # Jaeger has not every span yet
+        return set().union(*by_subject)
+
+    traces = wait_until(one_trace, timeout=60, message="the pipeline's traces", interval=2)
+    assert len(traces) == 1, traces
