@@ -116,6 +116,21 @@ class ReleaseRequested(EventData):
     overrides: PolicyOverrides = Field(default_factory=PolicyOverrides)
     requested_by: str = Field(min_length=1, max_length=256)
     reason: str = Field(default="", max_length=2048)
+    group: str = Field(
+        default="",
+        max_length=63,
+        description="The release group this release is a member of ('' for none). Set by the "
+        "planner on the member requests it publishes for a GroupRequested: a member waits "
+        "at the group's gate before promotion until every member passed. A request naming a "
+        "group that does not list it is rejected.",
+    )
+    pipeline: str = Field(
+        default="",
+        max_length=63,
+        description="The release pipeline this release is an environment of ('' for none). "
+        "Set by the planner on the requests it publishes for a PipelineRequested; a request "
+        "naming a pipeline that did not start it is rejected.",
+    )
 
 
 class RequestRefused(EventData):
@@ -564,6 +579,230 @@ class HookCompleted(EventData):
     detail: str = Field(default="", max_length=2048)
 
 
+# --------------------------------------------------------------------------- release groups
+
+
+class GroupMember(_Part):
+    """One Deployment of a release group and the exact version it gets."""
+
+    target: TargetRef
+    version: VersionSpec
+
+
+class GroupRequested(EventData):
+    """Public API. Published by any system to release several Deployments as one unit.
+
+    The envelope's ``subject`` is the group id the requester chose. Members are listed in
+    dependency order (the cart API before the checkout page): each is canaried in that order,
+    judged on its own, and waits at the group's gate before promotion; when every member
+    passed they are promoted in that order, and when any fails the others are rolled back in
+    the reverse order. Member ``i`` (from 1) is the release ``<group id>-m<i>``.
+    """
+
+    event_domain = "group"
+    event_name = "requested"
+    subject_key = "groupId"
+
+    members: list[GroupMember] = Field(min_length=1, max_length=10)
+    requested_by: str = Field(min_length=1, max_length=256)
+    reason: str = Field(default="", max_length=2048)
+
+
+class GroupMemberRef(_Part):
+    release_id: str
+    target: TargetRef
+
+
+class GroupPlanned(EventData):
+    """Owner: planner. The group's request is valid; these releases will be its members."""
+
+    event_domain = "group"
+    event_name = "planned"
+    subject_key = "groupId"
+
+    members: list[GroupMemberRef]
+    request_id: str = Field(description="The envelope id of the GroupRequested.")
+
+
+class GroupRejected(EventData):
+    """Owner: planner. Terminal: the group's request was judged and rejected; nothing started."""
+
+    event_domain = "group"
+    event_name = "rejected"
+    subject_key = "groupId"
+
+    reasons: list[str] = Field(min_length=1)
+    request_id: str
+
+
+class GroupTransition(StrEnum):
+    """What a ``GroupStatusChanged`` announces."""
+
+    MEMBER_STARTED = "member_started"  # the member's release was requested
+    MEMBER_WAITING = "member_waiting"  # the member passed its canary, waits for the others
+    PROMOTING = "promoting"  # every member passed: promotion, in dependency order
+    MEMBER_PROMOTED = "member_promoted"
+    ROLLING_BACK = "rolling_back"  # a member failed: the others go back, in reverse order
+    MEMBER_ROLLED_BACK = "member_rolled_back"
+
+
+class GroupStatusChanged(EventData):
+    """Owner: planner. A non-terminal transition of a group, naming the member it concerns."""
+
+    event_domain = "group"
+    event_name = "status"
+    subject_key = "groupId"
+
+    status: GroupTransition
+    member: str = Field(description="The member's release id.")
+    target: TargetRef
+    detail: str
+
+
+class GroupPromoteMember(EventData):
+    """Owner: planner (command to itself, on the member's release id). Every member of the
+    group passed: this member may leave the group's gate and be promoted."""
+
+    event_domain = "group"
+    event_name = "promote_member"
+
+    group: str
+    target: TargetRef
+
+
+class _GroupOutcome(EventData):
+    subject_key = "groupId"
+
+    summary: str
+    members: list[GroupMemberRef]
+
+
+class GroupSucceeded(_GroupOutcome):
+    """Owner: planner. Terminal: every member was promoted, in dependency order."""
+
+    event_domain = "group"
+    event_name = "succeeded"
+
+
+class GroupRolledBack(_GroupOutcome):
+    """Owner: planner. Terminal: a member failed and every started member was rolled back, in
+    reverse order (``rolled_back_order``); ``failed_member`` and ``reason`` say why."""
+
+    event_domain = "group"
+    event_name = "rolled_back"
+
+    failed_member: str
+    reason: str
+    rolled_back_order: list[str] = Field(
+        description="Member release ids in the order they were rolled back."
+    )
+
+
+# --------------------------------------------------------------------------- release pipelines
+
+
+class PipelineEnvironment(_Part):
+    """One environment of a pipeline: a namespace whose ReleasePolicy for the target says how
+    the version is released there (test: one step, no analysis; production: the full canary)."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$", max_length=32)
+    namespace: str = Field(pattern=DNS_LABEL_PATTERN, max_length=63)
+    gate: bool = Field(
+        default=False,
+        description="Wait, before this environment starts, for OpenPipelineGate naming it.",
+    )
+
+
+class PipelineRequested(EventData):
+    """Public API. Published by any system to move one version through environments in order.
+
+    The envelope's ``subject`` is the pipeline id the requester chose. Environment ``i`` (from
+    1) is the release ``<pipeline id>-e<i>`` of Deployment ``target`` in its namespace, with
+    exactly ``version``; it starts only when the one before it succeeded (and its gate, if any,
+    was opened). A failure stops the pipeline there: that environment is rolled back, the
+    ones before it keep the version, the ones after it are never touched.
+    """
+
+    event_domain = "pipeline"
+    event_name = "requested"
+    subject_key = "pipelineId"
+
+    target: str = Field(
+        pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="The Deployment's name."
+    )
+    version: VersionSpec
+    environments: list[PipelineEnvironment] = Field(min_length=1, max_length=9)
+    requested_by: str = Field(min_length=1, max_length=256)
+    reason: str = Field(default="", max_length=2048)
+
+
+class PipelinePlanned(EventData):
+    """Owner: planner. The pipeline's request is valid: its environments, as releases."""
+
+    event_domain = "pipeline"
+    event_name = "planned"
+    subject_key = "pipelineId"
+
+    version: VersionSpec
+    releases: list[str] = Field(description="Each environment's release id, in order.")
+    request_id: str
+
+
+class PipelineTransition(StrEnum):
+    ENVIRONMENT_STARTED = "environment_started"
+    ENVIRONMENT_SUCCEEDED = "environment_succeeded"
+    GATE_WAITING = "gate_waiting"
+    GATE_OPENED = "gate_opened"
+
+
+class PipelineStatusChanged(EventData):
+    """Owner: planner. A non-terminal transition of a pipeline, naming its environment."""
+
+    event_domain = "pipeline"
+    event_name = "status"
+    subject_key = "pipelineId"
+
+    status: PipelineTransition
+    environment: str
+    release_id: str
+    detail: str
+
+
+class OpenPipelineGate(OperatorCommand):
+    """Open the gate before a pipeline's environment (on the pipeline's id). Allowed to whom
+    the ReleasePolicy of that environment grants ``open-gate``."""
+
+    event_name = "open_pipeline_gate"
+    subject_key = "pipelineId"
+    environment: str = Field(min_length=1, max_length=32)
+
+
+class PipelineSucceeded(EventData):
+    """Owner: planner. Terminal: the version succeeded in every environment, in order."""
+
+    event_domain = "pipeline"
+    event_name = "succeeded"
+    subject_key = "pipelineId"
+
+    summary: str
+    version: VersionSpec
+
+
+class PipelineStopped(EventData):
+    """Owner: planner. Terminal: an environment failed (or the request was rejected); that
+    environment was rolled back, the later ones never started."""
+
+    event_domain = "pipeline"
+    event_name = "stopped"
+    subject_key = "pipelineId"
+
+    environment: str = Field(description="Where it stopped ('' when rejected).")
+    release_id: str = ""
+    reasons: list[str] = Field(min_length=1)
+    evidence: list[MetricCheck] = Field(default_factory=list)
+    request_id: str = ""
+
+
 # --------------------------------------------------------------------------- trust
 
 
@@ -616,7 +855,7 @@ class DeadLetter(EventData):
     )
 
 
-for _model in (ReleaseSucceeded, ReleaseRolledBack, ReleaseFailed):
+for _model in (ReleaseSucceeded, ReleaseRolledBack, ReleaseFailed, PipelineStopped):
     _model.model_rebuild()
 
 
@@ -633,14 +872,17 @@ class CatalogueEntry:
 
 # Every event type, in catalogue order; schemas and the AsyncAPI document are generated from it.
 CATALOGUE: tuple[CatalogueEntry, ...] = (
-    CatalogueEntry(ReleaseRequested, "any requester", ("planner",)),
+    CatalogueEntry(
+        ReleaseRequested, "any requester, and the planner for a group's members", ("planner",)
+    ),
     CatalogueEntry(RequestRefused, "planner", ("the requester",)),
     CatalogueEntry(ReleasePlanned, "planner", ("executor",)),
-    CatalogueEntry(ReleaseRejected, "planner", ("executor",)),
-    CatalogueEntry(ReleaseStatusChanged, "planner", ("executor",)),
-    CatalogueEntry(ReleaseSucceeded, "planner", ("executor",)),
-    CatalogueEntry(ReleaseRolledBack, "planner", ("executor",)),
-    CatalogueEntry(ReleaseFailed, "planner", ("executor",)),
+    CatalogueEntry(ReleaseRejected, "planner", ("executor", "planner")),
+    # The planner follows its own outcomes and status changes for release groups.
+    CatalogueEntry(ReleaseStatusChanged, "planner", ("executor", "planner")),
+    CatalogueEntry(ReleaseSucceeded, "planner", ("executor", "planner")),
+    CatalogueEntry(ReleaseRolledBack, "planner", ("executor", "planner")),
+    CatalogueEntry(ReleaseFailed, "planner", ("executor", "planner")),
     CatalogueEntry(ApplyPhase, "planner", ("executor",)),
     CatalogueEntry(PhaseReached, "executor", ("planner",)),
     CatalogueEntry(PhaseFailed, "executor", ("planner", "rollback")),
@@ -662,6 +904,19 @@ CATALOGUE: tuple[CatalogueEntry, ...] = (
     CatalogueEntry(HookCompleted, "executor or a system answering a bus hook", ("planner",)),
     CatalogueEntry(CommandRefused, "executor, rollback", ("executor",)),
     CatalogueEntry(DeadLetter, "any service", ("operator",)),
+    CatalogueEntry(GroupRequested, "any requester", ("planner",)),
+    CatalogueEntry(GroupPlanned, "planner", ("the requester",)),
+    CatalogueEntry(GroupRejected, "planner", ("the requester",)),
+    CatalogueEntry(GroupStatusChanged, "planner", ("the requester",)),
+    CatalogueEntry(GroupPromoteMember, "planner", ("planner",)),
+    CatalogueEntry(GroupSucceeded, "planner", ("the requester",)),
+    CatalogueEntry(GroupRolledBack, "planner", ("the requester",)),
+    CatalogueEntry(PipelineRequested, "any requester", ("planner",)),
+    CatalogueEntry(PipelinePlanned, "planner", ("the requester",)),
+    CatalogueEntry(PipelineStatusChanged, "planner", ("the requester",)),
+    CatalogueEntry(OpenPipelineGate, "operator (CLI) or any system", ("planner",)),
+    CatalogueEntry(PipelineSucceeded, "planner", ("the requester",)),
+    CatalogueEntry(PipelineStopped, "planner", ("the requester",)),
 )
 
 EVENT_TYPES: dict[str, type[EventData]] = {

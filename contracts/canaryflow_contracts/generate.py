@@ -36,6 +36,10 @@ CHANNEL_KEYS = {
     "releaseId": f"Release id ({RELEASE_ID_PATTERN}).",
     "requestToken": "The refused request's token: its envelope id when that is a valid "
     "release id, else 'r-' and the first 40 hex digits of the SHA-256 of its UTF-8 bytes.",
+    "groupId": f"Release group id ({RELEASE_ID_PATTERN}, at most 59 characters: its members "
+    "are the releases '<group id>-m<i>').",
+    "pipelineId": f"Release pipeline id ({RELEASE_ID_PATTERN}, at most 59 characters: its "
+    "environments are the releases '<pipeline id>-e<i>').",
 }
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 

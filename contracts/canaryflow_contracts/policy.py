@@ -292,6 +292,18 @@ class Deadlines(_Spec):
     )
 
 
+class InFlightLimits(_Spec):
+    """How many releases may be in flight at once where this policy's target is released:
+    a request beyond either limit is rejected with the count and the limit."""
+
+    namespace: int | None = Field(
+        default=None, ge=1, le=10000, description="In this namespace, this release included."
+    )
+    cluster: int | None = Field(
+        default=None, ge=1, le=100000, description="In the whole cluster, this release included."
+    )
+
+
 class Resources(_Spec):
     """Requests and limits of a container, in Kubernetes quantities (``cpu: 250m``)."""
 
@@ -559,6 +571,11 @@ class ReleasePolicySpec(_Spec):
     traffic: Traffic = Field(
         default_factory=Traffic,
         description="Which router splits traffic, sticky sessions and header matches.",
+    )
+    limits: InFlightLimits | None = Field(
+        default=None,
+        description="At most this many releases in flight per namespace and per cluster. "
+        "Absent: no limit beyond one release per Deployment.",
     )
 
     @model_validator(mode="after")

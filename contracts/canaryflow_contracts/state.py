@@ -140,12 +140,111 @@ class ReleaseState(TextModel):
     hooks: list[Hook] = Field(default_factory=list, description="The policy's hooks and gates.")
     notify: list[Notify] = Field(default_factory=list, description="The policy's notifications.")
     waiting: Waiting | None = None
+    group: str = Field(default="", description="The release group it is a member of, if any.")
+    pipeline: str = Field(default="", description="The pipeline it is an environment of, if any.")
     history: list[HistoryEntry] = Field(default_factory=list)
     seen_event_ids: list[str] = Field(default_factory=list)
 
     @property
     def current_step(self) -> PlannedStep:
         return self.steps[min(self.step_index, len(self.steps) - 1)]
+
+
+class GroupStatus(StrEnum):
+    RUNNING = "running"  # members are canaried one by one, in dependency order
+    PROMOTING = "promoting"  # every member passed: promoted one by one, in that order
+    ROLLING_BACK = "rolling_back"  # a member failed: the started ones go back, last first
+    SUCCEEDED = "succeeded"
+    ROLLED_BACK = "rolled_back"
+    REJECTED = "rejected"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (GroupStatus.SUCCEEDED, GroupStatus.ROLLED_BACK, GroupStatus.REJECTED)
+
+
+class GroupMemberState(TextModel):
+    """One member as the group sees it: what the group asked of its release, and when."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    release_id: str
+    target: TargetRef
+    version: VersionSpec
+    started_at: datetime | None = Field(default=None, description="Its request was published.")
+    ready_at: datetime | None = Field(default=None, description="It reached the group's gate.")
+    promote_sent_at: datetime | None = None
+    rollback_sent_at: datetime | None = None
+    outcome: str = Field(default="", description="The member release's terminal status.")
+
+
+class GroupState(TextModel):
+    """A release group as the planner keeps it (key ``group.<id>``), written with
+    compare-and-set like a release. Its members are ordinary releases; the group only decides
+    when each starts, leaves the group's gate, or is rolled back."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    group_id: str
+    members: list[GroupMemberState]
+    status: GroupStatus
+    requested_by: str
+    reason: str = ""
+    request_id: str
+    outcome_reason: str = ""
+    failed_member: str = ""
+    rolled_back_order: list[str] = Field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime
+    trace_parent: str = ""
+    history: list[HistoryEntry] = Field(default_factory=list)
+
+
+class PipelineStatus(StrEnum):
+    RUNNING = "running"  # an environment's release is under way (or about to start)
+    WAITING = "waiting"  # at the gate before the next environment
+    SUCCEEDED = "succeeded"
+    STOPPED = "stopped"  # an environment failed: the later ones never start
+    REJECTED = "rejected"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (PipelineStatus.SUCCEEDED, PipelineStatus.STOPPED, PipelineStatus.REJECTED)
+
+
+class PipelineStage(TextModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    namespace: str
+    gate: bool = False
+    release_id: str
+    gate_opened_at: datetime | None = None
+    gate_opened_by: str = ""
+    started_at: datetime | None = None
+    outcome: str = ""
+
+
+class PipelineState(TextModel):
+    """A release pipeline as the planner keeps it (key ``pipeline.<id>``), compare-and-set.
+    ``version`` is the one artefact every environment gets, exactly as requested."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pipeline_id: str
+    target: str
+    version: VersionSpec
+    stages: list[PipelineStage]
+    status: PipelineStatus
+    requested_by: str
+    reason: str = ""
+    request_id: str
+    stopped_at_stage: str = ""
+    outcome_reason: str = ""
+    created_at: datetime
+    updated_at: datetime
+    trace_parent: str = ""
+    history: list[HistoryEntry] = Field(default_factory=list)
 
 
 def read_state(raw: bytes | str) -> ReleaseState:

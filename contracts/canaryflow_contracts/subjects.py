@@ -101,6 +101,8 @@ class Subjects:
                     "hook",
                     "command",
                     "request",
+                    "group",
+                    "pipeline",
                 )
             ),
             max_age_seconds=EVENT_RETENTION_SECONDS,

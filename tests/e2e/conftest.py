@@ -30,6 +30,8 @@ from canaryflow.runtime.signing import verify
 from canaryflow_contracts import Envelope, EventData, Subjects
 from canaryflow_contracts.events import (
     TERMINAL_EVENTS,
+    GroupMember,
+    GroupRequested,
     ReleaseRequested,
     TargetRef,
     VersionSpec,
@@ -156,6 +158,23 @@ class Releases:
             headers={"Nats-Msg-Id": envelope.id},
         )
         return release_id
+
+    async def request_group(self, namespace: str, members: list[tuple[str, str]]) -> str:
+        """Publish a GroupRequested for ``members`` ((Deployment, image), dependency order)."""
+        group_id = f"group-{uuid.uuid4().hex[:8]}"
+        request = GroupRequested(
+            members=[
+                GroupMember(
+                    target=TargetRef(namespace=namespace, name=name),
+                    version=VersionSpec(image=image),
+                )
+                for name, image in members
+            ],
+            requested_by="e2e-test",
+            reason="released as one",
+        )
+        await self.publish(request, group_id)
+        return group_id
 
     async def publish(self, data: EventData, release_id: str) -> None:
         envelope = Envelope.wrap(data, release_id=release_id, source="tests/e2e")

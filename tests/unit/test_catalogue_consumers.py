@@ -16,6 +16,7 @@ from canaryflow.metrics_watcher.app import ConsumedEvent as MetricsWatcherEvent
 from canaryflow.metrics_watcher.app import build_service as metrics_watcher
 from canaryflow.planner.app import FOLLOWED, ReleaseRequestPayload
 from canaryflow.planner.app import build_service as planner
+from canaryflow.planner.groups import GroupEvent
 from canaryflow.planner.machine import DecidedEvent, FollowedEvent
 from canaryflow.rollback.app import TRIGGERS
 from canaryflow.rollback.app import build_service as rollback
@@ -62,7 +63,7 @@ def test_the_planner_follows_exactly_the_events_its_state_machine_handles() -> N
 # Each service's union of the events its handlers take (what its dispatch must handle: a
 # match with assert_never where one handler takes several).
 HANDLED: dict[str, Any] = {
-    "planner": DecidedEvent,
+    "planner": DecidedEvent | GroupEvent,
     "executor": ExecutorEvent,
     "metrics-watcher": MetricsWatcherEvent,
     "rollback": RollbackTrigger,

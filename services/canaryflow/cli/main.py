@@ -51,6 +51,7 @@ from canaryflow_contracts.events import (
     parse_event,
 )
 from canaryflow_contracts.identities import IDENTITIES, authorization
+from canaryflow_contracts.state import GroupState, PipelineState, ReleaseState
 
 
 class CliError(Exception):
@@ -395,7 +396,22 @@ async def _status(nc: Client, subjects: Subjects, include_finished: bool) -> int
     now = datetime.now(UTC)
     for state in shown:
         print("\n".join(render.status_lines(state, now, jaeger_ui())))
+    store = ReleaseStore(kv)
+    by_id: dict[str, ReleaseState | None] = {state.release_id: state for state in releases}
+    for group in sorted((v.state for v in await store.all_groups()), key=_created):
+        if include_finished or not group.status.terminal:
+            ids = [m.release_id for m in group.members]
+            members = {rid: by_id.get(rid) for rid in ids}
+            print("\n".join(render.group_lines(group, members, now, jaeger_ui())))
+    for pipeline in sorted((v.state for v in await store.all_pipelines()), key=_created):
+        if include_finished or not pipeline.status.terminal:
+            stages = {s.release_id: by_id.get(s.release_id) for s in pipeline.stages}
+            print("\n".join(render.pipeline_lines(pipeline, stages, now, jaeger_ui())))
     return 0
+
+
+def _created(state: GroupState | PipelineState) -> datetime:
+    return state.created_at
 
 
 async def _deadletters(nc: Client, subjects: Subjects, last: int) -> int:

@@ -41,7 +41,7 @@ from canaryflow_contracts.events import (
     VerdictAction,
     VerdictResult,
 )
-from canaryflow_contracts.state import ReleaseState
+from canaryflow_contracts.state import GroupState, PipelineState, ReleaseState
 
 _RESULT_WORDS = {
     VerdictResult.PASS: "passed",
@@ -188,6 +188,67 @@ def status_lines(state: ReleaseState, now: datetime, jaeger_ui: str = "") -> lis
     if state.outcome_reason:
         lines.append(f"  outcome: {state.outcome_reason}")
     if jaeger_ui and (link := trace_link(state.trace_parent, jaeger_ui)):
+        lines.append(f"  trace: {link}")
+    return lines
+
+
+def group_lines(
+    group: GroupState, members: dict[str, ReleaseState | None], now: datetime, jaeger_ui: str = ""
+) -> list[str]:
+    """A release group and each member's release, in dependency order."""
+    lines = [
+        f"group {group.group_id}  {group.status.value}  ({len(group.members)} members)",
+        f"  requested by {group.requested_by}, {_ago(group.created_at, now)}; "
+        f"last change {_ago(group.updated_at, now)}",
+    ]
+    for index, member in enumerate(group.members, start=1):
+        release = members.get(member.release_id)
+        where = (
+            release.status.value + (f" step {release.step_index + 1}/{len(release.steps)}")
+            if release is not None
+            else ("requested" if member.started_at is not None else "not started")
+        )
+        lines.append(
+            f"  {index}. {member.release_id}  {member.target.key()}  "
+            f"{member.version.image}  {where}"
+        )
+    if group.outcome_reason:
+        lines.append(f"  outcome: {group.outcome_reason}")
+    if group.rolled_back_order:
+        lines.append(f"  rolled back in order: {', '.join(group.rolled_back_order)}")
+    if jaeger_ui and (link := trace_link(group.trace_parent, jaeger_ui)):
+        lines.append(f"  trace: {link}")
+    return lines
+
+
+def pipeline_lines(
+    pipeline: PipelineState,
+    releases: dict[str, ReleaseState | None],
+    now: datetime,
+    jaeger_ui: str = "",
+) -> list[str]:
+    """A pipeline, its one version, and where each environment is."""
+    lines = [
+        f"pipeline {pipeline.pipeline_id}  {pipeline.target}  {pipeline.status.value}",
+        f"  version: {pipeline.version.image}",
+        f"  requested by {pipeline.requested_by}, {_ago(pipeline.created_at, now)}; "
+        f"last change {_ago(pipeline.updated_at, now)}",
+    ]
+    for stage in pipeline.stages:
+        release = releases.get(stage.release_id)
+        if release is not None:
+            where = release.status.value
+        elif stage.started_at is not None:
+            where = "requested"
+        elif stage.gate and stage.gate_opened_at is None:
+            where = "behind a gate"
+        else:
+            where = "not started"
+        opened = f" (gate opened by {stage.gate_opened_by})" if stage.gate_opened_by else ""
+        lines.append(f"  {stage.name}: {stage.namespace}  {stage.release_id}  {where}{opened}")
+    if pipeline.outcome_reason:
+        lines.append(f"  outcome: {pipeline.outcome_reason}")
+    if jaeger_ui and (link := trace_link(pipeline.trace_parent, jaeger_ui)):
         lines.append(f"  trace: {link}")
     return lines
 

@@ -17,7 +17,9 @@ from typing import Any, Protocol, cast
 from opentelemetry import trace
 from pydantic import ConfigDict, ValidationError
 
+from canaryflow.planner import groups, pipelines
 from canaryflow.planner.gauges import canary_weights, release_counts
+from canaryflow.planner.group_app import GroupCoordinator
 from canaryflow.planner.machine import (
     Command,
     Decision,
@@ -28,7 +30,8 @@ from canaryflow.planner.machine import (
     reject,
     request_again,
 )
-from canaryflow.planner.planning import Admission, Refusal
+from canaryflow.planner.pipeline_app import PipelineCoordinator
+from canaryflow.planner.planning import Admission, Refusal, limit_refusal
 from canaryflow.planner.reconcile import DEFAULT_TIMINGS, ReconcileTimings, reconcile
 from canaryflow.planner.validation import (
     ClusterReader,
@@ -41,12 +44,13 @@ from canaryflow.runtime.bus import Delivery, Unreadable
 from canaryflow.runtime.ports import Publisher
 from canaryflow.runtime.service import Route, Service
 from canaryflow.runtime.settings import Settings
-from canaryflow.runtime.store import StaleWrite, Versioned
+from canaryflow.runtime.store import StaleWrite, Versioned, VersionedGroup, VersionedPipeline
 from canaryflow.runtime.traffic import ROUTERS
 from canaryflow_contracts import Envelope, EventData
 from canaryflow_contracts.events import (
     AbortRelease,
     AnalysisVerdict,
+    GroupPromoteMember,
     HookCompleted,
     OpenGate,
     PauseRelease,
@@ -94,6 +98,11 @@ class StateStore(Protocol):
     async def all(self) -> list[Versioned]: ...
 
 
+class GroupReader(Protocol):
+    async def get_group(self, group_id: str) -> VersionedGroup | None: ...
+    async def get_pipeline(self, pipeline_id: str) -> VersionedPipeline | None: ...
+
+
 Clock = Callable[[], datetime]
 
 
@@ -113,7 +122,9 @@ class Planner:
         timings: ReconcileTimings = DEFAULT_TIMINGS,
         *,
         routers: Collection[str] = ROUTERS.keys(),
+        groups: Callable[[], GroupReader] | None = None,
     ) -> None:
+        self._groups = groups  # where a group member's request is checked against its group
         self._routers = routers  # the traffic routers a policy may name here
         self._store = store  # a getter: the service's store exists only once it has started
         self._publisher = publisher
@@ -200,6 +211,19 @@ class Planner:
         request = event.data
         now = self._clock()
         admitted = await validate(request, self._cluster, now, self._routers)
+        if isinstance(admitted, Admission) and (request.group or request.pipeline):
+            why = await self._group_refusal(release_id, request)
+            if why is not None:
+                admitted = Refusal((why,))
+        if isinstance(admitted, Admission) and admitted.limits is not None:
+            in_flight = [
+                (v.state.target.namespace, v.state.release_id)
+                for v in await store.all()
+                if not v.state.status.terminal
+            ]
+            why = limit_refusal(admitted.limits, request.target.namespace, in_flight)
+            if why is not None:
+                admitted = Refusal((why,))
         if isinstance(admitted, Admission):
             holder = await store.claim_target(request.target, release_id)
             if holder != release_id:
@@ -234,6 +258,19 @@ class Planner:
         )
         await self._publish(release_id, decision)
         return True
+
+    async def _group_refusal(self, release_id: str, request: ReleaseRequested) -> str | None:
+        """Why a request naming a group (or a pipeline) may not be its member (None: it may)."""
+        if self._groups is None:
+            return "release groups and pipelines are not served by this planner"
+        if request.group and request.pipeline:
+            return "a release is a group's member or a pipeline's environment, not both"
+        if request.pipeline:
+            pipeline = await self._groups().get_pipeline(request.pipeline)
+            state = pipeline.state if pipeline is not None else None
+            return pipelines.listed(state, release_id, request)
+        group = await self._groups().get_group(request.group)
+        return groups.listed(group.state if group is not None else None, release_id, request)
 
     async def _unclaim_unless_ours(self, release_id: str, target: TargetRef) -> None:
         """We lost the race to create this release: keep the lock only if it is the same one."""
@@ -382,6 +419,7 @@ FOLLOWED: tuple[tuple[type[EventData], str], ...] = (
     (SetWeight, "set-weight"),
     (HookCompleted, "hook-completed"),
     (OpenGate, "open-gate"),
+    (GroupPromoteMember, "group-promote-member"),
 )
 
 
@@ -404,18 +442,46 @@ def build_service(
 ) -> Service:
     """The composition: the real adapters (or the test's), the handlers, routes and loop."""
     service = Service(settings)
+    cluster = cluster_reader or KubeClusterReader(settings.kubeconfig)
     planner = Planner(
         lambda: service.store,
         service.publisher,
-        cluster_reader or KubeClusterReader(settings.kubeconfig),
+        cluster,
         clock,
         timings,
         routers=settings.enabled_routers,
+        groups=lambda: service.store,
     )
-    service.route(planner.routes(settings.subjects.requests()))
+    pipeline_coordinator = PipelineCoordinator(
+        lambda: service.store, service.publisher, cluster, clock, routers=settings.enabled_routers
+    )
+    coordinator = GroupCoordinator(
+        lambda: service.store,
+        service.publisher,
+        cluster,
+        clock,
+        routers=settings.enabled_routers,
+        pipelines=pipeline_coordinator.advance,
+    )
+    service.route(
+        planner.routes(settings.subjects.requests())
+        + coordinator.routes()
+        + pipeline_coordinator.routes()
+    )
 
     async def reconcile_loop() -> None:
         await planner.reconcile_forever(settings.reconcile_seconds)
+
+    async def group_loop() -> None:
+        while True:
+            await asyncio.sleep(settings.reconcile_seconds)
+            try:
+                await coordinator.reconcile_once()
+                await pipeline_coordinator.reconcile_once()
+            except Exception:
+                log.exception("group reconcile pass failed")
+
+    service.every(group_loop)
 
     service.every(reconcile_loop)
     return service

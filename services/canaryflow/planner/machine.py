@@ -27,6 +27,7 @@ from canaryflow_contracts.events import (
     AbortRelease,
     AnalysisVerdict,
     ApplyPhase,
+    GroupPromoteMember,
     HookCompleted,
     OpenGate,
     OperatorCommand,
@@ -126,7 +127,10 @@ def accept(
         canary_resources=admission.canary_resources,
         operators=admission.operators,
         max_weight=admission.max_weight,
-        hooks=admission.hooks,
+        # A group's member waits at the group's gate after the policy's own gates.
+        hooks=[*admission.hooks, waits.group_gate()] if request.group else admission.hooks,
+        group=request.group,
+        pipeline=request.pipeline,
         notify=admission.notify,
         last_command_at=now,
         created_at=now,
@@ -342,6 +346,7 @@ FollowedEvent = (
     | SetWeight
     | HookCompleted
     | OpenGate
+    | GroupPromoteMember
 )
 """What moves a planned release on: the events the planner follows (``app.FOLLOWED``, checked
 against the catalogue). ``_transition`` handles each one, and mypy proves it (``assert_never``)."""
@@ -373,6 +378,11 @@ def _transition(state: ReleaseState, event: Envelope[Any], now: datetime) -> Rel
             return waits.enter(in_place, waits.ROLLOUT, ReleaseStatus.ANALYSING, now)
         case HookCompleted() | OpenGate():
             return _on_hook_or_gate(state, data, now, event.source)
+        case GroupPromoteMember():
+            if data.group != state.group or not waits.at_group_gate(state):
+                return None
+            detail = f"group {data.group}: every member passed"
+            return waits.passed(_log(state, now, "group-promote", detail, event.source), now)
         case AnalysisVerdict():
             if status is not ReleaseStatus.ANALYSING or data.step.index != state.step_index:
                 return None
@@ -482,8 +492,8 @@ def _on_hook_or_gate(
     if hook is None or state.waiting is None:
         return None
     if isinstance(data, OpenGate):
-        if not hook.type.gate or data.gate != hook.name:
-            return None
+        if not hook.type.gate or data.gate != hook.name or hook.name == waits.GROUP_GATE:
+            return None  # the group's gate is the group's to open
         detail = f"gate {hook.name}" + (f": {data.reason}" if data.reason else "")
         return waits.passed(_log(state, now, "gate-opened", detail, data.actor), now)
     if hook.type.gate or data.hook != hook.name or data.step_index != state.waiting.step_index:
@@ -636,7 +646,7 @@ def commands_after(
             if status is ReleaseStatus.WAITING:
                 return _waiting_commands(state, event.id)
             return [request_analysis(state)] if status is ReleaseStatus.ANALYSING else []
-        case HookCompleted() | OpenGate():
+        case HookCompleted() | OpenGate() | GroupPromoteMember():
             if status is ReleaseStatus.ROLLING_BACK:
                 rollback = RollbackRequested(
                     target=state.target, reason=state.outcome_reason, requested_by=SOURCE
@@ -760,6 +770,9 @@ def _waiting_commands(state: ReleaseState, trigger_id: str) -> list[Command]:
     if hook is None or state.waiting is None:
         return []
     until = state.waiting.deadline.strftime("%H:%M:%S")
+    if hook.name == waits.GROUP_GATE and state.group:
+        detail = f"passed: waits until {until} UTC for the other members of group {state.group}"
+        return [_status(state, trigger_id, StatusChange.WAITING, detail)]
     if hook.type.gate:
         detail = (
             f"gate {hook.name} ({hook.type.value}) waits to be opened until {until} UTC: "

@@ -20,6 +20,7 @@ from canaryflow_contracts.events import (
 from canaryflow_contracts.policy import (
     Analysis,
     Hook,
+    InFlightLimits,
     MetricRule,
     MetricTemplate,
     Notify,
@@ -180,3 +181,30 @@ class Admission:
     max_weight: int = 100
     hooks: list[Hook] = dataclasses.field(default_factory=list)
     notify: list[Notify] = dataclasses.field(default_factory=list)
+    limits: InFlightLimits | None = None
+
+
+def limit_refusal(
+    limits: InFlightLimits | None, namespace: str, in_flight: list[tuple[str, str]]
+) -> str | None:
+    """Why one more release in ``namespace`` would break the policy's limits; None if not.
+
+    ``in_flight``: (namespace, release id) of every release in flight now. Checked when a
+    request is admitted; two replicas admitting at the same instant can each see room for one
+    more (the count is not a compare-and-set), so the limit can be passed by the replicas'
+    count minus one at worst.
+    """
+    if limits is None:
+        return None
+    here = [rid for ns, rid in in_flight if ns == namespace]
+    if limits.namespace is not None and len(here) >= limits.namespace:
+        return (
+            f"namespace {namespace} has {len(here)} release(s) in flight "
+            f"({', '.join(sorted(here)[:5])}); its policy allows {limits.namespace}"
+        )
+    if limits.cluster is not None and len(in_flight) >= limits.cluster:
+        return (
+            f"the cluster has {len(in_flight)} release(s) in flight; "
+            f"the policy allows {limits.cluster}"
+        )
+    return None

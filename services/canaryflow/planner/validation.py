@@ -100,6 +100,7 @@ def check_request(
                 operators=spec.operators,
                 hooks=list(spec.hooks),
                 notify=list(spec.notify),
+                limits=spec.limits,
                 max_weight=min(spec.max_weight, request.overrides.max_weight or spec.max_weight),
             )
     return Refusal(tuple(reasons))

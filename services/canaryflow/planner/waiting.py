@@ -24,6 +24,11 @@ STAGES: dict[str, tuple[HookType, ...]] = {
     ROLLOUT: (HookType.ROLLOUT,),
     PROMOTION: (HookType.CONFIRM_PROMOTION,),
 }
+# The gate every member of a release group waits at before promotion, opened by the group
+# (GroupPromoteMember) once every member passed; never by a person. Its deadline bounds how
+# long a member waits for the others: past it, the member is rolled back, and so the group.
+GROUP_GATE = "canaryflow-group"
+GROUP_GATE_SECONDS = 3600.0
 # Time a webhook gets beyond its attempts before its silence counts as a failure.
 WEBHOOK_GRACE_SECONDS = 30.0
 
@@ -102,3 +107,19 @@ def expired(state: ReleaseState, now: datetime) -> Hook | None:
 def expiry_continues(hook: Hook) -> bool:
     """A gate whose policy says go on; everything else that ran out of time fails."""
     return hook.type.gate and hook.on_expiry is GateExpiry.CONTINUE
+
+
+def group_gate() -> Hook:
+    """The gate a group's member waits at, after the policy's own confirm-promotion gates."""
+    return Hook(
+        name=GROUP_GATE,
+        type=HookType.CONFIRM_PROMOTION,
+        deadline_seconds=GROUP_GATE_SECONDS,
+        on_expiry=GateExpiry.ROLLBACK,
+    )
+
+
+def at_group_gate(state: ReleaseState) -> bool:
+    """The release waits for its group to let it be promoted."""
+    hook = current(state)
+    return hook is not None and hook.name == GROUP_GATE and bool(state.group)

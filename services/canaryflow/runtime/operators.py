@@ -38,6 +38,7 @@ from canaryflow_contracts.envelope import Envelope
 from canaryflow_contracts.events import (
     AbortRelease,
     OpenGate,
+    OpenPipelineGate,
     OperatorCommand,
     OperatorCommandRefused,
     PauseRelease,
@@ -55,6 +56,7 @@ ACTIONS: dict[type[OperatorCommand], OperatorAction] = {
     PromoteNow: OperatorAction.PROMOTE,
     SetWeight: OperatorAction.SET_WEIGHT,
     OpenGate: OperatorAction.OPEN_GATE,
+    OpenPipelineGate: OperatorAction.OPEN_GATE,
 }
 # Without a list in the policy: what only ever makes a release safer.
 DEFAULT_ACTIONS = frozenset({OperatorAction.PAUSE, OperatorAction.ABORT})

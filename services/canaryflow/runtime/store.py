@@ -15,7 +15,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from canaryflow_contracts.events import TargetRef
-from canaryflow_contracts.state import ReleaseState, read_state
+from canaryflow_contracts.state import GroupState, PipelineState, ReleaseState, read_state
 
 
 class StaleWrite(Exception):
@@ -26,6 +26,26 @@ class StaleWrite(Exception):
 class Versioned:
     state: ReleaseState
     revision: int
+
+
+@dataclass(frozen=True)
+class VersionedGroup:
+    state: GroupState
+    revision: int
+
+
+@dataclass(frozen=True)
+class VersionedPipeline:
+    state: PipelineState
+    revision: int
+
+
+def _pipeline_key(pipeline_id: str) -> str:
+    return f"pipeline.{pipeline_id}"
+
+
+def _group_key(group_id: str) -> str:
+    return f"group.{group_id}"
 
 
 def _release_key(release_id: str) -> str:
@@ -108,6 +128,92 @@ class ReleaseStore:
                     break
                 if entry.value and entry.revision is not None:
                     found.append(Versioned(read_state(entry.value), entry.revision))
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]  # untyped in nats-py
+        return found
+
+    # ----------------------------------------------------------------- release groups
+    # A group's state sits in the same bucket under ``group.<id>``, guarded the same way.
+
+    async def get_group(self, group_id: str) -> VersionedGroup | None:
+        try:
+            entry = await self._kv.get(_group_key(group_id))
+        except KeyNotFoundError:
+            return None
+        if entry.value is None or entry.revision is None:
+            return None
+        return VersionedGroup(GroupState.model_validate_json(entry.value), entry.revision)
+
+    async def create_group(self, state: GroupState) -> int:
+        try:
+            return await self._kv.create(
+                _group_key(state.group_id), state.model_dump_json().encode()
+            )
+        except KeyWrongLastSequenceError as error:
+            raise StaleWrite(f"group {state.group_id} already exists") from error
+
+    async def update_group(self, state: GroupState, revision: int) -> int:
+        try:
+            return await self._kv.update(
+                _group_key(state.group_id), state.model_dump_json().encode(), last=revision
+            )
+        except KeyWrongLastSequenceError as error:
+            raise StaleWrite(f"group {state.group_id} changed since revision {revision}") from error
+
+    async def all_groups(self) -> list[VersionedGroup]:
+        watcher = await self._kv.watch("group.>", ignore_deletes=True)
+        found = []
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                if entry.value and entry.revision is not None:
+                    found.append(
+                        VersionedGroup(GroupState.model_validate_json(entry.value), entry.revision)
+                    )
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]  # untyped in nats-py
+        return found
+
+    # ----------------------------------------------------------------- release pipelines
+
+    async def get_pipeline(self, pipeline_id: str) -> VersionedPipeline | None:
+        try:
+            entry = await self._kv.get(_pipeline_key(pipeline_id))
+        except KeyNotFoundError:
+            return None
+        if entry.value is None or entry.revision is None:
+            return None
+        return VersionedPipeline(PipelineState.model_validate_json(entry.value), entry.revision)
+
+    async def create_pipeline(self, state: PipelineState) -> int:
+        try:
+            return await self._kv.create(
+                _pipeline_key(state.pipeline_id), state.model_dump_json().encode()
+            )
+        except KeyWrongLastSequenceError as error:
+            raise StaleWrite(f"pipeline {state.pipeline_id} already exists") from error
+
+    async def update_pipeline(self, state: PipelineState, revision: int) -> int:
+        try:
+            return await self._kv.update(
+                _pipeline_key(state.pipeline_id), state.model_dump_json().encode(), last=revision
+            )
+        except KeyWrongLastSequenceError as error:
+            raise StaleWrite(
+                f"pipeline {state.pipeline_id} changed since revision {revision}"
+            ) from error
+
+    async def all_pipelines(self) -> list[VersionedPipeline]:
+        watcher = await self._kv.watch("pipeline.>", ignore_deletes=True)
+        found = []
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                if entry.value and entry.revision is not None:
+                    state = PipelineState.model_validate_json(entry.value)
+                    found.append(VersionedPipeline(state, entry.revision))
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]  # untyped in nats-py
         return found

@@ -14,6 +14,8 @@ from canaryflow_contracts.events import (
     AnalysisVerdict,
     ApplyPhase,
     DeadLetter,
+    GroupRequested,
+    PipelineRequested,
     ReleaseRequested,
     RollbackRequested,
 )
@@ -76,11 +78,12 @@ def test_the_metrics_watcher_may_publish_a_verdict_and_not_an_apply_phase() -> N
     assert not _may_publish("planner", SUBJECTS.of(AnalysisVerdict, "rel-1"))
 
 
-def test_a_requester_may_request_releases_and_nothing_else() -> None:
+def test_a_requester_may_request_releases_and_groups_and_nothing_else() -> None:
     assert _may_publish("requester", SUBJECTS.of(ReleaseRequested, "rel-1"))
+    assert _may_publish("requester", SUBJECTS.of(GroupRequested, "group-1"))
     assert _may_publish("requester", "shop.release.requested.anything.else")
     for entry in CATALOGUE:
-        if entry.event is not ReleaseRequested:
+        if entry.event not in (ReleaseRequested, GroupRequested, PipelineRequested):
             subject = SUBJECTS.of(entry.event, "rel-1")
             assert not _may_publish("requester", subject), subject
     # Nor write release state, nor acknowledge a service's messages, nor bind its consumer.
