@@ -56,6 +56,7 @@ from canaryflow_contracts.events import (
     AbortRelease,
     AnalysisVerdict,
     OpenGate,
+    OpenPipelineGate,
     OperatorCommand,
     OperatorCommandRefused,
     PauseRelease,
@@ -90,11 +91,11 @@ from tests.unit.support_state import sample_state
 
 
 def profile(examples: int) -> settings:
-    """Reproducible (derandomised, no example database) and bounded: 2 s per example is far
+    """Reproducible (derandomised, no example database) and bounded: 5 s per example is far
     above what any of them needs on a loaded 2-core machine, and far below a hang."""
     return settings(
         max_examples=examples,
-        deadline=timedelta(milliseconds=2000),
+        deadline=timedelta(milliseconds=5000),
         derandomize=True,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -320,6 +321,8 @@ def operator_commands(draw: st.DrawFn) -> OperatorCommand:
         fields["weight"] = draw(st.integers(1, 100))
     if kind is OpenGate:
         fields["gate"] = draw(st.sampled_from(["approve", "other"]) | st.text(min_size=1))
+    if kind is OpenPipelineGate:
+        fields["environment"] = draw(st.sampled_from(["production", "staging"]))
     command: OperatorCommand = kind(**fields)
     return command
 
