@@ -102,12 +102,12 @@ class RunningService:
     http_port: int = 0  # the service's own HTTP API (the metrics-watcher's alert webhook)
 
 
-@dataclass
 # Eight processes starting at once import about 5 s of CPU each (FastStream, the kubernetes
 # client, OpenTelemetry, SciPy): 60 s was not enough at a load average of 10 on 2 cores.
 START_SECONDS = 150.0
 
 
+@dataclass
 class ServiceLauncher:
     stack: StackEndpoints
     prefix: str
