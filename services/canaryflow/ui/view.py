@@ -684,9 +684,12 @@ def _events_json(events: Sequence[Envelope[Any]]) -> list[Json]:
     ]
 
 
-def _outcome(events: Sequence[Envelope[Any]], reason: str) -> Json | None:
+def _outcome(
+    events: Sequence[Envelope[Any]], whole: GroupState | PipelineState | None
+) -> Json | None:
     """How it ended, from its outcome event (the reason and, for a stopped pipeline, the
-    failing environment's last verdict's checks), or from the state alone."""
+    failing environment's last verdict's checks), or from the state alone: the planner writes
+    the state before it publishes the outcome, so a page may read the one before the other."""
     for envelope in reversed(events):
         data = envelope.data
         if isinstance(data, GroupSucceeded | PipelineSucceeded):
@@ -709,8 +712,13 @@ def _outcome(events: Sequence[Envelope[Any]], reason: str) -> Json | None:
             }
         if isinstance(data, GroupRejected):
             return {"result": "rejected", "summary": "; ".join(data.reasons), "evidence": []}
-    if reason:
-        return {"result": "", "summary": reason, "evidence": []}
+    if whole is None:
+        return None
+    if whole.status.terminal:
+        summary = whole.outcome_reason or (whole.history[-1].detail if whole.history else "")
+        return {"result": whole.status.value, "summary": summary, "evidence": []}
+    if whole.outcome_reason:  # a group rolling back: why, before it ended
+        return {"result": "", "summary": whole.outcome_reason, "evidence": []}
     return None
 
 
@@ -738,7 +746,7 @@ def group_page(
         }
         if row and group
         else None,
-        "outcome": _outcome(events, group.outcome_reason if group else ""),
+        "outcome": _outcome(events, group),
         "history": [entry.model_dump(mode="json") for entry in group.history] if group else [],
         "trace": jaeger_link,
         "events": _events_json(events),
@@ -763,7 +771,7 @@ def pipeline_page(
         "pipeline": row,
         "environments": row["environments"] if row else [],
         "release_ids": member_ids(pipeline) if pipeline else [],
-        "outcome": _outcome(events, pipeline.outcome_reason if pipeline else ""),
+        "outcome": _outcome(events, pipeline),
         "history": [entry.model_dump(mode="json") for entry in pipeline.history]
         if pipeline
         else [],

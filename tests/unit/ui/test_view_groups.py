@@ -21,6 +21,7 @@ from canaryflow_contracts.events import (
 from canaryflow_contracts.state import (
     GroupState,
     GroupStatus,
+    HistoryEntry,
     PipelineState,
     ReleaseState,
     ReleaseStatus,
@@ -234,3 +235,17 @@ def test_groups_and_pipelines_are_filtered_like_releases() -> None:
     assert [p["id"] for p in view.pipeline_list([pipeline], {}, T0, "shop-staging")] == ["pipe"]
     assert view.pipeline_list([pipeline], {}, T0, status=view.FINISHED) == []
     assert view.pipeline_list([pipeline], {}, T0, status="paused") == []
+
+
+def test_an_ended_group_read_before_its_outcome_event_still_says_how_it_ended() -> None:
+    group, events = two_members()
+    last = HistoryEntry(time=T0, event="succeeded", detail="2 member(s) promoted in order: a, b")
+    promoted = group.model_copy(
+        update={"status": GroupStatus.SUCCEEDED, "history": [*group.history, last]}
+    )
+    outcome = view.group_page("grp", promoted, {}, events, T0)["outcome"]
+    assert outcome == {
+        "result": "succeeded",
+        "summary": "2 member(s) promoted in order: a, b",
+        "evidence": [],
+    }
