@@ -19,6 +19,7 @@ from canaryflow_contracts.events import (
     ApplyPhase,
     CommandRefused,
     GroupPlanned,
+    GroupPromoteMember,
     GroupRejected,
     GroupRequested,
     GroupRolledBack,
@@ -180,6 +181,8 @@ def event_summary(envelope: Envelope[Any]) -> str:
     if isinstance(data, GroupRequested):
         names = ", ".join(m.target.key() for m in data.members)
         return f"{data.requested_by} asks for a group of {len(data.members)}: {names}"
+    if isinstance(data, GroupPromoteMember):
+        return f"group {data.group}: every member passed, promote {data.target.key()}"
     if isinstance(data, GroupPlanned):
         return "planned: " + ", ".join(m.release_id for m in data.members)
     if isinstance(data, GroupStatusChanged):

@@ -28,7 +28,7 @@ from canaryflow_contracts.state import (
     VerdictSummary,
     Waiting,
 )
-from tests.support.samples import THRESHOLD_CHECK
+from tests.support.samples import THRESHOLD_CHECK, one_of_each
 from tests.unit.support_state import sample_state
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -249,3 +249,10 @@ def test_an_ended_group_read_before_its_outcome_event_still_says_how_it_ended() 
         "summary": "2 member(s) promoted in order: a, b",
         "evidence": [],
     }
+
+
+def test_every_group_and_pipeline_event_has_a_line_in_the_event_log() -> None:
+    wholes = [data for data in one_of_each() if type(data).event_domain in ("group", "pipeline")]
+    assert len(wholes) >= 8
+    for data in wholes:
+        assert view.event_summary(request(data, "grp")), type(data).__name__
