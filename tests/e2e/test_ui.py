@@ -375,6 +375,8 @@ async def test_the_web_view_shows_a_group_and_its_members_as_they_move(
         f'#members tr[data-member="{api}"][data-state="waiting"]', timeout=300_000
     )
     assert api in await ops.locator("#gate").inner_text()
+    await ops.screenshot(path=tmp_path / "ui-group-waiting.png", full_page=True)
+    save(tmp_path / "ui-group-waiting.png", "ui-group-waiting.png")
     await ops.wait_for_selector(
         f'#members tr[data-member="{web}"] a[href="/releases/{web}"]', timeout=60_000
     )
