@@ -337,3 +337,61 @@ async def _until(releases: Releases, release_id: str, found: Any, timeout: float
         return False
     finally:
         await subscription.unsubscribe()
+
+
+async def test_the_web_view_shows_a_group_and_its_members_as_they_move(
+    kube: client.ApiClient,
+    shop_namespace: str,
+    *,
+    releases: Releases,
+    ui: UiProcess,
+    browser: Browser,
+    tmp_path: Path,
+) -> None:
+    # Given a group of two (api, then web), each under the quick policy
+    namespace = shop_namespace
+    shop.deploy(kube, namespace, name="api")
+    steady: dict[str, Any] = {"max_p99_seconds": 5.0, "compare": False}  # as test_groups.py
+    shop.apply_policy(kube, namespace, shop.quick_policy("api", **steady), name="api")
+    shop.apply_policy(kube, namespace, shop.quick_policy(**steady))
+    group_id = await releases.request_group(
+        namespace, [("api", shop.image("v2", "api")), ("web", shop.image("v2"))]
+    )
+    api, web = f"{group_id}-m1", f"{group_id}-m2"
+
+    # When ops opens the list: the group is there, with its members in order
+    ops = await (await as_person(browser, "ops@shop")).new_page()
+    await ops.goto(f"{ui.url}/?namespace={namespace}")
+    row = ops.locator(f'#groups tr[data-group="{group_id}"]')
+    await row.wait_for(timeout=60_000)
+    assert await row.locator("[data-member]").evaluate_all(
+        "(m) => m.map((e) => e.dataset.member)"
+    ) == [api, web]
+
+    # And on the group's page the members move live: api passes and waits at the group's gate
+    # while web has not started, then both are promoted in order
+    await ops.goto(f"{ui.url}/groups/{group_id}")
+    await ops.wait_for_selector(
+        f'#members tr[data-member="{api}"][data-state="waiting"]', timeout=300_000
+    )
+    assert api in await ops.locator("#gate").inner_text()
+    await ops.screenshot(path=tmp_path / "ui-group-waiting.png", full_page=True)
+    save(tmp_path / "ui-group-waiting.png", "ui-group-waiting.png")
+    await ops.wait_for_selector(
+        f'#members tr[data-member="{web}"] a[href="/releases/{web}"]', timeout=60_000
+    )
+    await ops.wait_for_selector("#title .status.succeeded", timeout=400_000)
+    states = await ops.locator("#members tr[data-member]").evaluate_all(
+        "(m) => m.map((e) => e.dataset.state)"
+    )
+    assert states == ["succeeded", "succeeded"]
+    assert "promoted in order" in await ops.locator("#outcome").inner_text()
+    assert await ops.locator("#events tr[data-event-id]").count() >= 6
+    await ops.screenshot(path=tmp_path / "ui-group.png", full_page=True)
+    save(tmp_path / "ui-group.png", "ui-group.png")
+
+    # And the list says so too, with each member's state
+    await ops.goto(f"{ui.url}/?namespace={namespace}&status=finished")
+    await ops.wait_for_selector(f'#groups tr[data-group="{group_id}"] .status.succeeded')
+    assert await ops.locator('#groups [data-state="succeeded"]').count() == 2
+    assert PAGE_ERRORS == []

@@ -44,6 +44,7 @@ from canaryflow.ui import view
 from canaryflow.ui.identity import IdentityPolicy, parse_keys
 from canaryflow_contracts import DEFAULT_PREFIX, Envelope, Subjects
 from canaryflow_contracts.events import parse_event
+from canaryflow_contracts.state import ReleaseState
 
 log = logging.getLogger("canaryflow.ui")
 
@@ -85,22 +86,24 @@ class UiSettings:
 
 
 class Hub:
-    """The browsers following events: each a queue, with the release it follows (or all)."""
+    """The browsers following events: each a queue, with the releases it follows (or all).
+
+    A group's or a pipeline's page follows its own id and its members' release ids."""
 
     def __init__(self) -> None:
-        self._followers: dict[asyncio.Queue[dict[str, Any]], str] = {}
+        self._followers: dict[asyncio.Queue[dict[str, Any]], frozenset[str]] = {}
 
-    def join(self, release_id: str) -> asyncio.Queue[dict[str, Any]]:
+    def join(self, *release_ids: str) -> asyncio.Queue[dict[str, Any]]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
-        self._followers[queue] = release_id
+        self._followers[queue] = frozenset(filter(None, release_ids))
         return queue
 
     def leave(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
         self._followers.pop(queue, None)
 
     def publish(self, item: dict[str, Any]) -> None:
-        for queue, release_id in self._followers.items():
-            if release_id and release_id != item["release"]:
+        for queue, release_ids in self._followers.items():
+            if release_ids and item["release"] not in release_ids:
                 continue
             if queue.full():  # a browser that stopped reading: it reloads what it missed
                 with contextlib.suppress(asyncio.QueueEmpty):
@@ -201,13 +204,29 @@ async def _me(request: web.Request) -> web.Response:
     return web.json_response(request.app[UI_KEY].me(request))
 
 
+async def _group_html(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "group.html")
+
+
+async def _pipeline_html(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "pipeline.html")
+
+
 async def _releases(request: web.Request) -> web.Response:
+    """The list page: releases, and the groups and pipelines with their members' states."""
     ui = request.app[UI_KEY]
     store = await ui.store()
     states = [versioned.state for versioned in await store.all()] if store else []
+    groups = [versioned.state for versioned in await store.all_groups()] if store else []
+    pipelines = [versioned.state for versioned in await store.all_pipelines()] if store else []
     namespace = request.query.get("namespace", "")
     status = request.query.get("status", "")
-    return web.json_response(view.release_list(states, datetime.now(UTC), namespace, status))
+    now = datetime.now(UTC)
+    by_id = {state.release_id: state for state in states}
+    answer = view.release_list(states, now, namespace, status)
+    answer["groups"] = view.group_list(groups, by_id, now, namespace, status)
+    answer["pipelines"] = view.pipeline_list(pipelines, by_id, now, namespace, status)
+    return web.json_response(answer)
 
 
 async def _release(request: web.Request) -> web.Response:
@@ -225,10 +244,40 @@ async def _release(request: web.Request) -> web.Response:
     return web.json_response(page)
 
 
-async def _stream(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: one per bus event (of the release named, or of any)."""
+async def _whole(request: web.Request, kind: str, read: Any, build: Any) -> web.Response:
+    """A group's or a pipeline's page: its state, its members' release states, its events.
+
+    ``read`` fetches the state from the store; ``build`` is the view's page function."""
     ui = request.app[UI_KEY]
-    queue = ui.hub.join(request.query.get("release", ""))
+    whole_id = request.match_info["whole_id"]
+    store = await ui.store()
+    versioned = await read(store, whole_id) if store else None
+    state = versioned.state if versioned else None
+    events = await ui.replay(whole_id)
+    if state is None and not events:
+        raise web.HTTPNotFound(text=f"no {kind} {whole_id}")
+    ids = view.member_ids(state) if state else []
+    releases: dict[str, ReleaseState | None] = {}
+    for release_id in ids:
+        member = await store.get(release_id) if store else None
+        releases[release_id] = member.state if member else None
+    link = ui.trace_link(state.trace_parent) if state else ""
+    page = build(whole_id, state, releases, events, datetime.now(UTC), jaeger_link=link)
+    return web.json_response(page)
+
+
+async def _group(request: web.Request) -> web.Response:
+    return await _whole(request, "group", ReleaseStore.get_group, view.group_page)
+
+
+async def _pipeline(request: web.Request) -> web.Response:
+    return await _whole(request, "pipeline", ReleaseStore.get_pipeline, view.pipeline_page)
+
+
+async def _stream(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: one per bus event (of the releases named, or of any)."""
+    ui = request.app[UI_KEY]
+    queue = ui.hub.join(*request.query.getall("release", []))
     try:
         async with sse_response(request) as response:
             await response.send(json.dumps({"hello": True}), event="ready")
@@ -284,9 +333,13 @@ def build_app(ui: Ui) -> web.Application:
     app[UI_KEY] = ui
     app.router.add_get("/", _index)
     app.router.add_get("/releases/{release_id}", _release_html)
+    app.router.add_get("/groups/{whole_id}", _group_html)
+    app.router.add_get("/pipelines/{whole_id}", _pipeline_html)
     app.router.add_get("/api/me", _me)
     app.router.add_get("/api/releases", _releases)
     app.router.add_get("/api/releases/{release_id}", _release)
+    app.router.add_get("/api/groups/{whole_id}", _group)
+    app.router.add_get("/api/pipelines/{whole_id}", _pipeline)
     app.router.add_post("/api/releases/{release_id}/commands", _command)
     app.router.add_get("/api/stream", _stream)
     app.router.add_get("/healthz", _health)

@@ -68,3 +68,19 @@ def test_a_browser_follows_its_release_only() -> None:
     hub.leave(mine)
     hub.publish({"release": "rel-1", "id": "c"})
     assert mine.empty()
+
+
+def test_a_group_page_follows_the_group_and_its_members() -> None:
+    hub = Hub()
+    group = hub.join("grp-1", "grp-1-m1", "grp-1-m2")
+    for release in ("grp-1", "rel-9", "grp-1-m2"):
+        hub.publish({"release": release, "id": release})
+    assert [group.get_nowait()["id"], group.get_nowait()["id"]] == ["grp-1", "grp-1-m2"]
+    assert group.empty()
+
+
+async def test_the_group_and_pipeline_pages_are_served(http: TestClient[Any, Any]) -> None:
+    for path, script in (("/groups/grp-1", "groupPage"), ("/pipelines/p-1", "pipelinePage")):
+        answer = await http.get(path)
+        assert answer.status == 200, path
+        assert f"canaryflow.{script}()" in await answer.text()

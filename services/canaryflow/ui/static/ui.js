@@ -55,7 +55,9 @@ window.canaryflow = (function () {
   }
 
   function follow(release, onEvent) {
-    const source = new EventSource("/api/stream" + (release ? "?release=" + encodeURIComponent(release) : ""));
+    // `release`: one id, several (a group and its members), or none (every event).
+    const query = [].concat(release || []).filter(Boolean).map((id) => "release=" + encodeURIComponent(id)).join("&");
+    const source = new EventSource("/api/stream" + (query ? "?" + query : ""));
     source.addEventListener("ready", () => { $("#live").textContent = "live"; });
     source.addEventListener("bus", (message) => onEvent(JSON.parse(message.data)));
     source.onerror = () => { $("#live").textContent = "reconnecting…"; };
@@ -65,6 +67,21 @@ window.canaryflow = (function () {
   function showMe(me) {
     $("#me").textContent = me.name ? "you are " + me.name + (me.signs ? " (commands signed)" : " (unsigned)") : "read-only";
   }
+
+  // A group's members or a pipeline's environments, in order: each one's name and state.
+  function members(list, name) {
+    const box = el("span");
+    list.forEach((m, i) => {
+      const word = stateWord(m.state);
+      const item = el("span", null, { class: "member", "data-member": m.release_id, "data-state": m.state });
+      item.appendChild(document.createTextNode((i ? "→ " : "") + name(m) + " "));
+      item.appendChild(el("span", m.state.replace("_", " "), { class: "status " + word }));
+      box.appendChild(item);
+    });
+    return box;
+  }
+
+  function stateWord(state) { return state.replace(/ /g, "-"); }
 
   // ------------------------------------------------------------------ list
   function listPage() {
@@ -85,6 +102,12 @@ window.canaryflow = (function () {
       };
       fill($("#in-flight"), answer.in_flight.map(line));
       fill($("#recent"), answer.recent.map(line));
+      fill($("#groups"), answer.groups.map((g) => row([
+        el("a", g.id, { href: "/groups/" + encodeURIComponent(g.id) }), members(g.members, (m) => m.namespace + "/" + m.target),
+        statusBadge(g), ago(g.age_seconds)], { "data-group": g.id })));
+      fill($("#pipelines"), answer.pipelines.map((p) => row([
+        el("a", p.id, { href: "/pipelines/" + encodeURIComponent(p.id) }), p.target + " " + p.image,
+        members(p.environments, (e) => e.name), statusBadge(p), ago(p.age_seconds)], { "data-pipeline": p.id })));
     }
     const reload = throttled(load, 300);
     for (const select of [namespace, status]) select.addEventListener("change", () => {
@@ -239,5 +262,71 @@ window.canaryflow = (function () {
     reload();
   }
 
-  return { listPage, releasePage };
+  // ------------------------------------------------------------------ a group, a pipeline
+  function drawCommon(page, whole, summary) {
+    document.title = "canaryflow: " + page.id;
+    $("#title").textContent = page.id;
+    $("#title").appendChild(document.createTextNode(" "));
+    if (whole) $("#title").appendChild(statusBadge(whole));
+    $("#summary").textContent = whole ? summary : "(no state recorded)";
+    $("#trace").replaceChildren(...(page.trace ? [el("a", "its trace in Jaeger", { href: page.trace, id: "trace-link", target: "_blank" })] : []));
+    const o = page.outcome;
+    $("#outcome").textContent = o ? (o.result ? o.result.replace("_", " ") + ": " : "") + o.summary : "not ended yet";
+    $("#evidence").textContent = o && o.evidence.length ? evidence(o.evidence) : "";
+    fill($("#events"), page.events.slice().reverse().map((e) => row([clock(e.time), e.type, e.source, e.summary], { "data-event-id": e.id })));
+  }
+
+  function releaseLink(id) { return el("a", id, { href: "/releases/" + encodeURIComponent(id) }); }
+
+  function chain(list, name) {
+    $("#chain").replaceChildren(...list.map((m) => el("li", name(m) + ": " + m.state.replace("_", " "), { class: stateWord(m.state), "data-member": m.release_id })));
+  }
+
+  function drawGroup(page) {
+    const g = page.group;
+    drawCommon(page, g, g ? page.members.length + " member(s), requested by " + g.requested_by + (g.reason ? ": " + g.reason : "") : "");
+    chain(page.members, (m) => m.namespace + "/" + m.target);
+    fill($("#members"), page.members.map((m) => row([m.index + 1, m.started_at ? releaseLink(m.release_id) : m.release_id,
+      m.namespace + "/" + m.target, m.image, el("span", m.state.replace("_", " "), { class: "status " + stateWord(m.state) }),
+      m.release ? m.release.status : "", m.release ? m.release.step : "", m.release ? m.release.serving + " %" : ""],
+      { "data-member": m.release_id, "data-state": m.state })));
+    const gate = page.gate;
+    $("#gate").textContent = !gate ? "" : gate.promoting ? "opened: every member passed, promoting in order"
+      : gate.waiting.length ? "waiting: " + gate.waiting.join(", ") + " passed and wait for the others"
+      : g && g.terminal ? "closed: the group ended" : "no member waits yet";
+  }
+
+  function drawPipeline(page) {
+    const p = page.pipeline;
+    drawCommon(page, p, p ? p.target + " " + p.image + " through " + page.environments.map((e) => e.name).join(" → ") +
+      ", requested by " + p.requested_by + (p.waiting_gate ? ". Waits at the gate before " + p.waiting_gate +
+      ": canaryflow open-pipeline-gate " + page.id + " " + p.waiting_gate : "") : "");
+    chain(page.environments, (e) => e.name);
+    fill($("#environments"), page.environments.map((e) => row([e.index + 1, e.name, e.namespace,
+      e.gate ? e.gate_state + (e.gate_opened_by ? " by " + e.gate_opened_by : "") : "none",
+      e.started_at ? releaseLink(e.release_id) : e.release_id, el("span", e.state.replace("_", " "), { class: "status " + stateWord(e.state) }),
+      e.release ? e.release.step : "", e.release ? e.release.serving + " %" : ""],
+      { "data-member": e.release_id, "data-state": e.state })));
+  }
+
+  // Load once, then follow the whole and its members' releases (their ids do not change).
+  function wholePage(kind, draw) {
+    const id = decodeURIComponent(location.pathname.split("/").pop());
+    let source = null;
+    async function load() {
+      const answer = await fetch("/api/" + kind + "/" + encodeURIComponent(id));
+      if (!answer.ok) { $("#summary").textContent = await answer.text(); return; }
+      const page = await answer.json();
+      draw(page);
+      if (!source) source = follow([id, ...page.release_ids], reload);
+    }
+    const reload = throttled(load, 300);
+    fetch("/api/me").then((r) => r.json()).then(showMe);
+    reload();
+  }
+
+  function groupPage() { wholePage("groups", drawGroup); }
+  function pipelinePage() { wholePage("pipelines", drawPipeline); }
+
+  return { listPage, releasePage, groupPage, pipelinePage };
 })();
