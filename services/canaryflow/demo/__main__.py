@@ -1,11 +1,16 @@
-"""``make demo``: one good release promoted and one bad release rolled back, live.
+"""``make demo``: one good release promoted and one bad release rolled back, then a good
+and a bad version through a test -> staging -> production pipeline, live.
 
 Runs on the local stack (``make stack-up`` has started it), inside its network namespace
 (``make demo`` runs it there): puts the sample shop into a fresh namespace, sends real users to
 it through the gateway (Traefik), starts the four services as separate processes, and requests
 two releases the way any system would, over NATS. Every event is printed as it happens, and
-every few seconds what users behind the gateway got and what Traefik routed (``gateway.py``);
-a summary ends the run with the split, the sticky sessions and the rollback as users saw them.
+every few seconds what users behind the gateway got and what Traefik routed (``gateway.py``).
+Then two pipelines (``pipeline.py``) through three more namespaces: the good version walks
+test, staging and production (the demo opens production's gate as an operator), the bad one
+stops in staging and production is never asked to run it. A summary ends the run with the
+split, the sticky sessions and the rollback as users saw them, and where each pipeline's
+version ended.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from nats.aio.client import Client as NatsClient
 
 from canaryflow.cli import render
 from canaryflow.cli.main import follow_release, jaeger_ui, print_event
-from canaryflow.demo import shop
+from canaryflow.demo import pipeline, shop
 from canaryflow.demo.gateway import GatewayView, Window
 from canaryflow.demo.launcher import LaunchError, ServiceLauncher, StackEndpoints
 from canaryflow.runtime.settings import nats_servers
@@ -49,6 +54,10 @@ USERS_PER_SECOND = 40.0
 """New users a second through the gateway, 2-5 requests each: a 10 % canary then gets enough
 requests for the quick policy's minimum sample within one short step."""
 REPORT_SECONDS = 6.0
+PIPELINES = (
+    ("v2", "through test, staging and production — expect it everywhere"),
+    ("v3", "(fails 20 % of requests) — expect it to stop in staging"),
+)
 
 
 @dataclass
@@ -145,7 +154,7 @@ async def _release(
     )
 
 
-def _summary(outcomes: list[Outcome]) -> None:
+def _summary(outcomes: list[Outcome], pipelines: list[pipeline.PipelineOutcome]) -> None:
     _say("summary")
     for o in outcomes:
         steps = " -> ".join(f"{w}%" for w in o.steps_reached) or "none"
@@ -157,6 +166,10 @@ def _summary(outcomes: list[Outcome]) -> None:
             print(f"      evidence: {item}")
         print(f"      users via gateway: {o.users.line()}")
         print(f"      gateway over the release: {o.gateway}")
+    if pipelines:
+        print("   pipelines (test -> staging -> production):")
+    for p in pipelines:
+        print("\n".join(p.lines()))
 
 
 async def _run(endpoints: StackEndpoints, gateway_url: str, keep_namespace: bool) -> int:
@@ -200,8 +213,13 @@ async def _run(endpoints: StackEndpoints, gateway_url: str, keep_namespace: bool
     nc = await nats.connect(
         nats_servers(endpoints.nats_url), **endpoints.nats_access("requester").client_options()
     )
+    # Production's gate is opened as a person would: the operator identity.
+    operator = await nats.connect(
+        nats_servers(endpoints.nats_url), **endpoints.nats_access("operator").client_options()
+    )
     subjects = Subjects("canaryflow")
     outcomes = []
+    pipelines: list[pipeline.PipelineOutcome] = []
     view.start()
     reports = asyncio.create_task(view.report_every(REPORT_SECONDS))
     try:
@@ -209,18 +227,72 @@ async def _run(endpoints: StackEndpoints, gateway_url: str, keep_namespace: bool
         outcomes.append(await _release(nc, subjects, namespace, shop.image("v2"), view))
         _say("release 2: web:v3, which fails 20 % of requests — expect rollback")
         outcomes.append(await _release(nc, subjects, namespace, shop.image("v3"), view))
-        _summary(outcomes)
+        reports.cancel()  # the gateway's users are done: the pipelines' users are their own
+        await view.stop()
+        pipelines = await _pipelines(nc, operator, subjects, api, namespace)
+        _summary(outcomes, pipelines)
     finally:
         reports.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reports
         await view.stop()
         await nc.drain()
+        await operator.drain()
         launcher.stop()
         if not keep_namespace:
             client.CoreV1Api(api).delete_namespace(namespace)
+            pipeline.delete(api, namespace)
     expected = ["succeeded", "rolled_back"]
-    return 0 if [o.result for o in outcomes] == expected else 1
+    releases_ok = [o.result for o in outcomes] == expected
+    return 0 if releases_ok and _pipelines_as_expected(pipelines) else 1
+
+
+async def _pipelines(
+    nc: NatsClient,
+    operator: NatsClient,
+    subjects: Subjects,
+    api: client.ApiClient,
+    base: str,
+) -> list[pipeline.PipelineOutcome]:
+    where = pipeline.namespaces(base)
+    _say(
+        f"a pipeline: namespaces {', '.join(where.values())}, each with {pipeline.REPLICAS} pods "
+        f"of web:v1 and {pipeline.USERS_PER_SECOND:g} users a second of its own"
+    )
+    pipeline.install(api, base)
+    for line in pipeline.POLICY_LINES:
+        print(f"   {line}")
+    await asyncio.to_thread(pipeline.wait_ready, api, base)
+    print(f"   {pipeline.REPLICAS} pods of web Ready in each")
+    found = []
+    stamp = datetime.now().strftime("%H%M%S")
+    for number, (tag, expect) in enumerate(PIPELINES, start=1):
+        _say(f"pipeline {number}: web:{tag} {expect}")
+        found.append(
+            await pipeline.run_pipeline(
+                nc,
+                operator,
+                subjects,
+                api=api,
+                base=base,
+                pipeline_id=f"web-{tag}-{stamp}",
+                image=shop.image(tag),
+            )
+        )
+    return found
+
+
+def _pipelines_as_expected(found: list[pipeline.PipelineOutcome]) -> bool:
+    if len(found) != 2:
+        return False
+    good, bad = found
+    return (
+        good.result == "succeeded"
+        and set(good.environments.values()) == {"succeeded"}
+        and bad.result == "stopped"
+        and bad.stopped_in == "staging"
+        and bad.production_events == 0
+    )
 
 
 def main() -> None:
