@@ -38,6 +38,7 @@ from canaryflow_contracts.events import (
     ConfigMapChange,
     EnvVar,
     OpenGate,
+    OpenPipelineGate,
     OperatorCommand,
     PolicyOverrides,
     ReleasePlanned,
@@ -115,7 +116,11 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, event in OPERATOR_COMMANDS.items():
         command = commands.add_parser(name, help=(event.__doc__ or "").strip().splitlines()[0])
-        command.add_argument("release_id")
+        if event is OpenPipelineGate:
+            command.add_argument("release_id", metavar="pipeline_id")
+            command.add_argument("environment", help="the environment the gate is before")
+        else:
+            command.add_argument("release_id")
         if event is SetWeight:
             command.add_argument("weight", type=int, help="the canary's share, in percent")
         if event is OpenGate:
@@ -183,6 +188,7 @@ def operator_command(args: argparse.Namespace) -> OperatorCommand:
         args.reason,
         weight=getattr(args, "weight", None),
         gate=getattr(args, "gate", None),
+        environment=getattr(args, "environment", None),
     )
 
 

@@ -22,6 +22,7 @@ from canaryflow_contracts import MESSAGE_ID_HEADER, Envelope, EventData, Subject
 from canaryflow_contracts.events import (
     AbortRelease,
     OpenGate,
+    OpenPipelineGate,
     OperatorCommand,
     PauseRelease,
     PromoteNow,
@@ -37,6 +38,7 @@ OPERATOR_COMMANDS: dict[str, type[OperatorCommand]] = {
     "promote": PromoteNow,
     "set-weight": SetWeight,
     "open-gate": OpenGate,
+    "open-pipeline-gate": OpenPipelineGate,  # on a pipeline's id, not a release's
 }
 
 
@@ -45,7 +47,13 @@ class CommandError(Exception):
 
 
 def operator_command(
-    name: str, actor: str, reason: str = "", weight: int | None = None, gate: str | None = None
+    name: str,
+    actor: str,
+    reason: str = "",
+    *,
+    weight: int | None = None,
+    gate: str | None = None,
+    environment: str | None = None,
 ) -> OperatorCommand:
     """The command ``name`` (a key of ``OPERATOR_COMMANDS``) with who asks and why.
 
@@ -62,6 +70,10 @@ def operator_command(
         if not gate:
             raise CommandError("open-gate needs the gate's name")
         return OpenGate(actor=actor, reason=reason, gate=gate)
+    if kind is OpenPipelineGate:
+        if not environment:
+            raise CommandError("open-pipeline-gate needs the environment the gate is before")
+        return OpenPipelineGate(actor=actor, reason=reason, environment=environment)
     return kind(actor=actor, reason=reason)
 
 

@@ -10,6 +10,7 @@ from canaryflow.cli import main as cli
 from canaryflow_contracts import Envelope, EventData
 from canaryflow_contracts.events import (
     ConfigMapChange,
+    OpenPipelineGate,
     PauseRelease,
     ReleasePlanned,
     ReleaseRejected,
@@ -56,3 +57,18 @@ def test_only_an_answer_carrying_the_request_id_answers_the_request() -> None:
     assert cli.answers(wrapped(refused), "req-2")
     assert cli.answers(wrapped(rejected), "req-3")
     assert not cli.answers(wrapped(PauseRelease(actor="a")), "req-1")
+
+
+def test_a_pipeline_gate_is_opened_on_the_pipeline_id_before_a_named_environment() -> None:
+    args = cli._parser().parse_args(
+        ["open-pipeline-gate", "web-v2", "production", "--by", "ops@shop", "--reason", "ok"]
+    )
+    command = cli.operator_command(args)
+    assert isinstance(command, OpenPipelineGate)
+    assert (args.release_id, command.environment, command.actor) == (
+        "web-v2",
+        "production",
+        "ops@shop",
+    )
+    with pytest.raises(SystemExit):  # the environment is required
+        cli._parser().parse_args(["open-pipeline-gate", "web-v2"])

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from pydantic import ValidationError
 
 from canaryflow.runtime import commands, operators
-from canaryflow_contracts.events import OpenGate, PauseRelease, SetWeight
+from canaryflow_contracts.events import OpenGate, OpenPipelineGate, PauseRelease, SetWeight
 
 
 def test_every_command_is_built_by_its_name_with_who_and_why() -> None:
@@ -21,8 +21,10 @@ def test_every_command_is_built_by_its_name_with_who_and_why() -> None:
     assert isinstance(weight, SetWeight) and weight.weight == 40
     gate = commands.operator_command("open-gate", "ops@shop", gate="confirm")
     assert isinstance(gate, OpenGate) and gate.gate == "confirm"
+    pipeline_gate = commands.operator_command("open-pipeline-gate", "ops@shop", environment="prod")
+    assert isinstance(pipeline_gate, OpenPipelineGate) and pipeline_gate.environment == "prod"
     assert set(commands.OPERATOR_COMMANDS) == {
-        "pause", "resume", "abort", "promote", "set-weight", "open-gate",
+        "pause", "resume", "abort", "promote", "set-weight", "open-gate", "open-pipeline-gate",
     }  # fmt: skip
 
 
@@ -33,6 +35,8 @@ def test_a_command_that_cannot_be_made_says_why() -> None:
         commands.operator_command("set-weight", "ops@shop")
     with pytest.raises(commands.CommandError, match="gate's name"):
         commands.operator_command("open-gate", "ops@shop")
+    with pytest.raises(commands.CommandError, match="needs the environment"):
+        commands.operator_command("open-pipeline-gate", "ops@shop")
     with pytest.raises(ValidationError):
         commands.operator_command("set-weight", "ops@shop", weight=0)
 
