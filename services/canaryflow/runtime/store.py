@@ -61,13 +61,8 @@ class ReleaseStore:
         self._kv = kv
 
     async def get(self, release_id: str) -> Versioned | None:
-        try:
-            entry = await self._kv.get(_release_key(release_id))
-        except KeyNotFoundError:
-            return None
-        if entry.value is None or entry.revision is None:
-            return None
-        return Versioned(read_state(entry.value), entry.revision)
+        found = await self._current(_release_key(release_id))
+        return None if found is None else Versioned(read_state(found[0]), found[1])
 
     async def create(self, state: ReleaseState) -> int:
         try:
@@ -120,29 +115,43 @@ class ReleaseStore:
     async def all(self) -> list[Versioned]:
         """Every release's latest state, streamed by one watcher: a get per key was a round
         trip each, a second per reconcile pass at a thousand releases (bench/scale.py)."""
-        watcher = await self._kv.watch("release.>", ignore_deletes=True)
+        return [
+            Versioned(read_state(value), revision)
+            for value, revision in await self._latest("release.>")
+        ]
+
+    async def _latest(self, keys: str) -> list[tuple[bytes, int]]:
+        """The latest value and revision of every key matching ``keys``, by one watcher."""
+        watcher = await self._kv.watch(keys, ignore_deletes=True)
         found = []
         try:
             async for entry in watcher:
                 if entry is None:  # the watcher's marker: every current value delivered
                     break
                 if entry.value and entry.revision is not None:
-                    found.append(Versioned(read_state(entry.value), entry.revision))
+                    found.append((entry.value, entry.revision))
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]  # untyped in nats-py
         return found
+
+    async def _current(self, key: str) -> tuple[bytes, int] | None:
+        """The key's value and revision, None when it has none."""
+        try:
+            entry = await self._kv.get(key)
+        except KeyNotFoundError:
+            return None
+        if entry.value is None or entry.revision is None:
+            return None
+        return entry.value, entry.revision
 
     # ----------------------------------------------------------------- release groups
     # A group's state sits in the same bucket under ``group.<id>``, guarded the same way.
 
     async def get_group(self, group_id: str) -> VersionedGroup | None:
-        try:
-            entry = await self._kv.get(_group_key(group_id))
-        except KeyNotFoundError:
+        found = await self._current(_group_key(group_id))
+        if found is None:
             return None
-        if entry.value is None or entry.revision is None:
-            return None
-        return VersionedGroup(GroupState.model_validate_json(entry.value), entry.revision)
+        return VersionedGroup(GroupState.model_validate_json(found[0]), found[1])
 
     async def create_group(self, state: GroupState) -> int:
         try:
@@ -161,30 +170,18 @@ class ReleaseStore:
             raise StaleWrite(f"group {state.group_id} changed since revision {revision}") from error
 
     async def all_groups(self) -> list[VersionedGroup]:
-        watcher = await self._kv.watch("group.>", ignore_deletes=True)
-        found = []
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                if entry.value and entry.revision is not None:
-                    found.append(
-                        VersionedGroup(GroupState.model_validate_json(entry.value), entry.revision)
-                    )
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]  # untyped in nats-py
-        return found
+        return [
+            VersionedGroup(GroupState.model_validate_json(value), revision)
+            for value, revision in await self._latest("group.>")
+        ]
 
     # ----------------------------------------------------------------- release pipelines
 
     async def get_pipeline(self, pipeline_id: str) -> VersionedPipeline | None:
-        try:
-            entry = await self._kv.get(_pipeline_key(pipeline_id))
-        except KeyNotFoundError:
+        found = await self._current(_pipeline_key(pipeline_id))
+        if found is None:
             return None
-        if entry.value is None or entry.revision is None:
-            return None
-        return VersionedPipeline(PipelineState.model_validate_json(entry.value), entry.revision)
+        return VersionedPipeline(PipelineState.model_validate_json(found[0]), found[1])
 
     async def create_pipeline(self, state: PipelineState) -> int:
         try:
@@ -205,15 +202,7 @@ class ReleaseStore:
             ) from error
 
     async def all_pipelines(self) -> list[VersionedPipeline]:
-        watcher = await self._kv.watch("pipeline.>", ignore_deletes=True)
-        found = []
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                if entry.value and entry.revision is not None:
-                    state = PipelineState.model_validate_json(entry.value)
-                    found.append(VersionedPipeline(state, entry.revision))
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]  # untyped in nats-py
-        return found
+        return [
+            VersionedPipeline(PipelineState.model_validate_json(value), revision)
+            for value, revision in await self._latest("pipeline.>")
+        ]
