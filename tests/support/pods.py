@@ -70,35 +70,42 @@ class PodHistory(_Watcher):
     events: list[PodEvent] = field(default_factory=list, kw_only=True)
 
     def _run(self, kube: client.ApiClient) -> None:
+        # List, then watch from the list's resourceVersion. A watch without one starts with
+        # the pods as synthetic ADDED events in no particular order, and resuming from the
+        # last of those replayed older changes (pods "not Ready" again) into the history.
         pods = client.CoreV1Api(kube)
         resource_version = ""
         while not self.stop.is_set():
-            stream = watch.Watch().stream(
-                pods.list_namespaced_pod,
-                self.namespace,
-                label_selector=self.selector,
-                timeout_seconds=1,
-                resource_version=resource_version or None,
-            )
-            for event in stream:
-                pod = event["object"]
-                resource_version = pod.metadata.resource_version
-                ready = any(
-                    c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or [])
+            if not resource_version:
+                listed = pods.list_namespaced_pod(self.namespace, label_selector=self.selector)
+                for pod in listed.items:
+                    self._record("ADDED", pod)
+                resource_version = listed.metadata.resource_version
+            try:
+                stream = watch.Watch().stream(
+                    pods.list_namespaced_pod,
+                    self.namespace,
+                    label_selector=self.selector,
+                    timeout_seconds=1,
+                    resource_version=resource_version,
                 )
-                gone = event["type"] == "DELETED" or pod.metadata.deletion_timestamp is not None
-                track = (pod.metadata.labels or {}).get(TRACK_LABEL, "stable")
-                self.events.append(
-                    PodEvent(
-                        time.monotonic(),
-                        event["type"],
-                        pod.metadata.name,
-                        track,
-                        ready and not gone,
-                    )
-                )
-                if self.stop.is_set():
-                    break
+                for event in stream:
+                    resource_version = event["object"].metadata.resource_version
+                    self._record(event["type"], event["object"])
+                    if self.stop.is_set():
+                        break
+            except client.exceptions.ApiException as error:
+                if error.status != 410:
+                    raise
+                resource_version = ""  # too old to resume: list again
+
+    def _record(self, kind: str, pod: client.V1Pod) -> None:
+        ready = any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+        gone = kind == "DELETED" or pod.metadata.deletion_timestamp is not None
+        track = (pod.metadata.labels or {}).get(TRACK_LABEL, "stable")
+        self.events.append(
+            PodEvent(time.monotonic(), kind, pod.metadata.name, track, ready and not gone)
+        )
 
     def moments(self) -> Iterator[Moment]:
         """Who serves after each event, in the API's order."""
