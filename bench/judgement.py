@@ -7,7 +7,11 @@ metrics-watcher's own ``Analyst`` (measure, compare, judge, verdict) runs each a
 a clock that jumps. A/A runs (canary identical to baseline) give the false-positive rate;
 A/B runs (canary worse by a known amount) give the power and the time to detect.
 
-    .venv/bin/python bench/judgement.py [--runs N] [--seed S]
+    .venv/bin/python bench/judgement.py [--runs N] [--variant-runs N] [--seed S]
+
+A second part runs experiments of several variants against one baseline on a business rate
+(conversion) through ``experiment.Experiment``, the multi-variant decision rule; variants are
+not yet carried by the services, so this part feeds the rule directly, look by look.
 
 Targets (issue 4): false rollbacks below 1 % of A/A runs at alpha 0.01; a 5x error-rate
 regression detected within 2 ticks in at least 95 % of runs; a p99-only 2x latency
@@ -29,7 +33,14 @@ import numpy as np
 
 from canaryflow.dataplane.shop import LATENCY_BUCKETS as BUCKETS
 from canaryflow.metrics_watcher.analysis import AnalysisJob, Analyst
+from canaryflow.metrics_watcher.experiment import (
+    Experiment,
+    ExperimentRule,
+    Standing,
+    detection_seconds,
+)
 from canaryflow.metrics_watcher.progress import MemoryProgress
+from canaryflow.metrics_watcher.stats import Counts
 from canaryflow.runtime.store import Versioned
 from canaryflow_contracts.events import (
     AnalysisVerdict,
@@ -287,7 +298,7 @@ def _percent(part: int, whole: int) -> str:
     return f"{100 * part / whole:5.1f} %"
 
 
-async def main(runs: int, seed: int) -> int:
+async def single_canary(runs: int, seed: int) -> bool:
     rng = np.random.default_rng(seed)
     baseline = Version()
     print(
@@ -329,6 +340,153 @@ async def main(runs: int, seed: int) -> int:
             ok = False
         if scenario.name.startswith("A/B: p99 2x, same") and len(failed) < 0.9 * count:
             ok = False
+    return ok
+
+
+# The multi-variant part: a shop of 50 visits a second converting 3 %, each variant and the
+# baseline given 20 % of its visitors (10 a second each), looked at every 5 minutes for at
+# most 8 hours; alpha 0.01 across every variant together.
+SHOP_VISITS_PER_SECOND = 50.0
+SHOP_CONVERSION = 0.03
+SIDE_SHARE = 0.20
+LOOK_SECONDS = 300.0
+EXPERIMENT_LOOKS = 96
+EXPERIMENT_ALPHA = 0.01
+
+
+@dataclass(frozen=True)
+class VariantScenario:
+    name: str
+    conversions: dict[str, float]  # each variant's true conversion rate
+    better: str | None = None  # the one that should win
+    worse: str | None = None  # the one that should be rolled back
+
+
+@dataclass(frozen=True)
+class ExperimentOutcome:
+    winner: str | None
+    ended_at: dict[str, tuple[Standing, float]]  # variant -> (why it ended, seconds)
+    seconds: float  # when the experiment ended
+
+
+VARIANT_SCENARIOS = (
+    VariantScenario("A/A/A: three variants, none different", {"a": 0.03, "b": 0.03, "c": 0.03}),
+    VariantScenario(
+        "A/B/B: one variant +10 % conversion", {"a": 0.033, "b": 0.03, "c": 0.03}, better="a"
+    ),
+    VariantScenario(
+        "A/B/B: one variant -20 % conversion", {"a": 0.024, "b": 0.03, "c": 0.03}, worse="a"
+    ),
+)
+
+
+def one_experiment(scenario: VariantScenario, rng: np.random.Generator) -> ExperimentOutcome:
+    rule = ExperimentRule(alpha=EXPERIMENT_ALPHA)
+    experiment = Experiment(rule, list(scenario.conversions))
+    mean_visits = SHOP_VISITS_PER_SECOND * SIDE_SHARE * LOOK_SECONDS
+    ended: dict[str, tuple[Standing, float]] = {}
+    for look in range(1, EXPERIMENT_LOOKS + 1):
+        baseline_visits = float(rng.poisson(mean_visits))
+        baseline = float(rng.binomial(baseline_visits, SHOP_CONVERSION))
+        for name, rate in scenario.conversions.items():
+            visits = float(rng.poisson(mean_visits))
+            counts = Counts(float(rng.binomial(visits, rate)), visits, baseline, baseline_visits)
+            experiment.add(name, [counts])
+        decision = experiment.decide(final=look == EXPERIMENT_LOOKS)
+        for variant in decision.variants:
+            if variant.standing in {Standing.WORSE, Standing.SHORT}:
+                ended.setdefault(variant.name, (variant.standing, look * LOOK_SECONDS))
+        if decision.over:
+            return ExperimentOutcome(decision.winner, ended, look * LOOK_SECONDS)
+    raise AssertionError("the last look is final")
+
+
+def _hours(seconds: list[float]) -> str:
+    if not seconds:
+        return "-"
+    return f"{np.median(seconds) / 3600:.1f} h (p90 {np.percentile(seconds, 90) / 3600:.1f} h)"
+
+
+def several_variants(runs: int, seed: int) -> bool:
+    rng = np.random.default_rng(seed + 1)
+    side = SHOP_VISITS_PER_SECOND * SIDE_SHARE
+    print(
+        f"\nmulti-variant experiments: {runs} runs per scenario; a shop of "
+        f"{SHOP_VISITS_PER_SECOND:g} visits/s converting {SHOP_CONVERSION:.0%}, each variant "
+        f"and the baseline {SIDE_SHARE:.0%} of visitors ({side:g}/s), a look every "
+        f"{LOOK_SECONDS:g} s for at most {EXPERIMENT_LOOKS * LOOK_SECONDS / 3600:g} h; "
+        f"alpha {EXPERIMENT_ALPHA} across all variants (Bonferroni: {EXPERIMENT_ALPHA / 3:.4f} "
+        f"each); superiority with minimum lift 0"
+    )
+    ok = True
+    for scenario in VARIANT_SCENARIOS:
+        started = time.perf_counter()
+        outcomes = [one_experiment(scenario, rng) for _ in range(runs)]
+        false_promotions = sum(1 for o in outcomes if o.winner not in {None, scenario.better})
+        false_rollbacks = sum(
+            1 for o in outcomes if any(name != scenario.worse for name in o.ended_at)
+        )
+        wrong = sum(
+            1
+            for o in outcomes
+            if o.winner not in {None, scenario.better}
+            or any(name != scenario.worse for name in o.ended_at)
+        )
+        line = (
+            f"  {scenario.name:<40} {runs:>4} runs  false promotions "
+            f"{_percent(false_promotions, runs)}  false rollbacks {_percent(false_rollbacks, runs)}"
+            f"  runs with any wrong decision {_percent(wrong, runs)}"
+        )
+        if scenario.better is not None:
+            found = [o.seconds for o in outcomes if o.winner == scenario.better]
+            estimate = detection_seconds(
+                baseline_rate=SHOP_CONVERSION,
+                lift=scenario.conversions[scenario.better] / SHOP_CONVERSION - 1.0,
+                variant_trials_per_second=side,
+                baseline_trials_per_second=side,
+                alpha=EXPERIMENT_ALPHA,
+                variants=len(scenario.conversions),
+            )
+            line += (
+                f"\n      promoted {_percent(len(found), runs)}, after {_hours(found)}; "
+                f"detection_seconds estimated {estimate / 3600:.1f} h"
+            )
+        if scenario.worse is not None:
+            caught = [
+                o.ended_at[scenario.worse][1] for o in outcomes if scenario.worse in o.ended_at
+            ]
+            line += (
+                f"\n      rolled back alone {_percent(len(caught), runs)}, after {_hours(caught)}"
+            )
+        print(f"{line}  ({time.perf_counter() - started:.0f}s)")
+        if wrong > EXPERIMENT_ALPHA * runs:
+            ok = False
+    print("\n  how long a variant with +10 % conversion takes to be promoted (estimate), by share:")
+    for share in (0.05, 0.10, 0.25):
+        per_side = SHOP_VISITS_PER_SECOND * share
+        times = [
+            detection_seconds(
+                baseline_rate=SHOP_CONVERSION,
+                lift=0.10,
+                variant_trials_per_second=per_side,
+                baseline_trials_per_second=per_side,
+                alpha=alpha,
+                variants=variants,
+            )
+            / 3600
+            for variants, alpha in ((1, 0.05), (2, 0.05), (3, 0.01))
+        ]
+        print(
+            f"    variant and baseline {share:.0%} each ({per_side:g} visits/s): one variant at "
+            f"alpha 0.05 {times[0]:.1f} h, two at 0.05 {times[1]:.1f} h, three at 0.01 "
+            f"{times[2]:.1f} h"
+        )
+    return ok
+
+
+async def main(runs: int, variant_runs: int, seed: int) -> int:
+    ok = await single_canary(runs, seed)
+    ok = several_variants(variant_runs, seed) and ok
     print("targets met" if ok else "TARGETS MISSED")
     return 0 if ok else 1
 
@@ -336,6 +494,7 @@ async def main(runs: int, seed: int) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=500)
+    parser.add_argument("--variant-runs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=20261127)
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(args.runs, args.seed)))
+    sys.exit(asyncio.run(main(args.runs, args.variant_runs, args.seed)))

@@ -155,33 +155,62 @@ class Estimate:
 
 
 def ratio_interval(ticks: Sequence[Counts], alpha: float) -> Estimate:
-    """Point estimate and anytime-valid (1 - alpha) interval of canary rate / baseline rate.
+    """Point estimate and anytime-valid (1 - alpha) interval of canary rate / baseline rate,
+    over ``ticks`` (see ``ConfidenceSequence``)."""
+    sequence = ConfidenceSequence(alpha)
+    sequence.add(ticks)
+    return sequence.estimate()
+
+
+class ConfidenceSequence:
+    """The interval of canary rate / baseline rate, kept one look at a time.
 
     The interval is the set of ratios a two-sided mSPRT has not rejected at any look so far
     (the running intersection, which keeps it valid at all times); ends at the edge of the
-    grid (1/50, 50) are reported as unbounded.
+    grid (1/50, 50) are reported as unbounded. Kept incrementally (each look costs the same,
+    however long the analysis), for experiments that run for hours.
     """
-    if not ticks:
-        return Estimate(None, None, None)
-    # The point estimate is over every tick served (the one trial the likelihood gives a tick
-    # where one side served nothing is no request).
-    xc, nc, xb, nb = _counts(ticks)
-    rate_c = xc.sum() / nc.sum() if nc.sum() else math.nan
-    rate_b = xb.sum() / nb.sum() if nb.sum() else math.nan
-    change = rate_c / rate_b - 1.0 if rate_b > 0 and not math.isnan(rate_c) else None
-    xc, nc, xb, nb = _arrays(ticks)
-    alternatives = np.concatenate([ALTERNATIVES, 1.0 / ALTERNATIVES])
-    grid = _GRID.reshape(-1, 1)  # (G, 1): each candidate value of the ratio
-    log_lr = _log_lr((xc, nc, xb, nb), grid, grid * alternatives)  # (T, G, 2K)
-    cumulative = np.cumsum(log_lr, axis=0)
-    mixture = logsumexp(cumulative, axis=2) - math.log(len(alternatives))  # (T, G)
-    kept = _GRID[np.max(mixture, axis=0) < math.log(1.0 / alpha)]
-    if kept.size == 0:
-        return Estimate(change, None, None)
-    low, high = float(kept.min()), float(kept.max())
-    lower = None if low <= _GRID[0] else low - 1.0
-    upper = None if high >= _GRID[-1] else high - 1.0
-    return Estimate(change, lower, upper)
+
+    _ALTERNATIVES: Floats = np.concatenate([ALTERNATIVES, 1.0 / ALTERNATIVES])
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+        # Per candidate ratio (grid) and alternative: the log likelihood ratio so far.
+        self._cumulative: Floats = np.zeros((_GRID.size, self._ALTERNATIVES.size))
+        # Per candidate ratio: the largest mixture seen at any look (-inf: none yet).
+        self._largest: Floats = np.full(_GRID.size, -np.inf)
+        self._served: Floats = np.zeros(4)  # canary events, trials, baseline events, trials
+        self.looks = 0
+
+    def add(self, ticks: Sequence[Counts]) -> None:
+        """Take the next looks' counts, in order."""
+        if not ticks:
+            return
+        self.looks += len(ticks)
+        # The point estimate is over every tick served (the one trial the likelihood gives
+        # a tick where one side served nothing is no request).
+        self._served += np.array([column.sum() for column in _counts(ticks)])
+        grid = _GRID.reshape(-1, 1)  # (G, 1): each candidate value of the ratio
+        log_lr = _log_lr(_arrays(ticks), grid, grid * self._ALTERNATIVES)  # (T, G, 2K)
+        cumulative = self._cumulative + np.cumsum(log_lr, axis=0)
+        mixture = logsumexp(cumulative, axis=2) - math.log(self._ALTERNATIVES.size)  # (T, G)
+        self._largest = np.maximum(self._largest, np.max(mixture, axis=0))
+        self._cumulative = cumulative[-1]
+
+    def estimate(self) -> Estimate:
+        if not self.looks:
+            return Estimate(None, None, None)
+        xc, nc, xb, nb = (float(v) for v in self._served)
+        rate_c = xc / nc if nc else math.nan
+        rate_b = xb / nb if nb else math.nan
+        change = rate_c / rate_b - 1.0 if rate_b > 0 and not math.isnan(rate_c) else None
+        kept = _GRID[self._largest < math.log(1.0 / self.alpha)]
+        if kept.size == 0:
+            return Estimate(change, None, None)
+        low, high = float(kept.min()), float(kept.max())
+        lower = None if low <= _GRID[0] else low - 1.0
+        upper = None if high >= _GRID[-1] else high - 1.0
+        return Estimate(change, lower, upper)
 
 
 @dataclass(frozen=True)
