@@ -137,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         if len(survivors) > SURVIVORS_STATED[name]:
             over.append(name)
     if over:
-        print(f"more survivors than docs/contributing.md states in: {', '.join(over)}", file=sys.stderr)
+        print(
+            f"more survivors than docs/contributing.md states in: {', '.join(over)}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -65,8 +65,9 @@ def environments(kube: client.ApiClient) -> Iterator[dict[str, str]]:
             bad = GOOD if env == "test" else BAD
             shop.set_behaviour(kube, name, {"v1": GOOD, "v2": GOOD, "v2-bad": bad})
             weights = (50,) if env == "test" else (20, 50)
-            # The pods get 240 s: a step's ready deadline also runs while every service is
-            # down, and their restart mid-staging took over 60 s on a loaded machine.
+            # The pods get 240 s: set when a step's deadline still ran while every service was
+            # down (their restart mid-staging took over 60 s on a loaded machine); kept as a
+            # margin for the loaded machine.
             policy: dict[str, Any] = shop.quick_policy(
                 weights=weights,
                 hold_seconds=6,

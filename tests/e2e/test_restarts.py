@@ -31,12 +31,14 @@ from canaryflow.demo.launcher import SERVICES, ServiceLauncher, delete_jetstream
 from canaryflow_contracts import Envelope, EventData, Subjects
 from canaryflow_contracts.events import (
     AnalysisVerdict,
+    ApplyPhase,
     PhaseReached,
     PromotionCompleted,
     ReleaseRolledBack,
     ReleaseSucceeded,
     RequestAnalysis,
     RequestPromotion,
+    RollbackRequested,
     VerdictAction,
     VerdictResult,
 )
@@ -247,3 +249,35 @@ async def test_a_planner_killed_at_a_final_pass_still_takes_the_next_step(
         f"next step in place {next_step:.2f}s after that verdict"
     )
     assert next_step <= 2 * FEW_SECONDS, f"the next step came {next_step:.2f}s after the pass"
+
+
+async def test_every_executor_down_past_a_steps_deadline_changes_no_outcome(
+    kube: client.ApiClient, shop_namespace: str, releases: Releases, whole_fleet: ServiceLauncher
+) -> None:
+    # A deploy of canaryflow itself, or a node drained under it: no executor runs for longer
+    # than the step's 30 s to be ready and the planner's 15 s grace. The deadline measures the
+    # cluster from when an executor takes the step up, so the good release still succeeds.
+    shop.apply_policy(kube, shop_namespace, shop.quick_policy(weights=(50,), hold_seconds=6))
+    whole_fleet.stop("executor")
+    release_id = await releases.request(shop_namespace, shop.image("v2"))
+    requested_at = time.time()
+
+    def asked_again(envelope: Envelope[EventData]) -> bool:
+        return envelope.id == f"{release_id}.apply.0.r1"
+
+    await releases.events(release_id, until=(ApplyPhase,), timeout=120, stop=asked_again)
+    down_for = time.time() - requested_at
+    whole_fleet.start(("executor",))
+    events = await releases.events(release_id)
+
+    assert isinstance(events[-1].data, ReleaseSucceeded), _kinds(events)
+    assert not _data(events, RollbackRequested), _kinds(events)
+    [deadline] = {e.data.ready_deadline for e in _data(events, ApplyPhase)}
+    reached = _data(events, PhaseReached)
+    assert reached and reached[0].time > deadline, "the step came in place after its deadline"
+    _assert_promoted(kube, shop_namespace)
+    print(
+        f"\nMEASURE every executor down {down_for:.1f}s from the request "
+        f"({whole_fleet.replicas} replica(s)): step in place "
+        f"{(reached[0].time - deadline).total_seconds():.1f}s after its deadline, release succeeded"
+    )

@@ -16,7 +16,7 @@ from typing import Any, Protocol, assert_never
 from kubernetes import client
 from nats.js import JetStreamContext
 
-from canaryflow.executor import hooks, notify
+from canaryflow.executor import decisions, hooks, notify
 from canaryflow.executor.cluster import Cluster
 from canaryflow.executor.ledger import SideEffectLedger
 from canaryflow.executor.notify.base import NotifiedEvent
@@ -161,11 +161,13 @@ class Executor:
     async def on_apply(self, envelope: Envelope[ApplyPhase], delivery: Delivery) -> None:
         command, rid = envelope.data, envelope.subject
         step = command.step
-        router = await self._refused(
-            envelope, authority.apply_refusals(rid, command, await self._state_of(rid))
-        )
-        if router is None:
+        state = await self._state_of(rid)
+        router = await self._refused(envelope, authority.apply_refusals(rid, command, state))
+        if router is None or state is None:
             return
+        deadline = decisions.step_deadline(
+            command.ready_deadline, state.phase_started_at, self._now()
+        )
 
         async def wanted() -> bool:
             return not authority.apply_refusals(rid, command, await self._state_of(rid))
@@ -178,7 +180,7 @@ class Executor:
             outcome = (
                 Failed(router)
                 if isinstance(router, str)
-                else await self._runner.apply(rid, command, wanted, router)
+                else await self._runner.apply(rid, command, deadline, wanted, router)
             )
         span.set_attributes(tracing.outcome_attributes(outcome))
         target = command.target

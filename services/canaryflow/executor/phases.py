@@ -159,10 +159,16 @@ class PhaseRunner:
         return snapshot
 
     async def apply(
-        self, release_id: str, command: ApplyPhase, wanted: Wanted, router: TrafficRouter
+        self,
+        release_id: str,
+        command: ApplyPhase,
+        deadline: datetime,
+        wanted: Wanted,
+        router: TrafficRouter,
     ) -> PhaseOutcome:
-        """Put the step in place through ``router``, the one the target's policy names."""
-        target, version, deadline = command.target, command.version, command.ready_deadline
+        """Put the step in place through ``router``, the one the target's policy names, by
+        ``deadline`` (``decisions.step_deadline``)."""
+        target, version = command.target, command.version
         if not await wanted():
             return Superseded(f"step {command.step.index} is no longer the release's current step")
         try:
@@ -187,7 +193,7 @@ class PhaseRunner:
             if plan.stable > full_size(stable):
                 # The canary shrinks (an operator lowered its weight): stable takes the share
                 # first, so no pod leaves the canary before its replacement serves.
-                moved = await self._stable_first(command, release_id, plan.stable, wanted)
+                moved = await self._stable_first(command, release_id, plan.stable, deadline, wanted)
                 if moved is not None:
                     return moved
             await self.cluster.apply_canary(
@@ -245,7 +251,12 @@ class PhaseRunner:
         )
 
     async def _stable_first(
-        self, command: ApplyPhase, release_id: str, replicas: int, wanted: Wanted
+        self,
+        command: ApplyPhase,
+        release_id: str,
+        replicas: int,
+        deadline: datetime,
+        wanted: Wanted,
     ) -> Failed | Superseded | None:
         """Scale stable up to ``replicas`` and wait until all of them are Ready."""
         if not await self.cluster.scale_stable(command.target, release_id, replicas):
@@ -254,7 +265,7 @@ class PhaseRunner:
             command,
             f"stable at {replicas} pods",
             lambda s: s.stable.complete and s.stable.desired == replicas,
-            deadline=command.ready_deadline,
+            deadline=deadline,
             wanted=wanted,
             owner=release_id,
         )

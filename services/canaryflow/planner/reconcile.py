@@ -3,9 +3,15 @@
 Events can be lost (a crash between a state write and a publish, a consumer dead-lettering),
 and a release must never be stranded by that. Every few seconds each live release is compared
 with the clock: a command unanswered for longer than it can reasonably take is re-issued under
-a fresh event id (the old id may still sit in JetStream's duplicate window), and a step that
-missed its deadline or a pause that outlived its limit turns into a rollback, because waiting
-longer would leave a canary serving users with nobody judging it.
+a fresh event id (the old id may still sit in JetStream's duplicate window), and a pause that
+outlived its limit turns into a rollback, because waiting longer would leave a canary serving
+users with nobody judging it.
+
+A step the executor never answered is asked for again, not rolled back at its deadline: the
+deadline measures the cluster from the moment an executor acts on the step (the executor
+gives a step it takes up late its whole window then), so an executor restarted or upgraded
+for longer than the window changes no outcome. Only an executor silent for
+``APPLY_REISSUES`` more windows rolls the release back.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from canaryflow.planner.machine import (
     Command,
     Decision,
     after_wait,
+    apply_phase,
     release_failed,
     request_analysis,
     request_promotion,
@@ -43,6 +50,9 @@ class ReconcileTimings:
 
 
 DEFAULT_TIMINGS = ReconcileTimings()
+# Times a step's ApplyPhase is asked for again, a window apart, before an executor that never
+# answers rolls the release back.
+APPLY_REISSUES = 2
 
 
 def reconcile(
@@ -64,9 +74,7 @@ def reconcile(
     if state.status is ReleaseStatus.WAITING:
         return _waited_out(state, now)
     if state.status is ReleaseStatus.APPLYING:
-        if now > state.ready_deadline + timedelta(seconds=timings.grace_seconds):
-            return _roll_back(state, now, f"step {state.step_index} not in place by its deadline")
-        return NO_CHANGE
+        return _unanswered_step(state, now, waited, timings)
     if state.status is ReleaseStatus.ANALYSING:
         limit = (
             state.current_step.hold_seconds
@@ -83,6 +91,30 @@ def reconcile(
         command = request_promotion(state, f"{rid}.promote.r{state.reissued + 1}")
         return _reissue(state, now, command, "promotion not completed")
     return _unanswered_rollback(state, now, timings)
+
+
+def _unanswered_step(
+    state: ReleaseState, now: datetime, waited: timedelta, timings: ReconcileTimings
+) -> Decision:
+    """A step unanswered past its deadline: asked again a window apart, then rolled back.
+
+    An executor that is up answers by the deadline itself (in place, or failed with what the
+    cluster showed); silence means no executor has acted on the step.
+    """
+    grace = timedelta(seconds=timings.grace_seconds)
+    if now <= state.ready_deadline + grace:
+        return NO_CHANGE
+    window = max(state.ready_deadline - state.phase_started_at, timedelta(0))
+    if now > state.ready_deadline + APPLY_REISSUES * (window + grace) + grace:
+        reason = (
+            f"step {state.step_index} not in place: no executor answered within "
+            f"{APPLY_REISSUES} more windows of {window.total_seconds():g}s after its deadline"
+        )
+        return _roll_back(state, now, reason)
+    if waited <= window + grace:
+        return NO_CHANGE
+    event_id = f"{state.release_id}.apply.{state.step_index}.r{state.reissued + 1}"
+    return _reissue(state, now, apply_phase(state, event_id), "step not answered")
 
 
 def _unanswered_rollback(state: ReleaseState, now: datetime, timings: ReconcileTimings) -> Decision:

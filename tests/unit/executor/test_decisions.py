@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from canaryflow.executor import decisions
 from canaryflow.runtime import conventions
@@ -68,3 +68,16 @@ def test_restore_owner() -> None:
     # Taken over by the rollback service: the step in progress is superseded.
     marked = {**point.annotations(), conventions.ROLLING_BACK_ANNOTATION: "rel-1"}
     assert decisions.restore_owner({"metadata": {"annotations": marked}}) is None
+
+
+def test_a_step_taken_up_late_gets_its_whole_window_from_then() -> None:
+    started = datetime(2026, 12, 8, 12, 0, tzinfo=UTC)
+    deadline = started + timedelta(seconds=120)
+    # On time: the planner's deadline.
+    assert decisions.step_deadline(deadline, started, started + timedelta(seconds=1)) == (
+        started + timedelta(seconds=121)
+    )
+    assert decisions.step_deadline(deadline, started, started) == deadline
+    # Taken up 5 minutes late (every executor was down): 120 s from now, not already over.
+    late = started + timedelta(seconds=300)
+    assert decisions.step_deadline(deadline, started, late) == late + timedelta(seconds=120)

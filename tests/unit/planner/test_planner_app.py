@@ -330,16 +330,23 @@ async def test_a_release_driven_to_the_end_frees_its_target(world: World) -> Non
     assert world.store.locks == {}
 
 
-async def test_reconcile_rolls_back_a_step_that_missed_its_deadline(world: World) -> None:
-    await world.planner.on_request(raw_request())
+async def test_reconcile_asks_for_an_unanswered_step_again_then_rolls_it_back(
+    world: World,
+) -> None:
+    await world.planner.on_request(raw_request())  # ready by T0 + 60 s, grace 10 s
     world.clock.now = at(65)
     await world.planner.reconcile_once()
     assert world.store.state().status is ReleaseStatus.APPLYING
     world.clock.now = at(71)
     await world.planner.reconcile_once()
+    assert world.store.state().status is ReleaseStatus.APPLYING
+    assert world.bus.kinds()[-1] is ApplyPhase
+    assert world.bus.sent[-1][1] == "shop-web-1.apply.0.r1"
+    world.clock.now = at(60 + 2 * 70 + 11)  # two more windows (and graces) of silence
+    await world.planner.reconcile_once()
     state = world.store.state()
     assert state.status is ReleaseStatus.ROLLING_BACK
-    assert state.reissued == 1
+    assert "no executor answered" in state.outcome_reason
     assert world.bus.kinds()[-1] is RollbackRequested
     # Our own rollback request coming back changes nothing more.
     _, event_id, data = world.bus.sent[-1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from canaryflow.planner.machine import NO_CHANGE
 from canaryflow.planner.reconcile import ReconcileTimings, reconcile
 from canaryflow_contracts.events import (
+    ApplyPhase,
     RequestAnalysis,
     RequestPromotion,
     ResumeRelease,
@@ -24,17 +25,36 @@ def with_status(status: ReleaseStatus, **changes: object) -> ReleaseState:
     return accepted().model_copy(update={"status": status, **changes})
 
 
-def test_a_step_not_in_place_by_its_deadline_is_rolled_back() -> None:
-    state = accepted()  # ready by T0 + 60 s
+def test_a_step_unanswered_past_its_deadline_is_asked_for_again_a_window_apart() -> None:
+    state = accepted()  # started at T0, ready by T0 + 60 s: a window of 60 s, grace 10 s
     assert reconcile(state, at(70), TIMINGS) == NO_CHANGE
     decision = reconcile(state, at(71), TIMINGS)
     assert decision.state is not None
-    assert decision.state.status is ReleaseStatus.ROLLING_BACK
+    assert decision.state.status is ReleaseStatus.APPLYING
     assert decision.state.reissued == 1
-    assert decision.state.last_command_at == at(71)
+    [command] = decision.commands
+    assert isinstance(command.data, ApplyPhase)
+    # The step's own deadline, which the executor's authority checks; a late executor
+    # gives itself the window from when it takes the step up.
+    assert command.data.ready_deadline == state.ready_deadline
+    assert command.event_id == f"{RID}.apply.0.r1"
+    again = decision.state
+    assert reconcile(again, at(71 + 70), TIMINGS) == NO_CHANGE
+    assert reconcile(again, at(71 + 71), TIMINGS).commands[0].event_id == f"{RID}.apply.0.r2"
+
+
+def test_a_step_no_executor_answers_for_two_more_windows_is_rolled_back() -> None:
+    state = accepted()
+    still = reconcile(state, at(60 + 2 * 70 + 10), TIMINGS).state
+    assert still is not None and still.status is ReleaseStatus.APPLYING
+    decision = reconcile(state, at(60 + 2 * 70 + 11), TIMINGS)
+    assert decision.state is not None
+    assert decision.state.status is ReleaseStatus.ROLLING_BACK
     [command] = decision.commands
     assert isinstance(command.data, RollbackRequested)
-    assert command.data.reason == "step 0 not in place by its deadline"
+    assert command.data.reason == (
+        "step 0 not in place: no executor answered within 2 more windows of 60s after its deadline"
+    )
     assert command.event_id == f"{RID}.rollback.r1"
 
 

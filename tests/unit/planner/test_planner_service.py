@@ -125,10 +125,16 @@ class Running:
             letters.append(envelope_of(DeadLetter).model_validate_json(stored.data or b""))
         return letters
 
-    async def first(self, kind: type[Any], release_id: str, timeout: float = 10) -> Envelope[Any]:
+    async def first(
+        self, kind: type[Any], release_id: str, timeout: float = 10, event_id: str = ""
+    ) -> Envelope[Any]:
         async def check() -> Envelope[Any] | None:
             for envelope in self.seen:
-                if isinstance(envelope.data, kind) and envelope.subject == release_id:
+                if (
+                    isinstance(envelope.data, kind)
+                    and envelope.subject == release_id
+                    and envelope.id == (event_id or envelope.id)
+                ):
                     return envelope
             return None
 
@@ -316,7 +322,9 @@ REQUEST_IDS = {
 }
 
 
-async def test_reconcile_rolls_back_a_step_that_missed_its_deadline(running: Running) -> None:
+async def test_reconcile_asks_for_an_unanswered_step_again_then_rolls_it_back(
+    running: Running,
+) -> None:
     subjects: Subjects = running.subjects
     await running.publish(
         subjects.of(ReleaseRequested, "svc-3"),
@@ -326,5 +334,8 @@ async def test_reconcile_rolls_back_a_step_that_missed_its_deadline(running: Run
     )
     await running.first(ApplyPhase, "svc-3")
     running.clock.now = at(60 + 11)  # the policy's 60 s to be ready, plus the grace
+    again = await running.first(ApplyPhase, "svc-3", timeout=3, event_id="svc-3.apply.0.r1")
+    assert again.data.ready_deadline == at(60)  # the step's own: the executor extends it
+    running.clock.now = at(60 + 2 * 70 + 11)  # two more windows (and graces) of silence
     rollback = await running.first(RollbackRequested, "svc-3", timeout=3)
-    assert rollback.data.reason == "step 0 not in place by its deadline"
+    assert rollback.data.reason.startswith("step 0 not in place: no executor answered")
