@@ -62,7 +62,12 @@ class Phases(Protocol):
     """Carries out a step or a promotion on the cluster (``PhaseRunner``; tests pass fakes)."""
 
     async def apply(
-        self, release_id: str, command: ApplyPhase, wanted: Wanted, router: TrafficRouter
+        self,
+        release_id: str,
+        command: ApplyPhase,
+        deadline: datetime,
+        wanted: Wanted,
+        router: TrafficRouter,
     ) -> PhaseOutcome: ...
 
     async def promote(
