@@ -37,10 +37,9 @@ from canaryflow.metrics_watcher.experiment import (
     Experiment,
     ExperimentRule,
     Standing,
-    detection_seconds,
 )
 from canaryflow.metrics_watcher.progress import MemoryProgress
-from canaryflow.metrics_watcher.stats import Counts
+from canaryflow.metrics_watcher.stats import Counts, detection_time
 from canaryflow.runtime.store import Versioned
 from canaryflow_contracts.events import (
     AnalysisVerdict,
@@ -439,17 +438,17 @@ def several_variants(runs: int, seed: int) -> bool:
         )
         if scenario.better is not None:
             found = [o.seconds for o in outcomes if o.winner == scenario.better]
-            estimate = detection_seconds(
+            estimate = detection_time(
                 baseline_rate=SHOP_CONVERSION,
                 lift=scenario.conversions[scenario.better] / SHOP_CONVERSION - 1.0,
-                variant_trials_per_second=side,
-                baseline_trials_per_second=side,
+                variant_trials=side,
+                baseline_trials=side,
                 alpha=EXPERIMENT_ALPHA,
                 variants=len(scenario.conversions),
             )
             line += (
                 f"\n      promoted {_percent(len(found), runs)}, after {_hours(found)}; "
-                f"detection_seconds estimated {estimate / 3600:.1f} h"
+                f"detection_time estimated {estimate / 3600:.1f} h"
             )
         if scenario.worse is not None:
             caught = [
@@ -465,11 +464,11 @@ def several_variants(runs: int, seed: int) -> bool:
     for share in (0.05, 0.10, 0.25):
         per_side = SHOP_VISITS_PER_SECOND * share
         times = [
-            detection_seconds(
+            detection_time(
                 baseline_rate=SHOP_CONVERSION,
                 lift=0.10,
-                variant_trials_per_second=per_side,
-                baseline_trials_per_second=per_side,
+                variant_trials=per_side,
+                baseline_trials=per_side,
                 alpha=alpha,
                 variants=variants,
             )

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Protocol
 
 from canaryflow.metrics_watcher.compare import Reading, judge_histogram, judge_rates
@@ -291,7 +292,7 @@ class Analyst:
             judge = (
                 judge_histogram
                 if query_set.canary.histogram and not isinstance(rule, BusinessMetric)
-                else judge_rates
+                else partial(judge_rates, interval_seconds=analysis.interval_seconds)
             )
             judged = judge(
                 rule,  # type: ignore[arg-type]  # histograms are never business metrics

@@ -161,6 +161,31 @@ def _too_little(canary: float, baseline: float, min_requests: int) -> str:
     )
 
 
+def _time_needed(
+    ticks: Sequence[stats.Counts], bar: float, alpha: float, interval_seconds: float
+) -> str:
+    """How long ruling out ``bar`` takes, in all, for a canary that changes nothing at the
+    traffic of ``ticks`` (``interval_seconds`` apart)."""
+    xb = sum(t.baseline_events for t in ticks)
+    nc = sum(t.canary_trials for t in ticks)
+    nb = sum(t.baseline_trials for t in ticks)
+    looks = stats.detection_time(
+        baseline_rate=xb / nb if nb else 0.0,
+        lift=0.0,
+        variant_trials=nc / len(ticks) if ticks else 0.0,
+        baseline_trials=nb / len(ticks) if ticks else 0.0,
+        alpha=alpha,
+        bar=bar,
+    )
+    if math.isinf(looks):
+        return "; no estimate of the time needed: the baseline saw no event yet"
+    seconds = math.ceil(looks) * interval_seconds
+    return (
+        f"; at this traffic a canary that changes nothing needs about {seconds:.0f} s of "
+        f"readings in all to rule it out"
+    )
+
+
 def judge_rates(
     rule: Comparison | BusinessMetric,
     history: Sequence[Reading],
@@ -169,7 +194,10 @@ def judge_rates(
     min_requests: int,
     canary_queries: CountQueries,
     baseline_queries: CountQueries,
+    interval_seconds: float | None = None,
 ) -> Judged:
+    """``interval_seconds``: the time between readings, for how long an inconclusive
+    comparison would need at the traffic seen."""
     ticks = rate_increments(history)
     business = isinstance(rule, BusinessMetric)
     higher_is_worse = rule.better is Better.LOWER
@@ -212,6 +240,9 @@ def judge_rates(
             f"{'+' if higher_is_worse else '-'}{100 * effect:.3g} % "
             f"(interval {_change(estimate.lower)} to {_change(estimate.upper)})"
         )
+        if not ruled_out and interval_seconds:
+            bar = effect if higher_is_worse else -effect
+            decision += _time_needed(ticks, bar, alpha, interval_seconds)
     return _judged(
         rule.name,
         "msprt-business" if business else "msprt-rate",

@@ -34,20 +34,17 @@ superiority, ``-margin`` for non-inferiority):
 "Best" is claimed only with confidence: the winner's lift is surely above the bar, and under
 ``settle: best`` (ended before its time) surely at least that of every variant still
 running. Under ``settle: first`` the winner is a variant that surely sells more, possibly not
-the one that sells most. ``detection_seconds`` says beforehand how long a variant with the declared
-minimum detectable lift takes to qualify at the traffic it will get.
+the one that sells most. ``stats.detection_time`` says beforehand how long a variant with a
+given lift takes to qualify at the traffic it will get.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-import numpy as np
-
-from canaryflow.metrics_watcher.stats import ALTERNATIVES, ConfidenceSequence, Counts, Estimate
+from canaryflow.metrics_watcher.stats import ConfidenceSequence, Counts, Estimate
 
 
 class Rule(StrEnum):
@@ -205,45 +202,3 @@ class Experiment:
     def _ordered(self, standings: tuple[VariantStanding, ...]) -> tuple[VariantStanding, ...]:
         order = list(self._sequences)
         return tuple(sorted(standings, key=lambda v: order.index(v.name)))
-
-
-def detection_seconds(
-    *,
-    baseline_rate: float,
-    lift: float,
-    variant_trials_per_second: float,
-    baseline_trials_per_second: float,
-    alpha: float,
-    variants: int,
-    bar: float = 0.0,
-) -> float:
-    """About how long a variant whose true lift is ``lift`` takes to qualify (its interval
-    wholly above ``bar``), at the traffic each side gets (math.inf: never).
-
-    The interval leaves ``1 + bar`` behind when the mixture at that ratio reaches
-    ``log(1 / level)``; under the variant's true rates the best of the mixture's
-    alternatives grows by its expected log likelihood ratio per second (a Kullback-Leibler
-    divergence between the canary's shares of events), and the mixture's equal weights cost
-    ``log(number of alternatives)`` on the way. The time is the ratio of the two: the
-    crossing time of the mean path, close to the median (the bench compares it with
-    simulated runs).
-    """
-    if lift <= bar:
-        return math.inf
-    level = alpha / variants
-    nc, nb = variant_trials_per_second, baseline_trials_per_second
-    events = nc * baseline_rate * (1.0 + lift) + nb * baseline_rate  # per second, both sides
-    share = nc * (1.0 + lift) / (nc * (1.0 + lift) + nb)  # the variant's true share of events
-    null = 1.0 + bar
-
-    def share_at(ratio: float) -> float:
-        return ratio * nc / (ratio * nc + nb)
-
-    q0 = share_at(null)
-    alternatives = np.concatenate([ALTERNATIVES, 1.0 / ALTERNATIVES])
-    q1 = np.array([share_at(null * a) for a in alternatives])
-    drift = events * (share * np.log(q1 / q0) + (1.0 - share) * np.log((1.0 - q1) / (1.0 - q0)))
-    best = float(np.max(drift))
-    if best <= 0.0:
-        return math.inf
-    return (math.log(1.0 / level) + math.log(alternatives.size)) / best

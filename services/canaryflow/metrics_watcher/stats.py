@@ -213,6 +213,45 @@ class ConfidenceSequence:
         return Estimate(change, lower, upper)
 
 
+def detection_time(
+    *,
+    baseline_rate: float,
+    lift: float,
+    variant_trials: float,
+    baseline_trials: float,
+    alpha: float,
+    variants: int = 1,
+    bar: float = 0.0,
+) -> float:
+    """About how long the confidence sequence of a canary whose true lift is ``lift`` takes
+    to leave ``bar`` out (wholly above it when ``lift > bar``, below when under), at level
+    ``alpha / variants``; ``variant_trials`` and ``baseline_trials`` are trials per unit of
+    time (a second, a tick), and the answer is in that unit (math.inf: never).
+
+    The interval leaves ``1 + bar`` out once the mixture at that ratio reaches
+    ``log(variants / alpha)``. Under the true rates, each of the mixture's alternatives grows
+    by its expected log likelihood ratio per unit of time (a Kullback-Leibler divergence
+    between the canary's true share of events and the one the alternative says), the best one
+    dominates, and the mixture's equal weights cost ``log(number of alternatives)`` on the
+    way: the time is the ratio of the two, the crossing time of the mean path. Simulated
+    experiments cross a little sooner (bench/judgement.py prints both).
+    """
+    if lift == bar or baseline_rate <= 0.0:
+        return math.inf
+    nc, nb = variant_trials, baseline_trials
+    events = nc * baseline_rate * (1.0 + lift) + nb * baseline_rate  # both sides together
+    share = nc * (1.0 + lift) / (nc * (1.0 + lift) + nb)  # the canary's true share of events
+    null = 1.0 + bar
+    alternatives = np.concatenate([ALTERNATIVES, 1.0 / ALTERNATIVES])
+    q0 = null * nc / (null * nc + nb)
+    q1 = null * alternatives * nc / (null * alternatives * nc + nb)
+    drift = events * (share * np.log(q1 / q0) + (1.0 - share) * np.log((1.0 - q1) / (1.0 - q0)))
+    best = float(np.max(drift))
+    if best <= 0.0:
+        return math.inf
+    return (math.log(variants / alpha) + math.log(alternatives.size)) / best
+
+
 @dataclass(frozen=True)
 class BucketTicks:
     """One tick's increments of a cumulative histogram on both tracks.

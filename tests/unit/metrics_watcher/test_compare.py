@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
+from canaryflow.metrics_watcher import stats
 from canaryflow.metrics_watcher.compare import (
     HistogramReading,
     Outcome,
@@ -94,6 +97,35 @@ def test_a_business_metric_needs_its_interval_to_rule_out_the_effect() -> None:
     drop = judge(CONVERSION, rates((0, 0, 0, 0), (250, 10000, 500, 10000)))
     assert drop.outcome is Outcome.FAIL and drop.check.estimate == pytest.approx(-0.5)
     assert "significantly lower" in drop.check.decision
+
+
+def test_an_inconclusive_business_metric_says_how_long_ruling_the_effect_out_takes() -> None:
+    history = rates((0, 0, 0, 0), (50, 1000, 50, 1000), (100, 2000, 100, 2000))
+    judged = judge_rates(
+        CONVERSION,
+        history,
+        alpha=0.01,
+        min_requests=100,
+        canary_queries=Q,
+        baseline_queries=QB,
+        interval_seconds=5,
+    )
+    assert judged.outcome is Outcome.INCONCLUSIVE
+    needed = stats.detection_time(
+        baseline_rate=0.05,
+        lift=0.0,
+        variant_trials=1000,
+        baseline_trials=1000,
+        alpha=0.01,
+        bar=-0.3,
+    )
+    seconds = math.ceil(needed) * 5
+    assert seconds > 10  # more than the two readings so far
+    assert judged.check.decision.endswith(
+        f"needs about {seconds} s of readings in all to rule it out"
+    ), judged.check.decision
+    # Without the interval (a caller that does not know it) nothing is guessed.
+    assert "needs about" not in judge(CONVERSION, history).check.decision
 
 
 def hist(canary: dict[str, float], baseline: dict[str, float]) -> Reading:

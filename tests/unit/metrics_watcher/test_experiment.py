@@ -13,9 +13,13 @@ from canaryflow.metrics_watcher.experiment import (
     Rule,
     Settle,
     Standing,
-    detection_seconds,
 )
-from canaryflow.metrics_watcher.stats import ConfidenceSequence, Counts, ratio_interval
+from canaryflow.metrics_watcher.stats import (
+    ConfidenceSequence,
+    Counts,
+    detection_time,
+    ratio_interval,
+)
 
 VISITS = 2000  # per side and look
 
@@ -166,11 +170,11 @@ def test_a_wrong_rule_is_refused_with_the_reason(rule: object, problem: str) -> 
 
 
 def shop_detection(per_side: float = 5.0, lift: float = 0.10, variants: int = 2) -> float:
-    return detection_seconds(
+    return detection_time(
         baseline_rate=0.03,
         lift=lift,
-        variant_trials_per_second=per_side,
-        baseline_trials_per_second=per_side,
+        variant_trials=per_side,
+        baseline_trials=per_side,
         alpha=0.05,
         variants=variants,
     )
@@ -182,16 +186,21 @@ def test_detection_time_follows_traffic_variants_and_effect() -> None:
     assert shop_detection(variants=4) > seconds
     assert shop_detection(lift=0.2) < seconds
     assert shop_detection(lift=0.0) == math.inf
+    # Ruling a 10 % drop out for a canary that changes nothing: as long as finding a 10 % lift.
+    no_change = detection_time(
+        baseline_rate=0.03, lift=0.0, variant_trials=5.0, baseline_trials=5.0, alpha=0.05, bar=-0.1
+    )
+    assert 0.5 * shop_detection(variants=1) < no_change < 2 * shop_detection(variants=1)
 
 
 def test_detection_time_is_near_the_median_of_simulated_experiments() -> None:
     rng = np.random.default_rng(8)
     rate, lift, per_look = 0.05, 0.25, 400  # visits per side and 1-second look
-    estimate = detection_seconds(
+    estimate = detection_time(
         baseline_rate=rate,
         lift=lift,
-        variant_trials_per_second=per_look,
-        baseline_trials_per_second=per_look,
+        variant_trials=per_look,
+        baseline_trials=per_look,
         alpha=0.05,
         variants=1,
     )
