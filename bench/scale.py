@@ -43,6 +43,7 @@ import os
 import statistics
 import sys
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -294,6 +295,7 @@ class RunResult:
     pods_ready_seconds: float
     peak_in_flight: int
     apiserver: str
+    handling: str = ""
 
 
 async def collect(
@@ -315,6 +317,38 @@ async def collect(
         seen.setdefault(envelope.subject, []).append(Seen(envelope, received))
         if isinstance(envelope.data, TERMINAL_EVENTS):
             ended.add(envelope.subject)
+
+
+def handling_by_handler(launcher: ServiceLauncher) -> str:
+    """Each handler's messages, mean handling time and redeliveries, every replica together
+    (each replica's own /metrics): where a service's time went, and how often JetStream
+    handed a message out again because its ack came too late."""
+    handled: Counter[tuple[str, str]] = Counter()
+    seconds: Counter[tuple[str, str]] = Counter()
+    again: Counter[tuple[str, str]] = Counter()
+    for replica in launcher.running:
+        url = f"http://127.0.0.1:{replica.metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            continue
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                key = (sample.labels.get("service", ""), sample.labels.get("handler", ""))
+                if sample.name == "canaryflow_event_handling_seconds_count":
+                    handled[key] += sample.value
+                elif sample.name == "canaryflow_event_handling_seconds_sum":
+                    seconds[key] += sample.value
+                elif sample.name == "canaryflow_redeliveries_total":
+                    again[key] += sample.value
+    return "; ".join(
+        f"{service}/{handler} {handled[(service, handler)]:.0f} "
+        f"(mean {seconds[(service, handler)] / handled[(service, handler)]:.3f} s, "
+        f"{again[(service, handler)]:.0f} redelivered)"
+        for service, handler in sorted(handled)
+        if handled[(service, handler)]
+    )
 
 
 def lags(
@@ -427,6 +461,7 @@ async def run(
                 print(f"   {elapsed:5.0f} s: {len(ended)} of {count} ended", flush=True)
         seconds = time.monotonic() - started
         sample_usage(launcher, usage)
+        handling = await asyncio.to_thread(handling_by_handler, launcher)
         apiserver = busiest(
             requests_before, await asyncio.to_thread(apiserver_requests, api), seconds
         )
@@ -467,6 +502,7 @@ async def run(
             pods_ready,
             peak_in_flight(seen),
             apiserver,
+            handling,
         )
     finally:
         for task in tasks:
@@ -547,6 +583,7 @@ async def main(args: argparse.Namespace) -> int:
                     print(f"   WRONG {problem}", flush=True)
                 print(table([result]), flush=True)
                 print(f"   API server: {result.apiserver}", flush=True)
+                print(f"   handled, by service and handler: {result.handling}", flush=True)
                 for kind, values in sorted(result.transition_by_input.items()):
                     print(
                         f"   planner answering {kind}: p50/p99 {quantiles(values)} s, "
