@@ -323,9 +323,9 @@ def handling_by_handler(launcher: ServiceLauncher) -> str:
     """Each handler's messages, mean handling time and redeliveries, every replica together
     (each replica's own /metrics): where a service's time went, and how often JetStream
     handed a message out again because its ack came too late."""
-    handled: Counter[tuple[str, str]] = Counter()
-    seconds: Counter[tuple[str, str]] = Counter()
-    again: Counter[tuple[str, str]] = Counter()
+    handled: dict[tuple[str, str], float] = {}
+    seconds: dict[tuple[str, str], float] = {}
+    again: dict[tuple[str, str], float] = {}
     for replica in launcher.running:
         url = f"http://127.0.0.1:{replica.metrics_port}/metrics"
         try:
@@ -336,16 +336,17 @@ def handling_by_handler(launcher: ServiceLauncher) -> str:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 key = (sample.labels.get("service", ""), sample.labels.get("handler", ""))
-                if sample.name == "canaryflow_event_handling_seconds_count":
-                    handled[key] += sample.value
-                elif sample.name == "canaryflow_event_handling_seconds_sum":
-                    seconds[key] += sample.value
-                elif sample.name == "canaryflow_redeliveries_total":
-                    again[key] += sample.value
+                totals = {
+                    "canaryflow_event_handling_seconds_count": handled,
+                    "canaryflow_event_handling_seconds_sum": seconds,
+                    "canaryflow_redeliveries_total": again,
+                }.get(sample.name)
+                if totals is not None:
+                    totals[key] = totals.get(key, 0.0) + sample.value
     return "; ".join(
         f"{service}/{handler} {handled[(service, handler)]:.0f} "
-        f"(mean {seconds[(service, handler)] / handled[(service, handler)]:.3f} s, "
-        f"{again[(service, handler)]:.0f} redelivered)"
+        f"(mean {seconds.get((service, handler), 0.0) / handled[(service, handler)]:.3f} s, "
+        f"{again.get((service, handler), 0.0):.0f} redelivered)"
         for service, handler in sorted(handled)
         if handled[(service, handler)]
     )
