@@ -236,7 +236,7 @@ def apiserver_requests(api: client.ApiClient) -> Counter[tuple[str, str]]:
         for sample in family.samples:
             if sample.name == "apiserver_request_total":
                 labels = sample.labels
-                counts[(labels.get("verb", ""), labels.get("resource", ""))] += sample.value
+                counts[(labels.get("verb", ""), labels.get("resource", ""))] += int(sample.value)
     return counts
 
 
