@@ -139,6 +139,9 @@ class SyntheticProvider:
             return track.errors
         return track.requests
 
+    async def collection_gap(self, window_seconds: float) -> float | None:
+        return 0.0  # the simulated source collects at every tick
+
     async def query_vector(self, query: str, label: str) -> dict[str, float]:
         track = self._track(query)
         values = {
