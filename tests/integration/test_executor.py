@@ -101,10 +101,13 @@ async def applying(
     """Store the release at ``step`` with a fresh deadline, as the planner does before it
     publishes the step; the ApplyPhase it publishes for that state."""
     steps = [*[STEP0, STEP1][: step.index], step]
-    deadline = datetime.now(UTC) + timedelta(seconds=seconds)
+    started = datetime.now(UTC)
+    deadline = started + timedelta(seconds=seconds)
     target = TargetRef(namespace=namespace, name=NAME)
+    # The step's start with its deadline: the executor gives a step it takes up late the
+    # window between the two from then (decisions.step_deadline).
     state = release_state(rid, target, version, steps, status).model_copy(
-        update={"step_index": step.index, "ready_deadline": deadline}
+        update={"step_index": step.index, "phase_started_at": started, "ready_deadline": deadline}
     )
     await put_state(events, state)
     return ApplyPhase(target=target, version=version, step=step, ready_deadline=deadline)
