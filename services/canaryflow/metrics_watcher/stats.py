@@ -49,6 +49,8 @@ from scipy.special import logsumexp
 
 # Rate ratios the mixture averages over (in the worse direction), equal weights.
 ALTERNATIVES: NDArray[np.float64] = np.geomspace(1.1, 30.0, 12)
+# Both directions: the two-sided test, and the confidence sequence that inverts it.
+TWO_SIDED: NDArray[np.float64] = np.concatenate([ALTERNATIVES, 1.0 / ALTERNATIVES])
 # Values of the ratio the confidence sequence is evaluated on (ratio, not log).
 _GRID: NDArray[np.float64] = np.geomspace(1 / 50, 50.0, 481)
 
@@ -134,7 +136,7 @@ def rate_test(
         return Sequential(0.0, threshold, 1.0, False)
     xc, nc, xb, nb = _arrays(ticks)
     if two_sided:
-        thetas = np.concatenate([ALTERNATIVES, 1.0 / ALTERNATIVES])
+        thetas = TWO_SIDED
     else:
         thetas = ALTERNATIVES if higher_is_worse else 1.0 / ALTERNATIVES
     cumulative = np.cumsum(_log_lr((xc, nc, xb, nb), np.ones(1), thetas), axis=0)  # (T, K)
@@ -171,12 +173,10 @@ class ConfidenceSequence:
     however long the analysis), for experiments that run for hours.
     """
 
-    _ALTERNATIVES: Floats = np.concatenate([ALTERNATIVES, 1.0 / ALTERNATIVES])
-
     def __init__(self, alpha: float) -> None:
         self.alpha = alpha
         # Per candidate ratio (grid) and alternative: the log likelihood ratio so far.
-        self._cumulative: Floats = np.zeros((_GRID.size, self._ALTERNATIVES.size))
+        self._cumulative: Floats = np.zeros((_GRID.size, TWO_SIDED.size))
         # Per candidate ratio: the largest mixture seen at any look (-inf: none yet).
         self._largest: Floats = np.full(_GRID.size, -np.inf)
         self._served: Floats = np.zeros(4)  # canary events, trials, baseline events, trials
@@ -191,9 +191,9 @@ class ConfidenceSequence:
         # a tick where one side served nothing is no request).
         self._served += np.array([column.sum() for column in _counts(ticks)])
         grid = _GRID.reshape(-1, 1)  # (G, 1): each candidate value of the ratio
-        log_lr = _log_lr(_arrays(ticks), grid, grid * self._ALTERNATIVES)  # (T, G, 2K)
+        log_lr = _log_lr(_arrays(ticks), grid, grid * TWO_SIDED)  # (T, G, 2K)
         cumulative = self._cumulative + np.cumsum(log_lr, axis=0)
-        mixture = logsumexp(cumulative, axis=2) - math.log(self._ALTERNATIVES.size)  # (T, G)
+        mixture = logsumexp(cumulative, axis=2) - math.log(TWO_SIDED.size)  # (T, G)
         self._largest = np.maximum(self._largest, np.max(mixture, axis=0))
         self._cumulative = cumulative[-1]
 
@@ -242,14 +242,13 @@ def detection_time(
     events = nc * baseline_rate * (1.0 + lift) + nb * baseline_rate  # both sides together
     share = nc * (1.0 + lift) / (nc * (1.0 + lift) + nb)  # the canary's true share of events
     null = 1.0 + bar
-    alternatives = np.concatenate([ALTERNATIVES, 1.0 / ALTERNATIVES])
     q0 = null * nc / (null * nc + nb)
-    q1 = null * alternatives * nc / (null * alternatives * nc + nb)
+    q1 = null * TWO_SIDED * nc / (null * TWO_SIDED * nc + nb)
     drift = events * (share * np.log(q1 / q0) + (1.0 - share) * np.log((1.0 - q1) / (1.0 - q0)))
     best = float(np.max(drift))
     if best <= 0.0:
         return math.inf
-    return (math.log(variants / alpha) + math.log(alternatives.size)) / best
+    return (math.log(variants / alpha) + math.log(TWO_SIDED.size)) / best
 
 
 @dataclass(frozen=True)
