@@ -135,10 +135,8 @@ def rate_test(
     if not ticks:
         return Sequential(0.0, threshold, 1.0, False)
     xc, nc, xb, nb = _arrays(ticks)
-    if two_sided:
-        thetas = TWO_SIDED
-    else:
-        thetas = ALTERNATIVES if higher_is_worse else 1.0 / ALTERNATIVES
+    one_sided = ALTERNATIVES if higher_is_worse else 1.0 / ALTERNATIVES
+    thetas = TWO_SIDED if two_sided else one_sided
     cumulative = np.cumsum(_log_lr((xc, nc, xb, nb), np.ones(1), thetas), axis=0)  # (T, K)
     mixture = logsumexp(cumulative, axis=1) - math.log(len(thetas))  # (T,)
     evidence = float(np.exp(min(float(np.max(mixture)), 700.0)))
