@@ -8,7 +8,7 @@ it, always with compare-and-set on the KV revision.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -148,6 +148,11 @@ class ReleaseState(TextModel):
     @property
     def current_step(self) -> PlannedStep:
         return self.steps[min(self.step_index, len(self.steps) - 1)]
+
+    @property
+    def ready_window(self) -> timedelta:
+        """The time the current step has to be in place: every step gets the first one's."""
+        return max(self.ready_deadline - self.phase_started_at, timedelta(0))
 
 
 class GroupStatus(StrEnum):

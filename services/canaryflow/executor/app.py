@@ -170,9 +170,7 @@ class Executor:
         router = await self._refused(envelope, authority.apply_refusals(rid, command, state))
         if router is None or state is None:
             return
-        deadline = decisions.step_deadline(
-            command.ready_deadline, state.phase_started_at, self._now()
-        )
+        deadline = decisions.step_deadline(command.ready_deadline, state.ready_window, self._now())
 
         async def wanted() -> bool:
             return not authority.apply_refusals(rid, command, await self._state_of(rid))

@@ -31,18 +31,15 @@ def deadline_reason(
     )
 
 
-def step_deadline(
-    command_deadline: datetime, phase_started_at: datetime, now: datetime
-) -> datetime:
+def step_deadline(command_deadline: datetime, window: timedelta, now: datetime) -> datetime:
     """When a step the executor takes up ``now`` fails for want of Ready pods.
 
     The deadline measures the cluster from the moment an executor acts on the step: a step
     first taken up late (every executor down, restarting, or behind a backlog) gets its whole
-    window (the planner's deadline minus the step's start) from now, so our own downtime never
-    fails a step. A restart mid-wait starts the window again, once per restart; the planner
-    rolls back a step no executor answers for long (reconcile).
+    window (``ReleaseState.ready_window``) from now, so our own downtime never fails a step. A
+    restart mid-wait starts the window again, once per restart; the planner rolls back a step
+    no executor answers for long (reconcile).
     """
-    window = max(command_deadline - phase_started_at, timedelta(0))
     return max(command_deadline, now + window)
 
 

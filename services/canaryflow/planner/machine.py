@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, assert_never
 
 import canaryflow.planner.waiting as waits
@@ -317,7 +317,6 @@ def _set_weight(state: ReleaseState, now: datetime, command: SetWeight) -> Relea
         index=following, weight=command.weight, hold_seconds=current.hold_seconds
     )
     later = [step.model_copy(update={"index": step.index + 1}) for step in state.steps[following:]]
-    ready_window = max(state.ready_deadline - state.phase_started_at, timedelta(0))
     detail = f"canary to {command.weight}%" + (f": {command.reason}" if command.reason else "")
     return _log(state, now, "weight-set", detail, command.actor).model_copy(
         update={
@@ -325,7 +324,7 @@ def _set_weight(state: ReleaseState, now: datetime, command: SetWeight) -> Relea
             "status": ReleaseStatus.APPLYING,
             "step_index": following,
             "phase_started_at": now,
-            "ready_deadline": now + ready_window,
+            "ready_deadline": now + state.ready_window,
             "last_command_at": now,
         }
     )
@@ -571,13 +570,12 @@ def _advance(state: ReleaseState, now: datetime) -> ReleaseState:
     if following >= len(state.steps):
         return waits.enter(state, waits.PROMOTION, ReleaseStatus.PROMOTING, now)
     # Every step gets the same time to become ready as the first one had.
-    ready_window = state.ready_deadline - state.phase_started_at
     return state.model_copy(
         update={
             "status": ReleaseStatus.APPLYING,
             "step_index": following,
             "phase_started_at": now,
-            "ready_deadline": now + max(ready_window, timedelta(0)),
+            "ready_deadline": now + state.ready_window,
             "last_command_at": now,
         }
     )

@@ -104,7 +104,7 @@ def _unanswered_step(
     grace = timedelta(seconds=timings.grace_seconds)
     if now <= state.ready_deadline + grace:
         return NO_CHANGE
-    window = max(state.ready_deadline - state.phase_started_at, timedelta(0))
+    window = state.ready_window
     if now > state.ready_deadline + APPLY_REISSUES * (window + grace) + grace:
         reason = (
             f"step {state.step_index} not in place: no executor answered within "

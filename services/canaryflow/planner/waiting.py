@@ -91,8 +91,7 @@ def _leave(state: ReleaseState, then: ReleaseStatus, now: datetime) -> ReleaseSt
     update: dict[str, object] = {"status": then, "waiting": None, "last_command_at": now}
     if then is ReleaseStatus.APPLYING:
         # The step's time to become ready starts when it is really applied.
-        window = max(state.ready_deadline - state.phase_started_at, timedelta(0))
-        update |= {"phase_started_at": now, "ready_deadline": now + window}
+        update |= {"phase_started_at": now, "ready_deadline": now + state.ready_window}
     return state.model_copy(update=update)
 
 

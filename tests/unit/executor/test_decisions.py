@@ -72,12 +72,13 @@ def test_restore_owner() -> None:
 
 def test_a_step_taken_up_late_gets_its_whole_window_from_then() -> None:
     started = datetime(2026, 12, 8, 12, 0, tzinfo=UTC)
-    deadline = started + timedelta(seconds=120)
+    window = timedelta(seconds=120)
+    deadline = started + window
     # On time: the planner's deadline.
-    assert decisions.step_deadline(deadline, started, started + timedelta(seconds=1)) == (
+    assert decisions.step_deadline(deadline, window, started + timedelta(seconds=1)) == (
         started + timedelta(seconds=121)
     )
-    assert decisions.step_deadline(deadline, started, started) == deadline
+    assert decisions.step_deadline(deadline, window, started) == deadline
     # Taken up 5 minutes late (every executor was down): 120 s from now, not already over.
     late = started + timedelta(seconds=300)
-    assert decisions.step_deadline(deadline, started, late) == late + timedelta(seconds=120)
+    assert decisions.step_deadline(deadline, window, late) == late + timedelta(seconds=120)
