@@ -162,24 +162,23 @@ def _too_little(canary: float, baseline: float, min_requests: int) -> str:
 
 
 def _time_needed(
-    ticks: Sequence[stats.Counts], bar: float, alpha: float, interval_seconds: float
+    sides: tuple[float, float, float], looks: int, bar: float, alpha: float, interval_seconds: float
 ) -> str:
     """How long ruling out ``bar`` takes, in all, for a canary that changes nothing at the
-    traffic of ``ticks`` (``interval_seconds`` apart)."""
-    xb = sum(t.baseline_events for t in ticks)
-    nc = sum(t.canary_trials for t in ticks)
-    nb = sum(t.baseline_trials for t in ticks)
-    looks = stats.detection_time(
+    traffic of ``looks`` readings ``interval_seconds`` apart; ``sides``: canary trials,
+    baseline events and baseline trials over them."""
+    nc, xb, nb = sides
+    needed = stats.detection_time(
         baseline_rate=xb / nb if nb else 0.0,
         lift=0.0,
-        variant_trials=nc / len(ticks) if ticks else 0.0,
-        baseline_trials=nb / len(ticks) if ticks else 0.0,
+        variant_trials=nc / looks if looks else 0.0,
+        baseline_trials=nb / looks if looks else 0.0,
         alpha=alpha,
         bar=bar,
     )
-    if math.isinf(looks):
+    if math.isinf(needed):
         return "; no estimate of the time needed: the baseline saw no event yet"
-    seconds = math.ceil(looks) * interval_seconds
+    seconds = math.ceil(needed) * interval_seconds
     return (
         f"; at this traffic a canary that changes nothing needs about {seconds:.0f} s of "
         f"readings in all to rule it out"
@@ -242,7 +241,7 @@ def judge_rates(
         )
         if not ruled_out and interval_seconds:
             bar = effect if higher_is_worse else -effect
-            decision += _time_needed(ticks, bar, alpha, interval_seconds)
+            decision += _time_needed((nc, xb, nb), len(ticks), bar, alpha, interval_seconds)
     return _judged(
         rule.name,
         "msprt-business" if business else "msprt-rate",

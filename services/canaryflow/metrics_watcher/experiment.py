@@ -86,9 +86,6 @@ class Standing(StrEnum):
     LOST = "lost"  # the experiment ended with another winner, or with none
 
 
-ENDED = frozenset({Standing.WORSE, Standing.SHORT, Standing.LOST, Standing.WINNER})
-
-
 @dataclass(frozen=True)
 class VariantStanding:
     name: str
