@@ -388,10 +388,10 @@ def one_experiment(scenario: VariantScenario, rng: np.random.Generator) -> Exper
     mean_visits = SHOP_VISITS_PER_SECOND * SIDE_SHARE * LOOK_SECONDS
     ended: dict[str, tuple[Standing, float]] = {}
     for look in range(1, EXPERIMENT_LOOKS + 1):
-        baseline_visits = float(rng.poisson(mean_visits))
+        baseline_visits = int(rng.poisson(mean_visits))
         baseline = float(rng.binomial(baseline_visits, SHOP_CONVERSION))
         for name, rate in scenario.conversions.items():
-            visits = float(rng.poisson(mean_visits))
+            visits = int(rng.poisson(mean_visits))
             counts = Counts(float(rng.binomial(visits, rate)), visits, baseline, baseline_visits)
             experiment.add(name, [counts])
         decision = experiment.decide(final=look == EXPERIMENT_LOOKS)
@@ -424,16 +424,10 @@ def several_variants(runs: int, seed: int) -> bool:
     for scenario in VARIANT_SCENARIOS:
         started = time.perf_counter()
         outcomes = [one_experiment(scenario, rng) for _ in range(runs)]
-        false_promotions = sum(1 for o in outcomes if o.winner not in {None, scenario.better})
-        false_rollbacks = sum(
-            1 for o in outcomes if any(name != scenario.worse for name in o.ended_at)
-        )
-        wrong = sum(
-            1
-            for o in outcomes
-            if o.winner not in {None, scenario.better}
-            or any(name != scenario.worse for name in o.ended_at)
-        )
+        promoted_wrongly = [o.winner not in {None, scenario.better} for o in outcomes]
+        rolled_back_wrongly = [any(n != scenario.worse for n in o.ended_at) for o in outcomes]
+        false_promotions, false_rollbacks = sum(promoted_wrongly), sum(rolled_back_wrongly)
+        wrong = sum(p or r for p, r in zip(promoted_wrongly, rolled_back_wrongly, strict=True))
         line = (
             f"  {scenario.name:<40} {runs:>4} runs  false promotions "
             f"{_percent(false_promotions, runs)}  false rollbacks {_percent(false_rollbacks, runs)}"
